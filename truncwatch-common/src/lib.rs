@@ -1,0 +1,165 @@
+//! Types shared by the kernel programs and the agent.
+//!
+//! Everything here crosses the kernel/user boundary byte for byte, so every struct is
+//! `#[repr(C)]` with explicit padding (no implicit holes, no `bool`), and its size is pinned by a
+//! compile-time assertion that both sides compile.
+#![no_std]
+
+/// Bytes of a response head the kernel copies out. nginx's heads are about 250 bytes; heads
+/// longer than this are reported as unparsed, never judged.
+pub const HEAD_CAP: usize = 512;
+/// Bytes of `struct sock` copied at classification; the agent decodes addresses from it with
+/// offsets taken from the running kernel's BTF (`struct sock_common` is 136 bytes on 6.x).
+pub const SOCK_PREFIX: usize = 160;
+/// `sizeof(sockaddr_un.sun_path)`.
+pub const UNIX_PATH: usize = 108;
+
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Event kinds, the first `u32` of every ring buffer record.
+pub const EV_OPEN: u32 = 1;
+pub const EV_SEND: u32 = 2;
+pub const EV_HEAD: u32 = 3;
+pub const EV_STATE: u32 = 4;
+pub const EV_EOF: u32 = 5;
+
+/// Where `sock_send_length` found the sending task (`pt_regs.orig_ax` on x86_64).
+pub const SYS_WRITE: u32 = 1;
+pub const SYS_WRITEV: u32 = 20;
+pub const SYS_SENDFILE: u32 = 40;
+pub const SYS_SENDTO: u32 = 44;
+pub const SYS_SENDMSG: u32 = 46;
+
+/// Field offsets the kernel programs need, read from the running kernel's BTF at start-up and
+/// handed over as a read-only global. Rust eBPF has no CO-RE, so nothing here is compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `sock_common.skc_family` (u16).
+    pub skc_family: u32,
+    /// `sock.sk_type` (u16).
+    pub sk_type: u32,
+    /// `sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `unix_sock.peer` (struct sock *).
+    pub unix_peer: u32,
+    /// `unix_sock.addr` (struct unix_address *).
+    pub unix_addr: u32,
+    /// `unix_address.name` (struct sockaddr_un, path after the 2-byte family).
+    pub unix_address_name: u32,
+    /// `pt_regs` offsets of the syscall number and arguments.
+    pub regs_orig_ax: u32,
+    pub regs_di: u32,
+    pub regs_si: u32,
+    pub regs_dx: u32,
+    /// Non-zero once userspace filled this in; the programs do nothing until then.
+    pub ready: u32,
+    pub _pad: u32,
+}
+
+/// Per-socket state kept in socket-local storage (freed by the kernel with the socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockState {
+    /// `TRACK_*`.
+    pub track: u32,
+    pub _pad: u32,
+    /// Bytes the kernel accepted on this socket since it was classified.
+    pub sent: u64,
+}
+
+pub const TRACK_NO: u32 = 1;
+pub const TRACK_HTTP: u32 = 2;
+
+/// First bytes of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Header {
+    pub kind: u32,
+    /// Thread group id of the task the event happened in (0 in softirq context).
+    pub tgid: u32,
+    /// Kernel address of the socket: the connection's identity while it lives.
+    pub sk: u64,
+    /// `bpf_ktime_get_ns()`.
+    pub ts_ns: u64,
+}
+
+/// A socket was classified as the server side of HTTP/1 (its first send began with `HTTP/1.`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenEvent {
+    pub h: Header,
+    pub family: u16,
+    pub _pad: [u8; 6],
+    pub comm: [u8; 16],
+    /// The start of `struct sock` (addresses and ports live in `sock_common`).
+    pub sock: [u8; SOCK_PREFIX],
+    /// For Unix sockets: the bound path of the socket (for accepted sockets, the listener's).
+    pub unix_path: [u8; UNIX_PATH],
+    pub _pad2: u32,
+}
+
+/// The kernel accepted (or refused) one send on a tracked socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SendEvent {
+    pub h: Header,
+    /// Stream offset of this send's first byte (bytes accepted before it).
+    pub offset: u64,
+    /// Bytes the caller asked to send (0 when unknown, e.g. sendfile chunks).
+    pub requested: u64,
+    /// `sock_sendmsg`'s return: bytes accepted, or `-errno`.
+    pub ret: i32,
+    /// Syscall number the sending task is in (`SYS_*`, or another number).
+    pub syscall: u32,
+}
+
+/// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HeadEvent {
+    pub send: SendEvent,
+    pub cap_len: u32,
+    pub _pad: u32,
+    pub cap: [u8; HEAD_CAP],
+}
+
+/// A tracked TCP socket changed state (`inet_sock_set_state`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StateEvent {
+    pub h: Header,
+    pub oldstate: i32,
+    pub newstate: i32,
+}
+
+/// `StateEvent.newstate` for `tcp_receive_reset`: the peer reset the connection.
+pub const STATE_RESET_RECEIVED: i32 = 100;
+
+/// A Unix stream socket read end of stream (`recv` returned 0). `h.sk` is the reader, `peer`
+/// the socket at the other end (the one whose stream ended), if still connected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EofEvent {
+    pub h: Header,
+    pub peer: u64,
+}
+
+// Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
+const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
+const _: () = assert!(core::mem::size_of::<SockState>() == 16);
+const _: () = assert!(core::mem::size_of::<Header>() == 24);
+const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
+const _: () = assert!(core::mem::size_of::<SendEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<HeadEvent>() == 48 + 8 + HEAD_CAP);
+const _: () = assert!(core::mem::size_of::<StateEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<EofEvent>() == 32);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain `#[repr(C)]` integers with explicit padding.
+    unsafe impl aya::Pod for Offsets {}
+}

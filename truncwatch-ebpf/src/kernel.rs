@@ -1,0 +1,93 @@
+//! Reading kernel and user memory at offsets the agent took from BTF.
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    generated::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+};
+use core::ffi::c_void;
+use truncwatch_common::{Header, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV};
+
+#[inline(always)]
+pub fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    let r = unsafe {
+        bpf_probe_read_kernel(v.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32, addr as *const c_void)
+    };
+    if r == 0 { Some(unsafe { v.assume_init() }) } else { None }
+}
+
+#[inline(always)]
+pub fn read_user<T: Copy>(addr: u64) -> Option<T> {
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            v.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const c_void,
+        )
+    };
+    if r == 0 { Some(unsafe { v.assume_init() }) } else { None }
+}
+
+#[inline(always)]
+pub fn header(kind: u32, sk: *mut c_void) -> Header {
+    Header {
+        kind,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        sk: sk as u64,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// What the sending task asked for, read from its saved syscall registers: the tracepoint
+/// runs inside the syscall, so `current`'s `pt_regs` still hold the syscall number and
+/// arguments (no syscall hook needed).
+pub struct SendCall {
+    pub nr: u32,
+    /// First user buffer of the send (0 if none: sendfile, splice, kernel senders).
+    pub buf: u64,
+    /// Bytes available at `buf` (the first iovec's length for writev/sendmsg).
+    pub buf_len: u64,
+    /// Bytes the caller asked to send in total (0 if unknown).
+    pub requested: u64,
+}
+
+/// Up to this many iovecs are summed for `requested`; longer vectors report 0 (unknown).
+const MAX_IOV: u64 = 4;
+
+#[inline(always)]
+pub fn send_call(o: &truncwatch_common::Offsets) -> Option<SendCall> {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    let nr = read_kernel::<u64>(regs + o.regs_orig_ax as u64)? as u32;
+    let si = read_kernel::<u64>(regs + o.regs_si as u64)?;
+    let dx = read_kernel::<u64>(regs + o.regs_dx as u64)?;
+    match nr {
+        SYS_WRITE | SYS_SENDTO => Some(SendCall { nr, buf: si, buf_len: dx, requested: dx }),
+        SYS_WRITEV => iov_call(nr, si, dx),
+        SYS_SENDMSG => {
+            // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
+            let iov = read_user::<u64>(si + 16)?;
+            let cnt = read_user::<u64>(si + 24)?;
+            iov_call(nr, iov, cnt)
+        }
+        _ => Some(SendCall { nr, buf: 0, buf_len: 0, requested: 0 }),
+    }
+}
+
+#[inline(always)]
+fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<SendCall> {
+    // struct iovec (uapi): base, len.
+    let first = read_user::<[u64; 2]>(iov)?;
+    let mut requested = 0;
+    if cnt <= MAX_IOV {
+        for i in 0..MAX_IOV {
+            if i >= cnt {
+                break;
+            }
+            requested += read_user::<[u64; 2]>(iov + i * 16).map(|v| v[1]).unwrap_or(0);
+        }
+    }
+    Some(SendCall { nr, buf: first[0], buf_len: first[1], requested })
+}

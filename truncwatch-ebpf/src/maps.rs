@@ -1,0 +1,70 @@
+//! Maps and globals shared by the programs.
+use aya_ebpf::{
+    btf_maps::{PerCpuArray, RingBuf, SkStorage},
+    helpers::generated::bpf_sk_storage_get,
+    macros::btf_map,
+};
+use core::ffi::c_void;
+use truncwatch_common::{Offsets, SockState};
+
+/// Per-socket state; see `SockState`.
+#[btf_map]
+pub static SOCKS: SkStorage<SockState> = SkStorage::new();
+
+/// Events to the agent. The agent may resize it at load time (`--ring-buffer-bytes`).
+#[btf_map]
+pub static EVENTS: RingBuf<u8, { 8 << 20 }> = RingBuf::new();
+
+/// Events that could not be delivered, by reason (`LOST_*`): the agent exports them so an
+/// operator can tell "no truncation" from "the detector is blind".
+#[btf_map]
+pub static LOST: PerCpuArray<u64, 4> = PerCpuArray::new();
+pub const LOST_RINGBUF_FULL: u32 = 0;
+pub const LOST_STORAGE: u32 = 1;
+
+/// Field offsets of the running kernel, set by the agent from BTF before loading.
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    skc_family: 0,
+    sk_type: 0,
+    sk_protocol: 0,
+    unix_peer: 0,
+    unix_addr: 0,
+    unix_address_name: 0,
+    regs_orig_ax: 0,
+    regs_di: 0,
+    regs_si: 0,
+    regs_dx: 0,
+    ready: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    // Volatile: the value is patched into .rodata at load time, so the compiler must not fold
+    // the zeroes above.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn count_lost(reason: u32) {
+    if let Some(p) = LOST.get_ptr_mut(reason) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// This socket's state, if it has any (`create`: make it, zeroed, if not).
+#[inline(always)]
+pub fn sock_state(sk: *mut c_void, create: bool) -> Option<&'static mut SockState> {
+    let map = core::ptr::from_ref(&SOCKS).cast_mut().cast::<c_void>();
+    let flags = if create { 1 } else { 0 }; // BPF_SK_STORAGE_GET_F_CREATE
+    let p = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) };
+    if p.is_null() {
+        if create {
+            count_lost(LOST_STORAGE);
+        }
+        None
+    } else {
+        Some(unsafe { &mut *p.cast::<SockState>() })
+    }
+}

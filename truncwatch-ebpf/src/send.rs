@@ -1,0 +1,159 @@
+//! The send path: classify each socket once, then account every send on HTTP server sockets.
+//!
+//! Cost on a socket that is not an HTTP server: one socket-storage lookup per send (plus a
+//! one-time classification on its first send).
+use crate::{
+    kernel::{SendCall, header, read_kernel, read_user, send_call},
+    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, offsets, sock_state},
+};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm,
+    generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+};
+use core::ffi::c_void;
+use truncwatch_common::{
+    AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_OPEN, EV_SEND, HEAD_CAP, HeadEvent, Offsets,
+    OpenEvent, SOCK_PREFIX, SendEvent, SockState, TRACK_HTTP, TRACK_NO, UNIX_PATH,
+};
+
+const IPPROTO_TCP: u16 = 6;
+const SOCK_STREAM: u16 = 1;
+
+#[inline(always)]
+pub fn on_send(sk: *mut c_void, ret: i32) {
+    let o = offsets();
+    if o.ready == 0 {
+        return;
+    }
+    match sock_state(sk, false) {
+        Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, send_call(&o)),
+        Some(_) => {}
+        None if ret > 0 => {
+            let _ = classify(sk, ret, &o);
+        }
+        None => {}
+    }
+}
+
+/// First accepted send on a socket: is this the server side of HTTP/1 over a stream socket?
+/// The answer is kept for the socket's life, so this runs once per socket.
+#[inline(always)]
+fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
+    let st = sock_state(sk, true)?;
+    if st.track != 0 {
+        return None; // another CPU classified it meanwhile
+    }
+    st.track = TRACK_NO;
+    let base = sk as u64;
+    let family = read_kernel::<u16>(base + o.skc_family as u64)?;
+    let stream = match family {
+        AF_INET | AF_INET6 => read_kernel::<u16>(base + o.sk_protocol as u64)? == IPPROTO_TCP,
+        AF_UNIX => read_kernel::<u16>(base + o.sk_type as u64)? == SOCK_STREAM,
+        _ => false,
+    };
+    if !stream {
+        return None;
+    }
+    let call = send_call(o)?;
+    if call.buf == 0 || call.buf_len < 7 {
+        return None;
+    }
+    let magic = read_user::<[u8; 7]>(call.buf)?;
+    if &magic != b"HTTP/1." {
+        return None;
+    }
+    st.track = TRACK_HTTP;
+    st.sent = 0;
+    open(sk, family, o);
+    account(sk, st, ret, Some(call));
+    Some(())
+}
+
+/// Count one send on a tracked socket and tell the agent about it.
+#[inline(always)]
+fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>) {
+    let offset = st.sent;
+    if ret > 0 {
+        st.sent += ret as u64;
+    }
+    let call = call.unwrap_or(SendCall { nr: u32::MAX, buf: 0, buf_len: 0, requested: 0 });
+    let send = SendEvent {
+        h: header(EV_SEND, sk),
+        offset,
+        requested: call.requested,
+        ret,
+        syscall: call.nr,
+    };
+    if ret > 0 && call.buf != 0 && call.buf_len >= 5 {
+        if let Some(m) = read_user::<[u8; 5]>(call.buf) {
+            if &m == b"HTTP/" {
+                head(send, &call);
+                return;
+            }
+        }
+    }
+    if EVENTS.output_untyped::<SendEvent>(&send, 0).is_err() {
+        count_lost(LOST_RINGBUF_FULL);
+    }
+}
+
+/// A send that starts a response head: copy up to `HEAD_CAP` bytes of it from the caller's
+/// buffer, whether or not the kernel accepted them all: the head's promise is what matters, and
+/// a head the kernel took only part of is exactly the slow-reader case.
+#[inline(always)]
+fn head(mut send: SendEvent, call: &SendCall) {
+    let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
+        count_lost(LOST_RINGBUF_FULL);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let mut n = call.buf_len;
+    if n > HEAD_CAP as u64 {
+        n = HEAD_CAP as u64;
+    }
+    send.h.kind = EV_HEAD;
+    unsafe {
+        (*ev).send = send;
+        (*ev)._pad = 0;
+        let r = bpf_probe_read_user(
+            (&raw mut (*ev).cap).cast(),
+            n as u32,
+            call.buf as *const c_void,
+        );
+        (*ev).cap_len = if r == 0 { n as u32 } else { 0 };
+    }
+    entry.submit(0);
+}
+
+/// Tell the agent about a newly tracked connection: who owns it and its addresses.
+#[inline(always)]
+fn open(sk: *mut c_void, family: u16, o: &Offsets) {
+    let Some(mut entry) = EVENTS.reserve_untyped::<OpenEvent>(0) else {
+        count_lost(LOST_RINGBUF_FULL);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).h = header(EV_OPEN, sk);
+        (*ev).family = family;
+        (*ev)._pad = [0; 6];
+        (*ev)._pad2 = 0;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        if bpf_probe_read_kernel((&raw mut (*ev).sock).cast(), SOCK_PREFIX as u32, sk) != 0 {
+            (*ev).sock = [0; SOCK_PREFIX];
+        }
+        let addr = if family == AF_UNIX {
+            read_kernel::<u64>(sk as u64 + o.unix_addr as u64).unwrap_or(0)
+        } else {
+            0
+        };
+        // sockaddr_un: sun_family (2 bytes), then sun_path.
+        let path = addr + o.unix_address_name as u64 + 2;
+        if addr == 0
+            || bpf_probe_read_kernel((&raw mut (*ev).unix_path).cast(), UNIX_PATH as u32, path as *const c_void) != 0
+        {
+            (*ev).unix_path = [0; UNIX_PATH];
+        }
+    }
+    entry.submit(0);
+}

@@ -1,0 +1,359 @@
+//! The correlator: kernel events in, per-response verdicts out. No I/O, no clocks.
+//!
+//! It thinks in stream offsets. Per server connection it keeps the bytes the application has
+//! handed the kernel so far and the response in flight: where its head started, how long the
+//! head is and what body it promised. A response is `complete` the moment the bytes handed over
+//! reach its promised end. If the stream ends first (the application shut down or closed, or
+//! the peer reset), the shortfall is the verdict.
+use crate::events::{ConnMeta, Event, RESET_RECEIVED, Transport};
+use crate::http_head::{self, Body, Head, Parsed};
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The application handed the kernel every promised byte.
+    Complete,
+    /// The application ended the stream before handing over every promised byte.
+    ShortWrite,
+    /// The peer reset the connection (or was gone) before every promised byte was handed over:
+    /// the client gave up; not a server fault.
+    PeerReset,
+    /// The next response's head started before this one's promised end.
+    Desync,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Complete => "complete",
+            Kind::ShortWrite => "short_write",
+            Kind::PeerReset => "peer_reset",
+            Kind::Desync => "desync",
+        }
+    }
+}
+
+/// How the response's fate was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum End {
+    /// The promised bytes were all handed over.
+    Reached,
+    /// The application sent FIN (shutdown or close) on a TCP connection.
+    Fin,
+    /// The connection was reset (RST sent by this host, or received from the peer).
+    Reset,
+    /// The peer of a Unix socket read end of stream.
+    Eof,
+    /// The socket was freed unseen and its address reused by a new connection (Unix).
+    SocketFreed,
+    /// Another response head was sent.
+    NextResponse,
+}
+
+/// What is known about the reader and the end of the connection when the verdict was made.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Evidence {
+    /// Sends on this connection the kernel refused with EAGAIN (send buffer full).
+    pub eagain: u32,
+    /// Sends the kernel accepted only part of (send buffer full mid-send).
+    pub partial_sends: u32,
+    /// Either of the above: the reader was slower than the writer at some point.
+    pub slow_reader: bool,
+    /// The peer ended its side first: `"fin"`, `"reset"`, `"eof"` (Unix), `"gone"` (sends
+    /// failed with EPIPE/ECONNRESET), or null.
+    pub peer_ended: Option<&'static str>,
+    /// How the verdict was reached (`End`).
+    pub end: Option<End>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub kind: Kind,
+    pub meta: ConnMeta,
+    /// Pid of the task that sent the head (the connection's owner if not known).
+    pub pid: u32,
+    pub status: u16,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub expected_bytes: u64,
+    pub sent_bytes: u64,
+    pub evidence: Evidence,
+    /// Kernel monotonic time of the deciding event.
+    pub ts_ns: u64,
+}
+
+impl Verdict {
+    pub fn missing_bytes(&self) -> u64 {
+        self.expected_bytes.saturating_sub(self.sent_bytes)
+    }
+}
+
+/// What could not be judged, and why: an operator must be able to tell "no truncation" from
+/// "not looked at".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: u64,
+    pub heads: u64,
+    pub judged_complete: u64,
+    pub judged_short_write: u64,
+    pub judged_peer_reset: u64,
+    pub judged_desync: u64,
+    /// Heads longer than the capture, or split over sends.
+    pub unparsed: u64,
+    /// Heads with contradictory or malformed framing.
+    pub invalid: u64,
+    /// Responses without a length (close-delimited).
+    pub unframed: u64,
+    /// Chunked responses (not judged yet).
+    pub chunked: u64,
+    /// Connections dropped from the table to stay under the limit, unjudged.
+    pub evicted: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Response {
+    start: u64,
+    head: Head,
+    pid: u32,
+}
+
+impl Response {
+    /// Stream offset one past the last promised byte, for responses that promise a length.
+    fn end(&self) -> Option<u64> {
+        match self.head.body {
+            Body::Length(n) => Some(self.start + self.head.len + n),
+            Body::None => Some(self.start + self.head.len),
+            Body::Chunked | Body::UntilClose => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Conn {
+    meta: ConnMeta,
+    /// Bytes handed to the kernel: one past the highest stream offset seen.
+    sent: u64,
+    /// The response in flight (not judged yet).
+    resp: Option<Response>,
+    eagain: u32,
+    partial: u32,
+    peer_ended: Option<&'static str>,
+    last_ns: u64,
+}
+
+const EAGAIN: i64 = 11;
+const EPIPE: i64 = 32;
+const ECONNRESET: i64 = 104;
+
+// TCP states (include/net/tcp_states.h).
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+
+pub struct Correlator {
+    conns: HashMap<u64, Conn>,
+    max_conns: usize,
+    pub stats: Stats,
+}
+
+impl Correlator {
+    pub fn new(max_conns: usize) -> Self {
+        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), stats: Stats::default() }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Feed one event; verdicts it decides are appended to `out`.
+    pub fn handle(&mut self, ev: Event, out: &mut Vec<Verdict>) {
+        match ev {
+            Event::Open { sk, ts_ns, meta } => {
+                // A new socket at a known address: the old one was freed, its stream is over.
+                if let Some(old) = self.conns.remove(&sk) {
+                    self.finish(old, End::SocketFreed, ts_ns, out);
+                }
+                self.stats.connections += 1;
+                let conn = Conn { meta, sent: 0, resp: None, eagain: 0, partial: 0, peer_ended: None, last_ns: ts_ns };
+                self.conns.insert(sk, conn);
+                self.evict_if_full();
+            }
+            Event::Send { sk, ts_ns, tgid, offset, ret, requested, syscall: _, head } => {
+                let Some(mut conn) = self.conns.remove(&sk) else { return };
+                conn.last_ns = ts_ns;
+                self.send(&mut conn, tgid, offset, ret, requested, head, ts_ns, out);
+                self.conns.insert(sk, conn);
+            }
+            Event::TcpState { sk, ts_ns, oldstate: _, newstate } => {
+                let Some(mut conn) = self.conns.remove(&sk) else { return };
+                match newstate {
+                    RESET_RECEIVED => {
+                        conn.peer_ended = Some("reset");
+                        self.finish(conn, End::Reset, ts_ns, out);
+                        return; // nothing more can be delivered; CLOSE follows
+                    }
+                    TCP_CLOSE_WAIT => conn.peer_ended = conn.peer_ended.or(Some("fin")),
+                    TCP_FIN_WAIT1 | TCP_LAST_ACK => {
+                        self.finish(conn, End::Fin, ts_ns, out);
+                        return;
+                    }
+                    TCP_CLOSE => {
+                        // Straight to CLOSE without FIN: this host reset it (close with unread
+                        // data, SO_LINGER 0, abort).
+                        self.finish(conn, End::Reset, ts_ns, out);
+                        return;
+                    }
+                    _ => {}
+                }
+                self.conns.insert(sk, conn);
+            }
+            Event::UnixEof { reader, peer, ts_ns } => {
+                if let Some(conn) = self.conns.remove(&peer) {
+                    // The client read end of stream: the server shut down or closed.
+                    self.finish(conn, End::Eof, ts_ns, out);
+                } else if let Some(conn) = self.conns.get_mut(&reader) {
+                    // The server read end of stream: the client ended its side first.
+                    conn.peer_ended = conn.peer_ended.or(Some("eof"));
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(&mut self, conn: &mut Conn, tgid: u32, offset: u64, ret: i64, requested: u64, head: Option<Vec<u8>>, ts_ns: u64, out: &mut Vec<Verdict>) {
+        if ret < 0 {
+            match -ret {
+                EAGAIN => conn.eagain += 1,
+                EPIPE | ECONNRESET => conn.peer_ended = conn.peer_ended.or(Some("gone")),
+                _ => {}
+            }
+            return;
+        }
+        let ret = ret as u64;
+        if requested > ret {
+            conn.partial += 1;
+        }
+        conn.sent = conn.sent.max(offset + ret);
+        if let Some(cap) = head {
+            self.head(conn, tgid, offset, &cap, ts_ns, out);
+        }
+        self.judge_if_reached(conn, ts_ns, out);
+    }
+
+    /// A send that began with `HTTP/` at `offset`.
+    fn head(&mut self, conn: &mut Conn, tgid: u32, offset: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
+        let head = match http_head::parse(cap) {
+            Parsed::Head(h) => h,
+            Parsed::Incomplete => {
+                self.stats.unparsed += 1;
+                return;
+            }
+            Parsed::Invalid => {
+                self.stats.invalid += 1;
+                return;
+            }
+        };
+        self.stats.heads += 1;
+        if let Some(prev) = conn.resp.take() {
+            match prev.end() {
+                // Reached responses were judged already; only an early head is news.
+                Some(end) if offset < end => self.emit(conn, prev, Kind::Desync, End::NextResponse, offset, ts_ns, out),
+                Some(_) => {}
+                None => self.count_unjudged(&prev),
+            }
+        }
+        conn.resp = Some(Response { start: offset, head, pid: tgid });
+    }
+
+    fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
+        let Some(resp) = &conn.resp else { return };
+        if let Some(end) = resp.end() {
+            if conn.sent >= end {
+                let resp = conn.resp.take().unwrap();
+                self.emit(conn, resp, Kind::Complete, End::Reached, end, ts_ns, out);
+            }
+        }
+    }
+
+    /// The stream ended: judge the response in flight, if any.
+    fn finish(&mut self, mut conn: Conn, how: End, ts_ns: u64, out: &mut Vec<Verdict>) {
+        let Some(resp) = conn.resp.take() else { return };
+        if resp.end().is_none() {
+            self.count_unjudged(&resp);
+            return;
+        }
+        let kind = match conn.peer_ended {
+            Some("reset") | Some("gone") => Kind::PeerReset,
+            _ => Kind::ShortWrite,
+        };
+        let sent = conn.sent;
+        self.emit(&conn, resp, kind, how, sent, ts_ns, out);
+    }
+
+    fn count_unjudged(&mut self, resp: &Response) {
+        match resp.head.body {
+            Body::Chunked => self.stats.chunked += 1,
+            _ => self.stats.unframed += 1,
+        }
+    }
+
+    /// `upto`: stream offset where this response's bytes stop counting.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(&mut self, conn: &Conn, resp: Response, kind: Kind, how: End, upto: u64, ts_ns: u64, out: &mut Vec<Verdict>) {
+        let end = resp.end().unwrap_or(upto);
+        let sent = upto.min(end).saturating_sub(resp.start);
+        match kind {
+            Kind::Complete => self.stats.judged_complete += 1,
+            Kind::ShortWrite => self.stats.judged_short_write += 1,
+            Kind::PeerReset => self.stats.judged_peer_reset += 1,
+            Kind::Desync => self.stats.judged_desync += 1,
+        }
+        out.push(Verdict {
+            kind,
+            meta: conn.meta.clone(),
+            pid: if resp.pid != 0 { resp.pid } else { conn.meta.pid },
+            status: resp.head.status,
+            content_length: match resp.head.body {
+                Body::Length(n) => Some(n),
+                _ => None,
+            },
+            chunked: resp.head.body == Body::Chunked,
+            expected_bytes: end - resp.start,
+            sent_bytes: sent,
+            evidence: Evidence {
+                eagain: conn.eagain,
+                partial_sends: conn.partial,
+                slow_reader: conn.eagain > 0 || conn.partial > 0,
+                peer_ended: conn.peer_ended,
+                end: Some(how),
+            },
+            ts_ns,
+        });
+    }
+
+    /// Keep the table bounded: drop the least recently active tenth when full.
+    fn evict_if_full(&mut self) {
+        if self.conns.len() <= self.max_conns {
+            return;
+        }
+        let mut ages: Vec<(u64, u64)> = self.conns.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+        ages.sort_unstable();
+        let n = (self.max_conns / 10).max(1).min(ages.len());
+        for (_, k) in &ages[..n] {
+            self.conns.remove(k);
+        }
+        self.stats.evicted += n as u64;
+    }
+
+    /// Transport of a tracked connection (for tests and diagnostics).
+    pub fn transport(&self, sk: u64) -> Option<Transport> {
+        self.conns.get(&sk).map(|c| c.meta.transport)
+    }
+}
+
+#[cfg(test)]
+#[path = "correlator_tests.rs"]
+mod tests;

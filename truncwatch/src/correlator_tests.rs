@@ -1,0 +1,327 @@
+//! Correlator cases: each feeds the events a kernel would produce and checks the verdicts.
+use super::*;
+
+const SK: u64 = 0xffff_8880_0000_1000;
+const CLIENT: u64 = 0xffff_8880_0000_2000;
+const TCP_ESTABLISHED: i32 = 1;
+
+fn meta(t: Transport) -> ConnMeta {
+    ConnMeta { transport: t, pid: 42, comm: "srv".into(), local: "127.0.0.1:80".into(), peer: "127.0.0.1:5000".into() }
+}
+
+fn head(cl: u64) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {cl}\r\n\r\n").into_bytes()
+}
+
+/// Drives a correlator the way the kernel programs would: stream offsets are tracked here.
+struct Wire {
+    c: Correlator,
+    out: Vec<Verdict>,
+    offset: u64,
+    ts: u64,
+}
+
+impl Wire {
+    fn new(t: Transport) -> Self {
+        let mut w = Wire { c: Correlator::new(1000), out: vec![], offset: 0, ts: 1 };
+        w.ev(Event::Open { sk: SK, ts_ns: 1, meta: meta(t) });
+        w
+    }
+    fn ev(&mut self, e: Event) {
+        self.ts += 1;
+        self.c.handle(e, &mut self.out);
+    }
+    /// The kernel accepted `accepted` of `requested` bytes; `cap` if the send began with HTTP/.
+    fn send_part(&mut self, cap: Option<Vec<u8>>, requested: u64, accepted: u64) {
+        let offset = self.offset;
+        self.offset += accepted;
+        let ts_ns = self.ts;
+        self.ev(Event::Send { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap });
+    }
+    fn send(&mut self, cap: Option<Vec<u8>>, n: u64) {
+        self.send_part(cap, n, n);
+    }
+    /// A full head + `body` bytes of body in one send, promising `cl`.
+    fn response(&mut self, cl: u64, body: u64) {
+        let h = head(cl);
+        let n = h.len() as u64 + body;
+        self.send(Some(h), n);
+    }
+    fn err(&mut self, errno: i64) {
+        let (offset, ts_ns) = (self.offset, self.ts);
+        self.ev(Event::Send { sk: SK, ts_ns, tgid: 42, offset, ret: -errno, requested: 100, syscall: 44, head: None });
+    }
+    fn state(&mut self, old: i32, new: i32) {
+        let ts_ns = self.ts;
+        self.ev(Event::TcpState { sk: SK, ts_ns, oldstate: old, newstate: new });
+    }
+    fn kinds(&self) -> Vec<Kind> {
+        self.out.iter().map(|v| v.kind).collect()
+    }
+}
+
+fn hl(cl: u64) -> u64 {
+    head(cl).len() as u64
+}
+
+#[test]
+fn complete_in_one_send() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 100);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    let v = &w.out[0];
+    assert_eq!((v.expected_bytes, v.sent_bytes, v.missing_bytes()), (hl(100) + 100, hl(100) + 100, 0));
+    assert_eq!((v.status, v.content_length, v.chunked, v.pid), (200, Some(100), false, 42));
+    assert_eq!(v.evidence.end, Some(End::Reached));
+}
+
+#[test]
+fn complete_over_many_sends_judged_when_last_byte_handed_over() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10_000, 0);
+    for _ in 0..9 {
+        w.send(None, 1000);
+        assert!(w.out.is_empty());
+    }
+    w.send(None, 1000);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::Complete], "a clean close after a complete response adds nothing");
+}
+
+#[test]
+fn short_write_then_fin() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(1_000_000, 0);
+    w.send_part(None, 1_000_000, 219_264);
+    w.err(EAGAIN);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    let v = &w.out[0];
+    assert_eq!(v.sent_bytes, hl(1_000_000) + 219_264);
+    assert_eq!(v.expected_bytes, hl(1_000_000) + 1_000_000);
+    assert_eq!(v.missing_bytes(), 1_000_000 - 219_264);
+    assert_eq!((v.evidence.eagain, v.evidence.partial_sends, v.evidence.slow_reader), (1, 1, true));
+    assert_eq!((v.evidence.end, v.evidence.peer_ended), (Some(End::Fin), None));
+}
+
+#[test]
+fn short_write_after_peer_half_close_is_still_the_servers() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(500, 100);
+    w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    w.state(TCP_CLOSE_WAIT, TCP_LAST_ACK);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("fin"));
+}
+
+#[test]
+fn reset_by_this_host_with_missing_bytes_is_short_write() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(500, 100);
+    w.state(TCP_ESTABLISHED, TCP_CLOSE);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].evidence.end, Some(End::Reset));
+}
+
+#[test]
+fn peer_reset_is_reported_apart() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(500, 100);
+    w.state(TCP_ESTABLISHED, RESET_RECEIVED);
+    w.state(TCP_ESTABLISHED, TCP_CLOSE);
+    assert_eq!(w.kinds(), [Kind::PeerReset]);
+}
+
+#[test]
+fn sends_failing_with_epipe_mean_the_peer_is_gone() {
+    let mut w = Wire::new(Transport::Unix);
+    w.response(500, 100);
+    w.err(EPIPE);
+    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99 });
+    assert_eq!(w.kinds(), [Kind::PeerReset]);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("gone"));
+}
+
+#[test]
+fn unix_short_write_seen_by_client_eof() {
+    let mut w = Wire::new(Transport::Unix);
+    w.response(1 << 20, 219_264 - hl(1 << 20));
+    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99 });
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].sent_bytes, 219_264);
+    assert_eq!(w.out[0].evidence.end, Some(End::Eof));
+    assert_eq!(w.out[0].meta.transport, Transport::Unix);
+}
+
+#[test]
+fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
+    let mut w = Wire::new(Transport::Unix);
+    w.response(1000, 10);
+    w.ev(Event::UnixEof { reader: SK, peer: CLIENT, ts_ns: 99 });
+    assert!(w.out.is_empty());
+    w.send(None, 990);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("eof"));
+}
+
+#[test]
+fn unix_socket_reused_ends_the_old_connection() {
+    let mut w = Wire::new(Transport::Unix);
+    w.response(1000, 10);
+    w.ev(Event::Open { sk: SK, ts_ns: 50, meta: meta(Transport::Unix) });
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].evidence.end, Some(End::SocketFreed));
+    assert_eq!(w.c.tracked(), 1);
+}
+
+#[test]
+fn keep_alive_responses_judged_one_by_one() {
+    let mut w = Wire::new(Transport::Tcp);
+    for i in 0..50 {
+        w.response(i * 10, i * 10);
+    }
+    assert_eq!(w.out.len(), 50);
+    assert!(w.out.iter().all(|v| v.kind == Kind::Complete));
+    assert_eq!(w.out[7].expected_bytes, hl(70) + 70);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.out.len(), 50);
+}
+
+#[test]
+fn head_then_body_in_separate_sends() {
+    let mut w = Wire::new(Transport::Tcp);
+    let h = head(5);
+    let n = h.len() as u64;
+    w.send(Some(h), n);
+    assert!(w.out.is_empty());
+    w.send(None, 5);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+}
+
+#[test]
+fn early_next_head_is_desync() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 40);
+    w.response(10, 10);
+    assert_eq!(w.kinds(), [Kind::Desync, Kind::Complete]);
+    assert_eq!(w.out[0].sent_bytes, hl(100) + 40);
+}
+
+#[test]
+fn no_body_statuses_complete_with_the_head() {
+    for status in ["204 No Content", "304 Not Modified"] {
+        let mut w = Wire::new(Transport::Tcp);
+        let h = format!("HTTP/1.1 {status}\r\nContent-Length: 99\r\n\r\n").into_bytes();
+        let n = h.len() as u64;
+        w.send(Some(h), n);
+        assert_eq!(w.kinds(), [Kind::Complete], "{status}");
+        assert_eq!(w.out[0].expected_bytes, n);
+    }
+}
+
+#[test]
+fn zero_length_body() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(0, 0);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+}
+
+#[test]
+fn head_accepted_only_in_part_then_close() {
+    let mut w = Wire::new(Transport::Tcp);
+    let h = head(100);
+    let n = h.len() as u64;
+    w.send_part(Some(h), n + 100, 10);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].sent_bytes, 10);
+}
+
+#[test]
+fn unframed_and_chunked_are_counted_not_judged() {
+    let mut w = Wire::new(Transport::Tcp);
+    let h = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
+    w.send(Some(h), 100);
+    let h = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    w.send(Some(h), 100);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert!(w.out.is_empty());
+    assert_eq!((w.c.stats.unframed, w.c.stats.chunked), (1, 1));
+}
+
+#[test]
+fn unparseable_heads_never_flag() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Long: ".to_vec()), 512);
+    w.send(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec()), 60);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert!(w.out.is_empty());
+    assert_eq!((w.c.stats.unparsed, w.c.stats.invalid), (1, 1));
+}
+
+#[test]
+fn events_for_untracked_sockets_are_ignored() {
+    let mut c = Correlator::new(10);
+    let mut out = vec![];
+    c.handle(Event::Send { sk: 1, ts_ns: 1, tgid: 1, offset: 0, ret: 10, requested: 10, syscall: 1, head: Some(head(100)) }, &mut out);
+    c.handle(Event::TcpState { sk: 1, ts_ns: 2, oldstate: 1, newstate: TCP_FIN_WAIT1 }, &mut out);
+    c.handle(Event::UnixEof { reader: 1, peer: 2, ts_ns: 3 }, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(c.tracked(), 0);
+}
+
+#[test]
+fn connection_table_is_bounded() {
+    let mut c = Correlator::new(100);
+    let mut out = vec![];
+    for sk in 0..1000u64 {
+        c.handle(Event::Open { sk, ts_ns: sk, meta: meta(Transport::Tcp) }, &mut out);
+    }
+    assert!(c.tracked() <= 100);
+    assert_eq!(c.stats.evicted, 900);
+    assert_eq!(c.transport(999), Some(Transport::Tcp), "the newest survive");
+    assert_eq!(c.transport(0), None);
+}
+
+#[test]
+fn tcp_close_removes_the_connection() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10, 10);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.c.tracked(), 0);
+}
+
+/// Every split of a response into sends and every cut point: a response is complete exactly
+/// when all its bytes were handed over, and otherwise short by exactly what was not.
+#[test]
+fn exhaustive_cut_points() {
+    let cl = 40u64;
+    let total = hl(cl) + cl;
+    for chunk in 1..=total {
+        for cut in 0..=total {
+            let mut w = Wire::new(Transport::Tcp);
+            let h = head(cl);
+            let first = chunk.min(cut);
+            if first == 0 {
+                // head never handed over: nothing to judge
+                w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+                assert!(w.out.is_empty());
+                continue;
+            }
+            w.send_part(Some(h), total, first);
+            while w.offset < cut {
+                let n = chunk.min(cut - w.offset);
+                w.send(None, n);
+            }
+            w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+            assert_eq!(w.out.len(), 1, "chunk {chunk} cut {cut}");
+            let v = &w.out[0];
+            let want = if cut == total { Kind::Complete } else { Kind::ShortWrite };
+            assert_eq!((v.kind, v.sent_bytes, v.expected_bytes), (want, cut, total), "chunk {chunk} cut {cut}");
+        }
+    }
+}
+
+const EAGAIN: i64 = 11;
+const EPIPE: i64 = 32;

@@ -1,0 +1,204 @@
+//! Events as the correlator sees them, whatever hook backend produced them, and the decoding
+//! of the tracepoint backend's ring buffer records into them.
+use crate::btf_offsets::SockLayout;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use truncwatch_common::{
+    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_OPEN, EV_SEND, EV_STATE, EofEvent, Header,
+    HeadEvent, OpenEvent, SendEvent, StateEvent,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Unix,
+}
+
+/// Who owns a connection and its two ends, fixed when the agent first sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnMeta {
+    pub transport: Transport,
+    pub pid: u32,
+    pub comm: String,
+    pub local: String,
+    pub peer: String,
+}
+
+/// `newstate` of a `TcpState` event that stands for "a reset arrived from the peer".
+pub const RESET_RECEIVED: i32 = truncwatch_common::STATE_RESET_RECEIVED;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The socket `sk` is the server side of an HTTP/1 connection from now on.
+    Open { sk: u64, ts_ns: u64, meta: ConnMeta },
+    /// The kernel accepted `ret` bytes (or refused with `-errno`) at stream `offset`; `head`
+    /// holds the first bytes when the send began with `HTTP/`.
+    Send { sk: u64, ts_ns: u64, tgid: u32, offset: u64, ret: i64, requested: u64, syscall: u32, head: Option<Vec<u8>> },
+    /// A TCP state change (`newstate` may be `RESET_RECEIVED`).
+    TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32 },
+    /// A Unix stream socket `reader` read end of stream from `peer`.
+    UnixEof { reader: u64, peer: u64, ts_ns: u64 },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short { kind: u32, len: usize },
+    UnknownKind(u32),
+}
+
+/// Decode one ring buffer record.
+pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
+    let h: Header = read(buf, 0)?;
+    Ok(match h.kind {
+        EV_OPEN => {
+            let e: OpenEvent = read(buf, h.kind)?;
+            Event::Open { sk: h.sk, ts_ns: h.ts_ns, meta: open_meta(&e, layout) }
+        }
+        EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
+        EV_HEAD => {
+            let e: HeadEvent = read(buf, h.kind)?;
+            let n = (e.cap_len as usize).min(e.cap.len());
+            send_event(e.send, Some(e.cap[..n].to_vec()))
+        }
+        EV_STATE => {
+            let e: StateEvent = read(buf, h.kind)?;
+            Event::TcpState { sk: h.sk, ts_ns: h.ts_ns, oldstate: e.oldstate, newstate: e.newstate }
+        }
+        EV_EOF => {
+            let e: EofEvent = read(buf, h.kind)?;
+            Event::UnixEof { reader: h.sk, peer: e.peer, ts_ns: h.ts_ns }
+        }
+        k => return Err(DecodeError::UnknownKind(k)),
+    })
+}
+
+fn read<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if buf.len() < size_of::<T>() {
+        return Err(DecodeError::Short { kind, len: buf.len() });
+    }
+    // SAFETY: length checked; T is a plain #[repr(C)] integer struct valid for any bytes.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+}
+
+fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
+    Event::Send {
+        sk: e.h.sk,
+        ts_ns: e.h.ts_ns,
+        tgid: e.h.tgid,
+        offset: e.offset,
+        ret: e.ret.into(),
+        requested: e.requested,
+        syscall: e.syscall,
+        head,
+    }
+}
+
+fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
+    let comm = cstr(&e.comm);
+    let s = &e.sock;
+    let u16_at = |o: usize| u16::from_ne_bytes([s[o], s[o + 1]]);
+    let v4 = |o: usize| Ipv4Addr::new(s[o], s[o + 1], s[o + 2], s[o + 3]);
+    let v6 = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&s[o..o + 16]).unwrap());
+    let (transport, local, peer) = match e.family {
+        AF_UNIX => {
+            let path = unix_path(&e.unix_path);
+            (Transport::Unix, path, String::new())
+        }
+        family => {
+            let lport = u16_at(l.num); // host order
+            let pport = u16::from_be(u16_at(l.dport));
+            let (la, pa): (std::net::IpAddr, std::net::IpAddr) = if family == AF_INET6 {
+                (v6(l.v6_rcv_saddr).into(), v6(l.v6_daddr).into())
+            } else {
+                debug_assert_eq!(family, AF_INET);
+                (v4(l.rcv_saddr).into(), v4(l.daddr).into())
+            };
+            (Transport::Tcp, SocketAddr::new(la, lport).to_string(), SocketAddr::new(pa, pport).to_string())
+        }
+    };
+    ConnMeta { transport, pid: e.h.tgid, comm, local, peer }
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// A `sun_path`: a filesystem path, or (leading NUL) an abstract name shown as `@name`.
+fn unix_path(p: &[u8]) -> String {
+    match p.first() {
+        Some(0) => {
+            let name = &p[1..];
+            let end = name.iter().rposition(|&c| c != 0).map_or(0, |e| e + 1);
+            if end == 0 { String::new() } else { format!("@{}", String::from_utf8_lossy(&name[..end])) }
+        }
+        _ => cstr(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use truncwatch_common::{HEAD_CAP, SOCK_PREFIX, UNIX_PATH};
+
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain repr(C) value.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
+    }
+
+    fn layout() -> SockLayout {
+        SockLayout { daddr: 0, rcv_saddr: 4, dport: 12, num: 14, v6_daddr: 56, v6_rcv_saddr: 72 }
+    }
+
+    #[test]
+    fn decodes_tcp_open() {
+        let mut e = OpenEvent {
+            h: Header { kind: EV_OPEN, tgid: 7, sk: 0xffff1, ts_ns: 5 },
+            family: AF_INET,
+            _pad: [0; 6],
+            comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
+            sock: [0; SOCK_PREFIX],
+            unix_path: [0; UNIX_PATH],
+            _pad2: 0,
+        };
+        e.sock[0..4].copy_from_slice(&[127, 0, 0, 2]);
+        e.sock[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        e.sock[12..14].copy_from_slice(&5555u16.to_be_bytes());
+        e.sock[14..16].copy_from_slice(&8080u16.to_ne_bytes());
+        let ev = decode(&bytes(&e), &layout()).unwrap();
+        let meta = ConnMeta { transport: Transport::Tcp, pid: 7, comm: "nginx".into(), local: "127.0.0.1:8080".into(), peer: "127.0.0.2:5555".into() };
+        assert_eq!(ev, Event::Open { sk: 0xffff1, ts_ns: 5, meta });
+    }
+
+    #[test]
+    fn decodes_unix_paths() {
+        let mut p = [0u8; UNIX_PATH];
+        p[..9].copy_from_slice(b"/run/x.sk");
+        assert_eq!(unix_path(&p), "/run/x.sk");
+        let mut a = [0u8; UNIX_PATH];
+        a[1..4].copy_from_slice(b"abc");
+        assert_eq!(unix_path(&a), "@abc");
+        assert_eq!(unix_path(&[0u8; UNIX_PATH]), "");
+    }
+
+    #[test]
+    fn decodes_head_capture_bounded() {
+        let mut e = HeadEvent { send: SendEvent::default(), cap_len: 4, _pad: 0, cap: [b'x'; HEAD_CAP] };
+        e.send.h.kind = EV_HEAD;
+        e.send.ret = 100;
+        let Event::Send { head, ret, .. } = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
+        assert_eq!((head.unwrap().len(), ret), (4, 100));
+        e.cap_len = 100_000; // corrupt length: clamp, never read past the record
+        let Event::Send { head, .. } = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
+        assert_eq!(head.unwrap().len(), HEAD_CAP);
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(matches!(decode(&[1, 0, 0], &layout()), Err(DecodeError::Short { .. })));
+        let h = Header { kind: 99, ..Default::default() };
+        assert_eq!(decode(&bytes(&h), &layout()), Err(DecodeError::UnknownKind(99)));
+        let s = SendEvent { h: Header { kind: EV_SEND, ..Default::default() }, ..Default::default() };
+        assert!(matches!(decode(&bytes(&s)[..30], &layout()), Err(DecodeError::Short { kind: EV_SEND, .. })));
+    }
+}

@@ -1,0 +1,178 @@
+//! HTTP/1 response heads: what a captured head promises about its body.
+//!
+//! Only the status line and the framing headers are looked at; no other header value is kept.
+
+/// What the head says about the body that follows it (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`; ends with the terminating chunk.
+    Chunked,
+    /// No body by rule: 1xx, 204, 304.
+    None,
+    /// No framing: the body runs until the connection closes.
+    UntilClose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    /// Bytes of the head, up to and including the blank line.
+    pub len: u64,
+    pub body: Body,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Head(Head),
+    /// The capture ends before the head does (long head, or a head split over sends).
+    Incomplete,
+    /// Not an HTTP/1 response head, or one whose framing cannot be trusted (RFC 9112 §6.3
+    /// says such a message is invalid): conflicting or malformed Content-Length.
+    Invalid,
+}
+
+const MAX_HEADERS: usize = 64;
+
+pub fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n as u64,
+        Ok(httparse::Status::Partial) => return Parsed::Incomplete,
+        // More headers than we have room for: we cannot see them all, so cannot judge.
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Incomplete,
+        Err(_) => return Parsed::Invalid,
+    };
+    let Some(status) = resp.code else { return Parsed::Invalid };
+    match framing(status, resp.headers) {
+        Some(body) => Parsed::Head(Head { status, len, body }),
+        None => Parsed::Invalid,
+    }
+}
+
+/// The body's framing, or None when the headers contradict each other.
+fn framing(status: u16, headers: &[httparse::Header]) -> Option<Body> {
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        return Some(Body::None);
+    }
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The final coding decides (RFC 9112 §6.3 item 4).
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(&[]);
+            chunked = trim(last).eq_ignore_ascii_case(b"chunked");
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            // Repeated identical values are allowed, different ones are not (§6.3 item 5).
+            for v in h.value.split(|&b| b == b',') {
+                let n = parse_decimal(trim(v))?;
+                if length.is_some_and(|l| l != n) {
+                    return None;
+                }
+                length = Some(n);
+            }
+        }
+    }
+    Some(match (chunked, length) {
+        (true, _) => Body::Chunked, // Transfer-Encoding overrides Content-Length (§6.3 item 3)
+        (false, Some(n)) => Body::Length(n),
+        (false, None) => Body::UntilClose,
+    })
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Digits only (no sign, no spaces inside), no overflow.
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(s: &str) -> Parsed {
+        parse(s.as_bytes())
+    }
+
+    #[test]
+    fn content_length() {
+        let h = "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n";
+        assert_eq!(head(h), Parsed::Head(Head { status: 200, len: h.len() as u64, body: Body::Length(42) }));
+    }
+
+    #[test]
+    fn head_followed_by_body_in_same_capture() {
+        let h = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        let p = parse(format!("{h}hello").as_bytes());
+        assert_eq!(p, Parsed::Head(Head { status: 200, len: h.len() as u64, body: Body::Length(5) }));
+    }
+
+    #[test]
+    fn header_names_are_case_insensitive() {
+        assert!(matches!(head("HTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh: 7\r\n\r\n"), Parsed::Head(Head { body: Body::Length(7), .. })));
+    }
+
+    #[test]
+    fn chunked_overrides_length() {
+        let h = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(head(h), Parsed::Head(Head { body: Body::Chunked, .. })));
+    }
+
+    #[test]
+    fn chunked_must_be_last_coding() {
+        assert!(matches!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Parsed::Head(Head { body: Body::Chunked, .. })));
+        assert!(matches!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), Parsed::Head(Head { body: Body::UntilClose, .. })));
+    }
+
+    #[test]
+    fn no_body_statuses() {
+        for s in ["100 Continue", "101 Switching Protocols", "204 No Content", "304 Not Modified"] {
+            let h = format!("HTTP/1.1 {s}\r\nContent-Length: 10\r\n\r\n");
+            assert!(matches!(parse(h.as_bytes()), Parsed::Head(Head { body: Body::None, .. })), "{s}");
+        }
+    }
+
+    #[test]
+    fn no_framing_runs_until_close() {
+        assert!(matches!(head("HTTP/1.0 200 OK\r\nServer: x\r\n\r\n"), Parsed::Head(Head { body: Body::UntilClose, .. })));
+    }
+
+    #[test]
+    fn incomplete_heads_are_not_judged() {
+        assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n"), Parsed::Incomplete);
+        assert_eq!(head("HTTP/1.1 200"), Parsed::Incomplete);
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(parse(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes()), Parsed::Incomplete);
+    }
+
+    #[test]
+    fn bad_content_length_is_invalid() {
+        for v in ["-1", "abc", "1 2", "", "99999999999999999999", "+5", "0x10"] {
+            let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {v}\r\n\r\n");
+            assert_eq!(parse(h.as_bytes()), Parsed::Invalid, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_content_length() {
+        assert!(matches!(head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"), Parsed::Head(Head { body: Body::Length(3), .. })));
+        assert!(matches!(head("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"), Parsed::Head(Head { body: Body::Length(3), .. })));
+        assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"), Parsed::Invalid);
+    }
+
+    #[test]
+    fn not_a_response() {
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n"), Parsed::Invalid);
+        assert_eq!(head("\x16\x03\x01\x02\x00"), Parsed::Invalid);
+    }
+}

@@ -1,0 +1,329 @@
+//! `truncwatch lab`: a small HTTP/1 server that can cut responses short the way real servers
+//! do, and a client that reads slowly and records ground truth. Tests, the demo and operators
+//! use them to reproduce truncations on a host.
+//!
+//! Both print one JSON line per response on stdout: what was really sent and received.
+use anyhow::{Context, Result, bail};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+/// `tcp:HOST:PORT` or `unix:PATH`.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    Tcp(String),
+    Unix(String),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("tcp", a)) if !a.is_empty() => Ok(Endpoint::Tcp(a.to_string())),
+            Some(("unix", p)) if !p.is_empty() => Ok(Endpoint::Unix(p.to_string())),
+            _ => Err(format!("{s:?}: expected tcp:HOST:PORT or unix:PATH")),
+        }
+    }
+}
+
+/// How the server ends each response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Send the whole response (blocking writes), keep the connection alive.
+    Full,
+    /// The hyper#4022 pattern: non-blocking writes; at the first EAGAIN give up, then
+    /// shutdown(SHUT_WR) and close with the rest still in our own buffer.
+    ShortShutdown,
+    /// Same, but close without shutdown.
+    ShortClose,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Where to listen: tcp:127.0.0.1:0 or unix:/path (an existing socket file is replaced).
+    #[arg(long)]
+    pub listen: Endpoint,
+    #[arg(long, value_enum, default_value = "full")]
+    pub mode: Mode,
+    /// Body bytes per response (Content-Length).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub body: u64,
+    /// Exit after this many connections (0: serve forever).
+    #[arg(long, default_value_t = 0)]
+    pub connections: u64,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct FetchArgs {
+    /// Server to fetch from: tcp:HOST:PORT or unix:/path.
+    #[arg(long)]
+    pub connect: Endpoint,
+    /// Requests sent one after another on one keep-alive connection.
+    #[arg(long, default_value_t = 1)]
+    pub requests: u64,
+    /// Connections, one after another, each carrying --requests requests.
+    #[arg(long, default_value_t = 1)]
+    pub connections: u64,
+    /// Path to request.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// Read at most this many bytes per read.
+    #[arg(long, default_value_t = 65536)]
+    pub read_bytes: usize,
+    /// Sleep this long after each read (a slow but steady reader).
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub read_delay: Duration,
+    /// After this many body bytes, stall once for --stall (a reader that stops, then resumes).
+    #[arg(long)]
+    pub stall_after: Option<u64>,
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub stall: Duration,
+    /// Receive buffer size to ask for (SO_RCVBUF); small values fill the sender's buffer sooner.
+    #[arg(long)]
+    pub rcvbuf: Option<usize>,
+    /// Give up on a response after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+trait Stream: Read + Write + AsRawFd + Send {
+    fn shutdown_write(&self) -> std::io::Result<()>;
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()>;
+}
+impl Stream for TcpStream {
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        TcpStream::set_nonblocking(self, on)
+    }
+}
+impl Stream for UnixStream {
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+    fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
+        UnixStream::set_nonblocking(self, on)
+    }
+}
+
+pub fn serve(a: &ServeArgs) -> Result<()> {
+    let mut served = 0;
+    let mut handles = Vec::new();
+    let mut next = |h: std::thread::JoinHandle<()>| {
+        handles.push(h);
+        served += 1;
+        a.connections != 0 && served >= a.connections
+    };
+    match &a.listen {
+        Endpoint::Tcp(addr) => {
+            let l = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+            announce(&format!("tcp:{}", l.local_addr()?));
+            for s in l.incoming() {
+                if next(spawn(Box::new(s?), a.clone())?) {
+                    break;
+                }
+            }
+        }
+        Endpoint::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = UnixListener::bind(path).with_context(|| format!("listening on {path}"))?;
+            announce(&format!("unix:{path}"));
+            for s in l.incoming() {
+                if next(spawn(Box::new(s?), a.clone())?) {
+                    break;
+                }
+            }
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn announce(endpoint: &str) {
+    // Tests and scripts wait for this line to learn the address.
+    eprintln!("lab: listening on {endpoint}");
+}
+
+fn spawn(s: Box<dyn Stream>, a: ServeArgs) -> Result<std::thread::JoinHandle<()>> {
+    // The thread name is the `comm` the agent reports.
+    Ok(std::thread::Builder::new().name("tw-lab-server".into()).spawn(move || {
+        if let Err(e) = handle(s, &a) {
+            eprintln!("lab: connection: {e:#}");
+        }
+    })?)
+}
+
+fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request head.
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(()); // client closed
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        buf.drain(..end);
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", a.body);
+        let mut resp = head.clone().into_bytes();
+        resp.resize(head.len() + a.body as usize, b'x');
+        let sent = match a.mode {
+            Mode::Full => {
+                s.write_all(&resp)?;
+                resp.len()
+            }
+            Mode::ShortShutdown | Mode::ShortClose => give_up_at_first_eagain(&mut *s, &resp)?,
+        };
+        println!("{}", serde_json::json!({"sent_bytes": sent, "expected_bytes": resp.len()}));
+        if a.mode != Mode::Full {
+            if a.mode == Mode::ShortShutdown {
+                s.shutdown_write()?;
+            }
+            return Ok(()); // dropping the stream closes it
+        }
+    }
+}
+
+/// Write without blocking until the kernel refuses; return the bytes it accepted.
+fn give_up_at_first_eagain(s: &mut dyn Stream, resp: &[u8]) -> Result<usize> {
+    s.set_nonblocking(true)?;
+    let mut sent = 0;
+    while sent < resp.len() {
+        match s.write(&resp[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    s.set_nonblocking(false)?;
+    Ok(sent)
+}
+
+/// Ground truth of one response, as the client saw it.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Received {
+    pub status: u16,
+    pub content_length: Option<u64>,
+    pub head_bytes: u64,
+    /// Head + body bytes received.
+    pub received_bytes: u64,
+    pub complete: bool,
+    /// How the response ended: "complete", "eof", "reset", "timeout".
+    pub end: String,
+}
+
+pub fn fetch(a: &FetchArgs) -> Result<()> {
+    for _ in 0..a.connections {
+        let mut s: Box<dyn Stream> = match &a.connect {
+            Endpoint::Tcp(addr) => {
+                let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+                set_rcvbuf(&s, a.rcvbuf)?;
+                Box::new(s)
+            }
+            Endpoint::Unix(p) => {
+                let s = UnixStream::connect(p).with_context(|| format!("connecting to {p}"))?;
+                set_rcvbuf(&s, a.rcvbuf)?;
+                Box::new(s)
+            }
+        };
+        for _ in 0..a.requests {
+            let req = format!("GET {} HTTP/1.1\r\nHost: lab\r\n\r\n", a.path);
+            s.write_all(req.as_bytes())?;
+            let r = read_response(&mut *s, a)?;
+            println!("{}", serde_json::to_string(&r)?);
+            if !r.complete {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_rcvbuf(s: &impl AsRawFd, size: Option<usize>) -> Result<()> {
+    let Some(size) = size else { return Ok(()) };
+    let v = size as libc::c_int;
+    // SAFETY: valid fd and option buffer.
+    let r = unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const v).cast(), size_of::<libc::c_int>() as u32)
+    };
+    if r != 0 {
+        bail!("SO_RCVBUF: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
+    let deadline = Instant::now() + a.timeout;
+    let mut buf = vec![0u8; a.read_bytes.max(1)];
+    let mut data = Vec::new();
+    let mut received = 0u64;
+    let mut head: Option<(u16, Option<u64>, u64)> = None;
+    let mut stalled = false;
+    let end = loop {
+        if let Some((_, Some(cl), hl)) = head {
+            if received >= hl + cl {
+                break "complete";
+            }
+        }
+        if Instant::now() > deadline {
+            break "timeout";
+        }
+        let want = match head {
+            // Never read past this response's end: the next one is not ours yet.
+            Some((_, Some(cl), hl)) => buf.len().min((hl + cl - received) as usize),
+            _ => buf.len(),
+        };
+        s.set_read_timeout(deadline.saturating_duration_since(Instant::now()));
+        let n = match s.read(&mut buf[..want]) {
+            Ok(0) => break "eof",
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break "reset",
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break "timeout",
+            Err(e) => return Err(e.into()),
+        };
+        received += n as u64;
+        if head.is_none() {
+            data.extend_from_slice(&buf[..n]);
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut hs);
+            if let httparse::Status::Complete(hl) = r.parse(&data)? {
+                let cl = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+                head = Some((r.code.unwrap_or(0), cl, hl as u64));
+            }
+        }
+        if let (Some(after), Some((_, _, hl))) = (a.stall_after, head) {
+            if !stalled && received >= hl + after {
+                stalled = true;
+                std::thread::sleep(a.stall);
+            }
+        }
+        if !a.read_delay.is_zero() {
+            std::thread::sleep(a.read_delay);
+        }
+    };
+    let (status, content_length, head_bytes) = head.unwrap_or((0, None, 0));
+    Ok(Received { status, content_length, head_bytes, received_bytes: received, complete: end == "complete", end: end.into() })
+}
+
+trait ReadTimeout {
+    fn set_read_timeout(&mut self, d: Duration);
+}
+impl ReadTimeout for dyn Stream + '_ {
+    fn set_read_timeout(&mut self, d: Duration) {
+        let d = d.max(Duration::from_millis(1));
+        let tv = libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t };
+        // SAFETY: valid fd and option buffer.
+        unsafe {
+            libc::setsockopt(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! truncwatch: flags HTTP/1 responses whose connection ended before every promised byte was
+//! handed to the kernel, by watching the kernel's socket send and close paths.
+//!
+//! Layout: `events` (what the kernel reports) -> `correlator` (pure: events in, verdicts out,
+//! using `http_head` for framing) -> `output`. `agent` loads the kernel programs and wires
+//! these together; `btf_offsets` reads the running kernel's struct layouts; `lab` reproduces
+//! truncations on purpose.
+pub mod agent;
+pub mod btf_offsets;
+pub mod correlator;
+pub mod events;
+pub mod http_head;
+pub mod lab;
+pub mod output;

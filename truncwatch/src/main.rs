@@ -1,0 +1,46 @@
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use truncwatch::{agent, lab};
+
+/// Flags HTTP/1 responses cut short on this host (short writes), from the kernel, without
+/// touching the applications.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: agent::RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Watch this host (the default).
+    Run(agent::RunArgs),
+    /// Reproduce truncations: a test server and a slow client.
+    #[command(subcommand)]
+    Lab(LabCmd),
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// An HTTP/1 server that can end responses early.
+    Serve(lab::ServeArgs),
+    /// A client that reads slowly and prints what it received.
+    Fetch(lab::FetchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        None => run(cli.run),
+        Some(Cmd::Run(a)) => run(a),
+        Some(Cmd::Lab(LabCmd::Serve(a))) => lab::serve(&a),
+        Some(Cmd::Lab(LabCmd::Fetch(a))) => lab::fetch(&a),
+    }
+}
+
+fn run(args: agent::RunArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(agent::run(args))
+}

@@ -1,0 +1,161 @@
+//! Verdicts as text: one human line, or one JSON object per line (`--format json`).
+//!
+//! The JSON fields are a contract scripts depend on: extend, never rename.
+use crate::correlator::{Evidence, Verdict};
+use crate::events::Transport;
+use serde::Serialize;
+use std::time::{Duration, SystemTime};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// Turns kernel monotonic timestamps (`bpf_ktime_get_ns`) into wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at monotonic zero.
+    boot: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = monotonic_ns();
+        Clock { boot: SystemTime::now() - Duration::from_nanos(mono) }
+    }
+    #[cfg(test)]
+    pub fn fixed(boot: SystemTime) -> Self {
+        Clock { boot }
+    }
+    pub fn wall(&self, ts_ns: u64) -> SystemTime {
+        self.boot + Duration::from_nanos(ts_ns)
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Serialize)]
+struct JsonVerdict<'a> {
+    verdict: &'static str,
+    transport: Transport,
+    pid: u32,
+    comm: &'a str,
+    local: &'a str,
+    peer: &'a str,
+    status: u16,
+    content_length: Option<u64>,
+    chunked: bool,
+    expected_bytes: u64,
+    sent_bytes: u64,
+    missing_bytes: u64,
+    evidence: &'a Evidence,
+    ts: String,
+}
+
+pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
+    let ts = humantime::format_rfc3339_micros(clock.wall(v.ts_ns)).to_string();
+    match fmt {
+        Format::Json => {
+            let j = JsonVerdict {
+                verdict: v.kind.as_str(),
+                transport: v.meta.transport,
+                pid: v.pid,
+                comm: &v.meta.comm,
+                local: &v.meta.local,
+                peer: &v.meta.peer,
+                status: v.status,
+                content_length: v.content_length,
+                chunked: v.chunked,
+                expected_bytes: v.expected_bytes,
+                sent_bytes: v.sent_bytes,
+                missing_bytes: v.missing_bytes(),
+                evidence: &v.evidence,
+                ts,
+            };
+            serde_json::to_string(&j).expect("verdicts always serialize")
+        }
+        Format::Human => {
+            let e = &v.evidence;
+            let peer = if v.meta.peer.is_empty() { String::new() } else { format!(" <- {}", v.meta.peer) };
+            let transport = match v.meta.transport {
+                Transport::Tcp => "tcp",
+                Transport::Unix => "unix",
+            };
+            let mut line = format!(
+                "{ts} {:<11} {transport} {}{peer} pid={} comm={} status={} sent={}/{} missing={}",
+                v.kind.as_str(),
+                v.meta.local,
+                v.pid,
+                v.meta.comm,
+                v.status,
+                v.sent_bytes,
+                v.expected_bytes,
+                v.missing_bytes(),
+            );
+            if e.slow_reader {
+                line += &format!(" slow_reader(eagain={} partial={})", e.eagain, e.partial_sends);
+            }
+            if let Some(p) = e.peer_ended {
+                line += &format!(" peer_ended={p}");
+            }
+            line
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlator::{End, Kind};
+    use crate::events::ConnMeta;
+
+    fn verdict() -> Verdict {
+        Verdict {
+            kind: Kind::ShortWrite,
+            meta: ConnMeta { transport: Transport::Unix, pid: 9, comm: "hyper".into(), local: "/run/app.sock".into(), peer: String::new() },
+            pid: 9,
+            status: 200,
+            content_length: Some(1000),
+            chunked: false,
+            expected_bytes: 1100,
+            sent_bytes: 600,
+            evidence: Evidence { eagain: 2, partial_sends: 1, slow_reader: true, peer_ended: None, end: Some(End::Eof) },
+            ts_ns: 1_500_000,
+        }
+    }
+
+    #[test]
+    fn json_contract_fields() {
+        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
+        let j: serde_json::Value = serde_json::from_str(&format(&verdict(), Format::Json, &clock)).unwrap();
+        assert_eq!(j["verdict"], "short_write");
+        assert_eq!(j["transport"], "unix");
+        assert_eq!(j["pid"], 9);
+        assert_eq!(j["comm"], "hyper");
+        assert_eq!(j["local"], "/run/app.sock");
+        assert_eq!(j["peer"], "");
+        assert_eq!(j["status"], 200);
+        assert_eq!(j["content_length"], 1000);
+        assert_eq!(j["chunked"], false);
+        assert_eq!(j["expected_bytes"], 1100);
+        assert_eq!(j["sent_bytes"], 600);
+        assert_eq!(j["missing_bytes"], 500);
+        assert_eq!(j["evidence"]["eagain"], 2);
+        assert_eq!(j["evidence"]["slow_reader"], true);
+        assert_eq!(j["evidence"]["end"], "eof");
+        assert_eq!(j["ts"], "1970-01-01T00:00:00.001500Z");
+    }
+
+    #[test]
+    fn human_line() {
+        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
+        let l = format(&verdict(), Format::Human, &clock);
+        assert!(l.contains("short_write unix /run/app.sock pid=9 comm=hyper status=200 sent=600/1100 missing=500 slow_reader(eagain=2 partial=1)"), "{l}");
+    }
+}
