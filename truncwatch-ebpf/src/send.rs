@@ -77,23 +77,36 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>
         st.sent += ret as u64;
     }
     let call = call.unwrap_or(SendCall { nr: u32::MAX, buf: 0, buf_len: 0, requested: 0 });
-    let send = SendEvent {
-        h: header(EV_SEND, sk),
-        offset,
-        requested: call.requested,
-        ret,
-        syscall: call.nr,
-    };
-    if ret > 0 && call.buf != 0 && call.buf_len >= 5 {
-        if let Some(m) = read_user::<[u8; 5]>(call.buf) {
-            if &m == b"HTTP/" {
-                head(send, &call);
-                return;
-            }
-        }
+    let is_head = ret > 0
+        && call.buf != 0
+        && call.buf_len >= 5
+        && read_user::<[u8; 5]>(call.buf).is_some_and(|m| &m == b"HTTP/");
+    if is_head {
+        head(sk, offset, ret, &call);
+        return;
     }
-    if EVENTS.output_untyped::<SendEvent>(&send, 0).is_err() {
+    let Some(mut entry) = EVENTS.reserve_untyped::<SendEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
+        return;
+    };
+    fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call);
+    entry.submit(0);
+}
+
+/// Fields are written one by one into ring buffer memory: the verifier rejects copying a
+/// struct assembled on the stack there.
+#[inline(always)]
+fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i32, call: &SendCall) {
+    let h = header(kind, sk);
+    unsafe {
+        (*ev).h.kind = h.kind;
+        (*ev).h.tgid = h.tgid;
+        (*ev).h.sk = h.sk;
+        (*ev).h.ts_ns = h.ts_ns;
+        (*ev).offset = offset;
+        (*ev).requested = call.requested;
+        (*ev).ret = ret;
+        (*ev).syscall = call.nr;
     }
 }
 
@@ -101,7 +114,7 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>
 /// buffer, whether or not the kernel accepted them all: the head's promise is what matters, and
 /// a head the kernel took only part of is exactly the slow-reader case.
 #[inline(always)]
-fn head(mut send: SendEvent, call: &SendCall) {
+fn head(sk: *mut c_void, offset: u64, ret: i32, call: &SendCall) {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         return;
@@ -111,15 +124,10 @@ fn head(mut send: SendEvent, call: &SendCall) {
     if n > HEAD_CAP as u64 {
         n = HEAD_CAP as u64;
     }
-    send.h.kind = EV_HEAD;
     unsafe {
-        (*ev).send = send;
+        fill_send(&raw mut (*ev).send, EV_HEAD, sk, offset, ret, call);
         (*ev)._pad = 0;
-        let r = bpf_probe_read_user(
-            (&raw mut (*ev).cap).cast(),
-            n as u32,
-            call.buf as *const c_void,
-        );
+        let r = bpf_probe_read_user((&raw mut (*ev).cap).cast(), n as u32, call.buf as *const c_void);
         (*ev).cap_len = if r == 0 { n as u32 } else { 0 };
     }
     entry.submit(0);
