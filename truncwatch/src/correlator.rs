@@ -59,8 +59,9 @@ pub struct Evidence {
     pub eagain: u32,
     /// Sends the kernel accepted only part of (send buffer full mid-send).
     pub partial_sends: u32,
-    /// Either of the above: the reader was slower than the writer at some point.
-    pub slow_reader: bool,
+    /// Either of the above: at some point on this connection the application wrote faster
+    /// than the peer read (a slow reader, or just a large response to a fast one).
+    pub send_buffer_full: bool,
     /// The peer ended its side first: `"fin"`, `"reset"`, `"eof"` (Unix), `"gone"` (sends
     /// failed with EPIPE/ECONNRESET), or null.
     pub peer_ended: Option<&'static str>,
@@ -326,7 +327,7 @@ impl Correlator {
             evidence: Evidence {
                 eagain: conn.eagain,
                 partial_sends: conn.partial,
-                slow_reader: conn.eagain > 0 || conn.partial > 0,
+                send_buffer_full: conn.eagain > 0 || conn.partial > 0,
                 peer_ended: conn.peer_ended,
                 end: Some(how),
             },

@@ -101,7 +101,7 @@ fn short_write_then_fin() {
     assert_eq!(v.sent_bytes, hl(1_000_000) + 219_264);
     assert_eq!(v.expected_bytes, hl(1_000_000) + 1_000_000);
     assert_eq!(v.missing_bytes(), 1_000_000 - 219_264);
-    assert_eq!((v.evidence.eagain, v.evidence.partial_sends, v.evidence.slow_reader), (1, 1, true));
+    assert_eq!((v.evidence.eagain, v.evidence.partial_sends, v.evidence.send_buffer_full), (1, 1, true));
     assert_eq!((v.evidence.end, v.evidence.peer_ended), (Some(End::Fin), None));
 }
 

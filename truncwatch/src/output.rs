@@ -98,8 +98,8 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
                 v.expected_bytes,
                 v.missing_bytes(),
             );
-            if e.slow_reader {
-                line += &format!(" slow_reader(eagain={} partial={})", e.eagain, e.partial_sends);
+            if e.send_buffer_full {
+                line += &format!(" send_buffer_full(eagain={} partial={})", e.eagain, e.partial_sends);
             }
             if let Some(p) = e.peer_ended {
                 line += &format!(" peer_ended={p}");
@@ -125,7 +125,7 @@ mod tests {
             chunked: false,
             expected_bytes: 1100,
             sent_bytes: 600,
-            evidence: Evidence { eagain: 2, partial_sends: 1, slow_reader: true, peer_ended: None, end: Some(End::Eof) },
+            evidence: Evidence { eagain: 2, partial_sends: 1, send_buffer_full: true, peer_ended: None, end: Some(End::Eof) },
             ts_ns: 1_500_000,
         }
     }
@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(j["sent_bytes"], 600);
         assert_eq!(j["missing_bytes"], 500);
         assert_eq!(j["evidence"]["eagain"], 2);
-        assert_eq!(j["evidence"]["slow_reader"], true);
+        assert_eq!(j["evidence"]["send_buffer_full"], true);
         assert_eq!(j["evidence"]["end"], "eof");
         assert_eq!(j["ts"], "1970-01-01T00:00:00.001500Z");
     }
@@ -156,6 +156,6 @@ mod tests {
     fn human_line() {
         let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
         let l = format(&verdict(), Format::Human, &clock);
-        assert!(l.contains("short_write unix /run/app.sock pid=9 comm=hyper status=200 sent=600/1100 missing=500 slow_reader(eagain=2 partial=1)"), "{l}");
+        assert!(l.contains("short_write unix /run/app.sock pid=9 comm=hyper status=200 sent=600/1100 missing=500 send_buffer_full(eagain=2 partial=1)"), "{l}");
     }
 }

@@ -1,1 +1,152 @@
-fn main(){}
+//! `cargo xtask`: the project's commands. Each installs what it needs first (and says so).
+mod setup;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::process::{Command, Stdio};
+
+#[derive(Parser)]
+#[command(about = "truncwatch's build, run and test commands")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing, then build the agent with its eBPF object (release).
+    Build,
+    /// Build, then run the agent as root on this host. Agent arguments go after `--`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install what is missing, then run every test: unit tests and the kernel tests (root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// See it work: the agent, a server that cuts responses short, and a slow client.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Build => build().map(drop),
+        Cmd::Run { args } => {
+            let bin = build()?;
+            step(&format!("running {} {}", bin, args.join(" ")));
+            let status = as_root(&bin).args(&args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => {
+            let bin = build()?;
+            demo(&bin)
+        }
+    }
+}
+
+pub fn step(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+/// `cmd` as root: directly when we are root, through sudo otherwise.
+fn as_root(cmd: &str) -> Command {
+    if setup::is_root() {
+        Command::new(cmd)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(cmd);
+        c
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn build() -> Result<String> {
+    setup::ensure(setup::Need::Build)?;
+    step("building truncwatch and its eBPF object (cargo build --release)");
+    let status = cargo().args(["build", "--release", "--package", "truncwatch"]).status()?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let root = workspace_root()?;
+    Ok(format!("{root}/target/release/truncwatch"))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::ensure(setup::Need::Test)?;
+    if !setup::is_root() {
+        step("not root: the kernel tests will skip (run as root, or with sudo, to include them)");
+    }
+    step("running all tests (cargo test --workspace): unit tests, then kernel tests on this kernel");
+    // Kernel tests each start their own agent; one at a time keeps them off each other's CPU.
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--release"]).args(args);
+    if !args.iter().any(|a| a == "--") {
+        c.args(["--", "--test-threads=1"]);
+    }
+    let status = c.status()?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<String> {
+    let out = cargo().args(["locate-project", "--workspace", "--message-format", "plain"]).output()?;
+    let path = String::from_utf8(out.stdout)?;
+    Ok(std::path::Path::new(path.trim()).parent().context("workspace root")?.display().to_string())
+}
+
+/// Agent + lab server (Unix socket, hyper#4022 pattern) + slow client, output shown live.
+fn demo(bin: &str) -> Result<()> {
+    let sock = std::env::temp_dir().join("truncwatch-demo.sock");
+    let sock = sock.display().to_string();
+    step("starting the agent (human output)");
+    let mut agent = as_root(bin).arg("run").stderr(Stdio::piped()).spawn()?;
+    wait_ready(&mut agent)?;
+    step(&format!("starting a server on unix:{sock} that gives up at the first EAGAIN, then shuts down"));
+    let mut server = Command::new(bin)
+        .args(["lab", "serve", "--listen", &format!("unix:{sock}"), "--mode", "short-shutdown", "--body", "8000000"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    step("fetching 8 MB with a slow reader (16 KiB every 2 ms); the client's view:");
+    let status = Command::new(bin)
+        .args(["lab", "fetch", "--connect", &format!("unix:{sock}"), "--read-bytes", "16384", "--read-delay", "2ms"])
+        .status()?;
+    if !status.success() {
+        bail!("demo client failed");
+    }
+    step("and the agent's verdict (above this line, from the agent):");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = server.kill();
+    // SIGINT the agent (it may run under sudo: signal the whole process group member by pid).
+    let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
+    let _ = agent.wait();
+    Ok(())
+}
+
+fn wait_ready(agent: &mut std::process::Child) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let stderr = agent.stderr.take().context("agent stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        eprintln!("{line}");
+        if line.contains("truncwatch: ready") {
+            std::thread::spawn(move || {
+                for l in lines.map_while(Result::ok) {
+                    eprintln!("{l}");
+                }
+            });
+            return Ok(());
+        }
+    }
+    bail!("the agent exited before it was ready")
+}

@@ -1,0 +1,129 @@
+//! Kernel tests: the real agent on the running kernel, real sockets, real slow readers.
+//! They need root (see `support::kernel_or_skip`); `cargo xtask test` runs them.
+mod support;
+
+use std::time::Duration;
+use support::{Agent, Server, fetch, kernel_or_skip, u, unix_path};
+
+const WAIT: Duration = Duration::from_secs(30);
+/// A reader that keeps up, slowly: 16 KiB every 2 ms with a small receive buffer.
+const SLOW: &[&str] = &["--rcvbuf", "65536", "--read-bytes", "16384", "--read-delay", "2ms"];
+
+/// A short write must be flagged with exactly the bytes the client got.
+fn short_write(listen: &str, mode: &str) {
+    let agent = Agent::start();
+    let srv = Server::start(listen, mode, 8 << 20);
+    let got = fetch(&srv.endpoint, SLOW);
+    assert_eq!(got.len(), 1);
+    let client = &got[0];
+    assert_eq!(client["complete"], false, "the lab server should have cut this response: {client}");
+    assert_eq!(client["end"], "eof");
+
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    assert_eq!(v.len(), 1, "one verdict for one response: {v:?}");
+    let v = &v[0];
+    assert_eq!(v["verdict"], "short_write", "{v}");
+    assert_eq!(u(&v["sent_bytes"]), u(&client["received_bytes"]), "agent bytes = client bytes: {v}");
+    assert_eq!(u(&v["sent_bytes"]), u(&srv.sent()[0]["sent_bytes"]), "agent bytes = what the server's sends returned");
+    assert_eq!(u(&v["expected_bytes"]), u(&client["head_bytes"]) + (8 << 20));
+    assert_eq!(u(&v["missing_bytes"]), u(&v["expected_bytes"]) - u(&v["sent_bytes"]));
+    assert_eq!(u(&v["content_length"]), 8 << 20);
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["comm"], "tw-lab-server");
+    assert_eq!(v["evidence"]["send_buffer_full"], true, "the server hit EAGAIN: {v}");
+    let stopped = agent.stop();
+    assert_eq!(stopped.iter().filter(|x| x["local"] == srv.local()).count(), 1, "no extra verdicts at shutdown");
+}
+
+/// A slow but steady reader gets everything: never flagged, judged complete.
+fn slow_reader_complete(listen: &str) {
+    let agent = Agent::start();
+    let srv = Server::start(listen, "full", 4 << 20);
+    let got = fetch(&srv.endpoint, SLOW);
+    assert_eq!(got[0]["complete"], true);
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["verdict"], "complete", "{}", v[0]);
+    assert_eq!(u(&v[0]["sent_bytes"]), u(&got[0]["received_bytes"]));
+    assert_eq!(u(&v[0]["missing_bytes"]), 0);
+    // Closing the connection afterwards must not produce a second verdict.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.verdicts(&srv.local()).len(), 1);
+}
+
+/// Many fast clients, many keep-alive responses: every one judged complete, nothing flagged.
+fn many_fast(listen: &str) {
+    let agent = Agent::start();
+    let srv = Server::start(listen, "full", 1000);
+    let got = fetch(&srv.endpoint, &["--connections", "20", "--requests", "50"]);
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(|r| r["complete"] == true));
+    let v = agent.wait_for(&srv.local(), 1000, WAIT);
+    let bad: Vec<_> = v.iter().filter(|x| x["verdict"] != "complete").collect();
+    assert!(bad.is_empty(), "false flags: {bad:?}");
+    assert_eq!(v.len(), 1000, "every response judged");
+    assert!(v.iter().all(|x| u(&x["sent_bytes"]) == u(&got[0]["received_bytes"])));
+}
+
+#[test]
+fn tcp_short_write_then_shutdown() {
+    if kernel_or_skip("tcp_short_write_then_shutdown") {
+        short_write("tcp:127.0.0.1:0", "short-shutdown");
+    }
+}
+
+#[test]
+fn tcp_short_write_close_only() {
+    if kernel_or_skip("tcp_short_write_close_only") {
+        short_write("tcp:127.0.0.1:0", "short-close");
+    }
+}
+
+#[test]
+fn tcp6_short_write_then_shutdown() {
+    if kernel_or_skip("tcp6_short_write_then_shutdown") {
+        short_write("tcp:[::1]:0", "short-shutdown");
+    }
+}
+
+#[test]
+fn unix_short_write_then_shutdown() {
+    if kernel_or_skip("unix_short_write_then_shutdown") {
+        short_write(&format!("unix:{}", unix_path("short-shutdown.sock")), "short-shutdown");
+    }
+}
+
+#[test]
+fn unix_short_write_close_only() {
+    if kernel_or_skip("unix_short_write_close_only") {
+        short_write(&format!("unix:{}", unix_path("short-close.sock")), "short-close");
+    }
+}
+
+#[test]
+fn tcp_slow_reader_is_complete() {
+    if kernel_or_skip("tcp_slow_reader_is_complete") {
+        slow_reader_complete("tcp:127.0.0.1:0");
+    }
+}
+
+#[test]
+fn unix_slow_reader_is_complete() {
+    if kernel_or_skip("unix_slow_reader_is_complete") {
+        slow_reader_complete(&format!("unix:{}", unix_path("slow.sock")));
+    }
+}
+
+#[test]
+fn tcp_many_fast_responses_all_complete() {
+    if kernel_or_skip("tcp_many_fast_responses_all_complete") {
+        many_fast("tcp:127.0.0.1:0");
+    }
+}
+
+#[test]
+fn unix_many_fast_responses_all_complete() {
+    if kernel_or_skip("unix_many_fast_responses_all_complete") {
+        many_fast(&format!("unix:{}", unix_path("fast.sock")));
+    }
+}

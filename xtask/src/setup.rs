@@ -1,0 +1,105 @@
+//! Installing what the build and the tests need, on a Debian 12 machine with only the package
+//! registries: Debian packages, a toolchain with the core library's source, bpf-linker.
+//! Each step checks first and says what it does; nothing is downloaded outside the registries.
+use crate::step;
+use anyhow::{Result, bail};
+use std::process::{Command, Stdio};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Build,
+    Test,
+}
+
+/// bpf-linker 0.13 is the newest that builds against an LLVM Debian 12 ships (llvm-22).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+pub fn ensure(need: Need) -> Result<()> {
+    let debian_toolchain = !nightly_has_rust_src();
+    let mut pkgs: Vec<&str> = Vec::new();
+    if debian_toolchain {
+        // rustc 1.96 with its library source: builds core for the BPF target.
+        pkgs.extend(["rustc-web", "cargo-web", "rust-web-src"]);
+    }
+    if !have("bpf-linker", &["--version"]) {
+        pkgs.extend(["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"]);
+    }
+    if need == Need::Test {
+        pkgs.push("nginx-light"); // a real third-party server for the kernel tests
+    }
+    apt_install(&pkgs)?;
+    if debian_toolchain && !toolchain_linked("debian-web") {
+        step("linking Debian's rustc-web as the rustup toolchain `debian-web` (for the eBPF build)");
+        run(Command::new("rustup").args(["toolchain", "link", "debian-web", "/usr"]))?;
+    }
+    if !have("bpf-linker", &["--version"]) {
+        step(&format!("installing bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (cargo install, a few minutes)"));
+        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path))?;
+    }
+    Ok(())
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    let sudo = if is_root() { vec![] } else { vec!["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    // The package lists may be empty or stale on a fresh machine.
+    run(&mut apt(&["update", "-q"]))?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    run(&mut apt(&args))
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn toolchain_linked(name: &str) -> bool {
+    Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.split_whitespace().next() == Some(name)))
+}
+
+/// A rustup nightly with `rust-src` builds the eBPF crate without Debian's toolchain.
+fn nightly_has_rust_src() -> bool {
+    let Ok(o) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).stderr(Stdio::null()).output() else {
+        return false;
+    };
+    o.status.success() && std::path::Path::new(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").exists()
+}
+
+fn run(c: &mut Command) -> Result<()> {
+    let status = c.status()?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
