@@ -47,6 +47,8 @@ pub struct Offsets {
     pub unix_peer: u32,
     /// `unix_sock.addr` (struct unix_address *).
     pub unix_addr: u32,
+    /// `unix_address.len` (int: bytes of `name` in use, family included).
+    pub unix_address_len: u32,
     /// `unix_address.name` (struct sockaddr_un, path after the 2-byte family).
     pub unix_address_name: u32,
     /// `pt_regs` offsets of the syscall number and arguments.
@@ -56,7 +58,6 @@ pub struct Offsets {
     pub regs_dx: u32,
     /// Non-zero once userspace filled this in; the programs do nothing until then.
     pub ready: u32,
-    pub _pad: u32,
 }
 
 /// Per-socket state kept in socket-local storage (freed by the kernel with the socket).

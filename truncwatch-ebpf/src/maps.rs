@@ -30,13 +30,13 @@ static OFFSETS: Offsets = Offsets {
     sk_protocol: 0,
     unix_peer: 0,
     unix_addr: 0,
+    unix_address_len: 0,
     unix_address_name: 0,
     regs_orig_ax: 0,
     regs_di: 0,
     regs_si: 0,
     regs_dx: 0,
     ready: 0,
-    _pad: 0,
 };
 
 #[inline(always)]

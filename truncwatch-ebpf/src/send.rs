@@ -150,18 +150,32 @@ fn open(sk: *mut c_void, family: u16, o: &Offsets) {
         if bpf_probe_read_kernel((&raw mut (*ev).sock).cast(), SOCK_PREFIX as u32, sk) != 0 {
             (*ev).sock = [0; SOCK_PREFIX];
         }
-        let addr = if family == AF_UNIX {
-            read_kernel::<u64>(sk as u64 + o.unix_addr as u64).unwrap_or(0)
-        } else {
-            0
-        };
-        // sockaddr_un: sun_family (2 bytes), then sun_path.
-        let path = addr + o.unix_address_name as u64 + 2;
-        if addr == 0
-            || bpf_probe_read_kernel((&raw mut (*ev).unix_path).cast(), UNIX_PATH as u32, path as *const c_void) != 0
-        {
-            (*ev).unix_path = [0; UNIX_PATH];
+        (*ev).unix_path = [0; UNIX_PATH];
+        if family == AF_UNIX {
+            unix_path(sk, &raw mut (*ev).unix_path, o);
         }
     }
     entry.submit(0);
+}
+
+/// The bound path of a Unix socket (for accepted sockets, the listener's), read only as far as
+/// the address is long: reading past the allocation could fault (e.g. into a KFENCE guard page).
+#[inline(always)]
+fn unix_path(sk: *mut c_void, dst: *mut [u8; UNIX_PATH], o: &Offsets) -> Option<()> {
+    let addr = read_kernel::<u64>(sk as u64 + o.unix_addr as u64)?;
+    if addr == 0 {
+        return None; // unbound
+    }
+    // `len` counts sockaddr_un from its 2-byte sun_family on.
+    let len = read_kernel::<i32>(addr + o.unix_address_len as u64)?;
+    let mut n = len as i64 - 2;
+    if n <= 0 {
+        return None;
+    }
+    if n > UNIX_PATH as i64 {
+        n = UNIX_PATH as i64;
+    }
+    let path = addr + o.unix_address_name as u64 + 2;
+    unsafe { bpf_probe_read_kernel(dst.cast(), n as u32, path as *const c_void) };
+    Some(())
 }

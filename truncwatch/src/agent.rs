@@ -29,6 +29,9 @@ pub struct RunArgs {
     /// Connections tracked at once; the least recently active are dropped (and counted) past it.
     #[arg(long, default_value_t = 65536)]
     pub max_connections: usize,
+    /// Print every decoded kernel event to stderr (for debugging the agent).
+    #[arg(long, hide = true)]
+    pub trace_events: bool,
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -58,6 +61,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         probe_done: false,
         verdicts: Vec::new(),
         decode_errors: 0,
+        trace: args.trace_events,
     };
     let clock = Clock::now();
     let stdout = std::io::stdout();
@@ -104,6 +108,7 @@ struct Reader {
     probe_done: bool,
     verdicts: Vec<Verdict>,
     decode_errors: u64,
+    trace: bool,
 }
 
 impl Reader {
@@ -117,6 +122,9 @@ impl Reader {
     }
 
     fn handle(&mut self, ev: Event) {
+        if self.trace {
+            eprintln!("event: {ev:?}");
+        }
         match &ev {
             // The agent's own sockets are never judged; its probe only proves events flow.
             Event::Open { sk, meta, .. } if meta.pid == self.own_pid => {
@@ -124,6 +132,9 @@ impl Reader {
                 return;
             }
             Event::UnixEof { peer, .. } if Some(*peer) == self.probe_sk => {
+                // Forget the probe's socket: the kernel reuses socket addresses at once, and a
+                // later connection at this address is somebody else's.
+                self.probe_sk = None;
                 self.probe_done = true;
                 return;
             }

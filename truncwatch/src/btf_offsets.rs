@@ -34,13 +34,13 @@ pub fn load() -> Result<KernelLayout> {
         sk_protocol: f("sock", "sk_protocol")?,
         unix_peer: f("unix_sock", "peer")?,
         unix_addr: f("unix_sock", "addr")?,
+        unix_address_len: f("unix_address", "len")?,
         unix_address_name: f("unix_address", "name")?,
         regs_orig_ax: f("pt_regs", "orig_ax")?,
         regs_di: f("pt_regs", "di")?,
         regs_si: f("pt_regs", "si")?,
         regs_dx: f("pt_regs", "dx")?,
         ready: 1,
-        _pad: 0,
     };
     let s = |path: &str| -> Result<usize> {
         let off = f("sock", &format!("__sk_common.{path}"))? as usize;

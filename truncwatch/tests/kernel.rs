@@ -127,3 +127,23 @@ fn unix_many_fast_responses_all_complete() {
         many_fast(&format!("unix:{}", unix_path("fast.sock")));
     }
 }
+
+/// The kernel reuses a freed socket's address at once: back-to-back connections must each be
+/// judged on their own (this once lost a verdict to the agent's own start-up probe socket).
+#[test]
+fn unix_back_to_back_short_writes_all_flagged() {
+    if !kernel_or_skip("unix_back_to_back_short_writes_all_flagged") {
+        return;
+    }
+    let agent = Agent::start();
+    let srv = Server::start(&format!("unix:{}", unix_path("reuse.sock")), "short-close", 2 << 20);
+    let got = fetch(&srv.endpoint, &["--connections", "20", "--read-bytes", "65536", "--read-delay", "1ms"]);
+    assert_eq!(got.len(), 20);
+    assert!(got.iter().all(|r| r["complete"] == false));
+    let v = agent.wait_for(&srv.local(), 20, WAIT);
+    assert_eq!(v.len(), 20, "{v:?}");
+    for (verdict, client) in v.iter().zip(&got) {
+        assert_eq!(verdict["verdict"], "short_write");
+        assert_eq!(u(&verdict["sent_bytes"]), u(&client["received_bytes"]));
+    }
+}
