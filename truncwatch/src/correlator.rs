@@ -109,6 +109,9 @@ pub struct Stats {
     pub unframed: u64,
     /// Chunked responses (not judged yet).
     pub chunked: u64,
+    /// Heads promising a body that the application never tried to send: answers to HEAD
+    /// requests (the request path is not watched yet), not judged.
+    pub head_only: u64,
     /// Connections dropped from the table to stay under the limit, unjudged.
     pub evicted: u64,
 }
@@ -118,9 +121,16 @@ struct Response {
     start: u64,
     head: Head,
     pid: u32,
+    /// The application tried to send past the head: a body was meant to follow. Without it,
+    /// a head alone is what a HEAD request gets, and is not judged.
+    body_attempted: bool,
 }
 
 impl Response {
+    fn head_only(&self, sent: u64) -> bool {
+        !self.body_attempted && sent == self.start + self.head.len && matches!(self.head.body, Body::Length(n) if n > 0)
+    }
+
     /// Stream offset one past the last promised byte, for responses that promise a length.
     fn end(&self) -> Option<u64> {
         match self.head.body {
@@ -226,6 +236,9 @@ impl Correlator {
     #[allow(clippy::too_many_arguments)]
     fn send(&mut self, conn: &mut Conn, tgid: u32, offset: u64, ret: i64, requested: u64, head: Option<Vec<u8>>, ts_ns: u64, out: &mut Vec<Verdict>) {
         if ret < 0 {
+            if let Some(r) = &mut conn.resp {
+                r.body_attempted = true;
+            }
             match -ret {
                 EAGAIN => conn.eagain += 1,
                 EPIPE | ECONNRESET => conn.peer_ended = conn.peer_ended.or(Some("gone")),
@@ -238,14 +251,20 @@ impl Correlator {
             conn.partial += 1;
         }
         conn.sent = conn.sent.max(offset + ret);
-        if let Some(cap) = head {
-            self.head(conn, tgid, offset, &cap, ts_ns, out);
+        match head {
+            Some(cap) => self.head(conn, tgid, offset, ret.max(requested), &cap, ts_ns, out),
+            None => {
+                if let Some(r) = &mut conn.resp {
+                    r.body_attempted = true;
+                }
+            }
         }
         self.judge_if_reached(conn, ts_ns, out);
     }
 
-    /// A send that began with `HTTP/` at `offset`.
-    fn head(&mut self, conn: &mut Conn, tgid: u32, offset: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
+    /// A send that began with `HTTP/` at `offset`; the caller asked to send `asked` bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn head(&mut self, conn: &mut Conn, tgid: u32, offset: u64, asked: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
         let head = match http_head::parse(cap) {
             Parsed::Head(h) => h,
             Parsed::Incomplete => {
@@ -260,13 +279,15 @@ impl Correlator {
         self.stats.heads += 1;
         if let Some(prev) = conn.resp.take() {
             match prev.end() {
+                _ if prev.head_only(offset) => self.stats.head_only += 1,
                 // Reached responses were judged already; only an early head is news.
                 Some(end) if offset < end => self.emit(conn, prev, Kind::Desync, End::NextResponse, offset, ts_ns, out),
                 Some(_) => {}
                 None => self.count_unjudged(&prev),
             }
         }
-        conn.resp = Some(Response { start: offset, head, pid: tgid });
+        let body_attempted = asked > head.len;
+        conn.resp = Some(Response { start: offset, head, pid: tgid, body_attempted });
     }
 
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
@@ -284,6 +305,10 @@ impl Correlator {
         let Some(resp) = conn.resp.take() else { return };
         if resp.end().is_none() {
             self.count_unjudged(&resp);
+            return;
+        }
+        if resp.head_only(conn.sent) {
+            self.stats.head_only += 1;
             return;
         }
         let kind = match conn.peer_ended {

@@ -227,6 +227,44 @@ fn zero_length_body() {
     assert_eq!(w.kinds(), [Kind::Complete]);
 }
 
+/// Answers to HEAD requests: a head promising a body, and nothing else ever tried.
+#[test]
+fn head_only_answers_are_not_judged() {
+    let mut w = Wire::new(Transport::Tcp);
+    for _ in 0..3 {
+        let h = head(5000);
+        let n = h.len() as u64;
+        w.send(Some(h), n);
+    }
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert!(w.out.is_empty(), "{:?}", w.out);
+    assert_eq!(w.c.stats.head_only, 3);
+}
+
+/// ...but a head whose body the application tried and failed to send is a short write.
+#[test]
+fn head_then_refused_body_is_judged() {
+    let mut w = Wire::new(Transport::Tcp);
+    let h = head(5000);
+    let n = h.len() as u64;
+    w.send(Some(h), n);
+    w.err(EAGAIN);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].sent_bytes, n);
+}
+
+/// ...and so is a head sent in a call that asked for more (head + body, partly accepted).
+#[test]
+fn head_send_asking_for_more_is_judged() {
+    let mut w = Wire::new(Transport::Tcp);
+    let h = head(5000);
+    let n = h.len() as u64;
+    w.send_part(Some(h), n + 5000, n);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+}
+
 #[test]
 fn head_accepted_only_in_part_then_close() {
     let mut w = Wire::new(Transport::Tcp);

@@ -69,6 +69,9 @@ pub struct FetchArgs {
     /// Path to request.
     #[arg(long, default_value = "/")]
     pub path: String,
+    /// Request method; HEAD responses carry no body.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
     /// Read at most this many bytes per read.
     #[arg(long, default_value_t = 65536)]
     pub read_bytes: usize,
@@ -171,10 +174,13 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
             buf.extend_from_slice(&chunk[..n]);
         }
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let is_head = buf.starts_with(b"HEAD ");
         buf.drain(..end);
         let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", a.body);
         let mut resp = head.clone().into_bytes();
-        resp.resize(head.len() + a.body as usize, b'x');
+        if !is_head {
+            resp.resize(head.len() + a.body as usize, b'x');
+        }
         let sent = match a.mode {
             Mode::Full => {
                 s.write_all(&resp)?;
@@ -235,7 +241,7 @@ pub fn fetch(a: &FetchArgs) -> Result<()> {
             }
         };
         for _ in 0..a.requests {
-            let req = format!("GET {} HTTP/1.1\r\nHost: lab\r\n\r\n", a.path);
+            let req = format!("{} {} HTTP/1.1\r\nHost: lab\r\n\r\n", a.method, a.path);
             s.write_all(req.as_bytes())?;
             let r = read_response(&mut *s, a)?;
             println!("{}", serde_json::to_string(&r)?);
@@ -268,10 +274,10 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
     let mut head: Option<(u16, Option<u64>, u64)> = None;
     let mut stalled = false;
     let end = loop {
-        if let Some((_, Some(cl), hl)) = head {
-            if received >= hl + cl {
-                break "complete";
-            }
+        match head {
+            Some((_, _, hl)) if a.method == "HEAD" && received >= hl => break "complete",
+            Some((_, Some(cl), hl)) if received >= hl + cl => break "complete",
+            _ => {}
         }
         if Instant::now() > deadline {
             break "timeout";
@@ -279,6 +285,9 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
         let want = match head {
             // Never read past this response's end: the next one is not ours yet.
             Some((_, Some(cl), hl)) => buf.len().min((hl + cl - received) as usize),
+            // Until the head is complete, read byte by byte: a HEAD answer has no body to
+            // bound the read, and the next answer must stay in the socket.
+            None if a.method == "HEAD" => 1,
             _ => buf.len(),
         };
         s.set_read_timeout(deadline.saturating_duration_since(Instant::now()));

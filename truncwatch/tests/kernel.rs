@@ -147,3 +147,34 @@ fn unix_back_to_back_short_writes_all_flagged() {
         assert_eq!(u(&verdict["sent_bytes"]), u(&client["received_bytes"]));
     }
 }
+
+/// Answers to HEAD requests promise a body they never carry: never flagged.
+fn head_requests(listen: &str) {
+    let agent = Agent::start();
+    let srv = Server::start(listen, "full", 5000);
+    let got = fetch(&srv.endpoint, &["--method", "HEAD", "--requests", "5", "--connections", "3"]);
+    assert_eq!(got.len(), 15);
+    assert!(got.iter().all(|r| r["complete"] == true && r["received_bytes"] == r["head_bytes"]), "{got:?}");
+    // A GET after them on a fresh connection proves the agent was watching this server.
+    fetch(&srv.endpoint, &[]);
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    let v2 = agent.verdicts(&srv.local());
+    assert_eq!(v2, v);
+    assert_eq!(v.len(), 1, "only the GET is judged: {v:?}");
+    assert_eq!(v[0]["verdict"], "complete");
+}
+
+#[test]
+fn tcp_head_requests_never_flagged() {
+    if kernel_or_skip("tcp_head_requests_never_flagged") {
+        head_requests("tcp:127.0.0.1:0");
+    }
+}
+
+#[test]
+fn unix_head_requests_never_flagged() {
+    if kernel_or_skip("unix_head_requests_never_flagged") {
+        head_requests(&format!("unix:{}", unix_path("head.sock")));
+    }
+}

@@ -97,4 +97,11 @@ fn nginx_send_timeout_is_a_short_write() {
     let v = agent.wait_for(&local, 3, Duration::from_secs(30));
     assert_eq!(v.len(), 3, "{v:?}");
     assert!(v[1..].iter().all(|x| x["verdict"] == "complete" && u(&x["sent_bytes"]) == u(&ok[0]["received_bytes"])), "{v:?}");
+
+    // HEAD: nginx answers with Content-Length and no body. Never flagged.
+    let heads = fetch(&ep, &["--path", "/big.bin", "--method", "HEAD", "--requests", "3"]);
+    assert!(heads.iter().all(|r| r["complete"] == true), "{heads:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = agent.verdicts(&local);
+    assert_eq!(after.len(), 3, "HEAD answers must not be judged: {after:?}");
 }
