@@ -44,7 +44,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .btf(Some(&btf))
         .override_global("OFFSETS", &layout.offsets, true)
         .load(OBJECT)
-        .context("loading the eBPF object (needs root or CAP_BPF + CAP_PERFMON)")?;
+        .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
     for name in PROGRAMS {
         let prog: &mut BtfTracePoint = ebpf.program_mut(name).context("program missing from object")?.try_into()?;
         prog.load(name, &btf).with_context(|| format!("loading program {name} (needs kernel 6.3+ for sock_*_length)"))?;

@@ -65,67 +65,30 @@ fn many_fast(listen: &str) {
     assert!(v.iter().all(|x| u(&x["sent_bytes"]) == u(&got[0]["received_bytes"])));
 }
 
-#[test]
-fn tcp_short_write_then_shutdown() {
-    if kernel_or_skip("tcp_short_write_then_shutdown") {
-        short_write("tcp:127.0.0.1:0", "short-shutdown");
-    }
+/// Each kernel test: skipped with a reason where the kernel cannot run it (never in CI).
+macro_rules! kernel_tests {
+    ($($name:ident => $body:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            if kernel_or_skip(stringify!($name)) {
+                $body;
+            }
+        }
+    )*};
 }
 
-#[test]
-fn tcp_short_write_close_only() {
-    if kernel_or_skip("tcp_short_write_close_only") {
-        short_write("tcp:127.0.0.1:0", "short-close");
-    }
-}
-
-#[test]
-fn tcp6_short_write_then_shutdown() {
-    if kernel_or_skip("tcp6_short_write_then_shutdown") {
-        short_write("tcp:[::1]:0", "short-shutdown");
-    }
-}
-
-#[test]
-fn unix_short_write_then_shutdown() {
-    if kernel_or_skip("unix_short_write_then_shutdown") {
-        short_write(&format!("unix:{}", unix_path("short-shutdown.sock")), "short-shutdown");
-    }
-}
-
-#[test]
-fn unix_short_write_close_only() {
-    if kernel_or_skip("unix_short_write_close_only") {
-        short_write(&format!("unix:{}", unix_path("short-close.sock")), "short-close");
-    }
-}
-
-#[test]
-fn tcp_slow_reader_is_complete() {
-    if kernel_or_skip("tcp_slow_reader_is_complete") {
-        slow_reader_complete("tcp:127.0.0.1:0");
-    }
-}
-
-#[test]
-fn unix_slow_reader_is_complete() {
-    if kernel_or_skip("unix_slow_reader_is_complete") {
-        slow_reader_complete(&format!("unix:{}", unix_path("slow.sock")));
-    }
-}
-
-#[test]
-fn tcp_many_fast_responses_all_complete() {
-    if kernel_or_skip("tcp_many_fast_responses_all_complete") {
-        many_fast("tcp:127.0.0.1:0");
-    }
-}
-
-#[test]
-fn unix_many_fast_responses_all_complete() {
-    if kernel_or_skip("unix_many_fast_responses_all_complete") {
-        many_fast(&format!("unix:{}", unix_path("fast.sock")));
-    }
+kernel_tests! {
+    tcp_short_write_then_shutdown => short_write("tcp:127.0.0.1:0", "short-shutdown");
+    tcp_short_write_close_only => short_write("tcp:127.0.0.1:0", "short-close");
+    tcp6_short_write_then_shutdown => short_write("tcp:[::1]:0", "short-shutdown");
+    unix_short_write_then_shutdown => short_write(&format!("unix:{}", unix_path("short-shutdown.sock")), "short-shutdown");
+    unix_short_write_close_only => short_write(&format!("unix:{}", unix_path("short-close.sock")), "short-close");
+    tcp_slow_reader_is_complete => slow_reader_complete("tcp:127.0.0.1:0");
+    unix_slow_reader_is_complete => slow_reader_complete(&format!("unix:{}", unix_path("slow.sock")));
+    tcp_many_fast_responses_all_complete => many_fast("tcp:127.0.0.1:0");
+    unix_many_fast_responses_all_complete => many_fast(&format!("unix:{}", unix_path("fast.sock")));
+    tcp_head_requests_never_flagged => head_requests("tcp:127.0.0.1:0");
+    unix_head_requests_never_flagged => head_requests(&format!("unix:{}", unix_path("head.sock")));
 }
 
 /// The kernel reuses a freed socket's address at once: back-to-back connections must each be
@@ -165,16 +128,3 @@ fn head_requests(listen: &str) {
     assert_eq!(v[0]["verdict"], "complete");
 }
 
-#[test]
-fn tcp_head_requests_never_flagged() {
-    if kernel_or_skip("tcp_head_requests_never_flagged") {
-        head_requests("tcp:127.0.0.1:0");
-    }
-}
-
-#[test]
-fn unix_head_requests_never_flagged() {
-    if kernel_or_skip("unix_head_requests_never_flagged") {
-        head_requests(&format!("unix:{}", unix_path("head.sock")));
-    }
-}

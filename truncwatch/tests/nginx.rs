@@ -2,6 +2,7 @@
 //! the connection with most of a 30 MiB file unsent, and logs the request as a success.
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::{Agent, fetch, kernel_or_skip, u};
@@ -36,7 +37,11 @@ impl Nginx {
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let child = Command::new(NGINX)
             .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: the workers must go when the master does (an orphaned
+            // worker outlives the test and holds its output pipes open).
+            .process_group(0)
             .spawn()
             .expect("start nginx");
         for _ in 0..100 {
@@ -51,7 +56,7 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -66,7 +71,7 @@ fn nginx_or_skip(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: {NGINX} missing in CI (cargo xtask test installs it)");
     }
-    eprintln!("SKIP {test}: {NGINX} not installed (apt-get install nginx-light)");
+    support::skip(test, &format!("{NGINX} not installed (apt-get install nginx-light)"));
     false
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's commands. Each installs what it needs first (and says so).
 mod setup;
+mod tally;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -91,8 +92,10 @@ fn test(args: &[String]) -> Result<()> {
     if !args.iter().any(|a| a == "--") {
         c.args(["--", "--test-threads=1"]);
     }
-    let status = c.status()?;
-    if !status.success() {
+    let t = tally::run(c)?;
+    // One plain closing line: cargo's own last line is about doc-tests (often 0 of them).
+    println!("tests: {} passed, {} failed, {} skipped", t.passed - t.skipped, t.failed, t.skipped);
+    if !t.success || t.failed > 0 {
         bail!("tests failed");
     }
     Ok(())
