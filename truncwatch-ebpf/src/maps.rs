@@ -1,7 +1,7 @@
 //! Maps and globals shared by the programs.
 use aya_ebpf::{
     btf_maps::{PerCpuArray, RingBuf, SkStorage},
-    helpers::generated::bpf_sk_storage_get,
+    helpers::generated::{bpf_ringbuf_query, bpf_sk_storage_get},
     macros::btf_map,
 };
 use core::ffi::c_void;
@@ -14,6 +14,25 @@ pub static SOCKS: SkStorage<SockState> = SkStorage::new();
 /// Events to the agent. The agent may resize it at load time (`--ring-buffer-bytes`).
 #[btf_map]
 pub static EVENTS: RingBuf<u8, { 8 << 20 }> = RingBuf::new();
+
+/// Wake the agent only once this much is waiting. A wakeup per event costs the sending
+/// application microseconds per send (measured: 3.9 µs per nginx response); the agent also
+/// drains on a short timer, so quiet periods are still seen within milliseconds.
+const WAKE_AFTER_BYTES: u64 = 256 << 10;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Flags for submitting an event: wake the agent only when a batch is waiting.
+#[inline(always)]
+pub fn wake_flags() -> u64 {
+    let map = core::ptr::from_ref(&EVENTS).cast_mut().cast::<c_void>();
+    if unsafe { bpf_ringbuf_query(map, BPF_RB_AVAIL_DATA) } >= WAKE_AFTER_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 /// Events that could not be delivered, by reason (`LOST_*`): the agent exports them so an
 /// operator can tell "no truncation" from "the detector is blind".

@@ -3,7 +3,7 @@
 //! The reader may be the client (the server ended the stream) or the server (the client did).
 use crate::{
     kernel::{header, read_kernel},
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, offsets},
+    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, wake_flags, offsets},
 };
 use core::ffi::c_void;
 use truncwatch_common::{AF_UNIX, EV_EOF, EofEvent};
@@ -23,7 +23,7 @@ pub fn on_recv(sk: *mut c_void, ret: i32) {
     }
     let peer = read_kernel::<u64>(base + o.unix_peer as u64).unwrap_or(0);
     let ev = EofEvent { h: header(EV_EOF, sk), peer };
-    if EVENTS.output_untyped::<EofEvent>(&ev, 0).is_err() {
+    if EVENTS.output_untyped::<EofEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
     }
 }

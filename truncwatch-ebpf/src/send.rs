@@ -4,7 +4,7 @@
 //! one-time classification on its first send).
 use crate::{
     kernel::{SendCall, header, read_kernel, read_user, send_call},
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, offsets, sock_state},
+    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, wake_flags, offsets, sock_state},
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm,
@@ -90,7 +90,7 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>
         return;
     };
     fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call);
-    entry.submit(0);
+    entry.submit(wake_flags());
 }
 
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
@@ -130,7 +130,7 @@ fn head(sk: *mut c_void, offset: u64, ret: i32, call: &SendCall) {
         let r = bpf_probe_read_user((&raw mut (*ev).cap).cast(), n as u32, call.buf as *const c_void);
         (*ev).cap_len = if r == 0 { n as u32 } else { 0 };
     }
-    entry.submit(0);
+    entry.submit(wake_flags());
 }
 
 /// Tell the agent about a newly tracked connection: who owns it and its addresses.
@@ -155,7 +155,7 @@ fn open(sk: *mut c_void, family: u16, o: &Offsets) {
             unix_path(sk, &raw mut (*ev).unix_path, o);
         }
     }
-    entry.submit(0);
+    entry.submit(wake_flags());
 }
 
 /// The bound path of a Unix socket (for accepted sockets, the listener's), read only as far as

@@ -2,7 +2,7 @@
 //! LAST_ACK), when the peer does (CLOSE_WAIT), and resets (straight to CLOSE).
 use crate::{
     kernel::header,
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, sock_state},
+    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, wake_flags, sock_state},
 };
 use core::ffi::c_void;
 use truncwatch_common::{EV_STATE, StateEvent, TRACK_HTTP};
@@ -15,7 +15,7 @@ pub fn on_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
         return;
     }
     let ev = StateEvent { h: header(EV_STATE, sk), oldstate, newstate };
-    if EVENTS.output_untyped::<StateEvent>(&ev, 0).is_err() {
+    if EVENTS.output_untyped::<StateEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
     }
 }

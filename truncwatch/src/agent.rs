@@ -15,6 +15,10 @@ use tokio::signal::unix::{SignalKind, signal};
 /// The kernel object, built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/truncwatch"));
 
+/// How often pending events are read when the kernel has not woken us (it wakes us only once
+/// a batch of events is waiting).
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
 /// The tracepoint backend: program name = tracepoint name.
 const PROGRAMS: [&str; 4] = ["sock_send_length", "sock_recv_length", "inet_sock_set_state", "tcp_receive_reset"];
 
@@ -70,6 +74,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     probe_events_flow(&mut ring, &mut reader).await?;
     eprintln!("truncwatch: ready (tracepoint backend: {} programs attached)", PROGRAMS.len());
 
+    // The kernel wakes us only when a batch is waiting; this tick picks up the rest.
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {
@@ -78,6 +84,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let mut guard = guard?;
                 reader.drain(guard.get_inner_mut());
                 guard.clear_ready();
+                reader.print(&mut out, &args, &clock)?;
+            }
+            _ = tick.tick() => {
+                reader.drain(ring.get_mut());
                 reader.print(&mut out, &args, &clock)?;
             }
             _ = sigint.recv() => break,
@@ -165,15 +175,13 @@ async fn probe_events_flow(ring: &mut AsyncFd<RingBuf<MapData>>, reader: &mut Re
     client.read_to_end(&mut sink)?;
     let wait = async {
         while !reader.probe_done {
-            let mut guard = ring.readable_mut().await?;
-            reader.drain(guard.get_inner_mut());
-            guard.clear_ready();
+            tokio::time::sleep(DRAIN_EVERY).await;
+            reader.drain(ring.get_mut());
         }
-        anyhow::Ok(())
     };
     tokio::time::timeout(Duration::from_secs(10), wait)
         .await
-        .context("the kernel programs attached, but no events arrived from a test connection within 10 s")??;
+        .context("the kernel programs attached, but no events arrived from a test connection within 10 s")?;
     Ok(())
 }
 
