@@ -40,6 +40,13 @@ pub enum Mode {
     ShortClose,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendWith {
+    Write,
+    Writev,
+    Sendmsg,
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
     /// Where to listen: tcp:127.0.0.1:0 or unix:/path (an existing socket file is replaced).
@@ -50,6 +57,10 @@ pub struct ServeArgs {
     /// Body bytes per response (Content-Length).
     #[arg(long, default_value_t = 1 << 20)]
     pub body: u64,
+    /// The call that sends each response: `write` (one buffer), `writev` or `sendmsg` (head
+    /// and body as two iovecs).
+    #[arg(long, value_enum, default_value = "write")]
+    pub send_with: SendWith,
     /// Exit after this many connections (0: serve forever).
     #[arg(long, default_value_t = 0)]
     pub connections: u64,
@@ -181,13 +192,10 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
         if !is_head {
             resp.resize(head.len() + a.body as usize, b'x');
         }
-        let sent = match a.mode {
-            Mode::Full => {
-                s.write_all(&resp)?;
-                resp.len()
-            }
-            Mode::ShortShutdown | Mode::ShortClose => give_up_at_first_eagain(&mut *s, &resp)?,
-        };
+        if a.mode != Mode::Full {
+            s.set_nonblocking(true)?;
+        }
+        let sent = send_response(&*s, &resp, head.len(), a)?;
         println!("{}", serde_json::json!({"sent_bytes": sent, "expected_bytes": resp.len()}));
         if a.mode != Mode::Full {
             if a.mode == Mode::ShortShutdown {
@@ -198,18 +206,42 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
     }
 }
 
-/// Write without blocking until the kernel refuses; return the bytes it accepted.
-fn give_up_at_first_eagain(s: &mut dyn Stream, resp: &[u8]) -> Result<usize> {
-    s.set_nonblocking(true)?;
+/// Send `resp` (head of `head_len` bytes, then body) with the chosen call until done, or, in
+/// the short modes (non-blocking socket), until the kernel first refuses with EAGAIN. Returns
+/// the bytes the kernel accepted: the server's own ground truth.
+fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) -> Result<usize> {
     let mut sent = 0;
     while sent < resp.len() {
-        match s.write(&resp[sent..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e.into()),
+        let rest = &resp[sent..];
+        // Head and body as separate iovecs while the head is not fully sent.
+        let split = head_len.saturating_sub(sent).min(rest.len());
+        let iov = |b: &[u8]| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() };
+        let iovs = [iov(&rest[..split]), iov(&rest[split..])];
+        let (iovs, cnt) = if split == 0 { (&iovs[1..], 1) } else { (&iovs[..], 2) };
+        let fd = s.as_raw_fd();
+        // SAFETY: the iovecs point into `resp`, which outlives the call.
+        let n = unsafe {
+            match a.send_with {
+                SendWith::Write => libc::write(fd, rest.as_ptr().cast(), rest.len()),
+                SendWith::Writev => libc::writev(fd, iovs.as_ptr(), cnt),
+                SendWith::Sendmsg => {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = iovs.as_ptr() as *mut _;
+                    msg.msg_iovlen = cnt as _;
+                    libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+                }
+            }
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                ErrorKind::WouldBlock if a.mode != Mode::Full => break,
+                ErrorKind::Interrupted | ErrorKind::WouldBlock => continue,
+                _ => return Err(e.into()),
+            }
         }
+        sent += n as usize;
     }
-    s.set_nonblocking(false)?;
     Ok(sent)
 }
 

@@ -11,8 +11,12 @@ const SLOW: &[&str] = &["--rcvbuf", "65536", "--read-bytes", "16384", "--read-de
 
 /// A short write must be flagged with exactly the bytes the client got.
 fn short_write(listen: &str, mode: &str) {
+    short_write_with(listen, mode, "write");
+}
+
+fn short_write_with(listen: &str, mode: &str, send_with: &str) {
     let agent = Agent::start();
-    let srv = Server::start(listen, mode, 8 << 20);
+    let srv = Server::start_with(listen, mode, 8 << 20, send_with);
     let got = fetch(&srv.endpoint, SLOW);
     assert_eq!(got.len(), 1);
     let client = &got[0];
@@ -46,9 +50,11 @@ fn slow_reader_complete(listen: &str) {
     assert_eq!(v[0]["verdict"], "complete", "{}", v[0]);
     assert_eq!(u(&v[0]["sent_bytes"]), u(&got[0]["received_bytes"]));
     assert_eq!(u(&v[0]["missing_bytes"]), 0);
-    // Closing the connection afterwards must not produce a second verdict.
+    // Closing the connection afterwards must not produce a second verdict, and SIGTERM stops
+    // the agent as cleanly as SIGINT.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(agent.verdicts(&srv.local()).len(), 1);
+    let all = agent.stop_with(libc::SIGTERM);
+    assert_eq!(all.iter().filter(|x| x["local"] == srv.local()).count(), 1);
 }
 
 /// Many fast clients, many keep-alive responses: every one judged complete, nothing flagged.
@@ -83,6 +89,10 @@ kernel_tests! {
     tcp6_short_write_then_shutdown => short_write("tcp:[::1]:0", "short-shutdown");
     unix_short_write_then_shutdown => short_write(&format!("unix:{}", unix_path("short-shutdown.sock")), "short-shutdown");
     unix_short_write_close_only => short_write(&format!("unix:{}", unix_path("short-close.sock")), "short-close");
+    tcp_short_writev => short_write_with("tcp:127.0.0.1:0", "short-shutdown", "writev");
+    tcp_short_sendmsg => short_write_with("tcp:127.0.0.1:0", "short-close", "sendmsg");
+    unix_short_writev => short_write_with(&format!("unix:{}", unix_path("writev.sock")), "short-shutdown", "writev");
+    unix_short_sendmsg => short_write_with(&format!("unix:{}", unix_path("sendmsg.sock")), "short-close", "sendmsg");
     tcp_slow_reader_is_complete => slow_reader_complete("tcp:127.0.0.1:0");
     unix_slow_reader_is_complete => slow_reader_complete(&format!("unix:{}", unix_path("slow.sock")));
     tcp_many_fast_responses_all_complete => many_fast("tcp:127.0.0.1:0");

@@ -93,8 +93,12 @@ impl Agent {
     }
 
     /// SIGINT: the agent must detach, flush and exit 0.
-    pub fn stop(mut self) -> Vec<Value> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    pub fn stop_with(mut self, signal: i32) -> Vec<Value> {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
         assert!(status.success(), "agent exit status {status}");
         std::thread::sleep(Duration::from_millis(100));
@@ -118,8 +122,13 @@ pub struct Server {
 
 impl Server {
     pub fn start(listen: &str, mode: &str, body: u64) -> Server {
+        Self::start_with(listen, mode, body, "write")
+    }
+
+    /// `send_with`: write, writev or sendmsg.
+    pub fn start_with(listen: &str, mode: &str, body: u64, send_with: &str) -> Server {
         let mut child = Command::new(BIN)
-            .args(["lab", "serve", "--listen", listen, "--mode", mode, "--body", &body.to_string()])
+            .args(["lab", "serve", "--listen", listen, "--mode", mode, "--body", &body.to_string(), "--send-with", send_with])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
