@@ -24,6 +24,7 @@ pub const EV_SEND: u32 = 2;
 pub const EV_HEAD: u32 = 3;
 pub const EV_STATE: u32 = 4;
 pub const EV_EOF: u32 = 5;
+pub const EV_RESET: u32 = 6;
 
 /// Where `sock_send_length` found the sending task (`pt_regs.orig_ax` on x86_64).
 pub const SYS_WRITE: u32 = 1;
@@ -56,6 +57,14 @@ pub struct Offsets {
     pub regs_di: u32,
     pub regs_si: u32,
     pub regs_dx: u32,
+    /// `tcp_sock` sequence numbers read when a connection closes.
+    pub tcp_write_seq: u32,
+    pub tcp_snd_una: u32,
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
+    /// `inet_sock.inet_sport` (network order): unlike `skc_num`, still set when the state
+    /// changes to CLOSE (the port is released just before).
+    pub inet_sport: u32,
     /// Non-zero once userspace filled this in; the programs do nothing until then.
     pub ready: u32,
 }
@@ -66,13 +75,16 @@ pub struct Offsets {
 pub struct SockState {
     /// `TRACK_*`.
     pub track: u32,
-    pub _pad: u32,
+    /// `FLAG_*`.
+    pub flags: u32,
     /// Bytes the kernel accepted on this socket since it was classified.
     pub sent: u64,
 }
 
 pub const TRACK_NO: u32 = 1;
 pub const TRACK_HTTP: u32 = 2;
+/// The peer sent a reset (set by `tcp_receive_reset`, on any TCP socket).
+pub const FLAG_RESET_RECEIVED: u32 = 1;
 
 /// First bytes of every event.
 #[repr(C)]
@@ -148,8 +160,26 @@ pub struct EofEvent {
     pub peer: u64,
 }
 
+/// This host moved a TCP connection (any, HTTP or not) to CLOSE without a reset from the peer
+/// while bytes the application had written were not acknowledged: they are discarded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ResetEvent {
+    pub h: Header,
+    pub family: u16,
+    /// Local port, network order (`inet_sport`: `sock_common`'s is already zeroed at CLOSE).
+    pub sport: u16,
+    pub oldstate: i32,
+    pub comm: [u8; 16],
+    pub sock: [u8; SOCK_PREFIX],
+    /// `write_seq - snd_una`, less the FIN if one was queued.
+    pub unacked: u32,
+    /// `rcv_nxt - copied_seq`: received bytes the application never read.
+    pub unread: u32,
+}
+
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 68);
 const _: () = assert!(core::mem::size_of::<SockState>() == 16);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
@@ -157,6 +187,7 @@ const _: () = assert!(core::mem::size_of::<SendEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 48 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 8);
 
 #[cfg(feature = "user")]
 mod user {

@@ -55,6 +55,11 @@ static OFFSETS: Offsets = Offsets {
     regs_di: 0,
     regs_si: 0,
     regs_dx: 0,
+    tcp_write_seq: 0,
+    tcp_snd_una: 0,
+    tcp_rcv_nxt: 0,
+    tcp_copied_seq: 0,
+    inet_sport: 0,
     ready: 0,
 };
 

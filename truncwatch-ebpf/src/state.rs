@@ -1,27 +1,97 @@
-//! TCP state changes of tracked sockets: when the application ends the stream (FIN_WAIT1,
-//! LAST_ACK), when the peer does (CLOSE_WAIT), and resets (straight to CLOSE).
+//! TCP state changes: the end of tracked HTTP streams (FIN_WAIT1, LAST_ACK: the application
+//! ended it; CLOSE_WAIT: the peer did; CLOSE without FIN: a reset), and, on any TCP
+//! connection, a reset by this host that discards unacknowledged bytes.
 use crate::{
-    kernel::header,
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, wake_flags, sock_state},
+    kernel::{header, read_kernel},
+    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, offsets, sock_state, wake_flags},
 };
+use aya_ebpf::helpers::{bpf_get_current_comm, generated::bpf_probe_read_kernel};
 use core::ffi::c_void;
-use truncwatch_common::{EV_STATE, StateEvent, TRACK_HTTP};
+use truncwatch_common::{
+    EV_RESET, EV_STATE, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX, STATE_RESET_RECEIVED,
+    StateEvent, TRACK_HTTP,
+};
+
+// include/net/tcp_states.h
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_CLOSING: i32 = 11;
 
 #[inline(always)]
 pub fn on_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
     // bpf_sk_storage_get() refuses request and timewait socks, so only full sockets get here.
-    let Some(st) = sock_state(sk, false) else { return };
-    if st.track != TRACK_HTTP {
-        return;
+    let st = sock_state(sk, false);
+    if newstate == TCP_CLOSE {
+        let reset_received = st.as_ref().is_some_and(|s| s.flags & FLAG_RESET_RECEIVED != 0);
+        if !reset_received {
+            let _ = discarded(sk, oldstate);
+        }
     }
+    if st.is_some_and(|s| s.track == TRACK_HTTP) {
+        emit_state(sk, oldstate, newstate);
+    }
+}
+
+/// The peer reset a connection (`tcp_receive_reset`, `TP_PROTO(struct sock *sk)`): remember
+/// it, so the CLOSE that follows is not taken for this host's reset.
+#[inline(always)]
+pub fn on_reset_received(sk: *mut c_void) {
+    let Some(st) = sock_state(sk, true) else { return };
+    st.flags |= FLAG_RESET_RECEIVED;
+    if st.track == TRACK_HTTP {
+        emit_state(sk, 0, STATE_RESET_RECEIVED);
+    }
+}
+
+#[inline(always)]
+fn emit_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
     let ev = StateEvent { h: header(EV_STATE, sk), oldstate, newstate };
     if EVENTS.output_untyped::<StateEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
     }
 }
 
-/// The peer reset a tracked connection (`tcp_receive_reset`, `TP_PROTO(struct sock *sk)`).
+/// Going to CLOSE with written bytes not acknowledged: close with unread data, SO_LINGER 0,
+/// abort. The state change comes before the kernel purges the write queue, so the sequence
+/// numbers still tell how much is lost.
 #[inline(always)]
-pub fn on_reset_received(sk: *mut c_void) {
-    on_state(sk, 0, truncwatch_common::STATE_RESET_RECEIVED);
+fn discarded(sk: *mut c_void, oldstate: i32) -> Option<()> {
+    let o = offsets();
+    if o.ready == 0 {
+        return None;
+    }
+    let base = sk as u64;
+    let write_seq = read_kernel::<u32>(base + o.tcp_write_seq as u64)?;
+    let snd_una = read_kernel::<u32>(base + o.tcp_snd_una as u64)?;
+    let mut unacked = write_seq.wrapping_sub(snd_una);
+    // A queued FIN takes a sequence number but is not data.
+    if matches!(oldstate, TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK) && unacked > 0 {
+        unacked -= 1;
+    }
+    if unacked == 0 || unacked > 1 << 30 {
+        return None; // nothing lost (or a connection that never synchronized)
+    }
+    let rcv_nxt = read_kernel::<u32>(base + o.tcp_rcv_nxt as u64)?;
+    let copied = read_kernel::<u32>(base + o.tcp_copied_seq as u64)?;
+    let family = read_kernel::<u16>(base + o.skc_family as u64)?;
+    let Some(mut entry) = EVENTS.reserve_untyped::<ResetEvent>(0) else {
+        count_lost(LOST_RINGBUF_FULL);
+        return None;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).h = header(EV_RESET, sk);
+        (*ev).family = family;
+        (*ev).sport = read_kernel::<u16>(base + o.inet_sport as u64).unwrap_or(0);
+        (*ev).oldstate = oldstate;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        if bpf_probe_read_kernel((&raw mut (*ev).sock).cast(), SOCK_PREFIX as u32, sk) != 0 {
+            (*ev).sock = [0; SOCK_PREFIX];
+        }
+        (*ev).unacked = unacked;
+        (*ev).unread = rcv_nxt.wrapping_sub(copied);
+    }
+    entry.submit(wake_flags());
+    Some(())
 }

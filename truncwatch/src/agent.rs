@@ -102,9 +102,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     out.flush()?;
     let s = &reader.correlator.stats;
     eprintln!(
-        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} unparsed={} invalid={} unframed={} chunked={} evicted={} lost_events={} decode_errors={}",
+        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} unparsed={} invalid={} unframed={} chunked={} head_only={} evicted={} lost_events={} decode_errors={}",
         s.connections, s.heads, s.judged_complete, s.judged_short_write, s.judged_peer_reset, s.judged_desync,
-        s.unparsed, s.invalid, s.unframed, s.chunked, s.evicted, lost, reader.decode_errors
+        s.judged_reset_discard, s.unparsed, s.invalid, s.unframed, s.chunked, s.head_only, s.evicted, lost, reader.decode_errors
     );
     Ok(())
 }

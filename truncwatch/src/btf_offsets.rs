@@ -40,6 +40,11 @@ pub fn load() -> Result<KernelLayout> {
         regs_di: f("pt_regs", "di")?,
         regs_si: f("pt_regs", "si")?,
         regs_dx: f("pt_regs", "dx")?,
+        tcp_write_seq: f("tcp_sock", "write_seq")?,
+        tcp_snd_una: f("tcp_sock", "snd_una")?,
+        tcp_rcv_nxt: f("tcp_sock", "rcv_nxt")?,
+        tcp_copied_seq: f("tcp_sock", "copied_seq")?,
+        inet_sport: f("inet_sock", "inet_sport")?,
         ready: 1,
     };
     let s = |path: &str| -> Result<usize> {

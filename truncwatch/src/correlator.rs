@@ -21,6 +21,9 @@ pub enum Kind {
     PeerReset,
     /// The next response's head started before this one's promised end.
     Desync,
+    /// This host reset a TCP connection (any, HTTP or not) while bytes the application had
+    /// written were not acknowledged by the peer: the kernel discarded them.
+    ResetDiscard,
 }
 
 impl Kind {
@@ -30,6 +33,7 @@ impl Kind {
             Kind::ShortWrite => "short_write",
             Kind::PeerReset => "peer_reset",
             Kind::Desync => "desync",
+            Kind::ResetDiscard => "reset_discard",
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct Evidence {
     pub peer_ended: Option<&'static str>,
     /// How the verdict was reached (`End`).
     pub end: Option<End>,
+    /// Received bytes the application never read when this host reset the connection (the
+    /// usual cause of a reset on close); null when not a reset by this host.
+    pub unread_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,17 +82,25 @@ pub struct Verdict {
     pub meta: ConnMeta,
     /// Pid of the task that sent the head (the connection's owner if not known).
     pub pid: u32,
-    pub status: u16,
-    pub content_length: Option<u64>,
-    pub chunked: bool,
-    pub expected_bytes: u64,
-    pub sent_bytes: u64,
+    /// The response judged; None for connection-level verdicts (`reset_discard`).
+    pub response: Option<ResponseFacts>,
+    /// For `reset_discard`: written bytes the peer had not acknowledged.
+    pub unacked_bytes: Option<u64>,
     pub evidence: Evidence,
     /// Kernel monotonic time of the deciding event.
     pub ts_ns: u64,
 }
 
-impl Verdict {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseFacts {
+    pub status: u16,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub expected_bytes: u64,
+    pub sent_bytes: u64,
+}
+
+impl ResponseFacts {
     pub fn missing_bytes(&self) -> u64 {
         self.expected_bytes.saturating_sub(self.sent_bytes)
     }
@@ -101,6 +116,7 @@ pub struct Stats {
     pub judged_short_write: u64,
     pub judged_peer_reset: u64,
     pub judged_desync: u64,
+    pub judged_reset_discard: u64,
     /// Heads longer than the capture, or split over sends.
     pub unparsed: u64,
     /// Heads with contradictory or malformed framing.
@@ -230,6 +246,18 @@ impl Correlator {
                     conn.peer_ended = conn.peer_ended.or(Some("eof"));
                 }
             }
+            Event::ResetDiscard { sk: _, ts_ns, meta, unacked, unread } => {
+                self.stats.judged_reset_discard += 1;
+                out.push(Verdict {
+                    kind: Kind::ResetDiscard,
+                    pid: meta.pid,
+                    meta,
+                    response: None,
+                    unacked_bytes: Some(unacked),
+                    evidence: Evidence { end: Some(End::Reset), unread_bytes: Some(unread), ..Evidence::default() },
+                    ts_ns,
+                });
+            }
         }
     }
 
@@ -336,25 +364,30 @@ impl Correlator {
             Kind::ShortWrite => self.stats.judged_short_write += 1,
             Kind::PeerReset => self.stats.judged_peer_reset += 1,
             Kind::Desync => self.stats.judged_desync += 1,
+            Kind::ResetDiscard => self.stats.judged_reset_discard += 1,
         }
         out.push(Verdict {
             kind,
             meta: conn.meta.clone(),
             pid: if resp.pid != 0 { resp.pid } else { conn.meta.pid },
-            status: resp.head.status,
-            content_length: match resp.head.body {
-                Body::Length(n) => Some(n),
-                _ => None,
-            },
-            chunked: resp.head.body == Body::Chunked,
-            expected_bytes: end - resp.start,
-            sent_bytes: sent,
+            response: Some(ResponseFacts {
+                status: resp.head.status,
+                content_length: match resp.head.body {
+                    Body::Length(n) => Some(n),
+                    _ => None,
+                },
+                chunked: resp.head.body == Body::Chunked,
+                expected_bytes: end - resp.start,
+                sent_bytes: sent,
+            }),
+            unacked_bytes: None,
             evidence: Evidence {
                 eagain: conn.eagain,
                 partial_sends: conn.partial,
                 send_buffer_full: conn.eagain > 0 || conn.partial > 0,
                 peer_ended: conn.peer_ended,
                 end: Some(how),
+                unread_bytes: None,
             },
             ts_ns,
         });

@@ -60,6 +60,12 @@ impl Wire {
     }
 }
 
+impl Verdict {
+    fn r(&self) -> &ResponseFacts {
+        self.response.as_ref().expect("a response-level verdict")
+    }
+}
+
 fn hl(cl: u64) -> u64 {
     head(cl).len() as u64
 }
@@ -70,8 +76,8 @@ fn complete_in_one_send() {
     w.response(100, 100);
     assert_eq!(w.kinds(), [Kind::Complete]);
     let v = &w.out[0];
-    assert_eq!((v.expected_bytes, v.sent_bytes, v.missing_bytes()), (hl(100) + 100, hl(100) + 100, 0));
-    assert_eq!((v.status, v.content_length, v.chunked, v.pid), (200, Some(100), false, 42));
+    assert_eq!((v.r().expected_bytes, v.r().sent_bytes, v.r().missing_bytes()), (hl(100) + 100, hl(100) + 100, 0));
+    assert_eq!((v.r().status, v.r().content_length, v.r().chunked, v.pid), (200, Some(100), false, 42));
     assert_eq!(v.evidence.end, Some(End::Reached));
 }
 
@@ -98,9 +104,9 @@ fn short_write_then_fin() {
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     let v = &w.out[0];
-    assert_eq!(v.sent_bytes, hl(1_000_000) + 219_264);
-    assert_eq!(v.expected_bytes, hl(1_000_000) + 1_000_000);
-    assert_eq!(v.missing_bytes(), 1_000_000 - 219_264);
+    assert_eq!(v.r().sent_bytes, hl(1_000_000) + 219_264);
+    assert_eq!(v.r().expected_bytes, hl(1_000_000) + 1_000_000);
+    assert_eq!(v.r().missing_bytes(), 1_000_000 - 219_264);
     assert_eq!((v.evidence.eagain, v.evidence.partial_sends, v.evidence.send_buffer_full), (1, 1, true));
     assert_eq!((v.evidence.end, v.evidence.peer_ended), (Some(End::Fin), None));
 }
@@ -149,7 +155,7 @@ fn unix_short_write_seen_by_client_eof() {
     w.response(1 << 20, 219_264 - hl(1 << 20));
     w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99 });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
-    assert_eq!(w.out[0].sent_bytes, 219_264);
+    assert_eq!(w.out[0].r().sent_bytes, 219_264);
     assert_eq!(w.out[0].evidence.end, Some(End::Eof));
     assert_eq!(w.out[0].meta.transport, Transport::Unix);
 }
@@ -183,7 +189,7 @@ fn keep_alive_responses_judged_one_by_one() {
     }
     assert_eq!(w.out.len(), 50);
     assert!(w.out.iter().all(|v| v.kind == Kind::Complete));
-    assert_eq!(w.out[7].expected_bytes, hl(70) + 70);
+    assert_eq!(w.out[7].r().expected_bytes, hl(70) + 70);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.out.len(), 50);
 }
@@ -205,7 +211,7 @@ fn early_next_head_is_desync() {
     w.response(100, 40);
     w.response(10, 10);
     assert_eq!(w.kinds(), [Kind::Desync, Kind::Complete]);
-    assert_eq!(w.out[0].sent_bytes, hl(100) + 40);
+    assert_eq!(w.out[0].r().sent_bytes, hl(100) + 40);
 }
 
 #[test]
@@ -216,7 +222,7 @@ fn no_body_statuses_complete_with_the_head() {
         let n = h.len() as u64;
         w.send(Some(h), n);
         assert_eq!(w.kinds(), [Kind::Complete], "{status}");
-        assert_eq!(w.out[0].expected_bytes, n);
+        assert_eq!(w.out[0].r().expected_bytes, n);
     }
 }
 
@@ -251,7 +257,7 @@ fn head_then_refused_body_is_judged() {
     w.err(EAGAIN);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
-    assert_eq!(w.out[0].sent_bytes, n);
+    assert_eq!(w.out[0].r().sent_bytes, n);
 }
 
 /// ...and so is a head sent in a call that asked for more (head + body, partly accepted).
@@ -273,7 +279,7 @@ fn head_accepted_only_in_part_then_close() {
     w.send_part(Some(h), n + 100, 10);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
-    assert_eq!(w.out[0].sent_bytes, 10);
+    assert_eq!(w.out[0].r().sent_bytes, 10);
 }
 
 #[test]
@@ -356,10 +362,22 @@ fn exhaustive_cut_points() {
             assert_eq!(w.out.len(), 1, "chunk {chunk} cut {cut}");
             let v = &w.out[0];
             let want = if cut == total { Kind::Complete } else { Kind::ShortWrite };
-            assert_eq!((v.kind, v.sent_bytes, v.expected_bytes), (want, cut, total), "chunk {chunk} cut {cut}");
+            assert_eq!((v.kind, v.r().sent_bytes, v.r().expected_bytes), (want, cut, total), "chunk {chunk} cut {cut}");
         }
     }
 }
 
 const EAGAIN: i64 = 11;
 const EPIPE: i64 = 32;
+
+#[test]
+fn reset_discard_is_connection_level_for_any_connection() {
+    let mut c = Correlator::new(10);
+    let mut out = vec![];
+    let m = meta(Transport::Tcp);
+    c.handle(Event::ResetDiscard { sk: 5, ts_ns: 9, meta: m.clone(), unacked: 4096, unread: 31 }, &mut out);
+    assert_eq!(out.len(), 1);
+    let v = &out[0];
+    assert_eq!((v.kind, v.response.clone(), v.unacked_bytes), (Kind::ResetDiscard, None, Some(4096)));
+    assert_eq!((v.evidence.unread_bytes, v.evidence.end, &v.meta), (Some(31), Some(End::Reset), &m));
+}

@@ -3,8 +3,8 @@
 use crate::btf_offsets::SockLayout;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_OPEN, EV_SEND, EV_STATE, EofEvent, Header,
-    HeadEvent, OpenEvent, SendEvent, StateEvent,
+    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_OPEN, EV_RESET, EV_SEND, EV_STATE, EofEvent,
+    Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -38,6 +38,10 @@ pub enum Event {
     TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32 },
     /// A Unix stream socket `reader` read end of stream from `peer`.
     UnixEof { reader: u64, peer: u64, ts_ns: u64 },
+    /// This host moved a TCP connection (any, HTTP or not) to CLOSE, without a reset from the
+    /// peer, while `unacked` written bytes were not acknowledged; `unread` received bytes were
+    /// never read by the application.
+    ResetDiscard { sk: u64, ts_ns: u64, meta: ConnMeta, unacked: u64, unread: u64 },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -63,6 +67,16 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         EV_STATE => {
             let e: StateEvent = read(buf, h.kind)?;
             Event::TcpState { sk: h.sk, ts_ns: h.ts_ns, oldstate: e.oldstate, newstate: e.newstate }
+        }
+        EV_RESET => {
+            let e: ResetEvent = read(buf, h.kind)?;
+            let mut meta = inet_meta(e.family, &e.sock, h.tgid, cstr(&e.comm), layout);
+            // The kernel zeroes sock_common's local port just before CLOSE; use inet_sport.
+            if let Ok(mut addr) = meta.local.parse::<SocketAddr>() {
+                addr.set_port(u16::from_be(e.sport));
+                meta.local = addr.to_string();
+            }
+            Event::ResetDiscard { sk: h.sk, ts_ns: h.ts_ns, meta, unacked: e.unacked.into(), unread: e.unread.into() }
         }
         EV_EOF => {
             let e: EofEvent = read(buf, h.kind)?;
@@ -95,28 +109,26 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
 
 fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
     let comm = cstr(&e.comm);
-    let s = &e.sock;
+    match e.family {
+        AF_UNIX => ConnMeta { transport: Transport::Unix, pid: e.h.tgid, comm, local: unix_path(&e.unix_path), peer: String::new() },
+        family => inet_meta(family, &e.sock, e.h.tgid, comm, l),
+    }
+}
+
+/// A TCP connection's ends, from the copy of `struct sock_common` at the start of `sock`.
+fn inet_meta(family: u16, s: &[u8; SOCK_PREFIX], pid: u32, comm: String, l: &SockLayout) -> ConnMeta {
     let u16_at = |o: usize| u16::from_ne_bytes([s[o], s[o + 1]]);
     let v4 = |o: usize| Ipv4Addr::new(s[o], s[o + 1], s[o + 2], s[o + 3]);
     let v6 = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&s[o..o + 16]).unwrap());
-    let (transport, local, peer) = match e.family {
-        AF_UNIX => {
-            let path = unix_path(&e.unix_path);
-            (Transport::Unix, path, String::new())
-        }
-        family => {
-            let lport = u16_at(l.num); // host order
-            let pport = u16::from_be(u16_at(l.dport));
-            let (la, pa): (std::net::IpAddr, std::net::IpAddr) = if family == AF_INET6 {
-                (v6(l.v6_rcv_saddr).into(), v6(l.v6_daddr).into())
-            } else {
-                debug_assert_eq!(family, AF_INET);
-                (v4(l.rcv_saddr).into(), v4(l.daddr).into())
-            };
-            (Transport::Tcp, SocketAddr::new(la, lport).to_string(), SocketAddr::new(pa, pport).to_string())
-        }
+    let lport = u16_at(l.num); // host order
+    let pport = u16::from_be(u16_at(l.dport));
+    let (la, pa): (std::net::IpAddr, std::net::IpAddr) = if family == AF_INET6 {
+        (v6(l.v6_rcv_saddr).into(), v6(l.v6_daddr).into())
+    } else {
+        debug_assert_eq!(family, AF_INET);
+        (v4(l.rcv_saddr).into(), v4(l.daddr).into())
     };
-    ConnMeta { transport, pid: e.h.tgid, comm, local, peer }
+    ConnMeta { transport: Transport::Tcp, pid, comm, local: SocketAddr::new(la, lport).to_string(), peer: SocketAddr::new(pa, pport).to_string() }
 }
 
 fn cstr(b: &[u8]) -> String {

@@ -38,6 +38,11 @@ pub enum Mode {
     ShortShutdown,
     /// Same, but close without shutdown.
     ShortClose,
+    /// Hand the kernel the whole response, wait for more input to arrive, then close without
+    /// reading it: Linux answers with a reset and drops what the peer has not acknowledged.
+    ResetUnread,
+    /// Hand the kernel the whole response, then close with SO_LINGER {1, 0}: a reset as well.
+    Linger0,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -97,6 +102,10 @@ pub struct FetchArgs {
     /// Receive buffer size to ask for (SO_RCVBUF); small values fill the sender's buffer sooner.
     #[arg(long)]
     pub rcvbuf: Option<usize>,
+    /// Once the response head has arrived, send this many more bytes (input the server will
+    /// not read).
+    #[arg(long, default_value_t = 0)]
+    pub send_after_head: usize,
     /// Give up on a response after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -192,17 +201,20 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
         if !is_head {
             resp.resize(head.len() + a.body as usize, b'x');
         }
-        if a.mode != Mode::Full {
+        if matches!(a.mode, Mode::ShortShutdown | Mode::ShortClose) {
             s.set_nonblocking(true)?;
         }
         let sent = send_response(&*s, &resp, head.len(), a)?;
         println!("{}", serde_json::json!({"sent_bytes": sent, "expected_bytes": resp.len()}));
-        if a.mode != Mode::Full {
-            if a.mode == Mode::ShortShutdown {
-                s.shutdown_write()?;
-            }
-            return Ok(()); // dropping the stream closes it
+        match a.mode {
+            Mode::Full => continue,
+            Mode::ShortShutdown => s.shutdown_write()?,
+            Mode::ShortClose => {}
+            // Long enough for the client's extra input to arrive, not for it to read everything.
+            Mode::ResetUnread => std::thread::sleep(Duration::from_millis(100)),
+            Mode::Linger0 => set_linger0(&*s)?,
         }
+        return Ok(()); // dropping the stream closes it
     }
 }
 
@@ -285,6 +297,18 @@ pub fn fetch(a: &FetchArgs) -> Result<()> {
     Ok(())
 }
 
+fn set_linger0(s: &dyn Stream) -> Result<()> {
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: valid fd and option buffer.
+    let r = unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const l).cast(), size_of::<libc::linger>() as u32)
+    };
+    if r != 0 {
+        bail!("SO_LINGER: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn set_rcvbuf(s: &impl AsRawFd, size: Option<usize>) -> Result<()> {
     let Some(size) = size else { return Ok(()) };
     let v = size as libc::c_int;
@@ -339,6 +363,9 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
                 let cl = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"))
                     .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
                 head = Some((r.code.unwrap_or(0), cl, hl as u64));
+                if a.send_after_head > 0 {
+                    s.write_all(&vec![b'z'; a.send_after_head])?;
+                }
             }
         }
         if let (Some(after), Some((_, _, hl))) = (a.stall_after, head) {

@@ -48,12 +48,13 @@ struct JsonVerdict<'a> {
     comm: &'a str,
     local: &'a str,
     peer: &'a str,
-    status: u16,
+    status: Option<u16>,
     content_length: Option<u64>,
     chunked: bool,
-    expected_bytes: u64,
-    sent_bytes: u64,
-    missing_bytes: u64,
+    expected_bytes: Option<u64>,
+    sent_bytes: Option<u64>,
+    missing_bytes: Option<u64>,
+    unacked_bytes: Option<u64>,
     evidence: &'a Evidence,
     ts: String,
 }
@@ -62,6 +63,7 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
     let ts = humantime::format_rfc3339_micros(clock.wall(v.ts_ns)).to_string();
     match fmt {
         Format::Json => {
+            let r = v.response.as_ref();
             let j = JsonVerdict {
                 verdict: v.kind.as_str(),
                 transport: v.meta.transport,
@@ -69,12 +71,13 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
                 comm: &v.meta.comm,
                 local: &v.meta.local,
                 peer: &v.meta.peer,
-                status: v.status,
-                content_length: v.content_length,
-                chunked: v.chunked,
-                expected_bytes: v.expected_bytes,
-                sent_bytes: v.sent_bytes,
-                missing_bytes: v.missing_bytes(),
+                status: r.map(|r| r.status),
+                content_length: r.and_then(|r| r.content_length),
+                chunked: r.is_some_and(|r| r.chunked),
+                expected_bytes: r.map(|r| r.expected_bytes),
+                sent_bytes: r.map(|r| r.sent_bytes),
+                missing_bytes: r.map(|r| r.missing_bytes()),
+                unacked_bytes: v.unacked_bytes,
                 evidence: &v.evidence,
                 ts,
             };
@@ -87,17 +90,14 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
                 Transport::Tcp => "tcp",
                 Transport::Unix => "unix",
             };
-            let mut line = format!(
-                "{ts} {:<11} {transport} {}{peer} pid={} comm={} status={} sent={}/{} missing={}",
-                v.kind.as_str(),
-                v.meta.local,
-                v.pid,
-                v.meta.comm,
-                v.status,
-                v.sent_bytes,
-                v.expected_bytes,
-                v.missing_bytes(),
-            );
+            let mut line =
+                format!("{ts} {:<11} {transport} {}{peer} pid={} comm={}", v.kind.as_str(), v.meta.local, v.pid, v.meta.comm);
+            if let Some(r) = &v.response {
+                line += &format!(" status={} sent={}/{} missing={}", r.status, r.sent_bytes, r.expected_bytes, r.missing_bytes());
+            }
+            if let Some(n) = v.unacked_bytes {
+                line += &format!(" unacked={n} unread={}", e.unread_bytes.unwrap_or(0));
+            }
             if e.send_buffer_full {
                 line += &format!(" send_buffer_full(eagain={} partial={})", e.eagain, e.partial_sends);
             }
@@ -112,7 +112,7 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlator::{End, Kind};
+    use crate::correlator::{End, Kind, ResponseFacts};
     use crate::events::ConnMeta;
 
     fn verdict() -> Verdict {
@@ -120,12 +120,9 @@ mod tests {
             kind: Kind::ShortWrite,
             meta: ConnMeta { transport: Transport::Unix, pid: 9, comm: "hyper".into(), local: "/run/app.sock".into(), peer: String::new() },
             pid: 9,
-            status: 200,
-            content_length: Some(1000),
-            chunked: false,
-            expected_bytes: 1100,
-            sent_bytes: 600,
-            evidence: Evidence { eagain: 2, partial_sends: 1, send_buffer_full: true, peer_ended: None, end: Some(End::Eof) },
+            response: Some(ResponseFacts { status: 200, content_length: Some(1000), chunked: false, expected_bytes: 1100, sent_bytes: 600 }),
+            unacked_bytes: None,
+            evidence: Evidence { eagain: 2, partial_sends: 1, send_buffer_full: true, peer_ended: None, end: Some(End::Eof), unread_bytes: None },
             ts_ns: 1_500_000,
         }
     }
@@ -150,6 +147,27 @@ mod tests {
         assert_eq!(j["evidence"]["send_buffer_full"], true);
         assert_eq!(j["evidence"]["end"], "eof");
         assert_eq!(j["ts"], "1970-01-01T00:00:00.001500Z");
+        assert_eq!(j["unacked_bytes"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn connection_level_verdicts_have_null_response_fields() {
+        let mut v = verdict();
+        v.kind = Kind::ResetDiscard;
+        v.response = None;
+        v.unacked_bytes = Some(77);
+        v.evidence = Evidence { end: Some(End::Reset), unread_bytes: Some(30), ..Evidence::default() };
+        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
+        let j: serde_json::Value = serde_json::from_str(&format(&v, Format::Json, &clock)).unwrap();
+        assert_eq!(j["verdict"], "reset_discard");
+        for f in ["status", "content_length", "expected_bytes", "sent_bytes", "missing_bytes"] {
+            assert_eq!(j[f], serde_json::Value::Null, "{f}");
+        }
+        assert_eq!(j["chunked"], false);
+        assert_eq!(j["unacked_bytes"], 77);
+        assert_eq!(j["evidence"]["unread_bytes"], 30);
+        let l = format(&v, Format::Human, &clock);
+        assert!(l.contains("reset_discard unix /run/app.sock pid=9 comm=hyper unacked=77 unread=30"), "{l}");
     }
 
     #[test]

@@ -138,3 +138,65 @@ fn head_requests(listen: &str) {
     assert_eq!(v[0]["verdict"], "complete");
 }
 
+
+/// The server handed the kernel the whole response, then reset the connection (close with
+/// unread input, or SO_LINGER 0): what the slow client had not acknowledged is lost.
+fn reset_discard(mode: &str, unread: u64) {
+    let agent = Agent::start();
+    let srv = Server::start("tcp:127.0.0.1:0", mode, 8 << 20);
+    let after = unread.to_string();
+    let mut args = SLOW.to_vec();
+    args.extend(["--send-after-head", &after]);
+    let got = fetch(&srv.endpoint, &args);
+    let client = &got[0];
+    assert_eq!(client["end"], "reset", "{client}");
+    let expected = u(&client["head_bytes"]) + (8 << 20);
+    assert_eq!(u(&srv.sent()[0]["sent_bytes"]), expected, "the server handed over everything");
+    let v = agent.wait_for(&srv.local(), 2, WAIT);
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(v[0]["verdict"], "complete", "every byte was handed over: {}", v[0]);
+    let r = &v[1];
+    assert_eq!(r["verdict"], "reset_discard", "{r}");
+    assert_eq!(r["status"], serde_json::Value::Null);
+    assert_eq!(r["comm"], "tw-lab-server", "attributed to the closing process");
+    // The kernel's count of written-but-unacknowledged bytes; it can exceed what the client
+    // missed by what it received but had not acknowledged yet (delayed ACKs).
+    let unacked = u(&r["unacked_bytes"]);
+    let missed = expected - u(&client["received_bytes"]);
+    assert!(missed > 0 && unacked > 0 && unacked <= expected, "unacked {unacked}: {r} {client}");
+    assert_eq!(u(&r["evidence"]["unread_bytes"]), unread);
+}
+
+kernel_tests! {
+    tcp_close_with_unread_input_is_reset_discard => reset_discard("reset-unread", 100);
+    tcp_linger0_is_reset_discard => reset_discard("linger0", 0);
+}
+
+/// `reset_discard` needs no HTTP: a connection carrying anything (TLS, say) counts too.
+#[test]
+fn non_http_reset_discard() {
+    if !kernel_or_skip("non_http_reset_discard") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let agent = Agent::start();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = l.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(&[0x17u8; 1 << 20]).unwrap(); // not HTTP: e.g. TLS application data
+        let l0 = libc::linger { l_onoff: 1, l_linger: 0 };
+        use std::os::fd::AsRawFd;
+        unsafe {
+            libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const l0).cast(), size_of::<libc::linger>() as u32)
+        };
+    });
+    let mut c = std::net::TcpStream::connect(&local).unwrap();
+    let mut buf = [0u8; 1000];
+    c.read_exact(&mut buf).unwrap(); // a slow reader: 1000 bytes, then nothing
+    server.join().unwrap();
+    let v = agent.wait_for(&local, 1, WAIT);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["verdict"], "reset_discard");
+    assert!(u(&v[0]["unacked_bytes"]) > 0, "{}", v[0]);
+}
