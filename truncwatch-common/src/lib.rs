@@ -127,7 +127,15 @@ pub struct SendEvent {
     pub ret: i32,
     /// Syscall number the sending task is in (`SYS_*`, or another number).
     pub syscall: u32,
+    /// The last accepted bytes of this send (`tail[..tail_len]`, up to 8), where the caller's
+    /// buffer could be located: how a chunked body's end is seen.
+    pub tail: [u8; TAIL],
+    pub tail_len: u32,
+    pub _pad: u32,
 }
+
+/// Bytes of each send's end copied out: enough for a last chunk `\r\n0\r\n\r\n` minus one.
+pub const TAIL: usize = 8;
 
 /// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer.
 #[repr(C)]
@@ -183,8 +191,8 @@ const _: () = assert!(core::mem::size_of::<Offsets>() == 68);
 const _: () = assert!(core::mem::size_of::<SockState>() == 16);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
-const _: () = assert!(core::mem::size_of::<SendEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<HeadEvent>() == 48 + 8 + HEAD_CAP);
+const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
+const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 8);

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
 };
 use core::ffi::c_void;
-use truncwatch_common::{Header, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV};
+use truncwatch_common::{Header, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, TAIL};
 
 #[inline(always)]
 pub fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
@@ -49,6 +49,34 @@ pub struct SendCall {
     pub buf_len: u64,
     /// Bytes the caller asked to send in total (0 if unknown).
     pub requested: u64,
+    /// The caller's buffers in order (base, length): one for write/sendto, up to `MAX_IOV`
+    /// iovecs for writev/sendmsg (`niov` = 0: not known, e.g. longer vectors).
+    pub iov: [[u64; 2]; MAX_IOV as usize],
+    pub niov: u64,
+}
+
+impl SendCall {
+    pub const NONE: SendCall = SendCall { nr: u32::MAX, buf: 0, buf_len: 0, requested: 0, iov: [[0; 2]; MAX_IOV as usize], niov: 0 };
+
+    /// User address and length of the last accepted bytes (at most `TAIL`) of a send the kernel
+    /// took `accepted` bytes of.
+    #[inline(always)]
+    pub fn tail(&self, accepted: u64) -> Option<(u64, u64)> {
+        let mut before = 0u64;
+        for i in 0..MAX_IOV as usize {
+            if i as u64 >= self.niov {
+                break;
+            }
+            let [base, len] = self.iov[i];
+            if accepted <= before + len {
+                let in_seg = accepted - before;
+                let n = if in_seg < TAIL as u64 { in_seg } else { TAIL as u64 };
+                return if n == 0 { None } else { Some((base + in_seg - n, n)) };
+            }
+            before += len;
+        }
+        None
+    }
 }
 
 /// Up to this many iovecs are summed for `requested`; longer vectors report 0 (unknown).
@@ -64,7 +92,12 @@ pub fn send_call(o: &truncwatch_common::Offsets) -> Option<SendCall> {
     let si = read_kernel::<u64>(regs + o.regs_si as u64)?;
     let dx = read_kernel::<u64>(regs + o.regs_dx as u64)?;
     match nr {
-        SYS_WRITE | SYS_SENDTO => Some(SendCall { nr, buf: si, buf_len: dx, requested: dx }),
+        SYS_WRITE | SYS_SENDTO => {
+            let mut c = SendCall { nr, buf: si, buf_len: dx, requested: dx, ..SendCall::NONE };
+            c.iov[0] = [si, dx];
+            c.niov = 1;
+            Some(c)
+        }
         SYS_WRITEV => iov_call(nr, si, dx),
         SYS_SENDMSG => {
             // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
@@ -72,7 +105,7 @@ pub fn send_call(o: &truncwatch_common::Offsets) -> Option<SendCall> {
             let cnt = read_user::<u64>(si + 24)?;
             iov_call(nr, iov, cnt)
         }
-        _ => Some(SendCall { nr, buf: 0, buf_len: 0, requested: 0 }),
+        _ => Some(SendCall { nr, ..SendCall::NONE }),
     }
 }
 
@@ -80,14 +113,19 @@ pub fn send_call(o: &truncwatch_common::Offsets) -> Option<SendCall> {
 fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<SendCall> {
     // struct iovec (uapi): base, len.
     let first = read_user::<[u64; 2]>(iov)?;
-    let mut requested = 0;
+    let mut c = SendCall { nr, buf: first[0], buf_len: first[1], ..SendCall::NONE };
     if cnt <= MAX_IOV {
-        for i in 0..MAX_IOV {
+        c.iov[0] = first;
+        c.requested = first[1];
+        for i in 1..MAX_IOV {
             if i >= cnt {
                 break;
             }
-            requested += read_user::<[u64; 2]>(iov + i * 16).map(|v| v[1]).unwrap_or(0);
+            let v = read_user::<[u64; 2]>(iov + i * 16).unwrap_or([0, 0]);
+            c.iov[i as usize] = v;
+            c.requested += v[1];
         }
+        c.niov = cnt;
     }
-    Some(SendCall { nr, buf: first[0], buf_len: first[1], requested })
+    Some(c)
 }

@@ -13,7 +13,7 @@ use aya_ebpf::helpers::{
 use core::ffi::c_void;
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_OPEN, EV_SEND, HEAD_CAP, HeadEvent, Offsets,
-    OpenEvent, SOCK_PREFIX, SendEvent, SockState, TRACK_HTTP, TRACK_NO, UNIX_PATH,
+    OpenEvent, SOCK_PREFIX, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO, UNIX_PATH,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -76,7 +76,7 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>
     if ret > 0 {
         st.sent += ret as u64;
     }
-    let call = call.unwrap_or(SendCall { nr: u32::MAX, buf: 0, buf_len: 0, requested: 0 });
+    let call = call.unwrap_or(SendCall::NONE);
     let is_head = ret > 0
         && call.buf != 0
         && call.buf_len >= 5
@@ -107,6 +107,20 @@ fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i
         (*ev).requested = call.requested;
         (*ev).ret = ret;
         (*ev).syscall = call.nr;
+        (*ev)._pad = 0;
+        (*ev).tail = [0; TAIL];
+        (*ev).tail_len = 0;
+        if ret > 0 {
+            if let Some((addr, n)) = call.tail(ret as u64) {
+                // Via the stack: the verifier refuses a variable-length write at a variable
+                // offset into ring buffer memory.
+                let mut t = [0u8; TAIL];
+                if n <= TAIL as u64 && bpf_probe_read_user(t.as_mut_ptr().cast(), n as u32, addr as *const c_void) == 0 {
+                    (*ev).tail = t;
+                    (*ev).tail_len = n as u32;
+                }
+            }
+        }
     }
 }
 

@@ -102,9 +102,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     out.flush()?;
     let s = &reader.correlator.stats;
     eprintln!(
-        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} unparsed={} invalid={} unframed={} chunked={} head_only={} evicted={} lost_events={} decode_errors={}",
+        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} unframed={} unparsed={} (too long or split {}, invalid {}) chunked_uncertain={} head_only={} evicted={} lost_events={} decode_errors={}",
         s.connections, s.heads, s.judged_complete, s.judged_short_write, s.judged_peer_reset, s.judged_desync,
-        s.judged_reset_discard, s.unparsed, s.invalid, s.unframed, s.chunked, s.head_only, s.evicted, lost, reader.decode_errors
+        s.judged_reset_discard, s.judged_unframed, s.judged_unparsed, s.unparsed, s.invalid, s.chunked_uncertain, s.head_only,
+        s.evicted, lost, reader.decode_errors
     );
     Ok(())
 }
@@ -155,7 +156,7 @@ impl Reader {
 
     fn print(&mut self, out: &mut impl Write, args: &RunArgs, clock: &Clock) -> Result<()> {
         for v in self.verdicts.drain(..) {
-            if args.all || v.kind != crate::correlator::Kind::Complete {
+            if args.all || v.kind.is_problem() {
                 writeln!(out, "{}", output::format(&v, args.format, clock))?;
             }
         }

@@ -5,7 +5,7 @@
 //! head is and what body it promised. A response is `complete` the moment the bytes handed over
 //! reach its promised end. If the stream ends first (the application shut down or closed, or
 //! the peer reset), the shortfall is the verdict.
-use crate::events::{ConnMeta, Event, RESET_RECEIVED, Transport};
+use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, Transport};
 use crate::http_head::{self, Body, Head, Parsed};
 use std::collections::HashMap;
 
@@ -24,6 +24,12 @@ pub enum Kind {
     /// This host reset a TCP connection (any, HTTP or not) while bytes the application had
     /// written were not acknowledged by the peer: the kernel discarded them.
     ResetDiscard,
+    /// A response without framing (close-delimited body): it cannot be judged; reported with
+    /// the bytes handed over when the stream ended.
+    Unframed,
+    /// A head that could not be read: longer than the capture, split over sends, or with
+    /// contradictory framing. Never judged.
+    Unparsed,
 }
 
 impl Kind {
@@ -34,7 +40,14 @@ impl Kind {
             Kind::PeerReset => "peer_reset",
             Kind::Desync => "desync",
             Kind::ResetDiscard => "reset_discard",
+            Kind::Unframed => "unframed",
+            Kind::Unparsed => "unparsed",
         }
+    }
+
+    /// Something went wrong for a client: printed by default (the rest only with `--all`).
+    pub fn is_problem(self) -> bool {
+        matches!(self, Kind::ShortWrite | Kind::PeerReset | Kind::Desync | Kind::ResetDiscard)
     }
 }
 
@@ -96,13 +109,15 @@ pub struct ResponseFacts {
     pub status: u16,
     pub content_length: Option<u64>,
     pub chunked: bool,
-    pub expected_bytes: u64,
+    /// Head + promised body; None where the end is not known (unframed, or a chunked body
+    /// whose last chunk was never handed over).
+    pub expected_bytes: Option<u64>,
     pub sent_bytes: u64,
 }
 
 impl ResponseFacts {
-    pub fn missing_bytes(&self) -> u64 {
-        self.expected_bytes.saturating_sub(self.sent_bytes)
+    pub fn missing_bytes(&self) -> Option<u64> {
+        self.expected_bytes.map(|e| e.saturating_sub(self.sent_bytes))
     }
 }
 
@@ -117,14 +132,15 @@ pub struct Stats {
     pub judged_peer_reset: u64,
     pub judged_desync: u64,
     pub judged_reset_discard: u64,
+    pub judged_unframed: u64,
+    pub judged_unparsed: u64,
     /// Heads longer than the capture, or split over sends.
     pub unparsed: u64,
     /// Heads with contradictory or malformed framing.
     pub invalid: u64,
-    /// Responses without a length (close-delimited).
-    pub unframed: u64,
-    /// Chunked responses (not judged yet).
-    pub chunked: u64,
+    /// Chunked responses whose end could not be told: the stream ended right after a blank
+    /// line that may close trailers.
+    pub chunked_uncertain: u64,
     /// Heads promising a body that the application never tried to send: answers to HEAD
     /// requests (the request path is not watched yet), not judged.
     pub head_only: u64,
@@ -140,6 +156,10 @@ struct Response {
     /// The application tried to send past the head: a body was meant to follow. Without it,
     /// a head alone is what a HEAD request gets, and is not judged.
     body_attempted: bool,
+    /// For chunked bodies: stream offset just past the last chunk, once it was handed over.
+    chunk_end: Option<u64>,
+    /// The latest send of this response ended with a blank line (`\r\n\r\n`).
+    tail_blank: bool,
 }
 
 impl Response {
@@ -152,8 +172,20 @@ impl Response {
         match self.head.body {
             Body::Length(n) => Some(self.start + self.head.len + n),
             Body::None => Some(self.start + self.head.len),
-            Body::Chunked | Body::UntilClose => None,
+            Body::Chunked => self.chunk_end,
+            Body::UntilClose => None,
         }
+    }
+
+    /// Does a send ending at `send_end` with these last bytes complete a chunked body?
+    fn saw_last_chunk(&self, tail: &[u8], send_end: u64) -> bool {
+        // `\n0\r\n\r\n`: the previous line's end, a zero size, no trailers, the blank line.
+        // Or a final buffer holding exactly `0\r\n\r\n` (the kernel copies the tail from the
+        // send's last buffer only, so a 5-byte tail is a 5-byte buffer): how nginx and
+        // most servers write the last chunk. Past the head: a header line cannot be "0".
+        self.head.body == Body::Chunked
+            && send_end > self.start + self.head.len
+            && (tail.ends_with(b"\n0\r\n\r\n") || tail == b"0\r\n\r\n")
     }
 }
 
@@ -208,10 +240,11 @@ impl Correlator {
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
             }
-            Event::Send { sk, ts_ns, tgid, offset, ret, requested, syscall: _, head } => {
-                let Some(mut conn) = self.conns.remove(&sk) else { return };
-                conn.last_ns = ts_ns;
-                self.send(&mut conn, tgid, offset, ret, requested, head, ts_ns, out);
+            Event::Send(s) => {
+                let Some(mut conn) = self.conns.remove(&s.sk) else { return };
+                conn.last_ns = s.ts_ns;
+                let sk = s.sk;
+                self.send(&mut conn, s, out);
                 self.conns.insert(sk, conn);
             }
             Event::TcpState { sk, ts_ns, oldstate: _, newstate } => {
@@ -261,8 +294,8 @@ impl Correlator {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn send(&mut self, conn: &mut Conn, tgid: u32, offset: u64, ret: i64, requested: u64, head: Option<Vec<u8>>, ts_ns: u64, out: &mut Vec<Verdict>) {
+    fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) {
+        let SendFacts { tgid, offset, ret, requested, ts_ns, .. } = s;
         if ret < 0 {
             if let Some(r) = &mut conn.resp {
                 r.body_attempted = true;
@@ -279,13 +312,20 @@ impl Correlator {
             conn.partial += 1;
         }
         conn.sent = conn.sent.max(offset + ret);
-        match head {
-            Some(cap) => self.head(conn, tgid, offset, ret.max(requested), &cap, ts_ns, out),
+        match &s.head {
+            Some(cap) => self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out),
             None => {
                 if let Some(r) = &mut conn.resp {
                     r.body_attempted = true;
                 }
             }
+        }
+        if let Some(r) = &mut conn.resp {
+            let tail = s.tail.as_slice();
+            if r.saw_last_chunk(tail, offset + ret) {
+                r.chunk_end = Some(offset + ret);
+            }
+            r.tail_blank = tail.ends_with(b"\r\n\r\n");
         }
         self.judge_if_reached(conn, ts_ns, out);
     }
@@ -295,12 +335,22 @@ impl Correlator {
     fn head(&mut self, conn: &mut Conn, tgid: u32, offset: u64, asked: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
         let head = match http_head::parse(cap) {
             Parsed::Head(h) => h,
-            Parsed::Incomplete => {
-                self.stats.unparsed += 1;
-                return;
-            }
-            Parsed::Invalid => {
-                self.stats.invalid += 1;
+            bad => {
+                if bad == Parsed::Incomplete {
+                    self.stats.unparsed += 1;
+                } else {
+                    self.stats.invalid += 1;
+                }
+                self.stats.judged_unparsed += 1;
+                out.push(Verdict {
+                    kind: Kind::Unparsed,
+                    meta: conn.meta.clone(),
+                    pid: if tgid != 0 { tgid } else { conn.meta.pid },
+                    response: None,
+                    unacked_bytes: None,
+                    evidence: Evidence::default(),
+                    ts_ns,
+                });
                 return;
             }
         };
@@ -311,11 +361,13 @@ impl Correlator {
                 // Reached responses were judged already; only an early head is news.
                 Some(end) if offset < end => self.emit(conn, prev, Kind::Desync, End::NextResponse, offset, ts_ns, out),
                 Some(_) => {}
+                // No known end: a chunked body whose last chunk we did not see, or a
+                // close-delimited body followed by more output. Not judged.
                 None => self.count_unjudged(&prev),
             }
         }
         let body_attempted = asked > head.len;
-        conn.resp = Some(Response { start: offset, head, pid: tgid, body_attempted });
+        conn.resp = Some(Response { start: offset, head, pid: tgid, body_attempted, chunk_end: None, tail_blank: false });
     }
 
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
@@ -331,9 +383,13 @@ impl Correlator {
     /// The stream ended: judge the response in flight, if any.
     fn finish(&mut self, mut conn: Conn, how: End, ts_ns: u64, out: &mut Vec<Verdict>) {
         let Some(resp) = conn.resp.take() else { return };
-        if resp.end().is_none() {
-            self.count_unjudged(&resp);
-            return;
+        let sent = conn.sent;
+        match resp.head.body {
+            Body::UntilClose => return self.emit(&conn, resp, Kind::Unframed, how, sent, ts_ns, out),
+            // Trailers end with a blank line too: if that is how the stream ended, we cannot
+            // tell a finished body from a cut one.
+            Body::Chunked if resp.tail_blank => return self.count_unjudged(&resp),
+            _ => {}
         }
         if resp.head_only(conn.sent) {
             self.stats.head_only += 1;
@@ -343,28 +399,28 @@ impl Correlator {
             Some("reset") | Some("gone") => Kind::PeerReset,
             _ => Kind::ShortWrite,
         };
-        let sent = conn.sent;
         self.emit(&conn, resp, kind, how, sent, ts_ns, out);
     }
 
     fn count_unjudged(&mut self, resp: &Response) {
-        match resp.head.body {
-            Body::Chunked => self.stats.chunked += 1,
-            _ => self.stats.unframed += 1,
+        if resp.head.body == Body::Chunked {
+            self.stats.chunked_uncertain += 1;
         }
     }
 
     /// `upto`: stream offset where this response's bytes stop counting.
     #[allow(clippy::too_many_arguments)]
     fn emit(&mut self, conn: &Conn, resp: Response, kind: Kind, how: End, upto: u64, ts_ns: u64, out: &mut Vec<Verdict>) {
-        let end = resp.end().unwrap_or(upto);
-        let sent = upto.min(end).saturating_sub(resp.start);
+        let end = resp.end();
+        let sent = upto.min(end.unwrap_or(upto)).saturating_sub(resp.start);
         match kind {
             Kind::Complete => self.stats.judged_complete += 1,
             Kind::ShortWrite => self.stats.judged_short_write += 1,
             Kind::PeerReset => self.stats.judged_peer_reset += 1,
             Kind::Desync => self.stats.judged_desync += 1,
             Kind::ResetDiscard => self.stats.judged_reset_discard += 1,
+            Kind::Unframed => self.stats.judged_unframed += 1,
+            Kind::Unparsed => self.stats.judged_unparsed += 1,
         }
         out.push(Verdict {
             kind,
@@ -377,7 +433,7 @@ impl Correlator {
                     _ => None,
                 },
                 chunked: resp.head.body == Body::Chunked,
-                expected_bytes: end - resp.start,
+                expected_bytes: end.map(|e| e - resp.start),
                 sent_bytes: sent,
             }),
             unacked_bytes: None,

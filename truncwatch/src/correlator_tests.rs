@@ -1,5 +1,6 @@
 //! Correlator cases: each feeds the events a kernel would produce and checks the verdicts.
 use super::*;
+use crate::events::Tail;
 
 const SK: u64 = 0xffff_8880_0000_1000;
 const CLIENT: u64 = 0xffff_8880_0000_2000;
@@ -33,10 +34,20 @@ impl Wire {
     }
     /// The kernel accepted `accepted` of `requested` bytes; `cap` if the send began with HTTP/.
     fn send_part(&mut self, cap: Option<Vec<u8>>, requested: u64, accepted: u64) {
+        self.send_tail(cap, requested, accepted, &[]);
+    }
+    /// A send whose last accepted bytes were `tail`.
+    fn send_tail(&mut self, cap: Option<Vec<u8>>, requested: u64, accepted: u64, tail: &[u8]) {
         let offset = self.offset;
         self.offset += accepted;
         let ts_ns = self.ts;
-        self.ev(Event::Send { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap });
+        let tail = Tail::new(tail);
+        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, tail }));
+    }
+    /// Send `bytes` for real: head capture and tail taken from them, as the kernel would.
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        let cap = bytes.starts_with(b"HTTP/").then(|| bytes[..bytes.len().min(512)].to_vec());
+        self.send_tail(cap, bytes.len() as u64, bytes.len() as u64, bytes);
     }
     fn send(&mut self, cap: Option<Vec<u8>>, n: u64) {
         self.send_part(cap, n, n);
@@ -49,7 +60,7 @@ impl Wire {
     }
     fn err(&mut self, errno: i64) {
         let (offset, ts_ns) = (self.offset, self.ts);
-        self.ev(Event::Send { sk: SK, ts_ns, tgid: 42, offset, ret: -errno, requested: 100, syscall: 44, head: None });
+        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: -errno, requested: 100, syscall: 44, ..SendFacts::default() }));
     }
     fn state(&mut self, old: i32, new: i32) {
         let ts_ns = self.ts;
@@ -76,7 +87,7 @@ fn complete_in_one_send() {
     w.response(100, 100);
     assert_eq!(w.kinds(), [Kind::Complete]);
     let v = &w.out[0];
-    assert_eq!((v.r().expected_bytes, v.r().sent_bytes, v.r().missing_bytes()), (hl(100) + 100, hl(100) + 100, 0));
+    assert_eq!((v.r().expected_bytes.unwrap(), v.r().sent_bytes, v.r().missing_bytes().unwrap()), (hl(100) + 100, hl(100) + 100, 0));
     assert_eq!((v.r().status, v.r().content_length, v.r().chunked, v.pid), (200, Some(100), false, 42));
     assert_eq!(v.evidence.end, Some(End::Reached));
 }
@@ -105,8 +116,8 @@ fn short_write_then_fin() {
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     let v = &w.out[0];
     assert_eq!(v.r().sent_bytes, hl(1_000_000) + 219_264);
-    assert_eq!(v.r().expected_bytes, hl(1_000_000) + 1_000_000);
-    assert_eq!(v.r().missing_bytes(), 1_000_000 - 219_264);
+    assert_eq!(v.r().expected_bytes.unwrap(), hl(1_000_000) + 1_000_000);
+    assert_eq!(v.r().missing_bytes().unwrap(), 1_000_000 - 219_264);
     assert_eq!((v.evidence.eagain, v.evidence.partial_sends, v.evidence.send_buffer_full), (1, 1, true));
     assert_eq!((v.evidence.end, v.evidence.peer_ended), (Some(End::Fin), None));
 }
@@ -189,7 +200,7 @@ fn keep_alive_responses_judged_one_by_one() {
     }
     assert_eq!(w.out.len(), 50);
     assert!(w.out.iter().all(|v| v.kind == Kind::Complete));
-    assert_eq!(w.out[7].r().expected_bytes, hl(70) + 70);
+    assert_eq!(w.out[7].r().expected_bytes.unwrap(), hl(70) + 70);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.out.len(), 50);
 }
@@ -222,7 +233,7 @@ fn no_body_statuses_complete_with_the_head() {
         let n = h.len() as u64;
         w.send(Some(h), n);
         assert_eq!(w.kinds(), [Kind::Complete], "{status}");
-        assert_eq!(w.out[0].r().expected_bytes, n);
+        assert_eq!(w.out[0].r().expected_bytes.unwrap(), n);
     }
 }
 
@@ -282,25 +293,90 @@ fn head_accepted_only_in_part_then_close() {
     assert_eq!(w.out[0].r().sent_bytes, 10);
 }
 
+const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+
 #[test]
-fn unframed_and_chunked_are_counted_not_judged() {
+fn unframed_is_reported_with_bytes_at_close_never_flagged() {
     let mut w = Wire::new(Transport::Tcp);
-    let h = b"HTTP/1.0 200 OK\r\n\r\n".to_vec();
-    w.send(Some(h), 100);
-    let h = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    w.send(Some(h), 100);
+    w.send_bytes(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nhello");
+    w.send(None, 100);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
-    assert!(w.out.is_empty());
-    assert_eq!((w.c.stats.unframed, w.c.stats.chunked), (1, 1));
+    assert_eq!(w.kinds(), [Kind::Unframed]);
+    let r = w.out[0].r();
+    assert_eq!((r.sent_bytes, r.expected_bytes, r.missing_bytes()), (w.offset, None, None));
+    assert!(!Kind::Unframed.is_problem());
 }
 
 #[test]
-fn unparseable_heads_never_flag() {
+fn chunked_complete_when_last_chunk_handed_over() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(CHUNKED);
+    w.send_bytes(b"5\r\nhello\r\n");
+    assert!(w.out.is_empty());
+    w.send_bytes(b"0\r\n\r\n");
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    let r = w.out[0].r();
+    assert!(r.chunked);
+    assert_eq!((r.sent_bytes, r.expected_bytes), (w.offset, Some(w.offset)));
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.out.len(), 1);
+}
+
+#[test]
+fn chunked_in_one_send_and_keep_alive() {
+    let mut w = Wire::new(Transport::Tcp);
+    for _ in 0..3 {
+        w.send_bytes(&[CHUNKED, b"3\r\nabc\r\n0\r\n\r\n"].concat());
+    }
+    assert_eq!(w.kinds(), [Kind::Complete; 3]);
+    // An empty chunked body: the head is followed at once by the last chunk.
+    w.send_bytes(&[CHUNKED, b"0\r\n\r\n"].concat());
+    assert_eq!(w.out.len(), 4);
+}
+
+#[test]
+fn chunked_cut_short_is_short_write_with_unknown_length() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(CHUNKED);
+    w.send_bytes(b"1000\r\nhello");
+    w.err(EAGAIN);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    let r = w.out[0].r();
+    assert_eq!((r.sent_bytes, r.expected_bytes, r.chunked), (w.offset, None, true));
+}
+
+#[test]
+fn chunked_data_that_looks_like_an_end_is_not_one() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(CHUNKED);
+    // A chunk whose data ends in "10\r\n\r\n": the zero is part of "10", not a last chunk.
+    w.send_bytes(b"6\r\nx10\r\n\r\n");
+    assert!(w.out.is_empty());
+    // Headers that end in "0": the head itself is never taken for the last chunk.
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-N: 0\r\n\r\n");
+    assert!(w.out.is_empty());
+}
+
+#[test]
+fn chunked_ending_in_a_blank_line_may_be_trailers_not_judged() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(CHUNKED);
+    w.send_bytes(b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\n\r\n");
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert!(w.out.is_empty(), "{:?}", w.out);
+    assert_eq!(w.c.stats.chunked_uncertain, 1);
+}
+
+#[test]
+fn unparseable_heads_are_reported_never_flagged() {
     let mut w = Wire::new(Transport::Tcp);
     w.send(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Long: ".to_vec()), 512);
     w.send(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec()), 60);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
-    assert!(w.out.is_empty());
+    assert_eq!(w.kinds(), [Kind::Unparsed, Kind::Unparsed]);
+    assert!(w.out.iter().all(|v| v.response.is_none() && !v.kind.is_problem()));
     assert_eq!((w.c.stats.unparsed, w.c.stats.invalid), (1, 1));
 }
 
@@ -308,7 +384,7 @@ fn unparseable_heads_never_flag() {
 fn events_for_untracked_sockets_are_ignored() {
     let mut c = Correlator::new(10);
     let mut out = vec![];
-    c.handle(Event::Send { sk: 1, ts_ns: 1, tgid: 1, offset: 0, ret: 10, requested: 10, syscall: 1, head: Some(head(100)) }, &mut out);
+    c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 1, tgid: 1, offset: 0, ret: 10, requested: 10, syscall: 1, head: Some(head(100)), ..SendFacts::default() }), &mut out);
     c.handle(Event::TcpState { sk: 1, ts_ns: 2, oldstate: 1, newstate: TCP_FIN_WAIT1 }, &mut out);
     c.handle(Event::UnixEof { reader: 1, peer: 2, ts_ns: 3 }, &mut out);
     assert!(out.is_empty());
@@ -362,7 +438,7 @@ fn exhaustive_cut_points() {
             assert_eq!(w.out.len(), 1, "chunk {chunk} cut {cut}");
             let v = &w.out[0];
             let want = if cut == total { Kind::Complete } else { Kind::ShortWrite };
-            assert_eq!((v.kind, v.r().sent_bytes, v.r().expected_bytes), (want, cut, total), "chunk {chunk} cut {cut}");
+            assert_eq!((v.kind, v.r().sent_bytes, v.r().expected_bytes.unwrap()), (want, cut, total), "chunk {chunk} cut {cut}");
         }
     }
 }

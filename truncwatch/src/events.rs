@@ -4,7 +4,7 @@ use crate::btf_offsets::SockLayout;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_OPEN, EV_RESET, EV_SEND, EV_STATE, EofEvent,
-    Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent,
+    Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -31,9 +31,8 @@ pub const RESET_RECEIVED: i32 = truncwatch_common::STATE_RESET_RECEIVED;
 pub enum Event {
     /// The socket `sk` is the server side of an HTTP/1 connection from now on.
     Open { sk: u64, ts_ns: u64, meta: ConnMeta },
-    /// The kernel accepted `ret` bytes (or refused with `-errno`) at stream `offset`; `head`
-    /// holds the first bytes when the send began with `HTTP/`.
-    Send { sk: u64, ts_ns: u64, tgid: u32, offset: u64, ret: i64, requested: u64, syscall: u32, head: Option<Vec<u8>> },
+    /// One send on a tracked socket.
+    Send(SendFacts),
     /// A TCP state change (`newstate` may be `RESET_RECEIVED`).
     TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32 },
     /// A Unix stream socket `reader` read end of stream from `peer`.
@@ -42,6 +41,43 @@ pub enum Event {
     /// peer, while `unacked` written bytes were not acknowledged; `unread` received bytes were
     /// never read by the application.
     ResetDiscard { sk: u64, ts_ns: u64, meta: ConnMeta, unacked: u64, unread: u64 },
+}
+
+/// The kernel accepted `ret` bytes (or refused with `-errno`) at stream `offset`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendFacts {
+    pub sk: u64,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub offset: u64,
+    pub ret: i64,
+    /// Bytes the caller asked to send (0: unknown).
+    pub requested: u64,
+    pub syscall: u32,
+    /// The first bytes, when the send began with `HTTP/`.
+    pub head: Option<Vec<u8>>,
+    /// The last accepted bytes (up to 8), where known.
+    pub tail: Tail,
+}
+
+/// Up to `TAIL` bytes, inline (one per send: no allocation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tail {
+    bytes: [u8; TAIL],
+    len: u8,
+}
+
+impl Tail {
+    /// The last `TAIL` bytes of `b`.
+    pub fn new(b: &[u8]) -> Tail {
+        let b = &b[b.len().saturating_sub(TAIL)..];
+        let mut t = Tail { bytes: [0; TAIL], len: b.len() as u8 };
+        t.bytes[..b.len()].copy_from_slice(b);
+        t
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -95,7 +131,8 @@ fn read<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
 }
 
 fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
-    Event::Send {
+    let n = (e.tail_len as usize).min(TAIL);
+    Event::Send(SendFacts {
         sk: e.h.sk,
         ts_ns: e.h.ts_ns,
         tgid: e.h.tgid,
@@ -104,7 +141,8 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         requested: e.requested,
         syscall: e.syscall,
         head,
-    }
+        tail: Tail::new(&e.tail[..n]),
+    })
 }
 
 fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
@@ -198,11 +236,14 @@ mod tests {
         let mut e = HeadEvent { send: SendEvent::default(), cap_len: 4, _pad: 0, cap: [b'x'; HEAD_CAP] };
         e.send.h.kind = EV_HEAD;
         e.send.ret = 100;
-        let Event::Send { head, ret, .. } = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
-        assert_eq!((head.unwrap().len(), ret), (4, 100));
-        e.cap_len = 100_000; // corrupt length: clamp, never read past the record
-        let Event::Send { head, .. } = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
-        assert_eq!(head.unwrap().len(), HEAD_CAP);
+        e.send.tail[..3].copy_from_slice(b"0\r\n");
+        e.send.tail_len = 3;
+        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
+        assert_eq!((s.head.unwrap().len(), s.ret, s.tail.as_slice()), (4, 100, &b"0\r\n"[..]));
+        e.cap_len = 100_000; // corrupt lengths: clamp, never read past the record
+        e.send.tail_len = 1000;
+        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
+        assert_eq!((s.head.unwrap().len(), s.tail.as_slice().len()), (HEAD_CAP, TAIL));
     }
 
     #[test]

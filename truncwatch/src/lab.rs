@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// and body as two iovecs).
     #[arg(long, value_enum, default_value = "write")]
     pub send_with: SendWith,
+    /// Send the body chunked (16 KiB chunks, then the last chunk) instead of with
+    /// Content-Length.
+    #[arg(long)]
+    pub chunked: bool,
     /// Exit after this many connections (0: serve forever).
     #[arg(long, default_value_t = 0)]
     pub connections: u64,
@@ -196,11 +200,7 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let is_head = buf.starts_with(b"HEAD ");
         buf.drain(..end);
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", a.body);
-        let mut resp = head.clone().into_bytes();
-        if !is_head {
-            resp.resize(head.len() + a.body as usize, b'x');
-        }
+        let (head, resp) = response(a, is_head);
         if matches!(a.mode, Mode::ShortShutdown | Mode::ShortClose) {
             s.set_nonblocking(true)?;
         }
@@ -216,6 +216,30 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
         }
         return Ok(()); // dropping the stream closes it
     }
+}
+
+/// One response: its head, and the whole response (head + body as it goes on the wire).
+fn response(a: &ServeArgs, is_head: bool) -> (String, Vec<u8>) {
+    let framing = if a.chunked { "Transfer-Encoding: chunked".to_string() } else { format!("Content-Length: {}", a.body) };
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n");
+    let mut resp = head.clone().into_bytes();
+    if is_head {
+        return (head, resp);
+    }
+    if a.chunked {
+        let mut left = a.body as usize;
+        while left > 0 {
+            let n = left.min(16 << 10);
+            resp.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            resp.resize(resp.len() + n, b'x');
+            resp.extend_from_slice(b"\r\n");
+            left -= n;
+        }
+        resp.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        resp.resize(head.len() + a.body as usize, b'x');
+    }
+    (head, resp)
 }
 
 /// Send `resp` (head of `head_len` bytes, then body) with the chosen call until done, or, in
@@ -262,6 +286,7 @@ fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) ->
 pub struct Received {
     pub status: u16,
     pub content_length: Option<u64>,
+    pub chunked: bool,
     pub head_bytes: u64,
     /// Head + body bytes received.
     pub received_bytes: u64,
@@ -328,11 +353,15 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
     let mut data = Vec::new();
     let mut received = 0u64;
     let mut head: Option<(u16, Option<u64>, u64)> = None;
+    let mut chunked = false;
+    // The last bytes received, to see a chunked body's last chunk arrive.
+    let mut recent: Vec<u8> = Vec::new();
     let mut stalled = false;
     let end = loop {
         match head {
             Some((_, _, hl)) if a.method == "HEAD" && received >= hl => break "complete",
             Some((_, Some(cl), hl)) if received >= hl + cl => break "complete",
+            Some((_, _, hl)) if chunked && received > hl && recent.ends_with(b"\r\n0\r\n\r\n") => break "complete",
             _ => {}
         }
         if Instant::now() > deadline {
@@ -355,6 +384,8 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
             Err(e) => return Err(e.into()),
         };
         received += n as u64;
+        recent.extend_from_slice(&buf[..n]);
+        recent.drain(..recent.len().saturating_sub(8));
         if head.is_none() {
             data.extend_from_slice(&buf[..n]);
             let mut hs = [httparse::EMPTY_HEADER; 64];
@@ -363,6 +394,12 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
                 let cl = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"))
                     .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
                 head = Some((r.code.unwrap_or(0), cl, hl as u64));
+                chunked = r.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.to_ascii_lowercase().ends_with(b"chunked")
+                });
+                // The head and what followed it in this read: the tail check needs the latter.
+                recent = data[hl..].to_vec();
+                recent.drain(..recent.len().saturating_sub(8));
                 if a.send_after_head > 0 {
                     s.write_all(&vec![b'z'; a.send_after_head])?;
                 }
@@ -379,7 +416,7 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
         }
     };
     let (status, content_length, head_bytes) = head.unwrap_or((0, None, 0));
-    Ok(Received { status, content_length, head_bytes, received_bytes: received, complete: end == "complete", end: end.into() })
+    Ok(Received { status, content_length, chunked, head_bytes, received_bytes: received, complete: end == "complete", end: end.into() })
 }
 
 trait ReadTimeout {

@@ -74,9 +74,9 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
                 status: r.map(|r| r.status),
                 content_length: r.and_then(|r| r.content_length),
                 chunked: r.is_some_and(|r| r.chunked),
-                expected_bytes: r.map(|r| r.expected_bytes),
+                expected_bytes: r.and_then(|r| r.expected_bytes),
                 sent_bytes: r.map(|r| r.sent_bytes),
-                missing_bytes: r.map(|r| r.missing_bytes()),
+                missing_bytes: r.and_then(|r| r.missing_bytes()),
                 unacked_bytes: v.unacked_bytes,
                 evidence: &v.evidence,
                 ts,
@@ -93,7 +93,17 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
             let mut line =
                 format!("{ts} {:<11} {transport} {}{peer} pid={} comm={}", v.kind.as_str(), v.meta.local, v.pid, v.meta.comm);
             if let Some(r) = &v.response {
-                line += &format!(" status={} sent={}/{} missing={}", r.status, r.sent_bytes, r.expected_bytes, r.missing_bytes());
+                let or_unknown = |n: Option<u64>| n.map_or("?".to_string(), |n| n.to_string());
+                line += &format!(
+                    " status={} sent={}/{} missing={}",
+                    r.status,
+                    r.sent_bytes,
+                    or_unknown(r.expected_bytes),
+                    or_unknown(r.missing_bytes())
+                );
+                if r.chunked {
+                    line += " chunked";
+                }
             }
             if let Some(n) = v.unacked_bytes {
                 line += &format!(" unacked={n} unread={}", e.unread_bytes.unwrap_or(0));
@@ -120,7 +130,7 @@ mod tests {
             kind: Kind::ShortWrite,
             meta: ConnMeta { transport: Transport::Unix, pid: 9, comm: "hyper".into(), local: "/run/app.sock".into(), peer: String::new() },
             pid: 9,
-            response: Some(ResponseFacts { status: 200, content_length: Some(1000), chunked: false, expected_bytes: 1100, sent_bytes: 600 }),
+            response: Some(ResponseFacts { status: 200, content_length: Some(1000), chunked: false, expected_bytes: Some(1100), sent_bytes: 600 }),
             unacked_bytes: None,
             evidence: Evidence { eagain: 2, partial_sends: 1, send_buffer_full: true, peer_ended: None, end: Some(End::Eof), unread_bytes: None },
             ts_ns: 1_500_000,

@@ -200,3 +200,34 @@ fn non_http_reset_discard() {
     assert_eq!(v[0]["verdict"], "reset_discard");
     assert!(u(&v[0]["unacked_bytes"]) > 0, "{}", v[0]);
 }
+
+/// Chunked bodies: complete when the last chunk was handed over; cut short otherwise, with the
+/// total unknown (null) but the bytes handed over exact.
+fn chunked(listen: &str, mode: &str) {
+    let agent = Agent::start();
+    let srv = Server::start_args(listen, mode, 8 << 20, &["--chunked"]);
+    let got = fetch(&srv.endpoint, SLOW);
+    let client = &got[0];
+    assert_eq!(client["chunked"], true);
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    assert_eq!(v.len(), 1, "{v:?}");
+    let v = &v[0];
+    assert_eq!(v["chunked"], true);
+    assert_eq!(u(&v["sent_bytes"]), u(&client["received_bytes"]), "{v} {client}");
+    if mode == "full" {
+        assert_eq!(client["complete"], true);
+        assert_eq!(v["verdict"], "complete", "{v}");
+        assert_eq!(u(&v["expected_bytes"]), u(&client["received_bytes"]));
+    } else {
+        assert_eq!(client["complete"], false);
+        assert_eq!(v["verdict"], "short_write", "{v}");
+        assert_eq!(v["expected_bytes"], serde_json::Value::Null);
+    }
+}
+
+kernel_tests! {
+    tcp_chunked_complete => chunked("tcp:127.0.0.1:0", "full");
+    tcp_chunked_cut_short => chunked("tcp:127.0.0.1:0", "short-shutdown");
+    unix_chunked_complete => chunked(&format!("unix:{}", unix_path("chunked-full.sock")), "full");
+    unix_chunked_cut_short => chunked(&format!("unix:{}", unix_path("chunked-short.sock")), "short-close");
+}

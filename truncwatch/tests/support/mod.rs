@@ -127,8 +127,13 @@ impl Server {
 
     /// `send_with`: write, writev or sendmsg.
     pub fn start_with(listen: &str, mode: &str, body: u64, send_with: &str) -> Server {
+        Self::start_args(listen, mode, body, &["--send-with", send_with])
+    }
+
+    pub fn start_args(listen: &str, mode: &str, body: u64, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["lab", "serve", "--listen", listen, "--mode", mode, "--body", &body.to_string(), "--send-with", send_with])
+            .args(["lab", "serve", "--listen", listen, "--mode", mode, "--body", &body.to_string()])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
