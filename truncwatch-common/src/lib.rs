@@ -105,7 +105,9 @@ pub struct Header {
 pub struct OpenEvent {
     pub h: Header,
     pub family: u16,
-    pub _pad: [u8; 6],
+    /// Local port, network order (`inet_sport`; see `ResetEvent::sport`).
+    pub sport: u16,
+    pub _pad: [u8; 4],
     pub comm: [u8; 16],
     /// The start of `struct sock` (addresses and ports live in `sock_common`).
     pub sock: [u8; SOCK_PREFIX],
@@ -175,7 +177,8 @@ pub struct EofEvent {
 pub struct ResetEvent {
     pub h: Header,
     pub family: u16,
-    /// Local port, network order (`inet_sport`: `sock_common`'s is already zeroed at CLOSE).
+    /// Local port, network order (`inet_sport`: `sock_common`'s `skc_num` is zeroed when the
+    /// port is released at CLOSE, which may come before the agent first sees a socket).
     pub sport: u16,
     pub oldstate: i32,
     pub comm: [u8; 16],

@@ -13,7 +13,8 @@ use aya_ebpf::helpers::{
 use core::ffi::c_void;
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_OPEN, EV_SEND, HEAD_CAP, HeadEvent, Offsets,
-    OpenEvent, SOCK_PREFIX, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO, UNIX_PATH,
+    FLAG_RESET_RECEIVED, OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent, SockState, TAIL,
+    TRACK_HTTP, TRACK_NO, UNIX_PATH,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -27,11 +28,13 @@ pub fn on_send(sk: *mut c_void, ret: i32) {
     }
     match sock_state(sk, false) {
         Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, send_call(&o)),
-        Some(_) => {}
-        None if ret > 0 => {
+        Some(st) if st.track == TRACK_NO => {}
+        // No state yet, or state made by another hook (a reset that arrived while this very
+        // send was blocked): not classified yet.
+        _ if ret > 0 => {
             let _ = classify(sk, ret, &o);
         }
-        None => {}
+        _ => {}
     }
 }
 
@@ -66,6 +69,11 @@ fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     st.sent = 0;
     open(sk, family, o);
     account(sk, st, ret, Some(call));
+    // The peer reset the connection while this first send was blocked: no end will follow,
+    // so report it now.
+    if st.flags & FLAG_RESET_RECEIVED != 0 {
+        crate::state::emit_state(sk, 0, STATE_RESET_RECEIVED);
+    }
     Some(())
 }
 
@@ -158,7 +166,8 @@ fn open(sk: *mut c_void, family: u16, o: &Offsets) {
     unsafe {
         (*ev).h = header(EV_OPEN, sk);
         (*ev).family = family;
-        (*ev)._pad = [0; 6];
+        (*ev).sport = if family == AF_UNIX { 0 } else { read_kernel::<u16>(sk as u64 + o.inet_sport as u64).unwrap_or(0) };
+        (*ev)._pad = [0; 4];
         (*ev)._pad2 = 0;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         if bpf_probe_read_kernel((&raw mut (*ev).sock).cast(), SOCK_PREFIX as u32, sk) != 0 {

@@ -45,7 +45,7 @@ pub fn on_reset_received(sk: *mut c_void) {
 }
 
 #[inline(always)]
-fn emit_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
+pub fn emit_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
     let ev = StateEvent { h: header(EV_STATE, sk), oldstate, newstate };
     if EVENTS.output_untyped::<StateEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);

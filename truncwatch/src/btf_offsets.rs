@@ -14,7 +14,6 @@ pub struct SockLayout {
     pub daddr: usize,
     pub rcv_saddr: usize,
     pub dport: usize,
-    pub num: usize,
     pub v6_daddr: usize,
     pub v6_rcv_saddr: usize,
 }
@@ -58,7 +57,6 @@ pub fn load() -> Result<KernelLayout> {
         daddr: s("skc_daddr")?,
         rcv_saddr: s("skc_rcv_saddr")?,
         dport: s("skc_dport")?,
-        num: s("skc_num")?,
         v6_daddr: s("skc_v6_daddr")?,
         v6_rcv_saddr: s("skc_v6_rcv_saddr")?,
     };

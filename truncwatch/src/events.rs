@@ -106,12 +106,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         }
         EV_RESET => {
             let e: ResetEvent = read(buf, h.kind)?;
-            let mut meta = inet_meta(e.family, &e.sock, h.tgid, cstr(&e.comm), layout);
-            // The kernel zeroes sock_common's local port just before CLOSE; use inet_sport.
-            if let Ok(mut addr) = meta.local.parse::<SocketAddr>() {
-                addr.set_port(u16::from_be(e.sport));
-                meta.local = addr.to_string();
-            }
+            let meta = inet_meta(e.family, &e.sock, e.sport, h.tgid, cstr(&e.comm), layout);
             Event::ResetDiscard { sk: h.sk, ts_ns: h.ts_ns, meta, unacked: e.unacked.into(), unread: e.unread.into() }
         }
         EV_EOF => {
@@ -149,16 +144,17 @@ fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
     let comm = cstr(&e.comm);
     match e.family {
         AF_UNIX => ConnMeta { transport: Transport::Unix, pid: e.h.tgid, comm, local: unix_path(&e.unix_path), peer: String::new() },
-        family => inet_meta(family, &e.sock, e.h.tgid, comm, l),
+        family => inet_meta(family, &e.sock, e.sport, e.h.tgid, comm, l),
     }
 }
 
-/// A TCP connection's ends, from the copy of `struct sock_common` at the start of `sock`.
-fn inet_meta(family: u16, s: &[u8; SOCK_PREFIX], pid: u32, comm: String, l: &SockLayout) -> ConnMeta {
+/// A TCP connection's ends, from the copy of `struct sock_common` at the start of `sock`, and
+/// the local port (`inet_sport`, network order: `skc_num` is zeroed once the port is released).
+fn inet_meta(family: u16, s: &[u8; SOCK_PREFIX], sport: u16, pid: u32, comm: String, l: &SockLayout) -> ConnMeta {
     let u16_at = |o: usize| u16::from_ne_bytes([s[o], s[o + 1]]);
     let v4 = |o: usize| Ipv4Addr::new(s[o], s[o + 1], s[o + 2], s[o + 3]);
     let v6 = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&s[o..o + 16]).unwrap());
-    let lport = u16_at(l.num); // host order
+    let lport = u16::from_be(sport);
     let pport = u16::from_be(u16_at(l.dport));
     let (la, pa): (std::net::IpAddr, std::net::IpAddr) = if family == AF_INET6 {
         (v6(l.v6_rcv_saddr).into(), v6(l.v6_daddr).into())
@@ -197,7 +193,7 @@ mod tests {
     }
 
     fn layout() -> SockLayout {
-        SockLayout { daddr: 0, rcv_saddr: 4, dport: 12, num: 14, v6_daddr: 56, v6_rcv_saddr: 72 }
+        SockLayout { daddr: 0, rcv_saddr: 4, dport: 12, v6_daddr: 56, v6_rcv_saddr: 72 }
     }
 
     #[test]
@@ -205,7 +201,8 @@ mod tests {
         let mut e = OpenEvent {
             h: Header { kind: EV_OPEN, tgid: 7, sk: 0xffff1, ts_ns: 5 },
             family: AF_INET,
-            _pad: [0; 6],
+            sport: 8080u16.to_be(),
+            _pad: [0; 4],
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
             sock: [0; SOCK_PREFIX],
             unix_path: [0; UNIX_PATH],
@@ -214,7 +211,6 @@ mod tests {
         e.sock[0..4].copy_from_slice(&[127, 0, 0, 2]);
         e.sock[4..8].copy_from_slice(&[127, 0, 0, 1]);
         e.sock[12..14].copy_from_slice(&5555u16.to_be_bytes());
-        e.sock[14..16].copy_from_slice(&8080u16.to_ne_bytes());
         let ev = decode(&bytes(&e), &layout()).unwrap();
         let meta = ConnMeta { transport: Transport::Tcp, pid: 7, comm: "nginx".into(), local: "127.0.0.1:8080".into(), peer: "127.0.0.2:5555".into() };
         assert_eq!(ev, Event::Open { sk: 0xffff1, ts_ns: 5, meta });

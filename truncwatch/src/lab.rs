@@ -43,6 +43,9 @@ pub enum Mode {
     ResetUnread,
     /// Hand the kernel the whole response, then close with SO_LINGER {1, 0}: a reset as well.
     Linger0,
+    /// Promise the whole body, send only --truncate-at bytes of it, close: an upstream that
+    /// dies mid-response.
+    Truncate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -70,6 +73,9 @@ pub struct ServeArgs {
     /// Content-Length.
     #[arg(long)]
     pub chunked: bool,
+    /// Body bytes sent in --mode truncate.
+    #[arg(long, default_value_t = 0)]
+    pub truncate_at: u64,
     /// Exit after this many connections (0: serve forever).
     #[arg(long, default_value_t = 0)]
     pub connections: u64,
@@ -110,6 +116,12 @@ pub struct FetchArgs {
     /// not read).
     #[arg(long, default_value_t = 0)]
     pub send_after_head: usize,
+    /// Extra request header (`Name: value`), repeatable.
+    #[arg(long)]
+    pub header: Vec<String>,
+    /// After this many body bytes, abort: close with SO_LINGER {1, 0}, sending a reset.
+    #[arg(long)]
+    pub abort_after: Option<u64>,
     /// Give up on a response after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -200,7 +212,10 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let is_head = buf.starts_with(b"HEAD ");
         buf.drain(..end);
-        let (head, resp) = response(a, is_head);
+        let (head, mut resp) = response(a, is_head);
+        if a.mode == Mode::Truncate {
+            resp.truncate(head.len() + a.truncate_at as usize);
+        }
         if matches!(a.mode, Mode::ShortShutdown | Mode::ShortClose) {
             s.set_nonblocking(true)?;
         }
@@ -209,7 +224,7 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
         match a.mode {
             Mode::Full => continue,
             Mode::ShortShutdown => s.shutdown_write()?,
-            Mode::ShortClose => {}
+            Mode::ShortClose | Mode::Truncate => {}
             // Long enough for the client's extra input to arrive, not for it to read everything.
             Mode::ResetUnread => std::thread::sleep(Duration::from_millis(100)),
             Mode::Linger0 => set_linger0(&*s)?,
@@ -291,7 +306,7 @@ pub struct Received {
     /// Head + body bytes received.
     pub received_bytes: u64,
     pub complete: bool,
-    /// How the response ended: "complete", "eof", "reset", "timeout".
+    /// How the response ended: "complete", "eof", "reset", "timeout", "aborted" (by us).
     pub end: String,
 }
 
@@ -310,10 +325,14 @@ pub fn fetch(a: &FetchArgs) -> Result<()> {
             }
         };
         for _ in 0..a.requests {
-            let req = format!("{} {} HTTP/1.1\r\nHost: lab\r\n\r\n", a.method, a.path);
+            let extra: String = a.header.iter().map(|h| format!("{h}\r\n")).collect();
+            let req = format!("{} {} HTTP/1.1\r\nHost: lab\r\n{extra}\r\n", a.method, a.path);
             s.write_all(req.as_bytes())?;
             let r = read_response(&mut *s, a)?;
             println!("{}", serde_json::to_string(&r)?);
+            if r.end == "aborted" {
+                set_linger0(&*s)?;
+            }
             if !r.complete {
                 break;
             }
@@ -359,7 +378,11 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
     let mut stalled = false;
     let end = loop {
         match head {
-            Some((_, _, hl)) if a.method == "HEAD" && received >= hl => break "complete",
+            Some((_, _, hl)) if a.abort_after.is_some_and(|n| received >= hl + n) => break "aborted",
+            // No body by rule (RFC 9112 §6.3): HEAD answers, 1xx, 204, 304.
+            Some((status, _, hl)) if (a.method == "HEAD" || status / 100 == 1 || status == 204 || status == 304) && received >= hl => {
+                break "complete"
+            }
             Some((_, Some(cl), hl)) if received >= hl + cl => break "complete",
             Some((_, _, hl)) if chunked && received > hl && recent.ends_with(b"\r\n0\r\n\r\n") => break "complete",
             _ => {}

@@ -2,78 +2,8 @@
 //! the connection with most of a 30 MiB file unsent, and logs the request as a success.
 mod support;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{Agent, fetch, kernel_or_skip, u};
-
-const NGINX: &str = "/usr/sbin/nginx";
-const FILE_BYTES: u64 = 30 << 20;
-
-struct Nginx {
-    child: Child,
-    port: u16,
-    _dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start() -> Nginx {
-        let dir = std::env::temp_dir().join(format!("truncwatch-nginx-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("www")).unwrap();
-        std::fs::write(dir.join("www/big.bin"), vec![b'n'; FILE_BYTES as usize]).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let d = dir.display();
-        let conf = format!(
-            "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log info;
-             events {{ worker_connections 64; }}
-             http {{
-               access_log {d}/access.log;
-               client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
-               uwsgi_temp_path {d}; scgi_temp_path {d};
-               sendfile on; send_timeout 1s;
-               server {{ listen 127.0.0.1:{port}; root {d}/www; }}
-             }}"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(NGINX)
-            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: the workers must go when the master does (an orphaned
-            // worker outlives the test and holds its output pipes open).
-            .process_group(0)
-            .spawn()
-            .expect("start nginx");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Nginx { child, port, _dir: dir }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx_or_skip(test: &str) -> bool {
-    if !kernel_or_skip(test) {
-        return false;
-    }
-    if std::path::Path::new(NGINX).exists() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: {NGINX} missing in CI (cargo xtask test installs it)");
-    }
-    support::skip(test, &format!("{NGINX} not installed (apt-get install nginx-light)"));
-    false
-}
+use support::{Agent, FILE_BYTES, Nginx, fetch, nginx_or_skip, u};
 
 #[test]
 fn nginx_send_timeout_is_a_short_write() {
@@ -81,9 +11,9 @@ fn nginx_send_timeout_is_a_short_write() {
         return;
     }
     let agent = Agent::start();
-    let ngx = Nginx::start();
-    let ep = format!("tcp:127.0.0.1:{}", ngx.port);
-    let local = format!("127.0.0.1:{}", ngx.port);
+    let ngx = Nginx::start(&["sendfile on; send_timeout 1s;"]);
+    let ep = format!("tcp:127.0.0.1:{}", ngx.ports[0]);
+    let local = format!("127.0.0.1:{}", ngx.ports[0]);
     // Reads 1 MB of body, then stalls 3 s: nginx's 1 s send_timeout fires meanwhile.
     let got = fetch(&ep, &["--path", "/big.bin", "--stall-after", "1000000", "--stall", "3s"]);
     assert_eq!(got[0]["complete"], false, "nginx should have cut it: {}", got[0]);

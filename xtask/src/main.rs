@@ -30,6 +30,9 @@ enum Cmd {
     },
     /// See it work: the agent, a server that cuts responses short, and a slow client.
     Demo,
+    /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
+    /// short, healthy traffic, one table with recall and precision.
+    Scenarios,
 }
 
 fn main() -> Result<()> {
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
             let bin = build()?;
             demo(&bin)
         }
+        Cmd::Scenarios => scenarios(),
     }
 }
 
@@ -97,6 +101,19 @@ fn test(args: &[String]) -> Result<()> {
     println!("tests: {} passed, {} failed, {} skipped", t.passed - t.skipped, t.failed, t.skipped);
     if !t.success || t.failed > 0 {
         bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn scenarios() -> Result<()> {
+    setup::ensure(setup::Need::Test)?;
+    step("running the scenario matrix (about a minute): agent, lab servers, nginx, Node.js, slow clients");
+    let mut c = cargo();
+    c.args(["test", "--release", "--package", "truncwatch", "--test", "scenarios", "--", "--nocapture"]);
+    // The table and the totals; the servers' and agent's chatter only when something fails.
+    let t = tally::run_filtered(c, |l| l.starts_with('|') || l.starts_with("totals:") || l.starts_with("SKIP"))?;
+    if !t.success || t.failed > 0 {
+        bail!("the scenario matrix failed (run `cargo test --release -p truncwatch --test scenarios -- --nocapture` for the details)");
     }
     Ok(())
 }

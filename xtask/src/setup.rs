@@ -31,6 +31,9 @@ pub fn ensure(need: Need) -> Result<()> {
     }
     if need == Need::Test {
         pkgs.push("nginx-light"); // a real third-party server for the kernel tests
+        if !have("node", &["--version"]) {
+            pkgs.push("nodejs"); // another one, for the scenario matrix
+        }
     }
     apt_install(&pkgs)?;
     if debian_toolchain && !toolchain_linked("debian-web") {

@@ -13,7 +13,12 @@ pub struct Tally {
     pub success: bool,
 }
 
-pub fn run(mut c: Command) -> Result<Tally> {
+pub fn run(c: Command) -> Result<Tally> {
+    run_filtered(c, |_| true)
+}
+
+/// Like `run`, passing through only the output lines `show` keeps.
+pub fn run_filtered(mut c: Command, show: fn(&str) -> bool) -> Result<Tally> {
     let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let tally = Arc::new(Mutex::new(Tally::default()));
     let out = child.stdout.take().expect("piped");
@@ -24,7 +29,9 @@ pub fn run(mut c: Command) -> Result<Tally> {
             if line.starts_with("SKIP ") {
                 t.lock().unwrap().skipped += 1;
             }
-            let _ = writeln!(std::io::stderr(), "{line}");
+            if show(&line) {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
         }
     });
     for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -33,7 +40,9 @@ pub fn run(mut c: Command) -> Result<Tally> {
             t.passed += p;
             t.failed += f;
         }
-        println!("{line}");
+        if show(&line) {
+            println!("{line}");
+        }
     }
     let _ = relay_err.join();
     let status = child.wait()?;

@@ -197,3 +197,93 @@ pub fn unix_path(name: &str) -> String {
 pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
+
+pub const NGINX: &str = "/usr/sbin/nginx";
+/// The big file every nginx here serves as /big.bin.
+pub const FILE_BYTES: u64 = 30 << 20;
+
+/// nginx from Debian, one server block per entry of `servers` (each listens on its own port,
+/// serving a directory with /big.bin and /1k.bin).
+pub struct Nginx {
+    child: Child,
+    pub ports: Vec<u16>,
+    _dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    pub fn start(servers: &[&str]) -> Nginx {
+        use std::os::unix::process::CommandExt;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("truncwatch-nginx-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/big.bin"), vec![b'n'; FILE_BYTES as usize]).unwrap();
+        std::fs::write(dir.join("www/1k.bin"), vec![b'k'; 1024]).unwrap();
+        let d = dir.display();
+        let ports: Vec<u16> = servers.iter().map(|_| free_port()).collect();
+        let blocks: String = servers
+            .iter()
+            .zip(&ports)
+            .map(|(body, port)| format!("server {{ listen 127.0.0.1:{port}; root {d}/www; {body} }}\n"))
+            .collect();
+        let conf = format!(
+            "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log info;
+             events {{ worker_connections 256; }}
+             http {{
+               access_log {d}/access.log;
+               client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+               uwsgi_temp_path {d}; scgi_temp_path {d};
+               {blocks}
+             }}"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(NGINX)
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: the workers must go when the master does (an orphaned
+            // worker outlives the test and holds its output pipes open).
+            .process_group(0)
+            .spawn()
+            .expect("start nginx");
+        for port in &ports {
+            wait_listening(*port);
+        }
+        Nginx { child, ports, _dir: dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listening on port {port}");
+}
+
+pub fn nginx_or_skip(test: &str) -> bool {
+    if !kernel_or_skip(test) {
+        return false;
+    }
+    if std::path::Path::new(NGINX).exists() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {NGINX} missing in CI (cargo xtask test installs it)");
+    }
+    skip(test, &format!("{NGINX} not installed (apt-get install nginx-light)"));
+    false
+}
