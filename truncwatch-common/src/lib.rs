@@ -65,6 +65,14 @@ pub struct Offsets {
     /// `inet_sock.inet_sport` (network order): unlike `skc_num`, still set when the state
     /// changes to CLOSE (the port is released just before).
     pub inet_sport: u32,
+    /// Evidence read when a tracked connection changes state; 0 where this kernel's BTF lacks
+    /// the field in a readable form (no struct field is at offset 0 of `tcp_sock`).
+    pub tcp_snd_wnd: u32,
+    /// `tcp_sock.chrono_type` (u8; a bitfield before 6.x: then 0 and the running period is
+    /// not added).
+    pub tcp_chrono_type: u32,
+    pub tcp_chrono_start: u32,
+    pub tcp_chrono_stat: u32,
     /// Non-zero once userspace filled this in; the programs do nothing until then.
     pub ready: u32,
 }
@@ -156,6 +164,17 @@ pub struct StateEvent {
     pub h: Header,
     pub oldstate: i32,
     pub newstate: i32,
+    /// `write_seq - snd_una`: written bytes not yet acknowledged.
+    pub unacked: u32,
+    /// `rcv_nxt - copied_seq`: received bytes not yet read.
+    pub unread: u32,
+    /// The peer's advertised window, bytes (0: zero window). `u32::MAX`: unknown.
+    pub snd_wnd: u32,
+    /// Jiffies the connection spent limited by the peer's receive window, and by the send
+    /// buffer (`tcp_sock.chrono_stat`, plus the running period). `u32::MAX`: unknown.
+    pub rwnd_limited: u32,
+    pub sndbuf_limited: u32,
+    pub _pad: u32,
 }
 
 /// `StateEvent.newstate` for `tcp_receive_reset`: the peer reset the connection.
@@ -190,13 +209,13 @@ pub struct ResetEvent {
 }
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 68);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 84);
 const _: () = assert!(core::mem::size_of::<SockState>() == 16);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
-const _: () = assert!(core::mem::size_of::<StateEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<StateEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 8);
 

@@ -60,6 +60,10 @@ static OFFSETS: Offsets = Offsets {
     tcp_rcv_nxt: 0,
     tcp_copied_seq: 0,
     inet_sport: 0,
+    tcp_snd_wnd: 0,
+    tcp_chrono_type: 0,
+    tcp_chrono_start: 0,
+    tcp_chrono_stat: 0,
     ready: 0,
 };
 

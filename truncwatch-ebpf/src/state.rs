@@ -5,7 +5,10 @@ use crate::{
     kernel::{header, read_kernel},
     maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, offsets, sock_state, wake_flags},
 };
-use aya_ebpf::helpers::{bpf_get_current_comm, generated::bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_comm,
+    generated::{bpf_jiffies64, bpf_probe_read_kernel},
+};
 use core::ffi::c_void;
 use truncwatch_common::{
     EV_RESET, EV_STATE, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX, STATE_RESET_RECEIVED,
@@ -46,10 +49,51 @@ pub fn on_reset_received(sk: *mut c_void) {
 
 #[inline(always)]
 pub fn emit_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
-    let ev = StateEvent { h: header(EV_STATE, sk), oldstate, newstate };
+    let o = offsets();
+    let base = sk as u64;
+    let seq = |off: u32| read_kernel::<u32>(base + off as u64).unwrap_or(0);
+    let opt = |off: u32| if off == 0 { u32::MAX } else { read_kernel::<u32>(base + off as u64).unwrap_or(u32::MAX) };
+    let (rwnd_limited, sndbuf_limited) = chrono(base, &o);
+    let ev = StateEvent {
+        h: header(EV_STATE, sk),
+        oldstate,
+        newstate,
+        unacked: seq(o.tcp_write_seq).wrapping_sub(seq(o.tcp_snd_una)),
+        unread: seq(o.tcp_rcv_nxt).wrapping_sub(seq(o.tcp_copied_seq)),
+        snd_wnd: opt(o.tcp_snd_wnd),
+        rwnd_limited,
+        sndbuf_limited,
+        _pad: 0,
+    };
     if EVENTS.output_untyped::<StateEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
     }
+}
+
+/// Jiffies spent limited by the peer's window and by the send buffer, as `tcp_get_info()`
+/// counts them: the accumulated `chrono_stat`, plus the period running since `chrono_start`.
+#[inline(always)]
+fn chrono(base: u64, o: &truncwatch_common::Offsets) -> (u32, u32) {
+    // enum tcp_chrono: UNSPEC, BUSY, RWND_LIMITED, SNDBUF_LIMITED; chrono_stat[type - 1].
+    const RWND_LIMITED: u8 = 2;
+    const SNDBUF_LIMITED: u8 = 3;
+    if o.tcp_chrono_stat == 0 {
+        return (u32::MAX, u32::MAX);
+    }
+    let Some(stat) = read_kernel::<[u32; 3]>(base + o.tcp_chrono_stat as u64) else { return (u32::MAX, u32::MAX) };
+    let (mut rwnd, mut sndbuf) = (stat[1], stat[2]);
+    if o.tcp_chrono_type != 0 && o.tcp_chrono_start != 0 {
+        let ty = read_kernel::<u8>(base + o.tcp_chrono_type as u64).unwrap_or(0);
+        let start = read_kernel::<u32>(base + o.tcp_chrono_start as u64).unwrap_or(0);
+        // tcp_jiffies32 is the low 32 bits of jiffies.
+        let running = (unsafe { bpf_jiffies64() } as u32).wrapping_sub(start);
+        match ty {
+            RWND_LIMITED => rwnd = rwnd.wrapping_add(running),
+            SNDBUF_LIMITED => sndbuf = sndbuf.wrapping_add(running),
+            _ => {}
+        }
+    }
+    (rwnd, sndbuf)
 }
 
 /// Going to CLOSE with written bytes not acknowledged: close with unread data, SO_LINGER 0,

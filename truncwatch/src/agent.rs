@@ -58,7 +58,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut reader = Reader {
-        correlator: Correlator::new(args.max_connections),
+        correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect()),
         layout: layout.sock,
         own_pid: std::process::id(),
         probe_sk: None,

@@ -44,6 +44,11 @@ pub fn load() -> Result<KernelLayout> {
         tcp_rcv_nxt: f("tcp_sock", "rcv_nxt")?,
         tcp_copied_seq: f("tcp_sock", "copied_seq")?,
         inet_sport: f("inet_sock", "inet_sport")?,
+        // Evidence only: optional, 0 when this kernel's layout does not allow reading it.
+        tcp_snd_wnd: f("tcp_sock", "snd_wnd").unwrap_or(0),
+        tcp_chrono_type: f("tcp_sock", "chrono_type").unwrap_or(0),
+        tcp_chrono_start: f("tcp_sock", "chrono_start").unwrap_or(0),
+        tcp_chrono_stat: f("tcp_sock", "chrono_stat").unwrap_or(0),
         ready: 1,
     };
     let s = |path: &str| -> Result<usize> {

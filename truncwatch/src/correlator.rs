@@ -5,7 +5,7 @@
 //! head is and what body it promised. A response is `complete` the moment the bytes handed over
 //! reach its promised end. If the stream ends first (the application shut down or closed, or
 //! the peer reset), the shortfall is the verdict.
-use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, Transport};
+use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, TcpFacts, Transport};
 use crate::http_head::{self, Body, Head, Parsed};
 use std::collections::HashMap;
 
@@ -87,6 +87,20 @@ pub struct Evidence {
     /// Received bytes the application never read when this host reset the connection (the
     /// usual cause of a reset on close); null when not a reset by this host.
     pub unread_bytes: Option<u64>,
+    /// TCP, at the state change that ended the stream (null when the verdict came before
+    /// one, e.g. `complete` as the last byte was handed over, or for Unix sockets):
+    /// written bytes the peer had not acknowledged yet (still in flight after a FIN),
+    pub unacked_bytes_at_end: Option<u64>,
+    /// received bytes the application had not read,
+    pub unread_bytes_at_end: Option<u64>,
+    /// the peer's advertised window (0: a zero window: the reader had stopped reading),
+    pub peer_window_at_end: Option<u64>,
+    /// and the connection's lifetime totals of time limited by the peer's receive window and
+    /// by the send buffer (the kernel's `tcpi_rwnd_limited`/`tcpi_sndbuf_limited`).
+    pub rwnd_limited_ms: Option<u64>,
+    pub sndbuf_limited_ms: Option<u64>,
+    /// From the connection's first response head to the verdict.
+    pub duration_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +214,9 @@ struct Conn {
     partial: u32,
     peer_ended: Option<&'static str>,
     last_ns: u64,
+    opened_ns: u64,
+    /// The TCP counters at the latest state change.
+    tcp: Option<TcpFacts>,
 }
 
 const EAGAIN: i64 = 11;
@@ -215,12 +232,14 @@ const TCP_LAST_ACK: i32 = 9;
 pub struct Correlator {
     conns: HashMap<u64, Conn>,
     max_conns: usize,
+    /// The kernel's timer frequency, to turn jiffies into milliseconds (None: unknown).
+    hz: Option<u64>,
     pub stats: Stats,
 }
 
 impl Correlator {
-    pub fn new(max_conns: usize) -> Self {
-        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), stats: Stats::default() }
+    pub fn new(max_conns: usize, hz: Option<u64>) -> Self {
+        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), hz, stats: Stats::default() }
     }
 
     pub fn tracked(&self) -> usize {
@@ -236,7 +255,7 @@ impl Correlator {
                     self.finish(old, End::SocketFreed, ts_ns, out);
                 }
                 self.stats.connections += 1;
-                let conn = Conn { meta, sent: 0, resp: None, eagain: 0, partial: 0, peer_ended: None, last_ns: ts_ns };
+                let conn = Conn { meta, sent: 0, resp: None, eagain: 0, partial: 0, peer_ended: None, last_ns: ts_ns, opened_ns: ts_ns, tcp: None };
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
             }
@@ -247,8 +266,9 @@ impl Correlator {
                 self.send(&mut conn, s, out);
                 self.conns.insert(sk, conn);
             }
-            Event::TcpState { sk, ts_ns, oldstate: _, newstate } => {
+            Event::TcpState { sk, ts_ns, oldstate: _, newstate, facts } => {
                 let Some(mut conn) = self.conns.remove(&sk) else { return };
+                conn.tcp = Some(facts);
                 match newstate {
                     RESET_RECEIVED => {
                         conn.peer_ended = Some("reset");
@@ -437,16 +457,28 @@ impl Correlator {
                 sent_bytes: sent,
             }),
             unacked_bytes: None,
-            evidence: Evidence {
-                eagain: conn.eagain,
-                partial_sends: conn.partial,
-                send_buffer_full: conn.eagain > 0 || conn.partial > 0,
-                peer_ended: conn.peer_ended,
-                end: Some(how),
-                unread_bytes: None,
-            },
+            evidence: self.evidence(conn, how, ts_ns),
             ts_ns,
         });
+    }
+
+    fn evidence(&self, conn: &Conn, how: End, ts_ns: u64) -> Evidence {
+        let tcp = conn.tcp.as_ref();
+        let ms = |j: Option<u64>| Some(j? * 1000 / self.hz?);
+        Evidence {
+            eagain: conn.eagain,
+            partial_sends: conn.partial,
+            send_buffer_full: conn.eagain > 0 || conn.partial > 0,
+            peer_ended: conn.peer_ended,
+            end: Some(how),
+            unread_bytes: None,
+            unacked_bytes_at_end: tcp.map(|t| t.unacked),
+            unread_bytes_at_end: tcp.map(|t| t.unread),
+            peer_window_at_end: tcp.and_then(|t| t.peer_window),
+            rwnd_limited_ms: ms(tcp.and_then(|t| t.rwnd_limited_jiffies)),
+            sndbuf_limited_ms: ms(tcp.and_then(|t| t.sndbuf_limited_jiffies)),
+            duration_ms: Some(ts_ns.saturating_sub(conn.opened_ns) / 1_000_000),
+        }
     }
 
     /// Keep the table bounded: drop the least recently active tenth when full.

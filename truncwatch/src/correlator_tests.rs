@@ -1,6 +1,6 @@
 //! Correlator cases: each feeds the events a kernel would produce and checks the verdicts.
 use super::*;
-use crate::events::Tail;
+use crate::events::{Tail, TcpFacts};
 
 const SK: u64 = 0xffff_8880_0000_1000;
 const CLIENT: u64 = 0xffff_8880_0000_2000;
@@ -24,7 +24,7 @@ struct Wire {
 
 impl Wire {
     fn new(t: Transport) -> Self {
-        let mut w = Wire { c: Correlator::new(1000), out: vec![], offset: 0, ts: 1 };
+        let mut w = Wire { c: Correlator::new(1000, Some(250)), out: vec![], offset: 0, ts: 1 };
         w.ev(Event::Open { sk: SK, ts_ns: 1, meta: meta(t) });
         w
     }
@@ -64,7 +64,7 @@ impl Wire {
     }
     fn state(&mut self, old: i32, new: i32) {
         let ts_ns = self.ts;
-        self.ev(Event::TcpState { sk: SK, ts_ns, oldstate: old, newstate: new });
+        self.ev(Event::TcpState { sk: SK, ts_ns, oldstate: old, newstate: new, facts: TcpFacts::default() });
     }
     fn kinds(&self) -> Vec<Kind> {
         self.out.iter().map(|v| v.kind).collect()
@@ -382,10 +382,10 @@ fn unparseable_heads_are_reported_never_flagged() {
 
 #[test]
 fn events_for_untracked_sockets_are_ignored() {
-    let mut c = Correlator::new(10);
+    let mut c = Correlator::new(10, Some(250));
     let mut out = vec![];
     c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 1, tgid: 1, offset: 0, ret: 10, requested: 10, syscall: 1, head: Some(head(100)), ..SendFacts::default() }), &mut out);
-    c.handle(Event::TcpState { sk: 1, ts_ns: 2, oldstate: 1, newstate: TCP_FIN_WAIT1 }, &mut out);
+    c.handle(Event::TcpState { sk: 1, ts_ns: 2, oldstate: 1, newstate: TCP_FIN_WAIT1, facts: TcpFacts::default() }, &mut out);
     c.handle(Event::UnixEof { reader: 1, peer: 2, ts_ns: 3 }, &mut out);
     assert!(out.is_empty());
     assert_eq!(c.tracked(), 0);
@@ -393,7 +393,7 @@ fn events_for_untracked_sockets_are_ignored() {
 
 #[test]
 fn connection_table_is_bounded() {
-    let mut c = Correlator::new(100);
+    let mut c = Correlator::new(100, Some(250));
     let mut out = vec![];
     for sk in 0..1000u64 {
         c.handle(Event::Open { sk, ts_ns: sk, meta: meta(Transport::Tcp) }, &mut out);
@@ -448,7 +448,7 @@ const EPIPE: i64 = 32;
 
 #[test]
 fn reset_discard_is_connection_level_for_any_connection() {
-    let mut c = Correlator::new(10);
+    let mut c = Correlator::new(10, Some(250));
     let mut out = vec![];
     let m = meta(Transport::Tcp);
     c.handle(Event::ResetDiscard { sk: 5, ts_ns: 9, meta: m.clone(), unacked: 4096, unread: 31 }, &mut out);
@@ -456,4 +456,26 @@ fn reset_discard_is_connection_level_for_any_connection() {
     let v = &out[0];
     assert_eq!((v.kind, v.response.clone(), v.unacked_bytes), (Kind::ResetDiscard, None, Some(4096)));
     assert_eq!((v.evidence.unread_bytes, v.evidence.end, &v.meta), (Some(31), Some(End::Reset), &m));
+}
+
+#[test]
+fn end_evidence_from_the_deciding_state_change() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(1_000_000, 100);
+    let facts = TcpFacts { unacked: 4000, unread: 0, peer_window: Some(0), rwnd_limited_jiffies: Some(500), sndbuf_limited_jiffies: Some(25) };
+    w.ts += 2_000_000_000;
+    let ts_ns = w.ts;
+    w.ev(Event::TcpState { sk: SK, ts_ns, oldstate: TCP_ESTABLISHED, newstate: TCP_FIN_WAIT1, facts });
+    let e = &w.out[0].evidence;
+    assert_eq!((e.unacked_bytes_at_end, e.unread_bytes_at_end, e.peer_window_at_end), (Some(4000), Some(0), Some(0)));
+    assert_eq!((e.rwnd_limited_ms, e.sndbuf_limited_ms), (Some(2000), Some(100)), "jiffies at 250 Hz");
+    assert!(e.duration_ms.unwrap() >= 2000);
+    // Unknown HZ: no milliseconds rather than wrong ones.
+    let mut c = Correlator::new(10, None);
+    let mut out = vec![];
+    c.handle(Event::Open { sk: 1, ts_ns: 1, meta: meta(Transport::Tcp) }, &mut out);
+    let h = head(10);
+    c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 2, tgid: 1, offset: 0, ret: h.len() as i64, requested: 100, head: Some(h), ..SendFacts::default() }), &mut out);
+    c.handle(Event::TcpState { sk: 1, ts_ns: 3, oldstate: 1, newstate: TCP_FIN_WAIT1, facts }, &mut out);
+    assert_eq!((out[0].evidence.rwnd_limited_ms, out[0].evidence.unacked_bytes_at_end), (None, Some(4000)));
 }

@@ -33,14 +33,28 @@ pub enum Event {
     Open { sk: u64, ts_ns: u64, meta: ConnMeta },
     /// One send on a tracked socket.
     Send(SendFacts),
-    /// A TCP state change (`newstate` may be `RESET_RECEIVED`).
-    TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32 },
+    /// A TCP state change (`newstate` may be `RESET_RECEIVED`), with the socket's counters then.
+    TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32, facts: TcpFacts },
     /// A Unix stream socket `reader` read end of stream from `peer`.
     UnixEof { reader: u64, peer: u64, ts_ns: u64 },
     /// This host moved a TCP connection (any, HTTP or not) to CLOSE, without a reset from the
     /// peer, while `unacked` written bytes were not acknowledged; `unread` received bytes were
     /// never read by the application.
     ResetDiscard { sk: u64, ts_ns: u64, meta: ConnMeta, unacked: u64, unread: u64 },
+}
+
+/// A TCP socket's own counters at a state change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFacts {
+    /// Written bytes not yet acknowledged by the peer.
+    pub unacked: u64,
+    /// Received bytes the application had not read.
+    pub unread: u64,
+    /// The peer's advertised window, bytes (0: zero window); None if unknown.
+    pub peer_window: Option<u64>,
+    /// Jiffies limited by the peer's receive window, and by the send buffer.
+    pub rwnd_limited_jiffies: Option<u64>,
+    pub sndbuf_limited_jiffies: Option<u64>,
 }
 
 /// The kernel accepted `ret` bytes (or refused with `-errno`) at stream `offset`.
@@ -102,7 +116,15 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         }
         EV_STATE => {
             let e: StateEvent = read(buf, h.kind)?;
-            Event::TcpState { sk: h.sk, ts_ns: h.ts_ns, oldstate: e.oldstate, newstate: e.newstate }
+            let known = |v: u32| (v != u32::MAX).then_some(u64::from(v));
+            let facts = TcpFacts {
+                unacked: e.unacked.into(),
+                unread: e.unread.into(),
+                peer_window: known(e.snd_wnd),
+                rwnd_limited_jiffies: known(e.rwnd_limited),
+                sndbuf_limited_jiffies: known(e.sndbuf_limited),
+            };
+            Event::TcpState { sk: h.sk, ts_ns: h.ts_ns, oldstate: e.oldstate, newstate: e.newstate, facts }
         }
         EV_RESET => {
             let e: ResetEvent = read(buf, h.kind)?;

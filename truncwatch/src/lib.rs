@@ -10,5 +10,6 @@ pub mod btf_offsets;
 pub mod correlator;
 pub mod events;
 pub mod http_head;
+pub mod kernel_hz;
 pub mod lab;
 pub mod output;

@@ -132,7 +132,7 @@ mod tests {
             pid: 9,
             response: Some(ResponseFacts { status: 200, content_length: Some(1000), chunked: false, expected_bytes: Some(1100), sent_bytes: 600 }),
             unacked_bytes: None,
-            evidence: Evidence { eagain: 2, partial_sends: 1, send_buffer_full: true, peer_ended: None, end: Some(End::Eof), unread_bytes: None },
+            evidence: Evidence { eagain: 2, partial_sends: 1, send_buffer_full: true, peer_ended: None, end: Some(End::Eof), ..Evidence::default() },
             ts_ns: 1_500_000,
         }
     }

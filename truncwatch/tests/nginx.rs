@@ -25,6 +25,13 @@ fn nginx_send_timeout_is_a_short_write() {
     assert_eq!(u(&v["sent_bytes"]), u(&got[0]["received_bytes"]), "agent bytes = client bytes: {v}");
     assert_eq!(u(&v["expected_bytes"]), u(&got[0]["head_bytes"]) + FILE_BYTES);
     assert_eq!(u(&v["content_length"]), FILE_BYTES);
+    // The evidence of a slow reader, from the kernel's own TCP counters: the client's window
+    // was closed when nginx gave up, after about a second (send_timeout) limited by it.
+    let e = &v["evidence"];
+    assert_eq!(e["peer_window_at_end"], 0, "{e}");
+    assert!(u(&e["rwnd_limited_ms"]) >= 500, "{e}");
+    assert!(u(&e["unacked_bytes_at_end"]) > 0, "bytes still in flight after the FIN: {e}");
+    assert!(u(&e["duration_ms"]) >= 900, "{e}");
 
     // The same file to a reader that does not stall: complete, never flagged.
     let ok = fetch(&ep, &["--path", "/big.bin", "--requests", "2"]);
