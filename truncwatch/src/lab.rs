@@ -53,6 +53,8 @@ pub enum SendWith {
     Write,
     Writev,
     Sendmsg,
+    /// The head with write, the body through a pipe with splice(2), as proxies do.
+    Splice,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -73,6 +75,12 @@ pub struct ServeArgs {
     /// Content-Length.
     #[arg(long)]
     pub chunked: bool,
+    /// Send no framing at all (HTTP/1.0, body until close), and close after each response.
+    #[arg(long)]
+    pub unframed: bool,
+    /// Pad the head with an `X-Pad` header of this many bytes.
+    #[arg(long, default_value_t = 0)]
+    pub head_pad: usize,
     /// Body bytes sent in --mode truncate.
     #[arg(long, default_value_t = 0)]
     pub truncate_at: u64,
@@ -222,6 +230,7 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
         let sent = send_response(&*s, &resp, head.len(), a)?;
         println!("{}", serde_json::json!({"sent_bytes": sent, "expected_bytes": resp.len()}));
         match a.mode {
+            Mode::Full if a.unframed => return Ok(()), // the close ends the body
             Mode::Full => continue,
             Mode::ShortShutdown => s.shutdown_write()?,
             Mode::ShortClose | Mode::Truncate => {}
@@ -235,8 +244,16 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
 
 /// One response: its head, and the whole response (head + body as it goes on the wire).
 fn response(a: &ServeArgs, is_head: bool) -> (String, Vec<u8>) {
-    let framing = if a.chunked { "Transfer-Encoding: chunked".to_string() } else { format!("Content-Length: {}", a.body) };
-    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{framing}\r\n\r\n");
+    let framing = if a.unframed {
+        String::new()
+    } else if a.chunked {
+        "Transfer-Encoding: chunked\r\n".to_string()
+    } else {
+        format!("Content-Length: {}\r\n", a.body)
+    };
+    let pad = if a.head_pad > 0 { format!("X-Pad: {}\r\n", "p".repeat(a.head_pad)) } else { String::new() };
+    let version = if a.unframed { "1.0" } else { "1.1" };
+    let head = format!("HTTP/{version} 200 OK\r\nContent-Type: application/octet-stream\r\n{pad}{framing}\r\n");
     let mut resp = head.clone().into_bytes();
     if is_head {
         return (head, resp);
@@ -262,7 +279,18 @@ fn response(a: &ServeArgs, is_head: bool) -> (String, Vec<u8>) {
 /// the bytes the kernel accepted: the server's own ground truth.
 fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) -> Result<usize> {
     let mut sent = 0;
+    let pipe = if a.send_with == SendWith::Splice { Some(Pipe::new()?) } else { None };
     while sent < resp.len() {
+        if let (Some(p), true) = (&pipe, sent >= head_len) {
+            match p.splice_to(s.as_raw_fd(), &resp[sent..])? {
+                Some(n) => {
+                    sent += n;
+                    continue;
+                }
+                None if a.mode == Mode::Full => continue,
+                None => break,
+            }
+        }
         let rest = &resp[sent..];
         // Head and body as separate iovecs while the head is not fully sent.
         let split = head_len.saturating_sub(sent).min(rest.len());
@@ -274,6 +302,7 @@ fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) ->
         let n = unsafe {
             match a.send_with {
                 SendWith::Write => libc::write(fd, rest.as_ptr().cast(), rest.len()),
+                SendWith::Splice => libc::write(fd, rest.as_ptr().cast(), split), // the head
                 SendWith::Writev => libc::writev(fd, iovs.as_ptr(), cnt),
                 SendWith::Sendmsg => {
                     let mut msg: libc::msghdr = std::mem::zeroed();
@@ -294,6 +323,53 @@ fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) ->
         sent += n as usize;
     }
     Ok(sent)
+}
+
+/// A pipe to splice(2) from: the body goes user memory -> pipe -> socket, never through a
+/// send call with a user buffer.
+struct Pipe {
+    r: std::os::fd::OwnedFd,
+    w: std::os::fd::OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> Result<Pipe> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: valid array for two fds.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            bail!("pipe: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: fresh fds we own.
+        Ok(unsafe { Pipe { r: std::os::fd::OwnedFd::from_raw_fd(fds[0]), w: std::os::fd::OwnedFd::from_raw_fd(fds[1]) } })
+    }
+
+    /// Move up to a pipe's worth of `data` into `sock`. Some(bytes the socket took), or None
+    /// when the socket refused (EAGAIN, non-blocking) or was interrupted. Whatever the socket
+    /// did not take is drained from the pipe, so each call starts empty.
+    fn splice_to(&self, sock: i32, data: &[u8]) -> Result<Option<usize>> {
+        let chunk = data.len().min(16 << 10);
+        // SAFETY: valid fds and buffer.
+        let w = unsafe { libc::write(self.w.as_raw_fd(), data.as_ptr().cast(), chunk) };
+        if w <= 0 {
+            bail!("pipe write: {}", std::io::Error::last_os_error());
+        }
+        let n = unsafe {
+            libc::splice(self.r.as_raw_fd(), std::ptr::null_mut(), sock, std::ptr::null_mut(), w as usize, libc::SPLICE_F_MOVE)
+        };
+        let err = std::io::Error::last_os_error();
+        let took = n.max(0) as usize;
+        let mut rest = vec![0u8; w as usize - took];
+        // SAFETY: valid fd and buffer.
+        if !rest.is_empty() && unsafe { libc::read(self.r.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) } < 0 {
+            bail!("pipe drain: {}", std::io::Error::last_os_error());
+        }
+        match n {
+            0.. if took > 0 => Ok(Some(took)),
+            _ if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
+            _ => Err(err.into()),
+        }
+    }
 }
 
 /// Ground truth of one response, as the client saw it.

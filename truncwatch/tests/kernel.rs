@@ -231,3 +231,28 @@ kernel_tests! {
     unix_chunked_complete => chunked(&format!("unix:{}", unix_path("chunked-full.sock")), "full");
     unix_chunked_cut_short => chunked(&format!("unix:{}", unix_path("chunked-short.sock")), "short-close");
 }
+
+/// One response from a server started with `server_args`, read by a slow client: the agent
+/// must give exactly `verdict`, with `sent_bytes` (where it has one) equal to the client's.
+fn one_verdict(listen: &str, mode: &str, server_args: &[&str], verdict: &str) {
+    let agent = Agent::start();
+    let srv = Server::start_args(listen, mode, 4 << 20, server_args);
+    let got = fetch(&srv.endpoint, SLOW);
+    agent.wait_for(&srv.local(), 1, WAIT);
+    std::thread::sleep(Duration::from_millis(300)); // time for a wrong second verdict to show
+    let v = agent.verdicts(&srv.local());
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["verdict"], verdict, "{}", v[0]);
+    if let Some(sent) = v[0]["sent_bytes"].as_u64() {
+        assert_eq!(sent, u(&got[0]["received_bytes"]), "{} {}", v[0], got[0]);
+    }
+}
+
+kernel_tests! {
+    tcp_splice_body_complete => one_verdict("tcp:127.0.0.1:0", "full", &["--send-with", "splice"], "complete");
+    tcp_splice_body_cut_short => one_verdict("tcp:127.0.0.1:0", "short-shutdown", &["--send-with", "splice"], "short_write");
+    unix_splice_body_cut_short => one_verdict(&format!("unix:{}", unix_path("splice.sock")), "short-close", &["--send-with", "splice"], "short_write");
+    tcp_unframed_body_reported_not_judged => one_verdict("tcp:127.0.0.1:0", "full", &["--unframed"], "unframed");
+    tcp_head_over_capture_is_unparsed => one_verdict("tcp:127.0.0.1:0", "full", &["--head-pad", "1000"], "unparsed");
+    tcp_cut_response_with_long_head_never_flagged => one_verdict("tcp:127.0.0.1:0", "short-close", &["--head-pad", "1000"], "unparsed");
+}
