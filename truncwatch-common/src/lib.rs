@@ -25,6 +25,10 @@ pub const EV_HEAD: u32 = 3;
 pub const EV_STATE: u32 = 4;
 pub const EV_EOF: u32 = 5;
 pub const EV_RESET: u32 = 6;
+/// A `HeadEvent` whose capture continues the previous one's (a head split over sends).
+pub const EV_HEAD_MORE: u32 = 7;
+/// Sends captured after a head that may continue, at most.
+pub const HEAD_MORE_SENDS: u32 = 4;
 
 /// Where `sock_send_length` found the sending task (`pt_regs.orig_ax` on x86_64).
 pub const SYS_WRITE: u32 = 1;
@@ -87,6 +91,9 @@ pub struct SockState {
     pub flags: u32,
     /// Bytes the kernel accepted on this socket since it was classified.
     pub sent: u64,
+    /// The last head captured may continue in the next sends: capture up to this many more.
+    pub head_more: u32,
+    pub _pad: u32,
 }
 
 pub const TRACK_NO: u32 = 1;
@@ -210,7 +217,7 @@ pub struct ResetEvent {
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
 const _: () = assert!(core::mem::size_of::<Offsets>() == 84);
-const _: () = assert!(core::mem::size_of::<SockState>() == 16);
+const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);

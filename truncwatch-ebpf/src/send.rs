@@ -12,7 +12,7 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_OPEN, EV_SEND, HEAD_CAP, HeadEvent, Offsets,
+    AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_SEND, HEAD_CAP, HEAD_MORE_SENDS, HeadEvent, Offsets,
     FLAG_RESET_RECEIVED, OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent, SockState, TAIL,
     TRACK_HTTP, TRACK_NO, UNIX_PATH,
 };
@@ -67,6 +67,7 @@ fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     }
     st.track = TRACK_HTTP;
     st.sent = 0;
+    st.head_more = 0;
     open(sk, family, o);
     account(sk, st, ret, Some(call));
     // The peer reset the connection while this first send was blocked: no end will follow,
@@ -89,10 +90,20 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>
         && call.buf != 0
         && call.buf_len >= 5
         && read_user::<[u8; 5]>(call.buf).is_some_and(|m| &m == b"HTTP/");
-    if is_head {
-        head(sk, offset, ret, &call);
+    let more = !is_head && st.head_more > 0 && ret > 0 && call.buf != 0;
+    if is_head || more {
+        let kind = if is_head { EV_HEAD } else { EV_HEAD_MORE };
+        let open = head(sk, offset, ret, &call, kind);
+        // A head that may go on in the next send: one small buffer, all of it accepted, not
+        // ending in the blank line. Capture the next few sends too; the agent joins them.
+        st.head_more = match (open, is_head) {
+            (false, _) => 0,
+            (true, true) => HEAD_MORE_SENDS,
+            (true, false) => st.head_more - 1,
+        };
         return;
     }
+    st.head_more = 0;
     let Some(mut entry) = EVENTS.reserve_untyped::<SendEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         return;
@@ -136,23 +147,40 @@ fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i
 /// buffer, whether or not the kernel accepted them all: the head's promise is what matters, and
 /// a head the kernel took only part of is exactly the slow-reader case.
 #[inline(always)]
-fn head(sk: *mut c_void, offset: u64, ret: i32, call: &SendCall) {
+/// Returns whether the head may continue in the next send.
+fn head(sk: *mut c_void, offset: u64, ret: i32, call: &SendCall, kind: u32) -> bool {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
-        return;
+        return false;
     };
     let ev = entry.as_mut_ptr();
     let mut n = call.buf_len;
     if n > HEAD_CAP as u64 {
         n = HEAD_CAP as u64;
     }
-    unsafe {
-        fill_send(&raw mut (*ev).send, EV_HEAD, sk, offset, ret, call);
+    let open = unsafe {
+        fill_send(&raw mut (*ev).send, kind, sk, offset, ret, call);
         (*ev)._pad = 0;
         let r = bpf_probe_read_user((&raw mut (*ev).cap).cast(), n as u32, call.buf as *const c_void);
         (*ev).cap_len = if r == 0 { n as u32 } else { 0 };
-    }
+        let tail = (*ev).send.tail;
+        let len = (*ev).send.tail_len;
+        ret as u64 == call.buf_len && call.buf_len <= HEAD_CAP as u64 && !(len >= 4 && tail_ends_blank(&tail, len))
+    };
     entry.submit(wake_flags());
+    open
+}
+
+/// Whether `tail[..len]` ends with `\r\n\r\n`. With shifts, not indexing: the verifier
+/// refuses a stack read at a variable offset.
+#[inline(always)]
+fn tail_ends_blank(tail: &[u8; TAIL], len: u32) -> bool {
+    if !(4..=TAIL as u32).contains(&len) {
+        return false;
+    }
+    let v = u64::from_le_bytes(*tail);
+    let last4 = (v >> ((len - 4) * 8)) as u32;
+    last4 == u32::from_le_bytes(*b"\r\n\r\n")
 }
 
 /// Tell the agent about a newly tracked connection: who owns it and its addresses.

@@ -7,6 +7,7 @@
 //! the peer reset), the shortfall is the verdict.
 use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, TcpFacts, Transport};
 use crate::http_head::{self, Body, Head, Parsed};
+use truncwatch_common::HEAD_CAP;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -217,7 +218,19 @@ struct Conn {
     opened_ns: u64,
     /// The TCP counters at the latest state change.
     tcp: Option<TcpFacts>,
+    /// The start of a head that goes on in the next sends.
+    split_head: Option<PartialHead>,
 }
+
+#[derive(Clone, Debug)]
+struct PartialHead {
+    start: u64,
+    bytes: Vec<u8>,
+    tgid: u32,
+}
+
+/// Heads joined from several sends are given up on (unparsed) past this size.
+const MAX_JOINED_HEAD: usize = 4 * HEAD_CAP;
 
 const EAGAIN: i64 = 11;
 const EPIPE: i64 = 32;
@@ -255,7 +268,7 @@ impl Correlator {
                     self.finish(old, End::SocketFreed, ts_ns, out);
                 }
                 self.stats.connections += 1;
-                let conn = Conn { meta, sent: 0, resp: None, eagain: 0, partial: 0, peer_ended: None, last_ns: ts_ns, opened_ns: ts_ns, tcp: None };
+                let conn = Conn { meta, sent: 0, resp: None, eagain: 0, partial: 0, peer_ended: None, last_ns: ts_ns, opened_ns: ts_ns, tcp: None, split_head: None };
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
             }
@@ -332,9 +345,11 @@ impl Correlator {
             conn.partial += 1;
         }
         conn.sent = conn.sent.max(offset + ret);
-        match &s.head {
-            Some(cap) => self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out),
-            None => {
+        match (&s.head, &s.head_more) {
+            (Some(cap), _) => self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out),
+            (None, Some(cap)) => self.head_more(conn, offset, ret.max(requested), cap, ts_ns, out),
+            (None, None) => {
+                self.drop_partial(conn, ts_ns, out);
                 if let Some(r) = &mut conn.resp {
                     r.body_attempted = true;
                 }
@@ -353,41 +368,83 @@ impl Correlator {
     /// A send that began with `HTTP/` at `offset`; the caller asked to send `asked` bytes.
     #[allow(clippy::too_many_arguments)]
     fn head(&mut self, conn: &mut Conn, tgid: u32, offset: u64, asked: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
-        let head = match http_head::parse(cap) {
-            Parsed::Head(h) => h,
-            bad => {
-                if bad == Parsed::Incomplete {
-                    self.stats.unparsed += 1;
-                } else {
-                    self.stats.invalid += 1;
-                }
-                self.stats.judged_unparsed += 1;
-                out.push(Verdict {
-                    kind: Kind::Unparsed,
-                    meta: conn.meta.clone(),
-                    pid: if tgid != 0 { tgid } else { conn.meta.pid },
-                    response: None,
-                    unacked_bytes: None,
-                    evidence: Evidence::default(),
-                    ts_ns,
-                });
-                return;
+        self.drop_partial(conn, ts_ns, out);
+        match http_head::parse(cap) {
+            Parsed::Head(h) => self.start_response(conn, offset, tgid, h, asked > h.len, ts_ns, out),
+            // The whole send was captured and the head goes on: the next sends may hold the
+            // rest (the kernel captures a few of them).
+            Parsed::Incomplete if cap.len() < HEAD_CAP => {
+                conn.split_head = Some(PartialHead { start: offset, bytes: cap.to_vec(), tgid });
             }
+            bad => self.unparsed(conn, tgid, bad, ts_ns, out),
+        }
+    }
+
+    /// A send captured because the previous head may go on in it.
+    #[allow(clippy::too_many_arguments)]
+    fn head_more(&mut self, conn: &mut Conn, offset: u64, asked: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
+        let Some(mut p) = conn.split_head.take() else {
+            // The head before was complete after all: this is body.
+            if let Some(r) = &mut conn.resp {
+                r.body_attempted = true;
+            }
+            return;
         };
+        if p.start + p.bytes.len() as u64 != offset || p.bytes.len() + cap.len() > MAX_JOINED_HEAD {
+            return self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
+        }
+        p.bytes.extend_from_slice(cap);
+        match http_head::parse(&p.bytes) {
+            Parsed::Head(h) => {
+                let attempted = offset + asked > p.start + h.len;
+                self.start_response(conn, p.start, p.tgid, h, attempted, ts_ns, out);
+            }
+            Parsed::Incomplete if cap.len() < HEAD_CAP => conn.split_head = Some(p),
+            bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
+        }
+    }
+
+    /// A head split over sends that never completed is unparsed.
+    fn drop_partial(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
+        if let Some(p) = conn.split_head.take() {
+            self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
+        }
+    }
+
+    fn unparsed(&mut self, conn: &Conn, tgid: u32, why: Parsed, ts_ns: u64, out: &mut Vec<Verdict>) {
+        if why == Parsed::Incomplete {
+            self.stats.unparsed += 1;
+        } else {
+            self.stats.invalid += 1;
+        }
+        self.stats.judged_unparsed += 1;
+        out.push(Verdict {
+            kind: Kind::Unparsed,
+            meta: conn.meta.clone(),
+            pid: if tgid != 0 { tgid } else { conn.meta.pid },
+            response: None,
+            unacked_bytes: None,
+            evidence: Evidence::default(),
+            ts_ns,
+        });
+    }
+
+    /// A response head at stream offset `start`: it ends the response before it.
+    #[allow(clippy::too_many_arguments)]
+    fn start_response(&mut self, conn: &mut Conn, start: u64, tgid: u32, head: Head, body_attempted: bool, ts_ns: u64, out: &mut Vec<Verdict>) {
         self.stats.heads += 1;
         if let Some(prev) = conn.resp.take() {
             match prev.end() {
-                _ if prev.head_only(offset) => self.stats.head_only += 1,
+                _ if prev.head_only(start) => self.stats.head_only += 1,
                 // Reached responses were judged already; only an early head is news.
-                Some(end) if offset < end => self.emit(conn, prev, Kind::Desync, End::NextResponse, offset, ts_ns, out),
+                Some(end) if start < end => self.emit(conn, prev, Kind::Desync, End::NextResponse, start, ts_ns, out),
                 Some(_) => {}
                 // No known end: a chunked body whose last chunk we did not see, or a
                 // close-delimited body followed by more output. Not judged.
                 None => self.count_unjudged(&prev),
             }
         }
-        let body_attempted = asked > head.len;
-        conn.resp = Some(Response { start: offset, head, pid: tgid, body_attempted, chunk_end: None, tail_blank: false });
+        conn.resp = Some(Response { start, head, pid: tgid, body_attempted, chunk_end: None, tail_blank: false });
     }
 
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
@@ -402,6 +459,7 @@ impl Correlator {
 
     /// The stream ended: judge the response in flight, if any.
     fn finish(&mut self, mut conn: Conn, how: End, ts_ns: u64, out: &mut Vec<Verdict>) {
+        self.drop_partial(&mut conn, ts_ns, out);
         let Some(resp) = conn.resp.take() else { return };
         let sent = conn.sent;
         match resp.head.body {

@@ -42,7 +42,7 @@ impl Wire {
         self.offset += accepted;
         let ts_ns = self.ts;
         let tail = Tail::new(tail);
-        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, tail }));
+        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, head_more: None, tail }));
     }
     /// Send `bytes` for real: head capture and tail taken from them, as the kernel would.
     fn send_bytes(&mut self, bytes: &[u8]) {
@@ -478,4 +478,82 @@ fn end_evidence_from_the_deciding_state_change() {
     c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 2, tgid: 1, offset: 0, ret: h.len() as i64, requested: 100, head: Some(h), ..SendFacts::default() }), &mut out);
     c.handle(Event::TcpState { sk: 1, ts_ns: 3, oldstate: 1, newstate: TCP_FIN_WAIT1, facts }, &mut out);
     assert_eq!((out[0].evidence.rwnd_limited_ms, out[0].evidence.unacked_bytes_at_end), (None, Some(4000)));
+}
+
+impl Wire {
+    /// A send the kernel captured because the head before it may continue.
+    fn send_more(&mut self, bytes: &[u8]) {
+        let offset = self.offset;
+        self.offset += bytes.len() as u64;
+        let ts_ns = self.ts;
+        let s = SendFacts {
+            sk: SK,
+            ts_ns,
+            tgid: 42,
+            offset,
+            ret: bytes.len() as i64,
+            requested: bytes.len() as u64,
+            syscall: 1,
+            head_more: Some(bytes[..bytes.len().min(512)].to_vec()),
+            tail: Tail::new(bytes),
+            ..SendFacts::default()
+        };
+        self.ev(Event::Send(s));
+    }
+}
+
+/// A head written line by line: joined, then judged like any other.
+#[test]
+fn head_split_over_sends_is_joined() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(b"HTTP/1.1 200 OK\r\n");
+    w.send_more(b"Content-Length: 10\r\n");
+    w.send_more(b"\r\n");
+    assert!(w.out.is_empty());
+    w.send_more(b"0123456789");
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    let r = w.out[0].r();
+    assert_eq!((r.expected_bytes, r.sent_bytes, r.content_length), (Some(w.offset), w.offset, Some(10)));
+}
+
+#[test]
+fn split_head_then_cut_body_is_short_write() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(b"HTTP/1.1 200 OK\r\nContent-");
+    w.send_more(b"Length: 1000\r\n\r\nabc");
+    w.err(EAGAIN);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].r().sent_bytes, w.offset);
+}
+
+#[test]
+fn split_head_that_never_ends_is_unparsed() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n");
+    w.send(None, 100); // not captured: the rest of the head is out of sight
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::Unparsed]);
+    // Same when the stream just ends.
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(b"HTTP/1.1 200 OK\r\n");
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::Unparsed]);
+}
+
+#[test]
+fn capture_after_a_complete_head_is_body() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab");
+    w.send_more(b"cd");
+    assert_eq!(w.kinds(), [Kind::Complete]);
+}
+
+#[test]
+fn split_head_pieces_must_be_contiguous() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(b"HTTP/1.1 200 OK\r\n");
+    w.offset += 5; // bytes in between that were not captured
+    w.send_more(b"Content-Length: 1\r\n\r\nx");
+    assert_eq!(w.kinds(), [Kind::Unparsed]);
 }

@@ -3,7 +3,7 @@
 use crate::btf_offsets::SockLayout;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_OPEN, EV_RESET, EV_SEND, EV_STATE, EofEvent,
+    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE, EofEvent,
     Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
@@ -70,6 +70,8 @@ pub struct SendFacts {
     pub syscall: u32,
     /// The first bytes, when the send began with `HTTP/`.
     pub head: Option<Vec<u8>>,
+    /// The first bytes of a send that may continue the previous head (split over sends).
+    pub head_more: Option<Vec<u8>>,
     /// The last accepted bytes (up to 8), where known.
     pub tail: Tail,
 }
@@ -109,10 +111,16 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
             Event::Open { sk: h.sk, ts_ns: h.ts_ns, meta: open_meta(&e, layout) }
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
-        EV_HEAD => {
+        EV_HEAD | EV_HEAD_MORE => {
             let e: HeadEvent = read(buf, h.kind)?;
             let n = (e.cap_len as usize).min(e.cap.len());
-            send_event(e.send, Some(e.cap[..n].to_vec()))
+            let mut ev = send_event(e.send, Some(e.cap[..n].to_vec()));
+            if h.kind == EV_HEAD_MORE {
+                if let Event::Send(s) = &mut ev {
+                    s.head_more = s.head.take();
+                }
+            }
+            ev
         }
         EV_STATE => {
             let e: StateEvent = read(buf, h.kind)?;
@@ -158,6 +166,7 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         requested: e.requested,
         syscall: e.syscall,
         head,
+        head_more: None,
         tail: Tail::new(&e.tail[..n]),
     })
 }

@@ -78,6 +78,9 @@ pub struct ServeArgs {
     /// Send no framing at all (HTTP/1.0, body until close), and close after each response.
     #[arg(long)]
     pub unframed: bool,
+    /// Write the head one line per send, as some hand-written servers do.
+    #[arg(long)]
+    pub split_head: bool,
     /// Pad the head with an `X-Pad` header of this many bytes.
     #[arg(long, default_value_t = 0)]
     pub head_pad: usize,
@@ -279,6 +282,15 @@ fn response(a: &ServeArgs, is_head: bool) -> (String, Vec<u8>) {
 /// the bytes the kernel accepted: the server's own ground truth.
 fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) -> Result<usize> {
     let mut sent = 0;
+    if a.split_head {
+        for line in resp[..head_len].split_inclusive(|&b| b == b'\n') {
+            // SAFETY: valid fd and buffer; lines are small and the buffer is empty here.
+            if unsafe { libc::write(s.as_raw_fd(), line.as_ptr().cast(), line.len()) } != line.len() as isize {
+                bail!("writing a head line: {}", std::io::Error::last_os_error());
+            }
+        }
+        sent = head_len;
+    }
     let pipe = if a.send_with == SendWith::Splice { Some(Pipe::new()?) } else { None };
     while sent < resp.len() {
         if let (Some(p), true) = (&pipe, sent >= head_len) {

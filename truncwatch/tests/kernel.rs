@@ -255,4 +255,7 @@ kernel_tests! {
     tcp_unframed_body_reported_not_judged => one_verdict("tcp:127.0.0.1:0", "full", &["--unframed"], "unframed");
     tcp_head_over_capture_is_unparsed => one_verdict("tcp:127.0.0.1:0", "full", &["--head-pad", "1000"], "unparsed");
     tcp_cut_response_with_long_head_never_flagged => one_verdict("tcp:127.0.0.1:0", "short-close", &["--head-pad", "1000"], "unparsed");
+    tcp_head_split_over_sends_complete => one_verdict("tcp:127.0.0.1:0", "full", &["--split-head"], "complete");
+    tcp_head_split_over_sends_cut_short => one_verdict("tcp:127.0.0.1:0", "short-shutdown", &["--split-head"], "short_write");
+    unix_head_split_over_sends_cut_short => one_verdict(&format!("unix:{}", unix_path("split.sock")), "short-close", &["--split-head"], "short_write");
 }
