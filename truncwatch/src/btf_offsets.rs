@@ -121,13 +121,11 @@ fn find_member(btf: &Btf, st: &btf_rs::Struct, name: &str) -> Result<Option<(u32
         if mname == name {
             return Ok(Some((m.bit_offset(), ty)));
         }
-        if mname.is_empty() {
-            if let Type::Struct(inner) | Type::Union(inner) = resolve(btf, ty)? {
-                if let Some((off, t)) = find_member(btf, &inner, name)? {
+        if mname.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = resolve(btf, ty)?
+                && let Some((off, t)) = find_member(btf, &inner, name)? {
                     return Ok(Some((m.bit_offset() + off, t)));
                 }
-            }
-        }
     }
     Ok(None)
 }

@@ -6,162 +6,10 @@
 //! reach its promised end. If the stream ends first (the application shut down or closed, or
 //! the peer reset), the shortfall is the verdict.
 use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, TcpFacts, Transport};
+pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use crate::http_head::{self, Body, Head, Parsed};
 use truncwatch_common::HEAD_CAP;
 use std::collections::HashMap;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// The application handed the kernel every promised byte.
-    Complete,
-    /// The application ended the stream before handing over every promised byte.
-    ShortWrite,
-    /// The peer reset the connection (or was gone) before every promised byte was handed over:
-    /// the client gave up; not a server fault.
-    PeerReset,
-    /// The next response's head started before this one's promised end.
-    Desync,
-    /// This host reset a TCP connection (any, HTTP or not) while bytes the application had
-    /// written were not acknowledged by the peer: the kernel discarded them.
-    ResetDiscard,
-    /// A response without framing (close-delimited body): it cannot be judged; reported with
-    /// the bytes handed over when the stream ended.
-    Unframed,
-    /// A head that could not be read: longer than the capture, split over sends, or with
-    /// contradictory framing. Never judged.
-    Unparsed,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Complete => "complete",
-            Kind::ShortWrite => "short_write",
-            Kind::PeerReset => "peer_reset",
-            Kind::Desync => "desync",
-            Kind::ResetDiscard => "reset_discard",
-            Kind::Unframed => "unframed",
-            Kind::Unparsed => "unparsed",
-        }
-    }
-
-    /// Something went wrong for a client: printed by default (the rest only with `--all`).
-    pub fn is_problem(self) -> bool {
-        matches!(self, Kind::ShortWrite | Kind::PeerReset | Kind::Desync | Kind::ResetDiscard)
-    }
-}
-
-/// How the response's fate was decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum End {
-    /// The promised bytes were all handed over.
-    Reached,
-    /// The application sent FIN (shutdown or close) on a TCP connection.
-    Fin,
-    /// The connection was reset (RST sent by this host, or received from the peer).
-    Reset,
-    /// The peer of a Unix socket read end of stream.
-    Eof,
-    /// The socket was freed unseen and its address reused by a new connection (Unix).
-    SocketFreed,
-    /// Another response head was sent.
-    NextResponse,
-}
-
-/// What is known about the reader and the end of the connection when the verdict was made.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Evidence {
-    /// Sends on this connection the kernel refused with EAGAIN (send buffer full).
-    pub eagain: u32,
-    /// Sends the kernel accepted only part of (send buffer full mid-send).
-    pub partial_sends: u32,
-    /// Either of the above: at some point on this connection the application wrote faster
-    /// than the peer read (a slow reader, or just a large response to a fast one).
-    pub send_buffer_full: bool,
-    /// The peer ended its side first: `"fin"`, `"reset"`, `"eof"` (Unix), `"gone"` (sends
-    /// failed with EPIPE/ECONNRESET), or null.
-    pub peer_ended: Option<&'static str>,
-    /// How the verdict was reached (`End`).
-    pub end: Option<End>,
-    /// Received bytes the application never read when this host reset the connection (the
-    /// usual cause of a reset on close); null when not a reset by this host.
-    pub unread_bytes: Option<u64>,
-    /// TCP, at the state change that ended the stream (null when the verdict came before
-    /// one, e.g. `complete` as the last byte was handed over, or for Unix sockets):
-    /// written bytes the peer had not acknowledged yet (still in flight after a FIN),
-    pub unacked_bytes_at_end: Option<u64>,
-    /// received bytes the application had not read,
-    pub unread_bytes_at_end: Option<u64>,
-    /// the peer's advertised window (0: a zero window: the reader had stopped reading),
-    pub peer_window_at_end: Option<u64>,
-    /// and the connection's lifetime totals of time limited by the peer's receive window and
-    /// by the send buffer (the kernel's `tcpi_rwnd_limited`/`tcpi_sndbuf_limited`).
-    pub rwnd_limited_ms: Option<u64>,
-    pub sndbuf_limited_ms: Option<u64>,
-    /// From the connection's first response head to the verdict.
-    pub duration_ms: Option<u64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verdict {
-    pub kind: Kind,
-    pub meta: ConnMeta,
-    /// Pid of the task that sent the head (the connection's owner if not known).
-    pub pid: u32,
-    /// The response judged; None for connection-level verdicts (`reset_discard`).
-    pub response: Option<ResponseFacts>,
-    /// For `reset_discard`: written bytes the peer had not acknowledged.
-    pub unacked_bytes: Option<u64>,
-    pub evidence: Evidence,
-    /// Kernel monotonic time of the deciding event.
-    pub ts_ns: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResponseFacts {
-    pub status: u16,
-    pub content_length: Option<u64>,
-    pub chunked: bool,
-    /// Head + promised body; None where the end is not known (unframed, or a chunked body
-    /// whose last chunk was never handed over).
-    pub expected_bytes: Option<u64>,
-    pub sent_bytes: u64,
-}
-
-impl ResponseFacts {
-    pub fn missing_bytes(&self) -> Option<u64> {
-        self.expected_bytes.map(|e| e.saturating_sub(self.sent_bytes))
-    }
-}
-
-/// What could not be judged, and why: an operator must be able to tell "no truncation" from
-/// "not looked at".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub connections: u64,
-    pub heads: u64,
-    pub judged_complete: u64,
-    pub judged_short_write: u64,
-    pub judged_peer_reset: u64,
-    pub judged_desync: u64,
-    pub judged_reset_discard: u64,
-    pub judged_unframed: u64,
-    pub judged_unparsed: u64,
-    /// Heads longer than the capture, or split over sends.
-    pub unparsed: u64,
-    /// Heads with contradictory or malformed framing.
-    pub invalid: u64,
-    /// Chunked responses whose end could not be told: the stream ended right after a blank
-    /// line that may close trailers.
-    pub chunked_uncertain: u64,
-    /// Heads promising a body that the application never tried to send: answers to HEAD
-    /// requests (the request path is not watched yet), not judged.
-    pub head_only: u64,
-    /// Connections dropped from the table to stay under the limit, unjudged.
-    pub evicted: u64,
-}
 
 #[derive(Clone, Debug)]
 struct Response {
@@ -449,12 +297,11 @@ impl Correlator {
 
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
         let Some(resp) = &conn.resp else { return };
-        if let Some(end) = resp.end() {
-            if conn.sent >= end {
+        if let Some(end) = resp.end()
+            && conn.sent >= end {
                 let resp = conn.resp.take().unwrap();
                 self.emit(conn, resp, Kind::Complete, End::Reached, end, ts_ns, out);
             }
-        }
     }
 
     /// The stream ended: judge the response in flight, if any.

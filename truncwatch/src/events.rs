@@ -115,11 +115,10 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
             let e: HeadEvent = read(buf, h.kind)?;
             let n = (e.cap_len as usize).min(e.cap.len());
             let mut ev = send_event(e.send, Some(e.cap[..n].to_vec()));
-            if h.kind == EV_HEAD_MORE {
-                if let Event::Send(s) = &mut ev {
+            if h.kind == EV_HEAD_MORE
+                && let Event::Send(s) = &mut ev {
                     s.head_more = s.head.take();
                 }
-            }
             ev
         }
         EV_STATE => {

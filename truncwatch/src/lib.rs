@@ -13,3 +13,4 @@ pub mod http_head;
 pub mod kernel_hz;
 pub mod lab;
 pub mod output;
+pub mod verdict;

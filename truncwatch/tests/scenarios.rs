@@ -23,7 +23,7 @@ struct Scenario {
 
 /// Servers shared by the scenarios.
 struct Env {
-    nginx: Nginx,
+    _nginx: Nginx,
     /// Ports of nginx's server blocks, by role.
     static_port: u16,
     reset_port: u16,
@@ -146,7 +146,7 @@ fn scenario_matrix() {
         "sendfile on; send_timeout 1s; reset_timedout_connection on;",
         &format!("location / {{ proxy_pass http://{up}; }}"),
     ]);
-    let env = Env { static_port: nginx.ports[0], reset_port: nginx.ports[1], proxy_port: nginx.ports[2], nginx, _upstream: upstream };
+    let env = Env { static_port: nginx.ports[0], reset_port: nginx.ports[1], proxy_port: nginx.ports[2], _nginx: nginx, _upstream: upstream };
     let agent = Agent::start();
 
     let mut rows = Vec::new();
