@@ -37,6 +37,13 @@ pub const SYS_SENDFILE: u32 = 40;
 pub const SYS_SENDTO: u32 = 44;
 pub const SYS_SENDMSG: u32 = 46;
 
+/// x86_64 `struct pt_regs` (the ptrace ABI, stable): where the syscall number and its second
+/// and third arguments sit. The programs load them directly; the agent checks them against
+/// the running kernel's BTF at start-up and refuses to run if they differ.
+pub const REGS_ORIG_AX: usize = 120;
+pub const REGS_SI: usize = 104;
+pub const REGS_DX: usize = 96;
+
 /// Field offsets the kernel programs need, read from the running kernel's BTF at start-up and
 /// handed over as a read-only global. Rust eBPF has no CO-RE, so nothing here is compiled in.
 #[repr(C)]
@@ -56,11 +63,6 @@ pub struct Offsets {
     pub unix_address_len: u32,
     /// `unix_address.name` (struct sockaddr_un, path after the 2-byte family).
     pub unix_address_name: u32,
-    /// `pt_regs` offsets of the syscall number and arguments.
-    pub regs_orig_ax: u32,
-    pub regs_di: u32,
-    pub regs_si: u32,
-    pub regs_dx: u32,
     /// `tcp_sock` sequence numbers read when a connection closes.
     pub tcp_write_seq: u32,
     pub tcp_snd_una: u32,
@@ -216,7 +218,7 @@ pub struct ResetEvent {
 }
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 84);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 68);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
 };
 use core::ffi::c_void;
-use truncwatch_common::{Header, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, TAIL};
+use truncwatch_common::{Header, REGS_DX, REGS_ORIG_AX, REGS_SI, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, TAIL};
 
 #[inline(always)]
 pub fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
@@ -83,14 +83,17 @@ impl SendCall {
 const MAX_IOV: u64 = 4;
 
 #[inline(always)]
-pub fn send_call(o: &truncwatch_common::Offsets) -> Option<SendCall> {
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    if regs == 0 {
+pub fn send_call() -> Option<SendCall> {
+    // A BTF pointer to `struct pt_regs`: loads from it are checked against BTF by the
+    // verifier, and cost no helper call.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
         return None;
     }
-    let nr = read_kernel::<u64>(regs + o.regs_orig_ax as u64)? as u32;
-    let si = read_kernel::<u64>(regs + o.regs_si as u64)?;
-    let dx = read_kernel::<u64>(regs + o.regs_dx as u64)?;
+    let reg = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off).cast::<u64>()) };
+    let nr = reg(REGS_ORIG_AX) as u32;
+    let si = reg(REGS_SI);
+    let dx = reg(REGS_DX);
     match nr {
         SYS_WRITE | SYS_SENDTO => {
             let mut c = SendCall { nr, buf: si, buf_len: dx, requested: dx, ..SendCall::NONE };
@@ -101,8 +104,7 @@ pub fn send_call(o: &truncwatch_common::Offsets) -> Option<SendCall> {
         SYS_WRITEV => iov_call(nr, si, dx),
         SYS_SENDMSG => {
             // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
-            let iov = read_user::<u64>(si + 16)?;
-            let cnt = read_user::<u64>(si + 24)?;
+            let [iov, cnt] = read_user::<[u64; 2]>(si + 16)?;
             iov_call(nr, iov, cnt)
         }
         _ => Some(SendCall { nr, ..SendCall::NONE }),
@@ -111,21 +113,24 @@ pub fn send_call(o: &truncwatch_common::Offsets) -> Option<SendCall> {
 
 #[inline(always)]
 fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<SendCall> {
-    // struct iovec (uapi): base, len.
-    let first = read_user::<[u64; 2]>(iov)?;
-    let mut c = SendCall { nr, buf: first[0], buf_len: first[1], ..SendCall::NONE };
-    if cnt <= MAX_IOV {
-        c.iov[0] = first;
-        c.requested = first[1];
-        for i in 1..MAX_IOV {
-            if i >= cnt {
-                break;
-            }
-            let v = read_user::<[u64; 2]>(iov + i * 16).unwrap_or([0, 0]);
-            c.iov[i as usize] = v;
-            c.requested += v[1];
+    // struct iovec (uapi): base, len. One read for the vector, not one per element: each
+    // user read costs.
+    let mut c = SendCall { nr, ..SendCall::NONE };
+    match cnt {
+        0 => return None,
+        1 => c.iov[0] = read_user::<[u64; 2]>(iov)?,
+        2 => {
+            let v = read_user::<[[u64; 2]; 2]>(iov)?;
+            c.iov[0] = v[0];
+            c.iov[1] = v[1];
         }
+        3..=MAX_IOV => c.iov = read_user::<[[u64; 2]; MAX_IOV as usize]>(iov)?,
+        _ => c.iov[0] = read_user::<[u64; 2]>(iov)?, // longer vectors: the first buffer only
+    }
+    [c.buf, c.buf_len] = c.iov[0];
+    if cnt <= MAX_IOV {
         c.niov = cnt;
+        c.requested = c.iov.iter().map(|v| v[1]).sum();
     }
     Some(c)
 }

@@ -27,7 +27,7 @@ pub fn on_send(sk: *mut c_void, ret: i32) {
         return;
     }
     match sock_state(sk, false) {
-        Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, send_call(&o)),
+        Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, send_call()),
         Some(st) if st.track == TRACK_NO => {}
         // No state yet, or state made by another hook (a reset that arrived while this very
         // send was blocked): not classified yet.
@@ -57,7 +57,7 @@ fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     if !stream {
         return None;
     }
-    let call = send_call(o)?;
+    let call = send_call()?;
     if call.buf == 0 || call.buf_len < 7 {
         return None;
     }

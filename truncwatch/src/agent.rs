@@ -58,7 +58,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut reader = Reader {
-        correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect()),
+        correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect()).problems_only(!args.all),
         layout: layout.sock,
         own_pid: std::process::id(),
         probe_sk: None,
@@ -157,6 +157,7 @@ impl Reader {
     fn print(&mut self, out: &mut impl Write, args: &RunArgs, clock: &Clock) -> Result<()> {
         for v in self.verdicts.drain(..) {
             if args.all || v.kind.is_problem() {
+                // (the correlator builds the others only with --all)
                 writeln!(out, "{}", output::format(&v, args.format, clock))?;
             }
         }

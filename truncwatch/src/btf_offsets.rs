@@ -4,7 +4,7 @@
 //! load time; the agent decodes addresses from a raw copy of `struct sock` the same way.
 use anyhow::{Context, Result, bail};
 use btf_rs::{Btf, BtfType, Type};
-use truncwatch_common::{Offsets, SOCK_PREFIX};
+use truncwatch_common::{Offsets, REGS_DX, REGS_ORIG_AX, REGS_SI, SOCK_PREFIX};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -35,10 +35,6 @@ pub fn load() -> Result<KernelLayout> {
         unix_addr: f("unix_sock", "addr")?,
         unix_address_len: f("unix_address", "len")?,
         unix_address_name: f("unix_address", "name")?,
-        regs_orig_ax: f("pt_regs", "orig_ax")?,
-        regs_di: f("pt_regs", "di")?,
-        regs_si: f("pt_regs", "si")?,
-        regs_dx: f("pt_regs", "dx")?,
         tcp_write_seq: f("tcp_sock", "write_seq")?,
         tcp_snd_una: f("tcp_sock", "snd_una")?,
         tcp_rcv_nxt: f("tcp_sock", "rcv_nxt")?,
@@ -51,6 +47,13 @@ pub fn load() -> Result<KernelLayout> {
         tcp_chrono_stat: f("tcp_sock", "chrono_stat").unwrap_or(0),
         ready: 1,
     };
+    // The programs load these at fixed offsets (the x86_64 ptrace ABI): make sure.
+    for (name, want) in [("orig_ax", REGS_ORIG_AX), ("si", REGS_SI), ("dx", REGS_DX)] {
+        let got = f("pt_regs", name)? as usize;
+        if got != want {
+            bail!("kernel BTF: pt_regs.{name} at {got}, not {want}: unsupported architecture or kernel");
+        }
+    }
     let s = |path: &str| -> Result<usize> {
         let off = f("sock", &format!("__sk_common.{path}"))? as usize;
         if off + 16 > SOCK_PREFIX {

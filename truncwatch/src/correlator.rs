@@ -10,6 +10,7 @@ pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use crate::http_head::{self, Body, Head, Parsed};
 use truncwatch_common::HEAD_CAP;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 struct Response {
@@ -54,7 +55,7 @@ impl Response {
 
 #[derive(Clone, Debug)]
 struct Conn {
-    meta: ConnMeta,
+    meta: Arc<ConnMeta>,
     /// Bytes handed to the kernel: one past the highest stream offset seen.
     sent: u64,
     /// The response in flight (not judged yet).
@@ -95,12 +96,20 @@ pub struct Correlator {
     max_conns: usize,
     /// The kernel's timer frequency, to turn jiffies into milliseconds (None: unknown).
     hz: Option<u64>,
+    /// Emit only problem verdicts (the rest are counted, not built: they are most of them).
+    problems_only: bool,
     pub stats: Stats,
 }
 
 impl Correlator {
     pub fn new(max_conns: usize, hz: Option<u64>) -> Self {
-        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), hz, stats: Stats::default() }
+        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), hz, problems_only: false, stats: Stats::default() }
+    }
+
+    /// Build verdicts only for problems (`Kind::is_problem`); count the others.
+    pub fn problems_only(mut self, yes: bool) -> Self {
+        self.problems_only = yes;
+        self
     }
 
     pub fn tracked(&self) -> usize {
@@ -116,7 +125,7 @@ impl Correlator {
                     self.finish(old, End::SocketFreed, ts_ns, out);
                 }
                 self.stats.connections += 1;
-                let conn = Conn { meta, sent: 0, resp: None, eagain: 0, partial: 0, peer_ended: None, last_ns: ts_ns, opened_ns: ts_ns, tcp: None, split_head: None };
+                let conn = Conn { meta: Arc::new(meta), sent: 0, resp: None, eagain: 0, partial: 0, peer_ended: None, last_ns: ts_ns, opened_ns: ts_ns, tcp: None, split_head: None };
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
             }
@@ -165,7 +174,7 @@ impl Correlator {
                 out.push(Verdict {
                     kind: Kind::ResetDiscard,
                     pid: meta.pid,
-                    meta,
+                    meta: Arc::new(meta),
                     response: None,
                     unacked_bytes: Some(unacked),
                     evidence: Evidence { end: Some(End::Reset), unread_bytes: Some(unread), ..Evidence::default() },
@@ -266,6 +275,9 @@ impl Correlator {
             self.stats.invalid += 1;
         }
         self.stats.judged_unparsed += 1;
+        if self.problems_only {
+            return;
+        }
         out.push(Verdict {
             kind: Kind::Unparsed,
             meta: conn.meta.clone(),
@@ -346,6 +358,9 @@ impl Correlator {
             Kind::ResetDiscard => self.stats.judged_reset_discard += 1,
             Kind::Unframed => self.stats.judged_unframed += 1,
             Kind::Unparsed => self.stats.judged_unparsed += 1,
+        }
+        if self.problems_only && !kind.is_problem() {
+            return;
         }
         out.push(Verdict {
             kind,

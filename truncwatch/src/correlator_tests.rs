@@ -455,7 +455,7 @@ fn reset_discard_is_connection_level_for_any_connection() {
     assert_eq!(out.len(), 1);
     let v = &out[0];
     assert_eq!((v.kind, v.response.clone(), v.unacked_bytes), (Kind::ResetDiscard, None, Some(4096)));
-    assert_eq!((v.evidence.unread_bytes, v.evidence.end, &v.meta), (Some(31), Some(End::Reset), &m));
+    assert_eq!((v.evidence.unread_bytes, v.evidence.end, &*v.meta), (Some(31), Some(End::Reset), &m));
 }
 
 #[test]
@@ -556,4 +556,21 @@ fn split_head_pieces_must_be_contiguous() {
     w.offset += 5; // bytes in between that were not captured
     w.send_more(b"Content-Length: 1\r\n\r\nx");
     assert_eq!(w.kinds(), [Kind::Unparsed]);
+}
+
+/// The agent's default: only problems become verdicts; the rest are counted.
+#[test]
+fn problems_only_counts_but_does_not_build_the_rest() {
+    let mut c = Correlator::new(10, None).problems_only(true);
+    let mut out = vec![];
+    c.handle(Event::Open { sk: 1, ts_ns: 1, meta: meta(Transport::Tcp) }, &mut out);
+    let h = head(0);
+    let n = h.len() as i64;
+    c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 2, tgid: 1, offset: 0, ret: n, requested: n as u64, head: Some(h), ..SendFacts::default() }), &mut out);
+    let h = head(100);
+    let n = h.len() as i64;
+    c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 3, tgid: 1, offset: n as u64, ret: n, requested: n as u64 + 100, head: Some(h), ..SendFacts::default() }), &mut out);
+    c.handle(Event::TcpState { sk: 1, ts_ns: 4, oldstate: 1, newstate: TCP_FIN_WAIT1, facts: TcpFacts::default() }, &mut out);
+    assert_eq!(out.iter().map(|v| v.kind).collect::<Vec<_>>(), [Kind::ShortWrite]);
+    assert_eq!((c.stats.judged_complete, c.stats.judged_short_write), (1, 1));
 }

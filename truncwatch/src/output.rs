@@ -128,7 +128,7 @@ mod tests {
     fn verdict() -> Verdict {
         Verdict {
             kind: Kind::ShortWrite,
-            meta: ConnMeta { transport: Transport::Unix, pid: 9, comm: "hyper".into(), local: "/run/app.sock".into(), peer: String::new() },
+            meta: std::sync::Arc::new(ConnMeta { transport: Transport::Unix, pid: 9, comm: "hyper".into(), local: "/run/app.sock".into(), peer: String::new() }),
             pid: 9,
             response: Some(ResponseFacts { status: 200, content_length: Some(1000), chunked: false, expected_bytes: Some(1100), sent_bytes: 600 }),
             unacked_bytes: None,

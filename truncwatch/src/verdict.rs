@@ -1,6 +1,7 @@
 //! What the correlator decides: verdicts, the facts and evidence they carry, and the counts
 //! of what could not be judged.
 use crate::events::ConnMeta;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,7 +100,8 @@ pub struct Evidence {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub kind: Kind,
-    pub meta: ConnMeta,
+    /// Shared with the connection: verdicts are many, connections fewer.
+    pub meta: Arc<ConnMeta>,
     /// Pid of the task that sent the head (the connection's owner if not known).
     pub pid: u32,
     /// The response judged; None for connection-level verdicts (`reset_discard`).

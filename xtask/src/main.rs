@@ -1,4 +1,5 @@
 //! `cargo xtask`: the project's commands. Each installs what it needs first (and says so).
+mod bench;
 mod setup;
 mod tally;
 
@@ -30,6 +31,9 @@ enum Cmd {
     },
     /// See it work: the agent, a server that cuts responses short, and a slow client.
     Demo,
+    /// What the agent costs: nginx under wrk and 64-byte sends, without and with the agent and
+    /// a bpftrace floor, in alternating rounds (about 4 minutes). Writes docs/benchmarks.md.
+    Bench,
     /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
     /// short, healthy traffic, one table with recall and precision.
     Scenarios,
@@ -50,6 +54,14 @@ fn main() -> Result<()> {
             demo(&bin)
         }
         Cmd::Scenarios => scenarios(),
+        Cmd::Bench => {
+            if !setup::is_root() {
+                bail!("the benchmark loads eBPF programs and sets kernel.bpf_stats_enabled: run it as root");
+            }
+            setup::ensure(setup::Need::Bench)?;
+            let bin = build()?;
+            bench::run(&bin, &workspace_root()?)
+        }
     }
 }
 

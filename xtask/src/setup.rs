@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 pub enum Need {
     Build,
     Test,
+    Bench,
 }
 
 /// bpf-linker 0.13 is the newest that builds against an LLVM Debian 12 ships (llvm-22).
@@ -34,6 +35,10 @@ pub fn ensure(need: Need) -> Result<()> {
         if !have("node", &["--version"]) {
             pkgs.push("nodejs"); // another one, for the scenario matrix
         }
+    }
+    if need == Need::Bench {
+        // nginx as the server, wrk as the load, bpftrace for the floor, bpftool for BPF stats.
+        pkgs.extend(["nginx-light", "wrk", "bpftrace", "bpftool"]);
     }
     apt_install(&pkgs)?;
     if debian_toolchain && !toolchain_linked("debian-web") {

@@ -1,0 +1,339 @@
+//! `cargo xtask bench`: what the agent costs, measured A/B in one run on loopback.
+//!
+//! Every figure comes from alternating rounds (baseline, agent, floor, baseline, ...), so the
+//! machine's drift hits all variants alike; medians and min..max are printed. The "floor" is
+//! the cheapest possible send accounting on the same hook (bpftrace summing bytes per socket),
+//! for comparison. Results go to stdout and `docs/benchmarks.md`.
+use crate::step;
+use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 3;
+const WRK_SECONDS: u32 = 5;
+const SENDS: u32 = 200_000;
+/// The floor: per-socket byte sums on the same tracepoint, nothing else.
+const FLOOR: &str = "tracepoint:sock:sock_send_length { @bytes[args->sk] = sum(args->ret); }";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    Baseline,
+    Agent,
+    Floor,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Baseline => "no agent",
+            Variant::Agent => "truncwatch",
+            Variant::Floor => "floor (bpftrace sum)",
+        }
+    }
+}
+
+/// What one round with the agent also tells about the agent itself.
+#[derive(Default, Clone)]
+struct AgentFacts {
+    cpu_s: f64,
+    rss_kib: u64,
+    judged: u64,
+    lost: u64,
+    progs: Vec<(String, f64)>,
+}
+
+pub fn run(agent_bin: &str, root: &str) -> Result<()> {
+    let tmp = std::env::temp_dir().join("truncwatch-bench");
+    std::fs::create_dir_all(tmp.join("www"))?;
+    std::fs::write(tmp.join("www/1k.bin"), vec![b'a'; 1024])?;
+    std::fs::write(tmp.join("www/64k.bin"), vec![b'b'; 64 << 10])?;
+    mount_tracefs()?;
+    let port = 18800;
+    let _nginx = start_nginx(&tmp, port)?;
+    let mut report = String::new();
+    let machine = machine();
+    writeln!(report, "Machine: {machine}. Command: `cargo xtask bench` ({ROUNDS} alternating rounds per variant; median, min..max).\n")?;
+
+    writeln!(report, "## nginx over keep-alive, loopback (`wrk -t1 -c32 -d{WRK_SECONDS}s --latency`)\n")?;
+    writeln!(report, "| response | variant | requests/s | ratio to no agent | p99 latency |")?;
+    writeln!(report, "|---|---|---|---|---|")?;
+    let mut agent_rounds: Vec<AgentFacts> = Vec::new();
+    for file in ["1k.bin", "64k.bin"] {
+        let url = format!("http://127.0.0.1:{port}/{file}");
+        let mut rps: [Vec<f64>; 3] = Default::default();
+        let mut p99: [Vec<f64>; 3] = Default::default();
+        for round in 1..=ROUNDS {
+            for (i, v) in [Variant::Baseline, Variant::Agent, Variant::Floor].into_iter().enumerate() {
+                step(&format!("{file}: round {round}/{ROUNDS}, {}", v.name()));
+                let (r, facts) = with_variant(v, agent_bin, || wrk(&url))?;
+                rps[i].push(r.0);
+                p99[i].push(r.1);
+                agent_rounds.extend(facts);
+            }
+        }
+        let base = median(&rps[0]);
+        for (i, v) in [Variant::Baseline, Variant::Agent, Variant::Floor].into_iter().enumerate() {
+            writeln!(
+                report,
+                "| {} | {} | {} | {:.3} | {} ms |",
+                file.trim_end_matches(".bin").replace('k', " KiB"),
+                v.name(),
+                spread(&rps[i], 0),
+                median(&rps[i]) / base,
+                spread(&p99[i], 2)
+            )?;
+        }
+    }
+
+    writeln!(report, "\n## Sends on sockets that carry no HTTP ({SENDS} sends of 64 bytes, reader draining)\n")?;
+    writeln!(report, "| socket | variant | ns per send | added per send |")?;
+    writeln!(report, "|---|---|---|---|")?;
+    for kind in ["tcp", "unix"] {
+        let mut ns: [Vec<f64>; 3] = Default::default();
+        for round in 1..=ROUNDS {
+            for (i, v) in [Variant::Baseline, Variant::Agent, Variant::Floor].into_iter().enumerate() {
+                step(&format!("{kind} 64-byte sends: round {round}/{ROUNDS}, {}", v.name()));
+                let (r, _) = with_variant(v, agent_bin, || send_ns(kind))?;
+                ns[i].push(r);
+            }
+        }
+        let base = median(&ns[0]);
+        for (i, v) in [Variant::Baseline, Variant::Agent, Variant::Floor].into_iter().enumerate() {
+            let added = if i == 0 { "".to_string() } else { format!("{:+.0} ns", median(&ns[i]) - base) };
+            writeln!(report, "| {kind} | {} | {} | {added} |", v.name(), spread(&ns[i], 0))?;
+        }
+    }
+
+    writeln!(report, "\n## The agent itself (rounds with the agent, nginx workloads)\n")?;
+    let nginx_rounds: Vec<&AgentFacts> = agent_rounds.iter().filter(|f| f.judged > 0).collect();
+    let judged: u64 = nginx_rounds.iter().map(|f| f.judged).sum();
+    let cpu: f64 = nginx_rounds.iter().map(|f| f.cpu_s).sum();
+    let rss = agent_rounds.iter().map(|f| f.rss_kib).max().unwrap_or(0);
+    let lost: u64 = agent_rounds.iter().map(|f| f.lost).sum();
+    writeln!(report, "- responses judged: {judged}; agent CPU (user+sys): {cpu:.2} s, i.e. {:.2} s per million responses ({:.0} ns per response)", cpu / judged.max(1) as f64 * 1e6, cpu / judged.max(1) as f64 * 1e9)?;
+    writeln!(report, "- agent peak RSS (VmHWM): {:.1} MiB", rss as f64 / 1024.0)?;
+    writeln!(report, "- events lost (ring buffer full), all rounds: {lost}")?;
+    writeln!(report, "- kernel per-program figures (`kernel.bpf_stats_enabled=1`, run time / run count, median over rounds):\n")?;
+    writeln!(report, "| program | ns per run |")?;
+    writeln!(report, "|---|---|")?;
+    let mut names: Vec<String> = agent_rounds.iter().flat_map(|f| f.progs.iter().map(|p| p.0.clone())).collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        let v: Vec<f64> = agent_rounds.iter().filter_map(|f| f.progs.iter().find(|p| p.0 == n).map(|p| p.1)).collect();
+        writeln!(report, "| {n} | {} |", spread(&v, 0))?;
+    }
+
+    println!("\n{report}");
+    let doc = format!("{root}/docs/benchmarks.md");
+    let head = "# Benchmarks\n\nWhat truncwatch costs, measured A/B in one run by `cargo xtask bench` (it rewrites this file).\nThe budget it is measured against is in issue 5: nginx 1 KiB throughput at least 0.99 of no agent; at most 50 ns added per send on sockets that carry no HTTP; at most 1 µs of kernel + agent CPU per response; no lost events at 100 000 responses/s; agent RSS at most 40 MiB.\n\n";
+    std::fs::write(&doc, format!("{head}{report}"))?;
+    step(&format!("wrote {doc}"));
+    Ok(())
+}
+
+/// Run `f` with the variant's observer attached (and detached after).
+fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -> Result<(T, Option<AgentFacts>)> {
+    match v {
+        Variant::Baseline => Ok((f()?, None)),
+        Variant::Floor => {
+            let mut bt = Command::new("bpftrace")
+                .args(["-e", FLOOR])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("bpftrace (Debian package bpftrace)")?;
+            wait_line(bt.stdout.take().unwrap(), "Attaching")?;
+            let r = f();
+            let _ = Command::new("kill").args(["-INT", &bt.id().to_string()]).status();
+            let _ = bt.wait();
+            Ok((r?, None))
+        }
+        Variant::Agent => {
+            let prev = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+            std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+            let mut agent = Command::new(agent_bin).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+            let mut err = BufReader::new(agent.stderr.take().unwrap());
+            let mut line = String::new();
+            while !line.contains("truncwatch: ready") {
+                line.clear();
+                if err.read_line(&mut line)? == 0 {
+                    bail!("the agent exited before it was ready");
+                }
+            }
+            let r = f();
+            let mut facts = agent_facts(agent.id());
+            let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
+            let mut rest = String::new();
+            err.read_to_string(&mut rest)?;
+            let _ = agent.wait();
+            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", prev.trim());
+            let num = |key: &str| rest.split(key).nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or(0u64);
+            facts.judged = num("complete=");
+            facts.lost = num("lost_events=");
+            Ok((r?, Some(facts)))
+        }
+    }
+}
+
+/// CPU time and peak RSS of the agent, and the kernel's per-program run time, right now.
+fn agent_facts(pid: u32) -> AgentFacts {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the ")": state is field 0, utime 11, stime 12 (proc(5) fields 14 and 15).
+    let cpu_s = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0);
+    AgentFacts { cpu_s, rss_kib, progs: prog_stats(), ..Default::default() }
+}
+
+/// (program name, ns per run) for truncwatch's programs, from bpftool.
+fn prog_stats() -> Vec<(String, f64)> {
+    let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else { return vec![] };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ours = ["sock_send_length", "sock_recv_length", "inet_sock_set_state", "tcp_receive_reset"];
+    // Minimal JSON walk: objects with "name", "run_time_ns", "run_cnt".
+    text.split("},{")
+        .filter_map(|o| {
+            let field = |k: &str| o.split(&format!("\"{k}\":")).nth(1).map(|s| s.trim_start_matches('"').split(['"', ',', '}']).next().unwrap_or("").to_string());
+            let name = field("name")?;
+            let full = ours.iter().find(|n| n.starts_with(&name) || name.starts_with(*n))?;
+            let t: f64 = field("run_time_ns")?.parse().ok()?;
+            let c: f64 = field("run_cnt")?.parse().ok()?;
+            (c > 0.0).then(|| (full.to_string(), t / c))
+        })
+        .collect()
+}
+
+/// (requests/s, p99 latency in ms) from one wrk run.
+fn wrk(url: &str) -> Result<(f64, f64)> {
+    let out = Command::new("wrk").args(["-t1", "-c32", &format!("-d{WRK_SECONDS}s"), "--latency", url]).output().context("wrk (Debian package wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")?.trim().parse().ok()).context("wrk printed no Requests/sec")?;
+    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%").map(|v| to_ms(v.trim()))).flatten().context("wrk printed no 99% latency")?;
+    Ok((rps, p99))
+}
+
+fn to_ms(v: &str) -> Option<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => return None,
+    })
+}
+
+/// Nanoseconds per 64-byte send on a socket that carries no HTTP, a thread draining the peer.
+fn send_ns(kind: &str) -> Result<f64> {
+    use std::os::unix::net::UnixStream;
+    let (mut tx, mut rx): (Box<dyn Write + Send>, Box<dyn Read + Send>) = if kind == "unix" {
+        let (a, b) = UnixStream::pair()?;
+        (Box::new(a), Box::new(b))
+    } else {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let a = std::net::TcpStream::connect(l.local_addr()?)?;
+        a.set_nodelay(true)?;
+        let (b, _) = l.accept()?;
+        (Box::new(a), Box::new(b))
+    };
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0u64;
+        while got < SENDS as u64 * 64 {
+            match rx.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+    });
+    let msg = [b'x'; 64];
+    let start = Instant::now();
+    for _ in 0..SENDS {
+        tx.write_all(&msg)?;
+    }
+    let ns = start.elapsed().as_nanos() as f64 / SENDS as f64;
+    drop(tx);
+    let _ = reader.join();
+    Ok(ns)
+}
+
+fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+         events {{ worker_connections 1024; }}
+         http {{ access_log off; keepalive_requests 10000000;
+           client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+           server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new("/usr/sbin/nginx")
+        .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+        .process_group(0)
+        .spawn()
+        .context("nginx (Debian package nginx-light)")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nginx did not start listening on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(NginxGuard(child))
+}
+
+struct NginxGuard(Child);
+impl Drop for NginxGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// bpftrace's `tracepoint:` probes need tracefs, which a fresh machine does not mount.
+fn mount_tracefs() -> Result<()> {
+    if std::path::Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    step("mounting tracefs on /sys/kernel/tracing (bpftrace's tracepoint probes need it)");
+    let ok = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status()?.success();
+    if !ok {
+        bail!("could not mount tracefs");
+    }
+    Ok(())
+}
+
+fn wait_line(out: impl Read, needle: &str) -> Result<()> {
+    for line in BufReader::new(out).lines() {
+        if line?.contains(needle) {
+            return Ok(());
+        }
+    }
+    bail!("did not see {needle:?}")
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find_map(|l| Some(l.strip_prefix("model name")?.trim_start_matches([' ', '\t', ':']).to_string()))).unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// `median (min..max)` with `decimals`.
+fn spread(v: &[f64], decimals: usize) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.*} ({:.*}..{:.*})", decimals, median(v), decimals, min, decimals, max)
+}
