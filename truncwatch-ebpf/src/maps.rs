@@ -11,7 +11,7 @@ use truncwatch_common::{Offsets, SockState};
 #[btf_map]
 pub static SOCKS: SkStorage<SockState> = SkStorage::new();
 
-/// Events to the agent. The agent may resize it at load time (`--ring-buffer-bytes`).
+/// Events to the agent. The agent sets its size at load time (`--ring-buffer-mib`).
 #[btf_map]
 pub static EVENTS: RingBuf<u8, { 8 << 20 }> = RingBuf::new();
 

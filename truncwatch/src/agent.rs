@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Connections tracked at once; the least recently active are dropped (and counted) past it.
     #[arg(long, default_value_t = 65536)]
     pub max_connections: usize,
+    /// Size of the ring buffer that carries events from the kernel (a power of two, MiB). It
+    /// is mapped twice (wrap-around), so it counts double in the agent's RSS.
+    #[arg(long, default_value_t = 4, value_parser = ring_mib)]
+    pub ring_buffer_mib: u32,
     /// Print every decoded kernel event to stderr (for debugging the agent).
     #[arg(long, hide = true)]
     pub trace_events: bool,
@@ -42,11 +46,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if OBJECT.is_empty() {
         bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP); build it with `cargo xtask build`");
     }
+    // The kernel's BTF is parsed twice (for our offsets, then by aya to load the programs),
+    // tens of MiB each: one after the other, memory handed back in between, so the agent's
+    // peak is one parse, not two.
     let layout = btf_offsets::load()?;
+    release_freed_memory();
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .override_global("OFFSETS", &layout.offsets, true)
+        .map_max_entries("EVENTS", args.ring_buffer_mib << 20)
         .load(OBJECT)
         .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
     for name in PROGRAMS {
@@ -54,6 +63,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         prog.load(name, &btf).with_context(|| format!("loading program {name} (needs kernel 6.3+ for sock_*_length)"))?;
         prog.attach().with_context(|| format!("attaching to tracepoint {name}"))?;
     }
+    drop(btf);
+    release_freed_memory();
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -185,6 +196,19 @@ async fn probe_events_flow(ring: &mut AsyncFd<RingBuf<MapData>>, reader: &mut Re
         .await
         .context("the kernel programs attached, but no events arrived from a test connection within 10 s")?;
     Ok(())
+}
+
+/// Give memory freed by the start-up work back to the OS (glibc keeps it otherwise).
+fn release_freed_memory() {
+    // SAFETY: no preconditions; it only returns free heap pages.
+    unsafe { libc::malloc_trim(0) };
+}
+
+fn ring_mib(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 1024 => Ok(n),
+        _ => Err(format!("{s:?}: a power of two from 1 to 1024")),
+    }
 }
 
 /// Events the kernel could not deliver (ring buffer full), summed over CPUs.
