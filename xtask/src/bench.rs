@@ -133,7 +133,10 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     println!("\n{report}");
     let doc = format!("{root}/docs/benchmarks.md");
     let head = "# Benchmarks\n\nWhat truncwatch costs, measured A/B in one run by `cargo xtask bench` (it rewrites this file).\nThe budget it is measured against is in issue 5: nginx 1 KiB throughput at least 0.99 of no agent; at most 50 ns added per send on sockets that carry no HTTP; at most 1 µs of kernel + agent CPU per response; no lost events at 100 000 responses/s; agent RSS at most 40 MiB.\n\n";
-    std::fs::write(&doc, format!("{head}{report}"))?;
+    // Hand-written analysis below the figures survives a rerun.
+    let old = std::fs::read_to_string(&doc).unwrap_or_default();
+    let findings = old.find("\n## Findings").map_or("", |i| &old[i..]);
+    std::fs::write(&doc, format!("{head}{report}{findings}"))?;
     step(&format!("wrote {doc}"));
     Ok(())
 }
