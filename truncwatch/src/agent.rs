@@ -27,7 +27,7 @@ pub struct RunArgs {
     /// Output: human-readable lines, or one JSON object per line.
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
-    /// Print every judged response, not only those that are not complete.
+    /// Print every verdict (complete, unframed, unparsed too), not only problems.
     #[arg(long)]
     pub all: bool,
     /// Connections tracked at once; the least recently active are dropped (and counted) past it.

@@ -2,8 +2,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use truncwatch::{agent, lab};
 
-/// Flags HTTP/1 responses cut short on this host (short writes), from the kernel, without
-/// touching the applications.
+/// Flags HTTP/1 responses cut short on this host (short writes, resets that drop data), from
+/// the kernel, without touching the applications.
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {

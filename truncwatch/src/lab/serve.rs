@@ -47,7 +47,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1 << 20)]
     pub body: u64,
     /// The call that sends each response: `write` (one buffer), `writev` or `sendmsg` (head
-    /// and body as two iovecs).
+    /// and body as two iovecs), or `splice` (head with write, body from a pipe).
     #[arg(long, value_enum, default_value = "write")]
     pub send_with: SendWith,
     /// Send the body chunked (16 KiB chunks, then the last chunk) instead of with
