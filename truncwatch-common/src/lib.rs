@@ -33,7 +33,6 @@ pub const HEAD_MORE_SENDS: u32 = 4;
 /// Where `sock_send_length` found the sending task (`pt_regs.orig_ax` on x86_64).
 pub const SYS_WRITE: u32 = 1;
 pub const SYS_WRITEV: u32 = 20;
-pub const SYS_SENDFILE: u32 = 40;
 pub const SYS_SENDTO: u32 = 44;
 pub const SYS_SENDMSG: u32 = 46;
 

@@ -415,7 +415,8 @@ impl Correlator {
         self.stats.evicted += n as u64;
     }
 
-    /// Transport of a tracked connection (for tests and diagnostics).
+    /// Transport of a tracked connection.
+    #[cfg(test)]
     pub fn transport(&self, sk: u64) -> Option<Transport> {
         self.conns.get(&sk).map(|c| c.meta.transport)
     }
