@@ -93,7 +93,7 @@ pub struct Evidence {
     /// by the send buffer (the kernel's `tcpi_rwnd_limited`/`tcpi_sndbuf_limited`).
     pub rwnd_limited_ms: Option<u64>,
     pub sndbuf_limited_ms: Option<u64>,
-    /// From the connection's first response head to the verdict.
+    /// From the agent first seeing the connection (its first send returning) to the verdict.
     pub duration_ms: Option<u64>,
 }
 
