@@ -2,8 +2,8 @@
 //!
 //! Rust eBPF has no CO-RE relocations, so the programs read fields at offsets handed to them at
 //! load time; the agent decodes addresses from a raw copy of `struct sock` the same way.
+use crate::btf_reader::BtfReader;
 use anyhow::{Context, Result, bail};
-use btf_rs::{Btf, BtfType, Type};
 use truncwatch_common::{Offsets, REGS_DX, REGS_ORIG_AX, REGS_SI, SOCK_PREFIX};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -24,8 +24,9 @@ pub struct KernelLayout {
 }
 
 pub fn load() -> Result<KernelLayout> {
-    let btf = Btf::from_file(VMLINUX_BTF)
+    let raw = std::fs::read(VMLINUX_BTF)
         .with_context(|| format!("reading kernel BTF from {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)"))?;
+    let btf = BtfReader::parse(raw).context("parsing kernel BTF")?;
     let f = |ty: &str, path: &str| field(&btf, ty, path);
     let offsets = Offsets {
         skc_family: f("sock", "__sk_common.skc_family")?,
@@ -73,62 +74,111 @@ pub fn load() -> Result<KernelLayout> {
 
 /// Byte offset of `path` (dot-separated members) in struct `ty`, looking through anonymous
 /// unions and structs the way C does.
-fn field(btf: &Btf, ty: &str, path: &str) -> Result<u32> {
-    let mut st = named_struct(btf, ty)?;
+fn field(btf: &BtfReader, ty: &str, path: &str) -> Result<u32> {
+    let mut id = btf.struct_id(ty)?;
     let mut total = 0u32;
     let mut parts = path.split('.').peekable();
     while let Some(name) = parts.next() {
-        let (bits, member_ty) = find_member(btf, &st, name)?
-            .with_context(|| format!("kernel BTF: struct {ty} has no member {path}"))?;
+        let (bits, member_ty) = find_member(btf, id, name)?.with_context(|| format!("kernel BTF: struct {ty} has no member {path}"))?;
         if bits % 8 != 0 {
             bail!("kernel BTF: {ty}.{path} is a bitfield; this kernel is not supported yet");
         }
         total += bits / 8;
-        if parts.peek().is_some() {
-            st = match resolve(btf, member_ty)? {
-                Type::Struct(s) | Type::Union(s) => s,
-                _ => bail!("kernel BTF: {ty}.{name} is not a struct"),
-            };
+        id = member_ty;
+        if parts.peek().is_some() && btf.members(id)?.is_none() {
+            bail!("kernel BTF: {ty}.{name} is not a struct");
         }
     }
     Ok(total)
 }
 
-fn named_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
-    for t in btf.resolve_types_by_name(name).with_context(|| format!("kernel BTF: no type {name}"))? {
-        if let Type::Struct(s) = t {
-            return Ok(s);
+/// (bit offset, type id) of member `name` of struct/union `id`, searching anonymous members
+/// recursively. Bitfields report an odd offset so the caller refuses them.
+fn find_member(btf: &BtfReader, id: u32, name: &str) -> Result<Option<(u32, u32)>> {
+    let Some(members) = btf.members(id)? else { return Ok(None) };
+    for m in members {
+        if m.name == name {
+            return Ok(Some((if m.bitfield { m.bit_offset | 1 } else { m.bit_offset }, m.type_id)));
         }
-    }
-    bail!("kernel BTF: {name} is not a struct")
-}
-
-/// Skip typedefs and qualifiers.
-fn resolve(btf: &Btf, id: u32) -> Result<Type> {
-    let mut t = btf.resolve_type_by_id(id)?;
-    loop {
-        t = match &t {
-            Type::Typedef(x) => btf.resolve_chained_type(x)?,
-            Type::Const(x) => btf.resolve_chained_type(x)?,
-            Type::Volatile(x) => btf.resolve_chained_type(x)?,
-            _ => return Ok(t),
-        };
-    }
-}
-
-/// (bit offset, type id) of member `name`, searching anonymous members recursively.
-fn find_member(btf: &Btf, st: &btf_rs::Struct, name: &str) -> Result<Option<(u32, u32)>> {
-    for m in &st.members {
-        let mname = btf.resolve_name(m).unwrap_or_default();
-        let ty = m.get_type_id()?;
-        if mname == name {
-            return Ok(Some((m.bit_offset(), ty)));
+        if m.name.is_empty() {
+            if let Some((off, t)) = find_member(btf, m.type_id, name)? {
+                return Ok(Some((m.bit_offset + off, t)));
+            }
         }
-        if mname.is_empty()
-            && let Type::Struct(inner) | Type::Union(inner) = resolve(btf, ty)?
-                && let Some((off, t)) = find_member(btf, &inner, name)? {
-                    return Ok(Some((m.bit_offset() + off, t)));
-                }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every offset the agent uses, from this reader and from btf-rs (a full parser), on the
+    /// running kernel: they must agree. Kernel BTF is world-readable, so no root needed.
+    #[test]
+    fn offsets_agree_with_a_full_btf_parser() {
+        let Ok(raw) = std::fs::read(VMLINUX_BTF) else {
+            eprintln!("SKIP offsets_agree_with_a_full_btf_parser: no {VMLINUX_BTF}");
+            return;
+        };
+        let ours = BtfReader::parse(raw).unwrap();
+        let full = btf_rs::Btf::from_file(VMLINUX_BTF).unwrap();
+        for (ty, path) in [
+            ("sock", "__sk_common.skc_family"),
+            ("sock", "__sk_common.skc_daddr"),
+            ("sock", "__sk_common.skc_v6_rcv_saddr"),
+            ("sock", "sk_type"),
+            ("sock", "sk_protocol"),
+            ("unix_sock", "peer"),
+            ("unix_address", "name"),
+            ("tcp_sock", "write_seq"),
+            ("tcp_sock", "snd_una"),
+            ("tcp_sock", "chrono_stat"),
+            ("inet_sock", "inet_sport"),
+            ("pt_regs", "orig_ax"),
+        ] {
+            assert_eq!(field(&ours, ty, path).unwrap(), full_field(&full, ty, path), "{ty}.{path}");
+        }
+        assert!(field(&ours, "sock", "no_such_member").is_err());
+        assert!(field(&ours, "no_such_struct", "x").is_err());
+    }
+
+    fn full_field(btf: &btf_rs::Btf, ty: &str, path: &str) -> u32 {
+        use btf_rs::{BtfType, Type};
+        let resolve = |mut t: Type| loop {
+            t = match &t {
+                Type::Typedef(x) => btf.resolve_chained_type(x).unwrap(),
+                Type::Const(x) => btf.resolve_chained_type(x).unwrap(),
+                Type::Volatile(x) => btf.resolve_chained_type(x).unwrap(),
+                _ => return t,
+            }
+        };
+        fn find(btf: &btf_rs::Btf, st: &btf_rs::Struct, name: &str, resolve: &dyn Fn(Type) -> Type) -> Option<(u32, Type)> {
+            for m in &st.members {
+                let n = btf.resolve_name(m).unwrap_or_default();
+                let t = resolve(btf.resolve_type_by_id(m.get_type_id().unwrap()).unwrap());
+                if n == name {
+                    return Some((m.bit_offset(), t));
+                }
+                if n.is_empty() {
+                    if let Type::Struct(s) | Type::Union(s) = &t {
+                        if let Some((o, t)) = find(btf, s, name, resolve) {
+                            return Some((m.bit_offset() + o, t));
+                        }
+                    }
+                }
+            }
+            None
+        }
+        let mut st = btf.resolve_types_by_name(ty).unwrap().into_iter().find_map(|t| if let Type::Struct(s) = t { Some(s) } else { None }).unwrap();
+        let mut total = 0;
+        for part in path.split('.') {
+            let (o, t) = find(btf, &st, part, &resolve).unwrap();
+            total += o / 8;
+            if let Type::Struct(s) | Type::Union(s) = t {
+                st = s;
+            }
+        }
+        total
+    }
 }

@@ -7,6 +7,7 @@
 //! truncations on purpose.
 pub mod agent;
 pub mod btf_offsets;
+pub mod btf_reader;
 pub mod correlator;
 pub mod events;
 pub mod http_head;
