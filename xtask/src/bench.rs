@@ -344,3 +344,53 @@ fn spread(v: &[f64], decimals: usize) -> String {
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{:.*} ({:.*}..{:.*})", decimals, median(v), decimals, min, decimals, max)
 }
+
+/// `--soak SECONDS`: the agent under continuous nginx load; its RSS sampled ten times. Writes
+/// `docs/soak.md`.
+pub fn soak(agent_bin: &str, root: &str, seconds: u64) -> Result<()> {
+    let tmp = std::env::temp_dir().join("truncwatch-bench");
+    std::fs::create_dir_all(tmp.join("www"))?;
+    std::fs::write(tmp.join("www/1k.bin"), vec![b'a'; 1024])?;
+    let port = 18801;
+    let _nginx = start_nginx(&tmp, port)?;
+    let mut agent = Command::new(agent_bin).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut err = BufReader::new(agent.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("truncwatch: ready") {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            bail!("the agent exited before it was ready");
+        }
+    }
+    let url = format!("http://127.0.0.1:{port}/1k.bin");
+    let mut load = Command::new("wrk").args(["-t1", "-c32", &format!("-d{seconds}s"), &url]).stdout(Stdio::piped()).spawn().context("wrk")?;
+    let mut report = format!(
+        "# Soak: agent memory under sustained load\n\nCommand: `cargo xtask bench --soak {seconds}`. Machine: {}. nginx serving 1 KiB over keep-alive to `wrk -t1 -c32` for {seconds} s, the agent attached; its RSS (VmRSS) sampled ten times.\n\n| elapsed | agent RSS |\n|---|---|\n",
+        machine()
+    );
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    for i in 1..=10 {
+        std::thread::sleep(Duration::from_secs(seconds) / 10);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap_or_default();
+        let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0);
+        step(&format!("soak {i}/10: agent RSS {:.1} MiB", kib as f64 / 1024.0));
+        samples.push(kib);
+        writeln!(report, "| {} s | {:.1} MiB |", start.elapsed().as_secs(), kib as f64 / 1024.0)?;
+    }
+    let mut out = String::new();
+    load.stdout.take().unwrap().read_to_string(&mut out)?;
+    let _ = load.wait();
+    let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest)?;
+    let _ = agent.wait();
+    let rps = out.lines().find_map(|l| l.strip_prefix("Requests/sec:")).unwrap_or("?").trim().to_string();
+    let summary = rest.lines().find(|l| l.contains("stopped")).unwrap_or("").to_string();
+    writeln!(report, "\nLoad: {rps} requests/s. Agent at exit: `{summary}`")?;
+    let (first, last) = (samples[0], samples[samples.len() - 1]);
+    writeln!(report, "\nRSS from the first sample to the last: {:.1} → {:.1} MiB.", first as f64 / 1024.0, last as f64 / 1024.0)?;
+    println!("\n{report}");
+    std::fs::write(format!("{root}/docs/soak.md"), report)?;
+    Ok(())
+}

@@ -33,7 +33,12 @@ enum Cmd {
     Demo,
     /// What the agent costs: nginx under wrk and 64-byte sends, without and with the agent and
     /// a bpftrace floor, in alternating rounds (about 4 minutes). Writes docs/benchmarks.md.
-    Bench,
+    Bench {
+        /// Instead: keep the agent under nginx load this many seconds, sampling its memory
+        /// (writes docs/soak.md).
+        #[arg(long)]
+        soak: Option<u64>,
+    },
     /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
     /// short, healthy traffic, one table with recall and precision.
     Scenarios,
@@ -54,13 +59,16 @@ fn main() -> Result<()> {
             demo(&bin)
         }
         Cmd::Scenarios => scenarios(),
-        Cmd::Bench => {
+        Cmd::Bench { soak } => {
             if !setup::is_root() {
                 bail!("the benchmark loads eBPF programs and sets kernel.bpf_stats_enabled: run it as root");
             }
             setup::ensure(setup::Need::Bench)?;
             let bin = build()?;
-            bench::run(&bin, &workspace_root()?)
+            match soak {
+                Some(s) => bench::soak(&bin, &workspace_root()?, s.max(10)),
+                None => bench::run(&bin, &workspace_root()?),
+            }
         }
     }
 }
