@@ -46,9 +46,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if OBJECT.is_empty() {
         bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP); build it with `cargo xtask build`");
     }
-    // The kernel's BTF is parsed twice (for our offsets, then by aya to load the programs),
-    // tens of MiB each: one after the other, memory handed back in between, so the agent's
-    // peak is one parse, not two.
+    // Our offsets come from a light BTF reader; aya then parses all of the kernel's BTF to
+    // load the programs (its parse sets the agent's peak memory). Freed memory goes back to
+    // the OS after each, so the steady state is a fraction of the start-up peak.
     let layout = btf_offsets::load()?;
     release_freed_memory();
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;

@@ -5,7 +5,7 @@
 //! head is and what body it promised. A response is `complete` the moment the bytes handed over
 //! reach its promised end. If the stream ends first (the application shut down or closed, or
 //! the peer reset), the shortfall is the verdict.
-use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, TcpFacts, Transport};
+use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, TcpFacts};
 pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use crate::http_head::{self, Body, Head, Parsed};
 use truncwatch_common::HEAD_CAP;
@@ -417,7 +417,7 @@ impl Correlator {
 
     /// Transport of a tracked connection.
     #[cfg(test)]
-    pub fn transport(&self, sk: u64) -> Option<Transport> {
+    pub fn transport(&self, sk: u64) -> Option<crate::events::Transport> {
         self.conns.get(&sk).map(|c| c.meta.transport)
     }
 }

@@ -1,6 +1,6 @@
 //! Correlator cases: each feeds the events a kernel would produce and checks the verdicts.
 use super::*;
-use crate::events::{Tail, TcpFacts};
+use crate::events::{Tail, TcpFacts, Transport};
 
 const SK: u64 = 0xffff_8880_0000_1000;
 const CLIENT: u64 = 0xffff_8880_0000_2000;
