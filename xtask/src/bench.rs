@@ -161,15 +161,7 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
         Variant::Agent => {
             let prev = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
             std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-            let mut agent = Command::new(agent_bin).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-            let mut err = BufReader::new(agent.stderr.take().unwrap());
-            let mut line = String::new();
-            while !line.contains("truncwatch: ready") {
-                line.clear();
-                if err.read_line(&mut line)? == 0 {
-                    bail!("the agent exited before it was ready");
-                }
-            }
+            let (mut agent, mut err) = start_agent(agent_bin)?;
             let r = f();
             let mut facts = agent_facts(agent.id());
             let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
@@ -183,6 +175,20 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
             Ok((r?, Some(facts)))
         }
     }
+}
+
+/// The agent, started and ready; its stderr, to read its stop summary from later.
+fn start_agent(agent_bin: &str) -> Result<(Child, BufReader<std::process::ChildStderr>)> {
+    let mut agent = Command::new(agent_bin).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut err = BufReader::new(agent.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("truncwatch: ready") {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            bail!("the agent exited before it was ready");
+        }
+    }
+    Ok((agent, err))
 }
 
 /// CPU time and peak RSS of the agent, and the kernel's per-program run time, right now.
@@ -353,15 +359,7 @@ pub fn soak(agent_bin: &str, root: &str, seconds: u64) -> Result<()> {
     std::fs::write(tmp.join("www/1k.bin"), vec![b'a'; 1024])?;
     let port = 18801;
     let _nginx = start_nginx(&tmp, port)?;
-    let mut agent = Command::new(agent_bin).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let mut err = BufReader::new(agent.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("truncwatch: ready") {
-        line.clear();
-        if err.read_line(&mut line)? == 0 {
-            bail!("the agent exited before it was ready");
-        }
-    }
+    let (mut agent, mut err) = start_agent(agent_bin)?;
     let url = format!("http://127.0.0.1:{port}/1k.bin");
     let mut load = Command::new("wrk").args(["-t1", "-c32", &format!("-d{seconds}s"), &url]).stdout(Stdio::piped()).spawn().context("wrk")?;
     let mut report = format!(
