@@ -43,10 +43,6 @@ pub fn header(kind: u32, sk: *mut c_void) -> Header {
 /// arguments (no syscall hook needed).
 pub struct SendCall {
     pub nr: u32,
-    /// First user buffer of the send (0 if none: sendfile, splice, kernel senders).
-    pub buf: u64,
-    /// Bytes available at `buf` (the first iovec's length for writev/sendmsg).
-    pub buf_len: u64,
     /// Bytes the caller asked to send in total (0 if unknown).
     pub requested: u64,
     /// The caller's buffers in order (base, length): one for write/sendto, up to `MAX_IOV`
@@ -56,7 +52,19 @@ pub struct SendCall {
 }
 
 impl SendCall {
-    pub const NONE: SendCall = SendCall { nr: u32::MAX, buf: 0, buf_len: 0, requested: 0, iov: [[0; 2]; MAX_IOV as usize], niov: 0 };
+    /// First user buffer of the send (0 if none: sendfile, splice, kernel senders).
+    #[inline(always)]
+    pub fn buf(&self) -> u64 {
+        self.iov[0][0]
+    }
+
+    /// Bytes available at `buf()`.
+    #[inline(always)]
+    pub fn buf_len(&self) -> u64 {
+        self.iov[0][1]
+    }
+
+    pub const NONE: SendCall = SendCall { nr: u32::MAX, requested: 0, iov: [[0; 2]; MAX_IOV as usize], niov: 0 };
 
     /// User address and length of the last accepted bytes (at most `TAIL`) of a send the kernel
     /// took `accepted` bytes of.
@@ -96,7 +104,7 @@ pub fn send_call() -> Option<SendCall> {
     let dx = reg(REGS_DX);
     match nr {
         SYS_WRITE | SYS_SENDTO => {
-            let mut c = SendCall { nr, buf: si, buf_len: dx, requested: dx, ..SendCall::NONE };
+            let mut c = SendCall { nr, requested: dx, ..SendCall::NONE };
             c.iov[0] = [si, dx];
             c.niov = 1;
             Some(c)
@@ -127,7 +135,6 @@ fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<SendCall> {
         3..=MAX_IOV => c.iov = read_user::<[[u64; 2]; MAX_IOV as usize]>(iov)?,
         _ => c.iov[0] = read_user::<[u64; 2]>(iov)?, // longer vectors: the first buffer only
     }
-    [c.buf, c.buf_len] = c.iov[0];
     if cnt <= MAX_IOV {
         c.niov = cnt;
         c.requested = c.iov.iter().map(|v| v[1]).sum();

@@ -58,10 +58,10 @@ fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
         return None;
     }
     let call = send_call()?;
-    if call.buf == 0 || call.buf_len < 7 {
+    if call.buf() == 0 || call.buf_len() < 7 {
         return None;
     }
-    let magic = read_user::<[u8; 7]>(call.buf)?;
+    let magic = read_user::<[u8; 7]>(call.buf())?;
     if &magic != b"HTTP/1." {
         return None;
     }
@@ -87,10 +87,10 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>
     }
     let call = call.unwrap_or(SendCall::NONE);
     let is_head = ret > 0
-        && call.buf != 0
-        && call.buf_len >= 5
-        && read_user::<[u8; 5]>(call.buf).is_some_and(|m| &m == b"HTTP/");
-    let more = !is_head && st.head_more > 0 && ret > 0 && call.buf != 0;
+        && call.buf() != 0
+        && call.buf_len() >= 5
+        && read_user::<[u8; 5]>(call.buf()).is_some_and(|m| &m == b"HTTP/");
+    let more = !is_head && st.head_more > 0 && ret > 0 && call.buf() != 0;
     if is_head || more {
         let kind = if is_head { EV_HEAD } else { EV_HEAD_MORE };
         let open = head(sk, offset, ret, &call, kind);
@@ -154,18 +154,18 @@ fn head(sk: *mut c_void, offset: u64, ret: i32, call: &SendCall, kind: u32) -> b
         return false;
     };
     let ev = entry.as_mut_ptr();
-    let mut n = call.buf_len;
+    let mut n = call.buf_len();
     if n > HEAD_CAP as u64 {
         n = HEAD_CAP as u64;
     }
     let open = unsafe {
         fill_send(&raw mut (*ev).send, kind, sk, offset, ret, call);
         (*ev)._pad = 0;
-        let r = bpf_probe_read_user((&raw mut (*ev).cap).cast(), n as u32, call.buf as *const c_void);
+        let r = bpf_probe_read_user((&raw mut (*ev).cap).cast(), n as u32, call.buf() as *const c_void);
         (*ev).cap_len = if r == 0 { n as u32 } else { 0 };
         let tail = (*ev).send.tail;
         let len = (*ev).send.tail_len;
-        ret as u64 == call.buf_len && call.buf_len <= HEAD_CAP as u64 && !(len >= 4 && tail_ends_blank(&tail, len))
+        ret as u64 == call.buf_len() && call.buf_len() <= HEAD_CAP as u64 && !(len >= 4 && tail_ends_blank(&tail, len))
     };
     entry.submit(wake_flags());
     open
