@@ -27,6 +27,8 @@ pub const EV_EOF: u32 = 5;
 pub const EV_RESET: u32 = 6;
 /// A `HeadEvent` whose capture continues the previous one's (a head split over sends).
 pub const EV_HEAD_MORE: u32 = 7;
+/// A receive on a tracked (or not yet classified) socket that began like a request line.
+pub const EV_RECV: u32 = 8;
 /// Sends captured after a head that may continue, at most.
 pub const HEAD_MORE_SENDS: u32 = 4;
 
@@ -35,6 +37,15 @@ pub const SYS_WRITE: u32 = 1;
 pub const SYS_WRITEV: u32 = 20;
 pub const SYS_SENDTO: u32 = 44;
 pub const SYS_SENDMSG: u32 = 46;
+/// The receive side's counterparts: same argument layout as write, writev, sendto, sendmsg.
+pub const SYS_READ: u32 = 0;
+pub const SYS_READV: u32 = 19;
+pub const SYS_RECVFROM: u32 = 45;
+pub const SYS_RECVMSG: u32 = 47;
+
+/// Bytes of a received request copied out: enough for the request line and the framing headers
+/// of most requests, and for several small pipelined requests in one read.
+pub const REQ_CAP: usize = 512;
 
 /// x86_64 `struct pt_regs` (the ptrace ABI, stable): where the syscall number and its second
 /// and third arguments sit. The programs load them directly; the agent checks them against
@@ -95,12 +106,16 @@ pub struct SockState {
     /// The last head captured may continue in the next sends: capture up to this many more.
     pub head_more: u32,
     pub _pad: u32,
+    /// Bytes the application read from this socket since the agent first saw a read on it.
+    pub received: u64,
 }
 
 pub const TRACK_NO: u32 = 1;
 pub const TRACK_HTTP: u32 = 2;
 /// The peer sent a reset (set by `tcp_receive_reset`, on any TCP socket).
 pub const FLAG_RESET_RECEIVED: u32 = 1;
+/// The socket's first read (before classification) was looked at for a request.
+pub const FLAG_RECV_SEEN: u32 = 2;
 
 /// First bytes of every event.
 #[repr(C)]
@@ -165,6 +180,18 @@ pub struct HeadEvent {
     pub cap: [u8; HEAD_CAP],
 }
 
+/// The application read `ret` bytes at receive-stream `offset`, and they began like a request
+/// line (`METHOD `): the first bytes, for the agent to read the requests from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecvEvent {
+    pub h: Header,
+    pub offset: u64,
+    pub ret: u32,
+    pub cap_len: u32,
+    pub cap: [u8; REQ_CAP],
+}
+
 /// A tracked TCP socket changed state (`inet_sock_set_state`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -218,12 +245,13 @@ pub struct ResetEvent {
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
 const _: () = assert!(core::mem::size_of::<Offsets>() == 68);
-const _: () = assert!(core::mem::size_of::<SockState>() == 24);
+const _: () = assert!(core::mem::size_of::<SockState>() == 32);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<RecvEvent>() == 24 + 16 + REQ_CAP);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 8);
 

@@ -4,7 +4,10 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
 };
 use core::ffi::c_void;
-use truncwatch_common::{Header, REGS_DX, REGS_ORIG_AX, REGS_SI, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, TAIL};
+use truncwatch_common::{
+    Header, REGS_DX, REGS_ORIG_AX, REGS_SI, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO,
+    SYS_WRITE, SYS_WRITEV, TAIL,
+};
 
 #[inline(always)]
 pub fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
@@ -38,10 +41,10 @@ pub fn header(kind: u32, sk: *mut c_void) -> Header {
     }
 }
 
-/// What the sending task asked for, read from its saved syscall registers: the tracepoint
-/// runs inside the syscall, so `current`'s `pt_regs` still hold the syscall number and
-/// arguments (no syscall hook needed).
-pub struct SendCall {
+/// What the sending (or receiving) task asked for, read from its saved syscall registers: the
+/// tracepoints run inside the syscall, so `current`'s `pt_regs` still hold the syscall number
+/// and arguments (no syscall hook needed).
+pub struct IoCall {
     pub nr: u32,
     /// Bytes the caller asked to send in total (0 if unknown).
     pub requested: u64,
@@ -51,7 +54,7 @@ pub struct SendCall {
     pub niov: u64,
 }
 
-impl SendCall {
+impl IoCall {
     /// First user buffer of the send (0 if none: sendfile, splice, kernel senders).
     #[inline(always)]
     pub fn buf(&self) -> u64 {
@@ -64,7 +67,7 @@ impl SendCall {
         self.iov[0][1]
     }
 
-    pub const NONE: SendCall = SendCall { nr: u32::MAX, requested: 0, iov: [[0; 2]; MAX_IOV as usize], niov: 0 };
+    pub const NONE: IoCall = IoCall { nr: u32::MAX, requested: 0, iov: [[0; 2]; MAX_IOV as usize], niov: 0 };
 
     /// User address and length of the last accepted bytes (at most `TAIL`) of a send the kernel
     /// took `accepted` bytes of.
@@ -91,7 +94,7 @@ impl SendCall {
 const MAX_IOV: u64 = 4;
 
 #[inline(always)]
-pub fn send_call() -> Option<SendCall> {
+pub fn io_call() -> Option<IoCall> {
     // A BTF pointer to `struct pt_regs`: loads from it are checked against BTF by the
     // verifier, and cost no helper call.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
@@ -103,27 +106,27 @@ pub fn send_call() -> Option<SendCall> {
     let si = reg(REGS_SI);
     let dx = reg(REGS_DX);
     match nr {
-        SYS_WRITE | SYS_SENDTO => {
-            let mut c = SendCall { nr, requested: dx, ..SendCall::NONE };
+        SYS_WRITE | SYS_SENDTO | SYS_READ | SYS_RECVFROM => {
+            let mut c = IoCall { nr, requested: dx, ..IoCall::NONE };
             c.iov[0] = [si, dx];
             c.niov = 1;
             Some(c)
         }
-        SYS_WRITEV => iov_call(nr, si, dx),
-        SYS_SENDMSG => {
+        SYS_WRITEV | SYS_READV => iov_call(nr, si, dx),
+        SYS_SENDMSG | SYS_RECVMSG => {
             // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
             let [iov, cnt] = read_user::<[u64; 2]>(si + 16)?;
             iov_call(nr, iov, cnt)
         }
-        _ => Some(SendCall { nr, ..SendCall::NONE }),
+        _ => Some(IoCall { nr, ..IoCall::NONE }),
     }
 }
 
 #[inline(always)]
-fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<SendCall> {
+fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<IoCall> {
     // struct iovec (uapi): base, len. One read for the vector, not one per element: each
     // user read costs.
-    let mut c = SendCall { nr, ..SendCall::NONE };
+    let mut c = IoCall { nr, ..IoCall::NONE };
     match cnt {
         0 => return None,
         1 => c.iov[0] = read_user::<[u64; 2]>(iov)?,

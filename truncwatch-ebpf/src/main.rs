@@ -27,7 +27,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`, fired in `sock_recvmsg_nosec()`. Since 6.3.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    recv::on_recv(ctx.arg(0), ctx.arg(1));
+    recv::on_recv(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 

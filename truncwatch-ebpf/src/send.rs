@@ -3,7 +3,7 @@
 //! Cost on a socket that is not an HTTP server: one socket-storage lookup per send (plus a
 //! one-time classification on its first send).
 use crate::{
-    kernel::{SendCall, header, read_kernel, read_user, send_call},
+    kernel::{IoCall, header, read_kernel, read_user, io_call},
     maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, wake_flags, offsets, sock_state},
 };
 use aya_ebpf::helpers::{
@@ -27,7 +27,7 @@ pub fn on_send(sk: *mut c_void, ret: i32) {
         return;
     }
     match sock_state(sk, false) {
-        Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, send_call()),
+        Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, io_call()),
         Some(st) if st.track == TRACK_NO => {}
         // No state yet, or state made by another hook (a reset that arrived while this very
         // send was blocked): not classified yet.
@@ -57,7 +57,7 @@ fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     if !stream {
         return None;
     }
-    let call = send_call()?;
+    let call = io_call()?;
     if call.buf() == 0 || call.buf_len() < 7 {
         return None;
     }
@@ -80,12 +80,12 @@ fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
 
 /// Count one send on a tracked socket and tell the agent about it.
 #[inline(always)]
-fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>) {
+fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<IoCall>) {
     let offset = st.sent;
     if ret > 0 {
         st.sent += ret as u64;
     }
-    let call = call.unwrap_or(SendCall::NONE);
+    let call = call.unwrap_or(IoCall::NONE);
     let is_head = ret > 0
         && call.buf() != 0
         && call.buf_len() >= 5
@@ -115,7 +115,7 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<SendCall>
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
 /// struct assembled on the stack there.
 #[inline(always)]
-fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i32, call: &SendCall) {
+fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i32, call: &IoCall) {
     let h = header(kind, sk);
     unsafe {
         (*ev).h.kind = h.kind;
@@ -148,7 +148,7 @@ fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i
 /// a head the kernel took only part of is exactly the slow-reader case.
 #[inline(always)]
 /// Returns whether the head may continue in the next send.
-fn head(sk: *mut c_void, offset: u64, ret: i32, call: &SendCall, kind: u32) -> bool {
+fn head(sk: *mut c_void, offset: u64, ret: i32, call: &IoCall, kind: u32) -> bool {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         return false;

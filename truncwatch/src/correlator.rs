@@ -8,6 +8,7 @@
 use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, TcpFacts};
 pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use crate::http_head::{self, Body, Head, Parsed};
+use crate::requests::{Answer, Requests};
 use truncwatch_common::HEAD_CAP;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +19,10 @@ struct Response {
     head: Head,
     pid: u32,
     /// The application tried to send past the head: a body was meant to follow. Without it,
-    /// a head alone is what a HEAD request gets, and is not judged.
+    /// a head alone is what a HEAD request gets, and is not judged...
     body_attempted: bool,
+    /// ...unless the request is known and was not HEAD: then the body is owed.
+    body_owed: bool,
     /// For chunked bodies: stream offset just past the last chunk, once it was handed over.
     chunk_end: Option<u64>,
     /// The latest send of this response ended with a blank line (`\r\n\r\n`).
@@ -28,7 +31,7 @@ struct Response {
 
 impl Response {
     fn head_only(&self, sent: u64) -> bool {
-        !self.body_attempted && sent == self.start + self.head.len && matches!(self.head.body, Body::Length(n) if n > 0)
+        !self.body_attempted && !self.body_owed && sent == self.start + self.head.len && matches!(self.head.body, Body::Length(n) if n > 0)
     }
 
     /// Stream offset one past the last promised byte, for responses that promise a length.
@@ -69,6 +72,9 @@ struct Conn {
     tcp: Option<TcpFacts>,
     /// The start of a head that goes on in the next sends.
     split_head: Option<PartialHead>,
+    requests: Requests,
+    /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
+    tunnel: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +83,10 @@ struct PartialHead {
     bytes: Vec<u8>,
     tgid: u32,
 }
+
+/// Reads reported before their socket was classified, per socket, at most: the first request
+/// arrives before the first response classifies the socket.
+const MAX_EARLY_READS: usize = 4096;
 
 /// Heads joined from several sends are given up on (unparsed) past this size.
 const MAX_JOINED_HEAD: usize = 4 * HEAD_CAP;
@@ -98,12 +108,14 @@ pub struct Correlator {
     hz: Option<u64>,
     /// Emit only problem verdicts (the rest are counted, not built: they are most of them).
     problems_only: bool,
+    /// Reads on sockets not (yet) known as HTTP servers: (offset, length, first bytes).
+    early_reads: HashMap<u64, Vec<(u64, u64, Vec<u8>)>>,
     pub stats: Stats,
 }
 
 impl Correlator {
     pub fn new(max_conns: usize, hz: Option<u64>) -> Self {
-        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), hz, problems_only: false, stats: Stats::default() }
+        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), hz, problems_only: false, early_reads: HashMap::new(), stats: Stats::default() }
     }
 
     /// Build verdicts only for problems (`Kind::is_problem`); count the others.
@@ -125,10 +137,33 @@ impl Correlator {
                     self.finish(old, End::SocketFreed, ts_ns, out);
                 }
                 self.stats.connections += 1;
-                let conn = Conn { meta: Arc::new(meta), sent: 0, resp: None, eagain: 0, partial: 0, peer_ended: None, last_ns: ts_ns, opened_ns: ts_ns, tcp: None, split_head: None };
+                let mut conn = Conn {
+                    meta: Arc::new(meta),
+                    sent: 0,
+                    resp: None,
+                    eagain: 0,
+                    partial: 0,
+                    peer_ended: None,
+                    last_ns: ts_ns,
+                    opened_ns: ts_ns,
+                    tcp: None,
+                    split_head: None,
+                    requests: Requests::default(),
+                    tunnel: false,
+                };
+                for (offset, len, cap) in self.early_reads.remove(&sk).unwrap_or_default() {
+                    conn.requests.read(offset, len, &cap);
+                }
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
             }
+            Event::Recv { sk, ts_ns, offset, ret, cap } => match self.conns.get_mut(&sk) {
+                Some(conn) => {
+                    conn.last_ns = ts_ns;
+                    conn.requests.read(offset, ret, &cap);
+                }
+                None => self.early_read(sk, offset, ret, cap),
+            },
             Event::Send(s) => {
                 let Some(mut conn) = self.conns.remove(&s.sk) else { return };
                 conn.last_ns = s.ts_ns;
@@ -184,8 +219,27 @@ impl Correlator {
         }
     }
 
+    /// A read before its socket is known: kept until the socket is classified (its first
+    /// response), bounded.
+    fn early_read(&mut self, sk: u64, offset: u64, len: u64, cap: Vec<u8>) {
+        if self.early_reads.len() >= MAX_EARLY_READS && !self.early_reads.contains_key(&sk) {
+            // Sockets that read requests and never answered with HTTP/1 (or were never seen
+            // again): forget them all rather than track ages.
+            self.early_reads.clear();
+        }
+        let reads = self.early_reads.entry(sk).or_default();
+        // Offset 0 is a socket's first read: anything kept for this address is a dead socket's.
+        if offset == 0 || reads.len() >= 8 {
+            reads.clear();
+        }
+        reads.push((offset, len, cap));
+    }
+
     fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) {
         let SendFacts { tgid, offset, ret, requested, ts_ns, .. } = s;
+        if conn.tunnel {
+            return;
+        }
         if ret < 0 {
             if let Some(r) = &mut conn.resp {
                 r.body_attempted = true;
@@ -233,7 +287,10 @@ impl Correlator {
             Parsed::Incomplete if cap.len() < HEAD_CAP => {
                 conn.split_head = Some(PartialHead { start: offset, bytes: cap.to_vec(), tgid });
             }
-            bad => self.unparsed(conn, tgid, bad, ts_ns, out),
+            bad => {
+                conn.requests.answer();
+                self.unparsed(conn, tgid, bad, ts_ns, out)
+            }
         }
     }
 
@@ -248,6 +305,7 @@ impl Correlator {
             return;
         };
         if p.start + p.bytes.len() as u64 != offset || p.bytes.len() + cap.len() > MAX_JOINED_HEAD {
+            conn.requests.answer();
             return self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
         }
         p.bytes.extend_from_slice(cap);
@@ -257,13 +315,17 @@ impl Correlator {
                 self.start_response(conn, p.start, p.tgid, h, attempted, ts_ns, out);
             }
             Parsed::Incomplete if cap.len() < HEAD_CAP => conn.split_head = Some(p),
-            bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
+            bad => {
+                conn.requests.answer();
+                self.unparsed(conn, p.tgid, bad, ts_ns, out)
+            }
         }
     }
 
     /// A head split over sends that never completed is unparsed.
     fn drop_partial(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
         if let Some(p) = conn.split_head.take() {
+            conn.requests.answer();
             self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
         }
     }
@@ -291,8 +353,10 @@ impl Correlator {
 
     /// A response head at stream offset `start`: it ends the response before it.
     #[allow(clippy::too_many_arguments)]
-    fn start_response(&mut self, conn: &mut Conn, start: u64, tgid: u32, head: Head, body_attempted: bool, ts_ns: u64, out: &mut Vec<Verdict>) {
+    fn start_response(&mut self, conn: &mut Conn, start: u64, tgid: u32, mut head: Head, body_attempted: bool, ts_ns: u64, out: &mut Vec<Verdict>) {
         self.stats.heads += 1;
+        // Interim responses (1xx but 101) come before the final one to the same request.
+        let answer = if head.status >= 200 || head.status == 101 { conn.requests.answer() } else { Answer::Unknown };
         if let Some(prev) = conn.resp.take() {
             match prev.end() {
                 _ if prev.head_only(start) => self.stats.head_only += 1,
@@ -304,7 +368,17 @@ impl Correlator {
                 None => self.count_unjudged(&prev),
             }
         }
-        conn.resp = Some(Response { start, head, pid: tgid, body_attempted, chunk_end: None, tail_blank: false });
+        if head.status == 101 || (answer == Answer::Connect && (200..300).contains(&head.status)) {
+            // The head is the last HTTP/1 on this connection; count it as complete.
+            conn.tunnel = true;
+            head.body = Body::None;
+        }
+        if answer == Answer::Head {
+            self.stats.head_answers += 1;
+            head.body = Body::None;
+        }
+        let body_owed = answer == Answer::Other;
+        conn.resp = Some(Response { start, head, pid: tgid, body_attempted, body_owed, chunk_end: None, tail_blank: false });
     }
 
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {

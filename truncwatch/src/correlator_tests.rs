@@ -66,6 +66,11 @@ impl Wire {
         let ts_ns = self.ts;
         self.ev(Event::TcpState { sk: SK, ts_ns, oldstate: old, newstate: new, facts: TcpFacts::default() });
     }
+    /// The server read `bytes` (a read that began like a request line: the kernel reports it).
+    fn read(&mut self, offset: u64, bytes: &[u8]) {
+        let ts_ns = self.ts;
+        self.ev(Event::Recv { sk: SK, ts_ns, offset, ret: bytes.len() as u64, cap: bytes.to_vec() });
+    }
     fn kinds(&self) -> Vec<Kind> {
         self.out.iter().map(|v| v.kind).collect()
     }
@@ -256,6 +261,118 @@ fn head_only_answers_are_not_judged() {
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert!(w.out.is_empty(), "{:?}", w.out);
     assert_eq!(w.c.stats.head_only, 3);
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+const HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+/// Seen on the request path: answers to HEAD are complete with their head...
+#[test]
+fn answers_to_head_requests_are_complete() {
+    let mut w = Wire::new(Transport::Tcp);
+    for i in 0..3 {
+        w.read(i * HEAD.len() as u64, HEAD);
+        let h = head(5000);
+        let n = h.len() as u64;
+        w.send(Some(h), n);
+    }
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::Complete; 3]);
+    assert_eq!((w.c.stats.head_only, w.c.stats.head_answers), (0, 3));
+}
+
+/// ...and a head alone answering a GET is a response whose body never came.
+#[test]
+fn head_alone_answering_get_is_short_write() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(0, GET);
+    let h = head(5000);
+    let n = h.len() as u64;
+    w.send(Some(h), n);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].r().missing_bytes(), Some(5000));
+}
+
+#[test]
+fn head_alone_answering_get_then_next_response_is_desync() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(0, GET);
+    let h = head(5000);
+    let n = h.len() as u64;
+    w.send(Some(h), n);
+    w.read(GET.len() as u64, GET);
+    w.response(10, 10);
+    assert_eq!(w.kinds(), [Kind::Desync, Kind::Complete]);
+}
+
+/// The first request is read before the socket is known as a server (its first response).
+#[test]
+fn reads_before_classification_are_kept_for_the_socket() {
+    let mut c = Correlator::new(100, None);
+    let mut out = vec![];
+    c.handle(Event::Recv { sk: SK, ts_ns: 1, offset: 0, ret: GET.len() as u64, cap: GET.to_vec() }, &mut out);
+    c.handle(Event::Open { sk: SK, ts_ns: 2, meta: meta(Transport::Tcp) }, &mut out);
+    let h = head(100);
+    let n = h.len() as u64;
+    c.handle(Event::Send(SendFacts { sk: SK, ts_ns: 3, tgid: 42, offset: 0, ret: n as i64, requested: n, syscall: 1, head: Some(h), ..SendFacts::default() }), &mut out);
+    c.handle(Event::TcpState { sk: SK, ts_ns: 4, oldstate: TCP_ESTABLISHED, newstate: TCP_FIN_WAIT1, facts: TcpFacts::default() }, &mut out);
+    assert_eq!(out.iter().map(|v| v.kind).collect::<Vec<_>>(), [Kind::ShortWrite]);
+    assert!(c.early_reads.is_empty());
+}
+
+#[test]
+fn early_reads_are_bounded() {
+    let mut c = Correlator::new(100, None);
+    let mut out = vec![];
+    for sk in 0..(MAX_EARLY_READS as u64 + 10) {
+        c.handle(Event::Recv { sk, ts_ns: 1, offset: 0, ret: 3, cap: b"GET".to_vec() }, &mut out);
+    }
+    assert!(c.early_reads.len() <= MAX_EARLY_READS);
+    for off in 0..20 {
+        c.handle(Event::Recv { sk: 7, ts_ns: 1, offset: off, ret: 1, cap: vec![] }, &mut out);
+    }
+    assert!(c.early_reads[&7].len() <= 8);
+}
+
+/// Pipelined requests: answers cannot be matched one to one, so a head alone is not judged.
+#[test]
+fn pipelined_requests_fall_back_to_not_judging_heads_alone() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(0, &[GET, HEAD].concat());
+    w.response(10, 10);
+    let h = head(5000);
+    let n = h.len() as u64;
+    w.send(Some(h), n);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::Complete, Kind::Complete]);
+}
+
+/// After a CONNECT is accepted, or a protocol switch, the bytes are not HTTP/1: nothing more is judged.
+#[test]
+fn tunnels_are_not_judged() {
+    for (req, status) in [(&b"CONNECT h:443 HTTP/1.1\r\n\r\n"[..], "200 Connection Established"), (GET, "101 Switching Protocols")] {
+        let mut w = Wire::new(Transport::Tcp);
+        w.read(0, req);
+        w.send_bytes(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes());
+        w.send_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"); // tunnelled, not ours
+        w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+        assert_eq!(w.kinds(), [Kind::Complete], "{status}");
+    }
+}
+
+/// Interim responses do not answer the request: the final one does.
+#[test]
+fn interim_responses_keep_the_request_for_the_final_one() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(0, HEAD);
+    w.send_bytes(b"HTTP/1.1 100 Continue\r\n\r\n");
+    let h = head(5000);
+    let n = h.len() as u64;
+    w.send(Some(h), n);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::Complete, Kind::Complete]);
+    assert_eq!(w.c.stats.head_answers, 1);
 }
 
 /// ...but a head whose body the application tried and failed to send is a short write.

@@ -3,8 +3,8 @@
 use crate::btf_offsets::SockLayout;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE, EofEvent,
-    Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RECV, EV_RESET, EV_SEND, EV_STATE,
+    EofEvent, Header, HeadEvent, OpenEvent, RecvEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +33,9 @@ pub enum Event {
     Open { sk: u64, ts_ns: u64, meta: ConnMeta },
     /// One send on a tracked socket.
     Send(SendFacts),
+    /// The application read `ret` bytes at receive-stream `offset`, beginning like a request
+    /// line; `cap` holds the first of them.
+    Recv { sk: u64, ts_ns: u64, offset: u64, ret: u64, cap: Vec<u8> },
     /// A TCP state change (`newstate` may be `RESET_RECEIVED`), with the socket's counters then.
     TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32, facts: TcpFacts },
     /// A Unix stream socket `reader` read end of stream from `peer`.
@@ -120,6 +123,11 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                     s.head_more = s.head.take();
                 }
             ev
+        }
+        EV_RECV => {
+            let e: RecvEvent = read(buf, h.kind)?;
+            let n = (e.cap_len as usize).min(e.cap.len());
+            Event::Recv { sk: h.sk, ts_ns: h.ts_ns, offset: e.offset, ret: e.ret.into(), cap: e.cap[..n].to_vec() }
         }
         EV_STATE => {
             let e: StateEvent = read(buf, h.kind)?;

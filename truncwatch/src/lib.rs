@@ -2,7 +2,7 @@
 //! handed to the kernel, by watching the kernel's socket send and close paths.
 //!
 //! Layout: `events` (what the kernel reports) -> `correlator` (pure: events in, verdicts out,
-//! using `http_head` for framing) -> `output`. `agent` loads the kernel programs and wires
+//! using `http_head` for framing and `requests` to match responses to requests) -> `output`. `agent` loads the kernel programs and wires
 //! these together; `btf_offsets` reads the running kernel's struct layouts; `lab` reproduces
 //! truncations on purpose.
 pub mod agent;
@@ -14,4 +14,5 @@ pub mod http_head;
 pub mod kernel_hz;
 pub mod lab;
 pub mod output;
+pub mod requests;
 pub mod verdict;

@@ -150,9 +150,11 @@ pub struct Stats {
     /// Chunked responses whose end could not be told: the stream ended right after a blank
     /// line that may close trailers.
     pub chunked_uncertain: u64,
-    /// Heads promising a body that the application never tried to send: answers to HEAD
-    /// requests (the request path is not watched yet), not judged.
+    /// Heads promising a body that the application never tried to send, answering a request
+    /// that was not seen (or not matched): likely answers to HEAD, not judged.
     pub head_only: u64,
+    /// Responses known to answer a HEAD request (no body, whatever the head says).
+    pub head_answers: u64,
     /// Connections dropped from the table to stay under the limit, unjudged.
     pub evicted: u64,
 }

@@ -99,6 +99,10 @@ kernel_tests! {
     unix_many_fast_responses_all_complete => many_fast(&format!("unix:{}", unix_path("fast.sock")));
     tcp_head_requests_never_flagged => head_requests("tcp:127.0.0.1:0");
     unix_head_requests_never_flagged => head_requests(&format!("unix:{}", unix_path("head.sock")));
+    tcp_head_alone_then_close_is_short_write => head_alone_then_close("tcp:127.0.0.1:0");
+    unix_head_alone_then_close_is_short_write => head_alone_then_close(&format!("unix:{}", unix_path("head-alone.sock")));
+    tcp_desync => desync("tcp:127.0.0.1:0");
+    unix_desync => desync(&format!("unix:{}", unix_path("desync.sock")));
 }
 
 /// The kernel reuses a freed socket's address at once: back-to-back connections must each be
@@ -121,21 +125,51 @@ fn unix_back_to_back_short_writes_all_flagged() {
     }
 }
 
-/// Answers to HEAD requests promise a body they never carry: never flagged.
+/// Answers to HEAD requests promise a body they never carry: seen on the request path, they
+/// are complete with their head.
 fn head_requests(listen: &str) {
     let agent = Agent::start();
     let srv = Server::start(listen, "full", 5000);
     let got = fetch(&srv.endpoint, &["--method", "HEAD", "--requests", "5", "--connections", "3"]);
     assert_eq!(got.len(), 15);
     assert!(got.iter().all(|r| r["complete"] == true && r["received_bytes"] == r["head_bytes"]), "{got:?}");
-    // A GET after them on a fresh connection proves the agent was watching this server.
-    fetch(&srv.endpoint, &[]);
-    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    let v = agent.wait_for(&srv.local(), 15, WAIT);
     std::thread::sleep(Duration::from_millis(300));
-    let v2 = agent.verdicts(&srv.local());
-    assert_eq!(v2, v);
-    assert_eq!(v.len(), 1, "only the GET is judged: {v:?}");
-    assert_eq!(v[0]["verdict"], "complete");
+    assert_eq!(agent.verdicts(&srv.local()), v, "nothing more");
+    for (v, client) in v.iter().zip(&got) {
+        assert_eq!(v["verdict"], "complete", "{v}");
+        assert_eq!(u(&v["sent_bytes"]), u(&client["head_bytes"]));
+    }
+}
+
+/// A head promising a body, then a close without any of it: the request was a GET, so the body
+/// was owed (before the request path was watched, this looked like an answer to HEAD).
+fn head_alone_then_close(listen: &str) {
+    let agent = Agent::start();
+    let srv = Server::start_args(listen, "truncate", 5000, &["--truncate-at", "0"]);
+    let got = fetch(&srv.endpoint, &[]);
+    assert_eq!((got[0]["complete"].clone(), got[0]["received_bytes"].clone()), (false.into(), got[0]["head_bytes"].clone()));
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    assert_eq!(v[0]["verdict"], "short_write", "{}", v[0]);
+    assert_eq!((u(&v[0]["sent_bytes"]), u(&v[0]["missing_bytes"])), (u(&got[0]["head_bytes"]), 5000));
+}
+
+/// A server that loses count: the first response's body stops short and the next response
+/// follows at once on the same connection. The first is `desync`, the second `complete`.
+fn desync(listen: &str) {
+    let agent = Agent::start();
+    let srv = Server::start_args(listen, "desync", 100_000, &["--truncate-at", "1000"]);
+    let got = fetch(&srv.endpoint, &[]);
+    // The client cannot tell: it got as many bytes as promised, the next response's among them.
+    assert_eq!(got[0]["complete"], true, "{}", got[0]);
+    let v = agent.wait_for(&srv.local(), 2, WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    let v = agent.verdicts(&srv.local());
+    let kinds: Vec<_> = v.iter().map(|v| v["verdict"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["desync", "complete"], "{v:?}");
+    let head = u(&got[0]["head_bytes"]);
+    assert_eq!((u(&v[0]["sent_bytes"]), u(&v[0]["missing_bytes"])), (head + 1000, 99_000));
+    assert_eq!(v[0]["evidence"]["end"], "next_response");
 }
 
 

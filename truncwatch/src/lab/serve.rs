@@ -25,6 +25,9 @@ pub enum Mode {
     /// Promise the whole body, send only --truncate-at bytes of it, close: an upstream that
     /// dies mid-response.
     Truncate,
+    /// Promise the whole body, send only --truncate-at bytes of it, then a whole second
+    /// response on the same connection, then close: a server that lost count of its bytes.
+    Desync,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -136,19 +139,25 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
         let is_head = buf.starts_with(b"HEAD ");
         buf.drain(..end);
         let (head, mut resp) = response(a, is_head);
-        if a.mode == Mode::Truncate {
+        let whole = resp.clone();
+        if matches!(a.mode, Mode::Truncate | Mode::Desync) {
             resp.truncate(head.len() + a.truncate_at as usize);
         }
+
         if matches!(a.mode, Mode::ShortShutdown | Mode::ShortClose) {
             s.set_nonblocking(true)?;
         }
-        let sent = send_response(&*s, &resp, head.len(), a)?;
+        let mut sent = send_response(&*s, &resp, head.len(), a)?;
+        if a.mode == Mode::Desync {
+            // In a send of its own: a head in the middle of a send is not seen (yet).
+            sent += send_response(&*s, &whole, head.len(), a)?;
+        }
         println!("{}", serde_json::json!({"sent_bytes": sent, "expected_bytes": resp.len()}));
         match a.mode {
             Mode::Full if a.unframed => return Ok(()), // the close ends the body
             Mode::Full => continue,
             Mode::ShortShutdown => s.shutdown_write()?,
-            Mode::ShortClose | Mode::Truncate => {}
+            Mode::ShortClose | Mode::Truncate | Mode::Desync => {}
             // Long enough for the client's extra input to arrive, not for it to read everything.
             Mode::ResetUnread => std::thread::sleep(Duration::from_millis(100)),
             Mode::Linger0 => set_linger0(&*s)?,
