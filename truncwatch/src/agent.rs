@@ -1,14 +1,21 @@
-//! `truncwatch run`: load and attach the kernel programs, read events, print verdicts.
+//! `truncwatch run`: load and attach the kernel programs, read events, print verdicts, serve
+//! metrics, and run the canary. `truncwatch selftest` is the same with one canary, then exit.
+use crate::attribution::Resolver;
 use crate::btf_offsets::{self, SockLayout};
+use crate::canary::{self, Canary, Truth};
 use crate::correlator::{Correlator, Verdict};
-use crate::events::{self, Event};
+use crate::endpoint::{self, Shared};
+use crate::events::{self, Event, Transport};
+use crate::metrics::{Metrics, ProgramStats};
 use crate::output::{self, Clock, Format};
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,10 +44,33 @@ pub struct RunArgs {
     /// is mapped twice (wrap-around), so it counts double in the agent's RSS.
     #[arg(long, default_value_t = 4, value_parser = ring_mib)]
     pub ring_buffer_mib: u32,
+    /// Serve /metrics, /readyz and /healthz on this address (`off`: no endpoint). Bound to
+    /// loopback by default; see the README before exposing it.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    pub metrics_addr: String,
+    /// Distinct owners (process, container, namespace, pod, port) with labels of their own in
+    /// the metrics; later ones are counted under `other`.
+    #[arg(long, default_value_t = 1000)]
+    pub max_label_sets: usize,
+    /// Turn on the kernel's BPF run-time stats (`kernel.bpf_stats_enabled`) while running, to
+    /// export each program's run time. They cost every BPF program on the host a little.
+    #[arg(long)]
+    pub bpf_stats: bool,
+    /// Run the built-in canary (a short write and a reset discard on loopback, which must be
+    /// flagged exactly) this often; `0s` turns it off. Its result is a metric and gates /readyz.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub canary_interval: Duration,
     /// Print every decoded kernel event to stderr (for debugging the agent).
     #[arg(long, hide = true)]
     pub trace_events: bool,
+    /// Run one canary, report, exit (`truncwatch selftest`).
+    #[arg(skip)]
+    pub selftest: bool,
 }
+
+/// How long the canary's verdicts may take to arrive.
+const CANARY_WAIT: Duration = Duration::from_secs(10);
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> Result<()> {
     if OBJECT.is_empty() {
@@ -49,6 +79,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Our offsets come from a light BTF reader; aya then parses all of the kernel's BTF to
     // load the programs (its parse sets the agent's peak memory). Freed memory goes back to
     // the OS after each, so the steady state is a fraction of the start-up peak.
+    // Bad flags fail before anything is loaded.
+    let listener = match args.metrics_addr.as_str() {
+        "off" | "" => None,
+        addr => Some(endpoint::bind(addr).await?),
+    };
     let layout = btf_offsets::load()?;
     release_freed_memory();
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
@@ -65,6 +100,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     drop(btf);
     release_freed_memory();
+    // Kept open for as long as the stats should stay on.
+    let _stats = if args.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("turning on BPF stats (--bpf-stats)")?)
+    } else {
+        None
+    };
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -76,8 +117,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
         probe_done: false,
         verdicts: Vec::new(),
         decode_errors: 0,
+        events: 0,
         trace: args.trace_events,
+        resolver: Resolver::new("/"),
+        metrics: Metrics::new(args.max_label_sets, args.max_connections, "tracepoint"),
+        canary: None,
+        old_canary_locals: Vec::new(),
+        canary_passed: None,
     };
+    let shared = Arc::new(Shared::default());
+    if let Some(l) = listener {
+        eprintln!("truncwatch: metrics on http://{}/metrics", l.local_addr()?);
+        tokio::spawn(endpoint::serve(l, shared.clone()));
+    }
     let clock = Clock::now();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -87,8 +139,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     // The kernel wakes us only when a batch is waiting; this tick picks up the rest.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
+    let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
+    let canary_every = if args.selftest { Duration::from_secs(3600) } else { args.canary_interval };
+    let mut canary_tick = tokio::time::interval(canary_every.max(Duration::from_secs(1)));
+    let canary_on = args.selftest || !args.canary_interval.is_zero();
+    let mut provoking: Option<tokio::task::JoinHandle<Result<Truth>>> = None;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut selftest_result = None;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -101,12 +159,38 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 reader.drain(ring.get_mut());
                 reader.print(&mut out, &args, &clock)?;
             }
+            _ = metrics_tick.tick() => {
+                if let Some(passed) = reader.canary_done() {
+                    if args.selftest {
+                        selftest_result = Some(passed);
+                        break;
+                    }
+                }
+                let ready = reader.canary_passed != Some(false);
+                shared.ready.store(ready, Ordering::Relaxed);
+                reader.metrics.set_ready(ready);
+                let lost = lost_events(&mut ebpf);
+                let progs = program_stats(&ebpf);
+                let r = &mut reader;
+                r.metrics.update(&r.correlator.stats, !args.all, r.correlator.tracked(), r.events, lost, &progs);
+                *shared.metrics.lock().expect("metrics lock") = r.metrics.encode();
+            }
+            _ = canary_tick.tick(), if canary_on && reader.canary.is_none() && provoking.is_none() => {
+                let c = Canary::bind()?;
+                reader.canary = Some(CanaryRun { locals: c.locals()?, truth: None, got: Vec::new(), started: Instant::now() });
+                provoking = Some(tokio::task::spawn_blocking(move || c.provoke()));
+            }
+            done = async { provoking.as_mut().expect("guarded").await }, if provoking.is_some() => {
+                provoking = None;
+                let truth = done.map_err(anyhow::Error::from).and_then(|t| t);
+                reader.canary_traffic(truth);
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     // Detach first so nothing new arrives, then flush what is pending.
-    let lost = lost_events(&mut ebpf);
+    let lost: u64 = lost_events(&mut ebpf).iter().sum();
     drop(ebpf);
     reader.drain(ring.get_mut());
     reader.print(&mut out, &args, &clock)?;
@@ -119,7 +203,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
         s.head_answers,
         s.evicted, lost, reader.decode_errors
     );
-    Ok(())
+    match selftest_result {
+        Some(false) => bail!("selftest failed: the detector does not work on this host (see above)"),
+        _ => Ok(()),
+    }
+}
+
+/// A canary in flight: its addresses, and (once its traffic is done) what really happened.
+struct CanaryRun {
+    locals: [String; 2],
+    truth: Option<Result<Truth, String>>,
+    got: Vec<Verdict>,
+    started: Instant,
 }
 
 struct Reader {
@@ -131,12 +226,20 @@ struct Reader {
     probe_done: bool,
     verdicts: Vec<Verdict>,
     decode_errors: u64,
+    events: u64,
     trace: bool,
+    resolver: Resolver,
+    metrics: Metrics,
+    canary: Option<CanaryRun>,
+    /// Addresses of finished canaries: a late verdict for them is not the host's.
+    old_canary_locals: Vec<String>,
+    canary_passed: Option<bool>,
 }
 
 impl Reader {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
+            self.events += 1;
             match events::decode(&item, &self.layout) {
                 Ok(ev) => self.handle(ev),
                 Err(_) => self.decode_errors += 1,
@@ -149,10 +252,21 @@ impl Reader {
             eprintln!("event: {ev:?}");
         }
         match &ev {
-            // The agent's own sockets are never judged; its probe only proves events flow.
+            // The agent's own sockets are never judged (its start-up probe only proves events
+            // flow; its metrics endpoint answers scrapes), except the canary's.
             Event::Open { sk, meta, .. } if meta.pid == self.own_pid => {
-                self.probe_sk = Some(*sk);
-                return;
+                if meta.transport == Transport::Unix {
+                    self.probe_sk = Some(*sk);
+                    return;
+                }
+                if !self.canary.as_ref().is_some_and(|c| c.locals.contains(&meta.local)) {
+                    return;
+                }
+            }
+            // Who owns a connection is looked up when it is first seen: the process may be
+            // gone by the time its verdict comes.
+            Event::Open { meta, .. } | Event::ResetDiscard { meta, .. } => {
+                self.resolver.for_pid(meta.pid);
             }
             Event::UnixEof { peer, .. } if Some(*peer) == self.probe_sk => {
                 // Forget the probe's socket: the kernel reuses socket addresses at once, and a
@@ -167,14 +281,55 @@ impl Reader {
     }
 
     fn print(&mut self, out: &mut impl Write, args: &RunArgs, clock: &Clock) -> Result<()> {
-        for v in self.verdicts.drain(..) {
+        for v in std::mem::take(&mut self.verdicts) {
+            if let Some(c) = self.canary.as_mut().filter(|c| c.locals.contains(&v.meta.local)) {
+                c.got.push(v);
+                continue;
+            }
+            if self.old_canary_locals.contains(&v.meta.local) {
+                continue;
+            }
+            let owner = self.resolver.for_pid(v.pid);
+            self.metrics.verdict(&v, &owner);
             if args.all || v.kind.is_problem() {
                 // (the correlator builds the others only with --all)
-                writeln!(out, "{}", output::format(&v, args.format, clock))?;
+                writeln!(out, "{}", output::format(&v, &owner, args.format, clock))?;
             }
         }
         out.flush()?;
         Ok(())
+    }
+
+    /// The canary's traffic is done (or failed).
+    fn canary_traffic(&mut self, truth: Result<Truth>) {
+        if let Some(c) = &mut self.canary {
+            c.truth = Some(truth.map_err(|e| format!("{e:#}")));
+        }
+    }
+
+    /// If the canary in flight is decided, record and report it: Some(passed).
+    fn canary_done(&mut self) -> Option<bool> {
+        let c = self.canary.as_ref()?;
+        let result = match c.truth.as_ref()? {
+            Err(e) => Err(format!("could not make the canary's traffic: {e}")),
+            Ok(t) => match canary::check(t, &c.got) {
+                Err(_) if c.started.elapsed() < CANARY_WAIT => return None, // not all arrived yet
+                r => r,
+            },
+        };
+        let c = self.canary.take().expect("checked above");
+        self.old_canary_locals.extend(c.locals);
+        let keep = self.old_canary_locals.len().saturating_sub(16);
+        self.old_canary_locals.drain(..keep);
+        let passed = result.is_ok();
+        match result {
+            Ok(summary) => eprintln!("truncwatch: canary passed: {summary}"),
+            Err(why) => eprintln!("truncwatch: canary FAILED: {why}"),
+        }
+        self.canary_passed = Some(passed);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.metrics.canary(passed, now);
+        Some(passed)
     }
 }
 
@@ -212,9 +367,23 @@ fn ring_mib(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Events the kernel could not deliver (ring buffer full), summed over CPUs.
-fn lost_events(ebpf: &mut Ebpf) -> u64 {
-    let Some(map) = ebpf.map_mut("LOST") else { return 0 };
-    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
-    (0..2u32).filter_map(|i| arr.get(&i, 0).ok()).map(|v| v.iter().sum::<u64>()).sum()
+/// Events the kernel could not deliver, by reason (`metrics::LOST_REASONS`), summed over CPUs.
+fn lost_events(ebpf: &mut Ebpf) -> [u64; 2] {
+    let mut lost = [0; 2];
+    let Some(map) = ebpf.map_mut("LOST") else { return lost };
+    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return lost };
+    for (i, n) in lost.iter_mut().enumerate() {
+        *n = arr.get(&(i as u32), 0).map_or(0, |v| v.iter().sum());
+    }
+    lost
+}
+
+/// The kernel's run-time figures for our programs (zero unless BPF stats are on).
+fn program_stats(ebpf: &Ebpf) -> Vec<ProgramStats> {
+    ebpf.programs()
+        .filter_map(|(name, p)| {
+            let info = p.info().ok()?;
+            (info.run_count() > 0).then(|| ProgramStats { name: name.to_string(), run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() })
+        })
+        .collect()
 }

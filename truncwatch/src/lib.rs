@@ -6,13 +6,17 @@
 //! these together; `btf_offsets` reads the running kernel's struct layouts; `lab` reproduces
 //! truncations on purpose.
 pub mod agent;
+pub mod attribution;
 pub mod btf_offsets;
 pub mod btf_reader;
+pub mod canary;
 pub mod correlator;
+pub mod endpoint;
 pub mod events;
 pub mod http_head;
 pub mod kernel_hz;
 pub mod lab;
+pub mod metrics;
 pub mod output;
 pub mod requests;
 pub mod verdict;

@@ -17,6 +17,10 @@ struct Cli {
 enum Cmd {
     /// Watch this host (the default).
     Run(agent::RunArgs),
+    /// Check that the detector works on this host: make one short write and one reset
+    /// discard on loopback and check both are flagged with the right byte counts. Exit status
+    /// 0 if so.
+    Selftest(agent::RunArgs),
     /// Reproduce truncations: a test server and a slow client.
     #[command(subcommand)]
     Lab(LabCmd),
@@ -35,6 +39,8 @@ fn main() -> Result<()> {
     match cli.cmd {
         None => run(cli.run),
         Some(Cmd::Run(a)) => run(a),
+        // No endpoint: a selftest must work next to a running agent.
+        Some(Cmd::Selftest(a)) => run(agent::RunArgs { selftest: true, metrics_addr: "off".into(), ..a }),
         Some(Cmd::Lab(LabCmd::Serve(a))) => lab::serve(&a),
         Some(Cmd::Lab(LabCmd::Fetch(a))) => lab::fetch(&a),
     }

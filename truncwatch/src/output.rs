@@ -1,6 +1,7 @@
 //! Verdicts as text: one human line, or one JSON object per line (`--format json`).
 //!
 //! The JSON fields are a contract scripts depend on: extend, never rename.
+use crate::attribution::Attribution;
 use crate::correlator::{Evidence, Verdict};
 use crate::events::Transport;
 use serde::Serialize;
@@ -56,10 +57,16 @@ struct JsonVerdict<'a> {
     missing_bytes: Option<u64>,
     unacked_bytes: Option<u64>,
     evidence: &'a Evidence,
+    /// Who the process is: its cgroup, and the container and Kubernetes pod it runs in.
+    cgroup: Option<&'a str>,
+    container_id: Option<&'a str>,
+    namespace: Option<&'a str>,
+    pod: Option<&'a str>,
+    container: Option<&'a str>,
     ts: String,
 }
 
-pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
+pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> String {
     let ts = humantime::format_rfc3339_micros(clock.wall(v.ts_ns)).to_string();
     match fmt {
         Format::Json => {
@@ -79,6 +86,11 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
                 missing_bytes: r.and_then(|r| r.missing_bytes()),
                 unacked_bytes: v.unacked_bytes,
                 evidence: &v.evidence,
+                cgroup: owner.cgroup.as_deref(),
+                container_id: owner.container_id.as_deref(),
+                namespace: owner.namespace.as_deref(),
+                pod: owner.pod.as_deref(),
+                container: owner.container.as_deref(),
                 ts,
             };
             serde_json::to_string(&j).expect("verdicts always serialize")
@@ -114,6 +126,11 @@ pub fn format(v: &Verdict, fmt: Format, clock: &Clock) -> String {
             if let Some(p) = e.peer_ended {
                 line += &format!(" peer_ended={p}");
             }
+            match (&owner.namespace, &owner.pod, &owner.container_id) {
+                (Some(ns), Some(pod), _) => line += &format!(" pod={ns}/{pod}"),
+                (_, _, Some(id)) => line += &format!(" container={}", &id[..id.len().min(12)]),
+                _ => {}
+            }
             line
         }
     }
@@ -140,8 +157,9 @@ mod tests {
     #[test]
     fn json_contract_fields() {
         let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
-        let j: serde_json::Value = serde_json::from_str(&format(&verdict(), Format::Json, &clock)).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&format(&verdict(), &Attribution::default(), Format::Json, &clock)).unwrap();
         assert_eq!(j["verdict"], "short_write");
+        assert_eq!(j["pod"], serde_json::Value::Null);
         assert_eq!(j["transport"], "unix");
         assert_eq!(j["pid"], 9);
         assert_eq!(j["comm"], "hyper");
@@ -168,7 +186,7 @@ mod tests {
         v.unacked_bytes = Some(77);
         v.evidence = Evidence { end: Some(End::Reset), unread_bytes: Some(30), ..Evidence::default() };
         let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
-        let j: serde_json::Value = serde_json::from_str(&format(&v, Format::Json, &clock)).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&format(&v, &Attribution::default(), Format::Json, &clock)).unwrap();
         assert_eq!(j["verdict"], "reset_discard");
         for f in ["status", "content_length", "expected_bytes", "sent_bytes", "missing_bytes"] {
             assert_eq!(j[f], serde_json::Value::Null, "{f}");
@@ -176,14 +194,31 @@ mod tests {
         assert_eq!(j["chunked"], false);
         assert_eq!(j["unacked_bytes"], 77);
         assert_eq!(j["evidence"]["unread_bytes"], 30);
-        let l = format(&v, Format::Human, &clock);
+        let l = format(&v, &Attribution::default(), Format::Human, &clock);
         assert!(l.contains("reset_discard unix /run/app.sock pid=9 comm=hyper unacked=77 unread=30"), "{l}");
+    }
+
+    #[test]
+    fn attribution_fields() {
+        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
+        let owner = Attribution {
+            cgroup: Some("/kubepods/pod1/abc".into()),
+            container_id: Some("abc".into()),
+            namespace: Some("shop".into()),
+            pod: Some("web-1".into()),
+            container: Some("app".into()),
+            ..Attribution::default()
+        };
+        let j: serde_json::Value = serde_json::from_str(&format(&verdict(), &owner, Format::Json, &clock)).unwrap();
+        assert_eq!((j["namespace"].as_str(), j["pod"].as_str(), j["container"].as_str()), (Some("shop"), Some("web-1"), Some("app")));
+        assert_eq!((j["cgroup"].as_str(), j["container_id"].as_str()), (Some("/kubepods/pod1/abc"), Some("abc")));
+        assert!(format(&verdict(), &owner, Format::Human, &clock).ends_with(" pod=shop/web-1"));
     }
 
     #[test]
     fn human_line() {
         let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
-        let l = format(&verdict(), Format::Human, &clock);
+        let l = format(&verdict(), &Attribution::default(), Format::Human, &clock);
         assert!(l.contains("short_write unix /run/app.sock pid=9 comm=hyper status=200 sent=600/1100 missing=500 send_buffer_full(eagain=2 partial=1)"), "{l}");
     }
 }

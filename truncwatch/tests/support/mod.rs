@@ -40,21 +40,32 @@ pub fn skip(test: &str, why: &str) {
 pub struct Agent {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
+    /// Everything the agent wrote to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Agent {
     pub fn start() -> Agent {
+        Self::start_args(&["--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s"])
+    }
+
+    /// With these options besides `--all --format json`.
+    pub fn start_args(extra: &[&str]) -> Agent {
         let mut child = Command::new(BIN)
             .args(["run", "--all", "--format", "json"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agent");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log_sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("agent: {line}");
+                log_sink.lock().unwrap().push(line.clone());
                 if line.contains("truncwatch: ready") {
                     let _ = tx.send(());
                 }
@@ -73,7 +84,28 @@ impl Agent {
             let _ = child.kill();
             panic!("agent did not become ready within 60 s");
         }
-        Agent { child, lines }
+        Agent { child, lines, log }
+    }
+
+    /// `host:port` of the metrics endpoint, from the agent's start-up line.
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log.lock().unwrap();
+        let line = log.iter().find_map(|l| l.strip_prefix("truncwatch: metrics on http://")).expect("the agent announces its endpoint");
+        line.trim_end_matches("/metrics").to_string()
+    }
+
+    /// Wait until the agent's stderr has a line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(l.clone());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Verdicts about connections whose local end is `local`, waiting until at least `n` arrived.
@@ -104,6 +136,18 @@ impl Agent {
         std::thread::sleep(Duration::from_millis(100));
         self.lines.lock().unwrap().clone()
     }
+}
+
+/// GET `path` from `addr` (`host:port`): status code and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
 }
 
 impl Drop for Agent {
@@ -156,6 +200,10 @@ impl Server {
             }
         });
         Server { child, endpoint, sent }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The server's own record of what the kernel accepted, per response.

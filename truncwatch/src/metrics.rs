@@ -1,0 +1,351 @@
+//! Prometheus metrics: what the verdicts say about the host, and whether the detector itself
+//! works (so that "no truncation" can be told from "blind"). Every metric is listed in
+//! docs/metrics.md.
+//!
+//! Label sets are bounded: the first `max_label_sets` distinct owners (process, container,
+//! namespace, pod, port) keep their labels; later ones are counted under `other` and in
+//! `truncwatch_label_sets_overflow_total`. First come, not top-N: moving a busy owner out of
+//! `other` later would make its counters go backwards.
+use crate::attribution::Attribution;
+use crate::correlator::{Stats, Verdict};
+use crate::events::Transport;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Owner {
+    process: String,
+    container: String,
+    namespace: String,
+    pod: String,
+    /// The local TCP port, or the Unix socket's path.
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    verdict: &'static str,
+    transport: &'static str,
+    #[prometheus(flatten)]
+    owner: Owner,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Program {
+    program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Backend {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Version {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CanaryResult {
+    result: &'static str,
+}
+
+/// A program's figures from the kernel's BPF stats (`kernel.bpf_stats_enabled`).
+pub struct ProgramStats {
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    max_label_sets: usize,
+    owners: HashSet<Owner>,
+    responses: Family<ResponseLabels, Counter>,
+    missing_bytes: Family<ResponseLabels, Counter>,
+    slow_reader: Family<ResponseLabels, Counter>,
+    reset_discards: Family<Owner, Counter>,
+    reset_discarded_bytes: Family<Owner, Counter>,
+    unjudged: Family<Reason, Counter>,
+    events: Counter,
+    events_lost: Family<Reason, Counter>,
+    tracked: Gauge,
+    tracked_limit: Gauge,
+    evicted: Counter,
+    overflow: Counter,
+    ready: Gauge,
+    bpf_run_seconds: Family<Program, Counter<f64, AtomicU64>>,
+    bpf_runs: Family<Program, Counter>,
+    /// No series until the first canary ran: an agent with the canary off must not look like
+    /// one whose canary fails.
+    canary_success: Family<Vec<(String, String)>, Gauge>,
+    canary_runs: Family<CanaryResult, Counter>,
+    canary_last_run: Gauge,
+    /// Kernel-side totals as last exported (the kernel gives totals; counters take increments).
+    last: Last,
+}
+
+#[derive(Default)]
+struct Last {
+    stats: Stats,
+    lost: [u64; 2],
+    bpf: Vec<(String, u64, u64)>,
+}
+
+/// Event loss reasons, in the kernel's `LOST` array order.
+pub const LOST_REASONS: [&str; 2] = ["ring_buffer_full", "socket_storage"];
+
+impl Metrics {
+    pub fn new(max_label_sets: usize, max_connections: usize, backend: &str) -> Self {
+        let mut r = Registry::default();
+        let m = Metrics {
+            max_label_sets,
+            owners: HashSet::new(),
+            responses: Family::default(),
+            missing_bytes: Family::default(),
+            slow_reader: Family::default(),
+            reset_discards: Family::default(),
+            reset_discarded_bytes: Family::default(),
+            unjudged: Family::default(),
+            events: Counter::default(),
+            events_lost: Family::default(),
+            tracked: Gauge::default(),
+            tracked_limit: Gauge::default(),
+            evicted: Counter::default(),
+            overflow: Counter::default(),
+            ready: Gauge::default(),
+            bpf_run_seconds: Family::default(),
+            bpf_runs: Family::default(),
+            canary_success: Family::default(),
+            canary_runs: Family::default(),
+            canary_last_run: Gauge::default(),
+            last: Last::default(),
+            registry: Registry::default(),
+        };
+        r.register("truncwatch_responses", "HTTP/1 responses judged, by verdict", m.responses.clone());
+        r.register("truncwatch_missing_bytes", "Promised response bytes never handed to the kernel", m.missing_bytes.clone());
+        r.register(
+            "truncwatch_slow_reader_responses",
+            "Problem responses with slow-reader evidence (send buffer full, peer zero window, receive-window-limited time)",
+            m.slow_reader.clone(),
+        );
+        r.register("truncwatch_reset_discards", "TCP connections this host reset with unacknowledged bytes", m.reset_discards.clone());
+        r.register("truncwatch_reset_discarded_bytes", "Unacknowledged bytes dropped by those resets", m.reset_discarded_bytes.clone());
+        r.register("truncwatch_unjudged_responses", "Responses that could not be judged, by reason", m.unjudged.clone());
+        r.register("truncwatch_events", "Events read from the kernel", m.events.clone());
+        r.register("truncwatch_events_lost", "Events the kernel could not deliver, by reason", m.events_lost.clone());
+        r.register("truncwatch_connections_tracked", "HTTP/1 server connections tracked now", m.tracked.clone());
+        r.register("truncwatch_connections_tracked_limit", "Connections tracked at most (--max-connections)", m.tracked_limit.clone());
+        r.register("truncwatch_connections_evicted", "Connections dropped unjudged to stay under the limit", m.evicted.clone());
+        r.register("truncwatch_label_sets_overflow", "Verdicts counted under owner \"other\": the label-set cap was reached", m.overflow.clone());
+        r.register("truncwatch_ready", "1 once the programs are attached and events flow (and the last canary passed)", m.ready.clone());
+        r.register("truncwatch_bpf_program_run_seconds", "Kernel time spent in each program (kernel.bpf_stats_enabled)", m.bpf_run_seconds.clone());
+        r.register("truncwatch_bpf_program_runs", "Runs of each program (kernel.bpf_stats_enabled)", m.bpf_runs.clone());
+        r.register("truncwatch_canary_success", "1 if the last built-in canary was detected correctly", m.canary_success.clone());
+        r.register("truncwatch_canary_runs", "Built-in canary runs, by result", m.canary_runs.clone());
+        r.register("truncwatch_canary_last_run_timestamp_seconds", "When the canary last ran (Unix time)", m.canary_last_run.clone());
+        let backend_info = Family::<Backend, Gauge>::default();
+        backend_info.get_or_create(&Backend { backend: backend.into() }).set(1);
+        r.register("truncwatch_backend_info", "The hook backend attached", backend_info);
+        let build = Family::<Version, Gauge>::default();
+        build.get_or_create(&Version { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        r.register("truncwatch_build_info", "The agent's version", build);
+        m.tracked_limit.set(max_connections as i64);
+        // Zeros from the start: "nothing lost" must be a series, not an absence.
+        for reason in LOST_REASONS {
+            m.events_lost.get_or_create(&Reason { reason });
+        }
+        for reason in ["head_only", "chunked_uncertain"] {
+            m.unjudged.get_or_create(&Reason { reason });
+        }
+        Metrics { registry: r, ..m }
+    }
+
+    /// Count one verdict (problems and, with the correlator building them, the rest).
+    pub fn verdict(&mut self, v: &Verdict, owner: &Attribution) {
+        let owner = self.owner(v, owner);
+        if v.kind == crate::verdict::Kind::ResetDiscard {
+            self.reset_discards.get_or_create(&owner).inc();
+            self.reset_discarded_bytes.get_or_create(&owner).inc_by(v.unacked_bytes.unwrap_or(0));
+            return;
+        }
+        let l = ResponseLabels {
+            verdict: v.kind.as_str(),
+            transport: match v.meta.transport {
+                Transport::Tcp => "tcp",
+                Transport::Unix => "unix",
+            },
+            owner,
+        };
+        if let Some(missing) = v.response.as_ref().and_then(|r| r.missing_bytes()).filter(|&m| m > 0) {
+            self.missing_bytes.get_or_create(&l).inc_by(missing);
+        }
+        let e = &v.evidence;
+        let slow = e.send_buffer_full || e.peer_window_at_end == Some(0) || e.rwnd_limited_ms.is_some_and(|ms| ms > 0);
+        if slow && v.kind.is_problem() {
+            self.slow_reader.get_or_create(&l).inc();
+        }
+        self.responses.get_or_create(&l).inc();
+    }
+
+    /// Bring the self-metrics up to date from the correlator's counts and the kernel's totals.
+    /// `counted_only`: the correlator builds verdicts only for problems (no `--all`); the
+    /// others are then exported per host, with owner labels `all`.
+    pub fn update(&mut self, stats: &Stats, counted_only: bool, tracked: usize, events: u64, lost: [u64; 2], bpf: &[ProgramStats]) {
+        let last = &self.last.stats;
+        if counted_only {
+            let all = || "all".to_string();
+            let owner = Owner { process: all(), container: all(), namespace: all(), pod: all(), port: all() };
+            for (verdict, now, then) in [
+                ("complete", stats.judged_complete, last.judged_complete),
+                ("unframed", stats.judged_unframed, last.judged_unframed),
+                ("unparsed", stats.judged_unparsed, last.judged_unparsed),
+            ] {
+                if now > then {
+                    let l = ResponseLabels { verdict, transport: "all", owner: owner.clone() };
+                    self.responses.get_or_create(&l).inc_by(now - then);
+                }
+            }
+        }
+        let bump = |f: &Family<Reason, Counter>, reason, now: u64, then: u64| {
+            if now > then {
+                f.get_or_create(&Reason { reason }).inc_by(now - then);
+            }
+        };
+        bump(&self.unjudged, "head_only", stats.head_only, last.head_only);
+        bump(&self.unjudged, "chunked_uncertain", stats.chunked_uncertain, last.chunked_uncertain);
+        for (i, reason) in LOST_REASONS.iter().enumerate() {
+            bump(&self.events_lost, reason, lost[i], self.last.lost[i]);
+        }
+        self.evicted.inc_by(stats.evicted.saturating_sub(last.evicted));
+        self.events.inc_by(events.saturating_sub(self.events.get()));
+        self.tracked.set(tracked as i64);
+        for p in bpf {
+            let (t0, n0) = self.last.bpf.iter().find(|(n, ..)| *n == p.name).map_or((0, 0), |(_, t, n)| (*t, *n));
+            let l = Program { program: p.name.clone() };
+            self.bpf_run_seconds.get_or_create(&l).inc_by(p.run_time_ns.saturating_sub(t0) as f64 / 1e9);
+            self.bpf_runs.get_or_create(&l).inc_by(p.run_count.saturating_sub(n0));
+        }
+        self.last = Last { stats: stats.clone(), lost, bpf: bpf.iter().map(|p| (p.name.clone(), p.run_time_ns, p.run_count)).collect() };
+    }
+
+    pub fn set_ready(&mut self, ready: bool) {
+        self.ready.set(ready as i64);
+    }
+
+    pub fn canary(&mut self, passed: bool, unix_time: u64) {
+        self.canary_success.get_or_create(&Vec::new()).set(passed as i64);
+        self.canary_runs.get_or_create(&CanaryResult { result: if passed { "pass" } else { "fail" } }).inc();
+        self.canary_last_run.set(unix_time as i64);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+
+    fn owner(&mut self, v: &Verdict, a: &Attribution) -> Owner {
+        let port = match v.meta.transport {
+            Transport::Tcp => v.meta.local.rsplit(':').next().unwrap_or("").to_string(),
+            Transport::Unix => v.meta.local.clone(),
+        };
+        let container = a.container.clone().or_else(|| a.container_id.as_ref().map(|id| id[..id.len().min(12)].to_string()));
+        let o = Owner {
+            process: v.meta.comm.clone(),
+            container: container.unwrap_or_default(),
+            namespace: a.namespace.clone().unwrap_or_default(),
+            pod: a.pod.clone().unwrap_or_default(),
+            port,
+        };
+        if self.owners.contains(&o) {
+            return o;
+        }
+        if self.owners.len() < self.max_label_sets {
+            self.owners.insert(o.clone());
+            return o;
+        }
+        self.overflow.inc();
+        let other = || "other".to_string();
+        Owner { process: other(), container: other(), namespace: other(), pod: other(), port: other() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlator::{Evidence, Kind, ResponseFacts};
+    use crate::events::ConnMeta;
+    use std::sync::Arc;
+
+    fn verdict(kind: Kind, comm: &str, port: u16, missing: u64) -> Verdict {
+        let meta = ConnMeta { transport: Transport::Tcp, pid: 1, comm: comm.into(), local: format!("127.0.0.1:{port}"), peer: String::new() };
+        let response = Some(ResponseFacts { status: 200, content_length: Some(100), chunked: false, expected_bytes: Some(100), sent_bytes: 100 - missing });
+        let evidence = Evidence { send_buffer_full: true, ..Evidence::default() };
+        Verdict { kind, meta: Arc::new(meta), pid: 1, response, unacked_bytes: None, evidence, ts_ns: 0 }
+    }
+
+    #[test]
+    fn verdicts_become_labelled_series() {
+        let mut m = Metrics::new(10, 100, "tracepoint");
+        let owner = Attribution { namespace: Some("shop".into()), pod: Some("web-1".into()), container: Some("app".into()), ..Attribution::default() };
+        m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 40), &owner);
+        m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 2), &owner);
+        let text = m.encode();
+        let l = r#"{verdict="short_write",transport="tcp",process="nginx",container="app",namespace="shop",pod="web-1",port="80"}"#;
+        assert!(text.contains(&format!("truncwatch_responses_total{l} 2")), "{text}");
+        assert!(text.contains(&format!("truncwatch_missing_bytes_total{l} 42")), "{text}");
+        assert!(text.contains(&format!("truncwatch_slow_reader_responses_total{l} 2")), "{text}");
+        assert!(text.contains("truncwatch_build_info{version=\"0.1.0\"} 1"));
+    }
+
+    #[test]
+    fn label_sets_are_capped_with_an_overflow_bucket() {
+        let mut m = Metrics::new(3, 100, "tracepoint");
+        for port in 0..10 {
+            m.verdict(&verdict(Kind::ShortWrite, "srv", port, 1), &Attribution::default());
+        }
+        let text = m.encode();
+        assert_eq!(text.lines().filter(|l| l.starts_with("truncwatch_responses_total{")).count(), 4, "3 owners + other:\n{text}");
+        assert!(text.contains(r#"process="other",container="other",namespace="other",pod="other",port="other"} 7"#), "{text}");
+        assert!(text.contains("truncwatch_label_sets_overflow_total 7"), "{text}");
+    }
+
+    #[test]
+    fn kernel_totals_become_increments() {
+        let mut m = Metrics::new(3, 100, "tracepoint");
+        let mut stats = Stats { judged_complete: 5, head_only: 1, ..Stats::default() };
+        let prog = |t, n| vec![ProgramStats { name: "p".into(), run_time_ns: t, run_count: n }];
+        m.update(&stats, true, 2, 10, [0, 0], &prog(1_000_000_000, 10));
+        stats.judged_complete = 7;
+        m.update(&stats, true, 1, 15, [3, 0], &prog(3_000_000_000, 30));
+        let text = m.encode();
+        for want in [
+            r#"truncwatch_responses_total{verdict="complete",transport="all",process="all",container="all",namespace="all",pod="all",port="all"} 7"#,
+            r#"truncwatch_unjudged_responses_total{reason="head_only"} 1"#,
+            r#"truncwatch_unjudged_responses_total{reason="chunked_uncertain"} 0"#,
+            r#"truncwatch_events_lost_total{reason="ring_buffer_full"} 3"#,
+            r#"truncwatch_events_lost_total{reason="socket_storage"} 0"#,
+            "truncwatch_events_total 15",
+            "truncwatch_connections_tracked 1",
+            r#"truncwatch_bpf_program_run_seconds_total{program="p"} 3.0"#,
+            r#"truncwatch_bpf_program_runs_total{program="p"} 30"#,
+        ] {
+            assert!(text.lines().any(|l| l == want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains("truncwatch_canary_success"));
+        m.canary(false, 5);
+        let text = m.encode();
+        assert!(text.lines().any(|l| l.starts_with("truncwatch_canary_success") && l.ends_with(" 0")), "{text}");
+    }
+}

@@ -1,0 +1,167 @@
+//! Operating the agent: the metrics endpoint, the canary and `selftest`, attribution of a
+//! process placed in a cgroup we create, and the least-privilege capability set. Real agent,
+//! real kernel; they need root (see `support::kernel_or_skip`).
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::{Agent, BIN, Server, fetch, http_get, kernel_or_skip, u};
+
+const WAIT: Duration = Duration::from_secs(30);
+const SLOW: &[&str] = &["--rcvbuf", "65536", "--read-bytes", "16384", "--read-delay", "2ms"];
+
+/// The value of the series whose line starts with `prefix` (name and labels), if any.
+fn series(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Wait until the metrics (refreshed every second) show `prefix`.
+fn scrape_until(addr: &str, prefix: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        if series(&body, prefix).is_some() || std::time::Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+macro_rules! kernel_test {
+    ($name:ident $body:block) => {
+        #[test]
+        fn $name() {
+            if !kernel_or_skip(stringify!($name)) {
+                return;
+            }
+            $body
+        }
+    };
+}
+
+kernel_test!(metrics_count_a_short_write {
+    let agent = Agent::start();
+    let addr = agent.metrics_addr();
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert_eq!(http_get(&addr, "/readyz").0, 200, "ready once attached and events flow");
+    let srv = Server::start("tcp:127.0.0.1:0", "short-close", 8 << 20);
+    let got = fetch(&srv.endpoint, SLOW);
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    assert_eq!(v[0]["verdict"], "short_write");
+    let port = srv.local().rsplit(':').next().unwrap().to_string();
+    let labels = format!("verdict=\"short_write\",transport=\"tcp\",process=\"tw-lab-server\",container=\"\",namespace=\"\",pod=\"\",port=\"{port}\"}}");
+    let m = scrape_until(&addr, &format!("truncwatch_responses_total{{{labels}"));
+    assert_eq!(series(&m, &format!("truncwatch_responses_total{{{labels}")), Some(1.0), "{m}");
+    let missing = series(&m, &format!("truncwatch_missing_bytes_total{{{labels}")).unwrap();
+    assert_eq!(missing as u64, u(&v[0]["missing_bytes"]));
+    assert_eq!(missing as u64, u(&got[0]["content_length"]) + u(&got[0]["head_bytes"]) - u(&got[0]["received_bytes"]));
+    assert_eq!(series(&m, &format!("truncwatch_slow_reader_responses_total{{{labels}")), Some(1.0));
+    // The detector's own health is there too: an operator can tell quiet from blind.
+    for s in [
+        "truncwatch_ready 1",
+        "truncwatch_events_lost_total{reason=\"ring_buffer_full\"} 0",
+        "truncwatch_backend_info{backend=\"tracepoint\"} 1",
+        "truncwatch_connections_tracked_limit 65536",
+    ] {
+        assert!(m.lines().any(|l| l == s), "missing {s:?} in\n{m}");
+    }
+    assert!(series(&m, "truncwatch_events_total").unwrap() > 0.0);
+    assert!(!m.contains("truncwatch_canary_success"), "no canary ran: no canary series");
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+});
+
+kernel_test!(canary_runs_in_the_agent_and_stays_out_of_the_output {
+    let agent = Agent::start_args(&["--metrics-addr", "127.0.0.1:0", "--canary-interval", "1s"]);
+    let addr = agent.metrics_addr();
+    assert!(agent.wait_log("canary passed", WAIT).is_some(), "{:?}", agent.log.lock().unwrap());
+    let m = scrape_until(&addr, "truncwatch_canary_success");
+    assert_eq!(series(&m, "truncwatch_canary_success"), Some(1.0), "{m}");
+    assert!(series(&m, "truncwatch_canary_runs_total{result=\"pass\"}").unwrap() >= 1.0);
+    assert_eq!(http_get(&addr, "/readyz").0, 200);
+    // Its verdicts are not the host's: not printed, not in the verdict metrics.
+    let all = agent.stop();
+    assert!(all.is_empty(), "canary verdicts leaked into the output: {all:?}");
+    assert!(!m.contains("truncwatch_responses_total{verdict=\"short_write\""), "{m}");
+});
+
+kernel_test!(selftest_passes_on_this_host {
+    let out = Command::new(BIN).arg("selftest").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("canary passed: short_write of"), "{err}");
+});
+
+/// The capabilities the README and deploy/ list, and nothing else, as an unprivileged user:
+/// the agent attaches and detects (its selftest passes). Without CAP_PERFMON it cannot.
+kernel_test!(least_privilege_capabilities_suffice {
+    // A copy the unprivileged user can reach (the build tree may be under a private home).
+    let dir = std::env::temp_dir().join(format!("truncwatch-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("truncwatch");
+    std::fs::copy(BIN, &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |caps: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps=-all,{caps}"))
+            .arg(format!("--ambient-caps=-all,{caps}"))
+            .arg(format!("--bounding-set=-all,{caps}"))
+            .arg(&bin)
+            .arg("selftest")
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let ok = run("+bpf,+perfmon");
+    let err = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success() && err.contains("canary passed"), "with CAP_BPF and CAP_PERFMON: {err}");
+    for caps in ["+bpf", "+perfmon"] {
+        let out = run(caps);
+        assert!(!out.status.success(), "the agent ran with only {caps}: the list is not minimal");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+});
+
+/// A process we place in a cgroup we create, laid out as kubelet (cgroupfs driver) makes them,
+/// with the log link kubelet keeps: its verdicts name the container and pod.
+kernel_test!(attribution_of_a_process_in_a_kubernetes_like_cgroup {
+    let id = format!("{:064x}", 0x7e57_u128 << 64 | std::process::id() as u128);
+    let uid = format!("7e570000-0000-4000-8000-{:012x}", std::process::id());
+    let rel = format!("kubepods/besteffort/pod{uid}/{id}");
+    // cgroup v1 hierarchies where this kind of host has them, else the v2 tree.
+    let roots: Vec<String> = if std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+        vec!["/sys/fs/cgroup/pids".into(), "/sys/fs/cgroup/systemd".into()]
+    } else {
+        vec!["/sys/fs/cgroup".into()]
+    };
+    let link = format!("/var/log/containers/web-1_shop_app-{id}.log");
+    std::fs::create_dir_all("/var/log/containers").unwrap();
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+
+    let agent = Agent::start();
+    let srv = Server::start("tcp:127.0.0.1:0", "short-close", 8 << 20);
+    for root in &roots {
+        let dir = format!("{root}/{rel}");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(format!("{dir}/cgroup.procs"), srv.pid().to_string()).unwrap();
+    }
+    fetch(&srv.endpoint, SLOW);
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    drop(srv);
+    let _ = std::fs::remove_file(&link);
+    for root in &roots {
+        // Parents first emptied of the (now dead) process; remove leaf to top.
+        let mut p = std::path::PathBuf::from(format!("{root}/{rel}"));
+        for _ in 0..4 {
+            let _ = std::fs::remove_dir(&p);
+            p.pop();
+        }
+    }
+    let v = &v[0];
+    assert_eq!(v["verdict"], "short_write");
+    assert_eq!(v["container_id"], id.as_str(), "{v}");
+    assert_eq!((v["namespace"].as_str(), v["pod"].as_str(), v["container"].as_str()), (Some("shop"), Some("web-1"), Some("app")), "{v}");
+    assert!(v["cgroup"].as_str().unwrap().ends_with(&rel), "{v}");
+});
