@@ -66,6 +66,12 @@ impl Wire {
         let ts_ns = self.ts;
         self.ev(Event::TcpState { sk: SK, ts_ns, oldstate: old, newstate: new, facts: TcpFacts::default() });
     }
+    /// A head promising `cl` bytes of body, and nothing else.
+    fn head_alone(&mut self, cl: u64) {
+        let h = head(cl);
+        let n = h.len() as u64;
+        self.send(Some(h), n);
+    }
     /// The server read `bytes` (a read that began like a request line: the kernel reports it).
     fn read(&mut self, offset: u64, bytes: &[u8]) {
         let ts_ns = self.ts;
@@ -254,9 +260,7 @@ fn zero_length_body() {
 fn head_only_answers_are_not_judged() {
     let mut w = Wire::new(Transport::Tcp);
     for _ in 0..3 {
-        let h = head(5000);
-        let n = h.len() as u64;
-        w.send(Some(h), n);
+        w.head_alone(5000);
     }
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert!(w.out.is_empty(), "{:?}", w.out);
@@ -272,9 +276,7 @@ fn answers_to_head_requests_are_complete() {
     let mut w = Wire::new(Transport::Tcp);
     for i in 0..3 {
         w.read(i * HEAD.len() as u64, HEAD);
-        let h = head(5000);
-        let n = h.len() as u64;
-        w.send(Some(h), n);
+        w.head_alone(5000);
     }
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::Complete; 3]);
@@ -286,9 +288,7 @@ fn answers_to_head_requests_are_complete() {
 fn head_alone_answering_get_is_short_write() {
     let mut w = Wire::new(Transport::Tcp);
     w.read(0, GET);
-    let h = head(5000);
-    let n = h.len() as u64;
-    w.send(Some(h), n);
+    w.head_alone(5000);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].r().missing_bytes(), Some(5000));
@@ -298,9 +298,7 @@ fn head_alone_answering_get_is_short_write() {
 fn head_alone_answering_get_then_next_response_is_desync() {
     let mut w = Wire::new(Transport::Tcp);
     w.read(0, GET);
-    let h = head(5000);
-    let n = h.len() as u64;
-    w.send(Some(h), n);
+    w.head_alone(5000);
     w.read(GET.len() as u64, GET);
     w.response(10, 10);
     assert_eq!(w.kinds(), [Kind::Desync, Kind::Complete]);
@@ -341,9 +339,7 @@ fn pipelined_requests_fall_back_to_not_judging_heads_alone() {
     let mut w = Wire::new(Transport::Tcp);
     w.read(0, &[GET, HEAD].concat());
     w.response(10, 10);
-    let h = head(5000);
-    let n = h.len() as u64;
-    w.send(Some(h), n);
+    w.head_alone(5000);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::Complete, Kind::Complete]);
 }
@@ -367,9 +363,7 @@ fn interim_responses_keep_the_request_for_the_final_one() {
     let mut w = Wire::new(Transport::Tcp);
     w.read(0, HEAD);
     w.send_bytes(b"HTTP/1.1 100 Continue\r\n\r\n");
-    let h = head(5000);
-    let n = h.len() as u64;
-    w.send(Some(h), n);
+    w.head_alone(5000);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::Complete, Kind::Complete]);
     assert_eq!(w.c.stats.head_answers, 1);
@@ -379,13 +373,11 @@ fn interim_responses_keep_the_request_for_the_final_one() {
 #[test]
 fn head_then_refused_body_is_judged() {
     let mut w = Wire::new(Transport::Tcp);
-    let h = head(5000);
-    let n = h.len() as u64;
-    w.send(Some(h), n);
+    w.head_alone(5000);
     w.err(EAGAIN);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
-    assert_eq!(w.out[0].r().sent_bytes, n);
+    assert_eq!(w.out[0].r().sent_bytes, hl(5000));
 }
 
 /// ...and so is a head sent in a call that asked for more (head + body, partly accepted).
