@@ -72,24 +72,23 @@ const KUBE_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
 // ---------------------------------------------------------------------------------------------
 // Prometheus
 
-#[test]
-fn deploy_promtool_check_rules() {
-    let t = "deploy_promtool_check_rules";
-    if !promtool(t) {
+/// `promtool <args>` must succeed (or the test skips, outside CI, without promtool).
+fn promtool_passes(test: &str, args: &[&str]) {
+    if !promtool(test) {
         return;
     }
-    let o = run(Command::new("promtool").args(["check", "rules", "deploy/prometheus/truncwatch.rules.yml"]));
-    assert!(o.status.success(), "promtool check rules failed:\n{}", text(&o));
+    let o = run(Command::new("promtool").args(args));
+    assert!(o.status.success(), "promtool {} failed:\n{}", args.join(" "), text(&o));
+}
+
+#[test]
+fn deploy_promtool_check_rules() {
+    promtool_passes("deploy_promtool_check_rules", &["check", "rules", "deploy/prometheus/truncwatch.rules.yml"]);
 }
 
 #[test]
 fn deploy_promtool_test_rules() {
-    let t = "deploy_promtool_test_rules";
-    if !promtool(t) {
-        return;
-    }
-    let o = run(Command::new("promtool").args(["test", "rules", "deploy/prometheus/truncwatch.rules.test.yml"]));
-    assert!(o.status.success(), "promtool test rules failed:\n{}", text(&o));
+    promtool_passes("deploy_promtool_test_rules", &["test", "rules", "deploy/prometheus/truncwatch.rules.test.yml"]);
 }
 
 /// The example scrape configuration (with the rules it loads). Debian's promtool is built
