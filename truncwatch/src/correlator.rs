@@ -287,10 +287,7 @@ impl Correlator {
             Parsed::Incomplete if cap.len() < HEAD_CAP => {
                 conn.split_head = Some(PartialHead { start: offset, bytes: cap.to_vec(), tgid });
             }
-            bad => {
-                conn.requests.answer();
-                self.unparsed(conn, tgid, bad, ts_ns, out)
-            }
+            bad => self.unparsed(conn, tgid, bad, ts_ns, out),
         }
     }
 
@@ -305,7 +302,6 @@ impl Correlator {
             return;
         };
         if p.start + p.bytes.len() as u64 != offset || p.bytes.len() + cap.len() > MAX_JOINED_HEAD {
-            conn.requests.answer();
             return self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
         }
         p.bytes.extend_from_slice(cap);
@@ -315,22 +311,20 @@ impl Correlator {
                 self.start_response(conn, p.start, p.tgid, h, attempted, ts_ns, out);
             }
             Parsed::Incomplete if cap.len() < HEAD_CAP => conn.split_head = Some(p),
-            bad => {
-                conn.requests.answer();
-                self.unparsed(conn, p.tgid, bad, ts_ns, out)
-            }
+            bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
         }
     }
 
     /// A head split over sends that never completed is unparsed.
     fn drop_partial(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
         if let Some(p) = conn.split_head.take() {
-            conn.requests.answer();
             self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
         }
     }
 
-    fn unparsed(&mut self, conn: &Conn, tgid: u32, why: Parsed, ts_ns: u64, out: &mut Vec<Verdict>) {
+    /// An unreadable head still answers a request: keep requests and responses in step.
+    fn unparsed(&mut self, conn: &mut Conn, tgid: u32, why: Parsed, ts_ns: u64, out: &mut Vec<Verdict>) {
+        conn.requests.answer();
         if why == Parsed::Incomplete {
             self.stats.unparsed += 1;
         } else {
