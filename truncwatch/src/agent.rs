@@ -136,6 +136,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
 
     probe_events_flow(&mut ring, &mut reader).await?;
+    // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
+    publish(&mut reader, &mut ebpf, &shared, &args);
     eprintln!("truncwatch: ready (tracepoint backend: {} programs attached)", PROGRAMS.len());
 
     // The kernel wakes us only when a batch is waiting; this tick picks up the rest.
@@ -167,14 +169,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                         break;
                     }
                 }
-                let ready = reader.canary_passed != Some(false);
-                shared.ready.store(ready, Ordering::Relaxed);
-                reader.metrics.set_ready(ready);
-                let lost = lost_events(&mut ebpf);
-                let progs = program_stats(&ebpf);
-                let r = &mut reader;
-                r.metrics.update(&r.correlator.stats, !args.all, r.correlator.tracked(), r.events, lost, &progs);
-                *shared.metrics.lock().expect("metrics lock") = r.metrics.encode();
+                publish(&mut reader, &mut ebpf, &shared, &args);
             }
             _ = canary_tick.tick(), if canary_on && reader.canary.is_none() && provoking.is_none() => {
                 let c = Canary::bind()?;
@@ -208,6 +203,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(false) => bail!("selftest failed: the detector does not work on this host (see above)"),
         _ => Ok(()),
     }
+}
+
+/// Refresh what the endpoint serves: readiness (gated by the last canary) and the metrics.
+fn publish(reader: &mut Reader, ebpf: &mut Ebpf, shared: &Shared, args: &RunArgs) {
+    let ready = reader.canary_passed != Some(false);
+    shared.ready.store(ready, Ordering::Relaxed);
+    reader.metrics.set_ready(ready);
+    let lost = lost_events(ebpf);
+    let progs = program_stats(ebpf);
+    let r = reader;
+    r.metrics.update(&r.correlator.stats, !args.all, r.correlator.tracked(), r.events, lost, &progs);
+    *shared.metrics.lock().expect("metrics lock") = r.metrics.encode();
 }
 
 /// A canary in flight: its addresses, and (once its traffic is done) what really happened.
@@ -287,7 +294,8 @@ impl Reader {
                 c.got.push(v);
                 continue;
             }
-            if self.old_canary_locals.contains(&v.meta.local) {
+            // Ours, finished; or another agent's (its canary's thread made it).
+            if self.old_canary_locals.contains(&v.meta.local) || v.meta.comm == canary::THREAD {
                 continue;
             }
             let owner = self.resolver.for_pid(v.pid);
@@ -338,11 +346,15 @@ impl Reader {
 /// report both its open and its end of stream: proof that programs, offsets and the ring
 /// buffer all work before we say "ready".
 async fn probe_events_flow(ring: &mut AsyncFd<RingBuf<MapData>>, reader: &mut Reader) -> Result<()> {
-    let (mut server, mut client) = std::os::unix::net::UnixStream::pair()?;
-    server.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?;
-    drop(server);
-    let mut sink = Vec::new();
-    client.read_to_end(&mut sink)?;
+    // On a thread named as the canary's, so that other agents on the host ignore it too.
+    let traffic = std::thread::Builder::new().name(canary::THREAD.into()).spawn(|| -> std::io::Result<()> {
+        let (mut server, mut client) = std::os::unix::net::UnixStream::pair()?;
+        server.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?;
+        drop(server);
+        client.read_to_end(&mut Vec::new())?;
+        Ok(())
+    })?;
+    traffic.join().map_err(|_| anyhow::anyhow!("the start-up probe's thread panicked"))??;
     let wait = async {
         while !reader.probe_done {
             tokio::time::sleep(DRAIN_EVERY).await;

@@ -18,6 +18,12 @@ const PROMISED: u64 = 64 << 20;
 const UNREAD: usize = 100;
 const HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 67108864\r\n\r\n";
 
+/// The canary's traffic (and the agent's start-up probe) runs on a thread of this name. The
+/// kernel records it as the owner of those connections, so any agent on the host (a
+/// DaemonSet's, while someone runs `truncwatch selftest` next to it) tells them from the
+/// host's traffic without knowing their addresses.
+pub const THREAD: &str = "tw-canary";
+
 /// The canary's two server sockets, bound before any traffic so that their verdicts can be
 /// told apart from the host's as soon as they arrive.
 pub struct Canary {
@@ -48,8 +54,13 @@ impl Canary {
         Ok([self.short.local_addr()?.to_string(), self.reset.local_addr()?.to_string()])
     }
 
-    /// Make the traffic. Blocking; takes well under a second.
+    /// Make the traffic on a thread named [`THREAD`]. Blocking; takes well under a second.
     pub fn provoke(self) -> Result<Truth> {
+        let t = std::thread::Builder::new().name(THREAD.into()).spawn(move || self.traffic())?;
+        t.join().map_err(|_| anyhow::anyhow!("canary: its thread panicked"))?
+    }
+
+    fn traffic(self) -> Result<Truth> {
         let [short_local, reset_local] = self.locals()?;
         let (short_sent, short_received) = short_write(&self.short)?;
         let reset_sent = reset_discard(&self.reset)?;

@@ -88,6 +88,10 @@ impl Agent {
     }
 
     /// `host:port` of the metrics endpoint, from the agent's start-up line.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn metrics_addr(&self) -> String {
         let log = self.log.lock().unwrap();
         let line = log.iter().find_map(|l| l.strip_prefix("truncwatch: metrics on http://")).expect("the agent announces its endpoint");
