@@ -52,4 +52,17 @@ fn nginx_send_timeout_is_a_short_write() {
         assert_eq!(v["verdict"], "complete", "{v}");
         assert_eq!(u(&v["sent_bytes"]), u(&client["head_bytes"]), "{v}");
     }
+
+    // Pipelining: five requests in one write. nginx answers each in sends of its own, so
+    // each answer is judged on its own, complete, with its exact bytes.
+    let piped = fetch(&ep, &["--path", "/1k.bin", "--requests", "5", "--pipeline"]);
+    assert!(piped.len() == 5 && piped.iter().all(|r| r["complete"] == true), "{piped:?}");
+    agent.wait_for(&local, 11, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = &agent.verdicts(&local)[6..];
+    assert_eq!(after.len(), 5, "one verdict per pipelined answer: {after:?}");
+    for (v, client) in after.iter().zip(&piped) {
+        assert_eq!(v["verdict"], "complete", "{v}");
+        assert_eq!(u(&v["sent_bytes"]), u(&client["received_bytes"]), "{v}");
+    }
 }

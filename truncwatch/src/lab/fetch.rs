@@ -15,6 +15,9 @@ pub struct FetchArgs {
     /// Requests sent one after another on one keep-alive connection.
     #[arg(long, default_value_t = 1)]
     pub requests: u64,
+    /// Send all --requests requests at once, before reading any answer (HTTP/1.1 pipelining).
+    #[arg(long)]
+    pub pipeline: bool,
     /// Connections, one after another, each carrying --requests requests.
     #[arg(long, default_value_t = 1)]
     pub connections: u64,
@@ -81,10 +84,15 @@ pub fn fetch(a: &FetchArgs) -> Result<()> {
                 Box::new(s)
             }
         };
+        let extra: String = a.header.iter().map(|h| format!("{h}\r\n")).collect();
+        let req = format!("{} {} HTTP/1.1\r\nHost: lab\r\n{extra}\r\n", a.method, a.path);
+        if a.pipeline {
+            s.write_all(req.repeat(a.requests as usize).as_bytes())?;
+        }
         for _ in 0..a.requests {
-            let extra: String = a.header.iter().map(|h| format!("{h}\r\n")).collect();
-            let req = format!("{} {} HTTP/1.1\r\nHost: lab\r\n{extra}\r\n", a.method, a.path);
-            s.write_all(req.as_bytes())?;
+            if !a.pipeline {
+                s.write_all(req.as_bytes())?;
+            }
             let r = read_response(&mut *s, a)?;
             println!("{}", serde_json::to_string(&r)?);
             if r.end == "aborted" {
@@ -139,8 +147,9 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
             // Never read past this response's end: the next one is not ours yet.
             Some((_, Some(cl), hl)) => buf.len().min((hl + cl - received) as usize),
             // Until the head is complete, read byte by byte: a HEAD answer has no body to
-            // bound the read, and the next answer must stay in the socket.
-            None if a.method == "HEAD" => 1,
+            // bound the read, and the next answer must stay in the socket (so too when
+            // pipelining: it may already be there).
+            None if a.method == "HEAD" || a.pipeline => 1,
             _ => buf.len(),
         };
         s.set_read_timeout(deadline.saturating_duration_since(Instant::now()));
