@@ -27,8 +27,6 @@ pub const EV_EOF: u32 = 5;
 pub const EV_RESET: u32 = 6;
 /// A `HeadEvent` whose capture continues the previous one's (a head split over sends).
 pub const EV_HEAD_MORE: u32 = 7;
-/// A receive on a tracked (or not yet classified) socket that began like a request line.
-pub const EV_RECV: u32 = 8;
 /// Sends captured after a head that may continue, at most.
 pub const HEAD_MORE_SENDS: u32 = 4;
 
@@ -43,9 +41,12 @@ pub const SYS_READV: u32 = 19;
 pub const SYS_RECVFROM: u32 = 45;
 pub const SYS_RECVMSG: u32 = 47;
 
-/// Bytes of a received request copied out: enough for the request line and the framing headers
-/// of most requests, and for several small pipelined requests in one read.
-pub const REQ_CAP: usize = 512;
+/// Methods of requests, as the receive program tells them from a read's first 8 bytes: all the
+/// agent needs of a request is whether its answer may carry a body.
+pub const METHOD_NONE: u8 = 0;
+pub const METHOD_HEAD: u8 = 1;
+pub const METHOD_CONNECT: u8 = 2;
+pub const METHOD_OTHER: u8 = 3;
 
 /// x86_64 `struct pt_regs` (the ptrace ABI, stable): where the syscall number and its second
 /// and third arguments sit. The programs load them directly; the agent checks them against
@@ -105,16 +106,18 @@ pub struct SockState {
     pub sent: u64,
     /// The last head captured may continue in the next sends: capture up to this many more.
     pub head_more: u32,
-    pub _pad: u32,
-    /// Bytes the application read from this socket since the agent first saw a read on it.
-    pub received: u64,
+    /// Reads that began like a request line (`METHOD `) since the last response head
+    /// (saturating), and the first one's `METHOD_*`. Carried by the next head event.
+    pub requests: u8,
+    pub method: u8,
+    pub _pad: u16,
 }
 
 pub const TRACK_NO: u32 = 1;
 pub const TRACK_HTTP: u32 = 2;
 /// The peer sent a reset (set by `tcp_receive_reset`, on any TCP socket).
 pub const FLAG_RESET_RECEIVED: u32 = 1;
-/// The socket's first read (before classification) was looked at for a request.
+/// The socket's first read (before classification) was looked at for a request line.
 pub const FLAG_RECV_SEEN: u32 = 2;
 
 /// First bytes of every event.
@@ -176,20 +179,12 @@ pub const TAIL: usize = 8;
 pub struct HeadEvent {
     pub send: SendEvent,
     pub cap_len: u32,
-    pub _pad: u32,
+    /// `SockState::requests` and `method` when this head's send began (`EV_HEAD` only): the
+    /// requests this response may answer.
+    pub requests: u8,
+    pub method: u8,
+    pub _pad: u16,
     pub cap: [u8; HEAD_CAP],
-}
-
-/// The application read `ret` bytes at receive-stream `offset`, and they began like a request
-/// line (`METHOD `): the first bytes, for the agent to read the requests from.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RecvEvent {
-    pub h: Header,
-    pub offset: u64,
-    pub ret: u32,
-    pub cap_len: u32,
-    pub cap: [u8; REQ_CAP],
 }
 
 /// A tracked TCP socket changed state (`inet_sock_set_state`).
@@ -245,13 +240,12 @@ pub struct ResetEvent {
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
 const _: () = assert!(core::mem::size_of::<Offsets>() == 68);
-const _: () = assert!(core::mem::size_of::<SockState>() == 32);
+const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 56);
-const _: () = assert!(core::mem::size_of::<RecvEvent>() == 24 + 16 + REQ_CAP);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 8);
 

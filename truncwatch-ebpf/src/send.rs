@@ -93,7 +93,7 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<IoCall>) 
     let more = !is_head && st.head_more > 0 && ret > 0 && call.buf() != 0;
     if is_head || more {
         let kind = if is_head { EV_HEAD } else { EV_HEAD_MORE };
-        let open = head(sk, offset, ret, &call, kind);
+        let open = head(sk, st, offset, ret, &call, kind);
         // A head that may go on in the next send: one small buffer, all of it accepted, not
         // ending in the blank line. Capture the next few sends too; the agent joins them.
         st.head_more = match (open, is_head) {
@@ -148,7 +148,7 @@ fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i
 /// a head the kernel took only part of is exactly the slow-reader case.
 #[inline(always)]
 /// Returns whether the head may continue in the next send.
-fn head(sk: *mut c_void, offset: u64, ret: i32, call: &IoCall, kind: u32) -> bool {
+fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, kind: u32) -> bool {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         return false;
@@ -161,6 +161,16 @@ fn head(sk: *mut c_void, offset: u64, ret: i32, call: &IoCall, kind: u32) -> boo
     let open = unsafe {
         fill_send(&raw mut (*ev).send, kind, sk, offset, ret, call);
         (*ev)._pad = 0;
+        // The requests read since the last head go with this one (a continuation has none).
+        if kind == EV_HEAD {
+            (*ev).requests = st.requests;
+            (*ev).method = st.method;
+            st.requests = 0;
+            st.method = 0;
+        } else {
+            (*ev).requests = 0;
+            (*ev).method = 0;
+        }
         let r = bpf_probe_read_user((&raw mut (*ev).cap).cast(), n as u32, call.buf() as *const c_void);
         (*ev).cap_len = if r == 0 { n as u32 } else { 0 };
         let tail = (*ev).send.tail;

@@ -84,10 +84,6 @@ struct PartialHead {
     tgid: u32,
 }
 
-/// Reads reported before their socket was classified, per socket, at most: the first request
-/// arrives before the first response classifies the socket.
-const MAX_EARLY_READS: usize = 4096;
-
 /// Heads joined from several sends are given up on (unparsed) past this size.
 const MAX_JOINED_HEAD: usize = 4 * HEAD_CAP;
 
@@ -108,14 +104,12 @@ pub struct Correlator {
     hz: Option<u64>,
     /// Emit only problem verdicts (the rest are counted, not built: they are most of them).
     problems_only: bool,
-    /// Reads on sockets not (yet) known as HTTP servers: (offset, length, first bytes).
-    early_reads: HashMap<u64, Vec<(u64, u64, Vec<u8>)>>,
     pub stats: Stats,
 }
 
 impl Correlator {
     pub fn new(max_conns: usize, hz: Option<u64>) -> Self {
-        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), hz, problems_only: false, early_reads: HashMap::new(), stats: Stats::default() }
+        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), hz, problems_only: false, stats: Stats::default() }
     }
 
     /// Build verdicts only for problems (`Kind::is_problem`); count the others.
@@ -137,7 +131,7 @@ impl Correlator {
                     self.finish(old, End::SocketFreed, ts_ns, out);
                 }
                 self.stats.connections += 1;
-                let mut conn = Conn {
+                let conn = Conn {
                     meta: Arc::new(meta),
                     sent: 0,
                     resp: None,
@@ -151,19 +145,9 @@ impl Correlator {
                     requests: Requests::default(),
                     tunnel: false,
                 };
-                for (offset, len, cap) in self.early_reads.remove(&sk).unwrap_or_default() {
-                    conn.requests.read(offset, len, &cap);
-                }
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
             }
-            Event::Recv { sk, ts_ns, offset, ret, cap } => match self.conns.get_mut(&sk) {
-                Some(conn) => {
-                    conn.last_ns = ts_ns;
-                    conn.requests.read(offset, ret, &cap);
-                }
-                None => self.early_read(sk, offset, ret, cap),
-            },
             Event::Send(s) => {
                 let Some(mut conn) = self.conns.remove(&s.sk) else { return };
                 conn.last_ns = s.ts_ns;
@@ -219,22 +203,6 @@ impl Correlator {
         }
     }
 
-    /// A read before its socket is known: kept until the socket is classified (its first
-    /// response), bounded.
-    fn early_read(&mut self, sk: u64, offset: u64, len: u64, cap: Vec<u8>) {
-        if self.early_reads.len() >= MAX_EARLY_READS && !self.early_reads.contains_key(&sk) {
-            // Sockets that read requests and never answered with HTTP/1 (or were never seen
-            // again): forget them all rather than track ages.
-            self.early_reads.clear();
-        }
-        let reads = self.early_reads.entry(sk).or_default();
-        // Offset 0 is a socket's first read: anything kept for this address is a dead socket's.
-        if offset == 0 || reads.len() >= 8 {
-            reads.clear();
-        }
-        reads.push((offset, len, cap));
-    }
-
     fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) {
         let SendFacts { tgid, offset, ret, requested, ts_ns, .. } = s;
         if conn.tunnel {
@@ -256,6 +224,9 @@ impl Correlator {
             conn.partial += 1;
         }
         conn.sent = conn.sent.max(offset + ret);
+        if s.head.is_some() {
+            conn.requests.head_sent(s.requests);
+        }
         match (&s.head, &s.head_more) {
             (Some(cap), _) => self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out),
             (None, Some(cap)) => self.head_more(conn, offset, ret.max(requested), cap, ts_ns, out),

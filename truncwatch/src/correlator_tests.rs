@@ -1,6 +1,7 @@
 //! Correlator cases: each feeds the events a kernel would produce and checks the verdicts.
 use super::*;
 use crate::events::{Tail, TcpFacts, Transport};
+use crate::requests::{Method, Seen};
 
 const SK: u64 = 0xffff_8880_0000_1000;
 const CLIENT: u64 = 0xffff_8880_0000_2000;
@@ -20,11 +21,13 @@ struct Wire {
     out: Vec<Verdict>,
     offset: u64,
     ts: u64,
+    /// Requests read since the last head, as the kernel's socket state counts them.
+    reads: Seen,
 }
 
 impl Wire {
     fn new(t: Transport) -> Self {
-        let mut w = Wire { c: Correlator::new(1000, Some(250)), out: vec![], offset: 0, ts: 1 };
+        let mut w = Wire { c: Correlator::new(1000, Some(250)), out: vec![], offset: 0, ts: 1, reads: Seen::default() };
         w.ev(Event::Open { sk: SK, ts_ns: 1, meta: meta(t) });
         w
     }
@@ -42,7 +45,8 @@ impl Wire {
         self.offset += accepted;
         let ts_ns = self.ts;
         let tail = Tail::new(tail);
-        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, head_more: None, tail }));
+        let requests = if cap.is_some() { std::mem::take(&mut self.reads) } else { Seen::default() };
+        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, head_more: None, tail, requests }));
     }
     /// Send `bytes` for real: head capture and tail taken from them, as the kernel would.
     fn send_bytes(&mut self, bytes: &[u8]) {
@@ -72,10 +76,14 @@ impl Wire {
         let n = h.len() as u64;
         self.send(Some(h), n);
     }
-    /// The server read `bytes` (a read that began like a request line: the kernel reports it).
-    fn read(&mut self, offset: u64, bytes: &[u8]) {
-        let ts_ns = self.ts;
-        self.ev(Event::Recv { sk: SK, ts_ns, offset, ret: bytes.len() as u64, cap: bytes.to_vec() });
+    /// The server read `bytes`: the kernel counts it if it begins like a request line.
+    fn read(&mut self, bytes: &[u8]) {
+        if let Some(m) = kernel_method(bytes) {
+            if self.reads.count == 0 {
+                self.reads.first = Some(m);
+            }
+            self.reads.count += 1;
+        }
     }
     fn kinds(&self) -> Vec<Kind> {
         self.out.iter().map(|v| v.kind).collect()
@@ -86,6 +94,19 @@ impl Verdict {
     fn r(&self) -> &ResponseFacts {
         self.response.as_ref().expect("a response-level verdict")
     }
+}
+
+/// The receive program's look at a read's first 8 bytes (`recv.rs`).
+fn kernel_method(b: &[u8]) -> Option<Method> {
+    let b = b.get(..8)?;
+    if b.starts_with(b"HEAD ") {
+        return Some(Method::Head);
+    }
+    if b == b"CONNECT " {
+        return Some(Method::Connect);
+    }
+    let sp = b.iter().position(|&c| c == b' ')?;
+    (sp >= 3 && b[..sp].iter().all(u8::is_ascii_uppercase)).then_some(Method::Other)
 }
 
 fn hl(cl: u64) -> u64 {
@@ -274,8 +295,8 @@ const HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n";
 #[test]
 fn answers_to_head_requests_are_complete() {
     let mut w = Wire::new(Transport::Tcp);
-    for i in 0..3 {
-        w.read(i * HEAD.len() as u64, HEAD);
+    for _ in 0..3 {
+        w.read(HEAD);
         w.head_alone(5000);
     }
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
@@ -287,7 +308,7 @@ fn answers_to_head_requests_are_complete() {
 #[test]
 fn head_alone_answering_get_is_short_write() {
     let mut w = Wire::new(Transport::Tcp);
-    w.read(0, GET);
+    w.read(GET);
     w.head_alone(5000);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
@@ -297,51 +318,57 @@ fn head_alone_answering_get_is_short_write() {
 #[test]
 fn head_alone_answering_get_then_next_response_is_desync() {
     let mut w = Wire::new(Transport::Tcp);
-    w.read(0, GET);
+    w.read(GET);
     w.head_alone(5000);
-    w.read(GET.len() as u64, GET);
+    w.read(GET);
     w.response(10, 10);
     assert_eq!(w.kinds(), [Kind::Desync, Kind::Complete]);
-}
-
-/// The first request is read before the socket is known as a server (its first response).
-#[test]
-fn reads_before_classification_are_kept_for_the_socket() {
-    let mut c = Correlator::new(100, None);
-    let mut out = vec![];
-    c.handle(Event::Recv { sk: SK, ts_ns: 1, offset: 0, ret: GET.len() as u64, cap: GET.to_vec() }, &mut out);
-    c.handle(Event::Open { sk: SK, ts_ns: 2, meta: meta(Transport::Tcp) }, &mut out);
-    let h = head(100);
-    let n = h.len() as u64;
-    c.handle(Event::Send(SendFacts { sk: SK, ts_ns: 3, tgid: 42, offset: 0, ret: n as i64, requested: n, syscall: 1, head: Some(h), ..SendFacts::default() }), &mut out);
-    c.handle(Event::TcpState { sk: SK, ts_ns: 4, oldstate: TCP_ESTABLISHED, newstate: TCP_FIN_WAIT1, facts: TcpFacts::default() }, &mut out);
-    assert_eq!(out.iter().map(|v| v.kind).collect::<Vec<_>>(), [Kind::ShortWrite]);
-    assert!(c.early_reads.is_empty());
-}
-
-#[test]
-fn early_reads_are_bounded() {
-    let mut c = Correlator::new(100, None);
-    let mut out = vec![];
-    for sk in 0..(MAX_EARLY_READS as u64 + 10) {
-        c.handle(Event::Recv { sk, ts_ns: 1, offset: 0, ret: 3, cap: b"GET".to_vec() }, &mut out);
-    }
-    assert!(c.early_reads.len() <= MAX_EARLY_READS);
-    for off in 0..20 {
-        c.handle(Event::Recv { sk: 7, ts_ns: 1, offset: off, ret: 1, cap: vec![] }, &mut out);
-    }
-    assert!(c.early_reads[&7].len() <= 8);
 }
 
 /// Pipelined requests: answers cannot be matched one to one, so a head alone is not judged.
 #[test]
 fn pipelined_requests_fall_back_to_not_judging_heads_alone() {
+    // In one read: the kernel counts one request; the second answer has none.
     let mut w = Wire::new(Transport::Tcp);
-    w.read(0, &[GET, HEAD].concat());
+    w.read(&[GET, HEAD].concat());
     w.response(10, 10);
     w.head_alone(5000);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
-    assert_eq!(w.kinds(), [Kind::Complete, Kind::Complete]);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.c.stats.head_only, 1, "the answer to HEAD: a head alone, not judged");
+    // In two reads before the first answer: two requests, no longer trusted one to one.
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(GET);
+    w.read(GET);
+    w.head_alone(5000);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert!(w.out.is_empty(), "{:?}", w.out);
+    assert_eq!(w.c.stats.head_only, 1);
+}
+
+/// A request body that happens to begin like a request line makes two requests seen: the
+/// answer is not trusted to be owed a body.
+#[test]
+fn body_that_looks_like_a_request_is_not_trusted() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(b"POST /u HTTP/1.1\r\nContent-Length: 20\r\n\r\n");
+    w.read(b"GET this is a body!!");
+    w.head_alone(5000);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert!(w.out.is_empty(), "{:?}", w.out);
+}
+
+/// A request split so that its first read is too short to tell (or a body read that does not
+/// begin like one) is not counted: the answer is unknown, never taken for a GET.
+#[test]
+fn reads_that_do_not_begin_a_request_are_not_counted() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(b"HEA");
+    w.read(b"D / HTTP/1.1\r\n\r\n");
+    w.head_alone(5000);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert!(w.out.is_empty(), "{:?}", w.out);
+    assert_eq!(w.c.stats.head_only, 1);
 }
 
 /// After a CONNECT is accepted, or a protocol switch, the bytes are not HTTP/1: nothing more is judged.
@@ -349,7 +376,7 @@ fn pipelined_requests_fall_back_to_not_judging_heads_alone() {
 fn tunnels_are_not_judged() {
     for (req, status) in [(&b"CONNECT h:443 HTTP/1.1\r\n\r\n"[..], "200 Connection Established"), (GET, "101 Switching Protocols")] {
         let mut w = Wire::new(Transport::Tcp);
-        w.read(0, req);
+        w.read(req);
         w.send_bytes(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes());
         w.send_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"); // tunnelled, not ours
         w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
@@ -361,7 +388,7 @@ fn tunnels_are_not_judged() {
 #[test]
 fn interim_responses_keep_the_request_for_the_final_one() {
     let mut w = Wire::new(Transport::Tcp);
-    w.read(0, HEAD);
+    w.read(HEAD);
     w.send_bytes(b"HTTP/1.1 100 Continue\r\n\r\n");
     w.head_alone(5000);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);

@@ -1,10 +1,11 @@
 //! Events as the correlator sees them, whatever hook backend produced them, and the decoding
 //! of the tracepoint backend's ring buffer records into them.
 use crate::btf_offsets::SockLayout;
+use crate::requests::{Method, Seen};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RECV, EV_RESET, EV_SEND, EV_STATE,
-    EofEvent, Header, HeadEvent, OpenEvent, RecvEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
+    EofEvent, Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -33,9 +34,6 @@ pub enum Event {
     Open { sk: u64, ts_ns: u64, meta: ConnMeta },
     /// One send on a tracked socket.
     Send(SendFacts),
-    /// The application read `ret` bytes at receive-stream `offset`, beginning like a request
-    /// line; `cap` holds the first of them.
-    Recv { sk: u64, ts_ns: u64, offset: u64, ret: u64, cap: Vec<u8> },
     /// A TCP state change (`newstate` may be `RESET_RECEIVED`), with the socket's counters then.
     TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32, facts: TcpFacts },
     /// A Unix stream socket `reader` read end of stream from `peer`.
@@ -77,6 +75,8 @@ pub struct SendFacts {
     pub head_more: Option<Vec<u8>>,
     /// The last accepted bytes (up to 8), where known.
     pub tail: Tail,
+    /// With a head: the requests read since the head before.
+    pub requests: Seen,
 }
 
 /// Up to `TAIL` bytes, inline (one per send: no allocation).
@@ -118,16 +118,13 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
             let e: HeadEvent = read(buf, h.kind)?;
             let n = (e.cap_len as usize).min(e.cap.len());
             let mut ev = send_event(e.send, Some(e.cap[..n].to_vec()));
-            if h.kind == EV_HEAD_MORE
-                && let Event::Send(s) = &mut ev {
+            if let Event::Send(s) = &mut ev {
+                if h.kind == EV_HEAD_MORE {
                     s.head_more = s.head.take();
                 }
+                s.requests = Seen { count: e.requests.into(), first: Method::from_code(e.method) };
+            }
             ev
-        }
-        EV_RECV => {
-            let e: RecvEvent = read(buf, h.kind)?;
-            let n = (e.cap_len as usize).min(e.cap.len());
-            Event::Recv { sk: h.sk, ts_ns: h.ts_ns, offset: e.offset, ret: e.ret.into(), cap: e.cap[..n].to_vec() }
         }
         EV_STATE => {
             let e: StateEvent = read(buf, h.kind)?;
@@ -175,6 +172,7 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         head,
         head_more: None,
         tail: Tail::new(&e.tail[..n]),
+        requests: Seen::default(),
     })
 }
 
@@ -267,13 +265,17 @@ mod tests {
 
     #[test]
     fn decodes_head_capture_bounded() {
-        let mut e = HeadEvent { send: SendEvent::default(), cap_len: 4, _pad: 0, cap: [b'x'; HEAD_CAP] };
+        let mut e = HeadEvent { send: SendEvent::default(), cap_len: 4, requests: 2, method: 1, _pad: 0, cap: [b'x'; HEAD_CAP] };
         e.send.h.kind = EV_HEAD;
         e.send.ret = 100;
         e.send.tail[..3].copy_from_slice(b"0\r\n");
         e.send.tail_len = 3;
         let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
         assert_eq!((s.head.unwrap().len(), s.ret, s.tail.as_slice()), (4, 100, &b"0\r\n"[..]));
+        assert_eq!(s.requests, Seen { count: 2, first: Some(Method::Head) });
+        e.method = 77; // not a method code: no method
+        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
+        assert_eq!(s.requests, Seen { count: 2, first: None });
         e.cap_len = 100_000; // corrupt lengths: clamp, never read past the record
         e.send.tail_len = 1000;
         let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else { panic!() };

@@ -84,61 +84,6 @@ fn framing(status: u16, headers: &[httparse::Header]) -> Option<Body> {
     })
 }
 
-/// What a request's method means for its response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    /// The response has no body, whatever its head says (RFC 9110 §9.3.2).
-    Head,
-    /// A 2xx response turns the connection into a tunnel (RFC 9110 §9.3.6).
-    Connect,
-    Other,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParsedRequest {
-    /// A whole request head: `len` bytes, then `body` bytes of body (None: chunked or otherwise
-    /// not known from the head).
-    Head { method: Method, len: u64, body: Option<u64> },
-    /// The capture ends inside the head; its method is known.
-    Incomplete(Method),
-    /// Not a request head, or one with contradictory framing.
-    Invalid,
-}
-
-pub fn parse_request(buf: &[u8]) -> ParsedRequest {
-    let Some(method) = method(buf) else { return ParsedRequest::Invalid };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n as u64,
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => return ParsedRequest::Incomplete(method),
-        Err(_) => return ParsedRequest::Invalid,
-    };
-    // A request's body: chunked or other codings (not known here), a length, or none (§6.3).
-    let body = match framing(200, req.headers) {
-        Some(Body::Length(n)) => Some(n),
-        Some(Body::UntilClose) => Some(0),
-        Some(_) => None,
-        None => return ParsedRequest::Invalid,
-    };
-    let body = if req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) { None } else { body };
-    ParsedRequest::Head { method, len, body }
-}
-
-/// The method token before the first space, if the bytes start with one.
-fn method(buf: &[u8]) -> Option<Method> {
-    let sp = buf.iter().take(16).position(|&b| b == b' ')?;
-    let token = &buf[..sp];
-    if token.is_empty() || !token.iter().all(|b| b.is_ascii_alphabetic() || *b == b'-' || *b == b'_') {
-        return None;
-    }
-    Some(match token {
-        b"HEAD" => Method::Head,
-        b"CONNECT" => Method::Connect,
-        _ => Method::Other,
-    })
-}
-
 fn trim(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
     let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
@@ -225,27 +170,6 @@ mod tests {
         assert!(matches!(head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"), Parsed::Head(Head { body: Body::Length(3), .. })));
         assert!(matches!(head("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"), Parsed::Head(Head { body: Body::Length(3), .. })));
         assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"), Parsed::Invalid);
-    }
-
-    #[test]
-    fn requests() {
-        use ParsedRequest::*;
-        let get = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert_eq!(parse_request(get.as_bytes()), Head { method: Method::Other, len: get.len() as u64, body: Some(0) });
-        let head = "HEAD /x HTTP/1.1\r\n\r\n";
-        assert_eq!(parse_request(head.as_bytes()), Head { method: Method::Head, len: head.len() as u64, body: Some(0) });
-        let post = "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
-        assert_eq!(parse_request(post.as_bytes()), Head { method: Method::Other, len: post.len() as u64 - 5, body: Some(5) });
-        let chunked = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(parse_request(chunked.as_bytes()), Head { body: None, .. }));
-        let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n";
-        assert!(matches!(parse_request(gzip.as_bytes()), Head { body: None, .. }));
-        assert!(matches!(parse_request(b"CONNECT h:443 HTTP/1.1\r\n\r\n"), Head { method: Method::Connect, .. }));
-        assert_eq!(parse_request(b"HEAD / HTTP/1.1\r\nHost: a\r\n"), Incomplete(Method::Head));
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), Invalid);
-        for bad in [&b"HTTP/1.1 200 OK\r\n\r\n"[..], b"", b"GET", b" GET / HTTP/1.1\r\n\r\n", b"\x16\x03\x01 x", b"G\0T / HTTP/1.1\r\n\r\n"] {
-            assert_eq!(parse_request(bad), Invalid, "{bad:?}");
-        }
     }
 
     #[test]
