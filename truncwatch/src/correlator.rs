@@ -10,7 +10,7 @@ pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use crate::http_head::{self, Body, Head, Parsed};
 use crate::requests::{Answer, Requests};
 use truncwatch_common::HEAD_CAP;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -98,7 +98,9 @@ const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 
 pub struct Correlator {
-    conns: HashMap<u64, Conn>,
+    /// Boxed: a connection is taken out and put back on every event, and moving a pointer
+    /// is cheaper than moving the struct.
+    conns: FxHashMap<u64, Box<Conn>>,
     max_conns: usize,
     /// The kernel's timer frequency, to turn jiffies into milliseconds (None: unknown).
     hz: Option<u64>,
@@ -109,7 +111,7 @@ pub struct Correlator {
 
 impl Correlator {
     pub fn new(max_conns: usize, hz: Option<u64>) -> Self {
-        Correlator { conns: HashMap::new(), max_conns: max_conns.max(1), hz, problems_only: false, stats: Stats::default() }
+        Correlator { conns: FxHashMap::default(), max_conns: max_conns.max(1), hz, problems_only: false, stats: Stats::default() }
     }
 
     /// Build verdicts only for problems (`Kind::is_problem`); count the others.
@@ -131,7 +133,7 @@ impl Correlator {
                     self.finish(old, End::SocketFreed, ts_ns, out);
                 }
                 self.stats.connections += 1;
-                let conn = Conn {
+                let conn = Box::new(Conn {
                     meta: Arc::new(meta),
                     sent: 0,
                     resp: None,
@@ -144,7 +146,7 @@ impl Correlator {
                     split_head: None,
                     requests: Requests::default(),
                     tunnel: false,
-                };
+                });
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
             }
@@ -356,7 +358,7 @@ impl Correlator {
     }
 
     /// The stream ended: judge the response in flight, if any.
-    fn finish(&mut self, mut conn: Conn, how: End, ts_ns: u64, out: &mut Vec<Verdict>) {
+    fn finish(&mut self, mut conn: Box<Conn>, how: End, ts_ns: u64, out: &mut Vec<Verdict>) {
         self.drop_partial(&mut conn, ts_ns, out);
         let Some(resp) = conn.resp.take() else { return };
         let sent = conn.sent;

@@ -38,9 +38,12 @@ pub enum Parsed {
 const MAX_HEADERS: usize = 64;
 
 pub fn parse(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Left uninitialized: httparse fills only what it finds, and a head per response makes
+    // zeroing 64 entries each time show up in the agent's profile.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers);
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n as u64,
         Ok(httparse::Status::Partial) => return Parsed::Incomplete,
         // More headers than we have room for: we cannot see them all, so cannot judge.

@@ -44,7 +44,10 @@ struct AgentFacts {
     rss_now_kib: u64,
     judged: u64,
     lost: u64,
-    progs: Vec<(String, f64)>,
+    /// (program, ns per run, total ns) since the agent loaded it.
+    progs: Vec<(String, f64, f64)>,
+    /// The nginx file served in this round ("" for the send microbenchmark).
+    workload: &'static str,
 }
 
 pub fn run(agent_bin: &str, root: &str) -> Result<()> {
@@ -73,7 +76,7 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
                 let (r, facts) = with_variant(v, agent_bin, || wrk(&url))?;
                 rps[i].push(r.0);
                 p99[i].push(r.1);
-                agent_rounds.extend(facts);
+                agent_rounds.extend(facts.map(|f| AgentFacts { workload: file, ..f }));
             }
         }
         let base = median(&rps[0]);
@@ -116,6 +119,18 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let rss = agent_rounds.iter().map(|f| f.rss_kib).max().unwrap_or(0);
     let lost: u64 = agent_rounds.iter().map(|f| f.lost).sum();
     writeln!(report, "- responses judged: {judged}; agent CPU (user+sys): {cpu:.2} s, i.e. {:.2} s per million responses ({:.0} ns per response)", cpu / judged.max(1) as f64 * 1e6, cpu / judged.max(1) as f64 * 1e9)?;
+    writeln!(report, "- CPU per response by workload (budget: 1 µs, kernel and agent together). Kernel: all of truncwatch's programs' run time (BPF stats; every send and read on the host, wrk's included) over the responses judged; median over rounds:\n")?;
+    writeln!(report, "| response | agent ns/response | kernel ns/response | total |")?;
+    writeln!(report, "|---|---|---|---|")?;
+    for file in ["1k.bin", "64k.bin"] {
+        let rounds: Vec<&&AgentFacts> = nginx_rounds.iter().filter(|f| f.workload == file).collect();
+        let agent: Vec<f64> = rounds.iter().map(|f| f.cpu_s * 1e9 / f.judged.max(1) as f64).collect();
+        let kernel: Vec<f64> = rounds.iter().map(|f| f.progs.iter().map(|p| p.2).sum::<f64>() / f.judged.max(1) as f64).collect();
+        let total: Vec<f64> = agent.iter().zip(&kernel).map(|(a, k)| a + k).collect();
+        let name = file.trim_end_matches(".bin").replace('k', " KiB");
+        writeln!(report, "| {name} | {} | {} | {} |", spread(&agent, 0), spread(&kernel, 0), spread(&total, 0))?;
+    }
+    writeln!(report)?;
     let rss_now = agent_rounds.iter().map(|f| f.rss_now_kib).max().unwrap_or(0);
     writeln!(report, "- agent RSS under load, end of each round (VmRSS, largest): {:.1} MiB; peak including start-up (VmHWM): {:.1} MiB", rss_now as f64 / 1024.0, rss as f64 / 1024.0)?;
     writeln!(report, "- events lost (ring buffer full), all rounds: {lost}")?;
@@ -203,8 +218,8 @@ fn agent_facts(pid: u32) -> AgentFacts {
     AgentFacts { cpu_s, rss_kib: kib("VmHWM:"), rss_now_kib: kib("VmRSS:"), progs: prog_stats(), ..Default::default() }
 }
 
-/// (program name, ns per run) for truncwatch's programs, from bpftool.
-fn prog_stats() -> Vec<(String, f64)> {
+/// (program name, ns per run, total ns) for truncwatch's programs, from bpftool.
+fn prog_stats() -> Vec<(String, f64, f64)> {
     let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else { return vec![] };
     let text = String::from_utf8_lossy(&out.stdout);
     let ours = ["sock_send_length", "sock_recv_length", "inet_sock_set_state", "tcp_receive_reset"];
@@ -216,7 +231,7 @@ fn prog_stats() -> Vec<(String, f64)> {
             let full = ours.iter().find(|n| n.starts_with(&name) || name.starts_with(*n))?;
             let t: f64 = field("run_time_ns")?.parse().ok()?;
             let c: f64 = field("run_cnt")?.parse().ok()?;
-            (c > 0.0).then(|| (full.to_string(), t / c))
+            (c > 0.0).then(|| (full.to_string(), t / c, t))
         })
         .collect()
 }
