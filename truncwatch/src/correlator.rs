@@ -5,7 +5,7 @@
 //! head is and what body it promised. A response is `complete` the moment the bytes handed over
 //! reach its promised end. If the stream ends first (the application shut down or closed, or
 //! the peer reset), the shortfall is the verdict.
-use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, TcpFacts};
+use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, Tail, TcpFacts};
 pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use crate::http_head::{self, Body, Head, Parsed};
 use crate::requests::{Answer, Requests};
@@ -27,6 +27,9 @@ struct Response {
     chunk_end: Option<u64>,
     /// The latest send of this response ended with a blank line (`\r\n\r\n`).
     tail_blank: bool,
+    /// The stream's last bytes before `recent_end`, as far as the sends' tails tell.
+    recent: Tail,
+    recent_end: u64,
 }
 
 impl Response {
@@ -240,7 +243,12 @@ impl Correlator {
             }
         }
         if let Some(r) = &mut conn.resp {
+            // A send whose tail is all of it continues the tail before: a last chunk whose
+            // `0\r\n\r\n` straddles two sends (a partial write, the rest offered again).
             let tail = s.tail.as_slice();
+            r.recent = if tail.len() as u64 == ret && r.recent_end == offset { r.recent.then(tail) } else { s.tail };
+            r.recent_end = offset + ret;
+            let tail = r.recent.as_slice();
             if r.saw_last_chunk(tail, offset + ret) {
                 r.chunk_end = Some(offset + ret);
             }
@@ -345,7 +353,7 @@ impl Correlator {
             head.body = Body::None;
         }
         let body_owed = answer == Answer::Other;
-        conn.resp = Some(Response { start, head, pid: tgid, body_attempted, body_owed, chunk_end: None, tail_blank: false });
+        conn.resp = Some(Response { start, head, pid: tgid, body_attempted, body_owed, chunk_end: None, tail_blank: false, recent: Tail::default(), recent_end: 0 });
     }
 
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {

@@ -710,3 +710,21 @@ fn problems_only_counts_but_does_not_build_the_rest() {
     assert_eq!(out.iter().map(|v| v.kind).collect::<Vec<_>>(), [Kind::ShortWrite]);
     assert_eq!((c.stats.judged_complete, c.stats.judged_short_write), (1, 1));
 }
+
+/// A partial write splits the last chunk: the rest, offered again, is a send of its own whose
+/// tail alone does not show `0\r\n\r\n`. Joined with the tail before, it does.
+#[test]
+fn last_chunk_straddling_two_sends_is_seen() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(CHUNKED);
+    w.send_bytes(b"5\r\nhello\r\n0\r\n");
+    w.send_bytes(b"\r\n");
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    // Not when a send in between is missing from the chain (its tail covers only its end).
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(CHUNKED);
+    w.send_bytes(b"5\r\nhello\r\n0\r\n");
+    w.offset += 3; // bytes we did not see
+    w.send_bytes(b"\r\n");
+    assert!(w.out.is_empty());
+}

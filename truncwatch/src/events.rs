@@ -97,6 +97,10 @@ impl Tail {
     pub fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
+    /// The last `TAIL` bytes of these followed by `more`.
+    pub fn then(&self, more: &[u8]) -> Tail {
+        Tail::new(&[self.as_slice(), more].concat())
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

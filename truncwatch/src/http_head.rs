@@ -50,7 +50,8 @@ pub fn parse(buf: &[u8]) -> Parsed {
         Err(httparse::Error::TooManyHeaders) => return Parsed::Incomplete,
         Err(_) => return Parsed::Invalid,
     };
-    let Some(status) = resp.code else { return Parsed::Invalid };
+    // Three digits, the first 1 to 9 (RFC 9110 §15): httparse takes `000` too.
+    let Some(status) = resp.code.filter(|c| (100..=999).contains(c)) else { return Parsed::Invalid };
     match framing(status, resp.headers) {
         Some(body) => Parsed::Head(Head { status, len, body }),
         None => Parsed::Invalid,

@@ -20,3 +20,6 @@ pub mod metrics;
 pub mod output;
 pub mod requests;
 pub mod verdict;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -62,29 +62,32 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let machine = machine();
     writeln!(report, "Machine: {machine}. Command: `cargo xtask bench` ({ROUNDS} alternating rounds per variant; median, min..max).\n")?;
 
-    writeln!(report, "## nginx over keep-alive, loopback (`wrk -t1 -c32 -d{WRK_SECONDS}s --latency`)\n")?;
+    writeln!(report, "## nginx over keep-alive, loopback (`wrk -t1 -c32 -d{WRK_SECONDS}s --latency`; over nginx's Unix socket, the bench's own client: {UNIX_CONNS} keep-alive connections on one thread each, {WRK_SECONDS} s)\n")?;
     writeln!(report, "| response | variant | requests/s | ratio to no agent | p99 latency |")?;
     writeln!(report, "|---|---|---|---|---|")?;
     let mut agent_rounds: Vec<AgentFacts> = Vec::new();
-    for file in ["1k.bin", "64k.bin"] {
+    let sock = tmp.join("nginx.sock");
+    for (file, transport) in [("1k.bin", "tcp"), ("64k.bin", "tcp"), ("1k.bin", "unix")] {
         let url = format!("http://127.0.0.1:{port}/{file}");
         let mut rps: [Vec<f64>; 3] = Default::default();
         let mut p99: [Vec<f64>; 3] = Default::default();
         for round in 1..=ROUNDS {
             for (i, v) in [Variant::Baseline, Variant::Agent, Variant::Floor].into_iter().enumerate() {
-                step(&format!("{file}: round {round}/{ROUNDS}, {}", v.name()));
-                let (r, facts) = with_variant(v, agent_bin, || wrk(&url))?;
+                step(&format!("{file} over {transport}: round {round}/{ROUNDS}, {}", v.name()));
+                let load = || if transport == "unix" { unix_load(&sock, file) } else { wrk(&url) };
+                let (r, facts) = with_variant(v, agent_bin, load)?;
                 rps[i].push(r.0);
                 p99[i].push(r.1);
-                agent_rounds.extend(facts.map(|f| AgentFacts { workload: file, ..f }));
+                agent_rounds.extend(facts.map(|f| AgentFacts { workload: if transport == "unix" { "unix" } else { file }, ..f }));
             }
         }
         let base = median(&rps[0]);
         for (i, v) in [Variant::Baseline, Variant::Agent, Variant::Floor].into_iter().enumerate() {
             writeln!(
                 report,
-                "| {} | {} | {} | {:.3} | {} ms |",
+                "| {}{} | {} | {} | {:.3} | {} ms |",
                 file.trim_end_matches(".bin").replace('k', " KiB"),
+                if transport == "unix" { " (Unix socket)" } else { "" },
                 v.name(),
                 spread(&rps[i], 0),
                 median(&rps[i]) / base,
@@ -122,12 +125,12 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     writeln!(report, "- CPU per response by workload (budget: 1 µs, kernel and agent together). Kernel: all of truncwatch's programs' run time (BPF stats; every send and read on the host, wrk's included) over the responses judged; median over rounds:\n")?;
     writeln!(report, "| response | agent ns/response | kernel ns/response | total |")?;
     writeln!(report, "|---|---|---|---|")?;
-    for file in ["1k.bin", "64k.bin"] {
+    for file in ["1k.bin", "64k.bin", "unix"] {
         let rounds: Vec<&&AgentFacts> = nginx_rounds.iter().filter(|f| f.workload == file).collect();
         let agent: Vec<f64> = rounds.iter().map(|f| f.cpu_s * 1e9 / f.judged.max(1) as f64).collect();
         let kernel: Vec<f64> = rounds.iter().map(|f| f.progs.iter().map(|p| p.2).sum::<f64>() / f.judged.max(1) as f64).collect();
         let total: Vec<f64> = agent.iter().zip(&kernel).map(|(a, k)| a + k).collect();
-        let name = file.trim_end_matches(".bin").replace('k', " KiB");
+        let name = if file == "unix" { "1 KiB (Unix socket)".to_string() } else { file.trim_end_matches(".bin").replace('k', " KiB") };
         writeln!(report, "| {name} | {} | {} | {} |", spread(&agent, 0), spread(&kernel, 0), spread(&total, 0))?;
     }
     writeln!(report)?;
@@ -177,8 +180,11 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
             let prev = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
             std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
             let (mut agent, mut err) = start_agent(agent_bin)?;
+            // Start-up (reading the kernel's BTF, loading) is not per-response work.
+            let at_start = agent_facts(agent.id()).cpu_s;
             let r = f();
             let mut facts = agent_facts(agent.id());
+            facts.cpu_s -= at_start;
             let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
             let mut rest = String::new();
             err.read_to_string(&mut rest)?;
@@ -206,7 +212,7 @@ fn start_agent(agent_bin: &str) -> Result<(Child, BufReader<std::process::ChildS
     Ok((agent, err))
 }
 
-/// CPU time and peak RSS of the agent, and the kernel's per-program run time, right now.
+/// CPU time (since it started) and peak RSS of the agent, and the kernel's per-program run time, right now.
 fn agent_facts(pid: u32) -> AgentFacts {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
@@ -243,6 +249,70 @@ fn wrk(url: &str) -> Result<(f64, f64)> {
     let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")?.trim().parse().ok()).context("wrk printed no Requests/sec")?;
     let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%").map(|v| to_ms(v.trim()))).flatten().context("wrk printed no 99% latency")?;
     Ok((rps, p99))
+}
+
+/// Connections (one thread each) of the Unix socket load: wrk speaks only TCP.
+const UNIX_CONNS: usize = 8;
+
+/// (requests/s, p99 latency in ms) of GET `file` over nginx's Unix socket, keep-alive, for
+/// `WRK_SECONDS`, from `UNIX_CONNS` connections each waiting for its answer before the next.
+fn unix_load(sock: &std::path::Path, file: &str) -> Result<(f64, f64)> {
+    let stop = Instant::now() + Duration::from_secs(WRK_SECONDS.into());
+    let req = format!("GET /{file} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let threads: Vec<_> = (0..UNIX_CONNS)
+        .map(|_| {
+            let (sock, req) = (sock.to_path_buf(), req.clone());
+            std::thread::spawn(move || -> Result<Vec<u32>> {
+                let mut s = std::os::unix::net::UnixStream::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
+                let mut buf = vec![0u8; 1 << 17];
+                let mut micros = Vec::new();
+                while Instant::now() < stop {
+                    let t = Instant::now();
+                    s.write_all(req.as_bytes())?;
+                    read_response(&mut s, &mut buf)?;
+                    micros.push(t.elapsed().as_micros() as u32);
+                }
+                Ok(micros)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??);
+    }
+    all.sort_unstable();
+    let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1000.0;
+    Ok((all.len() as f64 / WRK_SECONDS as f64, p99))
+}
+
+/// Read one response with a Content-Length body (what nginx sends for a static file).
+fn read_response(s: &mut impl Read, buf: &mut [u8]) -> Result<()> {
+    let mut have = 0;
+    loop {
+        let n = s.read(&mut buf[have..])?;
+        if n == 0 {
+            bail!("nginx closed the connection");
+        }
+        have += n;
+        let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = std::str::from_utf8(&buf[..end]).context("response head")?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse()))
+            .context("no Content-Length")??;
+        let total = end + 4 + len;
+        if total > buf.len() {
+            bail!("response larger than the read buffer");
+        }
+        while have < total {
+            let n = s.read(&mut buf[have..total])?;
+            if n == 0 {
+                bail!("nginx closed the connection mid-body");
+            }
+            have += n;
+        }
+        return Ok(());
+    }
 }
 
 fn to_ms(v: &str) -> Option<f64> {
@@ -297,7 +367,7 @@ fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
          events {{ worker_connections 1024; }}
          http {{ access_log off; keepalive_requests 10000000;
            client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-           server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}"
+           server {{ listen 127.0.0.1:{port}; listen unix:{d}/nginx.sock; root {d}/www; }} }}"
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
     use std::os::unix::process::CommandExt;

@@ -32,7 +32,7 @@ enum Cmd {
     /// See it work: the agent, a server that cuts responses short, and a slow client.
     Demo,
     /// What the agent costs: nginx under wrk and 64-byte sends, without and with the agent and
-    /// a bpftrace floor, in alternating rounds (about 4 minutes). Writes docs/benchmarks.md.
+    /// a bpftrace floor, in alternating rounds (about 6 minutes). Writes docs/benchmarks.md.
     Bench {
         /// Instead: keep the agent under nginx load this many seconds, sampling its memory
         /// (writes docs/soak.md).

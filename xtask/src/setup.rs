@@ -36,6 +36,7 @@ pub fn ensure(need: Need) -> Result<()> {
             pkgs.push("nodejs"); // another one, for the scenario matrix
         }
         pkgs.push("prometheus"); // promtool: checks and unit-tests the alert rules in deploy/
+        pkgs.push("bpftool"); // the fault tests check that no program outlives a killed agent
     }
     if need == Need::Bench {
         // nginx as the server, wrk as the load, bpftrace for the floor, bpftool for BPF stats.

@@ -136,7 +136,10 @@ impl Agent {
     pub fn stop_with(mut self, signal: i32) -> Vec<Value> {
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "agent exit status {status}");
+        // It stops cleanly when asked to; SIGKILL is a crash on purpose.
+        if signal != libc::SIGKILL {
+            assert!(status.success(), "agent exit status {status}");
+        }
         std::thread::sleep(Duration::from_millis(100));
         self.lines.lock().unwrap().clone()
     }
