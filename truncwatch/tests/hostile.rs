@@ -3,27 +3,16 @@
 //! conflicting with Transfer-Encoding, header injection, half-written heads followed by close;
 //! the agent started while connections are open; the agent killed with SIGKILL and started
 //! again. Never a crash, never a false flag, clear counters for what could not be judged.
+#[macro_use]
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
-use support::{Agent, Server, fetch, kernel_or_skip, u};
+use support::{Agent, Server, fetch, u};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-macro_rules! kernel_test {
-    ($name:ident $body:block) => {
-        #[test]
-        fn $name() {
-            if !kernel_or_skip(stringify!($name)) {
-                return;
-            }
-            $body
-        }
-    };
-}
 
 /// Serve `response` once on a fresh loopback port (the whole of it, then close), read it all
 /// as the client; the server's address.
@@ -89,9 +78,10 @@ kernel_test!(hostile_heads_are_never_flagged {
     assert!(!log.contains("panicked"), "{log}");
 });
 
+kernel_test!(
 /// Connections open before the agent starts are not its to judge: a response already in
 /// flight when it attaches, cut short afterwards, is not flagged (the agent never saw its head).
-kernel_test!(connections_open_before_start_are_never_flagged {
+connections_open_before_start_are_never_flagged {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let local = l.local_addr().unwrap().to_string();
     let mut client = TcpStream::connect(&local).unwrap();
@@ -109,9 +99,10 @@ kernel_test!(connections_open_before_start_are_never_flagged {
     assert!(agent.verdicts(&local).is_empty(), "{:?}", agent.verdicts(&local));
 });
 
+kernel_test!(
 /// SIGKILL leaves nothing attached (the programs are held by the agent's file descriptors
 /// only), and the next agent works, without duplicate verdicts.
-kernel_test!(sigkill_then_restart_leaves_nothing_stale {
+sigkill_then_restart_leaves_nothing_stale {
     // The programs this agent holds, from its file descriptors (other tests' agents come and
     // go meanwhile, so counting all programs would race).
     let agent = Agent::start();
@@ -147,9 +138,10 @@ kernel_test!(sigkill_then_restart_leaves_nothing_stale {
     assert_eq!(v2[0]["verdict"], "short_write");
 });
 
+kernel_test!(
 /// The application never sees an error caused by truncwatch: traffic keeps flowing, every
 /// response whole, while agents start, stop and crash beside it.
-kernel_test!(traffic_is_untouched_while_the_agent_starts_stops_and_crashes {
+traffic_is_untouched_while_the_agent_starts_stops_and_crashes {
     let srv = Server::start("tcp:127.0.0.1:0", "full", 256 << 10);
     let ep = srv.endpoint.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

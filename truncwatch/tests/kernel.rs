@@ -162,7 +162,7 @@ fn desync(listen: &str) {
     let got = fetch(&srv.endpoint, &[]);
     // The client cannot tell: it got as many bytes as promised, the next response's among them.
     assert_eq!(got[0]["complete"], true, "{}", got[0]);
-    let v = agent.wait_for(&srv.local(), 2, WAIT);
+    agent.wait_for(&srv.local(), 2, WAIT);
     std::thread::sleep(Duration::from_millis(300));
     let v = agent.verdicts(&srv.local());
     let kinds: Vec<_> = v.iter().map(|v| v["verdict"].as_str().unwrap()).collect();

@@ -1,11 +1,12 @@
 //! Operating the agent: the metrics endpoint, the canary and `selftest`, attribution of a
 //! process placed in a cgroup we create, and the least-privilege capability set. Real agent,
 //! real kernel; they need root (see `support::kernel_or_skip`).
+#[macro_use]
 mod support;
 
 use std::process::Command;
 use std::time::Duration;
-use support::{Agent, BIN, Server, fetch, http_get, kernel_or_skip, u};
+use support::{Agent, BIN, Server, fetch, http_get, u};
 
 const WAIT: Duration = Duration::from_secs(30);
 const SLOW: &[&str] = &["--rcvbuf", "65536", "--read-bytes", "16384", "--read-delay", "2ms"];
@@ -26,18 +27,6 @@ fn scrape_until(addr: &str, prefix: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-macro_rules! kernel_test {
-    ($name:ident $body:block) => {
-        #[test]
-        fn $name() {
-            if !kernel_or_skip(stringify!($name)) {
-                return;
-            }
-            $body
-        }
-    };
 }
 
 kernel_test!(metrics_count_a_short_write {
@@ -97,9 +86,10 @@ kernel_test!(selftest_passes_on_this_host {
     assert!(err.contains("canary passed: short_write of"), "{err}");
 });
 
+kernel_test!(
 /// The capabilities the README and deploy/ list, and nothing else, as an unprivileged user:
 /// the agent attaches and detects (its selftest passes). Without CAP_PERFMON it cannot.
-kernel_test!(least_privilege_capabilities_suffice {
+least_privilege_capabilities_suffice {
     // A copy the unprivileged user can reach (the build tree may be under a private home).
     let dir = std::env::temp_dir().join(format!("truncwatch-caps-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -128,9 +118,10 @@ kernel_test!(least_privilege_capabilities_suffice {
     let _ = std::fs::remove_dir_all(&dir);
 });
 
+kernel_test!(
 /// A process we place in a cgroup we create, laid out as kubelet (cgroupfs driver) makes them,
 /// with the log link kubelet keeps: its verdicts name the container and pod.
-kernel_test!(attribution_of_a_process_in_a_kubernetes_like_cgroup {
+attribution_of_a_process_in_a_kubernetes_like_cgroup {
     let id = format!("{:064x}", 0x7e57_u128 << 64 | std::process::id() as u128);
     let uid = format!("7e570000-0000-4000-8000-{:012x}", std::process::id());
     let rel = format!("kubepods/besteffort/pod{uid}/{id}");
