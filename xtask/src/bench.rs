@@ -370,6 +370,9 @@ fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
            server {{ listen 127.0.0.1:{port}; listen unix:{d}/nginx.sock; root {d}/www; }} }}"
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
+    // A killed nginx leaves its socket file behind, and the next one cannot bind it.
+    let sock = dir.join("nginx.sock");
+    let _ = std::fs::remove_file(&sock);
     use std::os::unix::process::CommandExt;
     let child = Command::new("/usr/sbin/nginx")
         .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
@@ -377,9 +380,9 @@ fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
         .spawn()
         .context("nginx (Debian package nginx-light)")?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || std::os::unix::net::UnixStream::connect(&sock).is_err() {
         if Instant::now() > deadline {
-            bail!("nginx did not start listening on {port}");
+            bail!("nginx did not start listening on {port} and {}", sock.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
