@@ -119,6 +119,9 @@ pub const TRACK_HTTP: u32 = 2;
 pub const FLAG_RESET_RECEIVED: u32 = 1;
 /// The socket's first read (before classification) was looked at for a request line.
 pub const FLAG_RECV_SEEN: u32 = 2;
+/// An event about this socket could not be delivered (ring buffer full). Sticky; carried by
+/// every later send and state event, so the agent never judges a stream it saw only in part.
+pub const FLAG_EVENTS_LOST: u32 = 4;
 
 /// First bytes of every event.
 #[repr(C)]
@@ -167,7 +170,8 @@ pub struct SendEvent {
     /// buffer could be located: how a chunked body's end is seen.
     pub tail: [u8; TAIL],
     pub tail_len: u32,
-    pub _pad: u32,
+    /// `FLAG_EVENTS_LOST` if an earlier event about this socket was lost.
+    pub flags: u32,
 }
 
 /// Bytes of each send's end copied out: enough for a last chunk `\r\n0\r\n\r\n` minus one.
@@ -204,7 +208,8 @@ pub struct StateEvent {
     /// buffer (`tcp_sock.chrono_stat`, plus the running period). `u32::MAX`: unknown.
     pub rwnd_limited: u32,
     pub sndbuf_limited: u32,
-    pub _pad: u32,
+    /// `FLAG_EVENTS_LOST` if an event about this socket was lost.
+    pub flags: u32,
 }
 
 /// `StateEvent.newstate` for `tcp_receive_reset`: the peer reset the connection.

@@ -13,7 +13,7 @@ use aya_ebpf::helpers::{
 use core::ffi::c_void;
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_SEND, HEAD_CAP, HEAD_MORE_SENDS, HeadEvent, Offsets,
-    FLAG_RESET_RECEIVED, OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent, SockState, TAIL,
+    FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent, SockState, TAIL,
     TRACK_HTTP, TRACK_NO, UNIX_PATH,
 };
 
@@ -106,16 +106,17 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<IoCall>) 
     st.head_more = 0;
     let Some(mut entry) = EVENTS.reserve_untyped::<SendEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
+        st.flags |= FLAG_EVENTS_LOST;
         return;
     };
-    fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call);
+    fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call, st.flags & FLAG_EVENTS_LOST);
     entry.submit(wake_flags());
 }
 
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
 /// struct assembled on the stack there.
 #[inline(always)]
-fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i32, call: &IoCall) {
+fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i32, call: &IoCall, flags: u32) {
     let h = header(kind, sk);
     unsafe {
         (*ev).h.kind = h.kind;
@@ -126,7 +127,7 @@ fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i
         (*ev).requested = call.requested;
         (*ev).ret = ret;
         (*ev).syscall = call.nr;
-        (*ev)._pad = 0;
+        (*ev).flags = flags;
         (*ev).tail = [0; TAIL];
         (*ev).tail_len = 0;
         if ret > 0 {
@@ -151,6 +152,7 @@ fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i
 fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, kind: u32) -> bool {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
+        st.flags |= FLAG_EVENTS_LOST;
         return false;
     };
     let ev = entry.as_mut_ptr();
@@ -159,7 +161,7 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
         n = HEAD_CAP as u64;
     }
     let open = unsafe {
-        fill_send(&raw mut (*ev).send, kind, sk, offset, ret, call);
+        fill_send(&raw mut (*ev).send, kind, sk, offset, ret, call, st.flags & FLAG_EVENTS_LOST);
         (*ev)._pad = 0;
         // The requests read since the last head go with this one (a continuation has none).
         if kind == EV_HEAD {

@@ -11,7 +11,7 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    EV_RESET, EV_STATE, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX, STATE_RESET_RECEIVED,
+    EV_RESET, EV_STATE, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX, STATE_RESET_RECEIVED,
     StateEvent, TRACK_HTTP,
 };
 
@@ -54,6 +54,8 @@ pub fn emit_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
     let seq = |off: u32| read_kernel::<u32>(base + off as u64).unwrap_or(0);
     let opt = |off: u32| if off == 0 { u32::MAX } else { read_kernel::<u32>(base + off as u64).unwrap_or(u32::MAX) };
     let (rwnd_limited, sndbuf_limited) = chrono(base, &o);
+    let st = sock_state(sk, false);
+    let flags = st.as_ref().map_or(0, |s| s.flags & FLAG_EVENTS_LOST);
     let ev = StateEvent {
         h: header(EV_STATE, sk),
         oldstate,
@@ -63,10 +65,13 @@ pub fn emit_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
         snd_wnd: opt(o.tcp_snd_wnd),
         rwnd_limited,
         sndbuf_limited,
-        _pad: 0,
+        flags,
     };
     if EVENTS.output_untyped::<StateEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
+        if let Some(s) = st {
+            s.flags |= FLAG_EVENTS_LOST;
+        }
     }
 }
 

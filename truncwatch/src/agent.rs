@@ -193,9 +193,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     out.flush()?;
     let s = &reader.correlator.stats;
     eprintln!(
-        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} unframed={} unparsed={} (too long or split {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} evicted={} lost_events={} decode_errors={}",
+        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} observer_loss={} unframed={} unparsed={} (too long or split {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} evicted={} lost_events={} decode_errors={}",
         s.connections, s.heads, s.judged_complete, s.judged_short_write, s.judged_peer_reset, s.judged_desync,
-        s.judged_reset_discard, s.judged_unframed, s.judged_unparsed, s.unparsed, s.invalid, s.chunked_uncertain, s.head_only,
+        s.judged_reset_discard, s.judged_observer_loss, s.judged_unframed, s.judged_unparsed, s.unparsed, s.invalid, s.chunked_uncertain, s.head_only,
         s.head_answers,
         s.evicted, lost, reader.decode_errors
     );

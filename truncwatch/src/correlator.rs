@@ -78,6 +78,8 @@ struct Conn {
     requests: Requests,
     /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
     tunnel: bool,
+    /// Events about this connection were lost: its shortfalls are the observer's.
+    events_lost: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -149,6 +151,7 @@ impl Correlator {
                     split_head: None,
                     requests: Requests::default(),
                     tunnel: false,
+                    events_lost: false,
                 });
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
@@ -156,12 +159,14 @@ impl Correlator {
             Event::Send(s) => {
                 let Some(mut conn) = self.conns.remove(&s.sk) else { return };
                 conn.last_ns = s.ts_ns;
+                conn.events_lost |= s.events_lost;
                 let sk = s.sk;
                 self.send(&mut conn, s, out);
                 self.conns.insert(sk, conn);
             }
             Event::TcpState { sk, ts_ns, oldstate: _, newstate, facts } => {
                 let Some(mut conn) = self.conns.remove(&sk) else { return };
+                conn.events_lost |= facts.events_lost;
                 conn.tcp = Some(facts);
                 match newstate {
                     RESET_RECEIVED => {
@@ -399,6 +404,11 @@ impl Correlator {
     fn emit(&mut self, conn: &Conn, resp: Response, kind: Kind, how: End, upto: u64, ts_ns: u64, out: &mut Vec<Verdict>) {
         let end = resp.end();
         let sent = upto.min(end.unwrap_or(upto)).saturating_sub(resp.start);
+        // A shortfall on a stream seen only in part may be the events we missed.
+        let kind = match kind {
+            Kind::ShortWrite | Kind::PeerReset | Kind::Desync if conn.events_lost => Kind::ObserverLoss,
+            k => k,
+        };
         match kind {
             Kind::Complete => self.stats.judged_complete += 1,
             Kind::ShortWrite => self.stats.judged_short_write += 1,
@@ -407,6 +417,7 @@ impl Correlator {
             Kind::ResetDiscard => self.stats.judged_reset_discard += 1,
             Kind::Unframed => self.stats.judged_unframed += 1,
             Kind::Unparsed => self.stats.judged_unparsed += 1,
+            Kind::ObserverLoss => self.stats.judged_observer_loss += 1,
         }
         if self.problems_only && !kind.is_problem() {
             return;

@@ -5,7 +5,7 @@ use crate::requests::{Method, Seen};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
-    EofEvent, Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    EofEvent, FLAG_EVENTS_LOST, Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +56,8 @@ pub struct TcpFacts {
     /// Jiffies limited by the peer's receive window, and by the send buffer.
     pub rwnd_limited_jiffies: Option<u64>,
     pub sndbuf_limited_jiffies: Option<u64>,
+    /// An event about this socket was lost (ring buffer full).
+    pub events_lost: bool,
 }
 
 /// The kernel accepted `ret` bytes (or refused with `-errno`) at stream `offset`.
@@ -77,6 +79,8 @@ pub struct SendFacts {
     pub tail: Tail,
     /// With a head: the requests read since the head before.
     pub requests: Seen,
+    /// An earlier event about this socket was lost (ring buffer full).
+    pub events_lost: bool,
 }
 
 /// Up to `TAIL` bytes, inline (one per send: no allocation).
@@ -139,6 +143,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 peer_window: known(e.snd_wnd),
                 rwnd_limited_jiffies: known(e.rwnd_limited),
                 sndbuf_limited_jiffies: known(e.sndbuf_limited),
+                events_lost: e.flags & FLAG_EVENTS_LOST != 0,
             };
             Event::TcpState { sk: h.sk, ts_ns: h.ts_ns, oldstate: e.oldstate, newstate: e.newstate, facts }
         }
@@ -177,6 +182,7 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         head_more: None,
         tail: Tail::new(&e.tail[..n]),
         requests: Seen::default(),
+        events_lost: e.flags & FLAG_EVENTS_LOST != 0,
     })
 }
 

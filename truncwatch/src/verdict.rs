@@ -24,6 +24,9 @@ pub enum Kind {
     /// A head that could not be read: longer than the capture, split over sends, or with
     /// contradictory framing. Never judged.
     Unparsed,
+    /// The stream ended short of its promise, but events about it were lost (the ring buffer
+    /// was full): the agent saw it only in part, so it does not call it a truncation.
+    ObserverLoss,
 }
 
 impl Kind {
@@ -36,12 +39,14 @@ impl Kind {
             Kind::ResetDiscard => "reset_discard",
             Kind::Unframed => "unframed",
             Kind::Unparsed => "unparsed",
+            Kind::ObserverLoss => "observer_loss",
         }
     }
 
-    /// Something went wrong for a client: printed by default (the rest only with `--all`).
+    /// Something went wrong for a client, or may have and the agent could not see it all:
+    /// printed by default (the rest only with `--all`).
     pub fn is_problem(self) -> bool {
-        matches!(self, Kind::ShortWrite | Kind::PeerReset | Kind::Desync | Kind::ResetDiscard)
+        matches!(self, Kind::ShortWrite | Kind::PeerReset | Kind::Desync | Kind::ResetDiscard | Kind::ObserverLoss)
     }
 }
 
@@ -143,6 +148,7 @@ pub struct Stats {
     pub judged_reset_discard: u64,
     pub judged_unframed: u64,
     pub judged_unparsed: u64,
+    pub judged_observer_loss: u64,
     /// Heads longer than the capture, or split over sends.
     pub unparsed: u64,
     /// Heads with contradictory or malformed framing.
