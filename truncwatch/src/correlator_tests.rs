@@ -46,7 +46,7 @@ impl Wire {
         let ts_ns = self.ts;
         let tail = Tail::new(tail);
         let requests = if cap.is_some() { std::mem::take(&mut self.reads) } else { Seen::default() };
-        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, head_more: None, tail, requests }));
+        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, head_more: None, tail, requests, events_lost: false }));
     }
     /// Send `bytes` for real: head capture and tail taken from them, as the kernel would.
     fn send_bytes(&mut self, bytes: &[u8]) {
@@ -598,7 +598,7 @@ fn reset_discard_is_connection_level_for_any_connection() {
 fn end_evidence_from_the_deciding_state_change() {
     let mut w = Wire::new(Transport::Tcp);
     w.response(1_000_000, 100);
-    let facts = TcpFacts { unacked: 4000, unread: 0, peer_window: Some(0), rwnd_limited_jiffies: Some(500), sndbuf_limited_jiffies: Some(25) };
+    let facts = TcpFacts { unacked: 4000, unread: 0, peer_window: Some(0), rwnd_limited_jiffies: Some(500), sndbuf_limited_jiffies: Some(25), events_lost: false };
     w.ts += 2_000_000_000;
     let ts_ns = w.ts;
     w.ev(Event::TcpState { sk: SK, ts_ns, oldstate: TCP_ESTABLISHED, newstate: TCP_FIN_WAIT1, facts });
@@ -727,4 +727,28 @@ fn last_chunk_straddling_two_sends_is_seen() {
     w.offset += 3; // bytes we did not see
     w.send_bytes(b"\r\n");
     assert!(w.out.is_empty());
+}
+
+/// Events lost on the way (the ring buffer was full): a stream that ends short of its promise
+/// is the observer's loss, never a truncation; one that reached its end is still complete.
+#[test]
+fn lost_events_make_shortfalls_observer_loss() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 10);
+    w.offset += 60; // a send the agent never got
+    let ts_ns = w.ts;
+    w.ev(Event::TcpState { sk: SK, ts_ns, oldstate: TCP_ESTABLISHED, newstate: TCP_FIN_WAIT1, facts: TcpFacts { events_lost: true, ..TcpFacts::default() } });
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+    assert_eq!(w.c.stats.judged_observer_loss, 1);
+    assert!(Kind::ObserverLoss.is_problem(), "printed by default: the detector was partly blind");
+    // Marked by a send: the responses after it that reach their end are still complete.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 0);
+    // Body bytes 0..60 lost; the send of 60..100 carries the mark.
+    let (offset, ts_ns) = (w.offset, w.ts);
+    w.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset: offset + 60, ret: 40, requested: 40, syscall: 1, events_lost: true, ..SendFacts::default() }));
+    w.offset += 100;
+    w.response(1000, 10);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.kinds(), [Kind::Complete, Kind::ObserverLoss]);
 }

@@ -163,3 +163,46 @@ traffic_is_untouched_while_the_agent_starts_stops_and_crashes {
     assert!(results.len() >= 20, "{}", results.len());
     assert!(results.iter().all(|r| r["complete"] == true && r["end"] == "complete"), "{:?}", results.iter().find(|r| r["complete"] != true));
 });
+
+kernel_test!(
+/// More events than the ring buffer holds: the agent is stopped (SIGSTOP) while a flood of
+/// responses fills its 1 MiB ring buffer, and meanwhile a response it had seen begin is sent
+/// whole. Its sends are lost, so the agent sees a response that stopped short: it must say
+/// `observer_loss`, never `short_write`, and count what was lost.
+overflow_is_counted_and_never_called_a_truncation {
+    let agent = Agent::start_args(&["--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s", "--ring-buffer-mib", "1"]);
+    let pid = agent.pid() as i32;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = l.local_addr().unwrap().to_string();
+    let mut client = TcpStream::connect(&local).unwrap();
+    let (mut server, _) = l.accept().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got.len()
+    });
+    let body = 4usize << 20;
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n");
+    server.write_all(head.as_bytes()).unwrap();
+    server.write_all(&[b'a'; 1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // the agent has its head by now
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let flood = Server::start("tcp:127.0.0.1:0", "full", 100);
+    let answers = fetch(&flood.endpoint, &["--requests", "5000"]);
+    assert_eq!(answers.len(), 5000);
+    for chunk in vec![b'b'; body - 1000].chunks(64 << 10) {
+        server.write_all(chunk).unwrap();
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(1000)); // drained
+    drop(server);
+    assert_eq!(reader.join().unwrap(), head.len() + body, "the client got it all");
+    let v = agent.wait_for(&local, 1, WAIT);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["verdict"], "observer_loss", "{}", v[0]);
+    let addr = agent.metrics_addr();
+    std::thread::sleep(Duration::from_millis(1500)); // a metrics refresh
+    let m = support::http_get(&addr, "/metrics").1;
+    let lost = m.lines().find_map(|l| l.strip_prefix("truncwatch_events_lost_total{reason=\"ring_buffer_full\"} ")).and_then(|v| v.parse::<f64>().ok());
+    assert!(lost.is_some_and(|n| n > 0.0), "{m}");
+});
