@@ -114,6 +114,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect()).problems_only(!args.all),
         layout: layout.sock,
         own_pid: std::process::id(),
+        probe_nonce: probe_nonce(),
+        probe_candidates: Vec::new(),
         probe_sk: None,
         probe_done: false,
         verdicts: Vec::new(),
@@ -136,6 +138,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
 
     probe_events_flow(&mut ring, &mut reader).await?;
+    if reader.own_pid != std::process::id() {
+        // Our /proc is not the host's: a host pid looked up there could be another process.
+        reader.resolver.turn_off();
+        eprintln!("truncwatch: running in a PID namespace of its own: verdicts carry pid and process name, but no cgroup, container or pod (run it in the host's PID namespace for those)");
+    }
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
     publish(&mut reader, &mut ebpf, &shared, &args);
     eprintln!("truncwatch: ready (tracepoint backend: {} programs attached)", PROGRAMS.len());
@@ -228,7 +235,14 @@ struct CanaryRun {
 struct Reader {
     correlator: Correlator,
     layout: SockLayout,
+    /// Our pid as the kernel reports it (the host's PID namespace): `std::process::id()` until
+    /// the start-up probe tells (they differ when the agent runs in its own PID namespace).
     own_pid: u32,
+    /// A header value only our start-up probe sends: how we find its connection, and our pid.
+    probe_nonce: String,
+    /// Unix sockets opened by a `tw-canary` thread (ours or another agent's) before our probe
+    /// was found: (socket, pid).
+    probe_candidates: Vec<(u64, u32)>,
     /// The socket of our own start-up probe, once its open event arrived.
     probe_sk: Option<u64>,
     probe_done: bool,
@@ -262,10 +276,26 @@ impl Reader {
         match &ev {
             // The agent's own sockets are never judged (its start-up probe only proves events
             // flow; its metrics endpoint answers scrapes), except the canary's.
-            Event::Open { sk, meta, .. } if meta.pid == self.own_pid => {
-                if meta.transport == Transport::Unix {
-                    self.probe_sk = Some(*sk);
+            // A start-up probe (any agent's): ours is the one whose head carries our nonce.
+            Event::Open { sk, meta, .. } if meta.transport == Transport::Unix && meta.comm == canary::THREAD => {
+                if !self.probe_done {
+                    self.probe_candidates.truncate(63);
+                    self.probe_candidates.push((*sk, meta.pid));
+                }
+                return;
+            }
+            Event::Send(s) if !self.probe_done && self.probe_sk.is_none() => {
+                let ours = s.head.as_ref().is_some_and(|h| h.windows(self.probe_nonce.len()).any(|w| w == self.probe_nonce.as_bytes()));
+                if let Some(&(sk, pid)) = self.probe_candidates.iter().find(|(sk, _)| ours && *sk == s.sk) {
+                    self.probe_sk = Some(sk);
+                    self.own_pid = pid;
+                    self.probe_candidates.clear();
                     return;
+                }
+            }
+            Event::Open { meta, .. } if meta.pid == self.own_pid => {
+                if meta.transport == Transport::Unix {
+                    return; // our own Unix sockets: none but the probe
                 }
                 if !self.canary.as_ref().is_some_and(|c| c.locals.contains(&meta.local)) {
                     return;
@@ -347,9 +377,10 @@ impl Reader {
 /// buffer all work before we say "ready".
 async fn probe_events_flow(ring: &mut AsyncFd<RingBuf<MapData>>, reader: &mut Reader) -> Result<()> {
     // On a thread named as the canary's, so that other agents on the host ignore it too.
-    let traffic = std::thread::Builder::new().name(canary::THREAD.into()).spawn(|| -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 204 No Content\r\nX-Truncwatch-Probe: {}\r\n\r\n", reader.probe_nonce);
+    let traffic = std::thread::Builder::new().name(canary::THREAD.into()).spawn(move || -> std::io::Result<()> {
         let (mut server, mut client) = std::os::unix::net::UnixStream::pair()?;
-        server.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?;
+        server.write_all(head.as_bytes())?;
         drop(server);
         client.read_to_end(&mut Vec::new())?;
         Ok(())
@@ -365,6 +396,12 @@ async fn probe_events_flow(ring: &mut AsyncFd<RingBuf<MapData>>, reader: &mut Re
         .await
         .context("the kernel programs attached, but no events arrived from a test connection within 10 s")?;
     Ok(())
+}
+
+/// Unique enough among the agents on one host: our pid and the time.
+fn probe_nonce() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    format!("{:x}-{nanos:x}", std::process::id())
 }
 
 /// Give memory freed by the start-up work back to the OS (glibc keeps it otherwise).

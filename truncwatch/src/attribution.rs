@@ -171,11 +171,20 @@ pub struct Resolver {
     by_pid: HashMap<u32, Arc<Attribution>>,
     // Container ids outlive pids; remembering names spares a /var/log/containers scan per pid.
     names: HashMap<String, (String, String, String)>,
+    /// Pids from the kernel are the host's; with a `/proc` of another PID namespace they would
+    /// name other processes, so lookups are off then.
+    off: bool,
 }
 
 impl Resolver {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Resolver { root: root.into(), cap: CACHE_CAP, by_pid: HashMap::new(), names: HashMap::new() }
+        Resolver { root: root.into(), cap: CACHE_CAP, by_pid: HashMap::new(), names: HashMap::new(), off: false }
+    }
+
+    /// Stop looking pids up: every attribution is empty from now on.
+    pub fn turn_off(&mut self) {
+        self.off = true;
+        self.by_pid.clear();
     }
 
     /// Never fails: an unreadable pid (exited, other pid namespace) gives an empty attribution,
@@ -183,6 +192,9 @@ impl Resolver {
     pub fn for_pid(&mut self, pid: u32) -> Arc<Attribution> {
         if let Some(a) = self.by_pid.get(&pid) {
             return Arc::clone(a);
+        }
+        if self.off {
+            return Arc::default();
         }
         let file = self.root.join("proc").join(pid.to_string()).join("cgroup");
         let Some(cgroup) = std::fs::read(file).ok().and_then(|b| cgroup_from_proc(&String::from_utf8_lossy(&b)))
@@ -437,8 +449,12 @@ mod tests {
 
     #[test]
     fn real_proc_self() {
-        let a = Resolver::new("/").for_pid(std::process::id());
+        let mut res = Resolver::new("/");
+        let a = res.for_pid(std::process::id());
         let cg = a.cgroup.as_deref().expect("this process has a cgroup");
         assert!(cg.starts_with('/'), "{cg}");
+        // Off (the agent in a PID namespace of its own): nothing, not even what was cached.
+        res.turn_off();
+        assert_eq!(*res.for_pid(std::process::id()), Attribution::default());
     }
 }

@@ -87,6 +87,17 @@ kernel_test!(selftest_passes_on_this_host {
 });
 
 kernel_test!(
+/// In a PID namespace of its own (a container without `hostPID`), the kernel reports the
+/// agent's pid from the host's namespace: the agent learns it from its start-up probe.
+works_in_its_own_pid_namespace {
+    let out = Command::new("unshare").args(["--pid", "--fork", "--mount-proc", BIN, "selftest"]).output().expect("unshare (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("canary passed"), "{err}");
+    assert!(err.contains("PID namespace of its own"), "says what it cannot attribute: {err}");
+});
+
+kernel_test!(
 /// The capabilities the README and deploy/ list, and nothing else, as an unprivileged user:
 /// the agent attaches and detects (its selftest passes). Without CAP_PERFMON it cannot.
 least_privilege_capabilities_suffice {
