@@ -3,7 +3,7 @@
 use crate::attribution::Resolver;
 use crate::btf_offsets::{self, SockLayout};
 use crate::canary::{self, Canary, Truth};
-use crate::correlator::{Correlator, Verdict};
+use crate::correlator::{Correlator, Kind, Verdict};
 use crate::endpoint::{self, Shared};
 use crate::events::{self, Event, Transport};
 use crate::metrics::{Metrics, ProgramStats};
@@ -127,6 +127,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         canary: None,
         old_canary_locals: Vec::new(),
         canary_passed: None,
+        canary_verdicts: [0; 8],
     };
     let shared = Arc::new(Shared::default());
     if let Some(l) = listener {
@@ -199,12 +200,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     reader.print(&mut out, &args, &clock)?;
     out.flush()?;
     let s = &reader.correlator.stats;
+    // The host's verdicts: without the canaries' (ours and other agents'), as in the output.
+    let host = |kind: Kind, n: u64| n.saturating_sub(reader.canary_verdicts[kind as usize]);
     eprintln!(
-        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} observer_loss={} unframed={} unparsed={} (too long or split {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} evicted={} lost_events={} decode_errors={}",
-        s.connections, s.heads, s.judged_complete, s.judged_short_write, s.judged_peer_reset, s.judged_desync,
-        s.judged_reset_discard, s.judged_observer_loss, s.judged_unframed, s.judged_unparsed, s.unparsed, s.invalid, s.chunked_uncertain, s.head_only,
+        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} observer_loss={} unframed={} unparsed={} (too long or split {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} evicted={} lost_events={} decode_errors={} canary_verdicts={}",
+        s.connections, s.heads, host(Kind::Complete, s.judged_complete), host(Kind::ShortWrite, s.judged_short_write),
+        host(Kind::PeerReset, s.judged_peer_reset), host(Kind::Desync, s.judged_desync),
+        host(Kind::ResetDiscard, s.judged_reset_discard), host(Kind::ObserverLoss, s.judged_observer_loss), s.judged_unframed, s.judged_unparsed, s.unparsed, s.invalid, s.chunked_uncertain, s.head_only,
         s.head_answers,
-        s.evicted, lost, reader.decode_errors
+        s.evicted, lost, reader.decode_errors, reader.canary_verdicts.iter().sum::<u64>()
     );
     match selftest_result {
         Some(false) => bail!("selftest failed: the detector does not work on this host (see above)"),
@@ -256,6 +260,9 @@ struct Reader {
     /// Addresses of finished canaries: a late verdict for them is not the host's.
     old_canary_locals: Vec<String>,
     canary_passed: Option<bool>,
+    /// Verdicts about canary traffic, by `Kind`: left out of the output, the metrics and the
+    /// stop summary's counts.
+    canary_verdicts: [u64; 8],
 }
 
 impl Reader {
@@ -321,11 +328,13 @@ impl Reader {
     fn print(&mut self, out: &mut impl Write, args: &RunArgs, clock: &Clock) -> Result<()> {
         for v in std::mem::take(&mut self.verdicts) {
             if let Some(c) = self.canary.as_mut().filter(|c| c.locals.contains(&v.meta.local)) {
+                self.canary_verdicts[v.kind as usize] += 1;
                 c.got.push(v);
                 continue;
             }
             // Ours, finished; or another agent's (its canary's thread made it).
             if self.old_canary_locals.contains(&v.meta.local) || v.meta.comm == canary::THREAD {
+                self.canary_verdicts[v.kind as usize] += 1;
                 continue;
             }
             let owner = self.resolver.for_pid(v.pid);

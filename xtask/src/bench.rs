@@ -200,7 +200,12 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
 
 /// The agent, started and ready; its stderr, to read its stop summary from later.
 fn start_agent(agent_bin: &str) -> Result<(Child, BufReader<std::process::ChildStderr>)> {
-    let mut agent = Command::new(agent_bin).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    start_agent_with(agent_bin, &[], Stdio::null())
+}
+
+/// The same, with these arguments, its stdout (the verdicts) going to `out`.
+pub(crate) fn start_agent_with(agent_bin: &str, args: &[&str], out: Stdio) -> Result<(Child, BufReader<std::process::ChildStderr>)> {
+    let mut agent = Command::new(agent_bin).args(args).stdout(out).stderr(Stdio::piped()).spawn()?;
     let mut err = BufReader::new(agent.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("truncwatch: ready") {
@@ -286,7 +291,7 @@ fn unix_load(sock: &std::path::Path, file: &str) -> Result<(f64, f64)> {
 }
 
 /// Read one response with a Content-Length body (what nginx sends for a static file).
-fn read_response(s: &mut impl Read, buf: &mut [u8]) -> Result<()> {
+pub(crate) fn read_response(s: &mut impl Read, buf: &mut [u8]) -> Result<()> {
     let mut have = 0;
     loop {
         let n = s.read(&mut buf[have..])?;
@@ -361,10 +366,16 @@ fn send_ns(kind: &str) -> Result<f64> {
 }
 
 fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
+    start_nginx_with(dir, port, 1024)
+}
+
+/// nginx serving `dir/www` on `port` and `dir/nginx.sock`, with room for `connections`.
+pub(crate) fn start_nginx_with(dir: &std::path::Path, port: u16, connections: u32) -> Result<NginxGuard> {
     let d = dir.display();
+    let files = connections * 2 + 100;
     let conf = format!(
-        "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
-         events {{ worker_connections 1024; }}
+        "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log; worker_rlimit_nofile {files};
+         events {{ worker_connections {connections}; }}
          http {{ access_log off; keepalive_requests 10000000;
            client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
            server {{ listen 127.0.0.1:{port}; listen unix:{d}/nginx.sock; root {d}/www; }} }}"
@@ -389,7 +400,7 @@ fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
     Ok(NginxGuard(child))
 }
 
-struct NginxGuard(Child);
+pub(crate) struct NginxGuard(Child);
 impl Drop for NginxGuard {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
@@ -419,7 +430,7 @@ fn wait_line(out: impl Read, needle: &str) -> Result<()> {
     bail!("did not see {needle:?}")
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find_map(|l| Some(l.strip_prefix("model name")?.trim_start_matches([' ', '\t', ':']).to_string()))).unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's commands. Each installs what it needs first (and says so).
 mod bench;
+mod load;
 mod setup;
 mod tally;
 
@@ -38,6 +39,10 @@ enum Cmd {
         /// (writes docs/soak.md).
         #[arg(long)]
         soak: Option<u64>,
+        /// Instead: one million short connections and ten thousand concurrent ones through
+        /// the agent (a few minutes; writes docs/load.md).
+        #[arg(long, conflicts_with = "soak")]
+        load: bool,
     },
     /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
     /// short, healthy traffic, one table with recall and precision.
@@ -59,13 +64,14 @@ fn main() -> Result<()> {
             demo(&bin)
         }
         Cmd::Scenarios => scenarios(),
-        Cmd::Bench { soak } => {
+        Cmd::Bench { soak, load } => {
             if !setup::is_root() {
                 bail!("the benchmark loads eBPF programs and sets kernel.bpf_stats_enabled: run it as root");
             }
             setup::ensure(setup::Need::Bench)?;
             let bin = build()?;
             match soak {
+                _ if load => load::run(&bin, &workspace_root()?),
                 Some(s) => bench::soak(&bin, &workspace_root()?, s.max(10)),
                 None => bench::run(&bin, &workspace_root()?),
             }
