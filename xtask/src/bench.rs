@@ -372,7 +372,7 @@ fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
 /// nginx serving `dir/www` on `port` and `dir/nginx.sock`, with room for `connections`.
 pub(crate) fn start_nginx_with(dir: &std::path::Path, port: u16, connections: u32) -> Result<NginxGuard> {
     let d = dir.display();
-    let files = connections * 2 + 100;
+    let files = connections + 1000;
     let conf = format!(
         "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log; worker_rlimit_nofile {files};
          events {{ worker_connections {connections}; }}

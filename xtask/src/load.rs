@@ -26,11 +26,11 @@ const CONCURRENT: usize = 10_000;
 const THREADS: u64 = 4;
 
 pub fn run(agent_bin: &str, root: &str) -> Result<()> {
-    raise_fd_limit(4 * CONCURRENT as u64)?;
+    raise_fd_limit(CONCURRENT as u64 + 1000)?;
     let tmp = std::env::temp_dir().join("truncwatch-load");
     std::fs::create_dir_all(tmp.join("www"))?;
     std::fs::write(tmp.join("www/1k.bin"), vec![b'a'; 1024])?;
-    let _nginx = start_nginx_with(&tmp, PORT, 4 * CONCURRENT as u32)?;
+    let _nginx = start_nginx_with(&tmp, PORT, CONCURRENT as u32 + 1000)?;
     let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT);
     let mut report = format!(
         "# Load: connection churn and concurrency\n\nCommand: `cargo xtask bench --load`. Machine: {}. nginx serving 1 KiB on loopback; every response is whole, so any verdict the agent prints is a false flag.\n\n",
@@ -223,9 +223,15 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> Result<TcpStream> {
     }
 }
 
+/// Raise our soft open-file limit to `n` (within the hard limit, which we may not raise).
 fn raise_fd_limit(n: u64) -> Result<()> {
-    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
-    // SAFETY: a valid rlimit struct.
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit structs.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if lim.rlim_max < n {
+        bail!("{n} open files needed, and the hard limit is {} (`ulimit -Hn`)", lim.rlim_max);
+    }
+    lim.rlim_cur = n;
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         bail!("raising the open-file limit to {n}: {}", std::io::Error::last_os_error());
     }
