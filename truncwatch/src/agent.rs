@@ -278,7 +278,14 @@ impl Reader {
 
     fn handle(&mut self, ev: Event) {
         if self.trace {
-            eprintln!("event: {ev:?}");
+            match &ev {
+                // Lengths only: head bytes hold header values, which are never logged.
+                Event::Send(s) => eprintln!(
+                    "event: send sk={:#x} offset={} ret={} requested={} head_bytes={:?} head_more_bytes={:?} requests={:?} events_lost={}",
+                    s.sk, s.offset, s.ret, s.requested, s.head.as_ref().map(Vec::len), s.head_more.as_ref().map(Vec::len), s.requests, s.events_lost
+                ),
+                other => eprintln!("event: {other:?}"),
+            }
         }
         match &ev {
             // The agent's own sockets are never judged (its start-up probe only proves events
