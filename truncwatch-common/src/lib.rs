@@ -150,7 +150,8 @@ pub struct OpenEvent {
     pub sock: [u8; SOCK_PREFIX],
     /// For Unix sockets: the bound path of the socket (for accepted sockets, the listener's).
     pub unix_path: [u8; UNIX_PATH],
-    pub _pad2: u32,
+    /// Events lost host-wide so far (`LOSSES`, wrapping): see `EofEvent::losses`.
+    pub losses: u32,
 }
 
 /// The kernel accepted (or refused) one send on a tracked socket.
@@ -222,6 +223,11 @@ pub const STATE_RESET_RECEIVED: i32 = 100;
 pub struct EofEvent {
     pub h: Header,
     pub peer: u64,
+    /// Events lost host-wide so far (wrapping). The reader's end of stream cannot carry the
+    /// server socket's own lost-event mark, so a Unix stream whose count moved since its open
+    /// may have lost events of its own.
+    pub losses: u32,
+    pub _pad: u32,
 }
 
 /// This host moved a TCP connection (any, HTTP or not) to CLOSE without a reset from the peer
@@ -251,7 +257,7 @@ const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PR
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 56);
-const _: () = assert!(core::mem::size_of::<EofEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<EofEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 8);
 
 #[cfg(feature = "user")]

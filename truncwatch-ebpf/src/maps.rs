@@ -1,6 +1,6 @@
 //! Maps and globals shared by the programs.
 use aya_ebpf::{
-    btf_maps::{PerCpuArray, RingBuf, SkStorage},
+    btf_maps::{Array, PerCpuArray, RingBuf, SkStorage},
     helpers::generated::{bpf_ringbuf_query, bpf_sk_storage_get},
     macros::btf_map,
 };
@@ -70,11 +70,27 @@ pub fn offsets() -> Offsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
+/// Ring buffer losses host-wide, one shared counter (losses are rare, so sharing it costs
+/// nothing). Racing CPUs may miss an increment, never the change itself, which is all that
+/// is compared.
+#[btf_map]
+pub static LOSSES: Array<u32, 1> = Array::new();
+
 #[inline(always)]
 pub fn count_lost(reason: u32) {
     if let Some(p) = LOST.get_ptr_mut(reason) {
         unsafe { *p += 1 };
     }
+    if reason == LOST_RINGBUF_FULL
+        && let Some(p) = LOSSES.get_ptr_mut(0) {
+            unsafe { *p = (*p).wrapping_add(1) };
+        }
+}
+
+/// `LOSSES` now.
+#[inline(always)]
+pub fn losses() -> u32 {
+    LOSSES.get(0).copied().unwrap_or(0)
 }
 
 /// This socket's state, if it has any (`create`: make it, zeroed, if not).

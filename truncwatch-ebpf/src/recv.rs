@@ -8,7 +8,7 @@
 //! its first read, one 8-byte look at what was read).
 use crate::{
     kernel::{header, io_call, read_kernel, read_user},
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, offsets, sock_state, wake_flags},
+    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, losses, offsets, sock_state, wake_flags},
 };
 use core::ffi::c_void;
 use truncwatch_common::{
@@ -104,7 +104,7 @@ fn eof(sk: *mut c_void) {
         return;
     }
     let peer = read_kernel::<u64>(base + o.unix_peer as u64).unwrap_or(0);
-    let ev = EofEvent { h: header(EV_EOF, sk), peer };
+    let ev = EofEvent { h: header(EV_EOF, sk), peer, losses: losses(), _pad: 0 };
     if EVENTS.output_untyped::<EofEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
     }

@@ -4,7 +4,7 @@
 //! one-time classification on its first send).
 use crate::{
     kernel::{IoCall, header, read_kernel, read_user, io_call},
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, wake_flags, offsets, sock_state},
+    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, losses, wake_flags, offsets, sock_state},
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm,
@@ -208,7 +208,7 @@ fn open(sk: *mut c_void, family: u16, o: &Offsets) {
         (*ev).family = family;
         (*ev).sport = if family == AF_UNIX { 0 } else { read_kernel::<u16>(sk as u64 + o.inet_sport as u64).unwrap_or(0) };
         (*ev)._pad = [0; 4];
-        (*ev)._pad2 = 0;
+        (*ev).losses = losses();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         if bpf_probe_read_kernel((&raw mut (*ev).sock).cast(), SOCK_PREFIX as u32, sk) != 0 {
             (*ev).sock = [0; SOCK_PREFIX];

@@ -80,6 +80,8 @@ struct Conn {
     tunnel: bool,
     /// Events about this connection were lost: its shortfalls are the observer's.
     events_lost: bool,
+    /// Events lost host-wide when it opened (see `Event::UnixEof`).
+    losses_at_open: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -132,9 +134,10 @@ impl Correlator {
     /// Feed one event; verdicts it decides are appended to `out`.
     pub fn handle(&mut self, ev: Event, out: &mut Vec<Verdict>) {
         match ev {
-            Event::Open { sk, ts_ns, meta } => {
+            Event::Open { sk, ts_ns, meta, losses } => {
                 // A new socket at a known address: the old one was freed, its stream is over.
-                if let Some(old) = self.conns.remove(&sk) {
+                if let Some(mut old) = self.conns.remove(&sk) {
+                    old.events_lost |= old.losses_at_open != losses;
                     self.finish(old, End::SocketFreed, ts_ns, out);
                 }
                 self.stats.connections += 1;
@@ -152,6 +155,7 @@ impl Correlator {
                     requests: Requests::default(),
                     tunnel: false,
                     events_lost: false,
+                    losses_at_open: losses,
                 });
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
@@ -189,9 +193,12 @@ impl Correlator {
                 }
                 self.conns.insert(sk, conn);
             }
-            Event::UnixEof { reader, peer, ts_ns } => {
-                if let Some(conn) = self.conns.remove(&peer) {
-                    // The client read end of stream: the server shut down or closed.
+            Event::UnixEof { reader, peer, ts_ns, losses } => {
+                if let Some(mut conn) = self.conns.remove(&peer) {
+                    // The client read end of stream: the server shut down or closed. (Unix
+                    // streams learn of lost events from the host-wide count: the reader's
+                    // event cannot carry the server socket's own mark.)
+                    conn.events_lost |= conn.losses_at_open != losses;
                     self.finish(conn, End::Eof, ts_ns, out);
                 } else if let Some(conn) = self.conns.get_mut(&reader) {
                     // The server read end of stream: the client ended its side first.

@@ -28,7 +28,7 @@ struct Wire {
 impl Wire {
     fn new(t: Transport) -> Self {
         let mut w = Wire { c: Correlator::new(1000, Some(250)), out: vec![], offset: 0, ts: 1, reads: Seen::default() };
-        w.ev(Event::Open { sk: SK, ts_ns: 1, meta: meta(t) });
+        w.ev(Event::Open { sk: SK, ts_ns: 1, meta: meta(t), losses: 0 });
         w
     }
     fn ev(&mut self, e: Event) {
@@ -187,7 +187,7 @@ fn sends_failing_with_epipe_mean_the_peer_is_gone() {
     let mut w = Wire::new(Transport::Unix);
     w.response(500, 100);
     w.err(EPIPE);
-    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99 });
+    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses: 0 });
     assert_eq!(w.kinds(), [Kind::PeerReset]);
     assert_eq!(w.out[0].evidence.peer_ended, Some("gone"));
 }
@@ -196,7 +196,7 @@ fn sends_failing_with_epipe_mean_the_peer_is_gone() {
 fn unix_short_write_seen_by_client_eof() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1 << 20, 219_264 - hl(1 << 20));
-    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99 });
+    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses: 0 });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].r().sent_bytes, 219_264);
     assert_eq!(w.out[0].evidence.end, Some(End::Eof));
@@ -207,7 +207,7 @@ fn unix_short_write_seen_by_client_eof() {
 fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1000, 10);
-    w.ev(Event::UnixEof { reader: SK, peer: CLIENT, ts_ns: 99 });
+    w.ev(Event::UnixEof { reader: SK, peer: CLIENT, ts_ns: 99, losses: 0 });
     assert!(w.out.is_empty());
     w.send(None, 990);
     assert_eq!(w.kinds(), [Kind::Complete]);
@@ -218,7 +218,7 @@ fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
 fn unix_socket_reused_ends_the_old_connection() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1000, 10);
-    w.ev(Event::Open { sk: SK, ts_ns: 50, meta: meta(Transport::Unix) });
+    w.ev(Event::Open { sk: SK, ts_ns: 50, meta: meta(Transport::Unix), losses: 0 });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].evidence.end, Some(End::SocketFreed));
     assert_eq!(w.c.tracked(), 1);
@@ -522,7 +522,7 @@ fn events_for_untracked_sockets_are_ignored() {
     let mut out = vec![];
     c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 1, tgid: 1, offset: 0, ret: 10, requested: 10, syscall: 1, head: Some(head(100)), ..SendFacts::default() }), &mut out);
     c.handle(Event::TcpState { sk: 1, ts_ns: 2, oldstate: 1, newstate: TCP_FIN_WAIT1, facts: TcpFacts::default() }, &mut out);
-    c.handle(Event::UnixEof { reader: 1, peer: 2, ts_ns: 3 }, &mut out);
+    c.handle(Event::UnixEof { reader: 1, peer: 2, ts_ns: 3, losses: 0 }, &mut out);
     assert!(out.is_empty());
     assert_eq!(c.tracked(), 0);
 }
@@ -532,7 +532,7 @@ fn connection_table_is_bounded() {
     let mut c = Correlator::new(100, Some(250));
     let mut out = vec![];
     for sk in 0..1000u64 {
-        c.handle(Event::Open { sk, ts_ns: sk, meta: meta(Transport::Tcp) }, &mut out);
+        c.handle(Event::Open { sk, ts_ns: sk, meta: meta(Transport::Tcp), losses: 0 }, &mut out);
     }
     assert!(c.tracked() <= 100);
     assert_eq!(c.stats.evicted, 900);
@@ -609,7 +609,7 @@ fn end_evidence_from_the_deciding_state_change() {
     // Unknown HZ: no milliseconds rather than wrong ones.
     let mut c = Correlator::new(10, None);
     let mut out = vec![];
-    c.handle(Event::Open { sk: 1, ts_ns: 1, meta: meta(Transport::Tcp) }, &mut out);
+    c.handle(Event::Open { sk: 1, ts_ns: 1, meta: meta(Transport::Tcp), losses: 0 }, &mut out);
     let h = head(10);
     c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 2, tgid: 1, offset: 0, ret: h.len() as i64, requested: 100, head: Some(h), ..SendFacts::default() }), &mut out);
     c.handle(Event::TcpState { sk: 1, ts_ns: 3, oldstate: 1, newstate: TCP_FIN_WAIT1, facts }, &mut out);
@@ -699,7 +699,7 @@ fn split_head_pieces_must_be_contiguous() {
 fn problems_only_counts_but_does_not_build_the_rest() {
     let mut c = Correlator::new(10, None).problems_only(true);
     let mut out = vec![];
-    c.handle(Event::Open { sk: 1, ts_ns: 1, meta: meta(Transport::Tcp) }, &mut out);
+    c.handle(Event::Open { sk: 1, ts_ns: 1, meta: meta(Transport::Tcp), losses: 0 }, &mut out);
     let h = head(0);
     let n = h.len() as i64;
     c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 2, tgid: 1, offset: 0, ret: n, requested: n as u64, head: Some(h), ..SendFacts::default() }), &mut out);
@@ -751,4 +751,22 @@ fn lost_events_make_shortfalls_observer_loss() {
     w.response(1000, 10);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::Complete, Kind::ObserverLoss]);
+}
+
+/// Unix streams: the end of stream comes from the reader's side and cannot carry the server
+/// socket's own lost-event mark; events lost anywhere on the host during the stream's life
+/// (the host-wide count moved) make its shortfall the observer's.
+#[test]
+fn unix_shortfall_with_losses_meanwhile_is_observer_loss() {
+    for (losses, want) in [(0, Kind::ShortWrite), (3, Kind::ObserverLoss)] {
+        let mut w = Wire::new(Transport::Unix);
+        w.response(1 << 20, 1000);
+        w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses });
+        assert_eq!(w.kinds(), [want]);
+    }
+    // The same when the stream's end is seen as its address being reused.
+    let mut w = Wire::new(Transport::Unix);
+    w.response(1 << 20, 1000);
+    w.ev(Event::Open { sk: SK, ts_ns: 50, meta: meta(Transport::Unix), losses: 1 });
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }

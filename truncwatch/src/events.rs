@@ -31,13 +31,15 @@ pub const RESET_RECEIVED: i32 = truncwatch_common::STATE_RESET_RECEIVED;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The socket `sk` is the server side of an HTTP/1 connection from now on.
-    Open { sk: u64, ts_ns: u64, meta: ConnMeta },
+    /// `losses`: events lost host-wide until then (wrapping; see `UnixEof`).
+    Open { sk: u64, ts_ns: u64, meta: ConnMeta, losses: u32 },
     /// One send on a tracked socket.
     Send(SendFacts),
     /// A TCP state change (`newstate` may be `RESET_RECEIVED`), with the socket's counters then.
     TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32, facts: TcpFacts },
     /// A Unix stream socket `reader` read end of stream from `peer`.
-    UnixEof { reader: u64, peer: u64, ts_ns: u64 },
+    /// `losses` moved since the peer's `Open`: its stream may have lost events.
+    UnixEof { reader: u64, peer: u64, ts_ns: u64, losses: u32 },
     /// This host moved a TCP connection (any, HTTP or not) to CLOSE, without a reset from the
     /// peer, while `unacked` written bytes were not acknowledged; `unread` received bytes were
     /// never read by the application.
@@ -119,7 +121,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
     Ok(match h.kind {
         EV_OPEN => {
             let e: OpenEvent = read(buf, h.kind)?;
-            Event::Open { sk: h.sk, ts_ns: h.ts_ns, meta: open_meta(&e, layout) }
+            Event::Open { sk: h.sk, ts_ns: h.ts_ns, meta: open_meta(&e, layout), losses: e.losses }
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
         EV_HEAD | EV_HEAD_MORE => {
@@ -154,7 +156,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         }
         EV_EOF => {
             let e: EofEvent = read(buf, h.kind)?;
-            Event::UnixEof { reader: h.sk, peer: e.peer, ts_ns: h.ts_ns }
+            Event::UnixEof { reader: h.sk, peer: e.peer, ts_ns: h.ts_ns, losses: e.losses }
         }
         k => return Err(DecodeError::UnknownKind(k)),
     })
@@ -252,14 +254,14 @@ mod tests {
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
             sock: [0; SOCK_PREFIX],
             unix_path: [0; UNIX_PATH],
-            _pad2: 0,
+            losses: 0,
         };
         e.sock[0..4].copy_from_slice(&[127, 0, 0, 2]);
         e.sock[4..8].copy_from_slice(&[127, 0, 0, 1]);
         e.sock[12..14].copy_from_slice(&5555u16.to_be_bytes());
         let ev = decode(&bytes(&e), &layout()).unwrap();
         let meta = ConnMeta { transport: Transport::Tcp, pid: 7, comm: "nginx".into(), local: "127.0.0.1:8080".into(), peer: "127.0.0.2:5555".into() };
-        assert_eq!(ev, Event::Open { sk: 0xffff1, ts_ns: 5, meta });
+        assert_eq!(ev, Event::Open { sk: 0xffff1, ts_ns: 5, meta, losses: 0 });
     }
 
     #[test]

@@ -227,7 +227,7 @@ fn random_event_streams_never_panic() {
         let sk = r.below(200);
         let ts_ns = i;
         let ev = match r.below(6) {
-            0 => Event::Open { sk, ts_ns, meta: meta() },
+            0 => Event::Open { sk, ts_ns, meta: meta(), losses: r.below(3) as u32 },
             1 | 2 => {
                 let head = r.chance(30).then(|| r.pick(&heads)[..].to_vec());
                 let head_more = (head.is_none() && r.chance(10)).then(|| r.pick(&heads)[..].to_vec());
@@ -240,7 +240,7 @@ fn random_event_streams_never_panic() {
                 let newstate = if r.chance(10) { events::RESET_RECEIVED } else { r.below(13) as i32 };
                 Event::TcpState { sk, ts_ns, oldstate: r.below(12) as i32, newstate, facts: TcpFacts::default() }
             }
-            4 => Event::UnixEof { reader: sk, peer: r.below(200), ts_ns },
+            4 => Event::UnixEof { reader: sk, peer: r.below(200), ts_ns, losses: r.below(3) as u32 },
             _ => Event::ResetDiscard { sk, ts_ns, meta: meta(), unacked: r.below(1 << 20), unread: r.below(100) },
         };
         c.handle(ev, &mut out);
@@ -338,7 +338,7 @@ fn generated_connections_are_judged_exactly() {
     let mut ts = 0;
     for conn in 0..iters(20_000) {
         let sk = 0xffff_0000 + conn;
-        c.handle(Event::Open { sk, ts_ns: ts, meta: meta() }, &mut out);
+        c.handle(Event::Open { sk, ts_ns: ts, meta: meta(), losses: 0 }, &mut out);
         let n = r.below(4) + 1;
         let cut_last = r.chance(40);
         let mut offset = 0;

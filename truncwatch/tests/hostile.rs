@@ -164,18 +164,35 @@ traffic_is_untouched_while_the_agent_starts_stops_and_crashes {
     assert!(results.iter().all(|r| r["complete"] == true && r["end"] == "complete"), "{:?}", results.iter().find(|r| r["complete"] != true));
 });
 
-kernel_test!(
+/// Either end of a stream, TCP or Unix.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A connected (client, server, server's local address) over TCP or a Unix socket.
+fn pair(unix: bool) -> (Box<dyn Stream>, Box<dyn Stream>, String) {
+    if unix {
+        let path = support::unix_path("overflow");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (Box::new(c), Box::new(s), path)
+    } else {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = l.local_addr().unwrap().to_string();
+        let c = TcpStream::connect(&local).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (Box::new(c), Box::new(s), local)
+    }
+}
+
 /// More events than the ring buffer holds: the agent is stopped (SIGSTOP) while a flood of
 /// responses fills its 1 MiB ring buffer, and meanwhile a response it had seen begin is sent
 /// whole. Its sends are lost, so the agent sees a response that stopped short: it must say
 /// `observer_loss`, never `short_write`, and count what was lost.
-overflow_is_counted_and_never_called_a_truncation {
+fn overflow(unix: bool) {
     let agent = Agent::start_args(&["--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s", "--ring-buffer-mib", "1"]);
     let pid = agent.pid() as i32;
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let local = l.local_addr().unwrap().to_string();
-    let mut client = TcpStream::connect(&local).unwrap();
-    let (mut server, _) = l.accept().unwrap();
+    let (mut client, mut server, local) = pair(unix);
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
@@ -205,4 +222,12 @@ overflow_is_counted_and_never_called_a_truncation {
     let m = support::http_get(&addr, "/metrics").1;
     let lost = m.lines().find_map(|l| l.strip_prefix("truncwatch_events_lost_total{reason=\"ring_buffer_full\"} ")).and_then(|v| v.parse::<f64>().ok());
     assert!(lost.is_some_and(|n| n > 0.0), "{m}");
+}
+
+kernel_test!(tcp_overflow_is_counted_and_never_called_a_truncation {
+    overflow(false);
+});
+
+kernel_test!(unix_overflow_is_counted_and_never_called_a_truncation {
+    overflow(true);
 });
