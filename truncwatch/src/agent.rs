@@ -27,7 +27,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// The tracepoint backend: program name = tracepoint name.
-const PROGRAMS: [&str; 4] = ["sock_send_length", "sock_recv_length", "inet_sock_set_state", "tcp_receive_reset"];
+pub const PROGRAMS: [&str; 4] = ["sock_send_length", "sock_recv_length", "inet_sock_set_state", "tcp_receive_reset"];
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -73,33 +73,12 @@ const CANARY_WAIT: Duration = Duration::from_secs(10);
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    if OBJECT.is_empty() {
-        bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP); build it with `cargo xtask build`");
-    }
-    // Our offsets come from a light BTF reader; aya then parses all of the kernel's BTF to
-    // load the programs (its parse sets the agent's peak memory). Freed memory goes back to
-    // the OS after each, so the steady state is a fraction of the start-up peak.
     // Bad flags fail before anything is loaded.
     let listener = match args.metrics_addr.as_str() {
         "off" | "" => None,
         addr => Some(endpoint::bind(addr).await?),
     };
-    let layout = btf_offsets::load()?;
-    release_freed_memory();
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
-        .override_global("OFFSETS", &layout.offsets, true)
-        .map_max_entries("EVENTS", args.ring_buffer_mib << 20)
-        .load(OBJECT)
-        .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
-    for name in PROGRAMS {
-        let prog: &mut BtfTracePoint = ebpf.program_mut(name).context("program missing from object")?.try_into()?;
-        prog.load(name, &btf)
-            .with_context(|| format!("loading program {name}: needs root or CAP_BPF + CAP_PERFMON, and kernel 6.3+ (sock_*_length)"))?;
-        prog.attach().with_context(|| format!("attaching to tracepoint {name}"))?;
-    }
-    drop(btf);
+    let (mut ebpf, layout) = attach(args.ring_buffer_mib)?;
     release_freed_memory();
     // Kept open for as long as the stats should stay on.
     let _stats = if args.bpf_stats {
@@ -214,6 +193,35 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(false) => bail!("selftest failed: the detector does not work on this host (see above)"),
         _ => Ok(()),
     }
+}
+
+/// Load the kernel programs and attach them (the tracepoint backend); they stay attached for
+/// as long as the returned `Ebpf` lives. Also used by `truncwatch check`.
+pub fn attach(ring_buffer_mib: u32) -> Result<(Ebpf, btf_offsets::KernelLayout)> {
+    if OBJECT.is_empty() {
+        bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP); build it with `cargo xtask build`");
+    }
+    // Our offsets come from a light BTF reader; aya then parses all of the kernel's BTF to
+    // load the programs (its parse sets the agent's peak memory). Freed memory goes back to
+    // the OS after each, so the steady state is a fraction of the start-up peak.
+    let layout = btf_offsets::load()?;
+    release_freed_memory();
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("OFFSETS", &layout.offsets, true)
+        .map_max_entries("EVENTS", ring_buffer_mib << 20)
+        .load(OBJECT)
+        .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
+    for name in PROGRAMS {
+        let prog: &mut BtfTracePoint = ebpf.program_mut(name).context("program missing from object")?.try_into()?;
+        prog.load(name, &btf)
+            .with_context(|| format!("loading program {name}: needs root or CAP_BPF + CAP_PERFMON, and kernel 6.3+ (sock_*_length)"))?;
+        prog.attach().with_context(|| format!("attaching to tracepoint {name}"))?;
+    }
+    drop(btf);
+    release_freed_memory();
+    Ok((ebpf, layout))
 }
 
 /// Refresh what the endpoint serves: readiness (gated by the last canary) and the metrics.

@@ -18,6 +18,7 @@ const TYPEDEF: u32 = 8;
 const VOLATILE: u32 = 9;
 const CONST: u32 = 10;
 const RESTRICT: u32 = 11;
+const FUNC: u32 = 12;
 const FUNC_PROTO: u32 = 13;
 const VAR: u32 = 14;
 const DATASEC: u32 = 15;
@@ -119,6 +120,21 @@ impl BtfReader {
         let start = self.strings + off as usize;
         let end = self.data[start..self.strings + self.strings_len].iter().position(|&b| b == 0).map_or(start, |n| start + n);
         std::str::from_utf8(&self.data[start..end]).unwrap_or("")
+    }
+
+    /// Whether a typedef named `name` exists (tracepoints that `tp_btf` programs can attach to
+    /// appear as `btf_trace_<name>` typedefs).
+    pub fn has_typedef(&self, name: &str) -> bool {
+        self.has(TYPEDEF, name)
+    }
+
+    /// Whether a function named `name` exists (what fentry and kprobe programs attach to).
+    pub fn has_func(&self, name: &str) -> bool {
+        self.has(FUNC, name)
+    }
+
+    fn has(&self, kind: u32, name: &str) -> bool {
+        (1..=self.types.len() as u32).any(|id| self.ty(id).is_ok_and(|t| t.kind == kind && self.name(t.name_off) == name))
     }
 
     /// The id of the struct named `name`.

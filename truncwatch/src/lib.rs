@@ -10,6 +10,7 @@ pub mod attribution;
 pub mod btf_offsets;
 pub mod btf_reader;
 pub mod canary;
+pub mod check;
 pub mod correlator;
 pub mod endpoint;
 pub mod events;

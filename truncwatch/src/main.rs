@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use truncwatch::{agent, lab};
+use truncwatch::{agent, check, lab};
 
 /// Flags HTTP/1 responses cut short on this host (short writes, resets that drop data), from
 /// the kernel, without touching the applications.
@@ -21,6 +21,10 @@ enum Cmd {
     /// discard on loopback and check both are flagged with the right byte counts. Exit status
     /// 0 if so.
     Selftest(agent::RunArgs),
+    /// What this kernel offers (BTF, tracepoints, fentry, kprobes, ring buffer, BPF stats),
+    /// which hook backend would run, and what a missing feature costs. Exit status 0 if a
+    /// backend runs here.
+    Check,
     /// Reproduce truncations: a test server and a slow client.
     #[command(subcommand)]
     Lab(LabCmd),
@@ -41,6 +45,11 @@ fn main() -> Result<()> {
         Some(Cmd::Run(a)) => run(a),
         // No endpoint: a selftest must work next to a running agent.
         Some(Cmd::Selftest(a)) => run(agent::RunArgs { selftest: true, metrics_addr: "off".into(), ..a }),
+        Some(Cmd::Check) => {
+            let (text, runs) = check::report(&check::probe());
+            print!("{text}");
+            std::process::exit(if runs { 0 } else { 1 });
+        }
         Some(Cmd::Lab(LabCmd::Serve(a))) => lab::serve(&a),
         Some(Cmd::Lab(LabCmd::Fetch(a))) => lab::fetch(&a),
     }

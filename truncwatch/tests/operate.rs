@@ -172,3 +172,16 @@ attribution_of_a_process_in_a_kubernetes_like_cgroup {
     assert_eq!((v["namespace"].as_str(), v["pod"].as_str(), v["container"].as_str()), (Some("shop"), Some("web-1"), Some("app")), "{v}");
     assert!(v["cgroup"].as_str().unwrap().ends_with(&rel), "{v}");
 });
+
+kernel_test!(
+/// `truncwatch check` on this host: the tracepoint backend loads and attaches, and the report
+/// says what the kernel lacks (here: fentry and kprobes).
+check_reports_this_kernel {
+    let out = Command::new(BIN).arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("backend: tracepoint (4 programs loaded and attached"), "{text}");
+    for line in ["tracepoint sock_send_length (Linux 6.3+)", "BPF ring buffer (Linux 5.8+)", "fentry/fexit (BPF trampolines)", "kprobes (perf kprobe event source)"] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+});

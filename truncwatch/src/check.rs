@@ -1,0 +1,174 @@
+//! `truncwatch check`: what this kernel offers the agent, which hook backend would run, and
+//! what each missing feature costs. `probe` looks at the host; `report` (pure) words it.
+use crate::agent;
+use crate::btf_reader::BtfReader;
+use std::fmt::Write as _;
+
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// What the host offers, as probed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub kernel: String,
+    /// Ok, or why the kernel's BTF could not be read.
+    pub btf: Result<(), String>,
+    /// Tracepoints `tp_btf` programs can attach to, by name (from BTF).
+    pub tracepoints: Vec<(&'static str, bool)>,
+    /// Kernel functions with BTF (fentry/kprobe targets and BPF helpers), by name.
+    pub funcs: Vec<(&'static str, bool)>,
+    /// Whether the kernel lets BPF trampolines hook functions (fentry/fexit): Ok, or why not.
+    pub ftrace: Result<(), String>,
+    /// The perf kprobe event source exists (kprobes compiled in).
+    pub kprobes: bool,
+    pub bpf_stats: bool,
+    pub timer_list: bool,
+    /// Loading and attaching the tracepoint backend for real: Ok, or the error.
+    pub tracepoint_backend: Result<(), String>,
+}
+
+/// Tracepoints the tracepoint backend needs, and since when Linux has them.
+const TRACEPOINTS: [(&str, &str); 4] = [
+    ("sock_send_length", "6.3"),
+    ("sock_recv_length", "6.3"),
+    ("inet_sock_set_state", "4.16"),
+    ("tcp_receive_reset", "4.15"),
+];
+
+/// Kernel functions: the helpers the programs use (present = supported), and the send and
+/// receive paths other backends would hook.
+const FUNCS: [(&str, &str); 5] = [
+    ("bpf_ringbuf_reserve", "BPF ring buffer (Linux 5.8+)"),
+    ("bpf_sk_storage_get", "socket-local storage (Linux 5.2+)"),
+    ("bpf_task_pt_regs", "a task's syscall registers (Linux 5.15+)"),
+    ("sock_sendmsg", "function sock_sendmsg (fentry/kprobe target)"),
+    ("sock_recvmsg", "function sock_recvmsg (fentry/kprobe target)"),
+];
+
+pub fn probe() -> Facts {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let reader = std::fs::read(VMLINUX_BTF).map_err(|e| format!("{VMLINUX_BTF}: {e}")).and_then(|b| BtfReader::parse(b).map_err(|e| e.to_string()));
+    let (tracepoints, funcs) = match &reader {
+        Ok(r) => (
+            TRACEPOINTS.iter().map(|(n, _)| (*n, r.has_typedef(&format!("btf_trace_{n}")))).collect(),
+            FUNCS.iter().map(|(n, _)| (*n, r.has_func(n))).collect(),
+        ),
+        Err(_) => (TRACEPOINTS.iter().map(|(n, _)| (*n, false)).collect(), FUNCS.iter().map(|(n, _)| (*n, false)).collect()),
+    };
+    let btf = reader.map(drop);
+    let _ = mount_tracefs(); // where ftrace's files live; without it we cannot tell
+    // BPF trampolines need ftrace's function hooks; a kernel that locks them refuses fentry.
+    let ftrace = match std::fs::File::open("/sys/kernel/tracing/available_filter_functions") {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("ftrace function hooks unavailable (available_filter_functions: {e})")),
+    };
+    let tracepoint_backend = agent::attach(1).map(drop).map_err(|e| format!("{e:#}"));
+    Facts {
+        kernel,
+        btf,
+        tracepoints,
+        funcs,
+        ftrace,
+        kprobes: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+        bpf_stats: std::path::Path::new("/proc/sys/kernel/bpf_stats_enabled").exists(),
+        timer_list: std::fs::File::open("/proc/timer_list").is_ok(),
+        tracepoint_backend,
+    }
+}
+
+/// Mount tracefs if it is not (a fresh machine does not); harmless if it cannot be.
+fn mount_tracefs() -> std::io::Result<()> {
+    if std::path::Path::new("/sys/kernel/tracing/available_filter_functions").exists() {
+        return Ok(());
+    }
+    let ok = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status()?.success();
+    if ok { Ok(()) } else { Err(std::io::Error::other("mount tracefs failed")) }
+}
+
+/// The report, and whether a backend can run here.
+pub fn report(f: &Facts) -> (String, bool) {
+    let mut s = String::new();
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let _ = writeln!(s, "truncwatch check: Linux {}\n", f.kernel);
+    let _ = writeln!(s, "  {:<46} {}", "BTF (/sys/kernel/btf/vmlinux)", f.btf.as_ref().map_or_else(|e| format!("no: {e}"), |_| "yes".into()));
+    for ((name, present), (_, since)) in f.tracepoints.iter().zip(TRACEPOINTS) {
+        let _ = writeln!(s, "  {:<46} {}", format!("tracepoint {name} (Linux {since}+)"), yes_no(*present));
+    }
+    for ((_, present), (_, what)) in f.funcs.iter().zip(FUNCS) {
+        let _ = writeln!(s, "  {what:<46} {}", yes_no(*present));
+    }
+    let _ = writeln!(s, "  {:<46} {}", "fentry/fexit (BPF trampolines)", f.ftrace.as_ref().map_or_else(|e| format!("no: {e}"), |_| "yes".into()));
+    let _ = writeln!(s, "  {:<46} {}", "kprobes (perf kprobe event source)", yes_no(f.kprobes));
+    let _ = writeln!(s, "  {:<46} {}", "BPF run-time stats (kernel.bpf_stats_enabled)", yes_no(f.bpf_stats));
+    let _ = writeln!(s, "  {:<46} {}", "/proc/timer_list (the kernel's HZ)", yes_no(f.timer_list));
+    let _ = writeln!(s);
+    let runs = f.tracepoint_backend.is_ok();
+    match &f.tracepoint_backend {
+        Ok(()) => {
+            let _ = writeln!(s, "backend: tracepoint ({} programs loaded and attached, then detached)", agent::PROGRAMS.len());
+        }
+        Err(e) => {
+            let _ = writeln!(s, "backend: none. The tracepoint backend does not load here: {e}");
+            if f.tracepoints.iter().take(2).any(|(_, p)| !p) {
+                let alt = if f.ftrace.is_ok() { "fentry" } else if f.kprobes { "kprobe" } else { "no other" };
+                let _ = writeln!(s, "  It needs sock_send_length and sock_recv_length (Linux 6.3+). This kernel would suit the {alt} backend, which truncwatch does not have yet.");
+            }
+        }
+    }
+    // What each missing feature costs, when the rest is there.
+    let costs = [
+        (f.tracepoints.get(3).is_some_and(|t| !t.1), "no tcp_receive_reset: a reset from the peer cannot be told from this host's, so reset_discard is not reported"),
+        (!f.bpf_stats, "no BPF stats: truncwatch_bpf_program_* metrics stay empty"),
+        (!f.timer_list, "no /proc/timer_list (needs uid 0): rwnd_limited_ms and sndbuf_limited_ms are null"),
+    ];
+    for (missing, cost) in costs {
+        if missing {
+            let _ = writeln!(s, "  cost: {cost}");
+        }
+    }
+    (s, runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_there() -> Facts {
+        Facts {
+            kernel: "6.18.0".into(),
+            btf: Ok(()),
+            tracepoints: TRACEPOINTS.iter().map(|(n, _)| (*n, true)).collect(),
+            funcs: FUNCS.iter().map(|(n, _)| (*n, true)).collect(),
+            ftrace: Err("permission denied".into()),
+            kprobes: false,
+            bpf_stats: true,
+            timer_list: true,
+            tracepoint_backend: Ok(()),
+        }
+    }
+
+    #[test]
+    fn a_kernel_with_the_tracepoints_runs_the_tracepoint_backend() {
+        let (text, runs) = report(&all_there());
+        assert!(runs);
+        assert!(text.contains("backend: tracepoint (4 programs"), "{text}");
+        assert!(text.contains("fentry/fexit (BPF trampolines)") && text.contains("no: permission denied"), "{text}");
+        assert!(!text.contains("cost:"), "{text}");
+    }
+
+    #[test]
+    fn an_older_kernel_says_what_is_missing_and_what_would_suit_it() {
+        let mut f = all_there();
+        f.kernel = "6.1.0-28-amd64".into();
+        f.tracepoints[0].1 = false;
+        f.tracepoints[1].1 = false;
+        f.ftrace = Ok(());
+        f.kprobes = true;
+        f.timer_list = false;
+        f.tracepoint_backend = Err("loading program sock_send_length: ...".into());
+        let (text, runs) = report(&f);
+        assert!(!runs);
+        assert!(text.contains("tracepoint sock_send_length (Linux 6.3+)") && text.contains("backend: none"), "{text}");
+        assert!(text.contains("suit the fentry backend"), "{text}");
+        assert!(text.contains("cost: no /proc/timer_list"), "{text}");
+    }
+}
