@@ -215,8 +215,13 @@ pub fn attach(ring_buffer_mib: u32) -> Result<(Ebpf, btf_offsets::KernelLayout)>
         .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
     for name in PROGRAMS {
         let prog: &mut BtfTracePoint = ebpf.program_mut(name).context("program missing from object")?.try_into()?;
-        prog.load(name, &btf)
-            .with_context(|| format!("loading program {name}: needs root or CAP_BPF + CAP_PERFMON, and kernel 6.3+ (sock_*_length)"))?;
+        // SAFETY: no preconditions.
+        let why = if unsafe { libc::geteuid() } == 0 {
+            "the tracepoint backend needs Linux 6.3+ (sock_send_length, sock_recv_length); `truncwatch check` says what this kernel has"
+        } else {
+            "needs root, or CAP_BPF + CAP_PERFMON"
+        };
+        prog.load(name, &btf).with_context(|| format!("loading program {name}: {why}"))?;
         prog.attach().with_context(|| format!("attaching to tracepoint {name}"))?;
     }
     drop(btf);

@@ -3,6 +3,7 @@ mod bench;
 mod load;
 mod setup;
 mod tally;
+mod vm;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -47,6 +48,9 @@ enum Cmd {
     /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
     /// short, healthy traffic, one table with recall and precision.
     Scenarios,
+    /// Boot Debian's Linux 6.1 under qemu (TCG) with the agent and run `truncwatch check` and
+    /// `selftest` there: a few seconds, once the kernel package (70 MB) is downloaded.
+    VmTest,
 }
 
 fn main() -> Result<()> {
@@ -75,6 +79,14 @@ fn main() -> Result<()> {
                 Some(s) => bench::soak(&bin, &workspace_root()?, s.max(10)),
                 None => bench::run(&bin, &workspace_root()?),
             }
+        }
+        Cmd::VmTest => {
+            if !setup::is_root() {
+                bail!("vm-test may apt-get what it needs and packs root-owned files into the guest: run it as root");
+            }
+            setup::ensure(setup::Need::Vm)?;
+            let bin = build()?;
+            vm::run(&bin, &workspace_root()?)
         }
     }
 }
@@ -127,6 +139,12 @@ fn test(args: &[String]) -> Result<()> {
     println!("tests: {} passed, {} failed, {} skipped", t.passed - t.skipped, t.failed, t.skipped);
     if !t.success || t.failed > 0 {
         bail!("tests failed");
+    }
+    // The second kernel, on request: it downloads Debian's 6.1 kernel (70 MB) the first time.
+    if std::env::var_os("TRUNCWATCH_VM").is_some() {
+        step("TRUNCWATCH_VM is set: booting Debian's Linux 6.1 under qemu (cargo xtask vm-test)");
+        setup::ensure(setup::Need::Vm)?;
+        vm::run(&build()?, &workspace_root()?)?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub enum Need {
     Build,
     Test,
     Bench,
+    Vm,
 }
 
 /// bpf-linker 0.13 is the newest that builds against an LLVM Debian 12 ships (llvm-22).
@@ -41,6 +42,10 @@ pub fn ensure(need: Need) -> Result<()> {
     if need == Need::Bench {
         // nginx as the server, wrk as the load, bpftrace for the floor, bpftool for BPF stats.
         pkgs.extend(["nginx-light", "wrk", "bpftrace", "bpftool"]);
+    }
+    if need == Need::Vm {
+        // qemu-system-x86_64 to boot the guest; a static busybox and cpio to build its initramfs.
+        pkgs.extend(["qemu-system-x86", "busybox-static", "cpio"]);
     }
     apt_install(&pkgs)?;
     if need == Need::Test {

@@ -1,0 +1,337 @@
+//! `cargo xtask vm-test`: the agent on a second kernel, Debian 12's Linux 6.1, under qemu.
+//!
+//! This machine's kernel has no kprobes or fentry and has `sock_send_length`; production kernels
+//! like Debian's 6.1 are the other way round. KVM is not usable here, so qemu emulates (TCG): slow,
+//! but enough to boot into a tiny initramfs (busybox, the agent and its libraries), run a few
+//! agent commands and power off. Everything lives in `target/vm/`; the guest's serial console is
+//! saved to `target/vm/console.log`. The harness passes when the guest prints `VMTEST END`; the
+//! agent commands' own results are reported, not judged (6.1 lacks hooks the agent wants today).
+use crate::step;
+use anyhow::{Context, Result, bail};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// TCG boots to init in about 1.5 s here (4 s with firmware); the timeout leaves room for slow
+/// machines and for the agent's start-up under emulation.
+const VM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Each guest command gets this long, so one that hangs still leaves time for the others.
+const CMD_TIMEOUT_S: u32 = 120;
+const END: &str = "VMTEST END";
+const START: &str = "VMTEST START";
+
+/// Kernel options the guest needs built in (`=y`): we ship no modules.
+const KERNEL_NEEDS: &[&str] = &[
+    "CONFIG_BLK_DEV_INITRD",      // boot from our cpio
+    "CONFIG_DEVTMPFS",            // /dev/console and friends
+    "CONFIG_SERIAL_8250_CONSOLE", // console=ttyS0
+    "CONFIG_BPF_SYSCALL",         // maps, ring buffer, programs
+    "CONFIG_BPF_EVENTS",          // BPF on tracepoints and kprobes
+    "CONFIG_DEBUG_INFO_BTF",      // /sys/kernel/btf/vmlinux: the agent reads offsets there
+    "CONFIG_TRACEPOINTS",         // the agent's main hooks
+    "CONFIG_KPROBES",             // what 6.1 has and this host lacks
+    "CONFIG_FUNCTION_TRACER",     // fentry/fexit, likewise
+    "CONFIG_INET",                // TCP on loopback
+    "CONFIG_UNIX",                // Unix sockets (the agent's lab and canary)
+];
+
+pub fn run(agent_bin: &str, root: &str) -> Result<()> {
+    let dir = Path::new(root).join("target/vm");
+    fs::create_dir_all(&dir)?;
+    let boot = kernel(&dir)?;
+    let (vmlinuz, config) = kernel_files(&boot)?;
+    check_config(&config)?;
+    let initrd = initramfs(agent_bin, &dir)?;
+    let log = dir.join("console.log");
+    let console = boot_guest(&vmlinuz, &initrd, &log)?;
+    report(&console, &log)
+}
+
+/// The newest `linux-image-6.1.0-<N>-amd64` the package lists offer, downloaded and unpacked
+/// into `target/vm/<package>/` unless it is there already. Returns its `boot/` directory.
+fn kernel(dir: &Path) -> Result<PathBuf> {
+    let pkg = newest_kernel_package()?;
+    let dest = dir.join(&pkg);
+    let boot = dest.join("boot");
+    if kernel_files(&boot).is_ok() {
+        step(&format!("kernel: {pkg} already unpacked in {}, skipping the download", dest.display()));
+        return Ok(boot);
+    }
+    // The plain package is the signed kernel itself; should it ever be only a metapackage over
+    // the `-unsigned` one, that one holds the vmlinuz.
+    for candidate in [pkg.clone(), format!("{pkg}-unsigned")] {
+        download_and_unpack(&candidate, dir, &dest)?;
+        if kernel_files(&boot).is_ok() {
+            return Ok(boot);
+        }
+        step(&format!("{candidate} holds no boot/vmlinuz-*, trying the next package"));
+    }
+    bail!("no vmlinuz found in {pkg} or {pkg}-unsigned")
+}
+
+fn newest_kernel_package() -> Result<String> {
+    let out = Command::new("apt-cache")
+        .args(["search", "--names-only", "^linux-image-6.1.0-[0-9]+-amd64$"])
+        .output()
+        .context("apt-cache")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let abi = |name: &str| name.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-amd64")?.parse::<u32>().ok();
+    let newest = text.lines().filter_map(|l| l.split_whitespace().next()).filter_map(|n| abi(n).map(|a| (a, n))).max();
+    match newest {
+        Some((_, name)) => Ok(name.to_string()),
+        None => bail!("apt-cache knows no linux-image-6.1.0-*-amd64 package (run `apt-get update`?)"),
+    }
+}
+
+/// `apt-get download` into `dir`, `dpkg-deb -x` into `dest`, then drop the modules (hundreds of
+/// MB): the guest only uses loopback, and `check_config` makes sure the rest is built in.
+fn download_and_unpack(pkg: &str, dir: &Path, dest: &Path) -> Result<()> {
+    step(&format!("downloading {pkg} (apt-get download, about 70 MB) into {}", dir.display()));
+    run_ok(Command::new("apt-get").args(["download", "-q", pkg]).current_dir(dir))?;
+    let deb = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")))
+        .with_context(|| format!("apt-get download left no {pkg}_*.deb"))?;
+    step(&format!("unpacking {} into {}", deb.display(), dest.display()));
+    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
+    let _ = fs::remove_dir_all(dest.join("lib/modules"));
+    let _ = fs::remove_dir_all(dest.join("usr/lib/modules"));
+    fs::remove_file(&deb)?;
+    Ok(())
+}
+
+/// `boot/vmlinuz-*` and its `boot/config-*`.
+fn kernel_files(boot: &Path) -> Result<(PathBuf, PathBuf)> {
+    let find = |prefix: &str| -> Result<PathBuf> {
+        fs::read_dir(boot)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .with_context(|| format!("no {prefix}* in {}", boot.display()))
+    };
+    Ok((find("vmlinuz-")?, find("config-")?))
+}
+
+/// Without modules, whatever the guest needs must be `=y` in the kernel's config.
+fn check_config(config: &Path) -> Result<()> {
+    let text = fs::read_to_string(config)?;
+    let missing: Vec<&str> = KERNEL_NEEDS.iter().copied().filter(|opt| !text.lines().any(|l| l == format!("{opt}=y"))).collect();
+    if !missing.is_empty() {
+        bail!("{} lacks, as built-in: {} (the guest has no modules)", config.display(), missing.join(" "));
+    }
+    step(&format!("kernel config {}: all of {} built in", config.display(), KERNEL_NEEDS.len()));
+    Ok(())
+}
+
+/// A fresh `target/vm/initramfs.cpio` (newc, uncompressed: gunzip under TCG costs seconds):
+/// busybox-static with its applets, the agent, its shared libraries, and `/init`.
+fn initramfs(agent_bin: &str, dir: &Path) -> Result<PathBuf> {
+    let tree = dir.join("initramfs");
+    let _ = fs::remove_dir_all(&tree);
+    for d in ["bin", "dev", "proc", "sys", "tmp", "run"] {
+        fs::create_dir_all(tree.join(d))?;
+    }
+    install_busybox(&tree)?;
+    fs::copy(agent_bin, tree.join("bin/truncwatch")).with_context(|| format!("copying {agent_bin}"))?;
+    for lib in shared_libs(agent_bin)? {
+        let to = tree.join(lib.strip_prefix("/")?);
+        fs::create_dir_all(to.parent().context("library path")?)?;
+        // fs::copy follows symlinks (e.g. /lib64/ld-linux-x86-64.so.2): the guest gets the file.
+        fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
+    }
+    let init = tree.join("init");
+    fs::write(&init, init_script())?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    let cpio = dir.join("initramfs.cpio");
+    pack(&tree, &cpio)?;
+    step(&format!("initramfs: {} ({} MB)", cpio.display(), fs::metadata(&cpio)?.len() >> 20));
+    Ok(cpio)
+}
+
+/// busybox at /bin/busybox and a relative symlink per applet (sh, mount, ip, timeout, ...).
+fn install_busybox(tree: &Path) -> Result<()> {
+    let busybox = "/bin/busybox";
+    fs::copy(busybox, tree.join("bin/busybox")).context("copying /bin/busybox (Debian package busybox-static)")?;
+    let out = Command::new(busybox).arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&out.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
+    }
+    Ok(())
+}
+
+/// What the dynamic agent binary loads: each `=> /path` of ldd, and the loader itself.
+fn shared_libs(bin: &str) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(bin).output().context("ldd")?;
+    if !out.status.success() {
+        // A static binary: nothing to copy.
+        return Ok(vec![]);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
+}
+
+/// The guest's PID 1. The kernel may find no /dev/console in our cpio, so output is only
+/// visible once devtmpfs is mounted and stdio is reopened on it.
+fn init_script() -> String {
+    format!(
+        r#"#!/bin/busybox sh
+export PATH=/bin
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+# The agent needs tracefs for tracepoint ids (it mounts it itself when missing; say if we cannot).
+mount -t tracefs nodev /sys/kernel/tracing || echo "VMTEST note: tracefs mount failed"
+ip link set lo up
+echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s"
+# Run one command with a time limit; its output, then its exit status on a line of its own.
+vmtest() {{
+    name=$1; shift
+    echo "VMTEST BEGIN $name: $*"
+    timeout {CMD_TIMEOUT_S} "$@"
+    echo "VMTEST $name exit=$?"
+}}
+vmtest check /bin/truncwatch check
+vmtest selftest /bin/truncwatch selftest
+echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
+poweroff -f
+"#
+    )
+}
+
+/// `find . | cpio -o -H newc` in `tree`, every file owned by root.
+fn pack(tree: &Path, cpio: &Path) -> Result<()> {
+    let list = Command::new("find").arg(".").current_dir(tree).output()?.stdout;
+    let mut c = Command::new("cpio")
+        .args(["-o", "-H", "newc", "-R", "0:0", "--quiet"])
+        .current_dir(tree)
+        .stdin(Stdio::piped())
+        .stdout(fs::File::create(cpio)?)
+        .spawn()
+        .context("cpio (Debian package cpio)")?;
+    c.stdin.take().context("cpio stdin")?.write_all(&list)?;
+    let status = c.wait()?;
+    if !status.success() {
+        bail!("cpio failed: {status}");
+    }
+    Ok(())
+}
+
+/// Boots the guest, saves its console to `log` line by line, and returns the whole console.
+/// Kills qemu after VM_TIMEOUT.
+fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> {
+    step(&format!("booting {} under qemu (TCG, no KVM here; up to {} s)", vmlinuz.display(), VM_TIMEOUT.as_secs()));
+    let started = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+    let stdout = qemu.stdout.take().context("qemu stdout")?;
+    // A reader thread, so the main thread can give up at the deadline even if the guest is mute.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = strip_escapes(String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']));
+            if tx.send(line).is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    });
+    let mut file = fs::File::create(log)?;
+    let mut console = Vec::new();
+    loop {
+        let left = VM_TIMEOUT.saturating_sub(started.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                writeln!(file, "{line}")?;
+                progress(&line, started.elapsed());
+                console.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                step(&format!("timeout after {} s: killing qemu", VM_TIMEOUT.as_secs()));
+                let _ = qemu.kill();
+                break;
+            }
+        }
+    }
+    let status = qemu.wait()?;
+    step(&format!("qemu exited ({status}) after {:.1} s; console in {}", started.elapsed().as_secs_f64(), log.display()));
+    Ok(console)
+}
+
+/// SeaBIOS and the kernel clear the screen with terminal escapes, which would land in front of
+/// the guest's first line: drop `ESC [ ... <letter>` and two-byte `ESC <char>` sequences.
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+        } else if chars.next() == Some('[') {
+            // Parameters and intermediates, up to the final byte (@ to ~).
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Our own status lines as the guest gets somewhere; the guest's output itself comes at the end.
+fn progress(line: &str, t: Duration) {
+    let t = t.as_secs_f64();
+    if line.starts_with(START) {
+        step(&format!("[{t:6.1} s] guest init running: {line}"));
+    } else if line.starts_with("VMTEST") {
+        step(&format!("[{t:6.1} s] {line}"));
+    } else if line.contains("Kernel panic") {
+        step(&format!("[{t:6.1} s] guest: {line}"));
+    }
+}
+
+/// Prints the guest's part of the console (from the start marker on); fails without the end marker.
+fn report(console: &[String], log: &Path) -> Result<()> {
+    let Some(start) = console.iter().position(|l| l.starts_with(START)) else {
+        bail!("the guest never reached /init (no `{START}`); see {}", log.display());
+    };
+    println!("--- guest output ({}) ---", log.display());
+    for line in &console[start..] {
+        println!("{line}");
+    }
+    println!("--- summary ---");
+    for line in console[start..].iter().filter(|l| l.starts_with("VMTEST ") && !l.starts_with("VMTEST BEGIN")) {
+        println!("{line}");
+    }
+    if !console.iter().any(|l| l.starts_with(END)) {
+        bail!("the guest did not finish (no `{END}`): see {}", log.display());
+    }
+    step("vm-test: the guest booted, ran the commands and finished (their own exit statuses are above)");
+    Ok(())
+}
+
+fn run_ok(c: &mut Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("{c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
