@@ -90,6 +90,8 @@ pub struct Offsets {
     pub tcp_chrono_type: u32,
     pub tcp_chrono_start: u32,
     pub tcp_chrono_stat: u32,
+    /// `socket.sk` (struct sock *): the fentry backend's hooks get a `struct socket *`.
+    pub socket_sk: u32,
     /// Non-zero once userspace filled this in; the programs do nothing until then.
     pub ready: u32,
 }
@@ -250,7 +252,7 @@ pub struct ResetEvent {
 }
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 68);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 72);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);

@@ -31,6 +31,20 @@ pub fn read_user<T: Copy>(addr: u64) -> Option<T> {
     if r == 0 { Some(unsafe { v.assume_init() }) } else { None }
 }
 
+/// `sock->sk`, loaded straight from the BTF-typed `struct socket *` a tracing program gets, so
+/// that the verifier knows the result for a `struct sock *` (socket storage needs that; a
+/// value read with `bpf_probe_read_kernel` would be a plain number to it). The offset comes
+/// from a read-only global, which the verifier treats as the constant it is.
+#[inline(always)]
+pub fn socket_sk(sock: *const u8) -> Option<*mut c_void> {
+    let off = crate::maps::offsets().socket_sk;
+    if sock.is_null() || off == 0 && crate::maps::offsets().ready == 0 {
+        return None;
+    }
+    let sk = unsafe { core::ptr::read_volatile(sock.add(off as usize).cast::<*mut c_void>()) };
+    if sk.is_null() { None } else { Some(sk) }
+}
+
 #[inline(always)]
 pub fn header(kind: u32, sk: *mut c_void) -> Header {
     Header {
@@ -71,22 +85,23 @@ impl IoCall {
 
     /// User address and length of the last accepted bytes (at most `TAIL`) of a send the kernel
     /// took `accepted` bytes of.
+    ///
+    /// A fixed number of rounds, without an early exit: LLVM then unrolls it, where a loop
+    /// bounded by `niov` became one older verifiers (6.1) cannot bound.
     #[inline(always)]
     pub fn tail(&self, accepted: u64) -> Option<(u64, u64)> {
         let mut before = 0u64;
+        let mut found = None;
         for i in 0..MAX_IOV as usize {
-            if i as u64 >= self.niov {
-                break;
-            }
             let [base, len] = self.iov[i];
-            if accepted <= before + len {
+            if found.is_none() && (i as u64) < self.niov && accepted <= before + len {
                 let in_seg = accepted - before;
                 let n = if in_seg < TAIL as u64 { in_seg } else { TAIL as u64 };
-                return if n == 0 { None } else { Some((base + in_seg - n, n)) };
+                found = Some(if n == 0 { None } else { Some((base + in_seg - n, n)) });
             }
             before += len;
         }
-        None
+        found.flatten()
     }
 }
 
@@ -126,17 +141,20 @@ pub fn io_call() -> Option<IoCall> {
 fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<IoCall> {
     // struct iovec (uapi): base, len. One read for the vector, not one per element: each
     // user read costs.
+    // An unreadable vector reads as zeroes (no buffer), not as an early return: returning
+    // early out of here made LLVM store a register a helper call had clobbered, which older
+    // verifiers (6.1) refuse.
     let mut c = IoCall { nr, ..IoCall::NONE };
     match cnt {
         0 => return None,
-        1 => c.iov[0] = read_user::<[u64; 2]>(iov)?,
+        1 => c.iov[0] = read_user::<[u64; 2]>(iov).unwrap_or([0; 2]),
         2 => {
-            let v = read_user::<[[u64; 2]; 2]>(iov)?;
+            let v = read_user::<[[u64; 2]; 2]>(iov).unwrap_or([[0; 2]; 2]);
             c.iov[0] = v[0];
             c.iov[1] = v[1];
         }
-        3..=MAX_IOV => c.iov = read_user::<[[u64; 2]; MAX_IOV as usize]>(iov)?,
-        _ => c.iov[0] = read_user::<[u64; 2]>(iov)?, // longer vectors: the first buffer only
+        3..=MAX_IOV => c.iov = read_user::<[[u64; 2]; MAX_IOV as usize]>(iov).unwrap_or([[0; 2]; MAX_IOV as usize]),
+        _ => c.iov[0] = read_user::<[u64; 2]>(iov).unwrap_or([0; 2]), // longer vectors: the first buffer only
     }
     if cnt <= MAX_IOV {
         c.niov = cnt;

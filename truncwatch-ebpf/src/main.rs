@@ -14,7 +14,10 @@ mod recv;
 mod send;
 mod state;
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, fexit},
+    programs::{BtfTracePointContext, FExitContext},
+};
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`, fired in `sock_sendmsg_nosec()` for every
 /// send on every socket (write, writev, send*, and since 6.5 sendfile/splice chunks). Since 6.3.
@@ -28,6 +31,41 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     recv::on_recv(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    0
+}
+
+// The fentry backend, for kernels without `sock_send_length`/`sock_recv_length` (before 6.3):
+// fexit programs on the functions those tracepoints sit in, with the same handlers. fexit, not
+// a kretprobe: a send blocks while the send buffer is full (the slow-reader case), and
+// kretprobe instances run out while many are blocked.
+
+// Sends are hooked per protocol, where the socket layer calls through a function pointer:
+// `sock_sendmsg` itself is inlined into some of its callers (write(2) on 6.1), and fentry sees
+// only calls to the out-of-line copy. (On kernels before 6.5, sendfile and splice to a socket
+// take the sendpage path, not hooked yet.) BTF trampolines since 5.5.
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
+#[fexit(function = "tcp_sendmsg")]
+pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
+    send::on_send(ctx.arg(0), ctx.arg(3));
+    0
+}
+
+/// `int unix_stream_sendmsg(struct socket *sock, struct msghdr *msg, size_t len)`.
+#[fexit(function = "unix_stream_sendmsg")]
+pub fn fexit_unix_stream_sendmsg(ctx: FExitContext) -> i32 {
+    if let Some(sk) = kernel::socket_sk(ctx.arg(0)) {
+        send::on_send(sk, ctx.arg(3));
+    }
+    0
+}
+
+/// `int sock_recvmsg(struct socket *sock, struct msghdr *msg, int flags)`: read, recv*.
+#[fexit(function = "sock_recvmsg")]
+pub fn fexit_sock_recvmsg(ctx: FExitContext) -> i32 {
+    if let Some(sk) = kernel::socket_sk(ctx.arg(0)) {
+        recv::on_recv(sk, ctx.arg(3), ctx.arg(2));
+    }
     0
 }
 

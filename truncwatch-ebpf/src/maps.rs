@@ -60,6 +60,7 @@ static OFFSETS: Offsets = Offsets {
     tcp_chrono_type: 0,
     tcp_chrono_start: 0,
     tcp_chrono_stat: 0,
+    socket_sk: 0,
     ready: 0,
 };
 

@@ -135,7 +135,10 @@ fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i
                 // Via the stack: the verifier refuses a variable-length write at a variable
                 // offset into ring buffer memory.
                 let mut t = [0u8; TAIL];
-                if n <= TAIL as u64 && bpf_probe_read_user(t.as_mut_ptr().cast(), n as u32, addr as *const c_void) == 0 {
+                // Clamped as the u32 the helper gets: older verifiers (6.1) lose a bound
+                // checked on the u64 before the cast.
+                let len = bounded(n, TAIL as u32);
+                if n <= TAIL as u64 && bpf_probe_read_user(t.as_mut_ptr().cast(), len, addr as *const c_void) == 0 {
                     (*ev).tail = t;
                     (*ev).tail_len = n as u32;
                 }
@@ -173,7 +176,7 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
             (*ev).requests = 0;
             (*ev).method = 0;
         }
-        let r = bpf_probe_read_user((&raw mut (*ev).cap).cast(), n as u32, call.buf() as *const c_void);
+        let r = bpf_probe_read_user((&raw mut (*ev).cap).cast(), bounded(n, HEAD_CAP as u32), call.buf() as *const c_void);
         (*ev).cap_len = if r == 0 { n as u32 } else { 0 };
         let tail = (*ev).send.tail;
         let len = (*ev).send.tail_len;
@@ -181,6 +184,17 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
     };
     entry.submit(wake_flags());
     open
+}
+
+/// `n` as a helper's u32 size, at most `max`: the clamp is done on the 32-bit value itself, so
+/// every verifier sees the bound on the register the helper gets. The volatile read keeps
+/// LLVM from dropping the clamp as redundant (it often knows `n <= max` already; 6.1's
+/// verifier does not).
+#[inline(always)]
+fn bounded(n: u64, max: u32) -> u32 {
+    let v = n as u32;
+    let n = unsafe { core::ptr::read_volatile(&v) };
+    if n > max { max } else { n }
 }
 
 /// Whether `tail[..len]` ends with `\r\n\r\n`. With shifts, not indexing: the verifier

@@ -10,7 +10,7 @@ use crate::metrics::{Metrics, ProgramStats};
 use crate::output::{self, Clock, Format};
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
+use aya::programs::{BtfTracePoint, FExit};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -26,8 +26,49 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 /// a batch of events is waiting).
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
-/// The tracepoint backend: program name = tracepoint name.
-pub const PROGRAMS: [&str; 4] = ["sock_send_length", "sock_recv_length", "inet_sock_set_state", "tcp_receive_reset"];
+/// Hook backends: how the send and receive paths are hooked (the TCP state paths use the
+/// same two tracepoints in both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The best this kernel offers: tracepoint where it has `sock_send_length`, else fentry.
+    Auto,
+    /// `tp_btf` on `sock_send_length`/`sock_recv_length` (Linux 6.3+).
+    Tracepoint,
+    /// fexit on `tcp_sendmsg`, `unix_stream_sendmsg` and `sock_recvmsg` (BTF trampolines,
+    /// Linux 5.5+; the programs also need `bpf_task_pt_regs`, 5.15+).
+    Fentry,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Tracepoint => "tracepoint",
+            Backend::Fentry => "fentry",
+        }
+    }
+
+    /// (program in the object, what it attaches to, fexit or tp_btf) for the send and
+    /// receive paths.
+    fn socket_programs(self) -> &'static [(&'static str, &'static str, bool)] {
+        match self {
+            Backend::Fentry => &[
+                ("fexit_tcp_sendmsg", "tcp_sendmsg", true),
+                ("fexit_unix_stream_sendmsg", "unix_stream_sendmsg", true),
+                ("fexit_sock_recvmsg", "sock_recvmsg", true),
+            ],
+            _ => &[("sock_send_length", "sock_send_length", false), ("sock_recv_length", "sock_recv_length", false)],
+        }
+    }
+
+    /// Programs attached with this backend.
+    pub fn programs(self) -> usize {
+        self.socket_programs().len() + STATE_PROGRAMS.len()
+    }
+}
+
+/// Tracepoints every backend attaches (program name = tracepoint name).
+const STATE_PROGRAMS: [&str; 2] = ["inet_sock_set_state", "tcp_receive_reset"];
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -60,6 +101,10 @@ pub struct RunArgs {
     /// flagged exactly) this often; `0s` turns it off. Its result is a metric and gates /readyz.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub canary_interval: Duration,
+    /// How to hook the send and receive paths; `auto` picks the best this kernel has
+    /// (`truncwatch check` shows what that is).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: Backend,
     /// Print every decoded kernel event to stderr (for debugging the agent).
     #[arg(long, hide = true)]
     pub trace_events: bool,
@@ -78,7 +123,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "off" | "" => None,
         addr => Some(endpoint::bind(addr).await?),
     };
-    let (mut ebpf, layout) = attach(args.ring_buffer_mib)?;
+    let (mut ebpf, layout, backend) = attach(args.ring_buffer_mib, args.backend)?;
     release_freed_memory();
     // Kept open for as long as the stats should stay on.
     let _stats = if args.bpf_stats {
@@ -102,7 +147,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         events: 0,
         trace: args.trace_events,
         resolver: Resolver::new("/"),
-        metrics: Metrics::new(args.max_label_sets, args.max_connections, "tracepoint"),
+        metrics: Metrics::new(args.max_label_sets, args.max_connections, backend.name()),
         canary: None,
         old_canary_locals: Vec::new(),
         canary_passed: None,
@@ -125,7 +170,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
     publish(&mut reader, &mut ebpf, &shared, &args);
-    eprintln!("truncwatch: ready (tracepoint backend: {} programs attached)", PROGRAMS.len());
+    eprintln!("truncwatch: ready ({} backend: {} programs attached)", backend.name(), backend.programs());
 
     // The kernel wakes us only when a batch is waiting; this tick picks up the rest.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -195,9 +240,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 }
 
-/// Load the kernel programs and attach them (the tracepoint backend); they stay attached for
-/// as long as the returned `Ebpf` lives. Also used by `truncwatch check`.
-pub fn attach(ring_buffer_mib: u32) -> Result<(Ebpf, btf_offsets::KernelLayout)> {
+/// Load the kernel programs and attach them with `backend` (`Auto`: the best this kernel
+/// has); they stay attached for as long as the returned `Ebpf` lives. Returns the backend
+/// used. Also used by `truncwatch check`.
+pub fn attach(ring_buffer_mib: u32, backend: Backend) -> Result<(Ebpf, btf_offsets::KernelLayout, Backend)> {
     if OBJECT.is_empty() {
         bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP); build it with `cargo xtask build`");
     }
@@ -213,20 +259,40 @@ pub fn attach(ring_buffer_mib: u32) -> Result<(Ebpf, btf_offsets::KernelLayout)>
         .map_max_entries("EVENTS", ring_buffer_mib << 20)
         .load(OBJECT)
         .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
-    for name in PROGRAMS {
-        let prog: &mut BtfTracePoint = ebpf.program_mut(name).context("program missing from object")?.try_into()?;
-        // SAFETY: no preconditions.
-        let why = if unsafe { libc::geteuid() } == 0 {
-            "the tracepoint backend needs Linux 6.3+ (sock_send_length, sock_recv_length); `truncwatch check` says what this kernel has"
+    let backend = match backend {
+        Backend::Auto if layout.socket_tracepoints => Backend::Tracepoint,
+        Backend::Auto => Backend::Fentry,
+        b => b,
+    };
+    // SAFETY: no preconditions.
+    let why = if unsafe { libc::geteuid() } == 0 {
+        match backend {
+            Backend::Fentry => "the fentry backend needs BPF trampolines (Linux 5.5+, ftrace function hooks allowed); `truncwatch check` says what this kernel has",
+            _ => "the tracepoint backend needs Linux 6.3+ (sock_send_length, sock_recv_length); `truncwatch check` says what this kernel has",
+        }
+    } else {
+        "needs root, or CAP_BPF + CAP_PERFMON"
+    };
+    for &(name, target, fexit) in backend.socket_programs() {
+        let prog = ebpf.program_mut(name).context("program missing from object")?;
+        if fexit {
+            let prog: &mut FExit = prog.try_into()?;
+            prog.load(target, &btf).with_context(|| format!("loading program {name}: {why}"))?;
+            prog.attach().with_context(|| format!("attaching to function {target}: {why}"))?;
         } else {
-            "needs root, or CAP_BPF + CAP_PERFMON"
-        };
+            let prog: &mut BtfTracePoint = prog.try_into()?;
+            prog.load(target, &btf).with_context(|| format!("loading program {name}: {why}"))?;
+            prog.attach().with_context(|| format!("attaching to tracepoint {target}"))?;
+        }
+    }
+    for name in STATE_PROGRAMS {
+        let prog: &mut BtfTracePoint = ebpf.program_mut(name).context("program missing from object")?.try_into()?;
         prog.load(name, &btf).with_context(|| format!("loading program {name}: {why}"))?;
         prog.attach().with_context(|| format!("attaching to tracepoint {name}"))?;
     }
     drop(btf);
     release_freed_memory();
-    Ok((ebpf, layout))
+    Ok((ebpf, layout, backend))
 }
 
 /// Refresh what the endpoint serves: readiness (gated by the last canary) and the metrics.

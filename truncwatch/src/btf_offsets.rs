@@ -21,6 +21,8 @@ pub struct SockLayout {
 pub struct KernelLayout {
     pub offsets: Offsets,
     pub sock: SockLayout,
+    /// The kernel has the `sock_send_length` and `sock_recv_length` tracepoints (6.3+).
+    pub socket_tracepoints: bool,
 }
 
 pub fn load() -> Result<KernelLayout> {
@@ -46,6 +48,7 @@ pub fn load() -> Result<KernelLayout> {
         tcp_chrono_type: f("tcp_sock", "chrono_type").unwrap_or(0),
         tcp_chrono_start: f("tcp_sock", "chrono_start").unwrap_or(0),
         tcp_chrono_stat: f("tcp_sock", "chrono_stat").unwrap_or(0),
+        socket_sk: f("socket", "sk")?,
         ready: 1,
     };
     // The programs load these at fixed offsets (the x86_64 ptrace ABI): make sure.
@@ -69,7 +72,8 @@ pub fn load() -> Result<KernelLayout> {
         v6_daddr: s("skc_v6_daddr")?,
         v6_rcv_saddr: s("skc_v6_rcv_saddr")?,
     };
-    Ok(KernelLayout { offsets, sock })
+    let socket_tracepoints = btf.has_typedef("btf_trace_sock_send_length") && btf.has_typedef("btf_trace_sock_recv_length");
+    Ok(KernelLayout { offsets, sock, socket_tracepoints })
 }
 
 /// Byte offset of `path` (dot-separated members) in struct `ty`, looking through anonymous

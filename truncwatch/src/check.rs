@@ -22,8 +22,8 @@ pub struct Facts {
     pub kprobes: bool,
     pub bpf_stats: bool,
     pub timer_list: bool,
-    /// Loading and attaching the tracepoint backend for real: Ok, or the error.
-    pub tracepoint_backend: Result<(), String>,
+    /// Loading and attaching the best backend for real: the one that runs, or the error.
+    pub backend: Result<agent::Backend, String>,
 }
 
 /// Tracepoints the tracepoint backend needs, and since when Linux has them.
@@ -61,7 +61,7 @@ pub fn probe() -> Facts {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("ftrace function hooks unavailable (available_filter_functions: {e})")),
     };
-    let tracepoint_backend = agent::attach(1).map(drop).map_err(|e| format!("{e:#}"));
+    let backend = agent::attach(1, agent::Backend::Auto).map(|(_, _, b)| b).map_err(|e| format!("{e:#}"));
     Facts {
         kernel,
         btf,
@@ -71,7 +71,7 @@ pub fn probe() -> Facts {
         kprobes: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
         bpf_stats: std::path::Path::new("/proc/sys/kernel/bpf_stats_enabled").exists(),
         timer_list: std::fs::File::open("/proc/timer_list").is_ok(),
-        tracepoint_backend,
+        backend,
     }
 }
 
@@ -101,16 +101,15 @@ pub fn report(f: &Facts) -> (String, bool) {
     let _ = writeln!(s, "  {:<46} {}", "BPF run-time stats (kernel.bpf_stats_enabled)", yes_no(f.bpf_stats));
     let _ = writeln!(s, "  {:<46} {}", "/proc/timer_list (the kernel's HZ)", yes_no(f.timer_list));
     let _ = writeln!(s);
-    let runs = f.tracepoint_backend.is_ok();
-    match &f.tracepoint_backend {
-        Ok(()) => {
-            let _ = writeln!(s, "backend: tracepoint ({} programs loaded and attached, then detached)", agent::PROGRAMS.len());
+    let runs = f.backend.is_ok();
+    match &f.backend {
+        Ok(b) => {
+            let _ = writeln!(s, "backend: {} ({} programs loaded and attached, then detached)", b.name(), b.programs());
         }
         Err(e) => {
-            let _ = writeln!(s, "backend: none. The tracepoint backend does not load here: {e}");
-            if f.tracepoints.iter().take(2).any(|(_, p)| !p) {
-                let alt = if f.ftrace.is_ok() { "fentry" } else if f.kprobes { "kprobe" } else { "no other" };
-                let _ = writeln!(s, "  It needs sock_send_length and sock_recv_length (Linux 6.3+). This kernel would suit the {alt} backend, which truncwatch does not have yet.");
+            let _ = writeln!(s, "backend: none. {e}");
+            if f.tracepoints.iter().take(2).any(|(_, p)| !p) && f.ftrace.is_err() && f.kprobes {
+                let _ = writeln!(s, "  This kernel has kprobes: it would suit a kprobe backend, which truncwatch does not have yet.");
             }
         }
     }
@@ -142,7 +141,7 @@ mod tests {
             kprobes: false,
             bpf_stats: true,
             timer_list: true,
-            tracepoint_backend: Ok(()),
+            backend: Ok(agent::Backend::Tracepoint),
         }
     }
 
@@ -164,11 +163,16 @@ mod tests {
         f.ftrace = Ok(());
         f.kprobes = true;
         f.timer_list = false;
-        f.tracepoint_backend = Err("loading program sock_send_length: ...".into());
+        f.backend = Ok(agent::Backend::Fentry);
+        let (text, runs) = report(&f);
+        assert!(runs);
+        assert!(text.contains("tracepoint sock_send_length (Linux 6.3+)       no") && text.contains("backend: fentry"), "{text}");
+        assert!(text.contains("cost: no /proc/timer_list"), "{text}");
+        // No trampolines either, but kprobes: say what would suit it.
+        f.ftrace = Err("locked".into());
+        f.backend = Err("loading program fexit_sock_sendmsg: ...".into());
         let (text, runs) = report(&f);
         assert!(!runs);
-        assert!(text.contains("tracepoint sock_send_length (Linux 6.3+)") && text.contains("backend: none"), "{text}");
-        assert!(text.contains("suit the fentry backend"), "{text}");
-        assert!(text.contains("cost: no /proc/timer_list"), "{text}");
+        assert!(text.contains("backend: none") && text.contains("suit a kprobe backend"), "{text}");
     }
 }
