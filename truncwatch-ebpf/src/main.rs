@@ -51,6 +51,25 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
     0
 }
 
+/// `int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)`:
+/// sendfile and splice to TCP before 6.5 (removed there; they go through `tcp_sendmsg`).
+#[fexit(function = "tcp_sendpage")]
+pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
+    send::on_send(ctx.arg(0), ctx.arg(5));
+    0
+}
+
+/// `ssize_t unix_stream_sendpage(struct socket *socket, struct page *page, int offset,
+/// size_t size, int flags)`: the same for Unix sockets, before 6.5.
+#[fexit(function = "unix_stream_sendpage")]
+pub fn fexit_unix_stream_sendpage(ctx: FExitContext) -> i32 {
+    if let Some(sk) = kernel::socket_sk(ctx.arg(0)) {
+        let ret: i64 = ctx.arg(5);
+        send::on_send(sk, ret as i32);
+    }
+    0
+}
+
 /// `int unix_stream_sendmsg(struct socket *sock, struct msghdr *msg, size_t len)`.
 #[fexit(function = "unix_stream_sendmsg")]
 pub fn fexit_unix_stream_sendmsg(ctx: FExitContext) -> i32 {

@@ -49,21 +49,25 @@ impl Backend {
     }
 
     /// (program in the object, what it attaches to, fexit or tp_btf) for the send and
-    /// receive paths.
-    fn socket_programs(self) -> &'static [(&'static str, &'static str, bool)] {
+    /// receive paths; `sendpage`: the kernel has the sendpage path (before 6.5).
+    fn socket_programs(self, sendpage: bool) -> &'static [(&'static str, &'static str, bool)] {
+        const FENTRY: [(&str, &str, bool); 5] = [
+            ("fexit_tcp_sendmsg", "tcp_sendmsg", true),
+            ("fexit_unix_stream_sendmsg", "unix_stream_sendmsg", true),
+            ("fexit_sock_recvmsg", "sock_recvmsg", true),
+            ("fexit_tcp_sendpage", "tcp_sendpage", true),
+            ("fexit_unix_stream_sendpage", "unix_stream_sendpage", true),
+        ];
         match self {
-            Backend::Fentry => &[
-                ("fexit_tcp_sendmsg", "tcp_sendmsg", true),
-                ("fexit_unix_stream_sendmsg", "unix_stream_sendmsg", true),
-                ("fexit_sock_recvmsg", "sock_recvmsg", true),
-            ],
+            Backend::Fentry if sendpage => &FENTRY,
+            Backend::Fentry => &FENTRY[..3],
             _ => &[("sock_send_length", "sock_send_length", false), ("sock_recv_length", "sock_recv_length", false)],
         }
     }
 
     /// Programs attached with this backend.
-    pub fn programs(self) -> usize {
-        self.socket_programs().len() + STATE_PROGRAMS.len()
+    pub fn programs(self, sendpage: bool) -> usize {
+        self.socket_programs(sendpage).len() + STATE_PROGRAMS.len()
     }
 }
 
@@ -170,7 +174,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
     publish(&mut reader, &mut ebpf, &shared, &args);
-    eprintln!("truncwatch: ready ({} backend: {} programs attached)", backend.name(), backend.programs());
+    eprintln!("truncwatch: ready ({} backend: {} programs attached)", backend.name(), backend.programs(layout.sendpage));
 
     // The kernel wakes us only when a batch is waiting; this tick picks up the rest.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -273,7 +277,7 @@ pub fn attach(ring_buffer_mib: u32, backend: Backend) -> Result<(Ebpf, btf_offse
     } else {
         "needs root, or CAP_BPF + CAP_PERFMON"
     };
-    for &(name, target, fexit) in backend.socket_programs() {
+    for &(name, target, fexit) in backend.socket_programs(layout.sendpage) {
         let prog = ebpf.program_mut(name).context("program missing from object")?;
         if fexit {
             let prog: &mut FExit = prog.try_into()?;

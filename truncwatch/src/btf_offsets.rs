@@ -23,6 +23,9 @@ pub struct KernelLayout {
     pub sock: SockLayout,
     /// The kernel has the `sock_send_length` and `sock_recv_length` tracepoints (6.3+).
     pub socket_tracepoints: bool,
+    /// The kernel still has the sendpage path (before 6.5): sendfile and splice to a socket
+    /// bypass `*_sendmsg` there.
+    pub sendpage: bool,
 }
 
 pub fn load() -> Result<KernelLayout> {
@@ -73,7 +76,8 @@ pub fn load() -> Result<KernelLayout> {
         v6_rcv_saddr: s("skc_v6_rcv_saddr")?,
     };
     let socket_tracepoints = btf.has_typedef("btf_trace_sock_send_length") && btf.has_typedef("btf_trace_sock_recv_length");
-    Ok(KernelLayout { offsets, sock, socket_tracepoints })
+    let sendpage = btf.has_func("tcp_sendpage") && btf.has_func("unix_stream_sendpage");
+    Ok(KernelLayout { offsets, sock, socket_tracepoints, sendpage })
 }
 
 /// Byte offset of `path` (dot-separated members) in struct `ty`, looking through anonymous

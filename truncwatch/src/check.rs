@@ -23,7 +23,8 @@ pub struct Facts {
     pub bpf_stats: bool,
     pub timer_list: bool,
     /// Loading and attaching the best backend for real: the one that runs, or the error.
-    pub backend: Result<agent::Backend, String>,
+    /// With the number of programs it attached.
+    pub backend: Result<(agent::Backend, usize), String>,
 }
 
 /// Tracepoints the tracepoint backend needs, and since when Linux has them.
@@ -61,7 +62,7 @@ pub fn probe() -> Facts {
         Ok(_) => Ok(()),
         Err(e) => Err(format!("ftrace function hooks unavailable (available_filter_functions: {e})")),
     };
-    let backend = agent::attach(1, agent::Backend::Auto).map(|(_, _, b)| b).map_err(|e| format!("{e:#}"));
+    let backend = agent::attach(1, agent::Backend::Auto).map(|(_, l, b)| (b, b.programs(l.sendpage))).map_err(|e| format!("{e:#}"));
     Facts {
         kernel,
         btf,
@@ -103,8 +104,8 @@ pub fn report(f: &Facts) -> (String, bool) {
     let _ = writeln!(s);
     let runs = f.backend.is_ok();
     match &f.backend {
-        Ok(b) => {
-            let _ = writeln!(s, "backend: {} ({} programs loaded and attached, then detached)", b.name(), b.programs());
+        Ok((b, n)) => {
+            let _ = writeln!(s, "backend: {} ({n} programs loaded and attached, then detached)", b.name());
         }
         Err(e) => {
             let _ = writeln!(s, "backend: none. {e}");
@@ -141,7 +142,7 @@ mod tests {
             kprobes: false,
             bpf_stats: true,
             timer_list: true,
-            backend: Ok(agent::Backend::Tracepoint),
+            backend: Ok((agent::Backend::Tracepoint, 4)),
         }
     }
 
@@ -163,7 +164,7 @@ mod tests {
         f.ftrace = Ok(());
         f.kprobes = true;
         f.timer_list = false;
-        f.backend = Ok(agent::Backend::Fentry);
+        f.backend = Ok((agent::Backend::Fentry, 7));
         let (text, runs) = report(&f);
         assert!(runs);
         assert!(text.contains("tracepoint sock_send_length (Linux 6.3+)       no") && text.contains("backend: fentry"), "{text}");

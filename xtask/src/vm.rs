@@ -23,6 +23,8 @@ const VM_TIMEOUT: Duration = Duration::from_secs(300);
 /// Each guest command gets this long, so one that hangs still leaves time for the others.
 const CMD_TIMEOUT_S: u32 = 120;
 const END: &str = "VMTEST END";
+/// A detection test in the guest: the agent, a lab server and a client, one expected verdict.
+const DETECT: &str = include_str!("vm/detect.sh");
 const START: &str = "VMTEST START";
 
 /// Kernel options the guest needs built in (`=y`): we ship no modules.
@@ -143,9 +145,10 @@ fn initramfs(agent_bin: &str, dir: &Path) -> Result<PathBuf> {
         // fs::copy follows symlinks (e.g. /lib64/ld-linux-x86-64.so.2): the guest gets the file.
         fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
     }
-    let init = tree.join("init");
-    fs::write(&init, init_script())?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    for (path, text) in [("init", init_script()), ("bin/detect.sh", DETECT.to_string())] {
+        fs::write(tree.join(path), text)?;
+        fs::set_permissions(tree.join(path), fs::Permissions::from_mode(0o755))?;
+    }
     let cpio = dir.join("initramfs.cpio");
     pack(&tree, &cpio)?;
     step(&format!("initramfs: {} ({} MB)", cpio.display(), fs::metadata(&cpio)?.len() >> 20));
@@ -200,6 +203,10 @@ vmtest() {{
 }}
 vmtest check /bin/truncwatch check
 vmtest selftest /bin/truncwatch selftest
+vmtest unix-short-write /bin/detect.sh unix-short unix:/tmp/u.sock --mode short-close --body 8388608 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
+vmtest tcp-slow-reader /bin/detect.sh slow tcp:127.0.0.1:8082 --mode full --body 4194304 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
+vmtest tcp-slow-reader-splice /bin/detect.sh splice tcp:127.0.0.1:8081 --mode full --body 4194304 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
+vmtest tcp-splice-cut-short /bin/detect.sh splice-cut tcp:127.0.0.1:8083 --mode short-close --body 8388608 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
 echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
 poweroff -f
 "#

@@ -1,0 +1,28 @@
+#!/bin/busybox sh
+# Detection in the guest: the agent watches one lab connection and must judge it as expected.
+#   detect.sh NAME LISTEN SERVER-ARGS... -- FETCH-ARGS... -- EXPECTED-VERDICT
+# The agent's byte count must equal what the client received.
+name=$1 listen=$2; shift 2
+server=""; while [ "$1" != "--" ]; do server="$server $1"; shift; done; shift
+fetch=""; while [ "$1" != "--" ]; do fetch="$fetch $1"; shift; done; shift
+want=$1
+out=/tmp/$name
+/bin/truncwatch run --all --format json --metrics-addr off --canary-interval 0s >$out.verdicts 2>$out.agent &
+agent=$!
+for i in $(seq 150); do grep -q "truncwatch: ready" $out.agent && break; sleep 0.1; done
+/bin/truncwatch lab serve --listen $listen --connections 1 $server >/dev/null 2>$out.server &
+for i in $(seq 50); do grep -q "listening" $out.server && break; sleep 0.1; done
+/bin/truncwatch lab fetch --connect $listen $fetch >$out.client
+sleep 1
+kill -INT $agent; wait $agent
+local=${listen#tcp:}; local=${local#unix:}
+got=$(grep "\"local\":\"$local\"" $out.verdicts)
+echo "client: $(cat $out.client)"
+echo "agent: $got"
+verdict=$(echo "$got" | sed -n 's/.*"verdict":"\([a-z_]*\)".*/\1/p')
+sent=$(echo "$got" | sed -n 's/.*"sent_bytes":\([0-9]*\).*/\1/p')
+received=$(sed -n 's/.*"received_bytes":\([0-9]*\).*/\1/p' $out.client)
+[ "$(echo "$got" | grep -c .)" = 1 ] || { echo "FAIL: expected one verdict"; exit 1; }
+[ "$verdict" = "$want" ] || { echo "FAIL: verdict $verdict, expected $want"; exit 1; }
+[ "$sent" = "$received" ] || { echo "FAIL: agent counted $sent bytes, the client received $received"; exit 1; }
+echo "ok: $verdict, $sent bytes on both sides"
