@@ -48,8 +48,9 @@ enum Cmd {
     /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
     /// short, healthy traffic, one table with recall and precision.
     Scenarios,
-    /// Boot Debian's Linux 6.1 under qemu (TCG) with the agent and run `truncwatch check` and
-    /// `selftest` there: a few seconds, once the kernel package (70 MB) is downloaded.
+    /// Boot Debian's Linux 6.1 under qemu (TCG) with the agent and run `truncwatch check`,
+    /// `selftest`, the kernel integration tests and a few detection runs there: about 2
+    /// minutes, once the kernel package (70 MB) is downloaded.
     VmTest,
 }
 

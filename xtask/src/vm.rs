@@ -5,8 +5,9 @@
 //! but enough to boot into a tiny initramfs (busybox, the agent and its libraries), run a few
 //! agent commands and power off. Everything lives in `target/vm/`; the guest's serial console is
 //! saved to `target/vm/console.log`. It passes when the guest prints `VMTEST END` and every
-//! guest command exited 0: `truncwatch check` (a backend runs: fentry there) and
-//! `truncwatch selftest` (its canary's short write and reset discard are flagged exactly).
+//! guest command exited 0: `truncwatch check` (a backend runs: fentry there), `truncwatch
+//! selftest`, the kernel integration tests (`tests/kernel.rs`), and detection runs
+//! (`vm/detect.sh`).
 use crate::step;
 use anyhow::{Context, Result, bail};
 use std::fs;
@@ -19,9 +20,11 @@ use std::time::{Duration, Instant};
 
 /// TCG boots to init in about 1.5 s here (4 s with firmware); the timeout leaves room for slow
 /// machines and for the agent's start-up under emulation.
-const VM_TIMEOUT: Duration = Duration::from_secs(300);
+const VM_TIMEOUT: Duration = Duration::from_secs(1500);
 /// Each guest command gets this long, so one that hangs still leaves time for the others.
 const CMD_TIMEOUT_S: u32 = 120;
+/// The kernel integration suite: about 30 s on the host, several times that under TCG.
+const TESTS_TIMEOUT_S: u32 = 900;
 const END: &str = "VMTEST END";
 /// A detection test in the guest: the agent, a lab server and a client, one expected verdict.
 const DETECT: &str = include_str!("vm/detect.sh");
@@ -48,7 +51,8 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let boot = kernel(&dir)?;
     let (vmlinuz, config) = kernel_files(&boot)?;
     check_config(&config)?;
-    let initrd = initramfs(agent_bin, &dir)?;
+    let tests = kernel_test_binary()?;
+    let initrd = initramfs(agent_bin, &tests, &dir)?;
     let log = dir.join("console.log");
     let console = boot_guest(&vmlinuz, &initrd, &log)?;
     report(&console, &log)
@@ -131,7 +135,7 @@ fn check_config(config: &Path) -> Result<()> {
 
 /// A fresh `target/vm/initramfs.cpio` (newc, uncompressed: gunzip under TCG costs seconds):
 /// busybox-static with its applets, the agent, its shared libraries, and `/init`.
-fn initramfs(agent_bin: &str, dir: &Path) -> Result<PathBuf> {
+fn initramfs(agent_bin: &str, tests: &Path, dir: &Path) -> Result<PathBuf> {
     let tree = dir.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
     for d in ["bin", "dev", "proc", "sys", "tmp", "run"] {
@@ -139,7 +143,16 @@ fn initramfs(agent_bin: &str, dir: &Path) -> Result<PathBuf> {
     }
     install_busybox(&tree)?;
     fs::copy(agent_bin, tree.join("bin/truncwatch")).with_context(|| format!("copying {agent_bin}"))?;
-    for lib in shared_libs(agent_bin)? {
+    // The kernel test binary starts the agent by the absolute path it was built with.
+    let at_build_path = tree.join(agent_bin.trim_start_matches('/'));
+    fs::create_dir_all(at_build_path.parent().context("agent path")?)?;
+    fs::hard_link(tree.join("bin/truncwatch"), &at_build_path)?;
+    fs::copy(tests, tree.join("bin/kernel-tests")).with_context(|| format!("copying {}", tests.display()))?;
+    let mut libs = shared_libs(agent_bin)?;
+    libs.extend(shared_libs(&tests.to_string_lossy())?);
+    libs.sort();
+    libs.dedup();
+    for lib in libs {
         let to = tree.join(lib.strip_prefix("/")?);
         fs::create_dir_all(to.parent().context("library path")?)?;
         // fs::copy follows symlinks (e.g. /lib64/ld-linux-x86-64.so.2): the guest gets the file.
@@ -164,6 +177,24 @@ fn install_busybox(tree: &Path) -> Result<()> {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
     }
     Ok(())
+}
+
+/// The kernel integration tests (`truncwatch/tests/kernel.rs`), built, and where cargo put them.
+fn kernel_test_binary() -> Result<PathBuf> {
+    step("building the kernel integration tests (cargo test --no-run) to run them in the guest");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--release", "--package", "truncwatch", "--test", "kernel", "--no-run", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the kernel tests failed");
+    }
+    // One JSON object per line; the test target's artifact names its executable.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"kind\":[\"test\"]") && l.contains("\"name\":\"kernel\""))
+        .find_map(|l| Some(PathBuf::from(l.split("\"executable\":\"").nth(1)?.split('"').next()?)))
+        .context("cargo did not say where the kernel tests were built")
 }
 
 /// What the dynamic agent binary loads: each `=> /path` of ldd, and the loader itself.
@@ -198,14 +229,19 @@ echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s"
 vmtest() {{
     name=$1; shift
     echo "VMTEST BEGIN $name: $*"
-    timeout {CMD_TIMEOUT_S} "$@"
+    timeout $limit "$@"
     echo "VMTEST $name exit=$?"
 }}
+limit={CMD_TIMEOUT_S}
 vmtest check /bin/truncwatch check
 vmtest selftest /bin/truncwatch selftest
 vmtest unix-short-write /bin/detect.sh unix-short unix:/tmp/u.sock --mode short-close --body 8388608 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
 vmtest tcp-slow-reader /bin/detect.sh slow tcp:127.0.0.1:8082 --mode full --body 4194304 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
 vmtest tcp-slow-reader-splice /bin/detect.sh splice tcp:127.0.0.1:8081 --mode full --body 4194304 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
+# The whole kernel integration suite, against this kernel's backend (CI=true: never skip).
+limit={TESTS_TIMEOUT_S}
+vmtest kernel-tests env CI=true /bin/kernel-tests --test-threads=1
+limit={CMD_TIMEOUT_S}
 vmtest tcp-splice-cut-short /bin/detect.sh splice-cut tcp:127.0.0.1:8083 --mode short-close --body 8388608 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
 echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
 poweroff -f

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_truncwatch");
 
-/// Kernel tests need root and a working bpf(). Without them they skip with a reason, except in
-/// CI (`CI=true`), where a skip would hide a broken detector: there they fail.
 /// `kernel_test!(name { body })`: a test that needs root and a working `bpf()`: skipped with
 /// a printed reason on a machine without them, never with `CI=true`.
 #[allow(unused_macros)]
@@ -27,6 +25,8 @@ macro_rules! kernel_test {
     };
 }
 
+/// Kernel tests need root and a working bpf(). Without them they skip with a reason, except in
+/// CI (`CI=true`), where a skip would hide a broken detector: there they fail.
 pub fn kernel_or_skip(test: &str) -> bool {
     let why = if unsafe { libc::geteuid() } != 0 {
         Some("not root".to_string())
