@@ -199,12 +199,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 reader.print(&mut out, &args, &clock)?;
             }
             _ = metrics_tick.tick() => {
-                if let Some(passed) = reader.canary_done() {
-                    if args.selftest {
+                if let Some(passed) = reader.canary_done()
+                    && args.selftest {
                         selftest_result = Some(passed);
                         break;
                     }
-                }
                 publish(&mut reader, &mut ebpf, &shared, &args);
             }
             _ = canary_tick.tick(), if canary_on && reader.canary.is_none() && provoking.is_none() => {
