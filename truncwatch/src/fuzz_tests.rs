@@ -233,7 +233,7 @@ fn random_event_streams_never_panic() {
                 let head_more = (head.is_none() && r.chance(10)).then(|| r.pick(&heads)[..].to_vec());
                 let ret = r.below(100_000) as i64 - if r.chance(10) { 100_011 } else { 0 };
                 let tails: [&[u8]; 4] = [b"", b"\r\n0\r\n\r\n", b"\r\n\r\n", b"abc"];
-                let tail = Tail::new(r.pick(&tails));
+                let tail = Tail::new(*r.pick(&tails));
                 Event::Send(SendFacts { sk, ts_ns, tgid: 1, offset: r.below(1 << 20), ret, requested: r.below(200_000), syscall: 1, head, head_more, tail, ..SendFacts::default() })
             }
             3 => {
