@@ -34,14 +34,15 @@ pub fn read_user<T: Copy>(addr: u64) -> Option<T> {
 /// `sock->sk`, loaded straight from the BTF-typed `struct socket *` a tracing program gets, so
 /// that the verifier knows the result for a `struct sock *` (socket storage needs that; a
 /// value read with `bpf_probe_read_kernel` would be a plain number to it). The offset comes
-/// from a read-only global, which the verifier treats as the constant it is.
+/// from a read-only global, which the verifier treats as the constant it is. (Before the
+/// agent fills the offsets in, the handlers do nothing with what this returns.)
 #[inline(always)]
 pub fn socket_sk(sock: *const u8) -> Option<*mut c_void> {
-    let off = crate::maps::offsets().socket_sk;
-    if sock.is_null() || off == 0 && crate::maps::offsets().ready == 0 {
+    if sock.is_null() {
         return None;
     }
-    let sk = unsafe { core::ptr::read_volatile(sock.add(off as usize).cast::<*mut c_void>()) };
+    let off = crate::maps::offsets().socket_sk as usize;
+    let sk = unsafe { core::ptr::read_volatile(sock.add(off).cast::<*mut c_void>()) };
     if sk.is_null() { None } else { Some(sk) }
 }
 

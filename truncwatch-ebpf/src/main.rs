@@ -35,14 +35,14 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 }
 
 // The fentry backend, for kernels without `sock_send_length`/`sock_recv_length` (before 6.3):
-// fexit programs on the functions those tracepoints sit in, with the same handlers. fexit, not
-// a kretprobe: a send blocks while the send buffer is full (the slow-reader case), and
-// kretprobe instances run out while many are blocked.
-
+// fexit programs with the same handlers. fexit, not a kretprobe: a send blocks while the send
+// buffer is full (the slow-reader case), and kretprobe instances run out while many are
+// blocked. BTF trampolines since 5.5.
+//
 // Sends are hooked per protocol, where the socket layer calls through a function pointer:
 // `sock_sendmsg` itself is inlined into some of its callers (write(2) on 6.1), and fentry sees
-// only calls to the out-of-line copy. (On kernels before 6.5, sendfile and splice to a socket
-// take the sendpage path, not hooked yet.) BTF trampolines since 5.5.
+// only calls to the out-of-line copy. Before 6.5, sendfile and splice to a socket take the
+// sendpage path, hooked too where it exists. Receives go through `sock_recvmsg`.
 
 /// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
 #[fexit(function = "tcp_sendmsg")]
@@ -64,8 +64,7 @@ pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
 #[fexit(function = "unix_stream_sendpage")]
 pub fn fexit_unix_stream_sendpage(ctx: FExitContext) -> i32 {
     if let Some(sk) = kernel::socket_sk(ctx.arg(0)) {
-        let ret: i64 = ctx.arg(5);
-        send::on_send(sk, ret as i32);
+        send::on_send(sk, ctx.arg(5));
     }
     0
 }

@@ -73,7 +73,7 @@ fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     // The peer reset the connection while this first send was blocked: no end will follow,
     // so report it now.
     if st.flags & FLAG_RESET_RECEIVED != 0 {
-        crate::state::emit_state(sk, 0, STATE_RESET_RECEIVED);
+        crate::state::emit_state(sk, st, 0, STATE_RESET_RECEIVED);
     }
     Some(())
 }

@@ -12,7 +12,7 @@ use aya_ebpf::helpers::{
 use core::ffi::c_void;
 use truncwatch_common::{
     EV_RESET, EV_STATE, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX, STATE_RESET_RECEIVED,
-    StateEvent, TRACK_HTTP,
+    SockState, StateEvent, TRACK_HTTP,
 };
 
 // include/net/tcp_states.h
@@ -31,8 +31,8 @@ pub fn on_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
             let _ = discarded(sk, oldstate);
         }
     }
-    if st.is_some_and(|s| s.track == TRACK_HTTP) {
-        emit_state(sk, oldstate, newstate);
+    if let Some(st) = st.filter(|s| s.track == TRACK_HTTP) {
+        emit_state(sk, st, oldstate, newstate);
     }
 }
 
@@ -43,19 +43,18 @@ pub fn on_reset_received(sk: *mut c_void) {
     let Some(st) = sock_state(sk, true) else { return };
     st.flags |= FLAG_RESET_RECEIVED;
     if st.track == TRACK_HTTP {
-        emit_state(sk, 0, STATE_RESET_RECEIVED);
+        emit_state(sk, st, 0, STATE_RESET_RECEIVED);
     }
 }
 
+/// Report a tracked socket's state change; `st` is its state (the caller looked it up).
 #[inline(always)]
-pub fn emit_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
+pub fn emit_state(sk: *mut c_void, st: &mut SockState, oldstate: i32, newstate: i32) {
     let o = offsets();
     let base = sk as u64;
     let seq = |off: u32| read_kernel::<u32>(base + off as u64).unwrap_or(0);
     let opt = |off: u32| if off == 0 { u32::MAX } else { read_kernel::<u32>(base + off as u64).unwrap_or(u32::MAX) };
     let (rwnd_limited, sndbuf_limited) = chrono(base, &o);
-    let st = sock_state(sk, false);
-    let flags = st.as_ref().map_or(0, |s| s.flags & FLAG_EVENTS_LOST);
     let ev = StateEvent {
         h: header(EV_STATE, sk),
         oldstate,
@@ -65,13 +64,11 @@ pub fn emit_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
         snd_wnd: opt(o.tcp_snd_wnd),
         rwnd_limited,
         sndbuf_limited,
-        flags,
+        flags: st.flags & FLAG_EVENTS_LOST,
     };
     if EVENTS.output_untyped::<StateEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
-        if let Some(s) = st {
-            s.flags |= FLAG_EVENTS_LOST;
-        }
+        st.flags |= FLAG_EVENTS_LOST;
     }
 }
 

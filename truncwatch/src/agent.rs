@@ -155,7 +155,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         canary: None,
         old_canary_locals: Vec::new(),
         canary_passed: None,
-        canary_verdicts: [0; 8],
+        canary_verdicts: [0; Kind::COUNT],
     };
     let shared = Arc::new(Shared::default());
     if let Some(l) = listener {
@@ -344,7 +344,7 @@ struct Reader {
     canary_passed: Option<bool>,
     /// Verdicts about canary traffic, by `Kind`: left out of the output, the metrics and the
     /// stop summary's counts.
-    canary_verdicts: [u64; 8],
+    canary_verdicts: [u64; Kind::COUNT],
 }
 
 impl Reader {

@@ -30,6 +30,10 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// How many kinds there are (for arrays indexed by `kind as usize`; `ObserverLoss` must
+    /// stay the last variant).
+    pub const COUNT: usize = Kind::ObserverLoss as usize + 1;
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Complete => "complete",
