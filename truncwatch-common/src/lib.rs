@@ -92,6 +92,8 @@ pub struct Offsets {
     pub tcp_chrono_stat: u32,
     /// `socket.sk` (struct sock *): the fentry backend's hooks get a `struct socket *`.
     pub socket_sk: u32,
+    /// `sock.__sk_common.skc_state` (u8): the kprobe backend tracks only connected sockets.
+    pub skc_state: u32,
     /// Non-zero once userspace filled this in; the programs do nothing until then.
     pub ready: u32,
 }
@@ -124,6 +126,37 @@ pub const FLAG_RECV_SEEN: u32 = 2;
 /// An event about this socket could not be delivered (ring buffer full). Sticky; carried by
 /// every later send and state event, so the agent never judges a stream it saw only in part.
 pub const FLAG_EVENTS_LOST: u32 = 4;
+/// `SendEvent.flags` (kprobe backend): this head event was sent when the send began, before
+/// the kernel took any of it; its `ret` and tail are what was offered, not what was accepted.
+/// `FLAG_ACCEPTED` events follow with the bytes the kernel took.
+pub const FLAG_ANNOUNCED: u32 = 8;
+/// `SendEvent.flags` (kprobe backend): the bytes the kernel took of a send announced earlier
+/// (`FLAG_ANNOUNCED`); the event only advances the stream.
+pub const FLAG_ACCEPTED: u32 = 16;
+
+/// The kprobe backend's per-socket state (a hash map keyed by the socket's address: kprobe
+/// programs cannot use socket storage). Its TCP send hook runs only where a send begins (a
+/// return probe would miss returns while sends block on a slow reader), so what the kernel
+/// took is read off `tcp_sock.write_seq` when the next send begins or the state changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeSock {
+    pub st: SockState,
+    /// `write_seq` when `st.sent` was last brought up to date.
+    pub seq: u32,
+    /// Unix sends begun and not yet returned (a missed return leaves it above 0).
+    pub inflight: u32,
+    /// The send begun last and not wholly accounted yet (`pend_size` > 0): bytes it still
+    /// offers, what the caller asked for, its syscall, and the offered bytes' last few.
+    pub pend_size: u64,
+    pub pend_requested: u64,
+    pub pend_syscall: u32,
+    /// `FLAG_ANNOUNCED` if a head event went out for it.
+    pub pend_flags: u32,
+    pub pend_tail: [u8; TAIL],
+    pub pend_tail_len: u32,
+    pub _pad: u32,
+}
 
 /// First bytes of every event.
 #[repr(C)]
@@ -219,7 +252,9 @@ pub struct StateEvent {
 pub const STATE_RESET_RECEIVED: i32 = 100;
 
 /// A Unix stream socket read end of stream (`recv` returned 0). `h.sk` is the reader, `peer`
-/// the socket at the other end (the one whose stream ended), if still connected.
+/// the socket at the other end (the one whose stream ended), if still connected. The kprobe
+/// backend sends it when a socket shuts down its sending side or is released: then `h.sk` and
+/// `peer` are both that socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EofEvent {
@@ -229,7 +264,8 @@ pub struct EofEvent {
     /// server socket's own lost-event mark, so a Unix stream whose count moved since its open
     /// may have lost events of its own.
     pub losses: u32,
-    pub _pad: u32,
+    /// `FLAG_EVENTS_LOST` if this socket is known to have lost events (kprobe backend).
+    pub flags: u32,
 }
 
 /// This host moved a TCP connection (any, HTTP or not) to CLOSE without a reset from the peer
@@ -252,8 +288,9 @@ pub struct ResetEvent {
 }
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 72);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 76);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
+const _: () = assert!(core::mem::size_of::<ProbeSock>() == 72);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);

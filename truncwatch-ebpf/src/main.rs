@@ -10,27 +10,29 @@
 
 mod kernel;
 mod maps;
+mod probe;
 mod recv;
 mod send;
 mod state;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, fexit},
-    programs::{BtfTracePointContext, FExitContext},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, tracepoint},
+    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
+use maps::SkStore;
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`, fired in `sock_sendmsg_nosec()` for every
 /// send on every socket (write, writev, send*, and since 6.5 sendfile/splice chunks). Since 6.3.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    send::on_send(ctx.arg(0), ctx.arg(1));
+    send::on_send::<SkStore>(ctx.arg(0), ctx.arg(1));
     0
 }
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`, fired in `sock_recvmsg_nosec()`. Since 6.3.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    recv::on_recv(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    recv::on_recv::<SkStore>(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
@@ -47,7 +49,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 /// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
 #[fexit(function = "tcp_sendmsg")]
 pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
-    send::on_send(ctx.arg(0), ctx.arg(3));
+    send::on_send::<SkStore>(ctx.arg(0), ctx.arg(3));
     0
 }
 
@@ -55,7 +57,7 @@ pub fn fexit_tcp_sendmsg(ctx: FExitContext) -> i32 {
 /// sendfile and splice to TCP before 6.5 (removed there; they go through `tcp_sendmsg`).
 #[fexit(function = "tcp_sendpage")]
 pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
-    send::on_send(ctx.arg(0), ctx.arg(5));
+    send::on_send::<SkStore>(ctx.arg(0), ctx.arg(5));
     0
 }
 
@@ -64,7 +66,7 @@ pub fn fexit_tcp_sendpage(ctx: FExitContext) -> i32 {
 #[fexit(function = "unix_stream_sendpage")]
 pub fn fexit_unix_stream_sendpage(ctx: FExitContext) -> i32 {
     if let Some(sk) = kernel::socket_sk(ctx.arg(0)) {
-        send::on_send(sk, ctx.arg(5));
+        send::on_send::<SkStore>(sk, ctx.arg(5));
     }
     0
 }
@@ -73,7 +75,7 @@ pub fn fexit_unix_stream_sendpage(ctx: FExitContext) -> i32 {
 #[fexit(function = "unix_stream_sendmsg")]
 pub fn fexit_unix_stream_sendmsg(ctx: FExitContext) -> i32 {
     if let Some(sk) = kernel::socket_sk(ctx.arg(0)) {
-        send::on_send(sk, ctx.arg(3));
+        send::on_send::<SkStore>(sk, ctx.arg(3));
     }
     0
 }
@@ -82,7 +84,7 @@ pub fn fexit_unix_stream_sendmsg(ctx: FExitContext) -> i32 {
 #[fexit(function = "sock_recvmsg")]
 pub fn fexit_sock_recvmsg(ctx: FExitContext) -> i32 {
     if let Some(sk) = kernel::socket_sk(ctx.arg(0)) {
-        recv::on_recv(sk, ctx.arg(3), ctx.arg(2));
+        recv::on_recv::<SkStore>(sk, ctx.arg(3), ctx.arg(2));
     }
     0
 }
@@ -90,14 +92,106 @@ pub fn fexit_sock_recvmsg(ctx: FExitContext) -> i32 {
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`. Since 4.16.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    state::on_state(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    state::on_state::<SkStore>(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
 /// `TP_PROTO(struct sock *sk)`, fired when a RST arrives. Since 4.19.
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
-    state::on_reset_received(ctx.arg(0));
+    state::on_reset_received::<SkStore>(ctx.arg(0));
+    0
+}
+
+// The kprobe backend, for kernels with neither the socket tracepoints nor BTF trampolines:
+// kprobes where sends begin, return probes only on Unix sends (see `probe`), and classic
+// tracepoints for the TCP state paths (their `tp_btf` twins above keep state in socket
+// storage, which kprobe programs cannot reach). Kprobes since 4.x; the handlers also need
+// the ring buffer (5.8) and `bpf_task_pt_regs` (5.15).
+
+/// `int tcp_sendmsg(struct sock *sk, struct msghdr *msg, size_t size)`.
+#[kprobe]
+pub fn kprobe_tcp_sendmsg(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(size)) = (ctx.arg::<*mut core::ffi::c_void>(0), ctx.arg::<u64>(2)) {
+        probe::tcp_send_begins(sk, size);
+    }
+    0
+}
+
+/// `int tcp_sendpage(struct sock *sk, struct page *page, int offset, size_t size, int flags)`,
+/// before 6.5.
+#[kprobe]
+pub fn kprobe_tcp_sendpage(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(size)) = (ctx.arg::<*mut core::ffi::c_void>(0), ctx.arg::<u64>(3)) {
+        probe::tcp_send_begins(sk, size);
+    }
+    0
+}
+
+/// `int unix_stream_sendmsg(struct socket *sock, struct msghdr *msg, size_t len)`, and
+/// `unix_stream_sendpage(struct socket *socket, ...)` before 6.5: where they begin...
+#[kprobe]
+pub fn kprobe_unix_stream_send(ctx: ProbeContext) -> u32 {
+    if let Some(sock) = ctx.arg::<u64>(0) {
+        probe::unix_send_begins(sock);
+    }
+    0
+}
+
+/// ... and where they return.
+#[kretprobe]
+pub fn kretprobe_unix_stream_send(ctx: RetProbeContext) -> u32 {
+    probe::unix_send_returns(ctx.ret::<i64>() as i32);
+    0
+}
+
+/// `void tcp_cleanup_rbuf(struct sock *sk, int copied)`: after a TCP read copied its bytes.
+#[kprobe]
+pub fn kprobe_tcp_cleanup_rbuf(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(copied)) = (ctx.arg::<*mut core::ffi::c_void>(0), ctx.arg::<i32>(1)) {
+        probe::tcp_read(sk, copied);
+    }
+    0
+}
+
+/// `int unix_shutdown(struct socket *sock, int mode)`: mode SHUT_WR (1) or SHUT_RDWR (2)
+/// ends the sending side.
+#[kprobe]
+pub fn kprobe_unix_shutdown(ctx: ProbeContext) -> u32 {
+    if let (Some(sock), Some(mode)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1))
+        && (mode == 1 || mode == 2)
+    {
+        probe::unix_ends(sock, false);
+    }
+    0
+}
+
+/// `int unix_release(struct socket *sock)`: the last close of a Unix socket.
+#[kprobe]
+pub fn kprobe_unix_release(ctx: ProbeContext) -> u32 {
+    if let Some(sock) = ctx.arg::<u64>(0) {
+        probe::unix_ends(sock, true);
+    }
+    0
+}
+
+/// `sock:inet_sock_set_state` as a classic tracepoint (fields at the offsets its `format`
+/// gives: skaddr 8, oldstate 16, newstate 20; stable since 4.16).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let read = |off| unsafe { ctx.read_at::<i32>(off) }.ok();
+    if let (Ok(sk), Some(old), Some(new)) = (unsafe { ctx.read_at::<u64>(8) }, read(16), read(20)) {
+        probe::tcp_state(sk as *mut core::ffi::c_void, old, new);
+    }
+    0
+}
+
+/// `tcp:tcp_receive_reset` as a classic tracepoint (skaddr at 8; since 4.19).
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(8) } {
+        probe::tcp_reset_received(sk as *mut core::ffi::c_void);
+    }
     0
 }
 

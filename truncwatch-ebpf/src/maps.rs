@@ -1,11 +1,11 @@
 //! Maps and globals shared by the programs.
 use aya_ebpf::{
-    btf_maps::{Array, PerCpuArray, RingBuf, SkStorage},
+    btf_maps::{Array, HashMap, PerCpuArray, RingBuf, SkStorage},
     helpers::generated::{bpf_ringbuf_query, bpf_sk_storage_get},
     macros::btf_map,
 };
 use core::ffi::c_void;
-use truncwatch_common::{Offsets, SockState};
+use truncwatch_common::{Offsets, ProbeSock, SockState};
 
 /// Per-socket state; see `SockState`.
 #[btf_map]
@@ -61,6 +61,7 @@ static OFFSETS: Offsets = Offsets {
     tcp_chrono_start: 0,
     tcp_chrono_stat: 0,
     socket_sk: 0,
+    skc_state: 0,
     ready: 0,
 };
 
@@ -94,18 +95,79 @@ pub fn losses() -> u32 {
     LOSSES.get(0).copied().unwrap_or(0)
 }
 
-/// This socket's state, if it has any (`create`: make it, zeroed, if not).
-#[inline(always)]
-pub fn sock_state(sk: *mut c_void, create: bool) -> Option<&'static mut SockState> {
-    let map = core::ptr::from_ref(&SOCKS).cast_mut().cast::<c_void>();
-    let flags = if create { 1 } else { 0 }; // BPF_SK_STORAGE_GET_F_CREATE
-    let p = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) };
-    if p.is_null() {
-        if create {
-            count_lost(LOST_STORAGE);
+/// Where per-socket state lives: socket storage for the tracing-program backends, a hash map
+/// for the kprobe backend. The handlers are generic over it, so each backend's programs are
+/// built with its own, and a kprobe program never names a helper it may not call.
+pub trait Store {
+    /// This socket's state, if it has any (`create`: make it, zeroed, if not).
+    fn get(sk: *mut c_void, create: bool) -> Option<&'static mut SockState>;
+}
+
+/// Socket-local storage (`tp_btf`, fentry): freed by the kernel with the socket, so a reused
+/// socket address never inherits a dead connection's state, and nothing needs evicting.
+pub struct SkStore;
+
+impl Store for SkStore {
+    #[inline(always)]
+    fn get(sk: *mut c_void, create: bool) -> Option<&'static mut SockState> {
+        let map = core::ptr::from_ref(&SOCKS).cast_mut().cast::<c_void>();
+        let flags = if create { 1 } else { 0 }; // BPF_SK_STORAGE_GET_F_CREATE
+        let p = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) };
+        if p.is_null() {
+            if create {
+                count_lost(LOST_STORAGE);
+            }
+            None
+        } else {
+            Some(unsafe { &mut *p.cast::<SockState>() })
         }
-        None
-    } else {
-        Some(unsafe { &mut *p.cast::<SockState>() })
+    }
+}
+
+/// The kprobe backend's per-socket state, keyed by socket address. Entries are deleted when a
+/// TCP socket reaches CLOSE and when a Unix socket is released, so a reused address starts
+/// afresh. Not an LRU map: evicting a live connection's entry would make its next response
+/// look like a new connection's. When full, new sockets go untracked (counted as
+/// `LOST_STORAGE`). Entries are allocated on use.
+#[btf_map]
+pub static PROBE_SOCKS: HashMap<u64, ProbeSock, 262144, 1> = HashMap::new(); // BPF_F_NO_PREALLOC
+
+/// Unix sends in progress, by task (`bpf_get_current_pid_tgid`): the return probe learns the
+/// socket from it. A return that is never seen leaves its entry until the task sends again.
+#[btf_map]
+pub static PROBE_SENDING: HashMap<u64, u64, 16384, 1> = HashMap::new();
+
+pub struct ProbeStore;
+
+impl ProbeStore {
+    #[inline(always)]
+    pub fn sock(sk: *mut c_void, create: bool) -> Option<&'static mut ProbeSock> {
+        if let Some(p) = PROBE_SOCKS.get_ptr_mut(sk as u64) {
+            return Some(unsafe { &mut *p });
+        }
+        if !create {
+            return None;
+        }
+        // BPF_NOEXIST: another CPU may have made it meanwhile; then use that one.
+        let _ = PROBE_SOCKS.insert(sk as u64, ProbeSock::default(), 1);
+        match PROBE_SOCKS.get_ptr_mut(sk as u64) {
+            Some(p) => Some(unsafe { &mut *p }),
+            None => {
+                count_lost(LOST_STORAGE);
+                None
+            }
+        }
+    }
+
+    #[inline(always)]
+    pub fn forget(sk: *mut c_void) {
+        let _ = PROBE_SOCKS.remove(sk as u64);
+    }
+}
+
+impl Store for ProbeStore {
+    #[inline(always)]
+    fn get(sk: *mut c_void, create: bool) -> Option<&'static mut SockState> {
+        ProbeStore::sock(sk, create).map(|p| &mut p.st)
     }
 }

@@ -8,7 +8,7 @@
 //! its first read, one 8-byte look at what was read).
 use crate::{
     kernel::{header, io_call, read_kernel, read_user},
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, losses, offsets, sock_state, wake_flags},
+    maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets, wake_flags},
 };
 use core::ffi::c_void;
 use truncwatch_common::{
@@ -19,7 +19,7 @@ use truncwatch_common::{
 const MSG_PEEK: i32 = 2;
 
 #[inline(always)]
-pub fn on_recv(sk: *mut c_void, ret: i32, flags: i32) {
+pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32) {
     if ret == 0 {
         return eof(sk);
     }
@@ -27,20 +27,20 @@ pub fn on_recv(sk: *mut c_void, ret: i32, flags: i32) {
     if ret < 0 || flags & MSG_PEEK != 0 || offsets().ready == 0 {
         return;
     }
-    match sock_state(sk, false) {
+    match S::get(sk, false) {
         Some(st) if st.track == TRACK_HTTP => request(st),
         // Not an HTTP server, or its first read was seen already. (Later reads before the
         // first response are pipelining; the agent copes with not seeing them.)
         Some(st) if st.track != 0 || st.flags & FLAG_RECV_SEEN != 0 => {}
-        _ => first_read(sk),
+        _ => first_read::<S>(sk),
     }
 }
 
 /// The first read on a socket the programs know nothing about: it may be the first request of
 /// a server, which is classified on its first send.
 #[inline(always)]
-fn first_read(sk: *mut c_void) {
-    let Some(st) = sock_state(sk, true) else { return };
+fn first_read<S: Store>(sk: *mut c_void) {
+    let Some(st) = S::get(sk, true) else { return };
     if st.track != 0 || st.flags & FLAG_RECV_SEEN != 0 {
         return; // classified or seen meanwhile (another CPU)
     }
@@ -104,7 +104,7 @@ fn eof(sk: *mut c_void) {
         return;
     }
     let peer = read_kernel::<u64>(base + o.unix_peer as u64).unwrap_or(0);
-    let ev = EofEvent { h: header(EV_EOF, sk), peer, losses: losses(), _pad: 0 };
+    let ev = EofEvent { h: header(EV_EOF, sk), peer, losses: losses(), flags: 0 };
     if EVENTS.output_untyped::<EofEvent>(&ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
     }

@@ -4,7 +4,7 @@
 //! one-time classification on its first send).
 use crate::{
     kernel::{IoCall, header, read_kernel, read_user, io_call},
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, losses, wake_flags, offsets, sock_state},
+    maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, wake_flags, offsets},
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm,
@@ -21,18 +21,18 @@ const IPPROTO_TCP: u16 = 6;
 const SOCK_STREAM: u16 = 1;
 
 #[inline(always)]
-pub fn on_send(sk: *mut c_void, ret: i32) {
+pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
     let o = offsets();
     if o.ready == 0 {
         return;
     }
-    match sock_state(sk, false) {
+    match S::get(sk, false) {
         Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, io_call()),
         Some(st) if st.track == TRACK_NO => {}
         // No state yet, or state made by another hook (a reset that arrived while this very
         // send was blocked): not classified yet.
         _ if ret > 0 => {
-            let _ = classify(sk, ret, &o);
+            let _ = classify::<S>(sk, ret, &o);
         }
         _ => {}
     }
@@ -41,12 +41,30 @@ pub fn on_send(sk: *mut c_void, ret: i32) {
 /// First accepted send on a socket: is this the server side of HTTP/1 over a stream socket?
 /// The answer is kept for the socket's life, so this runs once per socket.
 #[inline(always)]
-fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
-    let st = sock_state(sk, true)?;
+fn classify<S: Store>(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
+    let st = S::get(sk, true)?;
     if st.track != 0 {
         return None; // another CPU classified it meanwhile
     }
     st.track = TRACK_NO;
+    let (family, call) = http_server(sk, o)?;
+    st.track = TRACK_HTTP;
+    st.sent = 0;
+    st.head_more = 0;
+    open(sk, family, o);
+    account(sk, st, ret, Some(call));
+    // The peer reset the connection while this first send was blocked: no end will follow,
+    // so report it now.
+    if st.flags & FLAG_RESET_RECEIVED != 0 {
+        crate::state::emit_state(sk, st, 0, STATE_RESET_RECEIVED);
+    }
+    Some(())
+}
+
+/// Whether a socket's first send makes it the server side of HTTP/1 over a stream socket (it
+/// begins `HTTP/1.`): its family and the send, if so.
+#[inline(always)]
+pub fn http_server(sk: *mut c_void, o: &Offsets) -> Option<(u16, IoCall)> {
     let base = sk as u64;
     let family = read_kernel::<u16>(base + o.skc_family as u64)?;
     let stream = match family {
@@ -65,17 +83,7 @@ fn classify(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     if &magic != b"HTTP/1." {
         return None;
     }
-    st.track = TRACK_HTTP;
-    st.sent = 0;
-    st.head_more = 0;
-    open(sk, family, o);
-    account(sk, st, ret, Some(call));
-    // The peer reset the connection while this first send was blocked: no end will follow,
-    // so report it now.
-    if st.flags & FLAG_RESET_RECEIVED != 0 {
-        crate::state::emit_state(sk, st, 0, STATE_RESET_RECEIVED);
-    }
-    Some(())
+    Some((family, call))
 }
 
 /// Count one send on a tracked socket and tell the agent about it.
@@ -86,24 +94,9 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<IoCall>) 
         st.sent += ret as u64;
     }
     let call = call.unwrap_or(IoCall::NONE);
-    let is_head = ret > 0
-        && call.buf() != 0
-        && call.buf_len() >= 5
-        && read_user::<[u8; 5]>(call.buf()).is_some_and(|m| &m == b"HTTP/");
-    let more = !is_head && st.head_more > 0 && ret > 0 && call.buf() != 0;
-    if is_head || more {
-        let kind = if is_head { EV_HEAD } else { EV_HEAD_MORE };
-        let open = head(sk, st, offset, ret, &call, kind);
-        // A head that may go on in the next send: one small buffer, all of it accepted, not
-        // ending in the blank line. Capture the next few sends too; the agent joins them.
-        st.head_more = match (open, is_head) {
-            (false, _) => 0,
-            (true, true) => HEAD_MORE_SENDS,
-            (true, false) => st.head_more - 1,
-        };
+    if head_or_more(sk, st, offset, ret, &call, 0) {
         return;
     }
-    st.head_more = 0;
     let Some(mut entry) = EVENTS.reserve_untyped::<SendEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         st.flags |= FLAG_EVENTS_LOST;
@@ -113,10 +106,36 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: Option<IoCall>) 
     entry.submit(wake_flags());
 }
 
+/// If this send (`ret` bytes of it taken, at stream offset `offset`) begins a response head
+/// or may go on with the one before, send the head event (`flags` added to its flags) and
+/// return true.
+#[inline(always)]
+pub fn head_or_more(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, flags: u32) -> bool {
+    let is_head = ret > 0
+        && call.buf() != 0
+        && call.buf_len() >= 5
+        && read_user::<[u8; 5]>(call.buf()).is_some_and(|m| &m == b"HTTP/");
+    let more = !is_head && st.head_more > 0 && ret > 0 && call.buf() != 0;
+    if !(is_head || more) {
+        st.head_more = 0;
+        return false;
+    }
+    let kind = if is_head { EV_HEAD } else { EV_HEAD_MORE };
+    let open = head(sk, st, offset, ret, call, kind, flags);
+    // A head that may go on in the next send: one small buffer, all of it accepted, not
+    // ending in the blank line. Capture the next few sends too; the agent joins them.
+    st.head_more = match (open, is_head) {
+        (false, _) => 0,
+        (true, true) => HEAD_MORE_SENDS,
+        (true, false) => st.head_more - 1,
+    };
+    true
+}
+
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
 /// struct assembled on the stack there.
 #[inline(always)]
-fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i32, call: &IoCall, flags: u32) {
+pub fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i32, call: &IoCall, flags: u32) {
     let h = header(kind, sk);
     unsafe {
         (*ev).h.kind = h.kind;
@@ -152,7 +171,7 @@ fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i
 /// a head the kernel took only part of is exactly the slow-reader case.
 #[inline(always)]
 /// Returns whether the head may continue in the next send.
-fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, kind: u32) -> bool {
+fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, kind: u32, flags: u32) -> bool {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         st.flags |= FLAG_EVENTS_LOST;
@@ -164,7 +183,7 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
         n = HEAD_CAP as u64;
     }
     let open = unsafe {
-        fill_send(&raw mut (*ev).send, kind, sk, offset, ret, call, st.flags & FLAG_EVENTS_LOST);
+        fill_send(&raw mut (*ev).send, kind, sk, offset, ret, call, (st.flags & FLAG_EVENTS_LOST) | flags);
         (*ev)._pad = 0;
         // The requests read since the last head go with this one (a continuation has none).
         if kind == EV_HEAD {
@@ -191,7 +210,7 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
 /// LLVM from dropping the clamp as redundant (it often knows `n <= max` already; 6.1's
 /// verifier does not).
 #[inline(always)]
-fn bounded(n: u64, max: u32) -> u32 {
+pub fn bounded(n: u64, max: u32) -> u32 {
     let v = n as u32;
     let n = unsafe { core::ptr::read_volatile(&v) };
     if n > max { max } else { n }
@@ -211,7 +230,7 @@ fn tail_ends_blank(tail: &[u8; TAIL], len: u32) -> bool {
 
 /// Tell the agent about a newly tracked connection: who owns it and its addresses.
 #[inline(always)]
-fn open(sk: *mut c_void, family: u16, o: &Offsets) {
+pub fn open(sk: *mut c_void, family: u16, o: &Offsets) {
     let Some(mut entry) = EVENTS.reserve_untyped::<OpenEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         return;

@@ -3,7 +3,7 @@
 //! connection, a reset by this host that discards unacknowledged bytes.
 use crate::{
     kernel::{header, read_kernel},
-    maps::{EVENTS, LOST_RINGBUF_FULL, count_lost, offsets, sock_state, wake_flags},
+    maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, offsets, wake_flags},
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm,
@@ -22,9 +22,9 @@ const TCP_LAST_ACK: i32 = 9;
 const TCP_CLOSING: i32 = 11;
 
 #[inline(always)]
-pub fn on_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
+pub fn on_state<S: Store>(sk: *mut c_void, oldstate: i32, newstate: i32) {
     // bpf_sk_storage_get() refuses request and timewait socks, so only full sockets get here.
-    let st = sock_state(sk, false);
+    let st = S::get(sk, false);
     if newstate == TCP_CLOSE {
         let reset_received = st.as_ref().is_some_and(|s| s.flags & FLAG_RESET_RECEIVED != 0);
         if !reset_received {
@@ -39,8 +39,8 @@ pub fn on_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
 /// The peer reset a connection (`tcp_receive_reset`, `TP_PROTO(struct sock *sk)`): remember
 /// it, so the CLOSE that follows is not taken for this host's reset.
 #[inline(always)]
-pub fn on_reset_received(sk: *mut c_void) {
-    let Some(st) = sock_state(sk, true) else { return };
+pub fn on_reset_received<S: Store>(sk: *mut c_void) {
+    let Some(st) = S::get(sk, true) else { return };
     st.flags |= FLAG_RESET_RECEIVED;
     if st.track == TRACK_HTTP {
         emit_state(sk, st, 0, STATE_RESET_RECEIVED);

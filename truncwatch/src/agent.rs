@@ -10,7 +10,7 @@ use crate::metrics::{Metrics, ProgramStats};
 use crate::output::{self, Clock, Format};
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, FExit};
+use aya::programs::{BtfTracePoint, FExit, KProbe, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -26,18 +26,39 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 /// a batch of events is waiting).
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
-/// Hook backends: how the send and receive paths are hooked (the TCP state paths use the
-/// same two tracepoints in both).
+/// Hook backends: how the send and receive paths are hooked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
-    /// The best this kernel offers: tracepoint where it has `sock_send_length`, else fentry.
+    /// The best this kernel offers: tracepoint where it has `sock_send_length`, else fentry,
+    /// else kprobe.
     Auto,
     /// `tp_btf` on `sock_send_length`/`sock_recv_length` (Linux 6.3+).
     Tracepoint,
     /// fexit on `tcp_sendmsg`, `unix_stream_sendmsg` and `sock_recvmsg` (BTF trampolines,
     /// Linux 5.5+; the programs also need `bpf_task_pt_regs`, 5.15+).
     Fentry,
+    /// kprobes where TCP sends begin (no return probes on them), kprobe and return probe on
+    /// Unix sends, classic tracepoints on the TCP state paths; per-socket state in a hash map.
+    Kprobe,
 }
+
+/// How one program attaches: to what kind of hook, and where.
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    Fexit(&'static str),
+    TpBtf(&'static str),
+    Kprobe(&'static str),
+    Kretprobe(&'static str),
+    /// A classic tracepoint: category, name.
+    Tracepoint(&'static str, &'static str),
+}
+
+/// (program in the object, where it attaches).
+type Program = (&'static str, Hook);
+
+/// The TCP state programs of the backends that keep state in socket storage.
+const STATE_PROGRAMS: [Program; 2] =
+    [("inet_sock_set_state", Hook::TpBtf("inet_sock_set_state")), ("tcp_receive_reset", Hook::TpBtf("tcp_receive_reset"))];
 
 impl Backend {
     pub fn name(self) -> &'static str {
@@ -45,34 +66,68 @@ impl Backend {
             Backend::Auto => "auto",
             Backend::Tracepoint => "tracepoint",
             Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
         }
     }
 
-    /// (program in the object, what it attaches to, fexit or tp_btf) for the send and
-    /// receive paths; `sendpage`: the kernel has the sendpage path (before 6.5).
-    fn socket_programs(self, sendpage: bool) -> &'static [(&'static str, &'static str, bool)] {
-        const FENTRY: [(&str, &str, bool); 5] = [
-            ("fexit_tcp_sendmsg", "tcp_sendmsg", true),
-            ("fexit_unix_stream_sendmsg", "unix_stream_sendmsg", true),
-            ("fexit_sock_recvmsg", "sock_recvmsg", true),
-            ("fexit_tcp_sendpage", "tcp_sendpage", true),
-            ("fexit_unix_stream_sendpage", "unix_stream_sendpage", true),
-        ];
-        match self {
-            Backend::Fentry if sendpage => &FENTRY,
-            Backend::Fentry => &FENTRY[..3],
-            _ => &[("sock_send_length", "sock_send_length", false), ("sock_recv_length", "sock_recv_length", false)],
+    /// The programs this backend attaches; `sendpage`: the kernel has the sendpage path
+    /// (sendfile and splice to a socket, before 6.5).
+    fn programs_for(self, sendpage: bool) -> Vec<Program> {
+        let mut p = match self {
+            Backend::Auto | Backend::Tracepoint => vec![
+                ("sock_send_length", Hook::TpBtf("sock_send_length")),
+                ("sock_recv_length", Hook::TpBtf("sock_recv_length")),
+            ],
+            Backend::Fentry => vec![
+                ("fexit_tcp_sendmsg", Hook::Fexit("tcp_sendmsg")),
+                ("fexit_unix_stream_sendmsg", Hook::Fexit("unix_stream_sendmsg")),
+                ("fexit_sock_recvmsg", Hook::Fexit("sock_recvmsg")),
+            ],
+            Backend::Kprobe => vec![
+                ("kprobe_tcp_sendmsg", Hook::Kprobe("tcp_sendmsg")),
+                ("kprobe_unix_stream_send", Hook::Kprobe("unix_stream_sendmsg")),
+                ("kretprobe_unix_stream_send", Hook::Kretprobe("unix_stream_sendmsg")),
+                ("kprobe_tcp_cleanup_rbuf", Hook::Kprobe("tcp_cleanup_rbuf")),
+                ("kprobe_unix_shutdown", Hook::Kprobe("unix_shutdown")),
+                ("kprobe_unix_release", Hook::Kprobe("unix_release")),
+                ("tp_inet_sock_set_state", Hook::Tracepoint("sock", "inet_sock_set_state")),
+                ("tp_tcp_receive_reset", Hook::Tracepoint("tcp", "tcp_receive_reset")),
+            ],
+        };
+        if sendpage {
+            match self {
+                Backend::Fentry => p.extend([
+                    ("fexit_tcp_sendpage", Hook::Fexit("tcp_sendpage")),
+                    ("fexit_unix_stream_sendpage", Hook::Fexit("unix_stream_sendpage")),
+                ]),
+                Backend::Kprobe => p.extend([
+                    ("kprobe_tcp_sendpage", Hook::Kprobe("tcp_sendpage")),
+                    ("kprobe_unix_stream_send", Hook::Kprobe("unix_stream_sendpage")),
+                    ("kretprobe_unix_stream_send", Hook::Kretprobe("unix_stream_sendpage")),
+                ]),
+                _ => {}
+            }
         }
+        if self != Backend::Kprobe {
+            p.extend(STATE_PROGRAMS);
+        }
+        p
     }
 
-    /// Programs attached with this backend.
+    /// Hooks attached with this backend.
     pub fn programs(self, sendpage: bool) -> usize {
-        self.socket_programs(sendpage).len() + STATE_PROGRAMS.len()
+        self.programs_for(sendpage).len()
+    }
+
+    /// What this backend needs, for an error that says why it could not attach.
+    fn needs(self) -> &'static str {
+        match self {
+            Backend::Auto | Backend::Tracepoint => "the tracepoint backend needs Linux 6.3+ (sock_send_length, sock_recv_length)",
+            Backend::Fentry => "the fentry backend needs BPF trampolines (Linux 5.5+, ftrace function hooks allowed)",
+            Backend::Kprobe => "the kprobe backend needs kprobes (CONFIG_KPROBES) and Linux 5.15+",
+        }
     }
 }
-
-/// Tracepoints every backend attaches (program name = tracepoint name).
-const STATE_PROGRAMS: [&str; 2] = ["inet_sock_set_state", "tcp_receive_reset"];
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
@@ -107,7 +162,7 @@ pub struct RunArgs {
     pub canary_interval: Duration,
     /// How to hook the send and receive paths; `auto` picks the best this kernel has
     /// (`truncwatch check` shows what that is).
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "auto", env = "TRUNCWATCH_BACKEND")]
     pub backend: Backend,
     /// Print every decoded kernel event to stderr (for debugging the agent).
     #[arg(long, hide = true)]
@@ -174,7 +229,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
     publish(&mut reader, &mut ebpf, &shared, &args);
-    eprintln!("truncwatch: ready ({} backend: {} programs attached)", backend.name(), backend.programs(layout.sendpage));
+    eprintln!("truncwatch: ready ({} backend: {} hooks attached)", backend.name(), backend.programs(layout.sendpage));
 
     // The kernel wakes us only when a batch is waiting; this tick picks up the rest.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
@@ -256,46 +311,72 @@ pub fn attach(ring_buffer_mib: u32, backend: Backend) -> Result<(Ebpf, btf_offse
     let layout = btf_offsets::load()?;
     release_freed_memory();
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let candidates: &[Backend] = match backend {
+        Backend::Auto if layout.socket_tracepoints => &[Backend::Tracepoint],
+        Backend::Auto => &[Backend::Fentry, Backend::Kprobe],
+        Backend::Tracepoint => &[Backend::Tracepoint],
+        Backend::Fentry => &[Backend::Fentry],
+        Backend::Kprobe => &[Backend::Kprobe],
+    };
+    let mut errors = Vec::new();
+    for &b in candidates {
+        match load_and_attach(&btf, &layout, ring_buffer_mib, b) {
+            Ok(ebpf) => {
+                drop(btf);
+                release_freed_memory();
+                return Ok((ebpf, layout, b));
+            }
+            Err(e) => errors.push(format!("{} backend: {e:#}", b.name())),
+        }
+    }
+    bail!("no backend could attach. {}", errors.join(". "))
+}
+
+/// Load the object and attach `backend`'s programs.
+fn load_and_attach(btf: &Btf, layout: &btf_offsets::KernelLayout, ring_buffer_mib: u32, backend: Backend) -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
+        .btf(Some(btf))
         .override_global("OFFSETS", &layout.offsets, true)
         .map_max_entries("EVENTS", ring_buffer_mib << 20)
         .load(OBJECT)
         .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
-    let backend = match backend {
-        Backend::Auto if layout.socket_tracepoints => Backend::Tracepoint,
-        Backend::Auto => Backend::Fentry,
-        b => b,
-    };
     // SAFETY: no preconditions.
     let why = if unsafe { libc::geteuid() } == 0 {
-        match backend {
-            Backend::Fentry => "the fentry backend needs BPF trampolines (Linux 5.5+, ftrace function hooks allowed); `truncwatch check` says what this kernel has",
-            _ => "the tracepoint backend needs Linux 6.3+ (sock_send_length, sock_recv_length); `truncwatch check` says what this kernel has",
-        }
+        format!("{}; `truncwatch check` says what this kernel has", backend.needs())
     } else {
-        "needs root, or CAP_BPF + CAP_PERFMON"
+        "needs root, or CAP_BPF + CAP_PERFMON".to_string()
     };
-    for &(name, target, fexit) in backend.socket_programs(layout.sendpage) {
+    for (name, hook) in backend.programs_for(layout.sendpage) {
         let prog = ebpf.program_mut(name).context("program missing from object")?;
-        if fexit {
-            let prog: &mut FExit = prog.try_into()?;
-            prog.load(target, &btf).with_context(|| format!("loading program {name}: {why}"))?;
-            prog.attach().with_context(|| format!("attaching to function {target}: {why}"))?;
-        } else {
-            let prog: &mut BtfTracePoint = prog.try_into()?;
-            prog.load(target, &btf).with_context(|| format!("loading program {name}: {why}"))?;
-            prog.attach().with_context(|| format!("attaching to tracepoint {target}"))?;
+        let loaded = |e: aya::programs::ProgramError| anyhow::Error::new(e).context(format!("loading program {name}: {why}"));
+        let attached = |e: aya::programs::ProgramError, what: &str| anyhow::Error::new(e).context(format!("attaching to {what}: {why}"));
+        match hook {
+            Hook::Fexit(f) => {
+                let prog: &mut FExit = prog.try_into()?;
+                prog.load(f, btf).map_err(loaded)?;
+                prog.attach().map_err(|e| attached(e, &format!("function {f}")))?;
+            }
+            Hook::TpBtf(tp) => {
+                let prog: &mut BtfTracePoint = prog.try_into()?;
+                prog.load(tp, btf).map_err(loaded)?;
+                prog.attach().map_err(|e| attached(e, &format!("tracepoint {tp}")))?;
+            }
+            // One program may attach to several functions (the sendpage twins): load it once.
+            Hook::Kprobe(f) | Hook::Kretprobe(f) => {
+                let prog: &mut KProbe = prog.try_into()?;
+                if prog.fd().is_err() {
+                    prog.load().map_err(loaded)?;
+                }
+                prog.attach(f, 0).map_err(|e| attached(e, &format!("function {f}")))?;
+            }
+            Hook::Tracepoint(category, tp) => {
+                let prog: &mut TracePoint = prog.try_into()?;
+                prog.load().map_err(loaded)?;
+                prog.attach(category, tp).map_err(|e| attached(e, &format!("tracepoint {category}:{tp}")))?;
+            }
         }
     }
-    for name in STATE_PROGRAMS {
-        let prog: &mut BtfTracePoint = ebpf.program_mut(name).context("program missing from object")?.try_into()?;
-        prog.load(name, &btf).with_context(|| format!("loading program {name}: {why}"))?;
-        prog.attach().with_context(|| format!("attaching to tracepoint {name}"))?;
-    }
-    drop(btf);
-    release_freed_memory();
-    Ok((ebpf, layout, backend))
+    Ok(ebpf)
 }
 
 /// Refresh what the endpoint serves: readiness (gated by the last canary) and the metrics.

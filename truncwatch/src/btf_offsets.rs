@@ -52,6 +52,7 @@ pub fn load() -> Result<KernelLayout> {
         tcp_chrono_start: f("tcp_sock", "chrono_start").unwrap_or(0),
         tcp_chrono_stat: f("tcp_sock", "chrono_stat").unwrap_or(0),
         socket_sk: f("socket", "sk")?,
+        skc_state: f("sock", "__sk_common.skc_state")?,
         ready: 1,
     };
     // The programs load these at fixed offsets (the x86_64 ptrace ABI): make sure.
@@ -137,6 +138,7 @@ mod tests {
             ("sock", "__sk_common.skc_v6_rcv_saddr"),
             ("sock", "sk_type"),
             ("sock", "sk_protocol"),
+            ("sock", "__sk_common.skc_state"),
             ("unix_sock", "peer"),
             ("unix_address", "name"),
             ("tcp_sock", "write_seq"),

@@ -37,13 +37,17 @@ const TRACEPOINTS: [(&str, &str); 4] = [
 
 /// Kernel functions: the helpers the programs use (present = supported), and the send and
 /// receive paths other backends would hook.
-const FUNCS: [(&str, &str); 5] = [
+const FUNCS: [(&str, &str); 6] = [
     ("bpf_ringbuf_reserve", "BPF ring buffer (Linux 5.8+)"),
     ("bpf_sk_storage_get", "socket-local storage (Linux 5.2+)"),
     ("bpf_task_pt_regs", "a task's syscall registers (Linux 5.15+)"),
-    ("sock_sendmsg", "function sock_sendmsg (fentry/kprobe target)"),
-    ("sock_recvmsg", "function sock_recvmsg (fentry/kprobe target)"),
+    ("tcp_sendmsg", "function tcp_sendmsg (fentry/kprobe target)"),
+    ("sock_recvmsg", "function sock_recvmsg (fentry target)"),
+    ("tcp_cleanup_rbuf", "function tcp_cleanup_rbuf (kprobe target)"),
 ];
+
+/// What running on the kprobe backend costs, against the other two.
+const KPROBE_COST: &str = "kprobe backend (no socket tracepoints, no trampolines): send errors (EAGAIN, EPIPE) are not seen; reads on Unix sockets are not looked at, so a HEAD request there is not known; a response is judged when its socket is next seen (next send or end), not at its last send; a Unix send whose return probe was missed (many blocked at once) makes that stream observer_loss";
 
 pub fn probe() -> Facts {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
@@ -105,17 +109,16 @@ pub fn report(f: &Facts) -> (String, bool) {
     let runs = f.backend.is_ok();
     match &f.backend {
         Ok((b, n)) => {
-            let _ = writeln!(s, "backend: {} ({n} programs loaded and attached, then detached)", b.name());
+            let _ = writeln!(s, "backend: {} ({n} hooks loaded and attached, then detached)", b.name());
         }
         Err(e) => {
             let _ = writeln!(s, "backend: none. {e}");
-            if f.tracepoints.iter().take(2).any(|(_, p)| !p) && f.ftrace.is_err() && f.kprobes {
-                let _ = writeln!(s, "  This kernel has kprobes: it would suit a kprobe backend, which truncwatch does not have yet.");
-            }
         }
     }
     // What each missing feature costs, when the rest is there.
+    let kprobe = matches!(f.backend, Ok((agent::Backend::Kprobe, _)));
     let costs = [
+        (kprobe, KPROBE_COST),
         (f.tracepoints.get(3).is_some_and(|t| !t.1), "no tcp_receive_reset: a reset from the peer cannot be told from this host's, so reset_discard is not reported"),
         (!f.bpf_stats, "no BPF stats: truncwatch_bpf_program_* metrics stay empty"),
         (!f.timer_list, "no /proc/timer_list (needs uid 0): rwnd_limited_ms and sndbuf_limited_ms are null"),
@@ -150,7 +153,7 @@ mod tests {
     fn a_kernel_with_the_tracepoints_runs_the_tracepoint_backend() {
         let (text, runs) = report(&all_there());
         assert!(runs);
-        assert!(text.contains("backend: tracepoint (4 programs"), "{text}");
+        assert!(text.contains("backend: tracepoint (4 hooks"), "{text}");
         assert!(text.contains("fentry/fexit (BPF trampolines)") && text.contains("no: permission denied"), "{text}");
         assert!(!text.contains("cost:"), "{text}");
     }
@@ -169,11 +172,17 @@ mod tests {
         assert!(runs);
         assert!(text.contains("tracepoint sock_send_length (Linux 6.3+)       no") && text.contains("backend: fentry"), "{text}");
         assert!(text.contains("cost: no /proc/timer_list"), "{text}");
-        // No trampolines either, but kprobes: say what would suit it.
+        assert!(!text.contains("kprobe backend ("), "{text}");
+        // No trampolines either, but kprobes: the kprobe backend runs, and says what it costs.
         f.ftrace = Err("locked".into());
-        f.backend = Err("loading program fexit_sock_sendmsg: ...".into());
+        f.backend = Ok((agent::Backend::Kprobe, 8));
+        let (text, runs) = report(&f);
+        assert!(runs);
+        assert!(text.contains("backend: kprobe (8 hooks") && text.contains("cost: kprobe backend ("), "{text}");
+        // Nothing runs: the reason is the error.
+        f.backend = Err("no backend could attach. fentry backend: ... kprobe backend: ...".into());
         let (text, runs) = report(&f);
         assert!(!runs);
-        assert!(text.contains("backend: none") && text.contains("suit a kprobe backend"), "{text}");
+        assert!(text.contains("backend: none. no backend could attach"), "{text}");
     }
 }

@@ -5,7 +5,7 @@
 //! head is and what body it promised. A response is `complete` the moment the bytes handed over
 //! reach its promised end. If the stream ends first (the application shut down or closed, or
 //! the peer reset), the shortfall is the verdict.
-use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, Tail, TcpFacts};
+use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts};
 pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use crate::http_head::{self, Body, Head, Parsed};
 use crate::requests::{Answer, Requests};
@@ -193,12 +193,12 @@ impl Correlator {
                 }
                 self.conns.insert(sk, conn);
             }
-            Event::UnixEof { reader, peer, ts_ns, losses } => {
+            Event::UnixEof { reader, peer, ts_ns, losses, events_lost } => {
                 if let Some(mut conn) = self.conns.remove(&peer) {
                     // The client read end of stream: the server shut down or closed. (Unix
                     // streams learn of lost events from the host-wide count: the reader's
                     // event cannot carry the server socket's own mark.)
-                    conn.events_lost |= conn.losses_at_open != losses;
+                    conn.events_lost |= conn.losses_at_open != losses || events_lost;
                     self.finish(conn, End::Eof, ts_ns, out);
                 } else if let Some(conn) = self.conns.get_mut(&reader) {
                     // The server read end of stream: the client ended its side first.
@@ -237,22 +237,31 @@ impl Correlator {
             return;
         }
         let ret = ret as u64;
-        if requested > ret {
-            conn.partial += 1;
+        // An announced send has offered its bytes, not handed them over (yet).
+        if s.part != SendPart::Announced {
+            if requested > ret {
+                conn.partial += 1;
+            }
+            conn.sent = conn.sent.max(offset + ret);
         }
-        conn.sent = conn.sent.max(offset + ret);
-        if s.head.is_some() {
-            conn.requests.head_sent(s.requests);
-        }
-        match (&s.head, &s.head_more) {
-            (Some(cap), _) => self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out),
-            (None, Some(cap)) => self.head_more(conn, offset, ret.max(requested), cap, ts_ns, out),
-            (None, None) => {
-                self.drop_partial(conn, ts_ns, out);
-                if let Some(r) = &mut conn.resp {
-                    r.body_attempted = true;
+        // What the kernel took of an announced send: its head was dealt with then.
+        if s.part != SendPart::Accepted {
+            if s.head.is_some() {
+                conn.requests.head_sent(s.requests);
+            }
+            match (&s.head, &s.head_more) {
+                (Some(cap), _) => self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out),
+                (None, Some(cap)) => self.head_more(conn, offset, ret.max(requested), cap, ts_ns, out),
+                (None, None) => {
+                    self.drop_partial(conn, ts_ns, out);
+                    if let Some(r) = &mut conn.resp {
+                        r.body_attempted = true;
+                    }
                 }
             }
+        }
+        if s.part == SendPart::Announced {
+            return;
         }
         if let Some(r) = &mut conn.resp {
             // A send whose tail is all of it continues the tail before: a last chunk whose

@@ -46,7 +46,7 @@ impl Wire {
         let ts_ns = self.ts;
         let tail = Tail::new(tail);
         let requests = if cap.is_some() { std::mem::take(&mut self.reads) } else { Seen::default() };
-        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, head_more: None, tail, requests, events_lost: false }));
+        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, head_more: None, tail, requests, events_lost: false, part: Default::default() }));
     }
     /// Send `bytes` for real: head capture and tail taken from them, as the kernel would.
     fn send_bytes(&mut self, bytes: &[u8]) {
@@ -187,7 +187,7 @@ fn sends_failing_with_epipe_mean_the_peer_is_gone() {
     let mut w = Wire::new(Transport::Unix);
     w.response(500, 100);
     w.err(EPIPE);
-    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses: 0 });
+    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses: 0, events_lost: false });
     assert_eq!(w.kinds(), [Kind::PeerReset]);
     assert_eq!(w.out[0].evidence.peer_ended, Some("gone"));
 }
@@ -196,7 +196,7 @@ fn sends_failing_with_epipe_mean_the_peer_is_gone() {
 fn unix_short_write_seen_by_client_eof() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1 << 20, 219_264 - hl(1 << 20));
-    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses: 0 });
+    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses: 0, events_lost: false });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].r().sent_bytes, 219_264);
     assert_eq!(w.out[0].evidence.end, Some(End::Eof));
@@ -207,7 +207,7 @@ fn unix_short_write_seen_by_client_eof() {
 fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1000, 10);
-    w.ev(Event::UnixEof { reader: SK, peer: CLIENT, ts_ns: 99, losses: 0 });
+    w.ev(Event::UnixEof { reader: SK, peer: CLIENT, ts_ns: 99, losses: 0, events_lost: false });
     assert!(w.out.is_empty());
     w.send(None, 990);
     assert_eq!(w.kinds(), [Kind::Complete]);
@@ -522,7 +522,7 @@ fn events_for_untracked_sockets_are_ignored() {
     let mut out = vec![];
     c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 1, tgid: 1, offset: 0, ret: 10, requested: 10, syscall: 1, head: Some(head(100)), ..SendFacts::default() }), &mut out);
     c.handle(Event::TcpState { sk: 1, ts_ns: 2, oldstate: 1, newstate: TCP_FIN_WAIT1, facts: TcpFacts::default() }, &mut out);
-    c.handle(Event::UnixEof { reader: 1, peer: 2, ts_ns: 3, losses: 0 }, &mut out);
+    c.handle(Event::UnixEof { reader: 1, peer: 2, ts_ns: 3, losses: 0, events_lost: false }, &mut out);
     assert!(out.is_empty());
     assert_eq!(c.tracked(), 0);
 }
@@ -761,7 +761,7 @@ fn unix_shortfall_with_losses_meanwhile_is_observer_loss() {
     for (losses, want) in [(0, Kind::ShortWrite), (3, Kind::ObserverLoss)] {
         let mut w = Wire::new(Transport::Unix);
         w.response(1 << 20, 1000);
-        w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses });
+        w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses, events_lost: false });
         assert_eq!(w.kinds(), [want]);
     }
     // The same when the stream's end is seen as its address being reused.

@@ -5,7 +5,7 @@ use crate::requests::{Method, Seen};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
-    EofEvent, FLAG_EVENTS_LOST, Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -39,7 +39,9 @@ pub enum Event {
     TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32, facts: TcpFacts },
     /// A Unix stream socket `reader` read end of stream from `peer`.
     /// `losses` moved since the peer's `Open`: its stream may have lost events.
-    UnixEof { reader: u64, peer: u64, ts_ns: u64, losses: u32 },
+    /// `events_lost`: the peer is known to have lost events (kprobe backend). Also sent
+    /// (`reader` == `peer`) when a server socket shuts down or is released (kprobe backend).
+    UnixEof { reader: u64, peer: u64, ts_ns: u64, losses: u32, events_lost: bool },
     /// This host moved a TCP connection (any, HTTP or not) to CLOSE, without a reset from the
     /// peer, while `unacked` written bytes were not acknowledged; `unread` received bytes were
     /// never read by the application.
@@ -83,6 +85,21 @@ pub struct SendFacts {
     pub requests: Seen,
     /// An earlier event about this socket was lost (ring buffer full).
     pub events_lost: bool,
+    pub part: SendPart,
+}
+
+/// Which part of a send an event tells. The tracepoint and fentry backends see a send once,
+/// done; the kprobe backend sees a head's send begin and learns later what the kernel took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SendPart {
+    /// The whole send: what it offered and what the kernel took.
+    #[default]
+    Whole,
+    /// A send beginning: its head (or head continuation) only. `ret` and the tail are what it
+    /// offers; what the kernel takes follows in `Accepted` events.
+    Announced,
+    /// What the kernel took of a send `Announced` before: it only advances the stream.
+    Accepted,
 }
 
 /// Up to `TAIL` bytes, inline (one per send: no allocation).
@@ -156,7 +173,13 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         }
         EV_EOF => {
             let e: EofEvent = read(buf, h.kind)?;
-            Event::UnixEof { reader: h.sk, peer: e.peer, ts_ns: h.ts_ns, losses: e.losses }
+            Event::UnixEof {
+                reader: h.sk,
+                peer: e.peer,
+                ts_ns: h.ts_ns,
+                losses: e.losses,
+                events_lost: e.flags & FLAG_EVENTS_LOST != 0,
+            }
         }
         k => return Err(DecodeError::UnknownKind(k)),
     })
@@ -185,6 +208,13 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         tail: Tail::new(&e.tail[..n]),
         requests: Seen::default(),
         events_lost: e.flags & FLAG_EVENTS_LOST != 0,
+        part: if e.flags & FLAG_ANNOUNCED != 0 {
+            SendPart::Announced
+        } else if e.flags & FLAG_ACCEPTED != 0 {
+            SendPart::Accepted
+        } else {
+            SendPart::Whole
+        },
     })
 }
 

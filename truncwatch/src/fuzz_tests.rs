@@ -12,7 +12,7 @@
 //! broke something live in `fuzz-corpus/` and are replayed first.
 use crate::btf_offsets::SockLayout;
 use crate::correlator::{Correlator, Kind, Verdict};
-use crate::events::{self, ConnMeta, Event, SendFacts, Tail, TcpFacts, Transport};
+use crate::events::{self, ConnMeta, Event, SendFacts, SendPart, Tail, TcpFacts, Transport};
 use crate::http_head::{self, Body, Parsed};
 use truncwatch_common::HEAD_CAP;
 
@@ -240,7 +240,7 @@ fn random_event_streams_never_panic() {
                 let newstate = if r.chance(10) { events::RESET_RECEIVED } else { r.below(13) as i32 };
                 Event::TcpState { sk, ts_ns, oldstate: r.below(12) as i32, newstate, facts: TcpFacts::default() }
             }
-            4 => Event::UnixEof { reader: sk, peer: r.below(200), ts_ns, losses: r.below(3) as u32 },
+            4 => Event::UnixEof { reader: sk, peer: r.below(200), ts_ns, losses: r.below(3) as u32, events_lost: false },
             _ => Event::ResetDiscard { sk, ts_ns, meta: meta(), unacked: r.below(1 << 20), unread: r.below(100) },
         };
         c.handle(ev, &mut out);
@@ -290,25 +290,54 @@ fn generated_response(r: &mut Rng, cut: bool) -> Generated {
 
 /// Hand `bytes` to the correlator as the kernel would see a server send them: in random
 /// pieces, some only partly accepted (the rest offered again), a head captured at the start of
-/// the send that begins it, the tail of every send.
-fn send_all(r: &mut Rng, c: &mut Correlator, out: &mut Vec<Verdict>, sk: u64, offset: &mut u64, bytes: &[u8], ts: &mut u64) {
+/// the send that begins it, the tail of every send. `kprobe`: as the kprobe backend reports
+/// them (a head's send announced when it begins, what the kernel took after; no errors, and
+/// tails only from what was offered). Only the first `handed` bytes get handed over: the last
+/// send may offer more, and the kernel take only up to there (the stream then ends).
+#[allow(clippy::too_many_arguments)] // test plumbing
+fn send_all(r: &mut Rng, c: &mut Correlator, out: &mut Vec<Verdict>, sk: u64, offset: &mut u64, bytes: &[u8], handed: usize, ts: &mut u64, kprobe: bool) {
     // The kernel sees a head only at the start of a send; the first send offers it whole.
     let head_len = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
     let mut pos = 0;
-    while pos < bytes.len() {
+    while pos < handed {
         let mut offered = (r.below(70_000) as usize + 1).min(bytes.len() - pos);
         if pos == 0 {
             offered = offered.max(head_len).min(bytes.len());
         }
-        let accepted = if r.chance(20) { r.below(offered as u64) as usize + 1 } else { offered };
+        let accepted = if offered > handed - pos {
+            handed - pos
+        } else if r.chance(20) {
+            r.below(offered as u64) as usize + 1
+        } else {
+            offered
+        };
         if r.chance(5) {
             // The kernel refused (EAGAIN) before taking anything.
             *ts += 1;
-            c.handle(Event::Send(SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: -11, requested: offered as u64, syscall: 1, ..SendFacts::default() }), out);
+            let ret = if kprobe { 0 } else { -11 };
+            c.handle(Event::Send(SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret, requested: offered as u64, syscall: 1, ..SendFacts::default() }), out);
         }
         let piece = &bytes[pos..pos + accepted];
         let head = (pos == 0).then(|| bytes[..offered.min(HEAD_CAP)].to_vec());
         *ts += 1;
+        if kprobe {
+            let tail = &bytes[pos + offered - offered.min(8)..pos + offered];
+            let part = if head.is_some() {
+                let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: offered as i64, requested: offered as u64, syscall: 1, head, tail: Tail::new(tail), part: SendPart::Announced, ..SendFacts::default() };
+                c.handle(Event::Send(s), out);
+                SendPart::Accepted
+            } else {
+                SendPart::Whole
+            };
+            // The kernel's rule (`probe::settle`): the offered tail's prefix that was taken.
+            let short = offered - accepted;
+            let taken_tail = if short < tail.len() { &tail[..tail.len() - short] } else { &[][..] };
+            let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: accepted as i64, requested: offered as u64, syscall: 1, tail: Tail::new(taken_tail), part, ..SendFacts::default() };
+            c.handle(Event::Send(s), out);
+            *offset += accepted as u64;
+            pos += accepted;
+            continue;
+        }
         c.handle(
             Event::Send(SendFacts {
                 sk,
@@ -332,6 +361,16 @@ fn send_all(r: &mut Rng, c: &mut Correlator, out: &mut Vec<Verdict>, sk: u64, of
 
 #[test]
 fn generated_connections_are_judged_exactly() {
+    judged_exactly(false);
+}
+
+/// The same connections as the kprobe backend reports them get the same verdicts.
+#[test]
+fn generated_connections_are_judged_exactly_as_the_kprobe_backend_reports_them() {
+    judged_exactly(true);
+}
+
+fn judged_exactly(kprobe: bool) {
     let mut r = Rng::new(5);
     let mut c = Correlator::new(1000, Some(250)).problems_only(false);
     let mut out = Vec::new();
@@ -346,7 +385,7 @@ fn generated_connections_are_judged_exactly() {
         for i in 0..n {
             let g = generated_response(&mut r, cut_last && i == n - 1);
             let handed = g.cut.unwrap_or(g.bytes.len());
-            send_all(&mut r, &mut c, &mut out, sk, &mut offset, &g.bytes[..handed], &mut ts);
+            send_all(&mut r, &mut c, &mut out, sk, &mut offset, &g.bytes, handed, &mut ts, kprobe);
             let expected = (!g.chunked).then_some(g.bytes.len() as u64);
             want.push(match g.cut {
                 Some(cut) => (Kind::ShortWrite, cut as u64, expected),

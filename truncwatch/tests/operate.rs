@@ -180,7 +180,7 @@ check_reports_this_kernel {
     let out = Command::new(BIN).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("backend: tracepoint (4 programs loaded and attached"), "{text}");
+    assert!(text.contains("backend: tracepoint (4 hooks loaded and attached"), "{text}");
     for line in ["tracepoint sock_send_length (Linux 6.3+)", "BPF ring buffer (Linux 5.8+)", "fentry/fexit (BPF trampolines)", "kprobes (perf kprobe event source)"] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }

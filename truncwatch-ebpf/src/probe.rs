@@ -1,0 +1,274 @@
+//! The kprobe backend's handlers, for kernels where neither the socket tracepoints (6.3+) nor
+//! BTF trampolines (fentry) are there to use. Per-socket state lives in a hash map keyed by
+//! socket address (`ProbeStore`): kprobe programs cannot use socket storage.
+//!
+//! TCP sends are hooked only where they begin: no return probe. A send blocks while the send
+//! buffer is full (the slow-reader case), and return-probe instances run out while many sends
+//! are blocked, so returns would be missed exactly when they matter. What the kernel took of a
+//! send is read off `tcp_sock.write_seq` the next time the socket is seen: when its next send
+//! begins, or its state changes, or a reset arrives. A send that begins a response head is
+//! announced when it begins (the head is read from the caller's buffer then, and the offered
+//! bytes' tail kept); the bytes taken follow (`FLAG_ANNOUNCED`, `FLAG_ACCEPTED`).
+//!
+//! Unix streams have no such counter, so their sends do use a return probe; an entry probe
+//! counts the sends in flight on each tracked socket. A return that was missed leaves the
+//! count above zero at the end of the stream, which then carries `FLAG_EVENTS_LOST`: the
+//! agent says `observer_loss`, never a false truncation.
+use crate::{
+    kernel::{IoCall, header, io_call, read_kernel},
+    maps::{EVENTS, LOST_RINGBUF_FULL, PROBE_SENDING, ProbeStore, count_lost, losses, offsets, wake_flags},
+    send::{bounded, head_or_more, http_server, open},
+};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user};
+use core::ffi::c_void;
+use truncwatch_common::{
+    EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, ProbeSock,
+    STATE_RESET_RECEIVED, SendEvent, TAIL, TRACK_HTTP, TRACK_NO,
+};
+
+// include/net/tcp_states.h
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+
+/// `tcp_sendmsg`/`tcp_sendpage` begin: settle the send before, then announce this one.
+#[inline(always)]
+pub fn tcp_send_begins(sk: *mut c_void, size: u64) {
+    let o = offsets();
+    if o.ready == 0 || sk.is_null() {
+        return;
+    }
+    let Some(seq) = read_kernel::<u32>(sk as u64 + o.tcp_write_seq as u64) else { return };
+    match ProbeStore::sock(sk, false) {
+        Some(ps) if ps.st.track == TRACK_HTTP => {
+            settle(sk, ps, seq, true);
+            announce(sk, ps, size, io_call().unwrap_or(IoCall::NONE));
+        }
+        Some(ps) if ps.st.track == TRACK_NO => {}
+        _ if size > 0 => {
+            let _ = classify(sk, seq, size);
+        }
+        _ => {}
+    }
+}
+
+/// A connected TCP socket's first send: is it an HTTP server's? (As `send::classify`, but
+/// before the kernel took anything: stream offset 0 is `write_seq` now.)
+#[inline(always)]
+fn classify(sk: *mut c_void, seq: u32, size: u64) -> Option<()> {
+    let o = offsets();
+    // Only connected sockets: an entry made for a closed one would never be deleted.
+    let state = read_kernel::<u8>(sk as u64 + o.skc_state as u64)? as i32;
+    if state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT {
+        return None;
+    }
+    let ps = ProbeStore::sock(sk, true)?;
+    if ps.st.track != 0 {
+        return None; // another CPU classified it meanwhile
+    }
+    ps.st.track = TRACK_NO;
+    let (family, call) = http_server(sk, &o)?;
+    ps.st.track = TRACK_HTTP;
+    ps.st.sent = 0;
+    ps.st.head_more = 0;
+    ps.seq = seq;
+    ps.pend_size = 0;
+    open(sk, family, &o);
+    announce(sk, ps, size, call);
+    if ps.st.flags & FLAG_RESET_RECEIVED != 0 {
+        crate::state::emit_state(sk, &mut ps.st, 0, STATE_RESET_RECEIVED);
+    }
+    Some(())
+}
+
+/// A send of `size` bytes begins on a tracked socket (all earlier ones settled): send its
+/// head event now if it has one, and keep what settling it will need.
+#[inline(always)]
+fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
+    let offered = if size > i32::MAX as u64 { i32::MAX } else { size as i32 };
+    let offset = ps.st.sent;
+    ps.pend_flags = if head_or_more(sk, &mut ps.st, offset, offered, &call, FLAG_ANNOUNCED) { FLAG_ANNOUNCED } else { 0 };
+    ps.pend_size = size;
+    ps.pend_requested = call.requested;
+    ps.pend_syscall = call.nr;
+    ps.pend_tail_len = 0;
+    if let Some((addr, n)) = call.tail(size) {
+        // Via the stack, as in `send::fill_send`.
+        let mut t = [0u8; TAIL];
+        if n <= TAIL as u64
+            && unsafe { bpf_probe_read_user(t.as_mut_ptr().cast(), bounded(n, TAIL as u32), addr as *const c_void) } == 0
+        {
+            ps.pend_tail = t;
+            ps.pend_tail_len = n as u32;
+        }
+    }
+}
+
+/// Account what the kernel took since this socket was last seen (`write_seq` is `seq` now):
+/// one send event for it. `next_send`: a new send begins, so the pending one is over; else it
+/// may still be going on (a state change on another CPU) and keeps what it has not had yet.
+#[inline(always)]
+fn settle(sk: *mut c_void, ps: &mut ProbeSock, seq: u32, next_send: bool) {
+    let took = seq.wrapping_sub(ps.seq) as u64;
+    if took > 1 << 31 {
+        ps.seq = seq; // not forward: nothing sane to count
+        return;
+    }
+    if ps.pend_size == 0 && took == 0 {
+        return;
+    }
+    let offset = ps.st.sent;
+    ps.st.sent += took;
+    ps.seq = seq;
+    let pending = ps.pend_size > 0;
+    // The taken bytes' tail, where it lies within the offered tail: the kernel took all that
+    // was left, or stopped within its last few bytes (a last chunk `0\r\n\r\n` split by a
+    // partial write: the rest, offered again, completes it).
+    let short = ps.pend_size.wrapping_sub(took);
+    let tail_len = if pending && took <= ps.pend_size && short < ps.pend_tail_len as u64 {
+        ps.pend_tail_len - short as u32
+    } else {
+        0
+    };
+    let requested = if pending { ps.pend_size } else { took };
+    let syscall = if pending { ps.pend_syscall } else { u32::MAX };
+    let mut flags = ps.st.flags & FLAG_EVENTS_LOST;
+    if ps.pend_flags & FLAG_ANNOUNCED != 0 {
+        flags |= FLAG_ACCEPTED;
+    }
+    if next_send || took >= ps.pend_size {
+        ps.pend_size = 0;
+    } else {
+        ps.pend_size -= took;
+    }
+    let Some(mut entry) = EVENTS.reserve_untyped::<SendEvent>(0) else {
+        count_lost(LOST_RINGBUF_FULL);
+        ps.st.flags |= FLAG_EVENTS_LOST;
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let h = header(EV_SEND, sk);
+    unsafe {
+        (*ev).h.kind = h.kind;
+        (*ev).h.tgid = h.tgid;
+        (*ev).h.sk = h.sk;
+        (*ev).h.ts_ns = h.ts_ns;
+        (*ev).offset = offset;
+        (*ev).requested = requested;
+        (*ev).ret = took as i32;
+        (*ev).syscall = syscall;
+        (*ev).flags = flags;
+        // A prefix of the offered tail: the agent reads `tail[..tail_len]`.
+        (*ev).tail = ps.pend_tail;
+        (*ev).tail_len = tail_len;
+    }
+    entry.submit(wake_flags());
+}
+
+/// Settle a tracked TCP socket before a state change or a reset is reported, while it was
+/// still open for sending (later changes would count the FIN's sequence number as data).
+#[inline(always)]
+fn settle_before_end(sk: *mut c_void, oldstate: i32) {
+    if oldstate != TCP_ESTABLISHED && oldstate != TCP_CLOSE_WAIT {
+        return;
+    }
+    let Some(ps) = ProbeStore::sock(sk, false) else { return };
+    if ps.st.track != TRACK_HTTP {
+        return;
+    }
+    if let Some(seq) = read_kernel::<u32>(sk as u64 + offsets().tcp_write_seq as u64) {
+        settle(sk, ps, seq, false);
+    }
+}
+
+/// `sock:inet_sock_set_state`.
+#[inline(always)]
+pub fn tcp_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
+    settle_before_end(sk, oldstate);
+    crate::state::on_state::<ProbeStore>(sk, oldstate, newstate);
+    if newstate == TCP_CLOSE {
+        ProbeStore::forget(sk);
+    }
+}
+
+/// `tcp:tcp_receive_reset`. (The reset arrives on an open connection: settle as from
+/// ESTABLISHED.)
+#[inline(always)]
+pub fn tcp_reset_received(sk: *mut c_void) {
+    settle_before_end(sk, TCP_ESTABLISHED);
+    crate::state::on_reset_received::<ProbeStore>(sk);
+}
+
+/// `tcp_cleanup_rbuf(sk, copied)`: runs after a TCP read copied `copied` bytes to the caller,
+/// without sleeping (the read itself may sleep, so it gets no return probe).
+#[inline(always)]
+pub fn tcp_read(sk: *mut c_void, copied: i32) {
+    if copied > 0 {
+        crate::recv::on_recv::<ProbeStore>(sk, copied, 0);
+    }
+}
+
+/// `sock->sk` of a `struct socket *` that is a plain number to a kprobe program.
+#[inline(always)]
+fn socket_sk(sock: u64) -> Option<*mut c_void> {
+    if sock == 0 {
+        return None;
+    }
+    let sk = read_kernel::<u64>(sock + offsets().socket_sk as u64)?;
+    if sk == 0 { None } else { Some(sk as *mut c_void) }
+}
+
+/// A Unix stream send begins (`unix_stream_sendmsg`/`unix_stream_sendpage`).
+#[inline(always)]
+pub fn unix_send_begins(sock: u64) {
+    if offsets().ready == 0 {
+        return;
+    }
+    let Some(sk) = socket_sk(sock) else { return };
+    let _ = PROBE_SENDING.insert(bpf_get_current_pid_tgid(), sk as u64, 0);
+    if let Some(ps) = ProbeStore::sock(sk, false)
+        && ps.st.track == TRACK_HTTP
+    {
+        ps.inflight += 1;
+    }
+}
+
+/// ... and returns `ret`: account it as the other backends do.
+#[inline(always)]
+pub fn unix_send_returns(ret: i32) {
+    let task = bpf_get_current_pid_tgid();
+    let Some(sk) = (unsafe { PROBE_SENDING.get(task) }).copied() else { return };
+    let _ = PROBE_SENDING.remove(task);
+    let sk = sk as *mut c_void;
+    if let Some(ps) = ProbeStore::sock(sk, false)
+        && ps.inflight > 0
+    {
+        ps.inflight -= 1;
+    }
+    crate::send::on_send::<ProbeStore>(sk, ret);
+}
+
+/// A Unix socket shuts down its sending side (`unix_shutdown` with SHUT_WR or SHUT_RDWR) or
+/// is released (`unix_release`): a tracked server's stream ends here.
+#[inline(always)]
+pub fn unix_ends(sock: u64, released: bool) {
+    if offsets().ready == 0 {
+        return;
+    }
+    let Some(sk) = socket_sk(sock) else { return };
+    if let Some(ps) = ProbeStore::sock(sk, false)
+        && ps.st.track == TRACK_HTTP
+    {
+        let mut flags = ps.st.flags & FLAG_EVENTS_LOST;
+        if ps.inflight > 0 {
+            flags |= FLAG_EVENTS_LOST; // a send's return was missed
+        }
+        let ev = EofEvent { h: header(EV_EOF, sk), peer: sk as u64, losses: losses(), flags };
+        if EVENTS.output_untyped::<EofEvent>(&ev, wake_flags()).is_err() {
+            count_lost(LOST_RINGBUF_FULL);
+        }
+    }
+    if released {
+        ProbeStore::forget(sk);
+    }
+}
