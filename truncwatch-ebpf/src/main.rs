@@ -154,6 +154,23 @@ pub fn kprobe_tcp_cleanup_rbuf(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `int unix_stream_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`:
+/// where it begins...
+#[kprobe]
+pub fn kprobe_unix_stream_recvmsg(ctx: ProbeContext) -> u32 {
+    if let (Some(sock), Some(flags)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(3)) {
+        probe::unix_read_begins(sock, flags);
+    }
+    0
+}
+
+/// ... and where it returns.
+#[kretprobe]
+pub fn kretprobe_unix_stream_recvmsg(ctx: RetProbeContext) -> u32 {
+    probe::unix_read_returns(ctx.ret::<i64>() as i32);
+    0
+}
+
 /// `int unix_shutdown(struct socket *sock, int mode)`: mode SHUT_WR (1) or SHUT_RDWR (2)
 /// ends the sending side.
 #[kprobe]

@@ -137,6 +137,10 @@ pub static PROBE_SOCKS: HashMap<u64, ProbeSock, 262144, 1> = HashMap::new(); // 
 #[btf_map]
 pub static PROBE_SENDING: HashMap<u64, u64, 16384, 1> = HashMap::new();
 
+/// Unix reads in progress, by task: the socket and the read's flags.
+#[btf_map]
+pub static PROBE_READING: HashMap<u64, [u64; 2], 16384, 1> = HashMap::new();
+
 pub struct ProbeStore;
 
 impl ProbeStore {

@@ -13,10 +13,12 @@
 //! Unix streams have no such counter, so their sends do use a return probe; an entry probe
 //! counts the sends in flight on each tracked socket. A return that was missed leaves the
 //! count above zero at the end of the stream, which then carries `FLAG_EVENTS_LOST`: the
-//! agent says `observer_loss`, never a false truncation.
+//! agent says `observer_loss`, never a false truncation. Unix reads use a return probe too:
+//! a missed one only hides a request (whether it was HEAD), which the agent copes without.
+//! TCP reads are seen in `tcp_cleanup_rbuf`, which runs after the copy and never sleeps.
 use crate::{
     kernel::{IoCall, header, io_call, read_kernel},
-    maps::{EVENTS, LOST_RINGBUF_FULL, PROBE_SENDING, ProbeStore, count_lost, losses, offsets, wake_flags},
+    maps::{EVENTS, LOST_RINGBUF_FULL, PROBE_READING, PROBE_SENDING, ProbeStore, count_lost, losses, offsets, wake_flags},
     send::{bounded, head_or_more, http_server, open},
 };
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user};
@@ -246,6 +248,26 @@ pub fn unix_send_returns(ret: i32) {
         ps.inflight -= 1;
     }
     crate::send::on_send::<ProbeStore>(sk, ret);
+}
+
+/// A Unix stream read begins (`unix_stream_recvmsg(sock, msg, size, flags)`)...
+#[inline(always)]
+pub fn unix_read_begins(sock: u64, flags: i32) {
+    if offsets().ready == 0 {
+        return;
+    }
+    if let Some(sk) = socket_sk(sock) {
+        let _ = PROBE_READING.insert(bpf_get_current_pid_tgid(), [sk as u64, flags as u64], 0);
+    }
+}
+
+/// ... and returns `ret`: look at it as the other backends do.
+#[inline(always)]
+pub fn unix_read_returns(ret: i32) {
+    let task = bpf_get_current_pid_tgid();
+    let Some([sk, flags]) = (unsafe { PROBE_READING.get(task) }).copied() else { return };
+    let _ = PROBE_READING.remove(task);
+    crate::recv::on_recv::<ProbeStore>(sk as *mut c_void, ret, flags as i32);
 }
 
 /// A Unix socket shuts down its sending side (`unix_shutdown` with SHUT_WR or SHUT_RDWR) or

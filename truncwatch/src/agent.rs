@@ -88,6 +88,8 @@ impl Backend {
                 ("kprobe_unix_stream_send", Hook::Kprobe("unix_stream_sendmsg")),
                 ("kretprobe_unix_stream_send", Hook::Kretprobe("unix_stream_sendmsg")),
                 ("kprobe_tcp_cleanup_rbuf", Hook::Kprobe("tcp_cleanup_rbuf")),
+                ("kprobe_unix_stream_recvmsg", Hook::Kprobe("unix_stream_recvmsg")),
+                ("kretprobe_unix_stream_recvmsg", Hook::Kretprobe("unix_stream_recvmsg")),
                 ("kprobe_unix_shutdown", Hook::Kprobe("unix_shutdown")),
                 ("kprobe_unix_release", Hook::Kprobe("unix_release")),
                 ("tp_inet_sock_set_state", Hook::Tracepoint("sock", "inet_sock_set_state")),
