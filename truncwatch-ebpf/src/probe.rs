@@ -227,7 +227,16 @@ pub fn unix_send_begins(sock: u64) {
         return;
     }
     let Some(sk) = socket_sk(sock) else { return };
-    let _ = PROBE_SENDING.insert(bpf_get_current_pid_tgid(), sk as u64, 0);
+    let task = bpf_get_current_pid_tgid();
+    // A task sends one thing at a time: an entry still here is a send whose return was missed.
+    // Mark its socket now, so that its next events (a head that would end the response before
+    // it early) already carry the mark.
+    if let Some(old) = unsafe { PROBE_SENDING.get(task) }
+        && let Some(ps) = ProbeStore::sock(*old as *mut c_void, false)
+    {
+        ps.st.flags |= FLAG_EVENTS_LOST;
+    }
+    let _ = PROBE_SENDING.insert(task, sk as u64, 0);
     if let Some(ps) = ProbeStore::sock(sk, false)
         && ps.st.track == TRACK_HTTP
     {
