@@ -221,6 +221,8 @@ fn backends() -> String {
 /// visible once devtmpfs is mounted and stdio is reopened on it.
 fn init_script() -> String {
     let backends = backends();
+    // Extra arguments for the kernel test binary (a filter, `--nocapture`) while working on one.
+    let test_args = std::env::var("TRUNCWATCH_VM_TEST_ARGS").unwrap_or_default();
     format!(
         r#"#!/bin/busybox sh
 export PATH=/bin
@@ -253,7 +255,7 @@ for b in {backends}; do
     vmtest $b-tcp-splice-cut-short /bin/detect.sh splice-cut tcp:127.0.0.1:8083 --mode short-close --body 8388608 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
     # CI=true: the suite never skips.
     limit={TESTS_TIMEOUT_S}
-    vmtest $b-kernel-tests env CI=true /bin/kernel-tests --test-threads=1
+    vmtest $b-kernel-tests env CI=true /bin/kernel-tests --test-threads=1 {test_args}
 done
 echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
 poweroff -f

@@ -18,6 +18,10 @@ pub struct FetchArgs {
     /// Send all --requests requests at once, before reading any answer (HTTP/1.1 pipelining).
     #[arg(long)]
     pub pipeline: bool,
+    /// Clients at once, each on a thread of its own making --connections connections (one
+    /// process can then hold many connections blocked together).
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
     /// Connections, one after another, each carrying --requests requests.
     #[arg(long, default_value_t = 1)]
     pub connections: u64,
@@ -71,6 +75,17 @@ pub struct Received {
 }
 
 pub fn fetch(a: &FetchArgs) -> Result<()> {
+    if a.parallel <= 1 {
+        return connections(a);
+    }
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..a.parallel).map(|_| s.spawn(|| connections(a))).collect();
+        clients.into_iter().try_for_each(|c| c.join().expect("client thread"))
+    })
+}
+
+/// `--connections` connections, one after another.
+fn connections(a: &FetchArgs) -> Result<()> {
     for _ in 0..a.connections {
         let mut s: Box<dyn Stream> = match &a.connect {
             Endpoint::Tcp(addr) => {
