@@ -97,21 +97,28 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     }
 
     writeln!(report, "\n## Sends on sockets that carry no HTTP ({SENDS} sends of 64 bytes, reader draining)\n")?;
-    writeln!(report, "| socket | variant | ns per send | added per send |")?;
-    writeln!(report, "|---|---|---|---|")?;
+    writeln!(report, "| socket | variant | ns per send | added per send | truncwatch programs' run time per send (BPF stats) |")?;
+    writeln!(report, "|---|---|---|---|---|")?;
     for kind in ["tcp", "unix"] {
         let mut ns: [Vec<f64>; 3] = Default::default();
+        // With the agent: its programs' own run time per send (BPF stats), the sender's and
+        // the reader's programs together. Free of the wall-clock noise.
+        let mut prog_ns = vec![];
         for round in 1..=ROUNDS {
             for (i, v) in [Variant::Baseline, Variant::Agent, Variant::Floor].into_iter().enumerate() {
                 step(&format!("{kind} 64-byte sends: round {round}/{ROUNDS}, {}", v.name()));
-                let (r, _) = with_variant(v, agent_bin, || send_ns(kind))?;
+                let (r, facts) = with_variant(v, agent_bin, || send_ns(kind))?;
                 ns[i].push(r);
+                if let Some(f) = facts {
+                    prog_ns.push(f.progs.iter().map(|p| p.2).sum::<f64>() / SENDS as f64);
+                }
             }
         }
         let base = median(&ns[0]);
         for (i, v) in [Variant::Baseline, Variant::Agent, Variant::Floor].into_iter().enumerate() {
             let added = if i == 0 { "".to_string() } else { format!("{:+.0} ns", median(&ns[i]) - base) };
-            writeln!(report, "| {kind} | {} | {} | {added} |", v.name(), spread(&ns[i], 0))?;
+            let progs = if v == Variant::Agent { format!("{} ns", spread(&prog_ns, 0)) } else { String::new() };
+            writeln!(report, "| {kind} | {} | {} | {added} | {progs} |", v.name(), spread(&ns[i], 0))?;
         }
     }
 
@@ -181,10 +188,18 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
             std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
             let (mut agent, mut err) = start_agent(agent_bin)?;
             // Start-up (reading the kernel's BTF, loading) is not per-response work.
-            let at_start = agent_facts(agent.id()).cpu_s;
+            let at_start = agent_facts(agent.id());
             let r = f();
             let mut facts = agent_facts(agent.id());
-            facts.cpu_s -= at_start;
+            facts.cpu_s -= at_start.cpu_s;
+            // The programs' run time during `f` only (not the agent's start-up probe).
+            for p in &mut facts.progs {
+                if let Some(b) = at_start.progs.iter().find(|b| b.0 == p.0) {
+                    let runs = p.2 / p.1 - b.2 / b.1;
+                    p.2 -= b.2;
+                    p.1 = if runs > 0.0 { p.2 / runs } else { 0.0 };
+                }
+            }
             let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
             let mut rest = String::new();
             err.read_to_string(&mut rest)?;

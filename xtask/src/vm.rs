@@ -5,9 +5,10 @@
 //! but enough to boot into a tiny initramfs (busybox, the agent and its libraries), run a few
 //! agent commands and power off. Everything lives in `target/vm/`; the guest's serial console is
 //! saved to `target/vm/console.log`. It passes when the guest prints `VMTEST END` and every
-//! guest command exited 0: `truncwatch check` (a backend runs: fentry there), `truncwatch
-//! selftest`, the kernel integration tests (`tests/kernel.rs`), and detection runs
-//! (`vm/detect.sh`).
+//! guest command exited 0: `truncwatch check` (a backend runs: fentry there), then, for each
+//! backend (fentry, and kprobe forced by `TRUNCWATCH_BACKEND`), `truncwatch selftest`,
+//! detection runs (`vm/detect.sh`) and the kernel integration tests (`tests/kernel.rs`).
+//! `TRUNCWATCH_VM_BACKENDS` and `TRUNCWATCH_VM_TEST_ARGS` narrow that while working on one.
 use crate::step;
 use anyhow::{Context, Result, bail};
 use std::fs;
