@@ -69,13 +69,13 @@ fn classify(sk: *mut c_void, seq: u32, size: u64) -> Option<()> {
         return None; // another CPU classified it meanwhile
     }
     ps.st.track = TRACK_NO;
-    let (family, call) = http_server(sk, &o)?;
+    let (family, call) = http_server(sk, o)?;
     ps.st.track = TRACK_HTTP;
     ps.st.sent = 0;
     ps.st.head_more = 0;
     ps.seq = seq;
     ps.pend_size = 0;
-    open(sk, family, &o);
+    open(sk, family, o);
     announce(sk, ps, size, call);
     if ps.st.flags & FLAG_RESET_RECEIVED != 0 {
         crate::state::emit_state(sk, &mut ps.st, 0, STATE_RESET_RECEIVED);

@@ -32,7 +32,7 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
         // No state yet, or state made by another hook (a reset that arrived while this very
         // send was blocked): not classified yet.
         _ if ret > 0 => {
-            let _ = classify::<S>(sk, ret, &o);
+            let _ = classify::<S>(sk, ret, o);
         }
         _ => {}
     }

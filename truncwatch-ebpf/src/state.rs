@@ -54,7 +54,7 @@ pub fn emit_state(sk: *mut c_void, st: &mut SockState, oldstate: i32, newstate: 
     let base = sk as u64;
     let seq = |off: u32| read_kernel::<u32>(base + off as u64).unwrap_or(0);
     let opt = |off: u32| if off == 0 { u32::MAX } else { read_kernel::<u32>(base + off as u64).unwrap_or(u32::MAX) };
-    let (rwnd_limited, sndbuf_limited) = chrono(base, &o);
+    let (rwnd_limited, sndbuf_limited) = chrono(base, o);
     let ev = StateEvent {
         h: header(EV_STATE, sk),
         oldstate,
