@@ -142,6 +142,10 @@ pub const FLAG_ACCEPTED: u32 = 16;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProbeSock {
     pub st: SockState,
+    /// The socket's identity when the entry was made: for TCP, the first 16 bytes of
+    /// `sock_common` (addresses, hash, ports). An entry whose socket no longer matches belongs
+    /// to a socket freed at the same address without its end being seen, and starts afresh.
+    pub id: [u64; 2],
     /// `write_seq` when `st.sent` was last brought up to date.
     pub seq: u32,
     /// Unix sends begun and not yet returned (a missed return leaves it above 0).
@@ -149,7 +153,6 @@ pub struct ProbeSock {
     /// The send begun last and not wholly accounted yet (`pend_size` > 0): bytes it still
     /// offers, what the caller asked for, its syscall, and the offered bytes' last few.
     pub pend_size: u64,
-    pub pend_requested: u64,
     pub pend_syscall: u32,
     /// `FLAG_ANNOUNCED` if a head event went out for it.
     pub pend_flags: u32,
@@ -290,7 +293,7 @@ pub struct ResetEvent {
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
 const _: () = assert!(core::mem::size_of::<Offsets>() == 76);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
-const _: () = assert!(core::mem::size_of::<ProbeSock>() == 72);
+const _: () = assert!(core::mem::size_of::<ProbeSock>() == 80);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);

@@ -127,36 +127,57 @@ impl Store for SkStore {
     }
 }
 
-/// The kprobe backend's per-socket state, keyed by socket address. Entries are deleted when a
-/// TCP socket reaches CLOSE and when a Unix socket is released, so a reused address starts
-/// afresh. Not an LRU map: evicting a live connection's entry would make its next response
-/// look like a new connection's. When full, new sockets go untracked (counted as
-/// `LOST_STORAGE`). Entries are allocated on use.
+/// The kprobe backend's per-socket state, keyed by socket address, made only for connected
+/// sockets. Entries are deleted when a TCP socket reaches CLOSE and when a Unix socket is
+/// released, and carry the socket's identity, so a reused address starts afresh even if its
+/// end was not seen. Not an LRU map: evicting a live connection's entry would make its next
+/// response look like a new connection's. When full, new sockets go untracked (counted as
+/// `LOST_STORAGE`). Preallocated: kprobe programs on kernels before 6.1 must not allocate at
+/// run time. The agent shrinks these maps to one entry for the other backends.
 #[btf_map]
-pub static PROBE_SOCKS: HashMap<u64, ProbeSock, 262144, 1> = HashMap::new(); // BPF_F_NO_PREALLOC
+pub static PROBE_SOCKS: HashMap<u64, ProbeSock, 65536> = HashMap::new();
 
 /// Unix sends in progress, by task (`bpf_get_current_pid_tgid`): the return probe learns the
 /// socket from it. A return that is never seen leaves its entry until the task sends again.
 #[btf_map]
-pub static PROBE_SENDING: HashMap<u64, u64, 16384, 1> = HashMap::new();
+pub static PROBE_SENDING: HashMap<u64, u64, 4096> = HashMap::new();
 
 /// Unix reads in progress, by task: the socket and the read's flags.
 #[btf_map]
-pub static PROBE_READING: HashMap<u64, [u64; 2], 16384, 1> = HashMap::new();
+pub static PROBE_READING: HashMap<u64, [u64; 2], 4096> = HashMap::new();
 
 pub struct ProbeStore;
 
 impl ProbeStore {
     #[inline(always)]
     pub fn sock(sk: *mut c_void, create: bool) -> Option<&'static mut ProbeSock> {
+        // `sock_common` begins with addresses, hash and ports, then the family (the x86_64
+        // layout since 2.6; the agent checks the family's offset against BTF). Unix sockets
+        // have no addresses there: their release is always seen, and they keep id 0.
+        let [a, b, family] = crate::kernel::read_kernel::<[u64; 3]>(sk as u64)?;
+        let inet = matches!(family as u16, truncwatch_common::AF_INET | truncwatch_common::AF_INET6);
+        let id = if inet { [a, b] } else { [0, 0] };
         if let Some(p) = PROBE_SOCKS.get_ptr_mut(sk as u64) {
-            return Some(unsafe { &mut *p });
+            let ps = unsafe { &mut *p };
+            if ps.id == id {
+                return Some(ps);
+            }
+            // A socket freed at this address without its end being seen.
+            *ps = ProbeSock { id, ..ProbeSock::default() };
+            return Some(ps);
         }
         if !create {
             return None;
         }
+        // Connected sockets only: an entry made for one that is closing would never be
+        // deleted (TCP and Unix stream sockets both say TCP_ESTABLISHED or, for TCP,
+        // TCP_CLOSE_WAIT while connected).
+        let state = crate::kernel::read_kernel::<u8>(sk as u64 + crate::maps::offsets().skc_state as u64)?;
+        if state != 1 && state != 8 {
+            return None;
+        }
         // BPF_NOEXIST: another CPU may have made it meanwhile; then use that one.
-        let _ = PROBE_SOCKS.insert(sk as u64, ProbeSock::default(), 1);
+        let _ = PROBE_SOCKS.insert(sk as u64, ProbeSock { id, ..ProbeSock::default() }, 1);
         match PROBE_SOCKS.get_ptr_mut(sk as u64) {
             Some(p) => Some(unsafe { &mut *p }),
             None => {

@@ -59,12 +59,7 @@ pub fn tcp_send_begins(sk: *mut c_void, size: u64) {
 #[inline(always)]
 fn classify(sk: *mut c_void, seq: u32, size: u64) -> Option<()> {
     let o = offsets();
-    // Only connected sockets: an entry made for a closed one would never be deleted.
-    let state = read_kernel::<u8>(sk as u64 + o.skc_state as u64)? as i32;
-    if state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT {
-        return None;
-    }
-    let ps = ProbeStore::sock(sk, true)?;
+    let ps = ProbeStore::sock(sk, true)?; // connected sockets only
     if ps.st.track != 0 {
         return None; // another CPU classified it meanwhile
     }
@@ -91,7 +86,6 @@ fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
     let offset = ps.st.sent;
     ps.pend_flags = if head_or_more(sk, &mut ps.st, offset, offered, &call, FLAG_ANNOUNCED) { FLAG_ANNOUNCED } else { 0 };
     ps.pend_size = size;
-    ps.pend_requested = call.requested;
     ps.pend_syscall = call.nr;
     ps.pend_tail_len = 0;
     if let Some((addr, n)) = call.tail(size) {
@@ -240,6 +234,12 @@ pub fn unix_send_begins(sock: u64) {
     if let Some(ps) = ProbeStore::sock(sk, false)
         && ps.st.track == TRACK_HTTP
     {
+        // A send already in flight: another thread's, whose return may have been missed.
+        // Its bytes would be missing from the offsets of what follows (a head would end the
+        // response before it early), so the stream is the observer's from here.
+        if ps.inflight > 0 {
+            ps.st.flags |= FLAG_EVENTS_LOST;
+        }
         ps.inflight += 1;
     }
 }

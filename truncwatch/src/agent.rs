@@ -336,10 +336,15 @@ pub fn attach(ring_buffer_mib: u32, backend: Backend) -> Result<(Ebpf, btf_offse
 
 /// Load the object and attach `backend`'s programs.
 fn load_and_attach(btf: &Btf, layout: &btf_offsets::KernelLayout, ring_buffer_mib: u32, backend: Backend) -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(btf))
-        .override_global("OFFSETS", &layout.offsets, true)
-        .map_max_entries("EVENTS", ring_buffer_mib << 20)
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(btf)).override_global("OFFSETS", &layout.offsets, true).map_max_entries("EVENTS", ring_buffer_mib << 20);
+    // The kprobe backend's maps are preallocated: one entry each when another backend runs.
+    if backend != Backend::Kprobe {
+        for map in ["PROBE_SOCKS", "PROBE_SENDING", "PROBE_READING"] {
+            loader.map_max_entries(map, 1);
+        }
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
     // SAFETY: no preconditions.

@@ -55,6 +55,11 @@ pub fn load() -> Result<KernelLayout> {
         skc_state: f("sock", "__sk_common.skc_state")?,
         ready: 1,
     };
+    // The kprobe backend reads a socket's identity and family as the first 24 bytes of
+    // `sock_common` (addresses, hash, ports, family): make sure of the layout.
+    if offsets.skc_family != 16 {
+        bail!("kernel BTF: sock_common.skc_family at {}, not 16: unsupported kernel", offsets.skc_family);
+    }
     // The programs load these at fixed offsets (the x86_64 ptrace ABI): make sure.
     for (name, want) in [("orig_ax", REGS_ORIG_AX), ("si", REGS_SI), ("dx", REGS_DX)] {
         let got = f("pt_regs", name)? as usize;

@@ -30,6 +30,8 @@ struct Response {
     /// The stream's last bytes before `recent_end`, as far as the sends' tails tell.
     recent: Tail,
     recent_end: u64,
+    /// What request this response answers, as far as known.
+    answer: Answer,
 }
 
 impl Response {
@@ -351,8 +353,25 @@ impl Correlator {
     #[allow(clippy::too_many_arguments)]
     fn start_response(&mut self, conn: &mut Conn, start: u64, tgid: u32, mut head: Head, body_attempted: bool, ts_ns: u64, out: &mut Vec<Verdict>) {
         self.stats.heads += 1;
+        // A response none of whose bytes the kernel took is as if never sent: the kprobe
+        // backend announces a head's send before the kernel takes any of it, and a send
+        // refused whole is offered again. This head takes its place, and its answer.
+        let sent = conn.sent;
+        let untaken = conn.resp.take_if(|r| sent <= r.start);
+        let is_final = head.status >= 200 || head.status == 101;
         // Interim responses (1xx but 101) come before the final one to the same request.
-        let answer = if head.status >= 200 || head.status == 101 { conn.requests.answer() } else { Answer::Unknown };
+        let answer = match untaken {
+            Some(prev) if is_final => {
+                self.stats.heads -= 1;
+                prev.answer
+            }
+            Some(_) => {
+                self.stats.heads -= 1;
+                Answer::Unknown
+            }
+            None if is_final => conn.requests.answer(),
+            None => Answer::Unknown,
+        };
         if let Some(prev) = conn.resp.take() {
             match prev.end() {
                 _ if prev.head_only(start) => self.stats.head_only += 1,
@@ -374,7 +393,7 @@ impl Correlator {
             head.body = Body::None;
         }
         let body_owed = answer == Answer::Other;
-        conn.resp = Some(Response { start, head, pid: tgid, body_attempted, body_owed, chunk_end: None, tail_blank: false, recent: Tail::default(), recent_end: 0 });
+        conn.resp = Some(Response { start, head, pid: tgid, body_attempted, body_owed, chunk_end: None, tail_blank: false, recent: Tail::default(), recent_end: 0, answer });
     }
 
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
@@ -391,6 +410,11 @@ impl Correlator {
         self.drop_partial(&mut conn, ts_ns, out);
         let Some(resp) = conn.resp.take() else { return };
         let sent = conn.sent;
+        if sent <= resp.start {
+            // Announced, never taken (see `start_response`): never sent.
+            self.stats.heads -= 1;
+            return;
+        }
         match resp.head.body {
             Body::UntilClose => return self.emit(&conn, resp, Kind::Unframed, how, sent, ts_ns, out),
             // Trailers end with a blank line too: if that is how the stream ended, we cannot

@@ -770,3 +770,61 @@ fn unix_shortfall_with_losses_meanwhile_is_observer_loss() {
     w.ev(Event::Open { sk: SK, ts_ns: 50, meta: meta(Transport::Unix), losses: 1 });
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }
+
+/// The kprobe backend: a head's send announced when it begins, what the kernel took after.
+impl Wire {
+    fn announce(&mut self, cap: Vec<u8>, offered: u64) {
+        let (offset, ts_ns) = (self.offset, self.ts);
+        let requests = std::mem::take(&mut self.reads);
+        let s = SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: offered as i64, requested: offered, head: Some(cap), requests, part: SendPart::Announced, ..SendFacts::default() };
+        self.ev(Event::Send(s));
+    }
+    fn accepted(&mut self, offered: u64, took: u64) {
+        let (offset, ts_ns) = (self.offset, self.ts);
+        self.offset += took;
+        let s = SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: took as i64, requested: offered, part: SendPart::Accepted, ..SendFacts::default() };
+        self.ev(Event::Send(s));
+    }
+}
+
+/// A GET's answer, announced, refused whole (EAGAIN), offered again and taken: one complete
+/// response, the GET's answer kept (not a desync of the first offer against the second).
+#[test]
+fn kprobe_head_refused_whole_then_offered_again_is_one_response() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(b"GET / HTTP/1.1\r\n\r\n");
+    let h = head(100);
+    let n = h.len() as u64 + 100;
+    w.announce(h.clone(), n);
+    w.accepted(n, 0);
+    w.announce(h.clone(), n);
+    w.accepted(n, n);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    let kinds: Vec<Kind> = w.out.iter().map(|v| v.kind).collect();
+    assert_eq!(kinds, [Kind::Complete]);
+    assert_eq!(w.c.stats.heads, 1);
+    // Offered again, then only the head taken before the close: the body was owed (the
+    // GET's answer went to the second offer).
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(b"GET / HTTP/1.1\r\n\r\n");
+    w.announce(h.clone(), h.len() as u64);
+    w.accepted(h.len() as u64, 0);
+    w.announce(h.clone(), h.len() as u64);
+    w.accepted(h.len() as u64, h.len() as u64);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert_eq!(w.out.len(), 1);
+    assert_eq!((w.out[0].kind, w.out[0].response.as_ref().unwrap().sent_bytes), (Kind::ShortWrite, h.len() as u64));
+}
+
+/// A head the kernel never took any of, then the end: nothing was sent, nothing to judge (the
+/// other backends never see such a head at all).
+#[test]
+fn kprobe_head_never_taken_is_not_judged() {
+    let mut w = Wire::new(Transport::Tcp);
+    let h = head(100);
+    w.announce(h.clone(), h.len() as u64 + 100);
+    w.accepted(h.len() as u64 + 100, 0);
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
+    assert!(w.out.is_empty(), "{:?}", w.out);
+    assert_eq!(w.c.stats.heads, 0);
+}

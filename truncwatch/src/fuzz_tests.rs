@@ -322,6 +322,13 @@ fn send_all(r: &mut Rng, c: &mut Correlator, out: &mut Vec<Verdict>, sk: u64, of
         *ts += 1;
         if kprobe {
             let tail = &bytes[pos + offered - offered.min(8)..pos + offered];
+            if head.is_some() && r.chance(10) {
+                // The head's send offered first and refused whole (EAGAIN), then again.
+                let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: offered as i64, requested: offered as u64, syscall: 1, head: head.clone(), part: SendPart::Announced, ..SendFacts::default() };
+                c.handle(Event::Send(s), out);
+                let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: 0, requested: offered as u64, syscall: 1, part: SendPart::Accepted, ..SendFacts::default() };
+                c.handle(Event::Send(s), out);
+            }
             let part = if head.is_some() {
                 let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: offered as i64, requested: offered as u64, syscall: 1, head, tail: Tail::new(tail), part: SendPart::Announced, ..SendFacts::default() };
                 c.handle(Event::Send(s), out);
