@@ -142,8 +142,8 @@ pub const FLAG_ACCEPTED: u32 = 16;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProbeSock {
     pub st: SockState,
-    /// The socket's identity when the entry was made: for TCP, the first 16 bytes of
-    /// `sock_common` (addresses, hash, ports). An entry whose socket no longer matches belongs
+    /// The socket's identity when the entry was made: for TCP, the first 14 bytes of
+    /// `sock_common` (addresses, hash, peer port). An entry whose socket no longer matches belongs
     /// to a socket freed at the same address without its end being seen, and starts afresh.
     pub id: [u64; 2],
     /// `write_seq` when `st.sent` was last brought up to date.

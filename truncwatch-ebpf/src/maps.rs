@@ -156,7 +156,9 @@ impl ProbeStore {
         // have no addresses there: their release is always seen, and they keep id 0.
         let [a, b, family] = crate::kernel::read_kernel::<[u64; 3]>(sk as u64)?;
         let inet = matches!(family as u16, truncwatch_common::AF_INET | truncwatch_common::AF_INET6);
-        let id = if inet { [a, b] } else { [0, 0] };
+        // Without the local port (`skc_num`, the top 16 bits of `b`): a reset connection gets
+        // its state change to CLOSE after its port was released, which zeroes it.
+        let id = if inet { [a, b & 0x0000_ffff_ffff_ffff] } else { [0, 0] };
         if let Some(p) = PROBE_SOCKS.get_ptr_mut(sk as u64) {
             let ps = unsafe { &mut *p };
             if ps.id == id {
