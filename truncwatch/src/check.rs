@@ -47,7 +47,7 @@ const FUNCS: [(&str, &str); 6] = [
 ];
 
 /// What running on the kprobe backend costs, against the other two.
-const KPROBE_COST: &str = "kprobe backend (no socket tracepoints, no trampolines): send errors (EAGAIN, EPIPE) are not seen; a response is judged when its socket is next seen (next send or end), not at its last send; a Unix send whose return probe was missed makes that stream observer_loss";
+const KPROBE_COST: &str = "kprobe backend (no socket tracepoints, no trampolines): TCP send errors (EAGAIN, EPIPE) are not seen; a response is judged when its socket is next seen (next send or end), not at its last send; a Unix send whose return probe was missed makes that stream observer_loss";
 
 pub fn probe() -> Facts {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
