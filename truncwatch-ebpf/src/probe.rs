@@ -19,7 +19,7 @@
 use crate::{
     kernel::{IoCall, header, io_call, read_kernel},
     maps::{EVENTS, LOST_RINGBUF_FULL, PROBE_READING, PROBE_SENDING, ProbeStore, count_lost, losses, offsets, wake_flags},
-    send::{bounded, head_or_more, http_server, open},
+    send::{bounded, fill_send, head_or_more, http_server, open},
 };
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user};
 use core::ffi::c_void;
@@ -143,17 +143,10 @@ fn settle(sk: *mut c_void, ps: &mut ProbeSock, seq: u32, next_send: bool) {
         return;
     };
     let ev = entry.as_mut_ptr();
-    let h = header(EV_SEND, sk);
+    // No buffer to read now (the send is over): the tail kept when it began goes in after.
+    let call = IoCall { nr: syscall, requested, ..IoCall::NONE };
+    fill_send(ev, EV_SEND, sk, offset, took as i32, &call, flags);
     unsafe {
-        (*ev).h.kind = h.kind;
-        (*ev).h.tgid = h.tgid;
-        (*ev).h.sk = h.sk;
-        (*ev).h.ts_ns = h.ts_ns;
-        (*ev).offset = offset;
-        (*ev).requested = requested;
-        (*ev).ret = took as i32;
-        (*ev).syscall = syscall;
-        (*ev).flags = flags;
         // A prefix of the offered tail: the agent reads `tail[..tail_len]`.
         (*ev).tail = ps.pend_tail;
         (*ev).tail_len = tail_len;
