@@ -234,7 +234,7 @@ mount -t sysfs sysfs /sys
 # The agent needs tracefs for tracepoint ids (it mounts it itself when missing; say if we cannot).
 mount -t tracefs nodev /sys/kernel/tracing || echo "VMTEST note: tracefs mount failed"
 ip link set lo up
-echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s"
+echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s cpus_possible=$(cat /sys/devices/system/cpu/possible)"
 # Run one command with a time limit; its output, then its exit status on a line of its own.
 vmtest() {{
     name=$1; shift
