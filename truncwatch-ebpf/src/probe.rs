@@ -19,13 +19,13 @@
 use crate::{
     kernel::{IoCall, header, io_call, read_kernel},
     maps::{EVENTS, LOST_RINGBUF_FULL, PROBE_READING, PROBE_SENDING, ProbeStore, count_lost, losses, offsets, wake_flags},
-    send::{bounded, fill_send, head_or_more, http_server, open},
+    send::{begin_tracking, fill_send, head_or_more, read_tail, reset_during_first_send},
 };
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use core::ffi::c_void;
 use truncwatch_common::{
-    EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, ProbeSock,
-    STATE_RESET_RECEIVED, SendEvent, TAIL, TRACK_HTTP, TRACK_NO,
+    EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, ProbeSock,
+    SendEvent, TAIL, TRACK_HTTP, TRACK_NO,
 };
 
 // include/net/tcp_states.h
@@ -36,45 +36,41 @@ const TCP_CLOSE_WAIT: i32 = 8;
 /// `tcp_sendmsg`/`tcp_sendpage` begin: settle the send before, then announce this one.
 #[inline(always)]
 pub fn tcp_send_begins(sk: *mut c_void, size: u64) {
-    let o = offsets();
-    if o.ready == 0 || sk.is_null() {
+    if offsets().ready == 0 || sk.is_null() {
         return;
     }
-    let Some(seq) = read_kernel::<u32>(sk as u64 + o.tcp_write_seq as u64) else { return };
     match ProbeStore::sock(sk, false) {
         Some(ps) if ps.st.track == TRACK_HTTP => {
-            settle(sk, ps, seq, true);
+            if let Some(seq) = write_seq(sk) {
+                settle(sk, ps, seq, true);
+            }
             announce(sk, ps, size, io_call().unwrap_or(IoCall::NONE));
         }
         Some(ps) if ps.st.track == TRACK_NO => {}
         _ if size > 0 => {
-            let _ = classify(sk, seq, size);
+            let _ = classify(sk, size);
         }
         _ => {}
     }
 }
 
+/// `tcp_sock.write_seq`: one past the last byte the application handed the kernel.
+#[inline(always)]
+fn write_seq(sk: *mut c_void) -> Option<u32> {
+    read_kernel::<u32>(sk as u64 + offsets().tcp_write_seq as u64)
+}
+
 /// A connected TCP socket's first send: is it an HTTP server's? (As `send::classify`, but
 /// before the kernel took anything: stream offset 0 is `write_seq` now.)
 #[inline(always)]
-fn classify(sk: *mut c_void, seq: u32, size: u64) -> Option<()> {
-    let o = offsets();
+fn classify(sk: *mut c_void, size: u64) -> Option<()> {
     let ps = ProbeStore::sock(sk, true)?; // connected sockets only
-    if ps.st.track != 0 {
-        return None; // another CPU classified it meanwhile
-    }
-    ps.st.track = TRACK_NO;
-    let (family, call) = http_server(sk, o)?;
-    ps.st.track = TRACK_HTTP;
-    ps.st.sent = 0;
-    ps.st.head_more = 0;
+    let seq = write_seq(sk)?;
+    let call = begin_tracking(sk, &mut ps.st, offsets())?;
     ps.seq = seq;
     ps.pend_size = 0;
-    open(sk, family, o);
     announce(sk, ps, size, call);
-    if ps.st.flags & FLAG_RESET_RECEIVED != 0 {
-        crate::state::emit_state(sk, &mut ps.st, 0, STATE_RESET_RECEIVED);
-    }
+    reset_during_first_send(sk, &mut ps.st);
     Some(())
 }
 
@@ -87,17 +83,7 @@ fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
     ps.pend_flags = if head_or_more(sk, &mut ps.st, offset, offered, &call, FLAG_ANNOUNCED) { FLAG_ANNOUNCED } else { 0 };
     ps.pend_size = size;
     ps.pend_syscall = call.nr;
-    ps.pend_tail_len = 0;
-    if let Some((addr, n)) = call.tail(size) {
-        // Via the stack, as in `send::fill_send`.
-        let mut t = [0u8; TAIL];
-        if n <= TAIL as u64
-            && unsafe { bpf_probe_read_user(t.as_mut_ptr().cast(), bounded(n, TAIL as u32), addr as *const c_void) } == 0
-        {
-            ps.pend_tail = t;
-            ps.pend_tail_len = n as u32;
-        }
-    }
+    (ps.pend_tail, ps.pend_tail_len) = read_tail(&call, size).unwrap_or(([0; TAIL], 0));
 }
 
 /// Account what the kernel took since this socket was last seen (`write_seq` is `seq` now):
@@ -165,7 +151,7 @@ fn settle_before_end(sk: *mut c_void, oldstate: i32) {
     if ps.st.track != TRACK_HTTP {
         return;
     }
-    if let Some(seq) = read_kernel::<u32>(sk as u64 + offsets().tcp_write_seq as u64) {
+    if let Some(seq) = write_seq(sk) {
         settle(sk, ps, seq, false);
     }
 }

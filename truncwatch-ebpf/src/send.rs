@@ -43,6 +43,16 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
 #[inline(always)]
 fn classify<S: Store>(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     let st = S::get(sk, true)?;
+    let call = begin_tracking(sk, st, o)?;
+    account(sk, st, ret, Some(call));
+    reset_during_first_send(sk, st);
+    Some(())
+}
+
+/// A socket's first send (its state `st` fresh): classify it, once, and if it is the server
+/// side of HTTP/1, track it from stream offset 0 and tell the agent. Returns the send then.
+#[inline(always)]
+pub fn begin_tracking(sk: *mut c_void, st: &mut SockState, o: &Offsets) -> Option<IoCall> {
     if st.track != 0 {
         return None; // another CPU classified it meanwhile
     }
@@ -52,19 +62,22 @@ fn classify<S: Store>(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     st.sent = 0;
     st.head_more = 0;
     open(sk, family, o);
-    account(sk, st, ret, Some(call));
-    // The peer reset the connection while this first send was blocked: no end will follow,
-    // so report it now.
+    Some(call)
+}
+
+/// The peer reset the connection while its first send was going on: no end will follow, so
+/// report it now.
+#[inline(always)]
+pub fn reset_during_first_send(sk: *mut c_void, st: &mut SockState) {
     if st.flags & FLAG_RESET_RECEIVED != 0 {
         crate::state::emit_state(sk, st, 0, STATE_RESET_RECEIVED);
     }
-    Some(())
 }
 
 /// Whether a socket's first send makes it the server side of HTTP/1 over a stream socket (it
 /// begins `HTTP/1.`): its family and the send, if so.
 #[inline(always)]
-pub fn http_server(sk: *mut c_void, o: &Offsets) -> Option<(u16, IoCall)> {
+fn http_server(sk: *mut c_void, o: &Offsets) -> Option<(u16, IoCall)> {
     let base = sk as u64;
     let family = read_kernel::<u16>(base + o.skc_family as u64)?;
     let stream = match family {
@@ -149,20 +162,30 @@ pub fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, re
         (*ev).flags = flags;
         (*ev).tail = [0; TAIL];
         (*ev).tail_len = 0;
-        if ret > 0 {
-            if let Some((addr, n)) = call.tail(ret as u64) {
-                // Via the stack: the verifier refuses a variable-length write at a variable
-                // offset into ring buffer memory.
-                let mut t = [0u8; TAIL];
-                // Clamped as the u32 the helper gets: older verifiers (6.1) lose a bound
-                // checked on the u64 before the cast.
-                let len = bounded(n, TAIL as u32);
-                if n <= TAIL as u64 && bpf_probe_read_user(t.as_mut_ptr().cast(), len, addr as *const c_void) == 0 {
-                    (*ev).tail = t;
-                    (*ev).tail_len = n as u32;
-                }
-            }
+        if ret > 0
+            && let Some((t, n)) = read_tail(call, ret as u64)
+        {
+            (*ev).tail = t;
+            (*ev).tail_len = n;
         }
+    }
+}
+
+/// The last bytes (at most `TAIL`) of the first `accepted` bytes of a send, from the caller's
+/// buffer, and how many there are.
+#[inline(always)]
+pub fn read_tail(call: &IoCall, accepted: u64) -> Option<([u8; TAIL], u32)> {
+    let (addr, n) = call.tail(accepted)?;
+    // Via the stack: the verifier refuses a variable-length write at a variable offset into
+    // ring buffer memory.
+    let mut t = [0u8; TAIL];
+    // Clamped as the u32 the helper gets: older verifiers (6.1) lose a bound checked on the
+    // u64 before the cast.
+    let len = bounded(n, TAIL as u32);
+    if n <= TAIL as u64 && unsafe { bpf_probe_read_user(t.as_mut_ptr().cast(), len, addr as *const c_void) } == 0 {
+        Some((t, n as u32))
+    } else {
+        None
     }
 }
 
@@ -210,7 +233,7 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
 /// LLVM from dropping the clamp as redundant (it often knows `n <= max` already; 6.1's
 /// verifier does not).
 #[inline(always)]
-pub fn bounded(n: u64, max: u32) -> u32 {
+fn bounded(n: u64, max: u32) -> u32 {
     let v = n as u32;
     let n = unsafe { core::ptr::read_volatile(&v) };
     if n > max { max } else { n }
@@ -230,7 +253,7 @@ fn tail_ends_blank(tail: &[u8; TAIL], len: u32) -> bool {
 
 /// Tell the agent about a newly tracked connection: who owns it and its addresses.
 #[inline(always)]
-pub fn open(sk: *mut c_void, family: u16, o: &Offsets) {
+fn open(sk: *mut c_void, family: u16, o: &Offsets) {
     let Some(mut entry) = EVENTS.reserve_untyped::<OpenEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         return;

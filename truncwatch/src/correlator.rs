@@ -353,24 +353,14 @@ impl Correlator {
     #[allow(clippy::too_many_arguments)]
     fn start_response(&mut self, conn: &mut Conn, start: u64, tgid: u32, mut head: Head, body_attempted: bool, ts_ns: u64, out: &mut Vec<Verdict>) {
         self.stats.heads += 1;
-        // A response none of whose bytes the kernel took is as if never sent: the kprobe
-        // backend announces a head's send before the kernel takes any of it, and a send
-        // refused whole is offered again. This head takes its place, and its answer.
-        let sent = conn.sent;
-        let untaken = conn.resp.take_if(|r| sent <= r.start);
-        let is_final = head.status >= 200 || head.status == 101;
+        // A response the kernel took none of was never sent: this head takes its place, and
+        // its answer.
+        let untaken = self.take_untaken(conn);
         // Interim responses (1xx but 101) come before the final one to the same request.
         let answer = match untaken {
-            Some(prev) if is_final => {
-                self.stats.heads -= 1;
-                prev.answer
-            }
-            Some(_) => {
-                self.stats.heads -= 1;
-                Answer::Unknown
-            }
-            None if is_final => conn.requests.answer(),
-            None => Answer::Unknown,
+            _ if head.status < 200 && head.status != 101 => Answer::Unknown,
+            Some(prev) => prev.answer,
+            None => conn.requests.answer(),
         };
         if let Some(prev) = conn.resp.take() {
             match prev.end() {
@@ -396,6 +386,16 @@ impl Correlator {
         conn.resp = Some(Response { start, head, pid: tgid, body_attempted, body_owed, chunk_end: None, tail_blank: false, recent: Tail::default(), recent_end: 0, answer });
     }
 
+    /// The response in flight, if the kernel took none of its bytes: such a response was never
+    /// sent (the kprobe backend announces a head's send before the kernel takes any of it, and
+    /// a send refused whole is offered again), so it is forgotten, uncounted.
+    fn take_untaken(&mut self, conn: &mut Conn) -> Option<Response> {
+        let sent = conn.sent;
+        let untaken = conn.resp.take_if(|r| sent <= r.start)?;
+        self.stats.heads -= 1;
+        Some(untaken)
+    }
+
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
         let Some(resp) = &conn.resp else { return };
         if let Some(end) = resp.end()
@@ -408,13 +408,9 @@ impl Correlator {
     /// The stream ended: judge the response in flight, if any.
     fn finish(&mut self, mut conn: Box<Conn>, how: End, ts_ns: u64, out: &mut Vec<Verdict>) {
         self.drop_partial(&mut conn, ts_ns, out);
+        self.take_untaken(&mut conn);
         let Some(resp) = conn.resp.take() else { return };
         let sent = conn.sent;
-        if sent <= resp.start {
-            // Announced, never taken (see `start_response`): never sent.
-            self.stats.heads -= 1;
-            return;
-        }
         match resp.head.body {
             Body::UntilClose => return self.emit(&conn, resp, Kind::Unframed, how, sent, ts_ns, out),
             // Trailers end with a blank line too: if that is how the stream ended, we cannot

@@ -51,7 +51,7 @@ struct AgentFacts {
     rss_now_kib: u64,
     judged: u64,
     lost: u64,
-    /// (program, ns per run, total ns) since the agent loaded it.
+    /// (program, total run time in ns, runs) during the round's workload.
     progs: Vec<(String, f64, f64)>,
     /// The nginx file served in this round ("" for the send microbenchmark).
     workload: &'static str,
@@ -120,7 +120,7 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
                 let (r, facts) = with_variant(v, agent_bin, || send_ns(kind))?;
                 ns[i].push(r);
                 if let Some(f) = facts.filter(|_| v == Variant::AgentStats) {
-                    prog_ns.push(f.progs.iter().map(|p| p.2).sum::<f64>() / SENDS as f64);
+                    prog_ns.push(f.progs.iter().map(|p| p.1).sum::<f64>() / SENDS as f64);
                 }
             }
         }
@@ -145,7 +145,7 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     for file in ["1k.bin", "64k.bin", "unix"] {
         let rounds: Vec<&&AgentFacts> = nginx_rounds.iter().filter(|f| f.workload == file && f.stats).collect();
         let agent: Vec<f64> = rounds.iter().map(|f| f.cpu_s * 1e9 / f.judged.max(1) as f64).collect();
-        let kernel: Vec<f64> = rounds.iter().map(|f| f.progs.iter().map(|p| p.2).sum::<f64>() / f.judged.max(1) as f64).collect();
+        let kernel: Vec<f64> = rounds.iter().map(|f| f.progs.iter().map(|p| p.1).sum::<f64>() / f.judged.max(1) as f64).collect();
         let total: Vec<f64> = agent.iter().zip(&kernel).map(|(a, k)| a + k).collect();
         let name = if file == "unix" { "1 KiB (Unix socket)".to_string() } else { file.trim_end_matches(".bin").replace('k', " KiB") };
         writeln!(report, "| {name} | {} | {} | {} |", spread(&agent, 0), spread(&kernel, 0), spread(&total, 0))?;
@@ -161,7 +161,11 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     names.sort();
     names.dedup();
     for n in names {
-        let v: Vec<f64> = agent_rounds.iter().filter(|f| f.stats).filter_map(|f| f.progs.iter().find(|p| p.0 == n).map(|p| p.1)).collect();
+        let v: Vec<f64> = agent_rounds
+            .iter()
+            .filter(|f| f.stats)
+            .filter_map(|f| f.progs.iter().find(|p| p.0 == n && p.2 > 0.0).map(|p| p.1 / p.2))
+            .collect();
         writeln!(report, "| {n} | {} |", spread(&v, 0))?;
     }
 
@@ -205,9 +209,8 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
             // The programs' run time during `f` only (not the agent's start-up probe).
             for p in &mut facts.progs {
                 if let Some(b) = at_start.progs.iter().find(|b| b.0 == p.0) {
-                    let runs = p.2 / p.1 - b.2 / b.1;
+                    p.1 -= b.1;
                     p.2 -= b.2;
-                    p.1 = if runs > 0.0 { p.2 / runs } else { 0.0 };
                 }
             }
             let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
@@ -255,7 +258,7 @@ fn agent_facts(pid: u32) -> AgentFacts {
     AgentFacts { cpu_s, rss_kib: kib("VmHWM:"), rss_now_kib: kib("VmRSS:"), progs: prog_stats(), ..Default::default() }
 }
 
-/// (program name, ns per run, total ns) for truncwatch's programs, from bpftool.
+/// (program name, total run time in ns, runs) for truncwatch's programs, from bpftool.
 fn prog_stats() -> Vec<(String, f64, f64)> {
     let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else { return vec![] };
     let text = String::from_utf8_lossy(&out.stdout);
@@ -268,7 +271,7 @@ fn prog_stats() -> Vec<(String, f64, f64)> {
             let full = ours.iter().find(|n| n.starts_with(&name) || name.starts_with(*n))?;
             let t: f64 = field("run_time_ns")?.parse().ok()?;
             let c: f64 = field("run_cnt")?.parse().ok()?;
-            (c > 0.0).then(|| (full.to_string(), t / c, t))
+            (c > 0.0).then(|| (full.to_string(), t, c))
         })
         .collect()
 }
