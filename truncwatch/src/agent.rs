@@ -457,6 +457,11 @@ impl Reader {
                 other => eprintln!("event: {other:?}"),
             }
         }
+        // A socket left out below still ends the connection the kernel had at its address:
+        // otherwise its sends would count for that one.
+        if let Event::Open { sk, ts_ns, losses, .. } = &ev {
+            self.correlator.socket_reused(*sk, *ts_ns, *losses, &mut self.verdicts);
+        }
         match &ev {
             // The agent's own sockets are never judged (its start-up probe only proves events
             // flow; its metrics endpoint answers scrapes), except the canary's.

@@ -133,15 +133,21 @@ impl Correlator {
         self.conns.len()
     }
 
+    /// A new socket opened at `sk` (tracked or not): the kernel reuses a freed socket's address,
+    /// so a connection still known there is over. Its stream ends here, and what the new
+    /// socket sends never counts for it.
+    pub fn socket_reused(&mut self, sk: u64, ts_ns: u64, losses: u32, out: &mut Vec<Verdict>) {
+        if let Some(mut old) = self.conns.remove(&sk) {
+            old.events_lost |= old.losses_at_open != losses;
+            self.finish(old, End::SocketFreed, ts_ns, out);
+        }
+    }
+
     /// Feed one event; verdicts it decides are appended to `out`.
     pub fn handle(&mut self, ev: Event, out: &mut Vec<Verdict>) {
         match ev {
             Event::Open { sk, ts_ns, meta, losses } => {
-                // A new socket at a known address: the old one was freed, its stream is over.
-                if let Some(mut old) = self.conns.remove(&sk) {
-                    old.events_lost |= old.losses_at_open != losses;
-                    self.finish(old, End::SocketFreed, ts_ns, out);
-                }
+                self.socket_reused(sk, ts_ns, losses, out);
                 self.stats.connections += 1;
                 let conn = Box::new(Conn {
                     meta: Arc::new(meta),

@@ -828,3 +828,19 @@ fn kprobe_head_never_taken_is_not_judged() {
     assert!(w.out.is_empty(), "{:?}", w.out);
     assert_eq!(w.c.stats.heads, 0);
 }
+
+/// A socket the agent leaves out (another agent's probe) opened at a known address: the
+/// connection there is over, and the new socket's sends never count for it.
+#[test]
+fn a_reused_address_ends_the_connection_there_even_if_the_new_socket_is_left_out() {
+    let mut w = Wire::new(Transport::Unix);
+    w.response(100, 100);
+    assert_eq!(w.out.len(), 1);
+    let ts = w.ts;
+    w.c.socket_reused(SK, ts, 0, &mut w.out);
+    assert_eq!(w.c.tracked(), 0);
+    // The new socket's head at the old address: nobody's response.
+    w.offset = 0;
+    w.response(0, 0);
+    assert_eq!(w.out.len(), 1, "{:?}", w.out);
+}
