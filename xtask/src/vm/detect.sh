@@ -7,6 +7,8 @@ server=""; while [ "$1" != "--" ]; do server="$server $1"; shift; done; shift
 fetch=""; while [ "$1" != "--" ]; do fetch="$fetch $1"; shift; done; shift
 want=$1
 out=/tmp/$name
+# A run before this one (another backend's) left its logs: the waits below must see this run's.
+rm -f $out.*
 /bin/truncwatch run --all --format json --metrics-addr off --canary-interval 0s >$out.verdicts 2>$out.agent &
 agent=$!
 for i in $(seq 150); do grep -q "truncwatch: ready" $out.agent && break; sleep 0.1; done
