@@ -170,7 +170,7 @@ pub struct Header {
     pub tgid: u32,
     /// Kernel address of the socket: the connection's identity while it lives.
     pub sk: u64,
-    /// `bpf_ktime_get_ns()`.
+    /// `bpf_ktime_get_ns()`; 0 in send events, which the agent dates when it reads them.
     pub ts_ns: u64,
 }
 

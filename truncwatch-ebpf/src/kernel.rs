@@ -48,12 +48,15 @@ pub fn socket_sk(sock: *const u8) -> Option<*mut c_void> {
 
 #[inline(always)]
 pub fn header(kind: u32, sk: *mut c_void) -> Header {
-    Header {
-        kind,
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        sk: sk as u64,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    }
+    Header { ts_ns: unsafe { bpf_ktime_get_ns() }, ..untimed_header(kind, sk) }
+}
+
+/// A header without a timestamp (0), for send events: the agent dates them itself when it
+/// reads them (within its 20 ms drain interval), which is close enough for what it uses their
+/// time for, and reading the clock cost the sender some 35 ns per send here.
+#[inline(always)]
+pub fn untimed_header(kind: u32, sk: *mut c_void) -> Header {
+    Header { kind, tgid: (bpf_get_current_pid_tgid() >> 32) as u32, sk: sk as u64, ts_ns: 0 }
 }
 
 /// What the sending (or receiving) task asked for, read from its saved syscall registers: the
@@ -109,13 +112,16 @@ impl IoCall {
 /// Up to this many iovecs are summed for `requested`; longer vectors report 0 (unknown).
 const MAX_IOV: u64 = 4;
 
+/// The current syscall's I/O arguments; `IoCall::NONE`'s empty buffers where they cannot be
+/// known. (Never an `Option`: LLVM then spilled an undefined register on the `None` path, which
+/// the verifier refuses.)
 #[inline(always)]
-pub fn io_call() -> Option<IoCall> {
+pub fn io_call() -> IoCall {
     // A BTF pointer to `struct pt_regs`: loads from it are checked against BTF by the
     // verifier, and cost no helper call.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
     if regs.is_null() {
-        return None;
+        return IoCall::NONE;
     }
     let reg = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off).cast::<u64>()) };
     let nr = reg(REGS_ORIG_AX) as u32;
@@ -126,20 +132,22 @@ pub fn io_call() -> Option<IoCall> {
             let mut c = IoCall { nr, requested: dx, ..IoCall::NONE };
             c.iov[0] = [si, dx];
             c.niov = 1;
-            Some(c)
+            c
         }
         SYS_WRITEV | SYS_READV => iov_call(nr, si, dx),
         SYS_SENDMSG | SYS_RECVMSG => {
             // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
-            let [iov, cnt] = read_user::<[u64; 2]>(si + 16)?;
-            iov_call(nr, iov, cnt)
+            match read_user::<[u64; 2]>(si + 16) {
+                Some([iov, cnt]) => iov_call(nr, iov, cnt),
+                None => IoCall { nr, ..IoCall::NONE },
+            }
         }
-        _ => Some(IoCall { nr, ..IoCall::NONE }),
+        _ => IoCall { nr, ..IoCall::NONE },
     }
 }
 
 #[inline(always)]
-fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<IoCall> {
+fn iov_call(nr: u32, iov: u64, cnt: u64) -> IoCall {
     // struct iovec (uapi): base, len. One read for the vector, not one per element: each
     // user read costs.
     // An unreadable vector reads as zeroes (no buffer), not as an early return: returning
@@ -147,7 +155,7 @@ fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<IoCall> {
     // verifiers (6.1) refuse.
     let mut c = IoCall { nr, ..IoCall::NONE };
     match cnt {
-        0 => return None,
+        0 => return c,
         1 => c.iov[0] = read_user::<[u64; 2]>(iov).unwrap_or([0; 2]),
         2 => {
             let v = read_user::<[[u64; 2]; 2]>(iov).unwrap_or([[0; 2]; 2]);
@@ -161,5 +169,5 @@ fn iov_call(nr: u32, iov: u64, cnt: u64) -> Option<IoCall> {
         c.niov = cnt;
         c.requested = c.iov.iter().map(|v| v[1]).sum();
     }
-    Some(c)
+    c
 }

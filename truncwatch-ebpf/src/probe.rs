@@ -44,7 +44,7 @@ pub fn tcp_send_begins(sk: *mut c_void, size: u64) {
             if let Some(seq) = write_seq(sk) {
                 settle(sk, ps, seq, true);
             }
-            announce(sk, ps, size, io_call().unwrap_or(IoCall::NONE));
+            announce(sk, ps, size, io_call());
         }
         Some(ps) if ps.st.track == TRACK_NO => {}
         _ if size > 0 => {

@@ -51,7 +51,7 @@ fn first_read<S: Store>(sk: *mut c_void) {
 /// If this read begins like a request line, count it and keep its method.
 #[inline(always)]
 fn request(st: &mut SockState) {
-    let Some(call) = io_call() else { return };
+    let call = io_call();
     if call.buf() == 0 || call.buf_len() < 8 {
         return;
     }

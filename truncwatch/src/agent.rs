@@ -437,9 +437,16 @@ struct Reader {
 
 impl Reader {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        // Send events come undated from the kernel (it saves the sender a clock read): they
+        // get the time they are read at, at most one drain interval late.
+        let mut now = None;
         while let Some(item) = ring.next() {
             self.events += 1;
             match events::decode(&item, &self.layout) {
+                Ok(Event::Send(mut s)) if s.ts_ns == 0 => {
+                    s.ts_ns = *now.get_or_insert_with(crate::output::monotonic_ns);
+                    self.handle(Event::Send(s))
+                }
                 Ok(ev) => self.handle(ev),
                 Err(_) => self.decode_errors += 1,
             }
