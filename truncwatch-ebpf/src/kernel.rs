@@ -91,21 +91,25 @@ impl IoCall {
     /// took `accepted` bytes of.
     ///
     /// A fixed number of rounds, without an early exit: LLVM then unrolls it, where a loop
-    /// bounded by `niov` became one older verifiers (6.1) cannot bound.
+    /// bounded by `niov` became one older verifiers (6.1) cannot bound. Plain integers, not an
+    /// `Option` of the answer: LLVM spilled the undefined payload of a `None`, which the
+    /// verifier refuses (it did in the kprobe backend's send program on 6.1).
     #[inline(always)]
     pub fn tail(&self, accepted: u64) -> Option<(u64, u64)> {
         let mut before = 0u64;
-        let mut found = None;
+        let mut found = false;
+        let (mut addr, mut n) = (0u64, 0u64);
         for i in 0..MAX_IOV as usize {
             let [base, len] = self.iov[i];
-            if found.is_none() && (i as u64) < self.niov && accepted <= before + len {
+            if !found && (i as u64) < self.niov && accepted <= before + len {
                 let in_seg = accepted - before;
-                let n = if in_seg < TAIL as u64 { in_seg } else { TAIL as u64 };
-                found = Some(if n == 0 { None } else { Some((base + in_seg - n, n)) });
+                n = if in_seg < TAIL as u64 { in_seg } else { TAIL as u64 };
+                addr = base + in_seg - n;
+                found = true;
             }
             before += len;
         }
-        found.flatten()
+        if n == 0 { None } else { Some((addr, n)) }
     }
 }
 

@@ -7,7 +7,7 @@
 //! the peer reset), the shortfall is the verdict.
 use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts};
 pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
-use crate::http_head::{self, Body, Head, Parsed};
+use crate::http_head::{self, Body, Head, HeadCache, Parsed};
 use crate::requests::{Answer, Requests};
 use truncwatch_common::HEAD_CAP;
 use rustc_hash::FxHashMap;
@@ -77,6 +77,7 @@ struct Conn {
     tcp: Option<TcpFacts>,
     /// The start of a head that goes on in the next sends.
     split_head: Option<PartialHead>,
+    heads: HeadCache,
     requests: Requests,
     /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
     tunnel: bool,
@@ -160,6 +161,7 @@ impl Correlator {
                     opened_ns: ts_ns,
                     tcp: None,
                     split_head: None,
+                    heads: HeadCache::default(),
                     requests: Requests::default(),
                     tunnel: false,
                     events_lost: false,
@@ -290,7 +292,7 @@ impl Correlator {
     #[allow(clippy::too_many_arguments)]
     fn head(&mut self, conn: &mut Conn, tgid: u32, offset: u64, asked: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
         self.drop_partial(conn, ts_ns, out);
-        match http_head::parse(cap) {
+        match conn.heads.parse(cap) {
             Parsed::Head(h) => self.start_response(conn, offset, tgid, h, asked > h.len, ts_ns, out),
             // The whole send was captured and the head goes on: the next sends may hold the
             // rest (the kernel captures a few of them).
