@@ -3,9 +3,10 @@
 use crate::btf_offsets::SockLayout;
 use crate::requests::{Method, Seen};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::mem::offset_of;
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
-    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, HEAD_CAP, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -142,14 +143,20 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
         EV_HEAD | EV_HEAD_MORE => {
-            let e: HeadEvent = read(buf, h.kind)?;
-            let n = (e.cap_len as usize).min(e.cap.len());
-            let mut ev = send_event(e.send, Some(e.cap[..n].to_vec()));
+            // Field by field, not the whole record: copying its 512-byte capture onto the
+            // stack before copying the part used showed in the agent's profile.
+            if buf.len() < size_of::<HeadEvent>() {
+                return Err(DecodeError::Short { kind: h.kind, len: buf.len() });
+            }
+            let cap_len: u32 = read(&buf[offset_of!(HeadEvent, cap_len)..], h.kind)?;
+            let cap = &buf[offset_of!(HeadEvent, cap)..][..(cap_len as usize).min(HEAD_CAP)];
+            let mut ev = send_event(read(buf, h.kind)?, Some(cap.to_vec()));
             if let Event::Send(s) = &mut ev {
                 if h.kind == EV_HEAD_MORE {
                     s.head_more = s.head.take();
                 }
-                s.requests = Seen { count: e.requests.into(), first: Method::from_code(e.method) };
+                let (requests, method) = (buf[offset_of!(HeadEvent, requests)], buf[offset_of!(HeadEvent, method)]);
+                s.requests = Seen { count: requests.into(), first: Method::from_code(method) };
             }
             ev
         }
