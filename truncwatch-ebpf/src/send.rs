@@ -124,31 +124,47 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: IoCall) {
 #[inline(always)]
 pub fn head_or_more(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, flags: u32) -> bool {
     let readable = ret > 0 && call.buf() != 0;
+    let fits = readable && call.buf_len() >= 5;
     // A request was read since the last head: this send most likely starts the response, so
     // copy the head straight away and check its first bytes there, saving a user read (each
-    // costs the sender some 70 ns). Otherwise look at the first bytes before copying anything.
-    let head = if readable && call.buf_len() >= 5 && st.head_more == 0 && st.requests > 0 {
-        self::head(sk, st, offset, ret, call, EV_HEAD, flags, false)
-    } else if readable && call.buf_len() >= 5 && read_user::<[u8; 5]>(call.buf()).is_some_and(|m| &m == b"HTTP/") {
-        self::head(sk, st, offset, ret, call, EV_HEAD, flags, true)
-    } else if readable && st.head_more > 0 {
-        self::head(sk, st, offset, ret, call, EV_HEAD_MORE, flags, true)
-    } else {
-        None
-    };
-    let Some((open, kind)) = head else {
+    // costs the sender some 70 ns). Otherwise, or if that copy failed (a page not present),
+    // look at the first bytes before copying anything.
+    let guess = fits && st.head_more == 0 && st.requests > 0;
+    let mut kind = EV_HEAD;
+    let mut r = if guess { head(sk, st, offset, ret, call, EV_HEAD, flags, false) } else { UNREAD };
+    if r == UNREAD {
+        r = if fits && read_user::<[u8; 5]>(call.buf()).is_some_and(|m| &m == b"HTTP/") {
+            head(sk, st, offset, ret, call, EV_HEAD, flags, true)
+        } else if readable && st.head_more > 0 {
+            kind = EV_HEAD_MORE;
+            head(sk, st, offset, ret, call, EV_HEAD_MORE, flags, true)
+        } else {
+            NOT_A_HEAD
+        };
+    }
+    if r == NOT_A_HEAD || r == UNREAD {
         st.head_more = 0;
         return false;
-    };
+    }
     // A head that may go on in the next send: one small buffer, all of it accepted, not
     // ending in the blank line. Capture the next few sends too; the agent joins them.
-    st.head_more = match (open, kind == EV_HEAD) {
+    st.head_more = match (r == HEAD_OPEN, kind == EV_HEAD) {
         (false, _) => 0,
         (true, true) => HEAD_MORE_SENDS,
         (true, false) => st.head_more - 1,
     };
     true
 }
+
+/// What `head` did (plain integers: an `Option` of a tuple made LLVM spill undefined
+/// registers, which the verifier refuses).
+const HEAD_DONE: u32 = 0;
+/// A head event was sent, and the head may go on in the next send.
+const HEAD_OPEN: u32 = 1;
+/// Unchecked send: it does not begin `HTTP/`.
+const NOT_A_HEAD: u32 = 2;
+/// Unchecked send: its bytes could not be read.
+const UNREAD: u32 = 3;
 
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
 /// struct assembled on the stack there.
@@ -199,15 +215,14 @@ pub fn read_tail(call: &IoCall, accepted: u64) -> Option<([u8; TAIL], u32)> {
 /// a head the kernel took only part of is exactly the slow-reader case.
 ///
 /// `known`: the caller checked the send begins a head (or continues one). If not, the copy is
-/// checked here, and a send that does not begin `HTTP/` sends nothing and returns `None`.
-/// Otherwise returns whether the head may continue in the next send, and the event kind.
+/// checked here, and a send that does not begin `HTTP/`, or cannot be read, sends nothing.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, kind: u32, flags: u32, known: bool) -> Option<(bool, u32)> {
+fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, kind: u32, flags: u32, known: bool) -> u32 {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         st.flags |= FLAG_EVENTS_LOST;
-        return Some((false, kind));
+        return HEAD_DONE;
     };
     let ev = entry.as_mut_ptr();
     let mut n = call.buf_len();
@@ -215,9 +230,13 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
         n = HEAD_CAP as u64;
     }
     let copied = unsafe { bpf_probe_read_user((&raw mut (*ev).cap).cast(), bounded(n, HEAD_CAP as u32), call.buf() as *const c_void) } == 0;
-    if !known && !(copied && unsafe { core::ptr::read_unaligned((&raw const (*ev).cap).cast::<[u8; 5]>()) == *b"HTTP/" }) {
+    if !known && !copied {
         entry.discard(wake_flags());
-        return None;
+        return UNREAD;
+    }
+    if !known && unsafe { core::ptr::read_unaligned((&raw const (*ev).cap).cast::<[u8; 5]>()) } != *b"HTTP/" {
+        entry.discard(wake_flags());
+        return NOT_A_HEAD;
     }
     let open = unsafe {
         (*ev).cap_len = if copied { n as u32 } else { 0 };
@@ -238,7 +257,7 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
         ret as u64 == call.buf_len() && call.buf_len() <= HEAD_CAP as u64 && !(len >= 4 && tail_ends_blank(&tail, len))
     };
     entry.submit(wake_flags());
-    Some((open, kind))
+    if open { HEAD_OPEN } else { HEAD_DONE }
 }
 
 /// `n` as a helper's u32 size, at most `max`: the clamp is done on the 32-bit value itself, so
