@@ -16,6 +16,9 @@ const WRK_SECONDS: u32 = 5;
 const SENDS: u32 = 200_000;
 /// The floor: per-socket byte sums on the same tracepoint, nothing else.
 const FLOOR: &str = "tracepoint:sock:sock_send_length { @bytes[args->sk] = sum(args->ret); }";
+/// An empty program on the send hook, run beside the agent when BPF stats are on: its measured
+/// run time is what the stats measure of themselves on every program run.
+const EMPTY: &str = "tracepoint:sock:sock_send_length {}";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
@@ -57,6 +60,15 @@ struct AgentFacts {
     workload: &'static str,
     /// BPF stats were on (`progs` is filled).
     stats: bool,
+    /// The empty program's (total run time in ns, runs) in the same round, stats on.
+    empty: (f64, f64),
+}
+
+impl AgentFacts {
+    /// The stats' own measured time per program run (the empty program's run time per run).
+    fn stats_per_run(&self) -> f64 {
+        self.empty.0 / self.empty.1.max(1.0)
+    }
 }
 
 pub fn run(agent_bin: &str, root: &str) -> Result<()> {
@@ -140,17 +152,21 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let lost: u64 = agent_rounds.iter().map(|f| f.lost).sum();
     writeln!(report, "- responses judged: {judged}; agent CPU (user+sys): {cpu:.2} s, i.e. {:.2} s per million responses ({:.0} ns per response)", cpu / judged.max(1) as f64 * 1e6, cpu / judged.max(1) as f64 * 1e9)?;
     writeln!(report, "- CPU per response by workload (budget: 1 µs, kernel and agent together), from the rounds with BPF stats on. Kernel: all of truncwatch's programs' run time (every send and read on the host, wrk's included, and the stats' own clock reads) over the responses judged; median over rounds:\n")?;
-    writeln!(report, "| response | agent ns/response | kernel ns/response | total |")?;
-    writeln!(report, "|---|---|---|---|")?;
+    writeln!(report, "| response | agent ns/response | kernel ns/response | total | kernel, less the stats' bookkeeping | total, less it |")?;
+    writeln!(report, "|---|---|---|---|---|---|")?;
     for file in ["1k.bin", "64k.bin", "unix"] {
         let rounds: Vec<&&AgentFacts> = nginx_rounds.iter().filter(|f| f.workload == file && f.stats).collect();
         let agent: Vec<f64> = rounds.iter().map(|f| f.cpu_s * 1e9 / f.judged.max(1) as f64).collect();
         let kernel: Vec<f64> = rounds.iter().map(|f| f.progs.iter().map(|p| p.1).sum::<f64>() / f.judged.max(1) as f64).collect();
         let total: Vec<f64> = agent.iter().zip(&kernel).map(|(a, k)| a + k).collect();
+        // Each program run, less what the stats measured of themselves on an empty program.
+        let net: Vec<f64> = rounds.iter().map(|f| f.progs.iter().map(|p| p.1 - p.2 * f.stats_per_run()).sum::<f64>() / f.judged.max(1) as f64).collect();
+        let net_total: Vec<f64> = agent.iter().zip(&net).map(|(a, k)| a + k).collect();
         let name = if file == "unix" { "1 KiB (Unix socket)".to_string() } else { file.trim_end_matches(".bin").replace('k', " KiB") };
-        writeln!(report, "| {name} | {} | {} | {} |", spread(&agent, 0), spread(&kernel, 0), spread(&total, 0))?;
+        writeln!(report, "| {name} | {} | {} | {} | {} | {} |", spread(&agent, 0), spread(&kernel, 0), spread(&total, 0), spread(&net, 0), spread(&net_total, 0))?;
     }
-    writeln!(report)?;
+    let per_run: Vec<f64> = agent_rounds.iter().filter(|f| f.stats && f.empty.1 > 0.0).map(AgentFacts::stats_per_run).collect();
+    writeln!(report, "\nThe stats' bookkeeping: with `kernel.bpf_stats_enabled=1` the kernel reads the clock around every program run, and the run time it reports includes part of that. Measured in the same rounds as an empty bpftrace program on the send hook (`{EMPTY}`), run beside the agent: {} ns per run. The \"less\" columns take that off each of truncwatch's program runs. They leave out what attaching any program costs outside the measured run (the tracepoint's dispatch), so they are a lower bound of the kernel's share, as the columns before are an upper one. The empty program's runs slow the stats-on rounds' throughput; the no-stats rounds give the throughput figures.\n", spread(&per_run, 0))?;
     let rss_now = agent_rounds.iter().map(|f| f.rss_now_kib).max().unwrap_or(0);
     writeln!(report, "- agent RSS under load, end of each round (VmRSS, largest): {:.1} MiB; peak including start-up (VmHWM): {:.1} MiB", rss_now as f64 / 1024.0, rss as f64 / 1024.0)?;
     writeln!(report, "- events lost (ring buffer full), all rounds: {lost}")?;
@@ -185,27 +201,25 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
     match v {
         Variant::Baseline => Ok((f()?, None)),
         Variant::Floor => {
-            let mut bt = Command::new("bpftrace")
-                .args(["-e", FLOOR])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("bpftrace (Debian package bpftrace)")?;
-            wait_line(bt.stdout.take().unwrap(), "Attaching")?;
+            let bt = bpftrace(FLOOR)?;
             let r = f();
-            let _ = Command::new("kill").args(["-INT", &bt.id().to_string()]).status();
-            let _ = bt.wait();
+            stop_bpftrace(bt);
             Ok((r?, None))
         }
         Variant::Agent | Variant::AgentStats => {
             let prev = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
             std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if v == Variant::AgentStats { "1" } else { "0" })?;
             let (mut agent, mut err) = start_agent(agent_bin)?;
+            let empty = if v == Variant::AgentStats { Some(bpftrace(EMPTY)?) } else { None };
             // Start-up (reading the kernel's BTF, loading) is not per-response work.
             let at_start = agent_facts(agent.id());
             let r = f();
             let mut facts = agent_facts(agent.id());
+            if let Some(bt) = empty {
+                stop_bpftrace(bt);
+            }
             facts.cpu_s -= at_start.cpu_s;
+            facts.empty = (facts.empty.0 - at_start.empty.0, facts.empty.1 - at_start.empty.1);
             // The programs' run time during `f` only (not the agent's start-up probe).
             for p in &mut facts.progs {
                 if let Some(b) = at_start.progs.iter().find(|b| b.0 == p.0) {
@@ -225,6 +239,23 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
             Ok((r?, Some(facts)))
         }
     }
+}
+
+/// bpftrace running `program`, attached.
+fn bpftrace(program: &str) -> Result<Child> {
+    let mut bt = Command::new("bpftrace")
+        .args(["-e", program])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("bpftrace (Debian package bpftrace)")?;
+    wait_line(bt.stdout.take().unwrap(), "Attaching")?;
+    Ok(bt)
+}
+
+fn stop_bpftrace(mut bt: Child) {
+    let _ = Command::new("kill").args(["-INT", &bt.id().to_string()]).status();
+    let _ = bt.wait();
 }
 
 /// The agent, started and ready; its stderr, to read its stop summary from later.
@@ -255,25 +286,38 @@ fn agent_facts(pid: u32) -> AgentFacts {
     let cpu_s = (ticks(11) + ticks(12)) / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0);
-    AgentFacts { cpu_s, rss_kib: kib("VmHWM:"), rss_now_kib: kib("VmRSS:"), progs: prog_stats(), ..Default::default() }
+    let (progs, empty) = prog_stats();
+    AgentFacts { cpu_s, rss_kib: kib("VmHWM:"), rss_now_kib: kib("VmRSS:"), progs, empty, ..Default::default() }
 }
 
-/// (program name, total run time in ns, runs) for truncwatch's programs, from bpftool.
-fn prog_stats() -> Vec<(String, f64, f64)> {
-    let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else { return vec![] };
+/// (program name, total run time in ns, runs) for truncwatch's programs, from bpftool; and
+/// (total run time, runs) of the empty bpftrace program, if it runs.
+fn prog_stats() -> (Vec<(String, f64, f64)>, (f64, f64)) {
+    let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else { return (vec![], (0.0, 0.0)) };
     let text = String::from_utf8_lossy(&out.stdout);
     let ours = ["sock_send_length", "sock_recv_length", "inet_sock_set_state", "tcp_receive_reset"];
-    // Minimal JSON walk: objects with "name", "run_time_ns", "run_cnt".
-    text.split("},{")
+    let mut empty = (0.0, 0.0);
+    // Minimal JSON walk: objects with "type", "name", "run_time_ns", "run_cnt". truncwatch's
+    // programs are `tp_btf` ("tracing"); bpftrace's are classic tracepoints, their names cut
+    // to 15 bytes.
+    let progs = text
+        .split("},{")
         .filter_map(|o| {
             let field = |k: &str| o.split(&format!("\"{k}\":")).nth(1).map(|s| s.trim_start_matches('"').split(['"', ',', '}']).next().unwrap_or("").to_string());
             let name = field("name")?;
-            let full = ours.iter().find(|n| n.starts_with(&name) || name.starts_with(*n))?;
             let t: f64 = field("run_time_ns")?.parse().ok()?;
             let c: f64 = field("run_cnt")?.parse().ok()?;
+            if field("type")? != "tracing" {
+                if "sock_send_length".starts_with(&name) {
+                    empty = (t, c);
+                }
+                return None;
+            }
+            let full = ours.iter().find(|n| n.starts_with(&name) || name.starts_with(*n))?;
             (c > 0.0).then(|| (full.to_string(), t, c))
         })
-        .collect()
+        .collect();
+    (progs, empty)
 }
 
 /// (requests/s, p99 latency in ms) from one wrk run.
