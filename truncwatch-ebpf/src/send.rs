@@ -163,7 +163,7 @@ const HEAD_DONE: u32 = 0;
 const HEAD_OPEN: u32 = 1;
 /// Unchecked send: it does not begin `HTTP/`.
 const NOT_A_HEAD: u32 = 2;
-/// Unchecked send: its bytes could not be read.
+/// Unchecked send: its bytes could not be read, or there was no room for a head event.
 const UNREAD: u32 = 3;
 
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
@@ -220,6 +220,11 @@ pub fn read_tail(call: &IoCall, accepted: u64) -> Option<([u8; TAIL], u32)> {
 #[allow(clippy::too_many_arguments)]
 fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, kind: u32, flags: u32, known: bool) -> u32 {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
+        // A guess (not known to be a head) takes the checked path, which may need only room
+        // for a plain send event.
+        if !known {
+            return UNREAD;
+        }
         count_lost(LOST_RINGBUF_FULL);
         st.flags |= FLAG_EVENTS_LOST;
         return HEAD_DONE;

@@ -206,6 +206,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         verdicts: Vec::new(),
         decode_errors: 0,
         events: 0,
+        last_dated_ns: 0,
         trace: args.trace_events,
         resolver: Resolver::new("/"),
         metrics: Metrics::new(args.max_label_sets, args.max_connections, backend.name()),
@@ -423,6 +424,8 @@ struct Reader {
     verdicts: Vec<Verdict>,
     decode_errors: u64,
     events: u64,
+    /// The latest kernel time of a dated event (the undated sends after it are not earlier).
+    last_dated_ns: u64,
     trace: bool,
     resolver: Resolver,
     metrics: Metrics,
@@ -438,16 +441,21 @@ struct Reader {
 impl Reader {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         // Send events come undated from the kernel (it saves the sender a clock read): they
-        // get the time they are read at, at most one drain interval late.
+        // get the time the drain began at, normally within one drain interval of the send,
+        // and never earlier than a dated event before them (the ring keeps their order).
         let mut now = None;
         while let Some(item) = ring.next() {
             self.events += 1;
             match events::decode(&item, &self.layout) {
                 Ok(Event::Send(mut s)) if s.ts_ns == 0 => {
-                    s.ts_ns = *now.get_or_insert_with(crate::output::monotonic_ns);
+                    let began = *now.get_or_insert_with(crate::output::monotonic_ns);
+                    s.ts_ns = began.max(self.last_dated_ns);
                     self.handle(Event::Send(s))
                 }
-                Ok(ev) => self.handle(ev),
+                Ok(ev) => {
+                    self.last_dated_ns = self.last_dated_ns.max(ev.ts_ns());
+                    self.handle(ev)
+                }
                 Err(_) => self.decode_errors += 1,
             }
         }

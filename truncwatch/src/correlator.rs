@@ -77,7 +77,6 @@ struct Conn {
     tcp: Option<TcpFacts>,
     /// The start of a head that goes on in the next sends.
     split_head: Option<PartialHead>,
-    heads: HeadCache,
     requests: Requests,
     /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
     tunnel: bool,
@@ -108,10 +107,11 @@ const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 
 pub struct Correlator {
-    /// Boxed: a connection is taken out and put back on every event, and moving a pointer
+    /// Boxed: a connection is taken out and put back on state changes, and moving a pointer
     /// is cheaper than moving the struct.
     conns: FxHashMap<u64, Box<Conn>>,
     max_conns: usize,
+    heads: HeadCache,
     /// The kernel's timer frequency, to turn jiffies into milliseconds (None: unknown).
     hz: Option<u64>,
     /// Emit only problem verdicts (the rest are counted, not built: they are most of them).
@@ -121,7 +121,7 @@ pub struct Correlator {
 
 impl Correlator {
     pub fn new(max_conns: usize, hz: Option<u64>) -> Self {
-        Correlator { conns: FxHashMap::default(), max_conns: max_conns.max(1), hz, problems_only: false, stats: Stats::default() }
+        Correlator { conns: FxHashMap::default(), max_conns: max_conns.max(1), heads: HeadCache::default(), hz, problems_only: false, stats: Stats::default() }
     }
 
     /// Build verdicts only for problems (`Kind::is_problem`); count the others.
@@ -161,7 +161,6 @@ impl Correlator {
                     opened_ns: ts_ns,
                     tcp: None,
                     split_head: None,
-                    heads: HeadCache::default(),
                     requests: Requests::default(),
                     tunnel: false,
                     events_lost: false,
@@ -296,7 +295,7 @@ impl Correlator {
     #[allow(clippy::too_many_arguments)]
     fn head(&mut self, conn: &mut Conn, tgid: u32, offset: u64, asked: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
         self.drop_partial(conn, ts_ns, out);
-        match conn.heads.parse(cap) {
+        match self.heads.parse(cap) {
             Parsed::Head(h) => self.start_response(conn, offset, tgid, h, asked > h.len, ts_ns, out),
             // The whole send was captured and the head goes on: the next sends may hold the
             // rest (the kernel captures a few of them).

@@ -49,6 +49,16 @@ pub enum Event {
     ResetDiscard { sk: u64, ts_ns: u64, meta: ConnMeta, unacked: u64, unread: u64 },
 }
 
+impl Event {
+    /// The event's kernel time (0 for an undated send).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Open { ts_ns, .. } | Event::TcpState { ts_ns, .. } | Event::UnixEof { ts_ns, .. } | Event::ResetDiscard { ts_ns, .. } => *ts_ns,
+            Event::Send(s) => s.ts_ns,
+        }
+    }
+}
+
 /// A TCP socket's own counters at a state change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpFacts {

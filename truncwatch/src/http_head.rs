@@ -2,7 +2,10 @@
 //! request head says about the response it will get (a HEAD request's has no body).
 //!
 //! Only the status line or method, and the framing headers, are looked at; no other header value
-//! is kept.
+//! is logged or exported. (The last heads seen are kept in memory, bounded, to compare the next
+//! ones against: see `HeadCache`.)
+
+use std::hash::Hasher;
 
 /// What the head says about the body that follows it (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,29 +61,45 @@ pub fn parse(buf: &[u8]) -> Parsed {
     }
 }
 
-/// The last complete head parsed on one connection. A keep-alive connection mostly sends the
-/// same head again (the same resource within the same second), and comparing bytes costs a
-/// fraction of parsing them: the parse was most of the agent's time per response.
-#[derive(Clone, Debug, Default)]
+/// Heads parsed lately, host-wide. A server mostly sends the same heads again (the same
+/// resources, the same `Date` within a second), on one connection and across connections, and
+/// finding, hashing and comparing a head's bytes costs a fraction of parsing them: the parse
+/// was most of the agent's time per response. Bounded: emptied when full.
+#[derive(Debug, Default)]
 pub struct HeadCache {
-    bytes: Vec<u8>,
-    head: Option<Head>,
+    heads: rustc_hash::FxHashMap<u64, (Box<[u8]>, Head)>,
 }
 
+/// Heads kept at most (each at most `HEAD_CAP` bytes).
+const CACHED_HEADS: usize = 1024;
+
 impl HeadCache {
-    /// `parse(buf)`, from the cache when `buf` begins with the last head's bytes. (A parse
-    /// looks at nothing past the head's blank line, so those bytes decide it alone.)
+    /// `parse(buf)`, from the cache when `buf` begins with a head parsed before: the bytes up
+    /// to its first blank line are compared, not only hashed. (A parse looks at nothing past
+    /// the head's blank line, so those bytes decide it alone.)
     pub fn parse(&mut self, buf: &[u8]) -> Parsed {
-        if let Some(h) = self.head
-            && buf.starts_with(&self.bytes)
+        let head = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| &buf[..i + 4]);
+        let key = head.map(|h| {
+            let mut hasher = rustc_hash::FxHasher::default();
+            hasher.write(h);
+            hasher.finish()
+        });
+        if let (Some(h), Some(k)) = (head, key)
+            && let Some((bytes, parsed)) = self.heads.get(&k)
+            && **bytes == *h
         {
-            return Parsed::Head(h);
+            return Parsed::Head(*parsed);
         }
         let parsed = parse(buf);
-        if let Parsed::Head(h) = parsed {
-            self.bytes.clear();
-            self.bytes.extend_from_slice(&buf[..h.len as usize]);
-            self.head = Some(h);
+        // Kept only when the parse ended at that blank line (a head may end at a bare `\n\n`
+        // before it).
+        if let (Parsed::Head(p), Some(h), Some(k)) = (parsed, head, key)
+            && p.len == h.len() as u64
+        {
+            if self.heads.len() >= CACHED_HEADS {
+                self.heads.clear();
+            }
+            self.heads.insert(k, (h.into(), p));
         }
         parsed
     }
@@ -227,6 +246,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\n\r\n",
             "HTTP/1.1 200 OK\r\n\r",
             "GET / HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 200 OK\nContent-Length: 2\n\nab\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab\r\n\r\n",
         ];
         let mut cache = HeadCache::default();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -238,6 +259,16 @@ mod tests {
             let cut = ((rng >> 8) % (h.len() as u64 + 1)) as usize;
             let buf = if rng >> 20 & 1 == 0 { h } else { &h[..cut] };
             assert_eq!(cache.parse(buf.as_bytes()), parse(buf.as_bytes()), "{buf:?}");
+        }
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        let mut cache = HeadCache::default();
+        for n in 0..3 * CACHED_HEADS {
+            let h = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+            assert_eq!(cache.parse(h.as_bytes()), parse(h.as_bytes()));
+            assert!(cache.heads.len() <= CACHED_HEADS);
         }
     }
 }
