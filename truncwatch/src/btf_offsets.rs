@@ -114,10 +114,11 @@ fn find_member(btf: &BtfReader, id: u32, name: &str) -> Result<Option<(u32, u32)
         if m.name == name {
             return Ok(Some((if m.bitfield { m.bit_offset | 1 } else { m.bit_offset }, m.type_id)));
         }
-        if m.name.is_empty() {
-            if let Some((off, t)) = find_member(btf, m.type_id, name)? {
-                return Ok(Some((m.bit_offset + off, t)));
-            }
+        // An anonymous struct or union: its members are the parent's.
+        if m.name.is_empty()
+            && let Some((off, t)) = find_member(btf, m.type_id, name)?
+        {
+            return Ok(Some((m.bit_offset + off, t)));
         }
     }
     Ok(None)
