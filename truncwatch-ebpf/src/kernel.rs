@@ -52,7 +52,7 @@ pub fn header(kind: u32, sk: *mut c_void) -> Header {
 }
 
 /// A header without a timestamp (0), for send events: the agent dates them itself when it
-/// reads them (within its 20 ms drain interval), which is close enough for what it uses their
+/// reads them (normally within its 20 ms drain interval), which is close enough for what it uses their
 /// time for, and reading the clock cost the sender some 35 ns per send here.
 #[inline(always)]
 pub fn untimed_header(kind: u32, sk: *mut c_void) -> Header {

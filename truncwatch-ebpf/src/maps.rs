@@ -19,7 +19,7 @@ pub static EVENTS: RingBuf<u8, { 8 << 20 }> = RingBuf::new();
 /// application microseconds per send (measured: 3.9 µs per nginx response); the agent also
 /// drains on a short timer, so quiet periods are still seen within milliseconds.
 const WAKE_AFTER_BYTES: u64 = 256 << 10;
-const BPF_RB_NO_WAKEUP: u64 = 1;
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 

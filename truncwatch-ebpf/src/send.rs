@@ -4,7 +4,7 @@
 //! one-time classification on its first send).
 use crate::{
     kernel::{IoCall, header, untimed_header, read_kernel, read_user, io_call},
-    maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, wake_flags, offsets},
+    maps::{BPF_RB_NO_WAKEUP, EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, wake_flags, offsets},
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm,
@@ -235,13 +235,10 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
         n = HEAD_CAP as u64;
     }
     let copied = unsafe { bpf_probe_read_user((&raw mut (*ev).cap).cast(), bounded(n, HEAD_CAP as u32), call.buf() as *const c_void) } == 0;
-    if !known && !copied {
-        entry.discard(wake_flags());
-        return UNREAD;
-    }
-    if !known && unsafe { core::ptr::read_unaligned((&raw const (*ev).cap).cast::<[u8; 5]>()) } != *b"HTTP/" {
-        entry.discard(wake_flags());
-        return NOT_A_HEAD;
+    if !known && !(copied && unsafe { core::ptr::read_unaligned((&raw const (*ev).cap).cast::<[u8; 5]>()) } == *b"HTTP/") {
+        // Nothing to read behind a discarded record: no wakeup, no ring query for one.
+        entry.discard(BPF_RB_NO_WAKEUP);
+        return if copied { NOT_A_HEAD } else { UNREAD };
     }
     let open = unsafe {
         (*ev).cap_len = if copied { n as u32 } else { 0 };
