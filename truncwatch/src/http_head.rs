@@ -78,13 +78,13 @@ impl HeadCache {
     /// to its first blank line are compared, not only hashed. (A parse looks at nothing past
     /// the head's blank line, so those bytes decide it alone.)
     pub fn parse(&mut self, buf: &[u8]) -> Parsed {
-        let head = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| &buf[..i + 4]);
-        let key = head.map(|h| {
+        // The bytes up to the first blank line, and their hash.
+        let head = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| {
             let mut hasher = rustc_hash::FxHasher::default();
-            hasher.write(h);
-            hasher.finish()
+            hasher.write(&buf[..i + 4]);
+            (&buf[..i + 4], hasher.finish())
         });
-        if let (Some(h), Some(k)) = (head, key)
+        if let Some((h, k)) = head
             && let Some((bytes, parsed)) = self.heads.get(&k)
             && **bytes == *h
         {
@@ -93,7 +93,7 @@ impl HeadCache {
         let parsed = parse(buf);
         // Kept only when the parse ended at that blank line (a head may end at a bare `\n\n`
         // before it).
-        if let (Parsed::Head(p), Some(h), Some(k)) = (parsed, head, key)
+        if let (Parsed::Head(p), Some((h, k))) = (parsed, head)
             && p.len == h.len() as u64
         {
             if self.heads.len() >= CACHED_HEADS {
