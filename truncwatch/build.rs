@@ -22,16 +22,26 @@ fn main() -> anyhow::Result<()> {
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     }
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../truncwatch-ebpf");
-    let pkg = aya_build::Package { name: "truncwatch-ebpf", root_dir: root, ..Default::default() };
+    let pkg = aya_build::Package {
+        name: "truncwatch-ebpf",
+        root_dir: root,
+        ..Default::default()
+    };
     aya_build::build_ebpf([pkg], aya_build::Toolchain::Custom(&toolchain))
 }
 
 /// nightly if it has rust-src, else debian-web.
 fn pick_toolchain() -> String {
-    let sysroot = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output();
+    let sysroot = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output();
     if let Ok(o) = sysroot {
         let root = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        if o.status.success() && PathBuf::from(root).join("lib/rustlib/src/rust/library/core").exists() {
+        if o.status.success()
+            && PathBuf::from(root)
+                .join("lib/rustlib/src/rust/library/core")
+                .exists()
+        {
             return "nightly".into();
         }
     }

@@ -295,7 +295,8 @@ const _: () = assert!(core::mem::size_of::<Offsets>() == 76);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<ProbeSock>() == 80);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
-const _: () = assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
+const _: () =
+    assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 56);

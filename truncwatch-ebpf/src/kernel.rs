@@ -5,17 +5,25 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    Header, REGS_DX, REGS_ORIG_AX, REGS_SI, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO,
-    SYS_WRITE, SYS_WRITEV, TAIL,
+    Header, REGS_DX, REGS_ORIG_AX, REGS_SI, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG,
+    SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, TAIL,
 };
 
 #[inline(always)]
 pub fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
     let mut v = core::mem::MaybeUninit::<T>::uninit();
     let r = unsafe {
-        bpf_probe_read_kernel(v.as_mut_ptr().cast(), core::mem::size_of::<T>() as u32, addr as *const c_void)
+        bpf_probe_read_kernel(
+            v.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const c_void,
+        )
     };
-    if r == 0 { Some(unsafe { v.assume_init() }) } else { None }
+    if r == 0 {
+        Some(unsafe { v.assume_init() })
+    } else {
+        None
+    }
 }
 
 #[inline(always)]
@@ -28,7 +36,11 @@ pub fn read_user<T: Copy>(addr: u64) -> Option<T> {
             addr as *const c_void,
         )
     };
-    if r == 0 { Some(unsafe { v.assume_init() }) } else { None }
+    if r == 0 {
+        Some(unsafe { v.assume_init() })
+    } else {
+        None
+    }
 }
 
 /// `sock->sk`, loaded straight from the BTF-typed `struct socket *` a tracing program gets, so
@@ -48,7 +60,10 @@ pub fn socket_sk(sock: *const u8) -> Option<*mut c_void> {
 
 #[inline(always)]
 pub fn header(kind: u32, sk: *mut c_void) -> Header {
-    Header { ts_ns: unsafe { bpf_ktime_get_ns() }, ..untimed_header(kind, sk) }
+    Header {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ..untimed_header(kind, sk)
+    }
 }
 
 /// A header without a timestamp (0), for send events: the agent dates them itself when it
@@ -56,7 +71,12 @@ pub fn header(kind: u32, sk: *mut c_void) -> Header {
 /// time for, and reading the clock cost the sender some 35 ns per send here.
 #[inline(always)]
 pub fn untimed_header(kind: u32, sk: *mut c_void) -> Header {
-    Header { kind, tgid: (bpf_get_current_pid_tgid() >> 32) as u32, sk: sk as u64, ts_ns: 0 }
+    Header {
+        kind,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        sk: sk as u64,
+        ts_ns: 0,
+    }
 }
 
 /// What the sending (or receiving) task asked for, read from its saved syscall registers: the
@@ -85,7 +105,12 @@ impl IoCall {
         self.iov[0][1]
     }
 
-    pub const NONE: IoCall = IoCall { nr: u32::MAX, requested: 0, iov: [[0; 2]; MAX_IOV as usize], niov: 0 };
+    pub const NONE: IoCall = IoCall {
+        nr: u32::MAX,
+        requested: 0,
+        iov: [[0; 2]; MAX_IOV as usize],
+        niov: 0,
+    };
 
     /// User address and length of the last accepted bytes (at most `TAIL`) of a send the kernel
     /// took `accepted` bytes of.
@@ -103,7 +128,11 @@ impl IoCall {
             let [base, len] = self.iov[i];
             if !found && (i as u64) < self.niov && accepted <= before + len {
                 let in_seg = accepted - before;
-                n = if in_seg < TAIL as u64 { in_seg } else { TAIL as u64 };
+                n = if in_seg < TAIL as u64 {
+                    in_seg
+                } else {
+                    TAIL as u64
+                };
                 addr = base + in_seg - n;
                 found = true;
             }
@@ -133,7 +162,11 @@ pub fn io_call() -> IoCall {
     let dx = reg(REGS_DX);
     match nr {
         SYS_WRITE | SYS_SENDTO | SYS_READ | SYS_RECVFROM => {
-            let mut c = IoCall { nr, requested: dx, ..IoCall::NONE };
+            let mut c = IoCall {
+                nr,
+                requested: dx,
+                ..IoCall::NONE
+            };
             c.iov[0] = [si, dx];
             c.niov = 1;
             c
@@ -166,7 +199,10 @@ fn iov_call(nr: u32, iov: u64, cnt: u64) -> IoCall {
             c.iov[0] = v[0];
             c.iov[1] = v[1];
         }
-        3..=MAX_IOV => c.iov = read_user::<[[u64; 2]; MAX_IOV as usize]>(iov).unwrap_or([[0; 2]; MAX_IOV as usize]),
+        3..=MAX_IOV => {
+            c.iov =
+                read_user::<[[u64; 2]; MAX_IOV as usize]>(iov).unwrap_or([[0; 2]; MAX_IOV as usize])
+        }
         _ => c.iov[0] = read_user::<[u64; 2]>(iov).unwrap_or([0; 2]), // longer vectors: the first buffer only
     }
     if cnt <= MAX_IOV {

@@ -17,7 +17,9 @@ mod state;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, tracepoint},
-    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
+    },
 };
 use maps::SkStore;
 

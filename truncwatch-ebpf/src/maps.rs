@@ -87,9 +87,10 @@ pub fn count_lost(reason: u32) {
         unsafe { *p += 1 };
     }
     if reason == LOST_RINGBUF_FULL
-        && let Some(p) = LOSSES.get_ptr_mut(0) {
-            unsafe { *p = (*p).wrapping_add(1) };
-        }
+        && let Some(p) = LOSSES.get_ptr_mut(0)
+    {
+        unsafe { *p = (*p).wrapping_add(1) };
+    }
 }
 
 /// `LOSSES` now.
@@ -155,17 +156,27 @@ impl ProbeStore {
         // layout since 2.6; the agent checks the family's offset against BTF). Unix sockets
         // have no addresses there: their release is always seen, and they keep id 0.
         let [a, b, family] = crate::kernel::read_kernel::<[u64; 3]>(sk as u64)?;
-        let inet = matches!(family as u16, truncwatch_common::AF_INET | truncwatch_common::AF_INET6);
+        let inet = matches!(
+            family as u16,
+            truncwatch_common::AF_INET | truncwatch_common::AF_INET6
+        );
         // Without the local port (`skc_num`, the top 16 bits of `b`): a reset connection gets
         // its state change to CLOSE after its port was released, which zeroes it.
-        let id = if inet { [a, b & 0x0000_ffff_ffff_ffff] } else { [0, 0] };
+        let id = if inet {
+            [a, b & 0x0000_ffff_ffff_ffff]
+        } else {
+            [0, 0]
+        };
         if let Some(p) = PROBE_SOCKS.get_ptr_mut(sk as u64) {
             let ps = unsafe { &mut *p };
             if ps.id == id {
                 return Some(ps);
             }
             // A socket freed at this address without its end being seen.
-            *ps = ProbeSock { id, ..ProbeSock::default() };
+            *ps = ProbeSock {
+                id,
+                ..ProbeSock::default()
+            };
             return Some(ps);
         }
         if !create {
@@ -174,12 +185,20 @@ impl ProbeStore {
         // Connected sockets only: an entry made for one that is closing would never be
         // deleted (TCP and Unix stream sockets both say TCP_ESTABLISHED or, for TCP,
         // TCP_CLOSE_WAIT while connected).
-        let state = crate::kernel::read_kernel::<u8>(sk as u64 + crate::maps::offsets().skc_state as u64)?;
+        let state =
+            crate::kernel::read_kernel::<u8>(sk as u64 + crate::maps::offsets().skc_state as u64)?;
         if state != 1 && state != 8 {
             return None;
         }
         // BPF_NOEXIST: another CPU may have made it meanwhile; then use that one.
-        let _ = PROBE_SOCKS.insert(sk as u64, ProbeSock { id, ..ProbeSock::default() }, 1);
+        let _ = PROBE_SOCKS.insert(
+            sk as u64,
+            ProbeSock {
+                id,
+                ..ProbeSock::default()
+            },
+            1,
+        );
         match PROBE_SOCKS.get_ptr_mut(sk as u64) {
             Some(p) => Some(unsafe { &mut *p }),
             None => {

@@ -18,7 +18,10 @@
 //! TCP reads are seen in `tcp_cleanup_rbuf`, which runs after the copy and never sleeps.
 use crate::{
     kernel::{IoCall, header, io_call, read_kernel},
-    maps::{EVENTS, LOST_RINGBUF_FULL, PROBE_READING, PROBE_SENDING, ProbeStore, count_lost, losses, offsets, wake_flags},
+    maps::{
+        EVENTS, LOST_RINGBUF_FULL, PROBE_READING, PROBE_SENDING, ProbeStore, count_lost, losses,
+        offsets, wake_flags,
+    },
     send::{begin_tracking, fill_send, head_or_more, read_tail, reset_during_first_send},
 };
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
@@ -78,9 +81,17 @@ fn classify(sk: *mut c_void, size: u64) -> Option<()> {
 /// head event now if it has one, and keep what settling it will need.
 #[inline(always)]
 fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
-    let offered = if size > i32::MAX as u64 { i32::MAX } else { size as i32 };
+    let offered = if size > i32::MAX as u64 {
+        i32::MAX
+    } else {
+        size as i32
+    };
     let offset = ps.st.sent;
-    ps.pend_flags = if head_or_more(sk, &mut ps.st, offset, offered, &call, FLAG_ANNOUNCED) { FLAG_ANNOUNCED } else { 0 };
+    ps.pend_flags = if head_or_more(sk, &mut ps.st, offset, offered, &call, FLAG_ANNOUNCED) {
+        FLAG_ANNOUNCED
+    } else {
+        0
+    };
     ps.pend_size = size;
     ps.pend_syscall = call.nr;
     (ps.pend_tail, ps.pend_tail_len) = read_tail(&call, size).unwrap_or(([0; TAIL], 0));
@@ -130,7 +141,11 @@ fn settle(sk: *mut c_void, ps: &mut ProbeSock, seq: u32, next_send: bool) {
     };
     let ev = entry.as_mut_ptr();
     // No buffer to read now (the send is over): the tail kept when it began goes in after.
-    let call = IoCall { nr: syscall, requested, ..IoCall::NONE };
+    let call = IoCall {
+        nr: syscall,
+        requested,
+        ..IoCall::NONE
+    };
     fill_send(ev, EV_SEND, sk, offset, took as i32, &call, flags);
     unsafe {
         // A prefix of the offered tail: the agent reads `tail[..tail_len]`.
@@ -147,7 +162,9 @@ fn settle_before_end(sk: *mut c_void, oldstate: i32) {
     if oldstate != TCP_ESTABLISHED && oldstate != TCP_CLOSE_WAIT {
         return;
     }
-    let Some(ps) = ProbeStore::sock(sk, false) else { return };
+    let Some(ps) = ProbeStore::sock(sk, false) else {
+        return;
+    };
     if ps.st.track != TRACK_HTTP {
         return;
     }
@@ -190,7 +207,11 @@ fn socket_sk(sock: u64) -> Option<*mut c_void> {
         return None;
     }
     let sk = read_kernel::<u64>(sock + offsets().socket_sk as u64)?;
-    if sk == 0 { None } else { Some(sk as *mut c_void) }
+    if sk == 0 {
+        None
+    } else {
+        Some(sk as *mut c_void)
+    }
 }
 
 /// A Unix stream send begins (`unix_stream_sendmsg`/`unix_stream_sendpage`).
@@ -227,7 +248,9 @@ pub fn unix_send_begins(sock: u64) {
 #[inline(always)]
 pub fn unix_send_returns(ret: i32) {
     let task = bpf_get_current_pid_tgid();
-    let Some(sk) = (unsafe { PROBE_SENDING.get(task) }).copied() else { return };
+    let Some(sk) = (unsafe { PROBE_SENDING.get(task) }).copied() else {
+        return;
+    };
     let _ = PROBE_SENDING.remove(task);
     let sk = sk as *mut c_void;
     if let Some(ps) = ProbeStore::sock(sk, false)
@@ -253,7 +276,9 @@ pub fn unix_read_begins(sock: u64, flags: i32) {
 #[inline(always)]
 pub fn unix_read_returns(ret: i32) {
     let task = bpf_get_current_pid_tgid();
-    let Some([sk, flags]) = (unsafe { PROBE_READING.get(task) }).copied() else { return };
+    let Some([sk, flags]) = (unsafe { PROBE_READING.get(task) }).copied() else {
+        return;
+    };
     let _ = PROBE_READING.remove(task);
     crate::recv::on_recv::<ProbeStore>(sk as *mut c_void, ret, flags as i32);
 }
@@ -273,8 +298,16 @@ pub fn unix_ends(sock: u64, released: bool) {
         if ps.inflight > 0 {
             flags |= FLAG_EVENTS_LOST; // a send's return was missed
         }
-        let ev = EofEvent { h: header(EV_EOF, sk), peer: sk as u64, losses: losses(), flags };
-        if EVENTS.output_untyped::<EofEvent>(&ev, wake_flags()).is_err() {
+        let ev = EofEvent {
+            h: header(EV_EOF, sk),
+            peer: sk as u64,
+            losses: losses(),
+            flags,
+        };
+        if EVENTS
+            .output_untyped::<EofEvent>(&ev, wake_flags())
+            .is_err()
+        {
             count_lost(LOST_RINGBUF_FULL);
         }
     }

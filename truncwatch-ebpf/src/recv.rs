@@ -12,8 +12,8 @@ use crate::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_UNIX, EV_EOF, EofEvent, FLAG_RECV_SEEN, METHOD_CONNECT, METHOD_HEAD, METHOD_NONE, METHOD_OTHER, SockState,
-    TRACK_HTTP,
+    AF_UNIX, EV_EOF, EofEvent, FLAG_RECV_SEEN, METHOD_CONNECT, METHOD_HEAD, METHOD_NONE,
+    METHOD_OTHER, SockState, TRACK_HTTP,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -55,7 +55,9 @@ fn request(st: &mut SockState) {
     if call.buf() == 0 || call.buf_len() < 8 {
         return;
     }
-    let Some(b) = read_user::<[u8; 8]>(call.buf()) else { return };
+    let Some(b) = read_user::<[u8; 8]>(call.buf()) else {
+        return;
+    };
     let method = method(&b);
     if method == METHOD_NONE {
         return;
@@ -104,8 +106,16 @@ fn eof(sk: *mut c_void) {
         return;
     }
     let peer = read_kernel::<u64>(base + o.unix_peer as u64).unwrap_or(0);
-    let ev = EofEvent { h: header(EV_EOF, sk), peer, losses: losses(), flags: 0 };
-    if EVENTS.output_untyped::<EofEvent>(&ev, wake_flags()).is_err() {
+    let ev = EofEvent {
+        h: header(EV_EOF, sk),
+        peer,
+        losses: losses(),
+        flags: 0,
+    };
+    if EVENTS
+        .output_untyped::<EofEvent>(&ev, wake_flags())
+        .is_err()
+    {
         count_lost(LOST_RINGBUF_FULL);
     }
 }

@@ -3,8 +3,10 @@
 //! Cost on a socket that is not an HTTP server: one socket-storage lookup per send (plus a
 //! one-time classification on its first send).
 use crate::{
-    kernel::{IoCall, header, untimed_header, read_kernel, read_user, io_call},
-    maps::{BPF_RB_NO_WAKEUP, EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, wake_flags, offsets},
+    kernel::{IoCall, header, io_call, read_kernel, read_user, untimed_header},
+    maps::{
+        BPF_RB_NO_WAKEUP, EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets, wake_flags,
+    },
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm,
@@ -12,9 +14,9 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_SEND, HEAD_CAP, HEAD_MORE_SENDS, HeadEvent, Offsets,
-    FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent, SockState, TAIL,
-    TRACK_HTTP, TRACK_NO, UNIX_PATH,
+    AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_SEND, FLAG_EVENTS_LOST,
+    FLAG_RESET_RECEIVED, HEAD_CAP, HEAD_MORE_SENDS, HeadEvent, Offsets, OpenEvent, SOCK_PREFIX,
+    STATE_RESET_RECEIVED, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO, UNIX_PATH,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -114,7 +116,15 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: IoCall) {
         st.flags |= FLAG_EVENTS_LOST;
         return;
     };
-    fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call, st.flags & FLAG_EVENTS_LOST);
+    fill_send(
+        entry.as_mut_ptr(),
+        EV_SEND,
+        sk,
+        offset,
+        ret,
+        &call,
+        st.flags & FLAG_EVENTS_LOST,
+    );
     entry.submit(wake_flags());
 }
 
@@ -122,7 +132,14 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: IoCall) {
 /// or may go on with the one before, send the head event (`flags` added to its flags) and
 /// return true.
 #[inline(always)]
-pub fn head_or_more(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, flags: u32) -> bool {
+pub fn head_or_more(
+    sk: *mut c_void,
+    st: &mut SockState,
+    offset: u64,
+    ret: i32,
+    call: &IoCall,
+    flags: u32,
+) -> bool {
     let readable = ret > 0 && call.buf() != 0;
     let fits = readable && call.buf_len() >= 5;
     // A request was read since the last head: this send most likely starts the response, so
@@ -131,7 +148,11 @@ pub fn head_or_more(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, 
     // look at the first bytes before copying anything.
     let guess = fits && st.head_more == 0 && st.requests > 0;
     let mut kind = EV_HEAD;
-    let mut r = if guess { head(sk, st, offset, ret, call, EV_HEAD, flags, false) } else { UNREAD };
+    let mut r = if guess {
+        head(sk, st, offset, ret, call, EV_HEAD, flags, false)
+    } else {
+        UNREAD
+    };
     if r == UNREAD {
         r = if fits && read_user::<[u8; 5]>(call.buf()).is_some_and(|m| &m == b"HTTP/") {
             head(sk, st, offset, ret, call, EV_HEAD, flags, true)
@@ -169,7 +190,15 @@ const UNREAD: u32 = 3;
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
 /// struct assembled on the stack there.
 #[inline(always)]
-pub fn fill_send(ev: *mut SendEvent, kind: u32, sk: *mut c_void, offset: u64, ret: i32, call: &IoCall, flags: u32) {
+pub fn fill_send(
+    ev: *mut SendEvent,
+    kind: u32,
+    sk: *mut c_void,
+    offset: u64,
+    ret: i32,
+    call: &IoCall,
+    flags: u32,
+) {
     let h = untimed_header(kind, sk);
     unsafe {
         (*ev).h.kind = h.kind;
@@ -203,7 +232,9 @@ pub fn read_tail(call: &IoCall, accepted: u64) -> Option<([u8; TAIL], u32)> {
     // Clamped as the u32 the helper gets: older verifiers (6.1) lose a bound checked on the
     // u64 before the cast.
     let len = bounded(n, TAIL as u32);
-    if n <= TAIL as u64 && unsafe { bpf_probe_read_user(t.as_mut_ptr().cast(), len, addr as *const c_void) } == 0 {
+    if n <= TAIL as u64
+        && unsafe { bpf_probe_read_user(t.as_mut_ptr().cast(), len, addr as *const c_void) } == 0
+    {
         Some((t, n as u32))
     } else {
         None
@@ -218,7 +249,16 @@ pub fn read_tail(call: &IoCall, accepted: u64) -> Option<([u8; TAIL], u32)> {
 /// checked here, and a send that does not begin `HTTP/`, or cannot be read, sends nothing.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCall, kind: u32, flags: u32, known: bool) -> u32 {
+fn head(
+    sk: *mut c_void,
+    st: &mut SockState,
+    offset: u64,
+    ret: i32,
+    call: &IoCall,
+    kind: u32,
+    flags: u32,
+    known: bool,
+) -> u32 {
     let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         // A guess (not known to be a head) takes the checked path, which may need only room
         // for a plain send event.
@@ -234,15 +274,33 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
     if n > HEAD_CAP as u64 {
         n = HEAD_CAP as u64;
     }
-    let copied = unsafe { bpf_probe_read_user((&raw mut (*ev).cap).cast(), bounded(n, HEAD_CAP as u32), call.buf() as *const c_void) } == 0;
-    if !known && !(copied && unsafe { core::ptr::read_unaligned((&raw const (*ev).cap).cast::<[u8; 5]>()) } == *b"HTTP/") {
+    let copied = unsafe {
+        bpf_probe_read_user(
+            (&raw mut (*ev).cap).cast(),
+            bounded(n, HEAD_CAP as u32),
+            call.buf() as *const c_void,
+        )
+    } == 0;
+    if !known
+        && !(copied
+            && unsafe { core::ptr::read_unaligned((&raw const (*ev).cap).cast::<[u8; 5]>()) }
+                == *b"HTTP/")
+    {
         // Nothing to read behind a discarded record: no wakeup, no ring query for one.
         entry.discard(BPF_RB_NO_WAKEUP);
         return if copied { NOT_A_HEAD } else { UNREAD };
     }
     let open = unsafe {
         (*ev).cap_len = if copied { n as u32 } else { 0 };
-        fill_send(&raw mut (*ev).send, kind, sk, offset, ret, call, (st.flags & FLAG_EVENTS_LOST) | flags);
+        fill_send(
+            &raw mut (*ev).send,
+            kind,
+            sk,
+            offset,
+            ret,
+            call,
+            (st.flags & FLAG_EVENTS_LOST) | flags,
+        );
         (*ev)._pad = 0;
         // The requests read since the last head go with this one (a continuation has none).
         if kind == EV_HEAD {
@@ -256,7 +314,9 @@ fn head(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, call: &IoCal
         }
         let tail = (*ev).send.tail;
         let len = (*ev).send.tail_len;
-        ret as u64 == call.buf_len() && call.buf_len() <= HEAD_CAP as u64 && !(len >= 4 && tail_ends_blank(&tail, len))
+        ret as u64 == call.buf_len()
+            && call.buf_len() <= HEAD_CAP as u64
+            && !(len >= 4 && tail_ends_blank(&tail, len))
     };
     entry.submit(wake_flags());
     if open { HEAD_OPEN } else { HEAD_DONE }
@@ -296,7 +356,11 @@ fn open(sk: *mut c_void, family: u16, o: &Offsets) {
     unsafe {
         (*ev).h = header(EV_OPEN, sk);
         (*ev).family = family;
-        (*ev).sport = if family == AF_UNIX { 0 } else { read_kernel::<u16>(sk as u64 + o.inet_sport as u64).unwrap_or(0) };
+        (*ev).sport = if family == AF_UNIX {
+            0
+        } else {
+            read_kernel::<u16>(sk as u64 + o.inet_sport as u64).unwrap_or(0)
+        };
         (*ev)._pad = [0; 4];
         (*ev).losses = losses();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);

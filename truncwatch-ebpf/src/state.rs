@@ -11,8 +11,8 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    EV_RESET, EV_STATE, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX, STATE_RESET_RECEIVED,
-    SockState, StateEvent, TRACK_HTTP,
+    EV_RESET, EV_STATE, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX,
+    STATE_RESET_RECEIVED, SockState, StateEvent, TRACK_HTTP,
 };
 
 // include/net/tcp_states.h
@@ -26,7 +26,9 @@ pub fn on_state<S: Store>(sk: *mut c_void, oldstate: i32, newstate: i32) {
     // bpf_sk_storage_get() refuses request and timewait socks, so only full sockets get here.
     let st = S::get(sk, false);
     if newstate == TCP_CLOSE {
-        let reset_received = st.as_ref().is_some_and(|s| s.flags & FLAG_RESET_RECEIVED != 0);
+        let reset_received = st
+            .as_ref()
+            .is_some_and(|s| s.flags & FLAG_RESET_RECEIVED != 0);
         if !reset_received {
             let _ = discarded(sk, oldstate);
         }
@@ -53,7 +55,13 @@ pub fn emit_state(sk: *mut c_void, st: &mut SockState, oldstate: i32, newstate: 
     let o = offsets();
     let base = sk as u64;
     let seq = |off: u32| read_kernel::<u32>(base + off as u64).unwrap_or(0);
-    let opt = |off: u32| if off == 0 { u32::MAX } else { read_kernel::<u32>(base + off as u64).unwrap_or(u32::MAX) };
+    let opt = |off: u32| {
+        if off == 0 {
+            u32::MAX
+        } else {
+            read_kernel::<u32>(base + off as u64).unwrap_or(u32::MAX)
+        }
+    };
     let (rwnd_limited, sndbuf_limited) = chrono(base, o);
     let ev = StateEvent {
         h: header(EV_STATE, sk),
@@ -66,7 +74,10 @@ pub fn emit_state(sk: *mut c_void, st: &mut SockState, oldstate: i32, newstate: 
         sndbuf_limited,
         flags: st.flags & FLAG_EVENTS_LOST,
     };
-    if EVENTS.output_untyped::<StateEvent>(&ev, wake_flags()).is_err() {
+    if EVENTS
+        .output_untyped::<StateEvent>(&ev, wake_flags())
+        .is_err()
+    {
         count_lost(LOST_RINGBUF_FULL);
         st.flags |= FLAG_EVENTS_LOST;
     }
@@ -82,7 +93,9 @@ fn chrono(base: u64, o: &truncwatch_common::Offsets) -> (u32, u32) {
     if o.tcp_chrono_stat == 0 {
         return (u32::MAX, u32::MAX);
     }
-    let Some(stat) = read_kernel::<[u32; 3]>(base + o.tcp_chrono_stat as u64) else { return (u32::MAX, u32::MAX) };
+    let Some(stat) = read_kernel::<[u32; 3]>(base + o.tcp_chrono_stat as u64) else {
+        return (u32::MAX, u32::MAX);
+    };
     let (mut rwnd, mut sndbuf) = (stat[1], stat[2]);
     if o.tcp_chrono_type != 0 && o.tcp_chrono_start != 0 {
         let ty = read_kernel::<u8>(base + o.tcp_chrono_type as u64).unwrap_or(0);

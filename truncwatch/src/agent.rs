@@ -57,8 +57,10 @@ enum Hook {
 type Program = (&'static str, Hook);
 
 /// The TCP state programs of the backends that keep state in socket storage.
-const STATE_PROGRAMS: [Program; 2] =
-    [("inet_sock_set_state", Hook::TpBtf("inet_sock_set_state")), ("tcp_receive_reset", Hook::TpBtf("tcp_receive_reset"))];
+const STATE_PROGRAMS: [Program; 2] = [
+    ("inet_sock_set_state", Hook::TpBtf("inet_sock_set_state")),
+    ("tcp_receive_reset", Hook::TpBtf("tcp_receive_reset")),
+];
 
 impl Backend {
     pub fn name(self) -> &'static str {
@@ -80,32 +82,62 @@ impl Backend {
             ],
             Backend::Fentry => vec![
                 ("fexit_tcp_sendmsg", Hook::Fexit("tcp_sendmsg")),
-                ("fexit_unix_stream_sendmsg", Hook::Fexit("unix_stream_sendmsg")),
+                (
+                    "fexit_unix_stream_sendmsg",
+                    Hook::Fexit("unix_stream_sendmsg"),
+                ),
                 ("fexit_sock_recvmsg", Hook::Fexit("sock_recvmsg")),
             ],
             Backend::Kprobe => vec![
                 ("kprobe_tcp_sendmsg", Hook::Kprobe("tcp_sendmsg")),
-                ("kprobe_unix_stream_send", Hook::Kprobe("unix_stream_sendmsg")),
-                ("kretprobe_unix_stream_send", Hook::Kretprobe("unix_stream_sendmsg")),
+                (
+                    "kprobe_unix_stream_send",
+                    Hook::Kprobe("unix_stream_sendmsg"),
+                ),
+                (
+                    "kretprobe_unix_stream_send",
+                    Hook::Kretprobe("unix_stream_sendmsg"),
+                ),
                 ("kprobe_tcp_cleanup_rbuf", Hook::Kprobe("tcp_cleanup_rbuf")),
-                ("kprobe_unix_stream_recvmsg", Hook::Kprobe("unix_stream_recvmsg")),
-                ("kretprobe_unix_stream_recvmsg", Hook::Kretprobe("unix_stream_recvmsg")),
+                (
+                    "kprobe_unix_stream_recvmsg",
+                    Hook::Kprobe("unix_stream_recvmsg"),
+                ),
+                (
+                    "kretprobe_unix_stream_recvmsg",
+                    Hook::Kretprobe("unix_stream_recvmsg"),
+                ),
                 ("kprobe_unix_shutdown", Hook::Kprobe("unix_shutdown")),
                 ("kprobe_unix_release", Hook::Kprobe("unix_release")),
-                ("tp_inet_sock_set_state", Hook::Tracepoint("sock", "inet_sock_set_state")),
-                ("tp_tcp_receive_reset", Hook::Tracepoint("tcp", "tcp_receive_reset")),
+                (
+                    "tp_inet_sock_set_state",
+                    Hook::Tracepoint("sock", "inet_sock_set_state"),
+                ),
+                (
+                    "tp_tcp_receive_reset",
+                    Hook::Tracepoint("tcp", "tcp_receive_reset"),
+                ),
             ],
         };
         if sendpage {
             match self {
                 Backend::Fentry => p.extend([
                     ("fexit_tcp_sendpage", Hook::Fexit("tcp_sendpage")),
-                    ("fexit_unix_stream_sendpage", Hook::Fexit("unix_stream_sendpage")),
+                    (
+                        "fexit_unix_stream_sendpage",
+                        Hook::Fexit("unix_stream_sendpage"),
+                    ),
                 ]),
                 Backend::Kprobe => p.extend([
                     ("kprobe_tcp_sendpage", Hook::Kprobe("tcp_sendpage")),
-                    ("kprobe_unix_stream_send", Hook::Kprobe("unix_stream_sendpage")),
-                    ("kretprobe_unix_stream_send", Hook::Kretprobe("unix_stream_sendpage")),
+                    (
+                        "kprobe_unix_stream_send",
+                        Hook::Kprobe("unix_stream_sendpage"),
+                    ),
+                    (
+                        "kretprobe_unix_stream_send",
+                        Hook::Kretprobe("unix_stream_sendpage"),
+                    ),
                 ]),
                 _ => {}
             }
@@ -124,8 +156,12 @@ impl Backend {
     /// What this backend needs, for an error that says why it could not attach.
     fn needs(self) -> &'static str {
         match self {
-            Backend::Auto | Backend::Tracepoint => "the tracepoint backend needs Linux 6.3+ (sock_send_length, sock_recv_length)",
-            Backend::Fentry => "the fentry backend needs BPF trampolines (Linux 5.5+, ftrace function hooks allowed)",
+            Backend::Auto | Backend::Tracepoint => {
+                "the tracepoint backend needs Linux 6.3+ (sock_send_length, sock_recv_length)"
+            }
+            Backend::Fentry => {
+                "the fentry backend needs BPF trampolines (Linux 5.5+, ftrace function hooks allowed)"
+            }
             Backend::Kprobe => "the kprobe backend needs kprobes (CONFIG_KPROBES) and Linux 5.15+",
         }
     }
@@ -188,7 +224,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     release_freed_memory();
     // Kept open for as long as the stats should stay on.
     let _stats = if args.bpf_stats {
-        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("turning on BPF stats (--bpf-stats)")?)
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("turning on BPF stats (--bpf-stats)")?,
+        )
     } else {
         None
     };
@@ -196,7 +235,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut reader = Reader {
-        correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect()).problems_only(!args.all),
+        correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect())
+            .problems_only(!args.all),
         layout: layout.sock,
         own_pid: std::process::id(),
         probe_nonce: probe_nonce(),
@@ -228,16 +268,26 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if reader.own_pid != std::process::id() {
         // Our /proc is not the host's: a host pid looked up there could be another process.
         reader.resolver.turn_off();
-        eprintln!("truncwatch: running in a PID namespace of its own: verdicts carry pid and process name, but no cgroup, container or pod (run it in the host's PID namespace for those)");
+        eprintln!(
+            "truncwatch: running in a PID namespace of its own: verdicts carry pid and process name, but no cgroup, container or pod (run it in the host's PID namespace for those)"
+        );
     }
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
     publish(&mut reader, &mut ebpf, &shared, &args);
-    eprintln!("truncwatch: ready ({} backend: {} hooks attached)", backend.name(), backend.programs(layout.sendpage));
+    eprintln!(
+        "truncwatch: ready ({} backend: {} hooks attached)",
+        backend.name(),
+        backend.programs(layout.sendpage)
+    );
 
     // The kernel wakes us only when a batch is waiting; this tick picks up the rest.
     let mut tick = tokio::time::interval(DRAIN_EVERY);
     let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
-    let canary_every = if args.selftest { Duration::from_secs(3600) } else { args.canary_interval };
+    let canary_every = if args.selftest {
+        Duration::from_secs(3600)
+    } else {
+        args.canary_interval
+    };
     let mut canary_tick = tokio::time::interval(canary_every.max(Duration::from_secs(1)));
     let canary_on = args.selftest || !args.canary_interval.is_zero();
     let mut provoking: Option<tokio::task::JoinHandle<Result<Truth>>> = None;
@@ -289,14 +339,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let host = |kind: Kind, n: u64| n.saturating_sub(reader.canary_verdicts[kind as usize]);
     eprintln!(
         "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} observer_loss={} unframed={} unparsed={} (too long or split {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} evicted={} lost_events={} decode_errors={} canary_verdicts={}",
-        s.connections, s.heads, host(Kind::Complete, s.judged_complete), host(Kind::ShortWrite, s.judged_short_write),
-        host(Kind::PeerReset, s.judged_peer_reset), host(Kind::Desync, s.judged_desync),
-        host(Kind::ResetDiscard, s.judged_reset_discard), host(Kind::ObserverLoss, s.judged_observer_loss), s.judged_unframed, s.judged_unparsed, s.unparsed, s.invalid, s.chunked_uncertain, s.head_only,
+        s.connections,
+        s.heads,
+        host(Kind::Complete, s.judged_complete),
+        host(Kind::ShortWrite, s.judged_short_write),
+        host(Kind::PeerReset, s.judged_peer_reset),
+        host(Kind::Desync, s.judged_desync),
+        host(Kind::ResetDiscard, s.judged_reset_discard),
+        host(Kind::ObserverLoss, s.judged_observer_loss),
+        s.judged_unframed,
+        s.judged_unparsed,
+        s.unparsed,
+        s.invalid,
+        s.chunked_uncertain,
+        s.head_only,
         s.head_answers,
-        s.evicted, lost, reader.decode_errors, reader.canary_verdicts.iter().sum::<u64>()
+        s.evicted,
+        lost,
+        reader.decode_errors,
+        reader.canary_verdicts.iter().sum::<u64>()
     );
     match selftest_result {
-        Some(false) => bail!("selftest failed: the detector does not work on this host (see above)"),
+        Some(false) => {
+            bail!("selftest failed: the detector does not work on this host (see above)")
+        }
         _ => Ok(()),
     }
 }
@@ -304,9 +370,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// Load the kernel programs and attach them with `backend` (`Auto`: the best this kernel
 /// has); they stay attached for as long as the returned `Ebpf` lives. Returns the backend
 /// used. Also used by `truncwatch check`.
-pub fn attach(ring_buffer_mib: u32, backend: Backend) -> Result<(Ebpf, btf_offsets::KernelLayout, Backend)> {
+pub fn attach(
+    ring_buffer_mib: u32,
+    backend: Backend,
+) -> Result<(Ebpf, btf_offsets::KernelLayout, Backend)> {
     if OBJECT.is_empty() {
-        bail!("this binary was built without its eBPF object (AYA_BUILD_SKIP); build it with `cargo xtask build`");
+        bail!(
+            "this binary was built without its eBPF object (AYA_BUILD_SKIP); build it with `cargo xtask build`"
+        );
     }
     // Our offsets come from a light BTF reader; aya then parses all of the kernel's BTF to
     // load the programs (its parse sets the agent's peak memory). Freed memory goes back to
@@ -336,9 +407,17 @@ pub fn attach(ring_buffer_mib: u32, backend: Backend) -> Result<(Ebpf, btf_offse
 }
 
 /// Load the object and attach `backend`'s programs.
-fn load_and_attach(btf: &Btf, layout: &btf_offsets::KernelLayout, ring_buffer_mib: u32, backend: Backend) -> Result<Ebpf> {
+fn load_and_attach(
+    btf: &Btf,
+    layout: &btf_offsets::KernelLayout,
+    ring_buffer_mib: u32,
+    backend: Backend,
+) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    loader.btf(Some(btf)).override_global("OFFSETS", &layout.offsets, true).map_max_entries("EVENTS", ring_buffer_mib << 20);
+    loader
+        .btf(Some(btf))
+        .override_global("OFFSETS", &layout.offsets, true)
+        .map_max_entries("EVENTS", ring_buffer_mib << 20);
     // The kprobe backend's maps are preallocated: one entry each when another backend runs.
     if backend != Backend::Kprobe {
         for map in ["PROBE_SOCKS", "PROBE_SENDING", "PROBE_READING"] {
@@ -350,24 +429,35 @@ fn load_and_attach(btf: &Btf, layout: &btf_offsets::KernelLayout, ring_buffer_mi
         .context("loading the eBPF object: truncwatch must run as root (try sudo)")?;
     // SAFETY: no preconditions.
     let why = if unsafe { libc::geteuid() } == 0 {
-        format!("{}; `truncwatch check` says what this kernel has", backend.needs())
+        format!(
+            "{}; `truncwatch check` says what this kernel has",
+            backend.needs()
+        )
     } else {
         "needs root, or CAP_BPF + CAP_PERFMON".to_string()
     };
     for (name, hook) in backend.programs_for(layout.sendpage) {
-        let prog = ebpf.program_mut(name).context("program missing from object")?;
-        let loaded = |e: aya::programs::ProgramError| anyhow::Error::new(e).context(format!("loading program {name}: {why}"));
-        let attached = |e: aya::programs::ProgramError, what: &str| anyhow::Error::new(e).context(format!("attaching to {what}: {why}"));
+        let prog = ebpf
+            .program_mut(name)
+            .context("program missing from object")?;
+        let loaded = |e: aya::programs::ProgramError| {
+            anyhow::Error::new(e).context(format!("loading program {name}: {why}"))
+        };
+        let attached = |e: aya::programs::ProgramError, what: &str| {
+            anyhow::Error::new(e).context(format!("attaching to {what}: {why}"))
+        };
         match hook {
             Hook::Fexit(f) => {
                 let prog: &mut FExit = prog.try_into()?;
                 prog.load(f, btf).map_err(loaded)?;
-                prog.attach().map_err(|e| attached(e, &format!("function {f}")))?;
+                prog.attach()
+                    .map_err(|e| attached(e, &format!("function {f}")))?;
             }
             Hook::TpBtf(tp) => {
                 let prog: &mut BtfTracePoint = prog.try_into()?;
                 prog.load(tp, btf).map_err(loaded)?;
-                prog.attach().map_err(|e| attached(e, &format!("tracepoint {tp}")))?;
+                prog.attach()
+                    .map_err(|e| attached(e, &format!("tracepoint {tp}")))?;
             }
             // One program may attach to several functions (the sendpage twins): load it once.
             Hook::Kprobe(f) | Hook::Kretprobe(f) => {
@@ -375,12 +465,14 @@ fn load_and_attach(btf: &Btf, layout: &btf_offsets::KernelLayout, ring_buffer_mi
                 if prog.fd().is_err() {
                     prog.load().map_err(loaded)?;
                 }
-                prog.attach(f, 0).map_err(|e| attached(e, &format!("function {f}")))?;
+                prog.attach(f, 0)
+                    .map_err(|e| attached(e, &format!("function {f}")))?;
             }
             Hook::Tracepoint(category, tp) => {
                 let prog: &mut TracePoint = prog.try_into()?;
                 prog.load().map_err(loaded)?;
-                prog.attach(category, tp).map_err(|e| attached(e, &format!("tracepoint {category}:{tp}")))?;
+                prog.attach(category, tp)
+                    .map_err(|e| attached(e, &format!("tracepoint {category}:{tp}")))?;
             }
         }
     }
@@ -395,7 +487,14 @@ fn publish(reader: &mut Reader, ebpf: &mut Ebpf, shared: &Shared, args: &RunArgs
     let lost = lost_events(ebpf);
     let progs = program_stats(ebpf);
     let r = reader;
-    r.metrics.update(&r.correlator.stats, !args.all, r.correlator.tracked(), r.events, lost, &progs);
+    r.metrics.update(
+        &r.correlator.stats,
+        !args.all,
+        r.correlator.tracked(),
+        r.events,
+        lost,
+        &progs,
+    );
     *shared.metrics.lock().expect("metrics lock") = r.metrics.encode();
 }
 
@@ -467,21 +566,34 @@ impl Reader {
                 // Lengths only: head bytes hold header values, which are never logged.
                 Event::Send(s) => eprintln!(
                     "event: send sk={:#x} offset={} ret={} requested={} head_bytes={:?} head_more_bytes={:?} requests={:?} events_lost={}",
-                    s.sk, s.offset, s.ret, s.requested, s.head.as_ref().map(Vec::len), s.head_more.as_ref().map(Vec::len), s.requests, s.events_lost
+                    s.sk,
+                    s.offset,
+                    s.ret,
+                    s.requested,
+                    s.head.as_ref().map(Vec::len),
+                    s.head_more.as_ref().map(Vec::len),
+                    s.requests,
+                    s.events_lost
                 ),
                 other => eprintln!("event: {other:?}"),
             }
         }
         // A socket left out below still ends the connection the kernel had at its address:
         // otherwise its sends would count for that one.
-        if let Event::Open { sk, ts_ns, losses, .. } = &ev {
-            self.correlator.socket_reused(*sk, *ts_ns, *losses, &mut self.verdicts);
+        if let Event::Open {
+            sk, ts_ns, losses, ..
+        } = &ev
+        {
+            self.correlator
+                .socket_reused(*sk, *ts_ns, *losses, &mut self.verdicts);
         }
         match &ev {
             // The agent's own sockets are never judged (its start-up probe only proves events
             // flow; its metrics endpoint answers scrapes), except the canary's.
             // A start-up probe (any agent's): ours is the one whose head carries our nonce.
-            Event::Open { sk, meta, .. } if meta.transport == Transport::Unix && meta.comm == canary::THREAD => {
+            Event::Open { sk, meta, .. }
+                if meta.transport == Transport::Unix && meta.comm == canary::THREAD =>
+            {
                 if !self.probe_done {
                     self.probe_candidates.truncate(63);
                     self.probe_candidates.push((*sk, meta.pid));
@@ -489,8 +601,15 @@ impl Reader {
                 return;
             }
             Event::Send(s) if !self.probe_done && self.probe_sk.is_none() => {
-                let ours = s.head.as_ref().is_some_and(|h| h.windows(self.probe_nonce.len()).any(|w| w == self.probe_nonce.as_bytes()));
-                if let Some(&(sk, pid)) = self.probe_candidates.iter().find(|(sk, _)| ours && *sk == s.sk) {
+                let ours = s.head.as_ref().is_some_and(|h| {
+                    h.windows(self.probe_nonce.len())
+                        .any(|w| w == self.probe_nonce.as_bytes())
+                });
+                if let Some(&(sk, pid)) = self
+                    .probe_candidates
+                    .iter()
+                    .find(|(sk, _)| ours && *sk == s.sk)
+                {
                     self.probe_sk = Some(sk);
                     self.own_pid = pid;
                     self.probe_candidates.clear();
@@ -501,7 +620,11 @@ impl Reader {
                 if meta.transport == Transport::Unix {
                     return; // our own Unix sockets: none but the probe
                 }
-                if !self.canary.as_ref().is_some_and(|c| c.locals.contains(&meta.local)) {
+                if !self
+                    .canary
+                    .as_ref()
+                    .is_some_and(|c| c.locals.contains(&meta.local))
+                {
                     return;
                 }
             }
@@ -524,7 +647,11 @@ impl Reader {
 
     fn print(&mut self, out: &mut impl Write, args: &RunArgs, clock: &Clock) -> Result<()> {
         for v in std::mem::take(&mut self.verdicts) {
-            if let Some(c) = self.canary.as_mut().filter(|c| c.locals.contains(&v.meta.local)) {
+            if let Some(c) = self
+                .canary
+                .as_mut()
+                .filter(|c| c.locals.contains(&v.meta.local))
+            {
                 self.canary_verdicts[v.kind as usize] += 1;
                 c.got.push(v);
                 continue;
@@ -572,7 +699,9 @@ impl Reader {
             Err(why) => eprintln!("truncwatch: canary FAILED: {why}"),
         }
         self.canary_passed = Some(passed);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         self.metrics.canary(passed, now);
         Some(passed)
     }
@@ -581,17 +710,27 @@ impl Reader {
 /// Send a response head over a Unix socket pair of our own and wait until the kernel programs
 /// report both its open and its end of stream: proof that programs, offsets and the ring
 /// buffer all work before we say "ready".
-async fn probe_events_flow(ring: &mut AsyncFd<RingBuf<MapData>>, reader: &mut Reader) -> Result<()> {
+async fn probe_events_flow(
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    reader: &mut Reader,
+) -> Result<()> {
     // On a thread named as the canary's, so that other agents on the host ignore it too.
-    let head = format!("HTTP/1.1 204 No Content\r\nX-Truncwatch-Probe: {}\r\n\r\n", reader.probe_nonce);
-    let traffic = std::thread::Builder::new().name(canary::THREAD.into()).spawn(move || -> std::io::Result<()> {
-        let (mut server, mut client) = std::os::unix::net::UnixStream::pair()?;
-        server.write_all(head.as_bytes())?;
-        drop(server);
-        client.read_to_end(&mut Vec::new())?;
-        Ok(())
-    })?;
-    traffic.join().map_err(|_| anyhow::anyhow!("the start-up probe's thread panicked"))??;
+    let head = format!(
+        "HTTP/1.1 204 No Content\r\nX-Truncwatch-Probe: {}\r\n\r\n",
+        reader.probe_nonce
+    );
+    let traffic = std::thread::Builder::new()
+        .name(canary::THREAD.into())
+        .spawn(move || -> std::io::Result<()> {
+            let (mut server, mut client) = std::os::unix::net::UnixStream::pair()?;
+            server.write_all(head.as_bytes())?;
+            drop(server);
+            client.read_to_end(&mut Vec::new())?;
+            Ok(())
+        })?;
+    traffic
+        .join()
+        .map_err(|_| anyhow::anyhow!("the start-up probe's thread panicked"))??;
     let wait = async {
         while !reader.probe_done {
             tokio::time::sleep(DRAIN_EVERY).await;
@@ -606,7 +745,9 @@ async fn probe_events_flow(ring: &mut AsyncFd<RingBuf<MapData>>, reader: &mut Re
 
 /// Unique enough among the agents on one host: our pid and the time.
 fn probe_nonce() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     format!("{:x}-{nanos:x}", std::process::id())
 }
 
@@ -626,8 +767,12 @@ fn ring_mib(s: &str) -> Result<u32, String> {
 /// Events the kernel could not deliver, by reason (`metrics::LOST_REASONS`), summed over CPUs.
 fn lost_events(ebpf: &mut Ebpf) -> [u64; 2] {
     let mut lost = [0; 2];
-    let Some(map) = ebpf.map_mut("LOST") else { return lost };
-    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else { return lost };
+    let Some(map) = ebpf.map_mut("LOST") else {
+        return lost;
+    };
+    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+        return lost;
+    };
     for (i, n) in lost.iter_mut().enumerate() {
         *n = arr.get(&(i as u32), 0).map_or(0, |v| v.iter().sum());
     }
@@ -639,7 +784,11 @@ fn program_stats(ebpf: &Ebpf) -> Vec<ProgramStats> {
     ebpf.programs()
         .filter_map(|(name, p)| {
             let info = p.info().ok()?;
-            (info.run_count() > 0).then(|| ProgramStats { name: name.to_string(), run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() })
+            (info.run_count() > 0).then(|| ProgramStats {
+                name: name.to_string(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+                run_count: info.run_count(),
+            })
         })
         .collect()
 }

@@ -36,7 +36,9 @@ pub fn cgroup_from_proc(contents: &str) -> Option<String> {
     for line in contents.lines() {
         // splitn: the path itself may contain ':' (containerd's `slice:prefix:id` form).
         let mut f = line.splitn(3, ':');
-        let (Some(id), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+        let (Some(id), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || !path.starts_with('/') {
             continue;
         }
@@ -61,7 +63,10 @@ pub fn cgroup_from_proc(contents: &str) -> Option<String> {
 /// nested layouts (kind nodes: `/docker/<node>/kubepods/...`) name the inner container.
 pub fn from_cgroup_path(path: &str) -> Attribution {
     let pieces: Vec<&str> = path.split(['/', ':']).filter(|p| !p.is_empty()).collect();
-    let mut a = Attribution { cgroup: Some(path.to_string()), ..Attribution::default() };
+    let mut a = Attribution {
+        cgroup: Some(path.to_string()),
+        ..Attribution::default()
+    };
     for i in (0..pieces.len()).rev() {
         let prev = i.checked_sub(1).map(|j| pieces[j]);
         if let Some((id, runtime)) = container_piece(pieces[i], prev) {
@@ -77,7 +82,10 @@ pub fn from_cgroup_path(path: &str) -> Attribution {
 }
 
 /// `Some((id, runtime))` when the component names a container or its monitor.
-fn container_piece(piece: &str, prev: Option<&str>) -> Option<(Option<String>, Option<&'static str>)> {
+fn container_piece(
+    piece: &str,
+    prev: Option<&str>,
+) -> Option<(Option<String>, Option<&'static str>)> {
     let name = piece.strip_suffix(".scope").unwrap_or(piece);
     // conmon monitors sit beside the container, not in it: report the runtime but no id so
     // their activity is never charged to the container they watch.
@@ -86,7 +94,12 @@ fn container_piece(piece: &str, prev: Option<&str>) -> Option<(Option<String>, O
             return Some((None, Some(rt)));
         }
     }
-    let scopes = [("cri-containerd-", "containerd"), ("crio-", "cri-o"), ("docker-", "docker"), ("libpod-", "podman")];
+    let scopes = [
+        ("cri-containerd-", "containerd"),
+        ("crio-", "cri-o"),
+        ("docker-", "docker"),
+        ("libpod-", "podman"),
+    ];
     for (prefix, rt) in scopes {
         if let Some(id) = name.strip_prefix(prefix).filter(|id| is_id(id)) {
             return Some((Some(id.to_string()), Some(rt)));
@@ -120,8 +133,15 @@ fn pod_uid_piece(piece: &str) -> Option<String> {
     let uid = raw.replace('_', "-");
     let b = uid.as_bytes();
     let hex = |c: &u8| matches!(c, b'0'..=b'9' | b'a'..=b'f');
-    let dashed = |(i, c): (usize, &u8)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { hex(c) };
-    let ok = (b.len() == 32 && b.iter().all(hex)) || (b.len() == 36 && b.iter().enumerate().all(dashed));
+    let dashed = |(i, c): (usize, &u8)| {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *c == b'-'
+        } else {
+            hex(c)
+        }
+    };
+    let ok =
+        (b.len() == 32 && b.iter().all(hex)) || (b.len() == 36 && b.iter().enumerate().all(dashed));
     ok.then_some(uid)
 }
 
@@ -133,12 +153,20 @@ pub fn kubernetes_names(log_root: &Path, container_id: &str) -> Option<(String, 
         return None;
     }
     let suffix = format!("-{container_id}.log");
-    for entry in std::fs::read_dir(log_root.join("containers")).ok()?.flatten() {
+    for entry in std::fs::read_dir(log_root.join("containers"))
+        .ok()?
+        .flatten()
+    {
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix.as_str())) else { continue };
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix.as_str())) else {
+            continue;
+        };
         let mut f = stem.splitn(3, '_');
         if let (Some(pod), Some(ns), Some(ctr)) = (f.next(), f.next(), f.next())
-            && !pod.is_empty() && !ns.is_empty() && !ctr.is_empty() && !ctr.contains('_')
+            && !pod.is_empty()
+            && !ns.is_empty()
+            && !ctr.is_empty()
+            && !ctr.contains('_')
         {
             return Some((ns.to_string(), pod.to_string(), ctr.to_string()));
         }
@@ -152,9 +180,13 @@ fn pod_names(log_root: &Path, uid: &str) -> Option<(String, String)> {
     let suffix = format!("_{uid}");
     for entry in std::fs::read_dir(log_root.join("pods")).ok()?.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_suffix(suffix.as_str())) else { continue };
+        let Some(rest) = name.to_str().and_then(|n| n.strip_suffix(suffix.as_str())) else {
+            continue;
+        };
         if let Some((ns, pod)) = rest.split_once('_')
-            && !ns.is_empty() && !pod.is_empty() && !pod.contains('_')
+            && !ns.is_empty()
+            && !pod.is_empty()
+            && !pod.contains('_')
         {
             return Some((ns.to_string(), pod.to_string()));
         }
@@ -178,7 +210,13 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Resolver { root: root.into(), cap: CACHE_CAP, by_pid: HashMap::new(), names: HashMap::new(), off: false }
+        Resolver {
+            root: root.into(),
+            cap: CACHE_CAP,
+            by_pid: HashMap::new(),
+            names: HashMap::new(),
+            off: false,
+        }
     }
 
     /// Stop looking pids up: every attribution is empty from now on.
@@ -197,7 +235,9 @@ impl Resolver {
             return Arc::default();
         }
         let file = self.root.join("proc").join(pid.to_string()).join("cgroup");
-        let Some(cgroup) = std::fs::read(file).ok().and_then(|b| cgroup_from_proc(&String::from_utf8_lossy(&b)))
+        let Some(cgroup) = std::fs::read(file)
+            .ok()
+            .and_then(|b| cgroup_from_proc(&String::from_utf8_lossy(&b)))
         else {
             return Arc::default();
         };
@@ -256,59 +296,215 @@ mod tests {
     const STATIC_UID: &str = "6b3f0e2d1c4a5b6978a0b1c2d3e4f5a6";
 
     /// (proc cgroup text, expected path, container id, runtime, pod uid)
-    type Row = (String, String, Option<&'static str>, Option<&'static str>, Option<&'static str>);
+    type Row = (
+        String,
+        String,
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
 
     fn table() -> Vec<Row> {
-        let k = |qos: &str, uid: &str, leaf: &str| format!("/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid}.slice/{leaf}");
-        let (cd, crio, dk) = (format!("cri-containerd-{ID}.scope"), format!("crio-{ID}.scope"), format!("docker-{ID}.scope"));
+        let k = |qos: &str, uid: &str, leaf: &str| {
+            format!("/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid}.slice/{leaf}")
+        };
+        let (cd, crio, dk) = (
+            format!("cri-containerd-{ID}.scope"),
+            format!("crio-{ID}.scope"),
+            format!("docker-{ID}.scope"),
+        );
         let mut t: Vec<Row> = Vec::new();
         for (p, id, rt, uid) in [
             // containerd, systemd driver: burstable, besteffort, guaranteed, static pod
-            (k("burstable", UID_, &cd), Some(ID), Some("containerd"), Some(UID)),
-            (k("besteffort", UID_, &cd), Some(ID), Some("containerd"), Some(UID)),
-            (format!("/kubepods.slice/kubepods-pod{UID_}.slice/{cd}"), Some(ID), Some("containerd"), Some(UID)),
-            (k("burstable", STATIC_UID, &cd), Some(ID), Some("containerd"), Some(STATIC_UID)),
+            (
+                k("burstable", UID_, &cd),
+                Some(ID),
+                Some("containerd"),
+                Some(UID),
+            ),
+            (
+                k("besteffort", UID_, &cd),
+                Some(ID),
+                Some("containerd"),
+                Some(UID),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-pod{UID_}.slice/{cd}"),
+                Some(ID),
+                Some("containerd"),
+                Some(UID),
+            ),
+            (
+                k("burstable", STATIC_UID, &cd),
+                Some(ID),
+                Some("containerd"),
+                Some(STATIC_UID),
+            ),
             // cgroupfs driver: bare id, runtime deliberately unknown
-            (format!("/kubepods/burstable/pod{UID}/{ID}"), Some(ID), None, Some(UID)),
-            (format!("/kubepods/pod{UID}/{ID}"), Some(ID), None, Some(UID)),
-            (format!("/kubepods/besteffort/pod{UID}"), None, None, Some(UID)),
-            ("/kubepods.slice/kubepods-burstable.slice".into(), None, None, None),
+            (
+                format!("/kubepods/burstable/pod{UID}/{ID}"),
+                Some(ID),
+                None,
+                Some(UID),
+            ),
+            (
+                format!("/kubepods/pod{UID}/{ID}"),
+                Some(ID),
+                None,
+                Some(UID),
+            ),
+            (
+                format!("/kubepods/besteffort/pod{UID}"),
+                None,
+                None,
+                Some(UID),
+            ),
+            (
+                "/kubepods.slice/kubepods-burstable.slice".into(),
+                None,
+                None,
+                None,
+            ),
             // CRI-O: scope, crun's nested `container`, conmon, cgroupfs
-            (k("besteffort", UID_, &crio), Some(ID), Some("cri-o"), Some(UID)),
-            (k("besteffort", UID_, &format!("{crio}/container")), Some(ID), Some("cri-o"), Some(UID)),
-            (k("besteffort", UID_, &format!("crio-conmon-{ID}.scope")), None, Some("cri-o"), Some(UID)),
-            (format!("/kubepods/besteffort/pod{UID}/crio-{ID}"), Some(ID), Some("cri-o"), Some(UID)),
+            (
+                k("besteffort", UID_, &crio),
+                Some(ID),
+                Some("cri-o"),
+                Some(UID),
+            ),
+            (
+                k("besteffort", UID_, &format!("{crio}/container")),
+                Some(ID),
+                Some("cri-o"),
+                Some(UID),
+            ),
+            (
+                k("besteffort", UID_, &format!("crio-conmon-{ID}.scope")),
+                None,
+                Some("cri-o"),
+                Some(UID),
+            ),
+            (
+                format!("/kubepods/besteffort/pod{UID}/crio-{ID}"),
+                Some(ID),
+                Some("cri-o"),
+                Some(UID),
+            ),
             // Docker: systemd, cgroupfs, dockershim, GitHub-runner style parent
-            (format!("/system.slice/{dk}"), Some(ID), Some("docker"), None),
+            (
+                format!("/system.slice/{dk}"),
+                Some(ID),
+                Some("docker"),
+                None,
+            ),
             (format!("/docker/{ID}"), Some(ID), Some("docker"), None),
-            (k("besteffort", UID_, &dk), Some(ID), Some("docker"), Some(UID)),
+            (
+                k("besteffort", UID_, &dk),
+                Some(ID),
+                Some("docker"),
+                Some(UID),
+            ),
             (format!("/actions_job/{ID}"), Some(ID), None, None),
             // containerd's `slice:prefix:id`, kind (pod inside a docker node), cgroupns, prefixes
-            (format!("/system.slice/containerd.service/kubepods-burstable-pod{UID_}.slice:cri-containerd:{ID}"), Some(ID), Some("containerd"), Some(UID)),
-            (format!("/docker/{ID2}/kubepods/besteffort/pod{UID}/{ID}"), Some(ID), None, Some(UID)),
-            (format!("/../../kubepods-besteffort-pod{UID_}.slice/{cd}"), Some(ID), Some("containerd"), Some(UID)),
-            (format!("/sys/fs/cgroup/system.slice/{dk}"), Some(ID), Some("docker"), None),
-            (format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"), Some(ID), Some("podman"), None),
+            (
+                format!(
+                    "/system.slice/containerd.service/kubepods-burstable-pod{UID_}.slice:cri-containerd:{ID}"
+                ),
+                Some(ID),
+                Some("containerd"),
+                Some(UID),
+            ),
+            (
+                format!("/docker/{ID2}/kubepods/besteffort/pod{UID}/{ID}"),
+                Some(ID),
+                None,
+                Some(UID),
+            ),
+            (
+                format!("/../../kubepods-besteffort-pod{UID_}.slice/{cd}"),
+                Some(ID),
+                Some("containerd"),
+                Some(UID),
+            ),
+            (
+                format!("/sys/fs/cgroup/system.slice/{dk}"),
+                Some(ID),
+                Some("docker"),
+                None,
+            ),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
+                ),
+                Some(ID),
+                Some("podman"),
+                None,
+            ),
             // host processes and near misses
-            ("/user.slice/user-0.slice/session-3.scope".into(), None, None, None),
+            (
+                "/user.slice/user-0.slice/session-3.scope".into(),
+                None,
+                None,
+                None,
+            ),
             ("/system.slice/nginx.service".into(), None, None, None),
             ("/system.slice/containerd.service".into(), None, None, None),
             ("/system.slice/docker.service".into(), None, None, None),
-            ("/system.slice/docker-registry.scope".into(), None, None, None),
+            (
+                "/system.slice/docker-registry.scope".into(),
+                None,
+                None,
+                None,
+            ),
             ("/system.slice/podman.service".into(), None, None, None),
-            (format!("/kubepods/burstable/pod{}/{}", &UID[1..], ID.to_uppercase()), None, None, None),
+            (
+                format!("/kubepods/burstable/pod{}/{}", &UID[1..], ID.to_uppercase()),
+                None,
+                None,
+                None,
+            ),
             (format!("/docker/{}", &ID[1..]), None, None, None),
             ("/".into(), None, None, None),
         ] {
             t.push((format!("0::{p}\n"), p.clone(), id, rt, uid));
             // Same path on v1 hierarchy lines, with noise around it.
-            t.push((format!("12:pids:{p}\n11:memory:{p}\n3:cpuset:/\n1:name=systemd:{p}\n"), p, id, rt, uid));
+            t.push((
+                format!("12:pids:{p}\n11:memory:{p}\n3:cpuset:/\n1:name=systemd:{p}\n"),
+                p,
+                id,
+                rt,
+                uid,
+            ));
         }
         let x = format!("/kubepods/burstable/pod{UID}/{ID}");
-        t.push((format!("9:name=systemd:/\n4:memory:{x}\n1:cpu:/\n0::/\n"), x, Some(ID), None, Some(UID)));
-        t.push(("1:name=systemd:/user.slice/a\n0::/user.slice/b\n".into(), "/user.slice/b".into(), None, None, None));
-        t.push(("4:cpu,cpuacct:/c\n5:memory:/m\n6:pids:/p\n".into(), "/p".into(), None, None, None));
-        t.push(("4:cpu,cpuacct:/c\r\n3:blkio:/b\r\n".into(), "/c".into(), None, None, None));
+        t.push((
+            format!("9:name=systemd:/\n4:memory:{x}\n1:cpu:/\n0::/\n"),
+            x,
+            Some(ID),
+            None,
+            Some(UID),
+        ));
+        t.push((
+            "1:name=systemd:/user.slice/a\n0::/user.slice/b\n".into(),
+            "/user.slice/b".into(),
+            None,
+            None,
+            None,
+        ));
+        t.push((
+            "4:cpu,cpuacct:/c\n5:memory:/m\n6:pids:/p\n".into(),
+            "/p".into(),
+            None,
+            None,
+            None,
+        ));
+        t.push((
+            "4:cpu,cpuacct:/c\r\n3:blkio:/b\r\n".into(),
+            "/c".into(),
+            None,
+            None,
+            None,
+        ));
         t
     }
 
@@ -319,20 +515,36 @@ mod tests {
             assert_eq!(cg, path, "{text:?}");
             let a = from_cgroup_path(&cg);
             assert_eq!(a.cgroup.as_deref(), Some(path.as_str()));
-            assert_eq!((a.container_id.as_deref(), a.runtime, a.pod_uid.as_deref()), (id, rt, uid), "{text:?}");
+            assert_eq!(
+                (a.container_id.as_deref(), a.runtime, a.pod_uid.as_deref()),
+                (id, rt, uid),
+                "{text:?}"
+            );
             assert_eq!((a.namespace, a.pod, a.container), (None, None, None));
         }
     }
 
     #[test]
     fn garbage_never_panics() {
-        for g in ["", "\n\n", "garbage", "::", "0::", "0::relative", "a:b:/x", ":::/", "\u{0}\u{fffd}é:/ü"] {
+        for g in [
+            "",
+            "\n\n",
+            "garbage",
+            "::",
+            "0::",
+            "0::relative",
+            "a:b:/x",
+            ":::/",
+            "\u{0}\u{fffd}é:/ü",
+        ] {
             assert_eq!(cgroup_from_proc(g), None, "{g:?}");
             let _ = from_cgroup_path(g);
         }
         let long = format!("0::/{}", "kubepods-pod/é:".repeat(100_000));
         let _ = from_cgroup_path(&cgroup_from_proc(&long).unwrap());
-        let alphabet: Vec<char> = "/:-_.0123456789abcdefpodkubescopeslicecri-é漢\n".chars().collect();
+        let alphabet: Vec<char> = "/:-_.0123456789abcdefpodkubescopeslicecri-é漢\n"
+            .chars()
+            .collect();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..3000 {
             let s: String = (0..(seed % 200))
@@ -351,7 +563,8 @@ mod tests {
     struct TempRoot(PathBuf);
     impl TempRoot {
         fn new(tag: &str) -> Self {
-            let p = std::env::temp_dir().join(format!("truncwatch-attr-{}-{tag}", std::process::id()));
+            let p =
+                std::env::temp_dir().join(format!("truncwatch-attr-{}-{tag}", std::process::id()));
             let _ = fs::remove_dir_all(&p);
             fs::create_dir_all(&p).unwrap();
             TempRoot(p)
@@ -375,18 +588,34 @@ mod tests {
         assert_eq!(kubernetes_names(&logs, ID), None); // no directory at all
         r.put("var/log/containers/README", "");
         r.put(&format!("var/log/containers/bad_{ID}.log"), ""); // wrong shape, skipped
-        r.put(&format!("var/log/containers/web-7d9f-x2_shop_nginx-side-car-{ID}.log"), "");
+        r.put(
+            &format!("var/log/containers/web-7d9f-x2_shop_nginx-side-car-{ID}.log"),
+            "",
+        );
         fs::create_dir_all(logs.join("containers")).unwrap();
         // kubelet's entries are symlinks into /var/log/pods; a dangling one still names the pod.
-        std::os::unix::fs::symlink("/nonexistent", logs.join(format!("containers/db-0_data_pg-{ID2}.log"))).unwrap();
+        std::os::unix::fs::symlink(
+            "/nonexistent",
+            logs.join(format!("containers/db-0_data_pg-{ID2}.log")),
+        )
+        .unwrap();
         let n = |a: &str, b: &str, c: &str| Some((a.to_string(), b.to_string(), c.to_string()));
-        assert_eq!(kubernetes_names(&logs, ID), n("shop", "web-7d9f-x2", "nginx-side-car"));
+        assert_eq!(
+            kubernetes_names(&logs, ID),
+            n("shop", "web-7d9f-x2", "nginx-side-car")
+        );
         assert_eq!(kubernetes_names(&logs, ID2), n("data", "db-0", "pg"));
         for id in ["", "../x", &ID[1..], "ffff"] {
             assert_eq!(kubernetes_names(&logs, id), None, "{id:?}");
         }
-        r.put(&format!("var/log/pods/kube-system_etcd-node1_{UID}/etcd/0.log"), "");
-        assert_eq!(pod_names(&logs, UID), Some(("kube-system".into(), "etcd-node1".into())));
+        r.put(
+            &format!("var/log/pods/kube-system_etcd-node1_{UID}/etcd/0.log"),
+            "",
+        );
+        assert_eq!(
+            pod_names(&logs, UID),
+            Some(("kube-system".into(), "etcd-node1".into()))
+        );
         assert_eq!(pod_names(&logs, STATIC_UID), None);
     }
 
@@ -395,15 +624,28 @@ mod tests {
         let r = TempRoot::new("resolver");
         r.put("proc/100/cgroup", &format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID}.scope\n"));
         r.put("proc/200/cgroup", "0::/system.slice/nginx.service\n");
-        r.put("proc/300/cgroup", &format!("0::/kubepods/besteffort/pod{UID}/crio-conmon-{ID2}\n"));
-        r.put("proc/400/cgroup", &format!("4:memory:/kubepods/pod{STATIC_UID}/{ID2}\n0::/\n"));
+        r.put(
+            "proc/300/cgroup",
+            &format!("0::/kubepods/besteffort/pod{UID}/crio-conmon-{ID2}\n"),
+        );
+        r.put(
+            "proc/400/cgroup",
+            &format!("4:memory:/kubepods/pod{STATIC_UID}/{ID2}\n0::/\n"),
+        );
         r.put(&format!("var/log/containers/api-5c_prod_app-{ID}.log"), "");
         r.put(&format!("var/log/pods/prod_api-5c_{UID}/app/0.log"), "");
         let mut res = Resolver::new(r.0.clone());
 
         let a = res.for_pid(100);
-        assert_eq!((a.container_id.as_deref(), a.runtime), (Some(ID), Some("containerd")));
-        let names = (a.namespace.as_deref(), a.pod.as_deref(), a.container.as_deref());
+        assert_eq!(
+            (a.container_id.as_deref(), a.runtime),
+            (Some(ID), Some("containerd"))
+        );
+        let names = (
+            a.namespace.as_deref(),
+            a.pod.as_deref(),
+            a.container.as_deref(),
+        );
         assert_eq!(names, (Some("prod"), Some("api-5c"), Some("app")));
         // Cached: a changed file is not re-read until forget().
         r.put("proc/100/cgroup", "0::/system.slice/nginx.service\n");
@@ -413,17 +655,32 @@ mod tests {
 
         let host = res.for_pid(200);
         assert_eq!(host.cgroup.as_deref(), Some("/system.slice/nginx.service"));
-        assert_eq!((host.container_id.as_ref(), host.namespace.as_ref()), (None, None));
+        assert_eq!(
+            (host.container_id.as_ref(), host.namespace.as_ref()),
+            (None, None)
+        );
 
         // conmon: pod known from /var/log/pods, no container.
         let c = res.for_pid(300);
-        let got = (c.runtime, c.container_id.as_deref(), c.namespace.as_deref(), c.pod.as_deref(), c.container.as_deref());
-        assert_eq!(got, (Some("cri-o"), None, Some("prod"), Some("api-5c"), None));
+        let got = (
+            c.runtime,
+            c.container_id.as_deref(),
+            c.namespace.as_deref(),
+            c.pod.as_deref(),
+            c.container.as_deref(),
+        );
+        assert_eq!(
+            got,
+            (Some("cri-o"), None, Some("prod"), Some("api-5c"), None)
+        );
 
         // Kubernetes container whose log link is not written yet: answered, not cached.
         assert_eq!(res.for_pid(400).namespace, None);
         assert!(!res.by_pid.contains_key(&400));
-        r.put(&format!("var/log/containers/etcd-n1_kube-system_etcd-{ID2}.log"), "");
+        r.put(
+            &format!("var/log/containers/etcd-n1_kube-system_etcd-{ID2}.log"),
+            "",
+        );
         assert_eq!(res.for_pid(400).container.as_deref(), Some("etcd"));
 
         // Missing pid: default, never cached.
@@ -437,8 +694,14 @@ mod tests {
         let mut res = Resolver::new(r.0.clone());
         res.cap = 8;
         for pid in 1..=50u32 {
-            r.put(&format!("proc/{pid}/cgroup"), &format!("0::/docker/{pid:064x}\n"));
-            r.put(&format!("var/log/containers/p{pid}_ns_c-{pid:064x}.log"), "");
+            r.put(
+                &format!("proc/{pid}/cgroup"),
+                &format!("0::/docker/{pid:064x}\n"),
+            );
+            r.put(
+                &format!("var/log/containers/p{pid}_ns_c-{pid:064x}.log"),
+                "",
+            );
             let a = res.for_pid(pid);
             assert_eq!(a.container_id, Some(format!("{pid:064x}")));
             assert_eq!(a.pod.as_deref(), Some(format!("p{pid}").as_str()));

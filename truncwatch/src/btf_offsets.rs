@@ -29,8 +29,9 @@ pub struct KernelLayout {
 }
 
 pub fn load() -> Result<KernelLayout> {
-    let raw = std::fs::read(VMLINUX_BTF)
-        .with_context(|| format!("reading kernel BTF from {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)"))?;
+    let raw = std::fs::read(VMLINUX_BTF).with_context(|| {
+        format!("reading kernel BTF from {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)")
+    })?;
     let btf = BtfReader::parse(raw).context("parsing kernel BTF")?;
     let f = |ty: &str, path: &str| field(&btf, ty, path);
     let offsets = Offsets {
@@ -58,13 +59,18 @@ pub fn load() -> Result<KernelLayout> {
     // The kprobe backend reads a socket's identity and family as the first 24 bytes of
     // `sock_common` (addresses, hash, ports, family): make sure of the layout.
     if offsets.skc_family != 16 {
-        bail!("kernel BTF: sock_common.skc_family at {}, not 16: unsupported kernel", offsets.skc_family);
+        bail!(
+            "kernel BTF: sock_common.skc_family at {}, not 16: unsupported kernel",
+            offsets.skc_family
+        );
     }
     // The programs load these at fixed offsets (the x86_64 ptrace ABI): make sure.
     for (name, want) in [("orig_ax", REGS_ORIG_AX), ("si", REGS_SI), ("dx", REGS_DX)] {
         let got = f("pt_regs", name)? as usize;
         if got != want {
-            bail!("kernel BTF: pt_regs.{name} at {got}, not {want}: unsupported architecture or kernel");
+            bail!(
+                "kernel BTF: pt_regs.{name} at {got}, not {want}: unsupported architecture or kernel"
+            );
         }
     }
     let s = |path: &str| -> Result<usize> {
@@ -81,9 +87,15 @@ pub fn load() -> Result<KernelLayout> {
         v6_daddr: s("skc_v6_daddr")?,
         v6_rcv_saddr: s("skc_v6_rcv_saddr")?,
     };
-    let socket_tracepoints = btf.has_typedef("btf_trace_sock_send_length") && btf.has_typedef("btf_trace_sock_recv_length");
+    let socket_tracepoints = btf.has_typedef("btf_trace_sock_send_length")
+        && btf.has_typedef("btf_trace_sock_recv_length");
     let sendpage = btf.has_func("tcp_sendpage") && btf.has_func("unix_stream_sendpage");
-    Ok(KernelLayout { offsets, sock, socket_tracepoints, sendpage })
+    Ok(KernelLayout {
+        offsets,
+        sock,
+        socket_tracepoints,
+        sendpage,
+    })
 }
 
 /// Byte offset of `path` (dot-separated members) in struct `ty`, looking through anonymous
@@ -93,7 +105,8 @@ fn field(btf: &BtfReader, ty: &str, path: &str) -> Result<u32> {
     let mut total = 0u32;
     let mut parts = path.split('.').peekable();
     while let Some(name) = parts.next() {
-        let (bits, member_ty) = find_member(btf, id, name)?.with_context(|| format!("kernel BTF: struct {ty} has no member {path}"))?;
+        let (bits, member_ty) = find_member(btf, id, name)?
+            .with_context(|| format!("kernel BTF: struct {ty} has no member {path}"))?;
         if bits % 8 != 0 {
             bail!("kernel BTF: {ty}.{path} is a bitfield; this kernel is not supported yet");
         }
@@ -109,10 +122,19 @@ fn field(btf: &BtfReader, ty: &str, path: &str) -> Result<u32> {
 /// (bit offset, type id) of member `name` of struct/union `id`, searching anonymous members
 /// recursively. Bitfields report an odd offset so the caller refuses them.
 fn find_member(btf: &BtfReader, id: u32, name: &str) -> Result<Option<(u32, u32)>> {
-    let Some(members) = btf.members(id)? else { return Ok(None) };
+    let Some(members) = btf.members(id)? else {
+        return Ok(None);
+    };
     for m in members {
         if m.name == name {
-            return Ok(Some((if m.bitfield { m.bit_offset | 1 } else { m.bit_offset }, m.type_id)));
+            return Ok(Some((
+                if m.bitfield {
+                    m.bit_offset | 1
+                } else {
+                    m.bit_offset
+                },
+                m.type_id,
+            )));
         }
         // An anonymous struct or union: its members are the parent's.
         if m.name.is_empty()
@@ -153,7 +175,11 @@ mod tests {
             ("inet_sock", "inet_sport"),
             ("pt_regs", "orig_ax"),
         ] {
-            assert_eq!(field(&ours, ty, path).unwrap(), full_field(&full, ty, path), "{ty}.{path}");
+            assert_eq!(
+                field(&ours, ty, path).unwrap(),
+                full_field(&full, ty, path),
+                "{ty}.{path}"
+            );
         }
         assert!(field(&ours, "sock", "no_such_member").is_err());
         assert!(field(&ours, "no_such_struct", "x").is_err());
@@ -169,7 +195,12 @@ mod tests {
                 _ => return t,
             }
         };
-        fn find(btf: &btf_rs::Btf, st: &btf_rs::Struct, name: &str, resolve: &dyn Fn(Type) -> Type) -> Option<(u32, Type)> {
+        fn find(
+            btf: &btf_rs::Btf,
+            st: &btf_rs::Struct,
+            name: &str,
+            resolve: &dyn Fn(Type) -> Type,
+        ) -> Option<(u32, Type)> {
             for m in &st.members {
                 let n = btf.resolve_name(m).unwrap_or_default();
                 let t = resolve(btf.resolve_type_by_id(m.get_type_id().unwrap()).unwrap());
@@ -186,7 +217,18 @@ mod tests {
             }
             None
         }
-        let mut st = btf.resolve_types_by_name(ty).unwrap().into_iter().find_map(|t| if let Type::Struct(s) = t { Some(s) } else { None }).unwrap();
+        let mut st = btf
+            .resolve_types_by_name(ty)
+            .unwrap()
+            .into_iter()
+            .find_map(|t| {
+                if let Type::Struct(s) = t {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .unwrap();
         let mut total = 0;
         for part in path.split('.') {
             let (o, t) = find(btf, &st, part, &resolve).unwrap();

@@ -67,7 +67,12 @@ impl BtfReader {
         if types_start + type_len > data.len() || strings + str_len > data.len() {
             bail!("BTF sections out of bounds");
         }
-        let mut r = BtfReader { data, types: Vec::new(), strings, strings_len: str_len };
+        let mut r = BtfReader {
+            data,
+            types: Vec::new(),
+            strings,
+            strings_len: str_len,
+        };
         let mut at = types_start;
         while at < types_start + type_len {
             r.types.push(at as u32);
@@ -118,7 +123,10 @@ impl BtfReader {
 
     fn name(&self, off: u32) -> &str {
         let start = self.strings + off as usize;
-        let end = self.data[start..self.strings + self.strings_len].iter().position(|&b| b == 0).map_or(start, |n| start + n);
+        let end = self.data[start..self.strings + self.strings_len]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(start, |n| start + n);
         std::str::from_utf8(&self.data[start..end]).unwrap_or("")
     }
 
@@ -134,7 +142,10 @@ impl BtfReader {
     }
 
     fn has(&self, kind: u32, name: &str) -> bool {
-        (1..=self.types.len() as u32).any(|id| self.ty(id).is_ok_and(|t| t.kind == kind && self.name(t.name_off) == name))
+        (1..=self.types.len() as u32).any(|id| {
+            self.ty(id)
+                .is_ok_and(|t| t.kind == kind && self.name(t.name_off) == name)
+        })
     }
 
     /// The id of the struct named `name`.
@@ -159,8 +170,17 @@ impl BtfReader {
         for i in 0..t.vlen as usize {
             let m = t.body + 12 * i;
             let offset = self.u32_at(m + 8)?;
-            let (bit_offset, bitfield) = if t.kind_flag { (offset & 0xff_ffff, offset >> 24 != 0) } else { (offset, false) };
-            out.push(Member { name: self.name(self.u32_at(m)?), type_id: self.u32_at(m + 4)?, bit_offset, bitfield });
+            let (bit_offset, bitfield) = if t.kind_flag {
+                (offset & 0xff_ffff, offset >> 24 != 0)
+            } else {
+                (offset, false)
+            };
+            out.push(Member {
+                name: self.name(self.u32_at(m)?),
+                type_id: self.u32_at(m + 4)?,
+                bit_offset,
+                bitfield,
+            });
         }
         Ok(Some(out))
     }

@@ -16,7 +16,8 @@ use std::time::Duration;
 const PROMISED: u64 = 64 << 20;
 /// Bytes the reset connection's client sends and the server never reads.
 const UNREAD: usize = 100;
-const HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 67108864\r\n\r\n";
+const HEAD: &str =
+    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 67108864\r\n\r\n";
 
 /// The canary's traffic (and the agent's start-up probe) runs on a thread of this name. The
 /// kernel records it as the owner of those connections, so any agent on the host (a
@@ -46,25 +47,40 @@ pub struct Truth {
 impl Canary {
     pub fn bind() -> Result<Self> {
         let bind = || TcpListener::bind("127.0.0.1:0").context("canary: binding a loopback port");
-        Ok(Canary { short: bind()?, reset: bind()? })
+        Ok(Canary {
+            short: bind()?,
+            reset: bind()?,
+        })
     }
 
     /// The `local` addresses its verdicts will carry.
     pub fn locals(&self) -> Result<[String; 2]> {
-        Ok([self.short.local_addr()?.to_string(), self.reset.local_addr()?.to_string()])
+        Ok([
+            self.short.local_addr()?.to_string(),
+            self.reset.local_addr()?.to_string(),
+        ])
     }
 
     /// Make the traffic on a thread named [`THREAD`]. Blocking; takes well under a second.
     pub fn provoke(self) -> Result<Truth> {
-        let t = std::thread::Builder::new().name(THREAD.into()).spawn(move || self.traffic())?;
-        t.join().map_err(|_| anyhow::anyhow!("canary: its thread panicked"))?
+        let t = std::thread::Builder::new()
+            .name(THREAD.into())
+            .spawn(move || self.traffic())?;
+        t.join()
+            .map_err(|_| anyhow::anyhow!("canary: its thread panicked"))?
     }
 
     fn traffic(self) -> Result<Truth> {
         let [short_local, reset_local] = self.locals()?;
         let (short_sent, short_received) = short_write(&self.short)?;
         let reset_sent = reset_discard(&self.reset)?;
-        Ok(Truth { short_local, reset_local, short_sent, short_received, reset_sent })
+        Ok(Truth {
+            short_local,
+            reset_local,
+            short_sent,
+            short_received,
+            reset_sent,
+        })
     }
 }
 
@@ -110,7 +126,8 @@ fn fill(s: &TcpStream, first: &[u8]) -> Result<u64> {
     let mut sent = 0u64;
     let mut w = s;
     if !first.is_empty() {
-        w.write_all(first).context("canary: the head did not fit an empty send buffer")?;
+        w.write_all(first)
+            .context("canary: the head did not fit an empty send buffer")?;
         sent += first.len() as u64;
     }
     while sent < PROMISED {
@@ -135,23 +152,49 @@ fn unread(s: &TcpStream) -> usize {
 /// Did the detector see the canary right? `Ok` with a one-line summary, or `Err` with what is
 /// missing or wrong. `verdicts`: everything the agent produced for the canary's addresses.
 pub fn check(t: &Truth, verdicts: &[Verdict]) -> Result<String, String> {
-    let short = verdicts.iter().find(|v| v.meta.local == t.short_local && v.kind == Kind::ShortWrite);
-    let reset = verdicts.iter().find(|v| v.meta.local == t.reset_local && v.kind == Kind::ResetDiscard);
-    let short = short.ok_or_else(|| format!("no short_write verdict for the canary's cut response ({} of {} bytes sent)", t.short_sent, HEAD.len() as u64 + PROMISED))?;
-    let r = short.response.as_ref().ok_or("short_write without response facts")?;
+    let short = verdicts
+        .iter()
+        .find(|v| v.meta.local == t.short_local && v.kind == Kind::ShortWrite);
+    let reset = verdicts
+        .iter()
+        .find(|v| v.meta.local == t.reset_local && v.kind == Kind::ResetDiscard);
+    let short = short.ok_or_else(|| {
+        format!(
+            "no short_write verdict for the canary's cut response ({} of {} bytes sent)",
+            t.short_sent,
+            HEAD.len() as u64 + PROMISED
+        )
+    })?;
+    let r = short
+        .response
+        .as_ref()
+        .ok_or("short_write without response facts")?;
     if r.sent_bytes != t.short_sent || r.sent_bytes != t.short_received {
-        return Err(format!("short_write counted {} bytes; the server sent {}, the client received {}", r.sent_bytes, t.short_sent, t.short_received));
+        return Err(format!(
+            "short_write counted {} bytes; the server sent {}, the client received {}",
+            r.sent_bytes, t.short_sent, t.short_received
+        ));
     }
     if r.expected_bytes != Some(HEAD.len() as u64 + PROMISED) {
-        return Err(format!("short_write expected {:?} bytes, the head promised {}", r.expected_bytes, HEAD.len() as u64 + PROMISED));
+        return Err(format!(
+            "short_write expected {:?} bytes, the head promised {}",
+            r.expected_bytes,
+            HEAD.len() as u64 + PROMISED
+        ));
     }
     let reset = reset.ok_or("no reset_discard verdict for the canary's reset connection")?;
     let unacked = reset.unacked_bytes.unwrap_or(0);
     if unacked == 0 || unacked > t.reset_sent {
-        return Err(format!("reset_discard with {unacked} unacknowledged bytes; the server had sent {}", t.reset_sent));
+        return Err(format!(
+            "reset_discard with {unacked} unacknowledged bytes; the server had sent {}",
+            t.reset_sent
+        ));
     }
     if reset.evidence.unread_bytes != Some(UNREAD as u64) {
-        return Err(format!("reset_discard saw {:?} unread bytes; the client sent {UNREAD}", reset.evidence.unread_bytes));
+        return Err(format!(
+            "reset_discard saw {:?} unread bytes; the client sent {UNREAD}",
+            reset.evidence.unread_bytes
+        ));
     }
     Ok(format!(
         "short_write of {} bytes seen exactly; reset_discard of {unacked} unacknowledged bytes seen",
@@ -167,11 +210,23 @@ mod tests {
     use std::sync::Arc;
 
     fn truth() -> Truth {
-        Truth { short_local: "127.0.0.1:1".into(), reset_local: "127.0.0.1:2".into(), short_sent: 5000, short_received: 5000, reset_sent: 9000 }
+        Truth {
+            short_local: "127.0.0.1:1".into(),
+            reset_local: "127.0.0.1:2".into(),
+            short_sent: 5000,
+            short_received: 5000,
+            reset_sent: 9000,
+        }
     }
 
     fn v(local: &str, kind: Kind, sent: u64, unacked: Option<u64>, unread: Option<u64>) -> Verdict {
-        let meta = ConnMeta { transport: Transport::Tcp, pid: 1, comm: "c".into(), local: local.into(), peer: String::new() };
+        let meta = ConnMeta {
+            transport: Transport::Tcp,
+            pid: 1,
+            comm: "c".into(),
+            local: local.into(),
+            peer: String::new(),
+        };
         let response = (kind != Kind::ResetDiscard).then(|| ResponseFacts {
             status: 200,
             content_length: Some(PROMISED),
@@ -179,24 +234,53 @@ mod tests {
             expected_bytes: Some(HEAD.len() as u64 + PROMISED),
             sent_bytes: sent,
         });
-        Verdict { kind, meta: Arc::new(meta), pid: 1, response, unacked_bytes: unacked, evidence: Evidence { unread_bytes: unread, ..Evidence::default() }, ts_ns: 0 }
+        Verdict {
+            kind,
+            meta: Arc::new(meta),
+            pid: 1,
+            response,
+            unacked_bytes: unacked,
+            evidence: Evidence {
+                unread_bytes: unread,
+                ..Evidence::default()
+            },
+            ts_ns: 0,
+        }
     }
 
     #[test]
     fn passes_only_with_both_verdicts_and_right_counts() {
         let t = truth();
-        let good = [v("127.0.0.1:1", Kind::ShortWrite, 5000, None, None), v("127.0.0.1:2", Kind::ResetDiscard, 0, Some(4000), Some(100))];
+        let good = [
+            v("127.0.0.1:1", Kind::ShortWrite, 5000, None, None),
+            v("127.0.0.1:2", Kind::ResetDiscard, 0, Some(4000), Some(100)),
+        ];
         assert!(check(&t, &good).is_ok());
         assert!(check(&t, &good[..1]).unwrap_err().contains("reset_discard"));
         assert!(check(&t, &good[1..]).unwrap_err().contains("short_write"));
-        let wrong_bytes = [v("127.0.0.1:1", Kind::ShortWrite, 4999, None, None), good[1].clone()];
+        let wrong_bytes = [
+            v("127.0.0.1:1", Kind::ShortWrite, 4999, None, None),
+            good[1].clone(),
+        ];
         assert!(check(&t, &wrong_bytes).unwrap_err().contains("4999"));
-        let no_unacked = [good[0].clone(), v("127.0.0.1:2", Kind::ResetDiscard, 0, Some(0), Some(100))];
+        let no_unacked = [
+            good[0].clone(),
+            v("127.0.0.1:2", Kind::ResetDiscard, 0, Some(0), Some(100)),
+        ];
         assert!(check(&t, &no_unacked).is_err());
-        let wrong_unread = [good[0].clone(), v("127.0.0.1:2", Kind::ResetDiscard, 0, Some(10), Some(7))];
+        let wrong_unread = [
+            good[0].clone(),
+            v("127.0.0.1:2", Kind::ResetDiscard, 0, Some(10), Some(7)),
+        ];
         assert!(check(&t, &wrong_unread).is_err());
-        let swapped = [v("127.0.0.1:2", Kind::ShortWrite, 5000, None, None), v("127.0.0.1:1", Kind::ResetDiscard, 0, Some(4000), Some(100))];
-        assert!(check(&t, &swapped).is_err(), "verdicts must be for the right connection");
+        let swapped = [
+            v("127.0.0.1:2", Kind::ShortWrite, 5000, None, None),
+            v("127.0.0.1:1", Kind::ResetDiscard, 0, Some(4000), Some(100)),
+        ];
+        assert!(
+            check(&t, &swapped).is_err(),
+            "verdicts must be for the right connection"
+        );
     }
 
     #[test]

@@ -40,33 +40,54 @@ const TRACEPOINTS: [(&str, &str); 4] = [
 const FUNCS: [(&str, &str); 6] = [
     ("bpf_ringbuf_reserve", "BPF ring buffer (Linux 5.8+)"),
     ("bpf_sk_storage_get", "socket-local storage (Linux 5.2+)"),
-    ("bpf_task_pt_regs", "a task's syscall registers (Linux 5.15+)"),
+    (
+        "bpf_task_pt_regs",
+        "a task's syscall registers (Linux 5.15+)",
+    ),
     ("tcp_sendmsg", "function tcp_sendmsg (fentry/kprobe target)"),
     ("sock_recvmsg", "function sock_recvmsg (fentry target)"),
-    ("tcp_cleanup_rbuf", "function tcp_cleanup_rbuf (kprobe target)"),
+    (
+        "tcp_cleanup_rbuf",
+        "function tcp_cleanup_rbuf (kprobe target)",
+    ),
 ];
 
 /// What running on the kprobe backend costs, against the other two.
 const KPROBE_COST: &str = "kprobe backend (no socket tracepoints, no trampolines): TCP send errors (EAGAIN, EPIPE) are not seen; a response is judged when its socket is next seen (next send or end), not at its last send; a Unix send whose return probe was missed makes that stream observer_loss";
 
 pub fn probe() -> Facts {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let reader = std::fs::read(VMLINUX_BTF).map_err(|e| format!("{VMLINUX_BTF}: {e}")).and_then(|b| BtfReader::parse(b).map_err(|e| e.to_string()));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let reader = std::fs::read(VMLINUX_BTF)
+        .map_err(|e| format!("{VMLINUX_BTF}: {e}"))
+        .and_then(|b| BtfReader::parse(b).map_err(|e| e.to_string()));
     let (tracepoints, funcs) = match &reader {
         Ok(r) => (
-            TRACEPOINTS.iter().map(|(n, _)| (*n, r.has_typedef(&format!("btf_trace_{n}")))).collect(),
+            TRACEPOINTS
+                .iter()
+                .map(|(n, _)| (*n, r.has_typedef(&format!("btf_trace_{n}"))))
+                .collect(),
             FUNCS.iter().map(|(n, _)| (*n, r.has_func(n))).collect(),
         ),
-        Err(_) => (TRACEPOINTS.iter().map(|(n, _)| (*n, false)).collect(), FUNCS.iter().map(|(n, _)| (*n, false)).collect()),
+        Err(_) => (
+            TRACEPOINTS.iter().map(|(n, _)| (*n, false)).collect(),
+            FUNCS.iter().map(|(n, _)| (*n, false)).collect(),
+        ),
     };
     let btf = reader.map(drop);
     let _ = mount_tracefs(); // where ftrace's files live; without it we cannot tell
     // BPF trampolines need ftrace's function hooks; a kernel that locks them refuses fentry.
     let ftrace = match std::fs::File::open("/sys/kernel/tracing/available_filter_functions") {
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("ftrace function hooks unavailable (available_filter_functions: {e})")),
+        Err(e) => Err(format!(
+            "ftrace function hooks unavailable (available_filter_functions: {e})"
+        )),
     };
-    let backend = agent::attach(1, agent::Backend::Auto).map(|(_, l, b)| (b, b.programs(l.sendpage))).map_err(|e| format!("{e:#}"));
+    let backend = agent::attach(1, agent::Backend::Auto)
+        .map(|(_, l, b)| (b, b.programs(l.sendpage)))
+        .map_err(|e| format!("{e:#}"));
     Facts {
         kernel,
         btf,
@@ -85,8 +106,15 @@ fn mount_tracefs() -> std::io::Result<()> {
     if std::path::Path::new("/sys/kernel/tracing/available_filter_functions").exists() {
         return Ok(());
     }
-    let ok = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status()?.success();
-    if ok { Ok(()) } else { Err(std::io::Error::other("mount tracefs failed")) }
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("mount tracefs failed"))
+    }
 }
 
 /// The report, and whether a backend can run here.
@@ -94,22 +122,60 @@ pub fn report(f: &Facts) -> (String, bool) {
     let mut s = String::new();
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     let _ = writeln!(s, "truncwatch check: Linux {}\n", f.kernel);
-    let _ = writeln!(s, "  {:<46} {}", "BTF (/sys/kernel/btf/vmlinux)", f.btf.as_ref().map_or_else(|e| format!("no: {e}"), |_| "yes".into()));
+    let _ = writeln!(
+        s,
+        "  {:<46} {}",
+        "BTF (/sys/kernel/btf/vmlinux)",
+        f.btf
+            .as_ref()
+            .map_or_else(|e| format!("no: {e}"), |_| "yes".into())
+    );
     for ((name, present), (_, since)) in f.tracepoints.iter().zip(TRACEPOINTS) {
-        let _ = writeln!(s, "  {:<46} {}", format!("tracepoint {name} (Linux {since}+)"), yes_no(*present));
+        let _ = writeln!(
+            s,
+            "  {:<46} {}",
+            format!("tracepoint {name} (Linux {since}+)"),
+            yes_no(*present)
+        );
     }
     for ((_, present), (_, what)) in f.funcs.iter().zip(FUNCS) {
         let _ = writeln!(s, "  {what:<46} {}", yes_no(*present));
     }
-    let _ = writeln!(s, "  {:<46} {}", "fentry/fexit (BPF trampolines)", f.ftrace.as_ref().map_or_else(|e| format!("no: {e}"), |_| "yes".into()));
-    let _ = writeln!(s, "  {:<46} {}", "kprobes (perf kprobe event source)", yes_no(f.kprobes));
-    let _ = writeln!(s, "  {:<46} {}", "BPF run-time stats (kernel.bpf_stats_enabled)", yes_no(f.bpf_stats));
-    let _ = writeln!(s, "  {:<46} {}", "/proc/timer_list (the kernel's HZ)", yes_no(f.timer_list));
+    let _ = writeln!(
+        s,
+        "  {:<46} {}",
+        "fentry/fexit (BPF trampolines)",
+        f.ftrace
+            .as_ref()
+            .map_or_else(|e| format!("no: {e}"), |_| "yes".into())
+    );
+    let _ = writeln!(
+        s,
+        "  {:<46} {}",
+        "kprobes (perf kprobe event source)",
+        yes_no(f.kprobes)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<46} {}",
+        "BPF run-time stats (kernel.bpf_stats_enabled)",
+        yes_no(f.bpf_stats)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<46} {}",
+        "/proc/timer_list (the kernel's HZ)",
+        yes_no(f.timer_list)
+    );
     let _ = writeln!(s);
     let runs = f.backend.is_ok();
     match &f.backend {
         Ok((b, n)) => {
-            let _ = writeln!(s, "backend: {} ({n} hooks loaded and attached, then detached)", b.name());
+            let _ = writeln!(
+                s,
+                "backend: {} ({n} hooks loaded and attached, then detached)",
+                b.name()
+            );
         }
         Err(e) => {
             let _ = writeln!(s, "backend: none. {e}");
@@ -119,9 +185,18 @@ pub fn report(f: &Facts) -> (String, bool) {
     let kprobe = matches!(f.backend, Ok((agent::Backend::Kprobe, _)));
     let costs = [
         (kprobe, KPROBE_COST),
-        (f.tracepoints.get(3).is_some_and(|t| !t.1), "no tcp_receive_reset: a reset from the peer cannot be told from this host's, so reset_discard is not reported"),
-        (!f.bpf_stats, "no BPF stats: truncwatch_bpf_program_* metrics stay empty"),
-        (!f.timer_list, "no /proc/timer_list (needs uid 0): rwnd_limited_ms and sndbuf_limited_ms are null"),
+        (
+            f.tracepoints.get(3).is_some_and(|t| !t.1),
+            "no tcp_receive_reset: a reset from the peer cannot be told from this host's, so reset_discard is not reported",
+        ),
+        (
+            !f.bpf_stats,
+            "no BPF stats: truncwatch_bpf_program_* metrics stay empty",
+        ),
+        (
+            !f.timer_list,
+            "no /proc/timer_list (needs uid 0): rwnd_limited_ms and sndbuf_limited_ms are null",
+        ),
     ];
     for (missing, cost) in costs {
         if missing {
@@ -154,7 +229,11 @@ mod tests {
         let (text, runs) = report(&all_there());
         assert!(runs);
         assert!(text.contains("backend: tracepoint (4 hooks"), "{text}");
-        assert!(text.contains("fentry/fexit (BPF trampolines)") && text.contains("no: permission denied"), "{text}");
+        assert!(
+            text.contains("fentry/fexit (BPF trampolines)")
+                && text.contains("no: permission denied"),
+            "{text}"
+        );
         assert!(!text.contains("cost:"), "{text}");
     }
 
@@ -170,7 +249,11 @@ mod tests {
         f.backend = Ok((agent::Backend::Fentry, 7));
         let (text, runs) = report(&f);
         assert!(runs);
-        assert!(text.contains("tracepoint sock_send_length (Linux 6.3+)       no") && text.contains("backend: fentry"), "{text}");
+        assert!(
+            text.contains("tracepoint sock_send_length (Linux 6.3+)       no")
+                && text.contains("backend: fentry"),
+            "{text}"
+        );
         assert!(text.contains("cost: no /proc/timer_list"), "{text}");
         assert!(!text.contains("kprobe backend ("), "{text}");
         // No trampolines either, but kprobes: the kprobe backend runs, and says what it costs.
@@ -178,11 +261,17 @@ mod tests {
         f.backend = Ok((agent::Backend::Kprobe, 8));
         let (text, runs) = report(&f);
         assert!(runs);
-        assert!(text.contains("backend: kprobe (8 hooks") && text.contains("cost: kprobe backend ("), "{text}");
+        assert!(
+            text.contains("backend: kprobe (8 hooks") && text.contains("cost: kprobe backend ("),
+            "{text}"
+        );
         // Nothing runs: the reason is the error.
         f.backend = Err("no backend could attach. fentry backend: ... kprobe backend: ...".into());
         let (text, runs) = report(&f);
         assert!(!runs);
-        assert!(text.contains("backend: none. no backend could attach"), "{text}");
+        assert!(
+            text.contains("backend: none. no backend could attach"),
+            "{text}"
+        );
     }
 }

@@ -6,12 +6,12 @@
 //! reach its promised end. If the stream ends first (the application shut down or closed, or
 //! the peer reset), the shortfall is the verdict.
 use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts};
-pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use crate::http_head::{self, Body, Head, HeadCache, Parsed};
 use crate::requests::{Answer, Requests};
-use truncwatch_common::HEAD_CAP;
+pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
+use truncwatch_common::HEAD_CAP;
 
 #[derive(Clone, Debug)]
 struct Response {
@@ -36,7 +36,10 @@ struct Response {
 
 impl Response {
     fn head_only(&self, sent: u64) -> bool {
-        !self.body_attempted && !self.body_owed && sent == self.start + self.head.len && matches!(self.head.body, Body::Length(n) if n > 0)
+        !self.body_attempted
+            && !self.body_owed
+            && sent == self.start + self.head.len
+            && matches!(self.head.body, Body::Length(n) if n > 0)
     }
 
     /// Stream offset one past the last promised byte, for responses that promise a length.
@@ -121,7 +124,14 @@ pub struct Correlator {
 
 impl Correlator {
     pub fn new(max_conns: usize, hz: Option<u64>) -> Self {
-        Correlator { conns: FxHashMap::default(), max_conns: max_conns.max(1), heads: HeadCache::default(), hz, problems_only: false, stats: Stats::default() }
+        Correlator {
+            conns: FxHashMap::default(),
+            max_conns: max_conns.max(1),
+            heads: HeadCache::default(),
+            hz,
+            problems_only: false,
+            stats: Stats::default(),
+        }
     }
 
     /// Build verdicts only for problems (`Kind::is_problem`); count the others.
@@ -147,7 +157,12 @@ impl Correlator {
     /// Feed one event; verdicts it decides are appended to `out`.
     pub fn handle(&mut self, ev: Event, out: &mut Vec<Verdict>) {
         match ev {
-            Event::Open { sk, ts_ns, meta, losses } => {
+            Event::Open {
+                sk,
+                ts_ns,
+                meta,
+                losses,
+            } => {
                 self.socket_reused(sk, ts_ns, losses, out);
                 self.stats.connections += 1;
                 let conn = Box::new(Conn {
@@ -181,8 +196,16 @@ impl Correlator {
                 }
                 self.conns = conns;
             }
-            Event::TcpState { sk, ts_ns, oldstate: _, newstate, facts } => {
-                let Some(mut conn) = self.conns.remove(&sk) else { return };
+            Event::TcpState {
+                sk,
+                ts_ns,
+                oldstate: _,
+                newstate,
+                facts,
+            } => {
+                let Some(mut conn) = self.conns.remove(&sk) else {
+                    return;
+                };
                 conn.events_lost |= facts.events_lost;
                 conn.tcp = Some(facts);
                 match newstate {
@@ -206,7 +229,13 @@ impl Correlator {
                 }
                 self.conns.insert(sk, conn);
             }
-            Event::UnixEof { reader, peer, ts_ns, losses, events_lost } => {
+            Event::UnixEof {
+                reader,
+                peer,
+                ts_ns,
+                losses,
+                events_lost,
+            } => {
                 if let Some(mut conn) = self.conns.remove(&peer) {
                     // The client read end of stream: the server shut down or closed. (Unix
                     // streams learn of lost events from the host-wide count: the reader's
@@ -218,7 +247,13 @@ impl Correlator {
                     conn.peer_ended = conn.peer_ended.or(Some("eof"));
                 }
             }
-            Event::ResetDiscard { sk: _, ts_ns, meta, unacked, unread } => {
+            Event::ResetDiscard {
+                sk: _,
+                ts_ns,
+                meta,
+                unacked,
+                unread,
+            } => {
                 self.stats.judged_reset_discard += 1;
                 out.push(Verdict {
                     kind: Kind::ResetDiscard,
@@ -226,7 +261,11 @@ impl Correlator {
                     meta: Arc::new(meta),
                     response: None,
                     unacked_bytes: Some(unacked),
-                    evidence: Evidence { end: Some(End::Reset), unread_bytes: Some(unread), ..Evidence::default() },
+                    evidence: Evidence {
+                        end: Some(End::Reset),
+                        unread_bytes: Some(unread),
+                        ..Evidence::default()
+                    },
                     ts_ns,
                 });
             }
@@ -234,7 +273,14 @@ impl Correlator {
     }
 
     fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) {
-        let SendFacts { tgid, offset, ret, requested, ts_ns, .. } = s;
+        let SendFacts {
+            tgid,
+            offset,
+            ret,
+            requested,
+            ts_ns,
+            ..
+        } = s;
         if conn.tunnel {
             return;
         }
@@ -263,8 +309,12 @@ impl Correlator {
                 conn.requests.head_sent(s.requests);
             }
             match (&s.head, &s.head_more) {
-                (Some(cap), _) => self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out),
-                (None, Some(cap)) => self.head_more(conn, offset, ret.max(requested), cap, ts_ns, out),
+                (Some(cap), _) => {
+                    self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out)
+                }
+                (None, Some(cap)) => {
+                    self.head_more(conn, offset, ret.max(requested), cap, ts_ns, out)
+                }
                 (None, None) => {
                     self.drop_partial(conn, ts_ns, out);
                     if let Some(r) = &mut conn.resp {
@@ -280,7 +330,11 @@ impl Correlator {
             // A send whose tail is all of it continues the tail before: a last chunk whose
             // `0\r\n\r\n` straddles two sends (a partial write, the rest offered again).
             let tail = s.tail.as_slice();
-            r.recent = if tail.len() as u64 == ret && r.recent_end == offset { r.recent.then(tail) } else { s.tail };
+            r.recent = if tail.len() as u64 == ret && r.recent_end == offset {
+                r.recent.then(tail)
+            } else {
+                s.tail
+            };
             r.recent_end = offset + ret;
             let tail = r.recent.as_slice();
             if r.saw_last_chunk(tail, offset + ret) {
@@ -293,14 +347,29 @@ impl Correlator {
 
     /// A send that began with `HTTP/` at `offset`; the caller asked to send `asked` bytes.
     #[allow(clippy::too_many_arguments)]
-    fn head(&mut self, conn: &mut Conn, tgid: u32, offset: u64, asked: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
+    fn head(
+        &mut self,
+        conn: &mut Conn,
+        tgid: u32,
+        offset: u64,
+        asked: u64,
+        cap: &[u8],
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) {
         self.drop_partial(conn, ts_ns, out);
         match self.heads.parse(cap) {
-            Parsed::Head(h) => self.start_response(conn, offset, tgid, h, asked > h.len, ts_ns, out),
+            Parsed::Head(h) => {
+                self.start_response(conn, offset, tgid, h, asked > h.len, ts_ns, out)
+            }
             // The whole send was captured and the head goes on: the next sends may hold the
             // rest (the kernel captures a few of them).
             Parsed::Incomplete if cap.len() < HEAD_CAP => {
-                conn.split_head = Some(PartialHead { start: offset, bytes: cap.to_vec(), tgid });
+                conn.split_head = Some(PartialHead {
+                    start: offset,
+                    bytes: cap.to_vec(),
+                    tgid,
+                });
             }
             bad => self.unparsed(conn, tgid, bad, ts_ns, out),
         }
@@ -308,7 +377,15 @@ impl Correlator {
 
     /// A send captured because the previous head may go on in it.
     #[allow(clippy::too_many_arguments)]
-    fn head_more(&mut self, conn: &mut Conn, offset: u64, asked: u64, cap: &[u8], ts_ns: u64, out: &mut Vec<Verdict>) {
+    fn head_more(
+        &mut self,
+        conn: &mut Conn,
+        offset: u64,
+        asked: u64,
+        cap: &[u8],
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) {
         let Some(mut p) = conn.split_head.take() else {
             // The head before was complete after all: this is body.
             if let Some(r) = &mut conn.resp {
@@ -338,7 +415,14 @@ impl Correlator {
     }
 
     /// An unreadable head still answers a request: keep requests and responses in step.
-    fn unparsed(&mut self, conn: &mut Conn, tgid: u32, why: Parsed, ts_ns: u64, out: &mut Vec<Verdict>) {
+    fn unparsed(
+        &mut self,
+        conn: &mut Conn,
+        tgid: u32,
+        why: Parsed,
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) {
         conn.requests.answer();
         if why == Parsed::Incomplete {
             self.stats.unparsed += 1;
@@ -362,7 +446,16 @@ impl Correlator {
 
     /// A response head at stream offset `start`: it ends the response before it.
     #[allow(clippy::too_many_arguments)]
-    fn start_response(&mut self, conn: &mut Conn, start: u64, tgid: u32, mut head: Head, body_attempted: bool, ts_ns: u64, out: &mut Vec<Verdict>) {
+    fn start_response(
+        &mut self,
+        conn: &mut Conn,
+        start: u64,
+        tgid: u32,
+        mut head: Head,
+        body_attempted: bool,
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) {
         self.stats.heads += 1;
         // A response the kernel took none of was never sent: this head takes its place, and
         // its answer.
@@ -377,7 +470,15 @@ impl Correlator {
             match prev.end() {
                 _ if prev.head_only(start) => self.stats.head_only += 1,
                 // Reached responses were judged already; only an early head is news.
-                Some(end) if start < end => self.emit(conn, prev, Kind::Desync, End::NextResponse, start, ts_ns, out),
+                Some(end) if start < end => self.emit(
+                    conn,
+                    prev,
+                    Kind::Desync,
+                    End::NextResponse,
+                    start,
+                    ts_ns,
+                    out,
+                ),
                 Some(_) => {}
                 // No known end: a chunked body whose last chunk we did not see, or a
                 // close-delimited body followed by more output. Not judged.
@@ -394,7 +495,18 @@ impl Correlator {
             head.body = Body::None;
         }
         let body_owed = answer == Answer::Other;
-        conn.resp = Some(Response { start, head, pid: tgid, body_attempted, body_owed, chunk_end: None, tail_blank: false, recent: Tail::default(), recent_end: 0, answer });
+        conn.resp = Some(Response {
+            start,
+            head,
+            pid: tgid,
+            body_attempted,
+            body_owed,
+            chunk_end: None,
+            tail_blank: false,
+            recent: Tail::default(),
+            recent_end: 0,
+            answer,
+        });
     }
 
     /// The response in flight, if the kernel took none of its bytes: such a response was never
@@ -410,10 +522,11 @@ impl Correlator {
     fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
         let Some(resp) = &conn.resp else { return };
         if let Some(end) = resp.end()
-            && conn.sent >= end {
-                let resp = conn.resp.take().unwrap();
-                self.emit(conn, resp, Kind::Complete, End::Reached, end, ts_ns, out);
-            }
+            && conn.sent >= end
+        {
+            let resp = conn.resp.take().unwrap();
+            self.emit(conn, resp, Kind::Complete, End::Reached, end, ts_ns, out);
+        }
     }
 
     /// The stream ended: judge the response in flight, if any.
@@ -423,7 +536,9 @@ impl Correlator {
         let Some(resp) = conn.resp.take() else { return };
         let sent = conn.sent;
         match resp.head.body {
-            Body::UntilClose => return self.emit(&conn, resp, Kind::Unframed, how, sent, ts_ns, out),
+            Body::UntilClose => {
+                return self.emit(&conn, resp, Kind::Unframed, how, sent, ts_ns, out);
+            }
             // Trailers end with a blank line too: if that is how the stream ended, we cannot
             // tell a finished body from a cut one.
             Body::Chunked if resp.tail_blank => return self.count_unjudged(&resp),
@@ -448,12 +563,23 @@ impl Correlator {
 
     /// `upto`: stream offset where this response's bytes stop counting.
     #[allow(clippy::too_many_arguments)]
-    fn emit(&mut self, conn: &Conn, resp: Response, kind: Kind, how: End, upto: u64, ts_ns: u64, out: &mut Vec<Verdict>) {
+    fn emit(
+        &mut self,
+        conn: &Conn,
+        resp: Response,
+        kind: Kind,
+        how: End,
+        upto: u64,
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) {
         let end = resp.end();
         let sent = upto.min(end.unwrap_or(upto)).saturating_sub(resp.start);
         // A shortfall on a stream seen only in part may be the events we missed.
         let kind = match kind {
-            Kind::ShortWrite | Kind::PeerReset | Kind::Desync if conn.events_lost => Kind::ObserverLoss,
+            Kind::ShortWrite | Kind::PeerReset | Kind::Desync if conn.events_lost => {
+                Kind::ObserverLoss
+            }
             k => k,
         };
         match kind {
@@ -472,7 +598,11 @@ impl Correlator {
         out.push(Verdict {
             kind,
             meta: conn.meta.clone(),
-            pid: if resp.pid != 0 { resp.pid } else { conn.meta.pid },
+            pid: if resp.pid != 0 {
+                resp.pid
+            } else {
+                conn.meta.pid
+            },
             response: Some(ResponseFacts {
                 status: resp.head.status,
                 content_length: match resp.head.body {

@@ -8,7 +8,13 @@ const CLIENT: u64 = 0xffff_8880_0000_2000;
 const TCP_ESTABLISHED: i32 = 1;
 
 fn meta(t: Transport) -> ConnMeta {
-    ConnMeta { transport: t, pid: 42, comm: "srv".into(), local: "127.0.0.1:80".into(), peer: "127.0.0.1:5000".into() }
+    ConnMeta {
+        transport: t,
+        pid: 42,
+        comm: "srv".into(),
+        local: "127.0.0.1:80".into(),
+        peer: "127.0.0.1:5000".into(),
+    }
 }
 
 fn head(cl: u64) -> Vec<u8> {
@@ -27,8 +33,19 @@ struct Wire {
 
 impl Wire {
     fn new(t: Transport) -> Self {
-        let mut w = Wire { c: Correlator::new(1000, Some(250)), out: vec![], offset: 0, ts: 1, reads: Seen::default() };
-        w.ev(Event::Open { sk: SK, ts_ns: 1, meta: meta(t), losses: 0 });
+        let mut w = Wire {
+            c: Correlator::new(1000, Some(250)),
+            out: vec![],
+            offset: 0,
+            ts: 1,
+            reads: Seen::default(),
+        };
+        w.ev(Event::Open {
+            sk: SK,
+            ts_ns: 1,
+            meta: meta(t),
+            losses: 0,
+        });
         w
     }
     fn ev(&mut self, e: Event) {
@@ -45,12 +62,32 @@ impl Wire {
         self.offset += accepted;
         let ts_ns = self.ts;
         let tail = Tail::new(tail);
-        let requests = if cap.is_some() { std::mem::take(&mut self.reads) } else { Seen::default() };
-        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: accepted as i64, requested, syscall: 44, head: cap, head_more: None, tail, requests, events_lost: false, part: Default::default() }));
+        let requests = if cap.is_some() {
+            std::mem::take(&mut self.reads)
+        } else {
+            Seen::default()
+        };
+        self.ev(Event::Send(SendFacts {
+            sk: SK,
+            ts_ns,
+            tgid: 42,
+            offset,
+            ret: accepted as i64,
+            requested,
+            syscall: 44,
+            head: cap,
+            head_more: None,
+            tail,
+            requests,
+            events_lost: false,
+            part: Default::default(),
+        }));
     }
     /// Send `bytes` for real: head capture and tail taken from them, as the kernel would.
     fn send_bytes(&mut self, bytes: &[u8]) {
-        let cap = bytes.starts_with(b"HTTP/").then(|| bytes[..bytes.len().min(512)].to_vec());
+        let cap = bytes
+            .starts_with(b"HTTP/")
+            .then(|| bytes[..bytes.len().min(512)].to_vec());
         self.send_tail(cap, bytes.len() as u64, bytes.len() as u64, bytes);
     }
     fn send(&mut self, cap: Option<Vec<u8>>, n: u64) {
@@ -64,11 +101,26 @@ impl Wire {
     }
     fn err(&mut self, errno: i64) {
         let (offset, ts_ns) = (self.offset, self.ts);
-        self.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: -errno, requested: 100, syscall: 44, ..SendFacts::default() }));
+        self.ev(Event::Send(SendFacts {
+            sk: SK,
+            ts_ns,
+            tgid: 42,
+            offset,
+            ret: -errno,
+            requested: 100,
+            syscall: 44,
+            ..SendFacts::default()
+        }));
     }
     fn state(&mut self, old: i32, new: i32) {
         let ts_ns = self.ts;
-        self.ev(Event::TcpState { sk: SK, ts_ns, oldstate: old, newstate: new, facts: TcpFacts::default() });
+        self.ev(Event::TcpState {
+            sk: SK,
+            ts_ns,
+            oldstate: old,
+            newstate: new,
+            facts: TcpFacts::default(),
+        });
     }
     /// A head promising `cl` bytes of body, and nothing else.
     fn head_alone(&mut self, cl: u64) {
@@ -119,8 +171,18 @@ fn complete_in_one_send() {
     w.response(100, 100);
     assert_eq!(w.kinds(), [Kind::Complete]);
     let v = &w.out[0];
-    assert_eq!((v.r().expected_bytes.unwrap(), v.r().sent_bytes, v.r().missing_bytes().unwrap()), (hl(100) + 100, hl(100) + 100, 0));
-    assert_eq!((v.r().status, v.r().content_length, v.r().chunked, v.pid), (200, Some(100), false, 42));
+    assert_eq!(
+        (
+            v.r().expected_bytes.unwrap(),
+            v.r().sent_bytes,
+            v.r().missing_bytes().unwrap()
+        ),
+        (hl(100) + 100, hl(100) + 100, 0)
+    );
+    assert_eq!(
+        (v.r().status, v.r().content_length, v.r().chunked, v.pid),
+        (200, Some(100), false, 42)
+    );
     assert_eq!(v.evidence.end, Some(End::Reached));
 }
 
@@ -135,7 +197,11 @@ fn complete_over_many_sends_judged_when_last_byte_handed_over() {
     w.send(None, 1000);
     assert_eq!(w.kinds(), [Kind::Complete]);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
-    assert_eq!(w.kinds(), [Kind::Complete], "a clean close after a complete response adds nothing");
+    assert_eq!(
+        w.kinds(),
+        [Kind::Complete],
+        "a clean close after a complete response adds nothing"
+    );
 }
 
 #[test]
@@ -150,8 +216,18 @@ fn short_write_then_fin() {
     assert_eq!(v.r().sent_bytes, hl(1_000_000) + 219_264);
     assert_eq!(v.r().expected_bytes.unwrap(), hl(1_000_000) + 1_000_000);
     assert_eq!(v.r().missing_bytes().unwrap(), 1_000_000 - 219_264);
-    assert_eq!((v.evidence.eagain, v.evidence.partial_sends, v.evidence.send_buffer_full), (1, 1, true));
-    assert_eq!((v.evidence.end, v.evidence.peer_ended), (Some(End::Fin), None));
+    assert_eq!(
+        (
+            v.evidence.eagain,
+            v.evidence.partial_sends,
+            v.evidence.send_buffer_full
+        ),
+        (1, 1, true)
+    );
+    assert_eq!(
+        (v.evidence.end, v.evidence.peer_ended),
+        (Some(End::Fin), None)
+    );
 }
 
 #[test]
@@ -187,7 +263,13 @@ fn sends_failing_with_epipe_mean_the_peer_is_gone() {
     let mut w = Wire::new(Transport::Unix);
     w.response(500, 100);
     w.err(EPIPE);
-    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses: 0, events_lost: false });
+    w.ev(Event::UnixEof {
+        reader: CLIENT,
+        peer: SK,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+    });
     assert_eq!(w.kinds(), [Kind::PeerReset]);
     assert_eq!(w.out[0].evidence.peer_ended, Some("gone"));
 }
@@ -196,7 +278,13 @@ fn sends_failing_with_epipe_mean_the_peer_is_gone() {
 fn unix_short_write_seen_by_client_eof() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1 << 20, 219_264 - hl(1 << 20));
-    w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses: 0, events_lost: false });
+    w.ev(Event::UnixEof {
+        reader: CLIENT,
+        peer: SK,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+    });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].r().sent_bytes, 219_264);
     assert_eq!(w.out[0].evidence.end, Some(End::Eof));
@@ -207,7 +295,13 @@ fn unix_short_write_seen_by_client_eof() {
 fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1000, 10);
-    w.ev(Event::UnixEof { reader: SK, peer: CLIENT, ts_ns: 99, losses: 0, events_lost: false });
+    w.ev(Event::UnixEof {
+        reader: SK,
+        peer: CLIENT,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+    });
     assert!(w.out.is_empty());
     w.send(None, 990);
     assert_eq!(w.kinds(), [Kind::Complete]);
@@ -218,7 +312,12 @@ fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
 fn unix_socket_reused_ends_the_old_connection() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1000, 10);
-    w.ev(Event::Open { sk: SK, ts_ns: 50, meta: meta(Transport::Unix), losses: 0 });
+    w.ev(Event::Open {
+        sk: SK,
+        ts_ns: 50,
+        meta: meta(Transport::Unix),
+        losses: 0,
+    });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].evidence.end, Some(End::SocketFreed));
     assert_eq!(w.c.tracked(), 1);
@@ -335,7 +434,10 @@ fn pipelined_requests_fall_back_to_not_judging_heads_alone() {
     w.head_alone(5000);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::Complete]);
-    assert_eq!(w.c.stats.head_only, 1, "the answer to HEAD: a head alone, not judged");
+    assert_eq!(
+        w.c.stats.head_only, 1,
+        "the answer to HEAD: a head alone, not judged"
+    );
     // In two reads before the first answer: two requests, no longer trusted one to one.
     let mut w = Wire::new(Transport::Tcp);
     w.read(GET);
@@ -374,7 +476,13 @@ fn reads_that_do_not_begin_a_request_are_not_counted() {
 /// After a CONNECT is accepted, or a protocol switch, the bytes are not HTTP/1: nothing more is judged.
 #[test]
 fn tunnels_are_not_judged() {
-    for (req, status) in [(&b"CONNECT h:443 HTTP/1.1\r\n\r\n"[..], "200 Connection Established"), (GET, "101 Switching Protocols")] {
+    for (req, status) in [
+        (
+            &b"CONNECT h:443 HTTP/1.1\r\n\r\n"[..],
+            "200 Connection Established",
+        ),
+        (GET, "101 Switching Protocols"),
+    ] {
         let mut w = Wire::new(Transport::Tcp);
         w.read(req);
         w.send_bytes(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes());
@@ -439,7 +547,10 @@ fn unframed_is_reported_with_bytes_at_close_never_flagged() {
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::Unframed]);
     let r = w.out[0].r();
-    assert_eq!((r.sent_bytes, r.expected_bytes, r.missing_bytes()), (w.offset, None, None));
+    assert_eq!(
+        (r.sent_bytes, r.expected_bytes, r.missing_bytes()),
+        (w.offset, None, None)
+    );
     assert!(!Kind::Unframed.is_problem());
 }
 
@@ -479,7 +590,10 @@ fn chunked_cut_short_is_short_write_with_unknown_length() {
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     let r = w.out[0].r();
-    assert_eq!((r.sent_bytes, r.expected_bytes, r.chunked), (w.offset, None, true));
+    assert_eq!(
+        (r.sent_bytes, r.expected_bytes, r.chunked),
+        (w.offset, None, true)
+    );
 }
 
 #[test]
@@ -508,11 +622,21 @@ fn chunked_ending_in_a_blank_line_may_be_trailers_not_judged() {
 #[test]
 fn unparseable_heads_are_reported_never_flagged() {
     let mut w = Wire::new(Transport::Tcp);
-    w.send(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Long: ".to_vec()), 512);
-    w.send(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec()), 60);
+    w.send(
+        Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Long: ".to_vec()),
+        512,
+    );
+    w.send(
+        Some(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec()),
+        60,
+    );
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::Unparsed, Kind::Unparsed]);
-    assert!(w.out.iter().all(|v| v.response.is_none() && !v.kind.is_problem()));
+    assert!(
+        w.out
+            .iter()
+            .all(|v| v.response.is_none() && !v.kind.is_problem())
+    );
     assert_eq!((w.c.stats.unparsed, w.c.stats.invalid), (1, 1));
 }
 
@@ -520,9 +644,40 @@ fn unparseable_heads_are_reported_never_flagged() {
 fn events_for_untracked_sockets_are_ignored() {
     let mut c = Correlator::new(10, Some(250));
     let mut out = vec![];
-    c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 1, tgid: 1, offset: 0, ret: 10, requested: 10, syscall: 1, head: Some(head(100)), ..SendFacts::default() }), &mut out);
-    c.handle(Event::TcpState { sk: 1, ts_ns: 2, oldstate: 1, newstate: TCP_FIN_WAIT1, facts: TcpFacts::default() }, &mut out);
-    c.handle(Event::UnixEof { reader: 1, peer: 2, ts_ns: 3, losses: 0, events_lost: false }, &mut out);
+    c.handle(
+        Event::Send(SendFacts {
+            sk: 1,
+            ts_ns: 1,
+            tgid: 1,
+            offset: 0,
+            ret: 10,
+            requested: 10,
+            syscall: 1,
+            head: Some(head(100)),
+            ..SendFacts::default()
+        }),
+        &mut out,
+    );
+    c.handle(
+        Event::TcpState {
+            sk: 1,
+            ts_ns: 2,
+            oldstate: 1,
+            newstate: TCP_FIN_WAIT1,
+            facts: TcpFacts::default(),
+        },
+        &mut out,
+    );
+    c.handle(
+        Event::UnixEof {
+            reader: 1,
+            peer: 2,
+            ts_ns: 3,
+            losses: 0,
+            events_lost: false,
+        },
+        &mut out,
+    );
     assert!(out.is_empty());
     assert_eq!(c.tracked(), 0);
 }
@@ -532,7 +687,15 @@ fn connection_table_is_bounded() {
     let mut c = Correlator::new(100, Some(250));
     let mut out = vec![];
     for sk in 0..1000u64 {
-        c.handle(Event::Open { sk, ts_ns: sk, meta: meta(Transport::Tcp), losses: 0 }, &mut out);
+        c.handle(
+            Event::Open {
+                sk,
+                ts_ns: sk,
+                meta: meta(Transport::Tcp),
+                losses: 0,
+            },
+            &mut out,
+        );
     }
     assert!(c.tracked() <= 100);
     assert_eq!(c.stats.evicted, 900);
@@ -573,8 +736,16 @@ fn exhaustive_cut_points() {
             w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
             assert_eq!(w.out.len(), 1, "chunk {chunk} cut {cut}");
             let v = &w.out[0];
-            let want = if cut == total { Kind::Complete } else { Kind::ShortWrite };
-            assert_eq!((v.kind, v.r().sent_bytes, v.r().expected_bytes.unwrap()), (want, cut, total), "chunk {chunk} cut {cut}");
+            let want = if cut == total {
+                Kind::Complete
+            } else {
+                Kind::ShortWrite
+            };
+            assert_eq!(
+                (v.kind, v.r().sent_bytes, v.r().expected_bytes.unwrap()),
+                (want, cut, total),
+                "chunk {chunk} cut {cut}"
+            );
         }
     }
 }
@@ -587,33 +758,107 @@ fn reset_discard_is_connection_level_for_any_connection() {
     let mut c = Correlator::new(10, Some(250));
     let mut out = vec![];
     let m = meta(Transport::Tcp);
-    c.handle(Event::ResetDiscard { sk: 5, ts_ns: 9, meta: m.clone(), unacked: 4096, unread: 31 }, &mut out);
+    c.handle(
+        Event::ResetDiscard {
+            sk: 5,
+            ts_ns: 9,
+            meta: m.clone(),
+            unacked: 4096,
+            unread: 31,
+        },
+        &mut out,
+    );
     assert_eq!(out.len(), 1);
     let v = &out[0];
-    assert_eq!((v.kind, v.response.clone(), v.unacked_bytes), (Kind::ResetDiscard, None, Some(4096)));
-    assert_eq!((v.evidence.unread_bytes, v.evidence.end, &*v.meta), (Some(31), Some(End::Reset), &m));
+    assert_eq!(
+        (v.kind, v.response.clone(), v.unacked_bytes),
+        (Kind::ResetDiscard, None, Some(4096))
+    );
+    assert_eq!(
+        (v.evidence.unread_bytes, v.evidence.end, &*v.meta),
+        (Some(31), Some(End::Reset), &m)
+    );
 }
 
 #[test]
 fn end_evidence_from_the_deciding_state_change() {
     let mut w = Wire::new(Transport::Tcp);
     w.response(1_000_000, 100);
-    let facts = TcpFacts { unacked: 4000, unread: 0, peer_window: Some(0), rwnd_limited_jiffies: Some(500), sndbuf_limited_jiffies: Some(25), events_lost: false };
+    let facts = TcpFacts {
+        unacked: 4000,
+        unread: 0,
+        peer_window: Some(0),
+        rwnd_limited_jiffies: Some(500),
+        sndbuf_limited_jiffies: Some(25),
+        events_lost: false,
+    };
     w.ts += 2_000_000_000;
     let ts_ns = w.ts;
-    w.ev(Event::TcpState { sk: SK, ts_ns, oldstate: TCP_ESTABLISHED, newstate: TCP_FIN_WAIT1, facts });
+    w.ev(Event::TcpState {
+        sk: SK,
+        ts_ns,
+        oldstate: TCP_ESTABLISHED,
+        newstate: TCP_FIN_WAIT1,
+        facts,
+    });
     let e = &w.out[0].evidence;
-    assert_eq!((e.unacked_bytes_at_end, e.unread_bytes_at_end, e.peer_window_at_end), (Some(4000), Some(0), Some(0)));
-    assert_eq!((e.rwnd_limited_ms, e.sndbuf_limited_ms), (Some(2000), Some(100)), "jiffies at 250 Hz");
+    assert_eq!(
+        (
+            e.unacked_bytes_at_end,
+            e.unread_bytes_at_end,
+            e.peer_window_at_end
+        ),
+        (Some(4000), Some(0), Some(0))
+    );
+    assert_eq!(
+        (e.rwnd_limited_ms, e.sndbuf_limited_ms),
+        (Some(2000), Some(100)),
+        "jiffies at 250 Hz"
+    );
     assert!(e.duration_ms.unwrap() >= 2000);
     // Unknown HZ: no milliseconds rather than wrong ones.
     let mut c = Correlator::new(10, None);
     let mut out = vec![];
-    c.handle(Event::Open { sk: 1, ts_ns: 1, meta: meta(Transport::Tcp), losses: 0 }, &mut out);
+    c.handle(
+        Event::Open {
+            sk: 1,
+            ts_ns: 1,
+            meta: meta(Transport::Tcp),
+            losses: 0,
+        },
+        &mut out,
+    );
     let h = head(10);
-    c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 2, tgid: 1, offset: 0, ret: h.len() as i64, requested: 100, head: Some(h), ..SendFacts::default() }), &mut out);
-    c.handle(Event::TcpState { sk: 1, ts_ns: 3, oldstate: 1, newstate: TCP_FIN_WAIT1, facts }, &mut out);
-    assert_eq!((out[0].evidence.rwnd_limited_ms, out[0].evidence.unacked_bytes_at_end), (None, Some(4000)));
+    c.handle(
+        Event::Send(SendFacts {
+            sk: 1,
+            ts_ns: 2,
+            tgid: 1,
+            offset: 0,
+            ret: h.len() as i64,
+            requested: 100,
+            head: Some(h),
+            ..SendFacts::default()
+        }),
+        &mut out,
+    );
+    c.handle(
+        Event::TcpState {
+            sk: 1,
+            ts_ns: 3,
+            oldstate: 1,
+            newstate: TCP_FIN_WAIT1,
+            facts,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        (
+            out[0].evidence.rwnd_limited_ms,
+            out[0].evidence.unacked_bytes_at_end
+        ),
+        (None, Some(4000))
+    );
 }
 
 impl Wire {
@@ -649,7 +894,10 @@ fn head_split_over_sends_is_joined() {
     w.send_more(b"0123456789");
     assert_eq!(w.kinds(), [Kind::Complete]);
     let r = w.out[0].r();
-    assert_eq!((r.expected_bytes, r.sent_bytes, r.content_length), (Some(w.offset), w.offset, Some(10)));
+    assert_eq!(
+        (r.expected_bytes, r.sent_bytes, r.content_length),
+        (Some(w.offset), w.offset, Some(10))
+    );
 }
 
 #[test]
@@ -699,16 +947,63 @@ fn split_head_pieces_must_be_contiguous() {
 fn problems_only_counts_but_does_not_build_the_rest() {
     let mut c = Correlator::new(10, None).problems_only(true);
     let mut out = vec![];
-    c.handle(Event::Open { sk: 1, ts_ns: 1, meta: meta(Transport::Tcp), losses: 0 }, &mut out);
+    c.handle(
+        Event::Open {
+            sk: 1,
+            ts_ns: 1,
+            meta: meta(Transport::Tcp),
+            losses: 0,
+        },
+        &mut out,
+    );
     let h = head(0);
     let n = h.len() as i64;
-    c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 2, tgid: 1, offset: 0, ret: n, requested: n as u64, head: Some(h), ..SendFacts::default() }), &mut out);
+    c.handle(
+        Event::Send(SendFacts {
+            sk: 1,
+            ts_ns: 2,
+            tgid: 1,
+            offset: 0,
+            ret: n,
+            requested: n as u64,
+            head: Some(h),
+            ..SendFacts::default()
+        }),
+        &mut out,
+    );
     let h = head(100);
     let n = h.len() as i64;
-    c.handle(Event::Send(SendFacts { sk: 1, ts_ns: 3, tgid: 1, offset: n as u64, ret: n, requested: n as u64 + 100, head: Some(h), ..SendFacts::default() }), &mut out);
-    c.handle(Event::TcpState { sk: 1, ts_ns: 4, oldstate: 1, newstate: TCP_FIN_WAIT1, facts: TcpFacts::default() }, &mut out);
-    assert_eq!(out.iter().map(|v| v.kind).collect::<Vec<_>>(), [Kind::ShortWrite]);
-    assert_eq!((c.stats.judged_complete, c.stats.judged_short_write), (1, 1));
+    c.handle(
+        Event::Send(SendFacts {
+            sk: 1,
+            ts_ns: 3,
+            tgid: 1,
+            offset: n as u64,
+            ret: n,
+            requested: n as u64 + 100,
+            head: Some(h),
+            ..SendFacts::default()
+        }),
+        &mut out,
+    );
+    c.handle(
+        Event::TcpState {
+            sk: 1,
+            ts_ns: 4,
+            oldstate: 1,
+            newstate: TCP_FIN_WAIT1,
+            facts: TcpFacts::default(),
+        },
+        &mut out,
+    );
+    assert_eq!(
+        out.iter().map(|v| v.kind).collect::<Vec<_>>(),
+        [Kind::ShortWrite]
+    );
+    assert_eq!(
+        (c.stats.judged_complete, c.stats.judged_short_write),
+        (1, 1)
+    );
 }
 
 /// A partial write splits the last chunk: the rest, offered again, is a send of its own whose
@@ -737,16 +1032,38 @@ fn lost_events_make_shortfalls_observer_loss() {
     w.response(100, 10);
     w.offset += 60; // a send the agent never got
     let ts_ns = w.ts;
-    w.ev(Event::TcpState { sk: SK, ts_ns, oldstate: TCP_ESTABLISHED, newstate: TCP_FIN_WAIT1, facts: TcpFacts { events_lost: true, ..TcpFacts::default() } });
+    w.ev(Event::TcpState {
+        sk: SK,
+        ts_ns,
+        oldstate: TCP_ESTABLISHED,
+        newstate: TCP_FIN_WAIT1,
+        facts: TcpFacts {
+            events_lost: true,
+            ..TcpFacts::default()
+        },
+    });
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
     assert_eq!(w.c.stats.judged_observer_loss, 1);
-    assert!(Kind::ObserverLoss.is_problem(), "printed by default: the detector was partly blind");
+    assert!(
+        Kind::ObserverLoss.is_problem(),
+        "printed by default: the detector was partly blind"
+    );
     // Marked by a send: the responses after it that reach their end are still complete.
     let mut w = Wire::new(Transport::Tcp);
     w.response(100, 0);
     // Body bytes 0..60 lost; the send of 60..100 carries the mark.
     let (offset, ts_ns) = (w.offset, w.ts);
-    w.ev(Event::Send(SendFacts { sk: SK, ts_ns, tgid: 42, offset: offset + 60, ret: 40, requested: 40, syscall: 1, events_lost: true, ..SendFacts::default() }));
+    w.ev(Event::Send(SendFacts {
+        sk: SK,
+        ts_ns,
+        tgid: 42,
+        offset: offset + 60,
+        ret: 40,
+        requested: 40,
+        syscall: 1,
+        events_lost: true,
+        ..SendFacts::default()
+    }));
     w.offset += 100;
     w.response(1000, 10);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
@@ -761,13 +1078,24 @@ fn unix_shortfall_with_losses_meanwhile_is_observer_loss() {
     for (losses, want) in [(0, Kind::ShortWrite), (3, Kind::ObserverLoss)] {
         let mut w = Wire::new(Transport::Unix);
         w.response(1 << 20, 1000);
-        w.ev(Event::UnixEof { reader: CLIENT, peer: SK, ts_ns: 99, losses, events_lost: false });
+        w.ev(Event::UnixEof {
+            reader: CLIENT,
+            peer: SK,
+            ts_ns: 99,
+            losses,
+            events_lost: false,
+        });
         assert_eq!(w.kinds(), [want]);
     }
     // The same when the stream's end is seen as its address being reused.
     let mut w = Wire::new(Transport::Unix);
     w.response(1 << 20, 1000);
-    w.ev(Event::Open { sk: SK, ts_ns: 50, meta: meta(Transport::Unix), losses: 1 });
+    w.ev(Event::Open {
+        sk: SK,
+        ts_ns: 50,
+        meta: meta(Transport::Unix),
+        losses: 1,
+    });
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }
 
@@ -776,13 +1104,33 @@ impl Wire {
     fn announce(&mut self, cap: Vec<u8>, offered: u64) {
         let (offset, ts_ns) = (self.offset, self.ts);
         let requests = std::mem::take(&mut self.reads);
-        let s = SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: offered as i64, requested: offered, head: Some(cap), requests, part: SendPart::Announced, ..SendFacts::default() };
+        let s = SendFacts {
+            sk: SK,
+            ts_ns,
+            tgid: 42,
+            offset,
+            ret: offered as i64,
+            requested: offered,
+            head: Some(cap),
+            requests,
+            part: SendPart::Announced,
+            ..SendFacts::default()
+        };
         self.ev(Event::Send(s));
     }
     fn accepted(&mut self, offered: u64, took: u64) {
         let (offset, ts_ns) = (self.offset, self.ts);
         self.offset += took;
-        let s = SendFacts { sk: SK, ts_ns, tgid: 42, offset, ret: took as i64, requested: offered, part: SendPart::Accepted, ..SendFacts::default() };
+        let s = SendFacts {
+            sk: SK,
+            ts_ns,
+            tgid: 42,
+            offset,
+            ret: took as i64,
+            requested: offered,
+            part: SendPart::Accepted,
+            ..SendFacts::default()
+        };
         self.ev(Event::Send(s));
     }
 }
@@ -813,7 +1161,13 @@ fn kprobe_head_refused_whole_then_offered_again_is_one_response() {
     w.accepted(h.len() as u64, h.len() as u64);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.out.len(), 1);
-    assert_eq!((w.out[0].kind, w.out[0].response.as_ref().unwrap().sent_bytes), (Kind::ShortWrite, h.len() as u64));
+    assert_eq!(
+        (
+            w.out[0].kind,
+            w.out[0].response.as_ref().unwrap().sent_bytes
+        ),
+        (Kind::ShortWrite, h.len() as u64)
+    );
 }
 
 /// A head the kernel never took any of, then the end: nothing was sent, nothing to judge (the

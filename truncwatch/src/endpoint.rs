@@ -17,16 +17,22 @@ pub struct Shared {
 }
 
 pub async fn bind(addr: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("binding the metrics endpoint to {addr} (--metrics-addr)"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint to {addr} (--metrics-addr)"))
 }
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             // A client that stalls or sends junk only costs its own task, bounded in time.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle(stream, &shared)).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(10), handle(stream, &shared))
+                    .await;
         });
     }
 }
@@ -43,31 +49,88 @@ async fn handle(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..n]) {
-            Ok(httparse::Status::Complete(_)) => break (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string()),
+            Ok(httparse::Status::Complete(_)) => {
+                break (
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                );
+            }
             Ok(httparse::Status::Partial) if n < buf.len() => continue,
-            _ => return respond(&mut s, "400 Bad Request", "text/plain", b"bad request\n", true).await,
+            _ => {
+                return respond(
+                    &mut s,
+                    "400 Bad Request",
+                    "text/plain",
+                    b"bad request\n",
+                    true,
+                )
+                .await;
+            }
         }
     };
     let (method, path) = path;
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
-        return respond(&mut s, "405 Method Not Allowed", "text/plain", b"GET only\n", head_only).await;
+        return respond(
+            &mut s,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET only\n",
+            head_only,
+        )
+        .await;
     }
     let route = path.split('?').next().unwrap_or("");
     match route {
         "/metrics" => {
             let body = shared.metrics.lock().expect("metrics lock").clone();
-            respond(&mut s, "200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", body.as_bytes(), head_only).await
+            respond(
+                &mut s,
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body.as_bytes(),
+                head_only,
+            )
+            .await
         }
         "/healthz" => respond(&mut s, "200 OK", "text/plain", b"ok\n", head_only).await,
-        "/readyz" if shared.ready.load(Ordering::Relaxed) => respond(&mut s, "200 OK", "text/plain", b"ready\n", head_only).await,
-        "/readyz" => respond(&mut s, "503 Service Unavailable", "text/plain", b"not ready\n", head_only).await,
-        _ => respond(&mut s, "404 Not Found", "text/plain", b"try /metrics, /readyz, /healthz\n", head_only).await,
+        "/readyz" if shared.ready.load(Ordering::Relaxed) => {
+            respond(&mut s, "200 OK", "text/plain", b"ready\n", head_only).await
+        }
+        "/readyz" => {
+            respond(
+                &mut s,
+                "503 Service Unavailable",
+                "text/plain",
+                b"not ready\n",
+                head_only,
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut s,
+                "404 Not Found",
+                "text/plain",
+                b"try /metrics, /readyz, /healthz\n",
+                head_only,
+            )
+            .await
+        }
     }
 }
 
-async fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
-    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+async fn respond(
+    s: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     s.write_all(head.as_bytes()).await?;
     if !head_only {
         s.write_all(body).await?;

@@ -2,11 +2,12 @@
 //! of the tracepoint backend's ring buffer records into them.
 use crate::btf_offsets::SockLayout;
 use crate::requests::{Method, Seen};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::mem::offset_of;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
-    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, Header, HeadEvent, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, HEAD_CAP, TAIL,
+    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND,
+    EV_STATE, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, HEAD_CAP, HeadEvent,
+    Header, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -33,27 +34,53 @@ pub const RESET_RECEIVED: i32 = truncwatch_common::STATE_RESET_RECEIVED;
 pub enum Event {
     /// The socket `sk` is the server side of an HTTP/1 connection from now on.
     /// `losses`: events lost host-wide until then (wrapping; see `UnixEof`).
-    Open { sk: u64, ts_ns: u64, meta: ConnMeta, losses: u32 },
+    Open {
+        sk: u64,
+        ts_ns: u64,
+        meta: ConnMeta,
+        losses: u32,
+    },
     /// One send on a tracked socket.
     Send(SendFacts),
     /// A TCP state change (`newstate` may be `RESET_RECEIVED`), with the socket's counters then.
-    TcpState { sk: u64, ts_ns: u64, oldstate: i32, newstate: i32, facts: TcpFacts },
+    TcpState {
+        sk: u64,
+        ts_ns: u64,
+        oldstate: i32,
+        newstate: i32,
+        facts: TcpFacts,
+    },
     /// A Unix stream socket `reader` read end of stream from `peer`.
     /// `losses` moved since the peer's `Open`: its stream may have lost events.
     /// `events_lost`: the peer is known to have lost events (kprobe backend). Also sent
     /// (`reader` == `peer`) when a server socket shuts down or is released (kprobe backend).
-    UnixEof { reader: u64, peer: u64, ts_ns: u64, losses: u32, events_lost: bool },
+    UnixEof {
+        reader: u64,
+        peer: u64,
+        ts_ns: u64,
+        losses: u32,
+        events_lost: bool,
+    },
     /// This host moved a TCP connection (any, HTTP or not) to CLOSE, without a reset from the
     /// peer, while `unacked` written bytes were not acknowledged; `unread` received bytes were
     /// never read by the application.
-    ResetDiscard { sk: u64, ts_ns: u64, meta: ConnMeta, unacked: u64, unread: u64 },
+    ResetDiscard {
+        sk: u64,
+        ts_ns: u64,
+        meta: ConnMeta,
+        unacked: u64,
+        unread: u64,
+    },
 }
 
 impl Event {
     /// The event's kernel time (0 for an undated send).
     pub fn ts_ns(&self) -> u64 {
         match self {
-            Event::Open { ts_ns, .. } | Event::TcpState { ts_ns, .. } | Event::UnixEof { ts_ns, .. } | Event::ResetDiscard { ts_ns, .. } => *ts_ns,
+            Event::Open { ts_ns, .. }
+            | Event::TcpState { ts_ns, .. }
+            | Event::UnixEof { ts_ns, .. }
+            | Event::ResetDiscard { ts_ns, .. } => *ts_ns,
             Event::Send(s) => s.ts_ns,
         }
     }
@@ -124,7 +151,10 @@ impl Tail {
     /// The last `TAIL` bytes of `b`.
     pub fn new(b: &[u8]) -> Tail {
         let b = &b[b.len().saturating_sub(TAIL)..];
-        let mut t = Tail { bytes: [0; TAIL], len: b.len() as u8 };
+        let mut t = Tail {
+            bytes: [0; TAIL],
+            len: b.len() as u8,
+        };
         t.bytes[..b.len()].copy_from_slice(b);
         t
     }
@@ -149,14 +179,22 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
     Ok(match h.kind {
         EV_OPEN => {
             let e: OpenEvent = read(buf, h.kind)?;
-            Event::Open { sk: h.sk, ts_ns: h.ts_ns, meta: open_meta(&e, layout), losses: e.losses }
+            Event::Open {
+                sk: h.sk,
+                ts_ns: h.ts_ns,
+                meta: open_meta(&e, layout),
+                losses: e.losses,
+            }
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
         EV_HEAD | EV_HEAD_MORE => {
             // Field by field, not the whole record: copying its 512-byte capture onto the
             // stack before copying the part used showed in the agent's profile.
             if buf.len() < size_of::<HeadEvent>() {
-                return Err(DecodeError::Short { kind: h.kind, len: buf.len() });
+                return Err(DecodeError::Short {
+                    kind: h.kind,
+                    len: buf.len(),
+                });
             }
             let cap_len: u32 = read(&buf[offset_of!(HeadEvent, cap_len)..], h.kind)?;
             let cap = &buf[offset_of!(HeadEvent, cap)..][..(cap_len as usize).min(HEAD_CAP)];
@@ -165,8 +203,14 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 if h.kind == EV_HEAD_MORE {
                     s.head_more = s.head.take();
                 }
-                let (requests, method) = (buf[offset_of!(HeadEvent, requests)], buf[offset_of!(HeadEvent, method)]);
-                s.requests = Seen { count: requests.into(), first: Method::from_code(method) };
+                let (requests, method) = (
+                    buf[offset_of!(HeadEvent, requests)],
+                    buf[offset_of!(HeadEvent, method)],
+                );
+                s.requests = Seen {
+                    count: requests.into(),
+                    first: Method::from_code(method),
+                };
             }
             ev
         }
@@ -181,12 +225,24 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 sndbuf_limited_jiffies: known(e.sndbuf_limited),
                 events_lost: e.flags & FLAG_EVENTS_LOST != 0,
             };
-            Event::TcpState { sk: h.sk, ts_ns: h.ts_ns, oldstate: e.oldstate, newstate: e.newstate, facts }
+            Event::TcpState {
+                sk: h.sk,
+                ts_ns: h.ts_ns,
+                oldstate: e.oldstate,
+                newstate: e.newstate,
+                facts,
+            }
         }
         EV_RESET => {
             let e: ResetEvent = read(buf, h.kind)?;
             let meta = inet_meta(e.family, &e.sock, e.sport, h.tgid, cstr(&e.comm), layout);
-            Event::ResetDiscard { sk: h.sk, ts_ns: h.ts_ns, meta, unacked: e.unacked.into(), unread: e.unread.into() }
+            Event::ResetDiscard {
+                sk: h.sk,
+                ts_ns: h.ts_ns,
+                meta,
+                unacked: e.unacked.into(),
+                unread: e.unread.into(),
+            }
         }
         EV_EOF => {
             let e: EofEvent = read(buf, h.kind)?;
@@ -204,7 +260,10 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
 
 fn read<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
     if buf.len() < size_of::<T>() {
-        return Err(DecodeError::Short { kind, len: buf.len() });
+        return Err(DecodeError::Short {
+            kind,
+            len: buf.len(),
+        });
     }
     // SAFETY: length checked; T is a plain #[repr(C)] integer struct valid for any bytes.
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
@@ -238,14 +297,27 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
 fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
     let comm = cstr(&e.comm);
     match e.family {
-        AF_UNIX => ConnMeta { transport: Transport::Unix, pid: e.h.tgid, comm, local: unix_path(&e.unix_path), peer: String::new() },
+        AF_UNIX => ConnMeta {
+            transport: Transport::Unix,
+            pid: e.h.tgid,
+            comm,
+            local: unix_path(&e.unix_path),
+            peer: String::new(),
+        },
         family => inet_meta(family, &e.sock, e.sport, e.h.tgid, comm, l),
     }
 }
 
 /// A TCP connection's ends, from the copy of `struct sock_common` at the start of `sock`, and
 /// the local port (`inet_sport`, network order: `skc_num` is zeroed once the port is released).
-fn inet_meta(family: u16, s: &[u8; SOCK_PREFIX], sport: u16, pid: u32, comm: String, l: &SockLayout) -> ConnMeta {
+fn inet_meta(
+    family: u16,
+    s: &[u8; SOCK_PREFIX],
+    sport: u16,
+    pid: u32,
+    comm: String,
+    l: &SockLayout,
+) -> ConnMeta {
     let u16_at = |o: usize| u16::from_ne_bytes([s[o], s[o + 1]]);
     let v4 = |o: usize| Ipv4Addr::new(s[o], s[o + 1], s[o + 2], s[o + 3]);
     let v6 = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&s[o..o + 16]).unwrap());
@@ -257,7 +329,13 @@ fn inet_meta(family: u16, s: &[u8; SOCK_PREFIX], sport: u16, pid: u32, comm: Str
         debug_assert_eq!(family, AF_INET);
         (v4(l.rcv_saddr).into(), v4(l.daddr).into())
     };
-    ConnMeta { transport: Transport::Tcp, pid, comm, local: SocketAddr::new(la, lport).to_string(), peer: SocketAddr::new(pa, pport).to_string() }
+    ConnMeta {
+        transport: Transport::Tcp,
+        pid,
+        comm,
+        local: SocketAddr::new(la, lport).to_string(),
+        peer: SocketAddr::new(pa, pport).to_string(),
+    }
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -271,7 +349,11 @@ fn unix_path(p: &[u8]) -> String {
         Some(0) => {
             let name = &p[1..];
             let end = name.iter().rposition(|&c| c != 0).map_or(0, |e| e + 1);
-            if end == 0 { String::new() } else { format!("@{}", String::from_utf8_lossy(&name[..end])) }
+            if end == 0 {
+                String::new()
+            } else {
+                format!("@{}", String::from_utf8_lossy(&name[..end]))
+            }
         }
         _ => cstr(p),
     }
@@ -288,13 +370,24 @@ mod tests {
     }
 
     fn layout() -> SockLayout {
-        SockLayout { daddr: 0, rcv_saddr: 4, dport: 12, v6_daddr: 56, v6_rcv_saddr: 72 }
+        SockLayout {
+            daddr: 0,
+            rcv_saddr: 4,
+            dport: 12,
+            v6_daddr: 56,
+            v6_rcv_saddr: 72,
+        }
     }
 
     #[test]
     fn decodes_tcp_open() {
         let mut e = OpenEvent {
-            h: Header { kind: EV_OPEN, tgid: 7, sk: 0xffff1, ts_ns: 5 },
+            h: Header {
+                kind: EV_OPEN,
+                tgid: 7,
+                sk: 0xffff1,
+                ts_ns: 5,
+            },
             family: AF_INET,
             sport: 8080u16.to_be(),
             _pad: [0; 4],
@@ -307,8 +400,22 @@ mod tests {
         e.sock[4..8].copy_from_slice(&[127, 0, 0, 1]);
         e.sock[12..14].copy_from_slice(&5555u16.to_be_bytes());
         let ev = decode(&bytes(&e), &layout()).unwrap();
-        let meta = ConnMeta { transport: Transport::Tcp, pid: 7, comm: "nginx".into(), local: "127.0.0.1:8080".into(), peer: "127.0.0.2:5555".into() };
-        assert_eq!(ev, Event::Open { sk: 0xffff1, ts_ns: 5, meta, losses: 0 });
+        let meta = ConnMeta {
+            transport: Transport::Tcp,
+            pid: 7,
+            comm: "nginx".into(),
+            local: "127.0.0.1:8080".into(),
+            peer: "127.0.0.2:5555".into(),
+        };
+        assert_eq!(
+            ev,
+            Event::Open {
+                sk: 0xffff1,
+                ts_ns: 5,
+                meta,
+                losses: 0
+            }
+        );
     }
 
     #[test]
@@ -324,29 +431,78 @@ mod tests {
 
     #[test]
     fn decodes_head_capture_bounded() {
-        let mut e = HeadEvent { send: SendEvent::default(), cap_len: 4, requests: 2, method: 1, _pad: 0, cap: [b'x'; HEAD_CAP] };
+        let mut e = HeadEvent {
+            send: SendEvent::default(),
+            cap_len: 4,
+            requests: 2,
+            method: 1,
+            _pad: 0,
+            cap: [b'x'; HEAD_CAP],
+        };
         e.send.h.kind = EV_HEAD;
         e.send.ret = 100;
         e.send.tail[..3].copy_from_slice(b"0\r\n");
         e.send.tail_len = 3;
-        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
-        assert_eq!((s.head.unwrap().len(), s.ret, s.tail.as_slice()), (4, 100, &b"0\r\n"[..]));
-        assert_eq!(s.requests, Seen { count: 2, first: Some(Method::Head) });
+        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (s.head.unwrap().len(), s.ret, s.tail.as_slice()),
+            (4, 100, &b"0\r\n"[..])
+        );
+        assert_eq!(
+            s.requests,
+            Seen {
+                count: 2,
+                first: Some(Method::Head)
+            }
+        );
         e.method = 77; // not a method code: no method
-        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
-        assert_eq!(s.requests, Seen { count: 2, first: None });
+        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            s.requests,
+            Seen {
+                count: 2,
+                first: None
+            }
+        );
         e.cap_len = 100_000; // corrupt lengths: clamp, never read past the record
         e.send.tail_len = 1000;
-        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else { panic!() };
-        assert_eq!((s.head.unwrap().len(), s.tail.as_slice().len()), (HEAD_CAP, TAIL));
+        let Event::Send(s) = decode(&bytes(&e), &layout()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (s.head.unwrap().len(), s.tail.as_slice().len()),
+            (HEAD_CAP, TAIL)
+        );
     }
 
     #[test]
     fn rejects_short_and_unknown_records() {
-        assert!(matches!(decode(&[1, 0, 0], &layout()), Err(DecodeError::Short { .. })));
-        let h = Header { kind: 99, ..Default::default() };
-        assert_eq!(decode(&bytes(&h), &layout()), Err(DecodeError::UnknownKind(99)));
-        let s = SendEvent { h: Header { kind: EV_SEND, ..Default::default() }, ..Default::default() };
-        assert!(matches!(decode(&bytes(&s)[..30], &layout()), Err(DecodeError::Short { kind: EV_SEND, .. })));
+        assert!(matches!(
+            decode(&[1, 0, 0], &layout()),
+            Err(DecodeError::Short { .. })
+        ));
+        let h = Header {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&bytes(&h), &layout()),
+            Err(DecodeError::UnknownKind(99))
+        );
+        let s = SendEvent {
+            h: Header {
+                kind: EV_SEND,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(&bytes(&s)[..30], &layout()),
+            Err(DecodeError::Short { kind: EV_SEND, .. })
+        ));
     }
 }

@@ -41,13 +41,21 @@ impl Rng {
 }
 
 fn iters(default: u64) -> u64 {
-    std::env::var("FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Every file under `fuzz-corpus/<dir>`.
 fn corpus(dir: &str) -> Vec<Vec<u8>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus").join(dir);
-    let mut files: Vec<_> = std::fs::read_dir(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).map(|e| e.unwrap().path()).collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz-corpus")
+        .join(dir);
+    let mut files: Vec<_> = std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
@@ -142,7 +150,10 @@ fn generated_head(r: &mut Rng) -> (Vec<u8>, Option<Body>) {
 
 fn check_parse(input: &[u8]) {
     if let Parsed::Head(h) = http_head::parse(input) {
-        assert!(h.len as usize <= input.len(), "head longer than its input: {input:?}");
+        assert!(
+            h.len as usize <= input.len(),
+            "head longer than its input: {input:?}"
+        );
         assert!((100..=999).contains(&h.status), "{input:?}");
     }
 }
@@ -165,16 +176,27 @@ fn framing_agrees_with_the_rfc_on_generated_heads() {
                 Some(h.body)
             }
             Parsed::Invalid => None,
-            Parsed::Incomplete => panic!("iteration {i}: a whole head is incomplete: {:?}", String::from_utf8_lossy(&head)),
+            Parsed::Incomplete => panic!(
+                "iteration {i}: a whole head is incomplete: {:?}",
+                String::from_utf8_lossy(&head)
+            ),
         };
-        assert_eq!(got, want, "iteration {i}: {:?}", String::from_utf8_lossy(&head));
+        assert_eq!(
+            got,
+            want,
+            "iteration {i}: {:?}",
+            String::from_utf8_lossy(&head)
+        );
     }
 }
 
 #[test]
 fn mutated_and_random_heads_never_panic() {
     let mut r = Rng::new(2);
-    let seeds: Vec<Vec<u8>> = corpus("heads").into_iter().chain((0..64).map(|_| generated_head(&mut r).0)).collect();
+    let seeds: Vec<Vec<u8>> = corpus("heads")
+        .into_iter()
+        .chain((0..64).map(|_| generated_head(&mut r).0))
+        .collect();
     for _ in 0..iters(1_000_000) {
         let mut input = r.pick(&seeds).clone();
         for _ in 0..=r.below(4) {
@@ -202,7 +224,13 @@ fn mutated_and_random_heads_never_panic() {
 
 #[test]
 fn decoding_any_bytes_never_panics() {
-    let layout = SockLayout { daddr: 0, rcv_saddr: 4, dport: 12, v6_daddr: 56, v6_rcv_saddr: 72 };
+    let layout = SockLayout {
+        daddr: 0,
+        rcv_saddr: 4,
+        dport: 12,
+        v6_daddr: 56,
+        v6_rcv_saddr: 72,
+    };
     let mut r = Rng::new(3);
     for _ in 0..iters(500_000) {
         let len = r.below(800) as usize;
@@ -220,28 +248,71 @@ fn decoding_any_bytes_never_panics() {
 #[test]
 fn random_event_streams_never_panic() {
     let mut r = Rng::new(4);
-    let heads: Vec<Vec<u8>> = corpus("heads").into_iter().chain((0..64).map(|_| generated_head(&mut r).0)).collect();
+    let heads: Vec<Vec<u8>> = corpus("heads")
+        .into_iter()
+        .chain((0..64).map(|_| generated_head(&mut r).0))
+        .collect();
     let mut c = Correlator::new(64, Some(250));
     let mut out = Vec::new();
     for i in 0..iters(1_000_000) {
         let sk = r.below(200);
         let ts_ns = i;
         let ev = match r.below(6) {
-            0 => Event::Open { sk, ts_ns, meta: meta(), losses: r.below(3) as u32 },
+            0 => Event::Open {
+                sk,
+                ts_ns,
+                meta: meta(),
+                losses: r.below(3) as u32,
+            },
             1 | 2 => {
                 let head = r.chance(30).then(|| r.pick(&heads)[..].to_vec());
-                let head_more = (head.is_none() && r.chance(10)).then(|| r.pick(&heads)[..].to_vec());
+                let head_more =
+                    (head.is_none() && r.chance(10)).then(|| r.pick(&heads)[..].to_vec());
                 let ret = r.below(100_000) as i64 - if r.chance(10) { 100_011 } else { 0 };
                 let tails: [&[u8]; 4] = [b"", b"\r\n0\r\n\r\n", b"\r\n\r\n", b"abc"];
                 let tail = Tail::new(*r.pick(&tails));
-                Event::Send(SendFacts { sk, ts_ns, tgid: 1, offset: r.below(1 << 20), ret, requested: r.below(200_000), syscall: 1, head, head_more, tail, ..SendFacts::default() })
+                Event::Send(SendFacts {
+                    sk,
+                    ts_ns,
+                    tgid: 1,
+                    offset: r.below(1 << 20),
+                    ret,
+                    requested: r.below(200_000),
+                    syscall: 1,
+                    head,
+                    head_more,
+                    tail,
+                    ..SendFacts::default()
+                })
             }
             3 => {
-                let newstate = if r.chance(10) { events::RESET_RECEIVED } else { r.below(13) as i32 };
-                Event::TcpState { sk, ts_ns, oldstate: r.below(12) as i32, newstate, facts: TcpFacts::default() }
+                let newstate = if r.chance(10) {
+                    events::RESET_RECEIVED
+                } else {
+                    r.below(13) as i32
+                };
+                Event::TcpState {
+                    sk,
+                    ts_ns,
+                    oldstate: r.below(12) as i32,
+                    newstate,
+                    facts: TcpFacts::default(),
+                }
             }
-            4 => Event::UnixEof { reader: sk, peer: r.below(200), ts_ns, losses: r.below(3) as u32, events_lost: false },
-            _ => Event::ResetDiscard { sk, ts_ns, meta: meta(), unacked: r.below(1 << 20), unread: r.below(100) },
+            4 => Event::UnixEof {
+                reader: sk,
+                peer: r.below(200),
+                ts_ns,
+                losses: r.below(3) as u32,
+                events_lost: false,
+            },
+            _ => Event::ResetDiscard {
+                sk,
+                ts_ns,
+                meta: meta(),
+                unacked: r.below(1 << 20),
+                unread: r.below(100),
+            },
         };
         c.handle(ev, &mut out);
         assert!(c.tracked() <= 64);
@@ -250,7 +321,13 @@ fn random_event_streams_never_panic() {
 }
 
 fn meta() -> ConnMeta {
-    ConnMeta { transport: Transport::Tcp, pid: 1, comm: "gen".into(), local: "127.0.0.1:80".into(), peer: "127.0.0.1:9".into() }
+    ConnMeta {
+        transport: Transport::Tcp,
+        pid: 1,
+        comm: "gen".into(),
+        local: "127.0.0.1:80".into(),
+        peer: "127.0.0.1:9".into(),
+    }
 }
 
 /// One generated response: its bytes, head length, whether chunked, and (if cut) how many of
@@ -263,7 +340,11 @@ struct Generated {
 
 fn generated_response(r: &mut Rng, cut: bool) -> Generated {
     let chunked = r.chance(30);
-    let body_len = if r.chance(20) { r.below(10) } else { r.below(200_000) } as usize;
+    let body_len = if r.chance(20) {
+        r.below(10)
+    } else {
+        r.below(200_000)
+    } as usize;
     let mut body = Vec::with_capacity(body_len + 64);
     let head = if chunked {
         let mut left = body_len;
@@ -284,8 +365,13 @@ fn generated_response(r: &mut Rng, cut: bool) -> Generated {
     bytes.extend_from_slice(&body);
     // Cut strictly inside the body, after at least one body byte: a head alone with nothing
     // attempted after it is (rightly) not judged, and that is another test's business.
-    let cut = (cut && body.len() > 6).then(|| head.len() + 1 + r.below(body.len() as u64 - 6) as usize);
-    Generated { bytes, chunked, cut }
+    let cut =
+        (cut && body.len() > 6).then(|| head.len() + 1 + r.below(body.len() as u64 - 6) as usize);
+    Generated {
+        bytes,
+        chunked,
+        cut,
+    }
 }
 
 /// Hand `bytes` to the correlator as the kernel would see a server send them: in random
@@ -295,9 +381,22 @@ fn generated_response(r: &mut Rng, cut: bool) -> Generated {
 /// tails only from what was offered). Only the first `handed` bytes get handed over: the last
 /// send may offer more, and the kernel take only up to there (the stream then ends).
 #[allow(clippy::too_many_arguments)] // test plumbing
-fn send_all(r: &mut Rng, c: &mut Correlator, out: &mut Vec<Verdict>, sk: u64, offset: &mut u64, bytes: &[u8], handed: usize, ts: &mut u64, kprobe: bool) {
+fn send_all(
+    r: &mut Rng,
+    c: &mut Correlator,
+    out: &mut Vec<Verdict>,
+    sk: u64,
+    offset: &mut u64,
+    bytes: &[u8],
+    handed: usize,
+    ts: &mut u64,
+    kprobe: bool,
+) {
     // The kernel sees a head only at the start of a send; the first send offers it whole.
-    let head_len = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
+    let head_len = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |p| p + 4);
     let mut pos = 0;
     while pos < handed {
         let mut offered = (r.below(70_000) as usize + 1).min(bytes.len() - pos);
@@ -315,7 +414,19 @@ fn send_all(r: &mut Rng, c: &mut Correlator, out: &mut Vec<Verdict>, sk: u64, of
             // The kernel refused (EAGAIN) before taking anything.
             *ts += 1;
             let ret = if kprobe { 0 } else { -11 };
-            c.handle(Event::Send(SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret, requested: offered as u64, syscall: 1, ..SendFacts::default() }), out);
+            c.handle(
+                Event::Send(SendFacts {
+                    sk,
+                    ts_ns: *ts,
+                    tgid: 1,
+                    offset: *offset,
+                    ret,
+                    requested: offered as u64,
+                    syscall: 1,
+                    ..SendFacts::default()
+                }),
+                out,
+            );
         }
         let piece = &bytes[pos..pos + accepted];
         let head = (pos == 0).then(|| bytes[..offered.min(HEAD_CAP)].to_vec());
@@ -324,13 +435,46 @@ fn send_all(r: &mut Rng, c: &mut Correlator, out: &mut Vec<Verdict>, sk: u64, of
             let tail = &bytes[pos + offered - offered.min(8)..pos + offered];
             if head.is_some() && r.chance(10) {
                 // The head's send offered first and refused whole (EAGAIN), then again.
-                let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: offered as i64, requested: offered as u64, syscall: 1, head: head.clone(), part: SendPart::Announced, ..SendFacts::default() };
+                let s = SendFacts {
+                    sk,
+                    ts_ns: *ts,
+                    tgid: 1,
+                    offset: *offset,
+                    ret: offered as i64,
+                    requested: offered as u64,
+                    syscall: 1,
+                    head: head.clone(),
+                    part: SendPart::Announced,
+                    ..SendFacts::default()
+                };
                 c.handle(Event::Send(s), out);
-                let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: 0, requested: offered as u64, syscall: 1, part: SendPart::Accepted, ..SendFacts::default() };
+                let s = SendFacts {
+                    sk,
+                    ts_ns: *ts,
+                    tgid: 1,
+                    offset: *offset,
+                    ret: 0,
+                    requested: offered as u64,
+                    syscall: 1,
+                    part: SendPart::Accepted,
+                    ..SendFacts::default()
+                };
                 c.handle(Event::Send(s), out);
             }
             let part = if head.is_some() {
-                let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: offered as i64, requested: offered as u64, syscall: 1, head, tail: Tail::new(tail), part: SendPart::Announced, ..SendFacts::default() };
+                let s = SendFacts {
+                    sk,
+                    ts_ns: *ts,
+                    tgid: 1,
+                    offset: *offset,
+                    ret: offered as i64,
+                    requested: offered as u64,
+                    syscall: 1,
+                    head,
+                    tail: Tail::new(tail),
+                    part: SendPart::Announced,
+                    ..SendFacts::default()
+                };
                 c.handle(Event::Send(s), out);
                 SendPart::Accepted
             } else {
@@ -338,8 +482,23 @@ fn send_all(r: &mut Rng, c: &mut Correlator, out: &mut Vec<Verdict>, sk: u64, of
             };
             // The kernel's rule (`probe::settle`): the offered tail's prefix that was taken.
             let short = offered - accepted;
-            let taken_tail = if short < tail.len() { &tail[..tail.len() - short] } else { &[][..] };
-            let s = SendFacts { sk, ts_ns: *ts, tgid: 1, offset: *offset, ret: accepted as i64, requested: offered as u64, syscall: 1, tail: Tail::new(taken_tail), part, ..SendFacts::default() };
+            let taken_tail = if short < tail.len() {
+                &tail[..tail.len() - short]
+            } else {
+                &[][..]
+            };
+            let s = SendFacts {
+                sk,
+                ts_ns: *ts,
+                tgid: 1,
+                offset: *offset,
+                ret: accepted as i64,
+                requested: offered as u64,
+                syscall: 1,
+                tail: Tail::new(taken_tail),
+                part,
+                ..SendFacts::default()
+            };
             c.handle(Event::Send(s), out);
             *offset += accepted as u64;
             pos += accepted;
@@ -384,7 +543,15 @@ fn judged_exactly(kprobe: bool) {
     let mut ts = 0;
     for conn in 0..iters(20_000) {
         let sk = 0xffff_0000 + conn;
-        c.handle(Event::Open { sk, ts_ns: ts, meta: meta(), losses: 0 }, &mut out);
+        c.handle(
+            Event::Open {
+                sk,
+                ts_ns: ts,
+                meta: meta(),
+                losses: 0,
+            },
+            &mut out,
+        );
         let n = r.below(4) + 1;
         let cut_last = r.chance(40);
         let mut offset = 0;
@@ -392,15 +559,38 @@ fn judged_exactly(kprobe: bool) {
         for i in 0..n {
             let g = generated_response(&mut r, cut_last && i == n - 1);
             let handed = g.cut.unwrap_or(g.bytes.len());
-            send_all(&mut r, &mut c, &mut out, sk, &mut offset, &g.bytes, handed, &mut ts, kprobe);
+            send_all(
+                &mut r,
+                &mut c,
+                &mut out,
+                sk,
+                &mut offset,
+                &g.bytes,
+                handed,
+                &mut ts,
+                kprobe,
+            );
             let expected = (!g.chunked).then_some(g.bytes.len() as u64);
             want.push(match g.cut {
                 Some(cut) => (Kind::ShortWrite, cut as u64, expected),
-                None => (Kind::Complete, g.bytes.len() as u64, Some(g.bytes.len() as u64)),
+                None => (
+                    Kind::Complete,
+                    g.bytes.len() as u64,
+                    Some(g.bytes.len() as u64),
+                ),
             });
         }
         ts += 1;
-        c.handle(Event::TcpState { sk, ts_ns: ts, oldstate: 1, newstate: 4, facts: TcpFacts::default() }, &mut out);
+        c.handle(
+            Event::TcpState {
+                sk,
+                ts_ns: ts,
+                oldstate: 1,
+                newstate: 4,
+                facts: TcpFacts::default(),
+            },
+            &mut out,
+        );
         let got: Vec<(Kind, u64, Option<u64>)> = out
             .drain(..)
             .map(|v| {

@@ -45,7 +45,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
     // zeroing 64 entries each time show up in the agent's profile.
     let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
     let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n as u64,
         Ok(httparse::Status::Partial) => return Parsed::Incomplete,
@@ -54,7 +58,9 @@ pub fn parse(buf: &[u8]) -> Parsed {
         Err(_) => return Parsed::Invalid,
     };
     // Three digits, the first 1 to 9 (RFC 9110 §15): httparse takes `000` too.
-    let Some(status) = resp.code.filter(|c| (100..=999).contains(c)) else { return Parsed::Invalid };
+    let Some(status) = resp.code.filter(|c| (100..=999).contains(c)) else {
+        return Parsed::Invalid;
+    };
     match framing(status, resp.headers) {
         Some(body) => Parsed::Head(Head { status, len, body }),
         None => Parsed::Invalid,
@@ -136,8 +142,14 @@ fn framing(status: u16, headers: &[httparse::Header]) -> Option<Body> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -160,52 +172,116 @@ mod tests {
     #[test]
     fn content_length() {
         let h = "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n";
-        assert_eq!(head(h), Parsed::Head(Head { status: 200, len: h.len() as u64, body: Body::Length(42) }));
+        assert_eq!(
+            head(h),
+            Parsed::Head(Head {
+                status: 200,
+                len: h.len() as u64,
+                body: Body::Length(42)
+            })
+        );
     }
 
     #[test]
     fn head_followed_by_body_in_same_capture() {
         let h = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
         let p = parse(format!("{h}hello").as_bytes());
-        assert_eq!(p, Parsed::Head(Head { status: 200, len: h.len() as u64, body: Body::Length(5) }));
+        assert_eq!(
+            p,
+            Parsed::Head(Head {
+                status: 200,
+                len: h.len() as u64,
+                body: Body::Length(5)
+            })
+        );
     }
 
     #[test]
     fn header_names_are_case_insensitive() {
-        assert!(matches!(head("HTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh: 7\r\n\r\n"), Parsed::Head(Head { body: Body::Length(7), .. })));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\ncOnTeNt-LeNgTh: 7\r\n\r\n"),
+            Parsed::Head(Head {
+                body: Body::Length(7),
+                ..
+            })
+        ));
     }
 
     #[test]
     fn chunked_overrides_length() {
         let h = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(head(h), Parsed::Head(Head { body: Body::Chunked, .. })));
+        assert!(matches!(
+            head(h),
+            Parsed::Head(Head {
+                body: Body::Chunked,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn chunked_must_be_last_coding() {
-        assert!(matches!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Parsed::Head(Head { body: Body::Chunked, .. })));
-        assert!(matches!(head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), Parsed::Head(Head { body: Body::UntilClose, .. })));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Parsed::Head(Head {
+                body: Body::Chunked,
+                ..
+            })
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            Parsed::Head(Head {
+                body: Body::UntilClose,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn no_body_statuses() {
-        for s in ["100 Continue", "101 Switching Protocols", "204 No Content", "304 Not Modified"] {
+        for s in [
+            "100 Continue",
+            "101 Switching Protocols",
+            "204 No Content",
+            "304 Not Modified",
+        ] {
             let h = format!("HTTP/1.1 {s}\r\nContent-Length: 10\r\n\r\n");
-            assert!(matches!(parse(h.as_bytes()), Parsed::Head(Head { body: Body::None, .. })), "{s}");
+            assert!(
+                matches!(
+                    parse(h.as_bytes()),
+                    Parsed::Head(Head {
+                        body: Body::None,
+                        ..
+                    })
+                ),
+                "{s}"
+            );
         }
     }
 
     #[test]
     fn no_framing_runs_until_close() {
-        assert!(matches!(head("HTTP/1.0 200 OK\r\nServer: x\r\n\r\n"), Parsed::Head(Head { body: Body::UntilClose, .. })));
+        assert!(matches!(
+            head("HTTP/1.0 200 OK\r\nServer: x\r\n\r\n"),
+            Parsed::Head(Head {
+                body: Body::UntilClose,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn incomplete_heads_are_not_judged() {
-        assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n"), Parsed::Incomplete);
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n"),
+            Parsed::Incomplete
+        );
         assert_eq!(head("HTTP/1.1 200"), Parsed::Incomplete);
         let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert_eq!(parse(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes()), Parsed::Incomplete);
+        assert_eq!(
+            parse(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes()),
+            Parsed::Incomplete
+        );
     }
 
     #[test]
@@ -218,9 +294,24 @@ mod tests {
 
     #[test]
     fn duplicate_content_length() {
-        assert!(matches!(head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"), Parsed::Head(Head { body: Body::Length(3), .. })));
-        assert!(matches!(head("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"), Parsed::Head(Head { body: Body::Length(3), .. })));
-        assert_eq!(head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"), Parsed::Invalid);
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            Parsed::Head(Head {
+                body: Body::Length(3),
+                ..
+            })
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"),
+            Parsed::Head(Head {
+                body: Body::Length(3),
+                ..
+            })
+        ));
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            Parsed::Invalid
+        );
     }
 
     #[test]
@@ -258,7 +349,11 @@ mod tests {
             let h = heads[(rng % heads.len() as u64) as usize];
             let cut = ((rng >> 8) % (h.len() as u64 + 1)) as usize;
             let buf = if rng >> 20 & 1 == 0 { h } else { &h[..cut] };
-            assert_eq!(cache.parse(buf.as_bytes()), parse(buf.as_bytes()), "{buf:?}");
+            assert_eq!(
+                cache.parse(buf.as_bytes()),
+                parse(buf.as_bytes()),
+                "{buf:?}"
+            );
         }
     }
 

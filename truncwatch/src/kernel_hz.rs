@@ -19,18 +19,28 @@ fn measure() -> Option<u64> {
 
 fn jiffies() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/timer_list").ok()?;
-    text.lines().find_map(|l| l.strip_prefix("jiffies: ")?.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("jiffies: ")?.trim().parse().ok())
 }
 
 fn from_config() -> Option<u64> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
     let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
-    config.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")?.parse().ok())
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ=")?.parse().ok())
 }
 
 /// The candidate closest to a measured rate.
 fn nearest(rate: f64) -> u64 {
-    *CANDIDATES.iter().min_by(|a, b| (**a as f64 - rate).abs().total_cmp(&(**b as f64 - rate).abs())).unwrap()
+    *CANDIDATES
+        .iter()
+        .min_by(|a, b| {
+            (**a as f64 - rate)
+                .abs()
+                .total_cmp(&(**b as f64 - rate).abs())
+        })
+        .unwrap()
 }
 
 #[cfg(test)]

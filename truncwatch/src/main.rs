@@ -44,7 +44,11 @@ fn main() -> Result<()> {
         None => run(cli.run),
         Some(Cmd::Run(a)) => run(a),
         // No endpoint: a selftest must work next to a running agent.
-        Some(Cmd::Selftest(a)) => run(agent::RunArgs { selftest: true, metrics_addr: "off".into(), ..a }),
+        Some(Cmd::Selftest(a)) => run(agent::RunArgs {
+            selftest: true,
+            metrics_addr: "off".into(),
+            ..a
+        }),
         Some(Cmd::Check) => {
             let (text, runs) = check::report(&check::probe());
             print!("{text}");
@@ -56,6 +60,8 @@ fn main() -> Result<()> {
 }
 
 fn run(args: agent::RunArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(agent::run(args))
 }

@@ -132,33 +132,113 @@ impl Metrics {
             last: Last::default(),
             registry: Registry::default(),
         };
-        r.register("truncwatch_responses", "HTTP/1 responses judged, by verdict", m.responses.clone());
-        r.register("truncwatch_missing_bytes", "Promised response bytes never handed to the kernel", m.missing_bytes.clone());
+        r.register(
+            "truncwatch_responses",
+            "HTTP/1 responses judged, by verdict",
+            m.responses.clone(),
+        );
+        r.register(
+            "truncwatch_missing_bytes",
+            "Promised response bytes never handed to the kernel",
+            m.missing_bytes.clone(),
+        );
         r.register(
             "truncwatch_slow_reader_responses",
             "Problem responses with slow-reader evidence (send buffer full, peer zero window, receive-window-limited time)",
             m.slow_reader.clone(),
         );
-        r.register("truncwatch_reset_discards", "TCP connections this host reset with unacknowledged bytes", m.reset_discards.clone());
-        r.register("truncwatch_reset_discarded_bytes", "Unacknowledged bytes dropped by those resets", m.reset_discarded_bytes.clone());
-        r.register("truncwatch_unjudged_responses", "Responses that could not be judged, by reason", m.unjudged.clone());
-        r.register("truncwatch_events", "Events read from the kernel", m.events.clone());
-        r.register("truncwatch_events_lost", "Events the kernel could not deliver, by reason", m.events_lost.clone());
-        r.register("truncwatch_connections_tracked", "HTTP/1 server connections tracked now", m.tracked.clone());
-        r.register("truncwatch_connections_tracked_limit", "Connections tracked at most (--max-connections)", m.tracked_limit.clone());
-        r.register("truncwatch_connections_evicted", "Connections dropped unjudged to stay under the limit", m.evicted.clone());
-        r.register("truncwatch_label_sets_overflow", "Verdicts counted under owner \"other\": the label-set cap was reached", m.overflow.clone());
-        r.register("truncwatch_ready", "1 once the programs are attached and events flow (and the last canary passed)", m.ready.clone());
-        r.register("truncwatch_bpf_program_run_seconds", "Kernel time spent in each program (kernel.bpf_stats_enabled)", m.bpf_run_seconds.clone());
-        r.register("truncwatch_bpf_program_runs", "Runs of each program (kernel.bpf_stats_enabled)", m.bpf_runs.clone());
-        r.register("truncwatch_canary_success", "1 if the last built-in canary was detected correctly", m.canary_success.clone());
-        r.register("truncwatch_canary_runs", "Built-in canary runs, by result", m.canary_runs.clone());
-        r.register("truncwatch_canary_last_run_timestamp_seconds", "When the canary last ran (Unix time)", m.canary_last_run.clone());
+        r.register(
+            "truncwatch_reset_discards",
+            "TCP connections this host reset with unacknowledged bytes",
+            m.reset_discards.clone(),
+        );
+        r.register(
+            "truncwatch_reset_discarded_bytes",
+            "Unacknowledged bytes dropped by those resets",
+            m.reset_discarded_bytes.clone(),
+        );
+        r.register(
+            "truncwatch_unjudged_responses",
+            "Responses that could not be judged, by reason",
+            m.unjudged.clone(),
+        );
+        r.register(
+            "truncwatch_events",
+            "Events read from the kernel",
+            m.events.clone(),
+        );
+        r.register(
+            "truncwatch_events_lost",
+            "Events the kernel could not deliver, by reason",
+            m.events_lost.clone(),
+        );
+        r.register(
+            "truncwatch_connections_tracked",
+            "HTTP/1 server connections tracked now",
+            m.tracked.clone(),
+        );
+        r.register(
+            "truncwatch_connections_tracked_limit",
+            "Connections tracked at most (--max-connections)",
+            m.tracked_limit.clone(),
+        );
+        r.register(
+            "truncwatch_connections_evicted",
+            "Connections dropped unjudged to stay under the limit",
+            m.evicted.clone(),
+        );
+        r.register(
+            "truncwatch_label_sets_overflow",
+            "Verdicts counted under owner \"other\": the label-set cap was reached",
+            m.overflow.clone(),
+        );
+        r.register(
+            "truncwatch_ready",
+            "1 once the programs are attached and events flow (and the last canary passed)",
+            m.ready.clone(),
+        );
+        r.register(
+            "truncwatch_bpf_program_run_seconds",
+            "Kernel time spent in each program (kernel.bpf_stats_enabled)",
+            m.bpf_run_seconds.clone(),
+        );
+        r.register(
+            "truncwatch_bpf_program_runs",
+            "Runs of each program (kernel.bpf_stats_enabled)",
+            m.bpf_runs.clone(),
+        );
+        r.register(
+            "truncwatch_canary_success",
+            "1 if the last built-in canary was detected correctly",
+            m.canary_success.clone(),
+        );
+        r.register(
+            "truncwatch_canary_runs",
+            "Built-in canary runs, by result",
+            m.canary_runs.clone(),
+        );
+        r.register(
+            "truncwatch_canary_last_run_timestamp_seconds",
+            "When the canary last ran (Unix time)",
+            m.canary_last_run.clone(),
+        );
         let backend_info = Family::<Backend, Gauge>::default();
-        backend_info.get_or_create(&Backend { backend: backend.into() }).set(1);
-        r.register("truncwatch_backend_info", "The hook backend attached", backend_info);
+        backend_info
+            .get_or_create(&Backend {
+                backend: backend.into(),
+            })
+            .set(1);
+        r.register(
+            "truncwatch_backend_info",
+            "The hook backend attached",
+            backend_info,
+        );
         let build = Family::<Version, Gauge>::default();
-        build.get_or_create(&Version { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        build
+            .get_or_create(&Version {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
         r.register("truncwatch_build_info", "The agent's version", build);
         m.tracked_limit.set(max_connections as i64);
         // Zeros from the start: "nothing lost" must be a series, not an absence.
@@ -176,7 +256,9 @@ impl Metrics {
         let owner = self.owner(v, owner);
         if v.kind == crate::verdict::Kind::ResetDiscard {
             self.reset_discards.get_or_create(&owner).inc();
-            self.reset_discarded_bytes.get_or_create(&owner).inc_by(v.unacked_bytes.unwrap_or(0));
+            self.reset_discarded_bytes
+                .get_or_create(&owner)
+                .inc_by(v.unacked_bytes.unwrap_or(0));
             return;
         }
         let l = ResponseLabels {
@@ -187,11 +269,18 @@ impl Metrics {
             },
             owner,
         };
-        if let Some(missing) = v.response.as_ref().and_then(|r| r.missing_bytes()).filter(|&m| m > 0) {
+        if let Some(missing) = v
+            .response
+            .as_ref()
+            .and_then(|r| r.missing_bytes())
+            .filter(|&m| m > 0)
+        {
             self.missing_bytes.get_or_create(&l).inc_by(missing);
         }
         let e = &v.evidence;
-        let slow = e.send_buffer_full || e.peer_window_at_end == Some(0) || e.rwnd_limited_ms.is_some_and(|ms| ms > 0);
+        let slow = e.send_buffer_full
+            || e.peer_window_at_end == Some(0)
+            || e.rwnd_limited_ms.is_some_and(|ms| ms > 0);
         if slow && v.kind.is_problem() {
             self.slow_reader.get_or_create(&l).inc();
         }
@@ -201,18 +290,36 @@ impl Metrics {
     /// Bring the self-metrics up to date from the correlator's counts and the kernel's totals.
     /// `counted_only`: the correlator builds verdicts only for problems (no `--all`); the
     /// others are then exported per host, with owner labels `all`.
-    pub fn update(&mut self, stats: &Stats, counted_only: bool, tracked: usize, events: u64, lost: [u64; 2], bpf: &[ProgramStats]) {
+    pub fn update(
+        &mut self,
+        stats: &Stats,
+        counted_only: bool,
+        tracked: usize,
+        events: u64,
+        lost: [u64; 2],
+        bpf: &[ProgramStats],
+    ) {
         let last = &self.last.stats;
         if counted_only {
             let all = || "all".to_string();
-            let owner = Owner { process: all(), container: all(), namespace: all(), pod: all(), port: all() };
+            let owner = Owner {
+                process: all(),
+                container: all(),
+                namespace: all(),
+                pod: all(),
+                port: all(),
+            };
             for (verdict, now, then) in [
                 ("complete", stats.judged_complete, last.judged_complete),
                 ("unframed", stats.judged_unframed, last.judged_unframed),
                 ("unparsed", stats.judged_unparsed, last.judged_unparsed),
             ] {
                 if now > then {
-                    let l = ResponseLabels { verdict, transport: "all", owner: owner.clone() };
+                    let l = ResponseLabels {
+                        verdict,
+                        transport: "all",
+                        owner: owner.clone(),
+                    };
                     self.responses.get_or_create(&l).inc_by(now - then);
                 }
             }
@@ -223,20 +330,44 @@ impl Metrics {
             }
         };
         bump(&self.unjudged, "head_only", stats.head_only, last.head_only);
-        bump(&self.unjudged, "chunked_uncertain", stats.chunked_uncertain, last.chunked_uncertain);
+        bump(
+            &self.unjudged,
+            "chunked_uncertain",
+            stats.chunked_uncertain,
+            last.chunked_uncertain,
+        );
         for (i, reason) in LOST_REASONS.iter().enumerate() {
             bump(&self.events_lost, reason, lost[i], self.last.lost[i]);
         }
-        self.evicted.inc_by(stats.evicted.saturating_sub(last.evicted));
+        self.evicted
+            .inc_by(stats.evicted.saturating_sub(last.evicted));
         self.events.inc_by(events.saturating_sub(self.events.get()));
         self.tracked.set(tracked as i64);
         for p in bpf {
-            let (t0, n0) = self.last.bpf.iter().find(|(n, ..)| *n == p.name).map_or((0, 0), |(_, t, n)| (*t, *n));
-            let l = Program { program: p.name.clone() };
-            self.bpf_run_seconds.get_or_create(&l).inc_by(p.run_time_ns.saturating_sub(t0) as f64 / 1e9);
-            self.bpf_runs.get_or_create(&l).inc_by(p.run_count.saturating_sub(n0));
+            let (t0, n0) = self
+                .last
+                .bpf
+                .iter()
+                .find(|(n, ..)| *n == p.name)
+                .map_or((0, 0), |(_, t, n)| (*t, *n));
+            let l = Program {
+                program: p.name.clone(),
+            };
+            self.bpf_run_seconds
+                .get_or_create(&l)
+                .inc_by(p.run_time_ns.saturating_sub(t0) as f64 / 1e9);
+            self.bpf_runs
+                .get_or_create(&l)
+                .inc_by(p.run_count.saturating_sub(n0));
         }
-        self.last = Last { stats: stats.clone(), lost, bpf: bpf.iter().map(|p| (p.name.clone(), p.run_time_ns, p.run_count)).collect() };
+        self.last = Last {
+            stats: stats.clone(),
+            lost,
+            bpf: bpf
+                .iter()
+                .map(|p| (p.name.clone(), p.run_time_ns, p.run_count))
+                .collect(),
+        };
     }
 
     pub fn set_ready(&mut self, ready: bool) {
@@ -244,14 +375,21 @@ impl Metrics {
     }
 
     pub fn canary(&mut self, passed: bool, unix_time: u64) {
-        self.canary_success.get_or_create(&Vec::new()).set(passed as i64);
-        self.canary_runs.get_or_create(&CanaryResult { result: if passed { "pass" } else { "fail" } }).inc();
+        self.canary_success
+            .get_or_create(&Vec::new())
+            .set(passed as i64);
+        self.canary_runs
+            .get_or_create(&CanaryResult {
+                result: if passed { "pass" } else { "fail" },
+            })
+            .inc();
         self.canary_last_run.set(unix_time as i64);
     }
 
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("writing to a String cannot fail");
         s
     }
 
@@ -260,7 +398,11 @@ impl Metrics {
             Transport::Tcp => v.meta.local.rsplit(':').next().unwrap_or("").to_string(),
             Transport::Unix => v.meta.local.clone(),
         };
-        let container = a.container.clone().or_else(|| a.container_id.as_ref().map(|id| id[..id.len().min(12)].to_string()));
+        let container = a.container.clone().or_else(|| {
+            a.container_id
+                .as_ref()
+                .map(|id| id[..id.len().min(12)].to_string())
+        });
         let o = Owner {
             process: v.meta.comm.clone(),
             container: container.unwrap_or_default(),
@@ -277,7 +419,13 @@ impl Metrics {
         }
         self.overflow.inc();
         let other = || "other".to_string();
-        Owner { process: other(), container: other(), namespace: other(), pod: other(), port: other() }
+        Owner {
+            process: other(),
+            container: other(),
+            namespace: other(),
+            pod: other(),
+            port: other(),
+        }
     }
 }
 
@@ -289,23 +437,60 @@ mod tests {
     use std::sync::Arc;
 
     fn verdict(kind: Kind, comm: &str, port: u16, missing: u64) -> Verdict {
-        let meta = ConnMeta { transport: Transport::Tcp, pid: 1, comm: comm.into(), local: format!("127.0.0.1:{port}"), peer: String::new() };
-        let response = Some(ResponseFacts { status: 200, content_length: Some(100), chunked: false, expected_bytes: Some(100), sent_bytes: 100 - missing });
-        let evidence = Evidence { send_buffer_full: true, ..Evidence::default() };
-        Verdict { kind, meta: Arc::new(meta), pid: 1, response, unacked_bytes: None, evidence, ts_ns: 0 }
+        let meta = ConnMeta {
+            transport: Transport::Tcp,
+            pid: 1,
+            comm: comm.into(),
+            local: format!("127.0.0.1:{port}"),
+            peer: String::new(),
+        };
+        let response = Some(ResponseFacts {
+            status: 200,
+            content_length: Some(100),
+            chunked: false,
+            expected_bytes: Some(100),
+            sent_bytes: 100 - missing,
+        });
+        let evidence = Evidence {
+            send_buffer_full: true,
+            ..Evidence::default()
+        };
+        Verdict {
+            kind,
+            meta: Arc::new(meta),
+            pid: 1,
+            response,
+            unacked_bytes: None,
+            evidence,
+            ts_ns: 0,
+        }
     }
 
     #[test]
     fn verdicts_become_labelled_series() {
         let mut m = Metrics::new(10, 100, "tracepoint");
-        let owner = Attribution { namespace: Some("shop".into()), pod: Some("web-1".into()), container: Some("app".into()), ..Attribution::default() };
+        let owner = Attribution {
+            namespace: Some("shop".into()),
+            pod: Some("web-1".into()),
+            container: Some("app".into()),
+            ..Attribution::default()
+        };
         m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 40), &owner);
         m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 2), &owner);
         let text = m.encode();
         let l = r#"{verdict="short_write",transport="tcp",process="nginx",container="app",namespace="shop",pod="web-1",port="80"}"#;
-        assert!(text.contains(&format!("truncwatch_responses_total{l} 2")), "{text}");
-        assert!(text.contains(&format!("truncwatch_missing_bytes_total{l} 42")), "{text}");
-        assert!(text.contains(&format!("truncwatch_slow_reader_responses_total{l} 2")), "{text}");
+        assert!(
+            text.contains(&format!("truncwatch_responses_total{l} 2")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("truncwatch_missing_bytes_total{l} 42")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("truncwatch_slow_reader_responses_total{l} 2")),
+            "{text}"
+        );
         assert!(text.contains("truncwatch_build_info{version=\"0.1.0\"} 1"));
     }
 
@@ -313,19 +498,46 @@ mod tests {
     fn label_sets_are_capped_with_an_overflow_bucket() {
         let mut m = Metrics::new(3, 100, "tracepoint");
         for port in 0..10 {
-            m.verdict(&verdict(Kind::ShortWrite, "srv", port, 1), &Attribution::default());
+            m.verdict(
+                &verdict(Kind::ShortWrite, "srv", port, 1),
+                &Attribution::default(),
+            );
         }
         let text = m.encode();
-        assert_eq!(text.lines().filter(|l| l.starts_with("truncwatch_responses_total{")).count(), 4, "3 owners + other:\n{text}");
-        assert!(text.contains(r#"process="other",container="other",namespace="other",pod="other",port="other"} 7"#), "{text}");
-        assert!(text.contains("truncwatch_label_sets_overflow_total 7"), "{text}");
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("truncwatch_responses_total{"))
+                .count(),
+            4,
+            "3 owners + other:\n{text}"
+        );
+        assert!(
+            text.contains(
+                r#"process="other",container="other",namespace="other",pod="other",port="other"} 7"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("truncwatch_label_sets_overflow_total 7"),
+            "{text}"
+        );
     }
 
     #[test]
     fn kernel_totals_become_increments() {
         let mut m = Metrics::new(3, 100, "tracepoint");
-        let mut stats = Stats { judged_complete: 5, head_only: 1, ..Stats::default() };
-        let prog = |t, n| vec![ProgramStats { name: "p".into(), run_time_ns: t, run_count: n }];
+        let mut stats = Stats {
+            judged_complete: 5,
+            head_only: 1,
+            ..Stats::default()
+        };
+        let prog = |t, n| {
+            vec![ProgramStats {
+                name: "p".into(),
+                run_time_ns: t,
+                run_count: n,
+            }]
+        };
         m.update(&stats, true, 2, 10, [0, 0], &prog(1_000_000_000, 10));
         stats.judged_complete = 7;
         m.update(&stats, true, 1, 15, [3, 0], &prog(3_000_000_000, 30));
@@ -341,11 +553,18 @@ mod tests {
             r#"truncwatch_bpf_program_run_seconds_total{program="p"} 3.0"#,
             r#"truncwatch_bpf_program_runs_total{program="p"} 30"#,
         ] {
-            assert!(text.lines().any(|l| l == want), "missing {want:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want:?} in\n{text}"
+            );
         }
         assert!(!text.contains("truncwatch_canary_success"));
         m.canary(false, 5);
         let text = m.encode();
-        assert!(text.lines().any(|l| l.starts_with("truncwatch_canary_success") && l.ends_with(" 0")), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("truncwatch_canary_success") && l.ends_with(" 0")),
+            "{text}"
+        );
     }
 }

@@ -23,7 +23,9 @@ pub struct Clock {
 impl Clock {
     pub fn now() -> Self {
         let mono = monotonic_ns();
-        Clock { boot: SystemTime::now() - Duration::from_nanos(mono) }
+        Clock {
+            boot: SystemTime::now() - Duration::from_nanos(mono),
+        }
     }
     #[cfg(test)]
     pub fn fixed(boot: SystemTime) -> Self {
@@ -35,7 +37,10 @@ impl Clock {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -97,13 +102,22 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
         }
         Format::Human => {
             let e = &v.evidence;
-            let peer = if v.meta.peer.is_empty() { String::new() } else { format!(" <- {}", v.meta.peer) };
+            let peer = if v.meta.peer.is_empty() {
+                String::new()
+            } else {
+                format!(" <- {}", v.meta.peer)
+            };
             let transport = match v.meta.transport {
                 Transport::Tcp => "tcp",
                 Transport::Unix => "unix",
             };
-            let mut line =
-                format!("{ts} {:<11} {transport} {}{peer} pid={} comm={}", v.kind.as_str(), v.meta.local, v.pid, v.meta.comm);
+            let mut line = format!(
+                "{ts} {:<11} {transport} {}{peer} pid={} comm={}",
+                v.kind.as_str(),
+                v.meta.local,
+                v.pid,
+                v.meta.comm
+            );
             if let Some(r) = &v.response {
                 let or_unknown = |n: Option<u64>| n.map_or("?".to_string(), |n| n.to_string());
                 line += &format!(
@@ -121,7 +135,10 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
                 line += &format!(" unacked={n} unread={}", e.unread_bytes.unwrap_or(0));
             }
             if e.send_buffer_full {
-                line += &format!(" send_buffer_full(eagain={} partial={})", e.eagain, e.partial_sends);
+                line += &format!(
+                    " send_buffer_full(eagain={} partial={})",
+                    e.eagain, e.partial_sends
+                );
             }
             if let Some(p) = e.peer_ended {
                 line += &format!(" peer_ended={p}");
@@ -145,11 +162,30 @@ mod tests {
     fn verdict() -> Verdict {
         Verdict {
             kind: Kind::ShortWrite,
-            meta: std::sync::Arc::new(ConnMeta { transport: Transport::Unix, pid: 9, comm: "hyper".into(), local: "/run/app.sock".into(), peer: String::new() }),
+            meta: std::sync::Arc::new(ConnMeta {
+                transport: Transport::Unix,
+                pid: 9,
+                comm: "hyper".into(),
+                local: "/run/app.sock".into(),
+                peer: String::new(),
+            }),
             pid: 9,
-            response: Some(ResponseFacts { status: 200, content_length: Some(1000), chunked: false, expected_bytes: Some(1100), sent_bytes: 600 }),
+            response: Some(ResponseFacts {
+                status: 200,
+                content_length: Some(1000),
+                chunked: false,
+                expected_bytes: Some(1100),
+                sent_bytes: 600,
+            }),
             unacked_bytes: None,
-            evidence: Evidence { eagain: 2, partial_sends: 1, send_buffer_full: true, peer_ended: None, end: Some(End::Eof), ..Evidence::default() },
+            evidence: Evidence {
+                eagain: 2,
+                partial_sends: 1,
+                send_buffer_full: true,
+                peer_ended: None,
+                end: Some(End::Eof),
+                ..Evidence::default()
+            },
             ts_ns: 1_500_000,
         }
     }
@@ -157,7 +193,13 @@ mod tests {
     #[test]
     fn json_contract_fields() {
         let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
-        let j: serde_json::Value = serde_json::from_str(&format(&verdict(), &Attribution::default(), Format::Json, &clock)).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&format(
+            &verdict(),
+            &Attribution::default(),
+            Format::Json,
+            &clock,
+        ))
+        .unwrap();
         assert_eq!(j["verdict"], "short_write");
         assert_eq!(j["pod"], serde_json::Value::Null);
         assert_eq!(j["transport"], "unix");
@@ -184,18 +226,33 @@ mod tests {
         v.kind = Kind::ResetDiscard;
         v.response = None;
         v.unacked_bytes = Some(77);
-        v.evidence = Evidence { end: Some(End::Reset), unread_bytes: Some(30), ..Evidence::default() };
+        v.evidence = Evidence {
+            end: Some(End::Reset),
+            unread_bytes: Some(30),
+            ..Evidence::default()
+        };
         let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
-        let j: serde_json::Value = serde_json::from_str(&format(&v, &Attribution::default(), Format::Json, &clock)).unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&format(&v, &Attribution::default(), Format::Json, &clock))
+                .unwrap();
         assert_eq!(j["verdict"], "reset_discard");
-        for f in ["status", "content_length", "expected_bytes", "sent_bytes", "missing_bytes"] {
+        for f in [
+            "status",
+            "content_length",
+            "expected_bytes",
+            "sent_bytes",
+            "missing_bytes",
+        ] {
             assert_eq!(j[f], serde_json::Value::Null, "{f}");
         }
         assert_eq!(j["chunked"], false);
         assert_eq!(j["unacked_bytes"], 77);
         assert_eq!(j["evidence"]["unread_bytes"], 30);
         let l = format(&v, &Attribution::default(), Format::Human, &clock);
-        assert!(l.contains("reset_discard unix /run/app.sock pid=9 comm=hyper unacked=77 unread=30"), "{l}");
+        assert!(
+            l.contains("reset_discard unix /run/app.sock pid=9 comm=hyper unacked=77 unread=30"),
+            "{l}"
+        );
     }
 
     #[test]
@@ -209,9 +266,20 @@ mod tests {
             container: Some("app".into()),
             ..Attribution::default()
         };
-        let j: serde_json::Value = serde_json::from_str(&format(&verdict(), &owner, Format::Json, &clock)).unwrap();
-        assert_eq!((j["namespace"].as_str(), j["pod"].as_str(), j["container"].as_str()), (Some("shop"), Some("web-1"), Some("app")));
-        assert_eq!((j["cgroup"].as_str(), j["container_id"].as_str()), (Some("/kubepods/pod1/abc"), Some("abc")));
+        let j: serde_json::Value =
+            serde_json::from_str(&format(&verdict(), &owner, Format::Json, &clock)).unwrap();
+        assert_eq!(
+            (
+                j["namespace"].as_str(),
+                j["pod"].as_str(),
+                j["container"].as_str()
+            ),
+            (Some("shop"), Some("web-1"), Some("app"))
+        );
+        assert_eq!(
+            (j["cgroup"].as_str(), j["container_id"].as_str()),
+            (Some("/kubepods/pod1/abc"), Some("abc"))
+        );
         assert!(format(&verdict(), &owner, Format::Human, &clock).ends_with(" pod=shop/web-1"));
     }
 

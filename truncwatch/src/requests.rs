@@ -98,7 +98,11 @@ mod tests {
     #[test]
     fn one_request_per_response() {
         let mut r = Requests::default();
-        for (m, want) in [(Method::Other, Answer::Other), (Method::Head, Answer::Head), (Method::Connect, Answer::Connect)] {
+        for (m, want) in [
+            (Method::Other, Answer::Other),
+            (Method::Head, Answer::Head),
+            (Method::Connect, Answer::Connect),
+        ] {
             r.head_sent(seen(1, Some(m)));
             assert_eq!(r.answer(), want);
         }
@@ -120,7 +124,11 @@ mod tests {
         r.head_sent(seen(2, Some(Method::Other)));
         assert_eq!(r.answer(), Answer::Unknown);
         r.head_sent(seen(1, Some(Method::Other)));
-        assert_eq!(r.answer(), Answer::Unknown, "after pipelining, a count of one may be off");
+        assert_eq!(
+            r.answer(),
+            Answer::Unknown,
+            "after pipelining, a count of one may be off"
+        );
         // HEAD is still trusted: it only spares a response.
         r.head_sent(seen(3, Some(Method::Head)));
         assert_eq!(r.answer(), Answer::Head);

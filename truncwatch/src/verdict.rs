@@ -50,7 +50,14 @@ impl Kind {
     /// Something went wrong for a client, or may have and the agent could not see it all:
     /// printed by default (the rest only with `--all`).
     pub fn is_problem(self) -> bool {
-        matches!(self, Kind::ShortWrite | Kind::PeerReset | Kind::Desync | Kind::ResetDiscard | Kind::ObserverLoss)
+        matches!(
+            self,
+            Kind::ShortWrite
+                | Kind::PeerReset
+                | Kind::Desync
+                | Kind::ResetDiscard
+                | Kind::ObserverLoss
+        )
     }
 }
 
@@ -135,7 +142,8 @@ pub struct ResponseFacts {
 
 impl ResponseFacts {
     pub fn missing_bytes(&self) -> Option<u64> {
-        self.expected_bytes.map(|e| e.saturating_sub(self.sent_bytes))
+        self.expected_bytes
+            .map(|e| e.saturating_sub(self.sent_bytes))
     }
 }
 

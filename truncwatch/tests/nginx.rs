@@ -15,22 +15,46 @@ fn nginx_send_timeout_is_a_short_write() {
     let ep = format!("tcp:127.0.0.1:{}", ngx.ports[0]);
     let local = format!("127.0.0.1:{}", ngx.ports[0]);
     // Reads 1 MB of body, then stalls 3 s: nginx's 1 s send_timeout fires meanwhile.
-    let got = fetch(&ep, &["--path", "/big.bin", "--stall-after", "1000000", "--stall", "3s"]);
-    assert_eq!(got[0]["complete"], false, "nginx should have cut it: {}", got[0]);
+    let got = fetch(
+        &ep,
+        &[
+            "--path",
+            "/big.bin",
+            "--stall-after",
+            "1000000",
+            "--stall",
+            "3s",
+        ],
+    );
+    assert_eq!(
+        got[0]["complete"], false,
+        "nginx should have cut it: {}",
+        got[0]
+    );
     let v = agent.wait_for(&local, 1, Duration::from_secs(30));
     assert_eq!(v.len(), 1, "{v:?}");
     let v = &v[0];
     assert_eq!(v["verdict"], "short_write", "{v}");
     assert_eq!(v["comm"], "nginx");
-    assert_eq!(u(&v["sent_bytes"]), u(&got[0]["received_bytes"]), "agent bytes = client bytes: {v}");
-    assert_eq!(u(&v["expected_bytes"]), u(&got[0]["head_bytes"]) + FILE_BYTES);
+    assert_eq!(
+        u(&v["sent_bytes"]),
+        u(&got[0]["received_bytes"]),
+        "agent bytes = client bytes: {v}"
+    );
+    assert_eq!(
+        u(&v["expected_bytes"]),
+        u(&got[0]["head_bytes"]) + FILE_BYTES
+    );
     assert_eq!(u(&v["content_length"]), FILE_BYTES);
     // The evidence of a slow reader, from the kernel's own TCP counters: the client's window
     // was closed when nginx gave up, after about a second (send_timeout) limited by it.
     let e = &v["evidence"];
     assert_eq!(e["peer_window_at_end"], 0, "{e}");
     assert!(u(&e["rwnd_limited_ms"]) >= 500, "{e}");
-    assert!(u(&e["unacked_bytes_at_end"]) > 0, "bytes still in flight after the FIN: {e}");
+    assert!(
+        u(&e["unacked_bytes_at_end"]) > 0,
+        "bytes still in flight after the FIN: {e}"
+    );
     assert!(u(&e["duration_ms"]) >= 900, "{e}");
 
     // The same file to a reader that does not stall: complete, never flagged.
@@ -38,11 +62,20 @@ fn nginx_send_timeout_is_a_short_write() {
     assert!(ok.iter().all(|r| r["complete"] == true));
     let v = agent.wait_for(&local, 3, Duration::from_secs(30));
     assert_eq!(v.len(), 3, "{v:?}");
-    assert!(v[1..].iter().all(|x| x["verdict"] == "complete" && u(&x["sent_bytes"]) == u(&ok[0]["received_bytes"])), "{v:?}");
+    assert!(
+        v[1..]
+            .iter()
+            .all(|x| x["verdict"] == "complete"
+                && u(&x["sent_bytes"]) == u(&ok[0]["received_bytes"])),
+        "{v:?}"
+    );
 
     // HEAD: nginx answers with Content-Length and no body. Seen on the request path, each
     // answer is complete with its head.
-    let heads = fetch(&ep, &["--path", "/big.bin", "--method", "HEAD", "--requests", "3"]);
+    let heads = fetch(
+        &ep,
+        &["--path", "/big.bin", "--method", "HEAD", "--requests", "3"],
+    );
     assert!(heads.iter().all(|r| r["complete"] == true), "{heads:?}");
     agent.wait_for(&local, 6, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
@@ -56,11 +89,18 @@ fn nginx_send_timeout_is_a_short_write() {
     // Pipelining: five requests in one write. nginx answers each in sends of its own, so
     // each answer is judged on its own, complete, with its exact bytes.
     let piped = fetch(&ep, &["--path", "/1k.bin", "--requests", "5", "--pipeline"]);
-    assert!(piped.len() == 5 && piped.iter().all(|r| r["complete"] == true), "{piped:?}");
+    assert!(
+        piped.len() == 5 && piped.iter().all(|r| r["complete"] == true),
+        "{piped:?}"
+    );
     agent.wait_for(&local, 11, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let after = &agent.verdicts(&local)[6..];
-    assert_eq!(after.len(), 5, "one verdict per pipelined answer: {after:?}");
+    assert_eq!(
+        after.len(),
+        5,
+        "one verdict per pipelined answer: {after:?}"
+    );
     for (v, client) in after.iter().zip(&piped) {
         assert_eq!(v["verdict"], "complete", "{v}");
         assert_eq!(u(&v["sent_bytes"]), u(&client["received_bytes"]), "{v}");

@@ -9,11 +9,21 @@ use std::time::Duration;
 use support::{Agent, BIN, Server, fetch, http_get, u};
 
 const WAIT: Duration = Duration::from_secs(30);
-const SLOW: &[&str] = &["--rcvbuf", "65536", "--read-bytes", "16384", "--read-delay", "2ms"];
+const SLOW: &[&str] = &[
+    "--rcvbuf",
+    "65536",
+    "--read-bytes",
+    "16384",
+    "--read-delay",
+    "2ms",
+];
 
 /// The value of the series whose line starts with `prefix` (name and labels), if any.
 fn series(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Wait until the metrics (refreshed every second) show `prefix`.

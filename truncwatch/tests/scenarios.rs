@@ -9,7 +9,9 @@ mod support;
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{Agent, Nginx, Server, fetch, free_port, nginx_or_skip, u, unix_path, wait_listening};
+use support::{
+    Agent, Nginx, Server, fetch, free_port, nginx_or_skip, u, unix_path, wait_listening,
+};
 
 /// One scenario: how to produce traffic, and what the agent must say about it.
 struct Scenario {
@@ -31,11 +33,24 @@ struct Env {
     _upstream: Server,
 }
 
-const SLOW: &[&str] = &["--rcvbuf", "65536", "--read-bytes", "16384", "--read-delay", "2ms"];
+const SLOW: &[&str] = &[
+    "--rcvbuf",
+    "65536",
+    "--read-bytes",
+    "16384",
+    "--read-delay",
+    "2ms",
+];
 /// Reads 1 MB of body, then stalls 3 s: past nginx's 1 s send_timeout and Node's 1 s timeout.
 const STALL: &[&str] = &["--stall-after", "1000000", "--stall", "3s"];
 
-fn lab(listen: &str, mode: &str, body: u64, server_args: &[&str], client_args: &[&str]) -> (String, Vec<Value>) {
+fn lab(
+    listen: &str,
+    mode: &str,
+    body: u64,
+    server_args: &[&str],
+    client_args: &[&str],
+) -> (String, Vec<Value>) {
     let srv = Server::start_args(listen, mode, body, server_args);
     let got = fetch(&srv.endpoint, client_args);
     (srv.local(), got)
@@ -46,7 +61,10 @@ fn unix(name: &str) -> String {
 }
 
 fn nginx_fetch(port: u16, args: &[&str]) -> (String, Vec<Value>) {
-    (format!("127.0.0.1:{port}"), fetch(&format!("tcp:127.0.0.1:{port}"), args))
+    (
+        format!("127.0.0.1:{port}"),
+        fetch(&format!("tcp:127.0.0.1:{port}"), args),
+    )
 }
 
 struct Node(Child);
@@ -71,51 +89,181 @@ fn node(body: u64, args: &[&str]) -> (String, Vec<Value>) {
 }
 
 fn scenarios() -> Vec<Scenario> {
-    fn s(name: &'static str, expected: &[&'static str], run: impl Fn(&Env) -> (String, Vec<Value>) + 'static) -> Scenario {
-        Scenario { name, expected: expected.to_vec(), run: Box::new(run) }
+    fn s(
+        name: &'static str,
+        expected: &[&'static str],
+        run: impl Fn(&Env) -> (String, Vec<Value>) + 'static,
+    ) -> Scenario {
+        Scenario {
+            name,
+            expected: expected.to_vec(),
+            run: Box::new(run),
+        }
     }
     let big = 8 << 20;
     vec![
         // Truncated by the server.
-        s("lab tcp: short write, shutdown", &["short_write"], move |_| lab("tcp:127.0.0.1:0", "short-shutdown", big, &[], SLOW)),
-        s("lab tcp: short write, close", &["short_write"], move |_| lab("tcp:127.0.0.1:0", "short-close", big, &[], SLOW)),
-        s("lab unix: short write, shutdown", &["short_write"], move |_| lab(&unix("m1.sock"), "short-shutdown", big, &[], SLOW)),
-        s("lab unix: short write, close", &["short_write"], move |_| lab(&unix("m2.sock"), "short-close", big, &[], SLOW)),
-        s("lab tcp: chunked cut short", &["short_write"], move |_| lab("tcp:127.0.0.1:0", "short-shutdown", big, &["--chunked"], SLOW)),
-        s("lab unix: chunked cut short", &["short_write"], move |_| lab(&unix("m3.sock"), "short-close", big, &["--chunked"], SLOW)),
-        s("lab tcp: close with unread input", &["complete", "reset_discard"], move |_| {
-            lab("tcp:127.0.0.1:0", "reset-unread", big, &[], &[SLOW, &["--send-after-head", "100"]].concat())
+        s(
+            "lab tcp: short write, shutdown",
+            &["short_write"],
+            move |_| lab("tcp:127.0.0.1:0", "short-shutdown", big, &[], SLOW),
+        ),
+        s("lab tcp: short write, close", &["short_write"], move |_| {
+            lab("tcp:127.0.0.1:0", "short-close", big, &[], SLOW)
         }),
-        s("lab tcp: SO_LINGER 0", &["complete", "reset_discard"], move |_| lab("tcp:127.0.0.1:0", "linger0", big, &[], SLOW)),
-        s("lab tcp: head alone, then close", &["short_write"], |_| lab("tcp:127.0.0.1:0", "truncate", 5000, &["--truncate-at", "0"], &[])),
-        s("lab unix: next response before the body's end", &["desync", "complete"], |_| {
-            lab(&unix("m4.sock"), "desync", 100_000, &["--truncate-at", "1000"], &[])
+        s(
+            "lab unix: short write, shutdown",
+            &["short_write"],
+            move |_| lab(&unix("m1.sock"), "short-shutdown", big, &[], SLOW),
+        ),
+        s(
+            "lab unix: short write, close",
+            &["short_write"],
+            move |_| lab(&unix("m2.sock"), "short-close", big, &[], SLOW),
+        ),
+        s("lab tcp: chunked cut short", &["short_write"], move |_| {
+            lab(
+                "tcp:127.0.0.1:0",
+                "short-shutdown",
+                big,
+                &["--chunked"],
+                SLOW,
+            )
         }),
-        s("nginx: send_timeout", &["short_write"], |e| nginx_fetch(e.static_port, &[&["--path", "/big.bin"], STALL].concat())),
-        s("nginx: send_timeout + reset_timedout_connection", &["short_write", "reset_discard"], |e| {
-            nginx_fetch(e.reset_port, &[&["--path", "/big.bin"], STALL].concat())
+        s("lab unix: chunked cut short", &["short_write"], move |_| {
+            lab(&unix("m3.sock"), "short-close", big, &["--chunked"], SLOW)
         }),
-        s("nginx proxy: upstream closes early", &["short_write"], |e| nginx_fetch(e.proxy_port, &["--path", "/"])),
-        s("node: server.timeout", &["short_write"], |_| node(30 << 20, STALL)),
+        s(
+            "lab tcp: close with unread input",
+            &["complete", "reset_discard"],
+            move |_| {
+                lab(
+                    "tcp:127.0.0.1:0",
+                    "reset-unread",
+                    big,
+                    &[],
+                    &[SLOW, &["--send-after-head", "100"]].concat(),
+                )
+            },
+        ),
+        s(
+            "lab tcp: SO_LINGER 0",
+            &["complete", "reset_discard"],
+            move |_| lab("tcp:127.0.0.1:0", "linger0", big, &[], SLOW),
+        ),
+        s("lab tcp: head alone, then close", &["short_write"], |_| {
+            lab(
+                "tcp:127.0.0.1:0",
+                "truncate",
+                5000,
+                &["--truncate-at", "0"],
+                &[],
+            )
+        }),
+        s(
+            "lab unix: next response before the body's end",
+            &["desync", "complete"],
+            |_| {
+                lab(
+                    &unix("m4.sock"),
+                    "desync",
+                    100_000,
+                    &["--truncate-at", "1000"],
+                    &[],
+                )
+            },
+        ),
+        s("nginx: send_timeout", &["short_write"], |e| {
+            nginx_fetch(e.static_port, &[&["--path", "/big.bin"], STALL].concat())
+        }),
+        s(
+            "nginx: send_timeout + reset_timedout_connection",
+            &["short_write", "reset_discard"],
+            |e| nginx_fetch(e.reset_port, &[&["--path", "/big.bin"], STALL].concat()),
+        ),
+        s(
+            "nginx proxy: upstream closes early",
+            &["short_write"],
+            |e| nginx_fetch(e.proxy_port, &["--path", "/"]),
+        ),
+        s("node: server.timeout", &["short_write"], |_| {
+            node(30 << 20, STALL)
+        }),
         // The client's doing: reported apart.
-        s("lab tcp: peer resets mid-body", &["peer_reset"], move |_| lab("tcp:127.0.0.1:0", "full", big, &[], &["--abort-after", "1000000"])),
+        s(
+            "lab tcp: peer resets mid-body",
+            &["peer_reset"],
+            move |_| {
+                lab(
+                    "tcp:127.0.0.1:0",
+                    "full",
+                    big,
+                    &[],
+                    &["--abort-after", "1000000"],
+                )
+            },
+        ),
         // Healthy: must stay complete.
-        s("lab tcp: 200 fast keep-alive responses", &["complete"; 200], |_| {
-            lab("tcp:127.0.0.1:0", "full", 1000, &[], &["--requests", "50", "--connections", "4"])
+        s(
+            "lab tcp: 200 fast keep-alive responses",
+            &["complete"; 200],
+            |_| {
+                lab(
+                    "tcp:127.0.0.1:0",
+                    "full",
+                    1000,
+                    &[],
+                    &["--requests", "50", "--connections", "4"],
+                )
+            },
+        ),
+        s("lab unix: slow steady reader", &["complete"], |_| {
+            lab(&unix("h1.sock"), "full", 4 << 20, &[], SLOW)
         }),
-        s("lab unix: slow steady reader", &["complete"], |_| lab(&unix("h1.sock"), "full", 4 << 20, &[], SLOW)),
         s("lab tcp: stalls 1 s, then resumes", &["complete"], |_| {
-            lab("tcp:127.0.0.1:0", "full", 4 << 20, &[], &["--stall-after", "500000", "--stall", "1s"])
+            lab(
+                "tcp:127.0.0.1:0",
+                "full",
+                4 << 20,
+                &[],
+                &["--stall-after", "500000", "--stall", "1s"],
+            )
         }),
-        s("lab unix: chunked, slow reader", &["complete"], |_| lab(&unix("h2.sock"), "full", 4 << 20, &["--chunked"], SLOW)),
-        s("nginx: 20 keep-alive responses", &["complete"; 20], |e| nginx_fetch(e.static_port, &["--path", "/1k.bin", "--requests", "20"])),
-        s("nginx: stall 0.5 s, under send_timeout", &["complete"], |e| {
-            nginx_fetch(e.static_port, &["--path", "/big.bin", "--stall-after", "1000000", "--stall", "500ms"])
+        s("lab unix: chunked, slow reader", &["complete"], |_| {
+            lab(&unix("h2.sock"), "full", 4 << 20, &["--chunked"], SLOW)
         }),
-        s("nginx: HEAD", &["complete"; 3], |e| nginx_fetch(e.static_port, &["--path", "/big.bin", "--method", "HEAD", "--requests", "3"])),
+        s("nginx: 20 keep-alive responses", &["complete"; 20], |e| {
+            nginx_fetch(e.static_port, &["--path", "/1k.bin", "--requests", "20"])
+        }),
+        s(
+            "nginx: stall 0.5 s, under send_timeout",
+            &["complete"],
+            |e| {
+                nginx_fetch(
+                    e.static_port,
+                    &[
+                        "--path",
+                        "/big.bin",
+                        "--stall-after",
+                        "1000000",
+                        "--stall",
+                        "500ms",
+                    ],
+                )
+            },
+        ),
+        s("nginx: HEAD", &["complete"; 3], |e| {
+            nginx_fetch(
+                e.static_port,
+                &["--path", "/big.bin", "--method", "HEAD", "--requests", "3"],
+            )
+        }),
         s("nginx: 304 Not Modified", &["complete"; 3], |e| {
             let ims = "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT";
-            nginx_fetch(e.static_port, &["--path", "/1k.bin", "--header", ims, "--requests", "3"])
+            nginx_fetch(
+                e.static_port,
+                &["--path", "/1k.bin", "--header", ims, "--requests", "3"],
+            )
         }),
         s("node: fast reader", &["complete"], |_| node(4 << 20, &[])),
     ]
@@ -124,7 +272,10 @@ fn scenarios() -> Vec<Scenario> {
 impl Env {
     /// The `local` of every shared server.
     fn locals(&self) -> Vec<String> {
-        [self.static_port, self.reset_port, self.proxy_port].iter().map(|p| format!("127.0.0.1:{p}")).collect()
+        [self.static_port, self.reset_port, self.proxy_port]
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
     }
 }
 
@@ -143,18 +294,30 @@ fn scenario_matrix() {
     if !nginx_or_skip("scenario_matrix") {
         return;
     }
-    let upstream = Server::start_args("tcp:127.0.0.1:0", "truncate", 4 << 20, &["--truncate-at", "1000000"]);
+    let upstream = Server::start_args(
+        "tcp:127.0.0.1:0",
+        "truncate",
+        4 << 20,
+        &["--truncate-at", "1000000"],
+    );
     let up = upstream.local();
     let nginx = Nginx::start(&[
         "sendfile on; send_timeout 1s;",
         "sendfile on; send_timeout 1s; reset_timedout_connection on;",
         &format!("location / {{ proxy_pass http://{up}; }}"),
     ]);
-    let env = Env { static_port: nginx.ports[0], reset_port: nginx.ports[1], proxy_port: nginx.ports[2], _nginx: nginx, _upstream: upstream };
+    let env = Env {
+        static_port: nginx.ports[0],
+        reset_port: nginx.ports[1],
+        proxy_port: nginx.ports[2],
+        _nginx: nginx,
+        _upstream: upstream,
+    };
     let agent = Agent::start();
 
     let mut rows = Vec::new();
-    let (mut truncated, mut caught, mut flags, mut right_flags, mut healthy, mut false_flags) = (0, 0, 0, 0, 0, 0);
+    let (mut truncated, mut caught, mut flags, mut right_flags, mut healthy, mut false_flags) =
+        (0, 0, 0, 0, 0, 0);
     // Every server address used so far: shared servers, and lab servers whose port a later
     // lab server may get again.
     let mut locals = env.locals();
@@ -162,9 +325,13 @@ fn scenario_matrix() {
         // Count only verdicts that arrive during this scenario.
         let before = |local: &str| agent.verdicts(local).len();
         let (local, client, skip) = {
-            let marks: Vec<(String, usize)> = locals.iter().map(|l| (l.clone(), before(l))).collect();
+            let marks: Vec<(String, usize)> =
+                locals.iter().map(|l| (l.clone(), before(l))).collect();
             let (local, client) = (sc.run)(&env);
-            let skip = marks.iter().find(|(l, _)| *l == local).map_or(0, |(_, n)| *n);
+            let skip = marks
+                .iter()
+                .find(|(l, _)| *l == local)
+                .map_or(0, |(_, n)| *n);
             (local, client, skip)
         };
         if !locals.contains(&local) {
@@ -179,8 +346,12 @@ fn scenario_matrix() {
         kinds.sort_unstable();
         let mut expected = sc.expected.clone();
         expected.sort_unstable();
-        let problem = |k: &str| matches!(k, "short_write" | "reset_discard" | "peer_reset" | "desync");
-        let server_cut = sc.expected.iter().any(|k| matches!(*k, "short_write" | "reset_discard" | "desync"));
+        let problem =
+            |k: &str| matches!(k, "short_write" | "reset_discard" | "peer_reset" | "desync");
+        let server_cut = sc
+            .expected
+            .iter()
+            .any(|k| matches!(*k, "short_write" | "reset_discard" | "desync"));
         if server_cut {
             truncated += 1;
             if kinds == expected {
@@ -191,11 +362,17 @@ fn scenario_matrix() {
             false_flags += kinds.iter().filter(|k| problem(k)).count();
         }
         flags += kinds.iter().filter(|k| problem(k)).count();
-        right_flags += kinds.iter().zip(&expected).filter(|(k, e)| problem(k) && k == e).count();
+        right_flags += kinds
+            .iter()
+            .zip(&expected)
+            .filter(|(k, e)| problem(k) && k == e)
+            .count();
         // Bytes: the client's total against the agent's (sent_bytes), where both apply.
         let client_bytes: u64 = client.iter().map(|c| u(&c["received_bytes"])).sum();
         let agent_bytes: u64 = got.iter().filter_map(|v| v["sent_bytes"].as_u64()).sum();
-        let reset = client.iter().any(|c| c["end"] == "reset" || c["end"] == "aborted");
+        let reset = client
+            .iter()
+            .any(|c| c["end"] == "reset" || c["end"] == "aborted");
         // After a desync the client reads the next response as body: its count says nothing.
         let desync = sc.expected.contains(&"desync");
         let bytes_ok = reset || desync || sc.expected.is_empty() || client_bytes == agent_bytes;
@@ -214,7 +391,13 @@ fn scenario_matrix() {
     }
     drop(env);
     print_table(&rows);
-    let pct = |a: usize, b: usize| if b == 0 { 100.0 } else { 100.0 * a as f64 / b as f64 };
+    let pct = |a: usize, b: usize| {
+        if b == 0 {
+            100.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
+    };
     println!(
         "totals: {} scenarios, {} passed; recall {:.0}% ({caught}/{truncated} server truncations flagged); \
          precision {:.0}% ({right_flags}/{flags} flags right); false positives on healthy traffic: {false_flags} ({healthy} healthy scenarios)",
@@ -240,7 +423,17 @@ fn summarize(kinds: &[&str]) -> String {
             _ => parts.push((k.to_string(), 1)),
         }
     }
-    parts.iter().map(|(k, n)| if *n == 1 { k.clone() } else { format!("{n} × {k}") }).collect::<Vec<_>>().join(", ")
+    parts
+        .iter()
+        .map(|(k, n)| {
+            if *n == 1 {
+                k.clone()
+            } else {
+                format!("{n} × {k}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_table(rows: &[Row]) {

@@ -31,7 +31,12 @@ enum Variant {
     Floor,
 }
 
-const VARIANTS: [Variant; 4] = [Variant::Baseline, Variant::Agent, Variant::AgentStats, Variant::Floor];
+const VARIANTS: [Variant; 4] = [
+    Variant::Baseline,
+    Variant::Agent,
+    Variant::AgentStats,
+    Variant::Floor,
+];
 
 impl Variant {
     fn name(self) -> &'static str {
@@ -81,10 +86,19 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let _nginx = start_nginx(&tmp, port)?;
     let mut report = String::new();
     let machine = machine();
-    writeln!(report, "Machine: {machine}. Command: `cargo xtask bench` ({ROUNDS} alternating rounds per variant; median, min..max).\n")?;
+    writeln!(
+        report,
+        "Machine: {machine}. Command: `cargo xtask bench` ({ROUNDS} alternating rounds per variant; median, min..max).\n"
+    )?;
 
-    writeln!(report, "## nginx over keep-alive, loopback (`wrk -t1 -c32 -d{WRK_SECONDS}s --latency`; over nginx's Unix socket, the bench's own client: {UNIX_CONNS} keep-alive connections on one thread each, {WRK_SECONDS} s)\n")?;
-    writeln!(report, "| response | variant | requests/s | ratio to no agent | p99 latency |")?;
+    writeln!(
+        report,
+        "## nginx over keep-alive, loopback (`wrk -t1 -c32 -d{WRK_SECONDS}s --latency`; over nginx's Unix socket, the bench's own client: {UNIX_CONNS} keep-alive connections on one thread each, {WRK_SECONDS} s)\n"
+    )?;
+    writeln!(
+        report,
+        "| response | variant | requests/s | ratio to no agent | p99 latency |"
+    )?;
     writeln!(report, "|---|---|---|---|---|")?;
     let mut agent_rounds: Vec<AgentFacts> = Vec::new();
     let sock = tmp.join("nginx.sock");
@@ -94,12 +108,24 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         let mut p99: [Vec<f64>; 4] = Default::default();
         for round in 1..=ROUNDS {
             for (i, v) in VARIANTS.into_iter().enumerate() {
-                step(&format!("{file} over {transport}: round {round}/{ROUNDS}, {}", v.name()));
-                let load = || if transport == "unix" { unix_load(&sock, file) } else { wrk(&url) };
+                step(&format!(
+                    "{file} over {transport}: round {round}/{ROUNDS}, {}",
+                    v.name()
+                ));
+                let load = || {
+                    if transport == "unix" {
+                        unix_load(&sock, file)
+                    } else {
+                        wrk(&url)
+                    }
+                };
                 let (r, facts) = with_variant(v, agent_bin, load)?;
                 rps[i].push(r.0);
                 p99[i].push(r.1);
-                agent_rounds.extend(facts.map(|f| AgentFacts { workload: if transport == "unix" { "unix" } else { file }, ..f }));
+                agent_rounds.extend(facts.map(|f| AgentFacts {
+                    workload: if transport == "unix" { "unix" } else { file },
+                    ..f
+                }));
             }
         }
         let base = median(&rps[0]);
@@ -108,7 +134,11 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
                 report,
                 "| {}{} | {} | {} | {:.3} | {} ms |",
                 file.trim_end_matches(".bin").replace('k', " KiB"),
-                if transport == "unix" { " (Unix socket)" } else { "" },
+                if transport == "unix" {
+                    " (Unix socket)"
+                } else {
+                    ""
+                },
                 v.name(),
                 spread(&rps[i], 0),
                 median(&rps[i]) / base,
@@ -117,8 +147,14 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         }
     }
 
-    writeln!(report, "\n## Sends on sockets that carry no HTTP ({SENDS} sends of 64 bytes, reader draining)\n")?;
-    writeln!(report, "| socket | variant | ns per send | added per send | truncwatch programs' run time per send (BPF stats) |")?;
+    writeln!(
+        report,
+        "\n## Sends on sockets that carry no HTTP ({SENDS} sends of 64 bytes, reader draining)\n"
+    )?;
+    writeln!(
+        report,
+        "| socket | variant | ns per send | added per send | truncwatch programs' run time per send (BPF stats) |"
+    )?;
     writeln!(report, "|---|---|---|---|---|")?;
     for kind in ["tcp", "unix"] {
         let mut ns: [Vec<f64>; 4] = Default::default();
@@ -128,7 +164,10 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         let mut prog_ns = vec![];
         for round in 1..=ROUNDS {
             for (i, v) in VARIANTS.into_iter().enumerate() {
-                step(&format!("{kind} 64-byte sends: round {round}/{ROUNDS}, {}", v.name()));
+                step(&format!(
+                    "{kind} 64-byte sends: round {round}/{ROUNDS}, {}",
+                    v.name()
+                ));
                 let (r, facts) = with_variant(v, agent_bin, || send_ns(kind))?;
                 ns[i].push(r);
                 if let Some(f) = facts.filter(|_| v == Variant::AgentStats) {
@@ -138,49 +177,137 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         }
         let base = median(&ns[0]);
         for (i, v) in VARIANTS.into_iter().enumerate() {
-            let added = if i == 0 { "".to_string() } else { format!("{:+.0} ns", median(&ns[i]) - base) };
-            let progs = if v == Variant::AgentStats { format!("{} ns", spread(&prog_ns, 0)) } else { String::new() };
-            writeln!(report, "| {kind} | {} | {} | {added} | {progs} |", v.name(), spread(&ns[i], 0))?;
+            let added = if i == 0 {
+                "".to_string()
+            } else {
+                format!("{:+.0} ns", median(&ns[i]) - base)
+            };
+            let progs = if v == Variant::AgentStats {
+                format!("{} ns", spread(&prog_ns, 0))
+            } else {
+                String::new()
+            };
+            writeln!(
+                report,
+                "| {kind} | {} | {} | {added} | {progs} |",
+                v.name(),
+                spread(&ns[i], 0)
+            )?;
         }
     }
 
-    writeln!(report, "\n## The agent itself (rounds with the agent, nginx workloads)\n")?;
+    writeln!(
+        report,
+        "\n## The agent itself (rounds with the agent, nginx workloads)\n"
+    )?;
     let nginx_rounds: Vec<&AgentFacts> = agent_rounds.iter().filter(|f| f.judged > 0).collect();
     let judged: u64 = nginx_rounds.iter().map(|f| f.judged).sum();
     let cpu: f64 = nginx_rounds.iter().map(|f| f.cpu_s).sum();
     let rss = agent_rounds.iter().map(|f| f.rss_kib).max().unwrap_or(0);
     let lost: u64 = agent_rounds.iter().map(|f| f.lost).sum();
-    writeln!(report, "- responses judged: {judged}; agent CPU (user+sys): {cpu:.2} s, i.e. {:.2} s per million responses ({:.0} ns per response)", cpu / judged.max(1) as f64 * 1e6, cpu / judged.max(1) as f64 * 1e9)?;
-    writeln!(report, "- CPU per response by workload (budget: 1 µs, kernel and agent together), from the rounds with BPF stats on. Kernel: all of truncwatch's programs' run time (every send and read on the host, wrk's included, and the stats' own clock reads) over the responses judged; median over rounds:\n")?;
-    writeln!(report, "| response | agent ns/response | kernel ns/response | total | kernel, less the stats' bookkeeping | total, less it |")?;
+    writeln!(
+        report,
+        "- responses judged: {judged}; agent CPU (user+sys): {cpu:.2} s, i.e. {:.2} s per million responses ({:.0} ns per response)",
+        cpu / judged.max(1) as f64 * 1e6,
+        cpu / judged.max(1) as f64 * 1e9
+    )?;
+    writeln!(
+        report,
+        "- CPU per response by workload (budget: 1 µs, kernel and agent together), from the rounds with BPF stats on. Kernel: all of truncwatch's programs' run time (every send and read on the host, wrk's included, and the stats' own clock reads) over the responses judged; median over rounds:\n"
+    )?;
+    writeln!(
+        report,
+        "| response | agent ns/response | kernel ns/response | total | kernel, less the stats' bookkeeping | total, less it |"
+    )?;
     writeln!(report, "|---|---|---|---|---|---|")?;
     for file in ["1k.bin", "64k.bin", "unix"] {
-        let rounds: Vec<&&AgentFacts> = nginx_rounds.iter().filter(|f| f.workload == file && f.stats).collect();
-        let agent: Vec<f64> = rounds.iter().map(|f| f.cpu_s * 1e9 / f.judged.max(1) as f64).collect();
-        let kernel: Vec<f64> = rounds.iter().map(|f| f.progs.iter().map(|p| p.1).sum::<f64>() / f.judged.max(1) as f64).collect();
+        let rounds: Vec<&&AgentFacts> = nginx_rounds
+            .iter()
+            .filter(|f| f.workload == file && f.stats)
+            .collect();
+        let agent: Vec<f64> = rounds
+            .iter()
+            .map(|f| f.cpu_s * 1e9 / f.judged.max(1) as f64)
+            .collect();
+        let kernel: Vec<f64> = rounds
+            .iter()
+            .map(|f| f.progs.iter().map(|p| p.1).sum::<f64>() / f.judged.max(1) as f64)
+            .collect();
         let total: Vec<f64> = agent.iter().zip(&kernel).map(|(a, k)| a + k).collect();
         // Each program run, less what the stats measured of themselves on an empty program.
-        let net: Vec<f64> = rounds.iter().map(|f| f.progs.iter().map(|p| p.1 - p.2 * f.stats_per_run()).sum::<f64>() / f.judged.max(1) as f64).collect();
+        let net: Vec<f64> = rounds
+            .iter()
+            .map(|f| {
+                f.progs
+                    .iter()
+                    .map(|p| p.1 - p.2 * f.stats_per_run())
+                    .sum::<f64>()
+                    / f.judged.max(1) as f64
+            })
+            .collect();
         let net_total: Vec<f64> = agent.iter().zip(&net).map(|(a, k)| a + k).collect();
-        let name = if file == "unix" { "1 KiB (Unix socket)".to_string() } else { file.trim_end_matches(".bin").replace('k', " KiB") };
-        writeln!(report, "| {name} | {} | {} | {} | {} | {} |", spread(&agent, 0), spread(&kernel, 0), spread(&total, 0), spread(&net, 0), spread(&net_total, 0))?;
+        let name = if file == "unix" {
+            "1 KiB (Unix socket)".to_string()
+        } else {
+            file.trim_end_matches(".bin").replace('k', " KiB")
+        };
+        writeln!(
+            report,
+            "| {name} | {} | {} | {} | {} | {} |",
+            spread(&agent, 0),
+            spread(&kernel, 0),
+            spread(&total, 0),
+            spread(&net, 0),
+            spread(&net_total, 0)
+        )?;
     }
-    let per_run: Vec<f64> = agent_rounds.iter().filter(|f| f.stats && f.empty.1 > 0.0).map(AgentFacts::stats_per_run).collect();
-    writeln!(report, "\nThe stats' bookkeeping: with `kernel.bpf_stats_enabled=1` the kernel reads the clock around every program run, and the run time it reports includes part of that. Measured in the same rounds as an empty bpftrace program on the send hook (`{EMPTY}`), run beside the agent: {} ns per run. The \"less\" columns take that off each of truncwatch's program runs. They leave out what attaching any program costs outside the measured run (the tracepoint's dispatch), so they are a lower bound of the kernel's share, as the columns before are an upper one. The empty program's runs slow the stats-on rounds' throughput; the no-stats rounds give the throughput figures.\n", spread(&per_run, 0))?;
-    let rss_now = agent_rounds.iter().map(|f| f.rss_now_kib).max().unwrap_or(0);
-    writeln!(report, "- agent RSS under load, end of each round (VmRSS, largest): {:.1} MiB; peak including start-up (VmHWM): {:.1} MiB", rss_now as f64 / 1024.0, rss as f64 / 1024.0)?;
-    writeln!(report, "- events lost (ring buffer full), all rounds: {lost}")?;
-    writeln!(report, "- kernel per-program figures (`kernel.bpf_stats_enabled=1`, run time / run count, median over rounds):\n")?;
+    let per_run: Vec<f64> = agent_rounds
+        .iter()
+        .filter(|f| f.stats && f.empty.1 > 0.0)
+        .map(AgentFacts::stats_per_run)
+        .collect();
+    writeln!(
+        report,
+        "\nThe stats' bookkeeping: with `kernel.bpf_stats_enabled=1` the kernel reads the clock around every program run, and the run time it reports includes part of that. Measured in the same rounds as an empty bpftrace program on the send hook (`{EMPTY}`), run beside the agent: {} ns per run. The \"less\" columns take that off each of truncwatch's program runs. They leave out what attaching any program costs outside the measured run (the tracepoint's dispatch), so they are a lower bound of the kernel's share, as the columns before are an upper one. The empty program's runs slow the stats-on rounds' throughput; the no-stats rounds give the throughput figures.\n",
+        spread(&per_run, 0)
+    )?;
+    let rss_now = agent_rounds
+        .iter()
+        .map(|f| f.rss_now_kib)
+        .max()
+        .unwrap_or(0);
+    writeln!(
+        report,
+        "- agent RSS under load, end of each round (VmRSS, largest): {:.1} MiB; peak including start-up (VmHWM): {:.1} MiB",
+        rss_now as f64 / 1024.0,
+        rss as f64 / 1024.0
+    )?;
+    writeln!(
+        report,
+        "- events lost (ring buffer full), all rounds: {lost}"
+    )?;
+    writeln!(
+        report,
+        "- kernel per-program figures (`kernel.bpf_stats_enabled=1`, run time / run count, median over rounds):\n"
+    )?;
     writeln!(report, "| program | ns per run |")?;
     writeln!(report, "|---|---|")?;
-    let mut names: Vec<String> = agent_rounds.iter().flat_map(|f| f.progs.iter().map(|p| p.0.clone())).collect();
+    let mut names: Vec<String> = agent_rounds
+        .iter()
+        .flat_map(|f| f.progs.iter().map(|p| p.0.clone()))
+        .collect();
     names.sort();
     names.dedup();
     for n in names {
         let v: Vec<f64> = agent_rounds
             .iter()
             .filter(|f| f.stats)
-            .filter_map(|f| f.progs.iter().find(|p| p.0 == n && p.2 > 0.0).map(|p| p.1 / p.2))
+            .filter_map(|f| {
+                f.progs
+                    .iter()
+                    .find(|p| p.0 == n && p.2 > 0.0)
+                    .map(|p| p.1 / p.2)
+            })
             .collect();
         writeln!(report, "| {n} | {} |", spread(&v, 0))?;
     }
@@ -197,7 +324,11 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
 }
 
 /// Run `f` with the variant's observer attached (and detached after).
-fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -> Result<(T, Option<AgentFacts>)> {
+fn with_variant<T>(
+    v: Variant,
+    agent_bin: &str,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Option<AgentFacts>)> {
     match v {
         Variant::Baseline => Ok((f()?, None)),
         Variant::Floor => {
@@ -207,10 +338,18 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
             Ok((r?, None))
         }
         Variant::Agent | Variant::AgentStats => {
-            let prev = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-            std::fs::write("/proc/sys/kernel/bpf_stats_enabled", if v == Variant::AgentStats { "1" } else { "0" })?;
+            let prev =
+                std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+            std::fs::write(
+                "/proc/sys/kernel/bpf_stats_enabled",
+                if v == Variant::AgentStats { "1" } else { "0" },
+            )?;
             let (mut agent, mut err) = start_agent(agent_bin)?;
-            let empty = if v == Variant::AgentStats { Some(bpftrace(EMPTY)?) } else { None };
+            let empty = if v == Variant::AgentStats {
+                Some(bpftrace(EMPTY)?)
+            } else {
+                None
+            };
             // Start-up (reading the kernel's BTF, loading) is not per-response work.
             let at_start = agent_facts(agent.id());
             let r = f();
@@ -219,7 +358,10 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
                 stop_bpftrace(bt);
             }
             facts.cpu_s -= at_start.cpu_s;
-            facts.empty = (facts.empty.0 - at_start.empty.0, facts.empty.1 - at_start.empty.1);
+            facts.empty = (
+                facts.empty.0 - at_start.empty.0,
+                facts.empty.1 - at_start.empty.1,
+            );
             // The programs' run time during `f` only (not the agent's start-up probe).
             for p in &mut facts.progs {
                 if let Some(b) = at_start.progs.iter().find(|b| b.0 == p.0) {
@@ -227,12 +369,19 @@ fn with_variant<T>(v: Variant, agent_bin: &str, f: impl FnOnce() -> Result<T>) -
                     p.2 -= b.2;
                 }
             }
-            let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &agent.id().to_string()])
+                .status();
             let mut rest = String::new();
             err.read_to_string(&mut rest)?;
             let _ = agent.wait();
             let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", prev.trim());
-            let num = |key: &str| rest.split(key).nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or(0u64);
+            let num = |key: &str| {
+                rest.split(key)
+                    .nth(1)
+                    .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                    .unwrap_or(0u64)
+            };
             facts.judged = num("complete=");
             facts.stats = v == Variant::AgentStats;
             facts.lost = num("lost_events=");
@@ -254,7 +403,9 @@ fn bpftrace(program: &str) -> Result<Child> {
 }
 
 fn stop_bpftrace(mut bt: Child) {
-    let _ = Command::new("kill").args(["-INT", &bt.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &bt.id().to_string()])
+        .status();
     let _ = bt.wait();
 }
 
@@ -264,8 +415,16 @@ fn start_agent(agent_bin: &str) -> Result<(Child, BufReader<std::process::ChildS
 }
 
 /// The same, with these arguments, its stdout (the verdicts) going to `out`.
-pub(crate) fn start_agent_with(agent_bin: &str, args: &[&str], out: Stdio) -> Result<(Child, BufReader<std::process::ChildStderr>)> {
-    let mut agent = Command::new(agent_bin).args(args).stdout(out).stderr(Stdio::piped()).spawn()?;
+pub(crate) fn start_agent_with(
+    agent_bin: &str,
+    args: &[&str],
+    out: Stdio,
+) -> Result<(Child, BufReader<std::process::ChildStderr>)> {
+    let mut agent = Command::new(agent_bin)
+        .args(args)
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .spawn()?;
     let mut err = BufReader::new(agent.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("truncwatch: ready") {
@@ -280,22 +439,61 @@ pub(crate) fn start_agent_with(agent_bin: &str, args: &[&str], out: Stdio) -> Re
 /// CPU time (since it started) and peak RSS of the agent, and the kernel's per-program run time, right now.
 fn agent_facts(pid: u32) -> AgentFacts {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the ")": state is field 0, utime 11, stime 12 (proc(5) fields 14 and 15).
     let cpu_s = (ticks(11) + ticks(12)) / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0);
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
     let (progs, empty) = prog_stats();
-    AgentFacts { cpu_s, rss_kib: kib("VmHWM:"), rss_now_kib: kib("VmRSS:"), progs, empty, ..Default::default() }
+    AgentFacts {
+        cpu_s,
+        rss_kib: kib("VmHWM:"),
+        rss_now_kib: kib("VmRSS:"),
+        progs,
+        empty,
+        ..Default::default()
+    }
 }
 
 /// (program name, total run time in ns, runs) for truncwatch's programs, from bpftool; and
 /// (total run time, runs) of the empty bpftrace program, if it runs.
 fn prog_stats() -> (Vec<(String, f64, f64)>, (f64, f64)) {
-    let Ok(out) = Command::new("bpftool").args(["-j", "prog", "show"]).output() else { return (vec![], (0.0, 0.0)) };
+    let Ok(out) = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+    else {
+        return (vec![], (0.0, 0.0));
+    };
     let text = String::from_utf8_lossy(&out.stdout);
-    let ours = ["sock_send_length", "sock_recv_length", "inet_sock_set_state", "tcp_receive_reset"];
+    let ours = [
+        "sock_send_length",
+        "sock_recv_length",
+        "inet_sock_set_state",
+        "tcp_receive_reset",
+    ];
     let mut empty = (0.0, 0.0);
     // Minimal JSON walk: objects with "type", "name", "run_time_ns", "run_cnt". truncwatch's
     // programs are `tp_btf` ("tracing"); bpftrace's are classic tracepoints, their names cut
@@ -303,7 +501,15 @@ fn prog_stats() -> (Vec<(String, f64, f64)>, (f64, f64)) {
     let progs = text
         .split("},{")
         .filter_map(|o| {
-            let field = |k: &str| o.split(&format!("\"{k}\":")).nth(1).map(|s| s.trim_start_matches('"').split(['"', ',', '}']).next().unwrap_or("").to_string());
+            let field = |k: &str| {
+                o.split(&format!("\"{k}\":")).nth(1).map(|s| {
+                    s.trim_start_matches('"')
+                        .split(['"', ',', '}'])
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+            };
             let name = field("name")?;
             let t: f64 = field("run_time_ns")?.parse().ok()?;
             let c: f64 = field("run_cnt")?.parse().ok()?;
@@ -313,7 +519,9 @@ fn prog_stats() -> (Vec<(String, f64, f64)>, (f64, f64)) {
                 }
                 return None;
             }
-            let full = ours.iter().find(|n| n.starts_with(&name) || name.starts_with(*n))?;
+            let full = ours
+                .iter()
+                .find(|n| n.starts_with(&name) || name.starts_with(*n))?;
             (c > 0.0).then(|| (full.to_string(), t, c))
         })
         .collect();
@@ -322,10 +530,26 @@ fn prog_stats() -> (Vec<(String, f64, f64)>, (f64, f64)) {
 
 /// (requests/s, p99 latency in ms) from one wrk run.
 fn wrk(url: &str) -> Result<(f64, f64)> {
-    let out = Command::new("wrk").args(["-t1", "-c32", &format!("-d{WRK_SECONDS}s"), "--latency", url]).output().context("wrk (Debian package wrk)")?;
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c32",
+            &format!("-d{WRK_SECONDS}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .context("wrk (Debian package wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")?.trim().parse().ok()).context("wrk printed no Requests/sec")?;
-    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%").map(|v| to_ms(v.trim()))).flatten().context("wrk printed no 99% latency")?;
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:")?.trim().parse().ok())
+        .context("wrk printed no Requests/sec")?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%").map(|v| to_ms(v.trim())))
+        .flatten()
+        .context("wrk printed no 99% latency")?;
     Ok((rps, p99))
 }
 
@@ -341,7 +565,8 @@ fn unix_load(sock: &std::path::Path, file: &str) -> Result<(f64, f64)> {
         .map(|_| {
             let (sock, req) = (sock.to_path_buf(), req.clone());
             std::thread::spawn(move || -> Result<Vec<u32>> {
-                let mut s = std::os::unix::net::UnixStream::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
+                let mut s = std::os::unix::net::UnixStream::connect(&sock)
+                    .with_context(|| format!("connecting to {}", sock.display()))?;
                 let mut buf = vec![0u8; 1 << 17];
                 let mut micros = Vec::new();
                 while Instant::now() < stop {
@@ -356,7 +581,10 @@ fn unix_load(sock: &std::path::Path, file: &str) -> Result<(f64, f64)> {
         .collect();
     let mut all = Vec::new();
     for t in threads {
-        all.extend(t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))??);
+        all.extend(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))??,
+        );
     }
     all.sort_unstable();
     let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1000.0;
@@ -372,11 +600,17 @@ pub(crate) fn read_response(s: &mut impl Read, buf: &mut [u8]) -> Result<()> {
             bail!("nginx closed the connection");
         }
         have += n;
-        let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
         let head = std::str::from_utf8(&buf[..end]).context("response head")?;
         let len: usize = head
             .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse()))
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .map(|(_, v)| v.trim().parse())
+            })
             .context("no Content-Length")??;
         let total = end + 4 + len;
         if total > buf.len() {
@@ -443,7 +677,11 @@ fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
 }
 
 /// nginx serving `dir/www` on `port` and `dir/nginx.sock`, with room for `connections`.
-pub(crate) fn start_nginx_with(dir: &std::path::Path, port: u16, connections: u32) -> Result<NginxGuard> {
+pub(crate) fn start_nginx_with(
+    dir: &std::path::Path,
+    port: u16,
+    connections: u32,
+) -> Result<NginxGuard> {
     let d = dir.display();
     let files = connections + 1000;
     let conf = format!(
@@ -464,9 +702,14 @@ pub(crate) fn start_nginx_with(dir: &std::path::Path, port: u16, connections: u3
         .spawn()
         .context("nginx (Debian package nginx-light)")?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || std::os::unix::net::UnixStream::connect(&sock).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        || std::os::unix::net::UnixStream::connect(&sock).is_err()
+    {
         if Instant::now() > deadline {
-            bail!("nginx did not start listening on {port} and {}", sock.display());
+            bail!(
+                "nginx did not start listening on {port} and {}",
+                sock.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -476,7 +719,9 @@ pub(crate) fn start_nginx_with(dir: &std::path::Path, port: u16, connections: u3
 pub(crate) struct NginxGuard(Child);
 impl Drop for NginxGuard {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.0.id())]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -487,7 +732,10 @@ fn mount_tracefs() -> Result<()> {
         return Ok(());
     }
     step("mounting tracefs on /sys/kernel/tracing (bpftrace's tracepoint probes need it)");
-    let ok = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status()?.success();
+    let ok = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()?
+        .success();
     if !ok {
         bail!("could not mount tracefs");
     }
@@ -504,8 +752,21 @@ fn wait_line(out: impl Read, needle: &str) -> Result<()> {
 }
 
 pub(crate) fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find_map(|l| Some(l.strip_prefix("model name")?.trim_start_matches([' ', '\t', ':']).to_string()))).unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                Some(
+                    l.strip_prefix("model name")?
+                        .trim_start_matches([' ', '\t', ':'])
+                        .to_string(),
+                )
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }
@@ -520,7 +781,15 @@ fn median(v: &[f64]) -> f64 {
 fn spread(v: &[f64], decimals: usize) -> String {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{:.*} ({:.*}..{:.*})", decimals, median(v), decimals, min, decimals, max)
+    format!(
+        "{:.*} ({:.*}..{:.*})",
+        decimals,
+        median(v),
+        decimals,
+        min,
+        decimals,
+        max
+    )
 }
 
 /// `--soak SECONDS`: the agent under continuous nginx load; its RSS sampled ten times. Writes
@@ -533,7 +802,11 @@ pub fn soak(agent_bin: &str, root: &str, seconds: u64) -> Result<()> {
     let _nginx = start_nginx(&tmp, port)?;
     let (mut agent, mut err) = start_agent(agent_bin)?;
     let url = format!("http://127.0.0.1:{port}/1k.bin");
-    let mut load = Command::new("wrk").args(["-t1", "-c32", &format!("-d{seconds}s"), &url]).stdout(Stdio::piped()).spawn().context("wrk")?;
+    let mut load = Command::new("wrk")
+        .args(["-t1", "-c32", &format!("-d{seconds}s"), &url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("wrk")?;
     let mut report = format!(
         "# Soak: agent memory under sustained load\n\nCommand: `cargo xtask bench --soak {seconds}`. Machine: {}. nginx serving 1 KiB over keep-alive to `wrk -t1 -c32` for {seconds} s, the agent attached; its RSS (VmRSS) sampled ten times.\n\n| elapsed | agent RSS |\n|---|---|\n",
         machine()
@@ -542,24 +815,62 @@ pub fn soak(agent_bin: &str, root: &str, seconds: u64) -> Result<()> {
     let mut samples = Vec::new();
     for i in 1..=10 {
         std::thread::sleep(Duration::from_secs(seconds) / 10);
-        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap_or_default();
-        let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0);
-        step(&format!("soak {i}/10: agent RSS {:.1} MiB", kib as f64 / 1024.0));
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap_or_default();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        step(&format!(
+            "soak {i}/10: agent RSS {:.1} MiB",
+            kib as f64 / 1024.0
+        ));
         samples.push(kib);
-        writeln!(report, "| {} s | {:.1} MiB |", start.elapsed().as_secs(), kib as f64 / 1024.0)?;
+        writeln!(
+            report,
+            "| {} s | {:.1} MiB |",
+            start.elapsed().as_secs(),
+            kib as f64 / 1024.0
+        )?;
     }
     let mut out = String::new();
     load.stdout.take().unwrap().read_to_string(&mut out)?;
     let _ = load.wait();
-    let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &agent.id().to_string()])
+        .status();
     let mut rest = String::new();
     err.read_to_string(&mut rest)?;
     let _ = agent.wait();
-    let rps = out.lines().find_map(|l| l.strip_prefix("Requests/sec:")).unwrap_or("?").trim().to_string();
-    let summary = rest.lines().find(|l| l.contains("stopped")).unwrap_or("").to_string();
-    writeln!(report, "\nLoad: {rps} requests/s. Agent at exit: `{summary}`")?;
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let summary = rest
+        .lines()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or("")
+        .to_string();
+    writeln!(
+        report,
+        "\nLoad: {rps} requests/s. Agent at exit: `{summary}`"
+    )?;
     let (first, last) = (samples[0], samples[samples.len() - 1]);
-    writeln!(report, "\nRSS from the first sample to the last: {:.1} → {:.1} MiB.", first as f64 / 1024.0, last as f64 / 1024.0)?;
+    writeln!(
+        report,
+        "\nRSS from the first sample to the last: {:.1} → {:.1} MiB.",
+        first as f64 / 1024.0,
+        last as f64 / 1024.0
+    )?;
     println!("\n{report}");
     std::fs::write(format!("{root}/docs/soak.md"), report)?;
     Ok(())

@@ -51,16 +51,39 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let (after_close, samples) = (after_close.tracked, std::mem::take(&mut agent.samples));
     let summary = agent.stop()?;
     let flags = count_lines(&out)?;
-    writeln!(report, "## One million short connections, then {CONCURRENT} concurrent keep-alive connections\n")?;
-    writeln!(report, "{SHORT} connections in {short_secs:.0} s ({:.0}/s), then {CONCURRENT} connections held open with 3 requests each, then closed.\n", SHORT as f64 / short_secs)?;
-    writeln!(report, "| sampled | agent RSS | connections tracked |\n|---|---|---|")?;
+    writeln!(
+        report,
+        "## One million short connections, then {CONCURRENT} concurrent keep-alive connections\n"
+    )?;
+    writeln!(
+        report,
+        "{SHORT} connections in {short_secs:.0} s ({:.0}/s), then {CONCURRENT} connections held open with 3 requests each, then closed.\n",
+        SHORT as f64 / short_secs
+    )?;
+    writeln!(
+        report,
+        "| sampled | agent RSS | connections tracked |\n|---|---|---|"
+    )?;
     for s in &samples {
-        writeln!(report, "| {} | {:.1} MiB | {} |", s.when, s.rss_kib as f64 / 1024.0, s.tracked)?;
+        writeln!(
+            report,
+            "| {} | {:.1} MiB | {} |",
+            s.when,
+            s.rss_kib as f64 / 1024.0,
+            s.tracked
+        )?;
     }
-    writeln!(report, "\n- after the short connections: {} tracked; with all {CONCURRENT} open: {} tracked; 3 s after closing them: {after_close} tracked", after_short, during.tracked)?;
+    writeln!(
+        report,
+        "\n- after the short connections: {} tracked; with all {CONCURRENT} open: {} tracked; 3 s after closing them: {after_close} tracked",
+        after_short, during.tracked
+    )?;
     writeln!(report, "- verdicts printed (all false flags): {flags}")?;
     writeln!(report, "- agent at exit: `{summary}`\n")?;
-    let ok1 = flags == 0 && during.tracked >= CONCURRENT as u64 && after_close < 100 && field(&summary, "lost_events=") == 0;
+    let ok1 = flags == 0
+        && during.tracked >= CONCURRENT as u64
+        && after_close < 100
+        && field(&summary, "lost_events=") == 0;
 
     // 3, an agent with a small table.
     let out = tmp.join("verdicts-2.jsonl");
@@ -71,8 +94,15 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let evicted = metric(&scrape()?, "truncwatch_connections_evicted_total");
     let summary = agent.stop()?;
     let flags = count_lines(&out)?;
-    writeln!(report, "## {CONCURRENT} concurrent connections, `--max-connections 2000`\n")?;
-    writeln!(report, "- tracked with all open: {} (limit 2000); evicted, as exported (`truncwatch_connections_evicted_total`): {evicted}", during.tracked)?;
+    writeln!(
+        report,
+        "## {CONCURRENT} concurrent connections, `--max-connections 2000`\n"
+    )?;
+    writeln!(
+        report,
+        "- tracked with all open: {} (limit 2000); evicted, as exported (`truncwatch_connections_evicted_total`): {evicted}",
+        during.tracked
+    )?;
     writeln!(report, "- verdicts printed (all false flags): {flags}")?;
     writeln!(report, "- agent at exit: `{summary}`")?;
     let ok2 = flags == 0 && during.tracked <= 2000 && evicted > 0;
@@ -101,29 +131,63 @@ struct Agent {
 
 impl Agent {
     fn start(bin: &str, extra: &[&str], out: &std::path::Path) -> Result<Agent> {
-        let mut args = vec!["run", "--format", "json", "--metrics-addr", METRICS, "--canary-interval", "0s"];
+        let mut args = vec![
+            "run",
+            "--format",
+            "json",
+            "--metrics-addr",
+            METRICS,
+            "--canary-interval",
+            "0s",
+        ];
         args.extend_from_slice(extra);
         let (child, err) = start_agent_with(bin, &args, Stdio::from(std::fs::File::create(out)?))?;
-        Ok(Agent { child, err, started: Instant::now(), samples: Vec::new() })
+        Ok(Agent {
+            child,
+            err,
+            started: Instant::now(),
+            samples: Vec::new(),
+        })
     }
 
     /// RSS and tracked connections now (the metrics refresh every second: wait for one).
     fn sample(&mut self) -> Result<&Sample> {
         std::thread::sleep(Duration::from_millis(1100));
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let rss_kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0);
+        let rss_kib = status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
         let tracked = metric(&scrape()?, "truncwatch_connections_tracked");
-        self.samples.push(Sample { when: format!("{} s", self.started.elapsed().as_secs()), rss_kib, tracked });
+        self.samples.push(Sample {
+            when: format!("{} s", self.started.elapsed().as_secs()),
+            rss_kib,
+            tracked,
+        });
         Ok(self.samples.last().expect("just pushed"))
     }
 
     /// Stop it; its summary line.
     fn stop(mut self) -> Result<String> {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let mut rest = String::new();
         self.err.read_to_string(&mut rest)?;
         let _ = self.child.wait();
-        Ok(rest.lines().find(|l| l.contains("stopped;")).unwrap_or("").trim_start_matches("truncwatch: ").to_string())
+        Ok(rest
+            .lines()
+            .find(|l| l.contains("stopped;"))
+            .unwrap_or("")
+            .trim_start_matches("truncwatch: ")
+            .to_string())
     }
 }
 
@@ -170,7 +234,9 @@ fn short_connections(dst: SocketAddrV4, agent: &mut Agent) -> Result<()> {
 /// open; returns them and a sample taken while they are.
 fn concurrent(dst: SocketAddrV4, agent: &mut Agent) -> Result<(Vec<TcpStream>, Sample)> {
     step(&format!("opening {CONCURRENT} keep-alive connections"));
-    let mut conns = (0..CONCURRENT as u64).map(|i| connect_from(source(7_000_000 + i), dst)).collect::<Result<Vec<_>>>()?;
+    let mut conns = (0..CONCURRENT as u64)
+        .map(|i| connect_from(source(7_000_000 + i), dst))
+        .collect::<Result<Vec<_>>>()?;
     let mut buf = vec![0u8; 1 << 16];
     for round in 1..=3 {
         for c in &mut conns {
@@ -179,10 +245,16 @@ fn concurrent(dst: SocketAddrV4, agent: &mut Agent) -> Result<(Vec<TcpStream>, S
         for c in &mut conns {
             read_response(c, &mut buf)?;
         }
-        step(&format!("{CONCURRENT} connections: round {round}/3 answered"));
+        step(&format!(
+            "{CONCURRENT} connections: round {round}/3 answered"
+        ));
     }
     let s = agent.sample()?;
-    let s = Sample { when: s.when.clone(), rss_kib: s.rss_kib, tracked: s.tracked };
+    let s = Sample {
+        when: s.when.clone(),
+        rss_kib: s.rss_kib,
+        tracked: s.tracked,
+    };
     Ok((conns, s))
 }
 
@@ -198,7 +270,9 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> Result<TcpStream> {
     let sa = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
         sin_zero: [0; 8],
     };
     let len = size_of::<libc::sockaddr_in>() as u32;
@@ -210,7 +284,13 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> Result<TcpStream> {
         }
         let stream = TcpStream::from_raw_fd(fd);
         let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, (&raw const one).cast(), size_of::<libc::c_int>() as u32);
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as u32,
+        );
         let from = sa(src, 0);
         if libc::bind(fd, (&raw const from).cast(), len) != 0 {
             bail!("bind {src}: {}", std::io::Error::last_os_error());
@@ -225,15 +305,24 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> Result<TcpStream> {
 
 /// Raise our soft open-file limit to `n` (within the hard limit, which we may not raise).
 fn raise_fd_limit(n: u64) -> Result<()> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: valid rlimit structs.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     if lim.rlim_max < n {
-        bail!("{n} open files needed, and the hard limit is {} (`ulimit -Hn`)", lim.rlim_max);
+        bail!(
+            "{n} open files needed, and the hard limit is {} (`ulimit -Hn`)",
+            lim.rlim_max
+        );
     }
     lim.rlim_cur = n;
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        bail!("raising the open-file limit to {n}: {}", std::io::Error::last_os_error());
+        bail!(
+            "raising the open-file limit to {n}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -248,13 +337,27 @@ fn scrape() -> Result<String> {
 
 /// A metric's value (the first series of that name without labels).
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0) as u64
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0) as u64
 }
 
 fn field(summary: &str, key: &str) -> u64 {
-    summary.split(key).nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or(0)
+    summary
+        .split(key)
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn count_lines(path: &std::path::Path) -> Result<usize> {
-    Ok(std::io::BufReader::new(std::fs::File::open(path)?).lines().count())
+    Ok(std::io::BufReader::new(std::fs::File::open(path)?)
+        .lines()
+        .count())
 }

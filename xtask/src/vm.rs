@@ -66,7 +66,10 @@ fn kernel(dir: &Path) -> Result<PathBuf> {
     let dest = dir.join(&pkg);
     let boot = dest.join("boot");
     if kernel_files(&boot).is_ok() {
-        step(&format!("kernel: {pkg} already unpacked in {}, skipping the download", dest.display()));
+        step(&format!(
+            "kernel: {pkg} already unpacked in {}, skipping the download",
+            dest.display()
+        ));
         return Ok(boot);
     }
     // The plain package is the signed kernel itself; should it ever be only a metapackage over
@@ -76,7 +79,9 @@ fn kernel(dir: &Path) -> Result<PathBuf> {
         if kernel_files(&boot).is_ok() {
             return Ok(boot);
         }
-        step(&format!("{candidate} holds no boot/vmlinuz-*, trying the next package"));
+        step(&format!(
+            "{candidate} holds no boot/vmlinuz-*, trying the next package"
+        ));
     }
     bail!("no vmlinuz found in {pkg} or {pkg}-unsigned")
 }
@@ -87,24 +92,50 @@ fn newest_kernel_package() -> Result<String> {
         .output()
         .context("apt-cache")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let abi = |name: &str| name.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-amd64")?.parse::<u32>().ok();
-    let newest = text.lines().filter_map(|l| l.split_whitespace().next()).filter_map(|n| abi(n).map(|a| (a, n))).max();
+    let abi = |name: &str| {
+        name.strip_prefix("linux-image-6.1.0-")?
+            .strip_suffix("-amd64")?
+            .parse::<u32>()
+            .ok()
+    };
+    let newest = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| abi(n).map(|a| (a, n)))
+        .max();
     match newest {
         Some((_, name)) => Ok(name.to_string()),
-        None => bail!("apt-cache knows no linux-image-6.1.0-*-amd64 package (run `apt-get update`?)"),
+        None => {
+            bail!("apt-cache knows no linux-image-6.1.0-*-amd64 package (run `apt-get update`?)")
+        }
     }
 }
 
 /// `apt-get download` into `dir`, `dpkg-deb -x` into `dest`, then drop the modules (hundreds of
 /// MB): the guest only uses loopback, and `check_config` makes sure the rest is built in.
 fn download_and_unpack(pkg: &str, dir: &Path, dest: &Path) -> Result<()> {
-    step(&format!("downloading {pkg} (apt-get download, about 70 MB) into {}", dir.display()));
-    run_ok(Command::new("apt-get").args(["download", "-q", pkg]).current_dir(dir))?;
+    step(&format!(
+        "downloading {pkg} (apt-get download, about 70 MB) into {}",
+        dir.display()
+    ));
+    run_ok(
+        Command::new("apt-get")
+            .args(["download", "-q", pkg])
+            .current_dir(dir),
+    )?;
     let deb = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb")))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+        })
         .with_context(|| format!("apt-get download left no {pkg}_*.deb"))?;
-    step(&format!("unpacking {} into {}", deb.display(), dest.display()));
+    step(&format!(
+        "unpacking {} into {}",
+        deb.display(),
+        dest.display()
+    ));
     run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
     let _ = fs::remove_dir_all(dest.join("lib/modules"));
     let _ = fs::remove_dir_all(dest.join("usr/lib/modules"));
@@ -117,7 +148,11 @@ fn kernel_files(boot: &Path) -> Result<(PathBuf, PathBuf)> {
     let find = |prefix: &str| -> Result<PathBuf> {
         fs::read_dir(boot)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
             .with_context(|| format!("no {prefix}* in {}", boot.display()))
     };
     Ok((find("vmlinuz-")?, find("config-")?))
@@ -126,11 +161,23 @@ fn kernel_files(boot: &Path) -> Result<(PathBuf, PathBuf)> {
 /// Without modules, whatever the guest needs must be `=y` in the kernel's config.
 fn check_config(config: &Path) -> Result<()> {
     let text = fs::read_to_string(config)?;
-    let missing: Vec<&str> = KERNEL_NEEDS.iter().copied().filter(|opt| !text.lines().any(|l| l == format!("{opt}=y"))).collect();
+    let missing: Vec<&str> = KERNEL_NEEDS
+        .iter()
+        .copied()
+        .filter(|opt| !text.lines().any(|l| l == format!("{opt}=y")))
+        .collect();
     if !missing.is_empty() {
-        bail!("{} lacks, as built-in: {} (the guest has no modules)", config.display(), missing.join(" "));
+        bail!(
+            "{} lacks, as built-in: {} (the guest has no modules)",
+            config.display(),
+            missing.join(" ")
+        );
     }
-    step(&format!("kernel config {}: all of {} built in", config.display(), KERNEL_NEEDS.len()));
+    step(&format!(
+        "kernel config {}: all of {} built in",
+        config.display(),
+        KERNEL_NEEDS.len()
+    ));
     Ok(())
 }
 
@@ -143,12 +190,14 @@ fn initramfs(agent_bin: &str, tests: &Path, dir: &Path) -> Result<PathBuf> {
         fs::create_dir_all(tree.join(d))?;
     }
     install_busybox(&tree)?;
-    fs::copy(agent_bin, tree.join("bin/truncwatch")).with_context(|| format!("copying {agent_bin}"))?;
+    fs::copy(agent_bin, tree.join("bin/truncwatch"))
+        .with_context(|| format!("copying {agent_bin}"))?;
     // The kernel test binary starts the agent by the absolute path it was built with.
     let at_build_path = tree.join(agent_bin.trim_start_matches('/'));
     fs::create_dir_all(at_build_path.parent().context("agent path")?)?;
     fs::hard_link(tree.join("bin/truncwatch"), &at_build_path)?;
-    fs::copy(tests, tree.join("bin/kernel-tests")).with_context(|| format!("copying {}", tests.display()))?;
+    fs::copy(tests, tree.join("bin/kernel-tests"))
+        .with_context(|| format!("copying {}", tests.display()))?;
     let mut libs = shared_libs(agent_bin)?;
     libs.extend(shared_libs(&tests.to_string_lossy())?);
     libs.sort();
@@ -159,22 +208,33 @@ fn initramfs(agent_bin: &str, tests: &Path, dir: &Path) -> Result<PathBuf> {
         // fs::copy follows symlinks (e.g. /lib64/ld-linux-x86-64.so.2): the guest gets the file.
         fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
     }
-    for (path, text) in [("init", init_script()), ("bin/detect.sh", DETECT.to_string())] {
+    for (path, text) in [
+        ("init", init_script()),
+        ("bin/detect.sh", DETECT.to_string()),
+    ] {
         fs::write(tree.join(path), text)?;
         fs::set_permissions(tree.join(path), fs::Permissions::from_mode(0o755))?;
     }
     let cpio = dir.join("initramfs.cpio");
     pack(&tree, &cpio)?;
-    step(&format!("initramfs: {} ({} MB)", cpio.display(), fs::metadata(&cpio)?.len() >> 20));
+    step(&format!(
+        "initramfs: {} ({} MB)",
+        cpio.display(),
+        fs::metadata(&cpio)?.len() >> 20
+    ));
     Ok(cpio)
 }
 
 /// busybox at /bin/busybox and a relative symlink per applet (sh, mount, ip, timeout, ...).
 fn install_busybox(tree: &Path) -> Result<()> {
     let busybox = "/bin/busybox";
-    fs::copy(busybox, tree.join("bin/busybox")).context("copying /bin/busybox (Debian package busybox-static)")?;
+    fs::copy(busybox, tree.join("bin/busybox"))
+        .context("copying /bin/busybox (Debian package busybox-static)")?;
     let out = Command::new(busybox).arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&out.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+    for applet in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
     }
     Ok(())
@@ -184,7 +244,16 @@ fn install_busybox(tree: &Path) -> Result<()> {
 fn kernel_test_binary() -> Result<PathBuf> {
     step("building the kernel integration tests (cargo test --no-run) to run them in the guest");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--release", "--package", "truncwatch", "--test", "kernel", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "truncwatch",
+            "--test",
+            "kernel",
+            "--no-run",
+            "--message-format=json",
+        ])
         .stderr(Stdio::inherit())
         .output()?;
     if !out.status.success() {
@@ -194,7 +263,11 @@ fn kernel_test_binary() -> Result<PathBuf> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains("\"kind\":[\"test\"]") && l.contains("\"name\":\"kernel\""))
-        .find_map(|l| Some(PathBuf::from(l.split("\"executable\":\"").nth(1)?.split('"').next()?)))
+        .find_map(|l| {
+            Some(PathBuf::from(
+                l.split("\"executable\":\"").nth(1)?.split('"').next()?,
+            ))
+        })
         .context("cargo did not say where the kernel tests were built")
 }
 
@@ -266,7 +339,11 @@ poweroff -f
 
 /// `find . | cpio -o -H newc` in `tree`, every file owned by root.
 fn pack(tree: &Path, cpio: &Path) -> Result<()> {
-    let list = Command::new("find").arg(".").current_dir(tree).output()?.stdout;
+    let list = Command::new("find")
+        .arg(".")
+        .current_dir(tree)
+        .output()?
+        .stdout;
     let mut c = Command::new("cpio")
         .args(["-o", "-H", "newc", "-R", "0:0", "--quiet"])
         .current_dir(tree)
@@ -285,10 +362,25 @@ fn pack(tree: &Path, cpio: &Path) -> Result<()> {
 /// Boots the guest, saves its console to `log` line by line, and returns the whole console.
 /// Kills qemu after VM_TIMEOUT.
 fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> {
-    step(&format!("booting {} under qemu (TCG, no KVM here; up to {} s)", vmlinuz.display(), VM_TIMEOUT.as_secs()));
+    step(&format!(
+        "booting {} under qemu (TCG, no KVM here; up to {} s)",
+        vmlinuz.display(),
+        VM_TIMEOUT.as_secs()
+    ));
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot", "-nic", "none"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -324,14 +416,21 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                step(&format!("timeout after {} s: killing qemu", VM_TIMEOUT.as_secs()));
+                step(&format!(
+                    "timeout after {} s: killing qemu",
+                    VM_TIMEOUT.as_secs()
+                ));
                 let _ = qemu.kill();
                 break;
             }
         }
     }
     let status = qemu.wait()?;
-    step(&format!("qemu exited ({status}) after {:.1} s; console in {}", started.elapsed().as_secs_f64(), log.display()));
+    step(&format!(
+        "qemu exited ({status}) after {:.1} s; console in {}",
+        started.elapsed().as_secs_f64(),
+        log.display()
+    ));
     Ok(console)
 }
 
@@ -370,23 +469,42 @@ fn progress(line: &str, t: Duration) {
 /// Prints the guest's part of the console (from the start marker on); fails without the end marker.
 fn report(console: &[String], log: &Path) -> Result<()> {
     let Some(start) = console.iter().position(|l| l.starts_with(START)) else {
-        bail!("the guest never reached /init (no `{START}`); see {}", log.display());
+        bail!(
+            "the guest never reached /init (no `{START}`); see {}",
+            log.display()
+        );
     };
     println!("--- guest output ({}) ---", log.display());
     for line in &console[start..] {
         println!("{line}");
     }
     println!("--- summary ---");
-    for line in console[start..].iter().filter(|l| l.starts_with("VMTEST ") && !l.starts_with("VMTEST BEGIN")) {
+    for line in console[start..]
+        .iter()
+        .filter(|l| l.starts_with("VMTEST ") && !l.starts_with("VMTEST BEGIN"))
+    {
         println!("{line}");
     }
     if !console.iter().any(|l| l.starts_with(END)) {
-        bail!("the guest did not finish (no `{END}`): see {}", log.display());
+        bail!(
+            "the guest did not finish (no `{END}`): see {}",
+            log.display()
+        );
     }
     // Every guest command must pass: `check` finds a backend, `selftest` flags its canary.
-    let failed: Vec<&String> = console[start..].iter().filter(|l| l.starts_with("VMTEST ") && l.contains(" exit=") && !l.ends_with(" exit=0")).collect();
+    let failed: Vec<&String> = console[start..]
+        .iter()
+        .filter(|l| l.starts_with("VMTEST ") && l.contains(" exit=") && !l.ends_with(" exit=0"))
+        .collect();
     if !failed.is_empty() {
-        bail!("on Linux 6.1: {}", failed.iter().map(|l| l.trim_start_matches("VMTEST ")).collect::<Vec<_>>().join(", "));
+        bail!(
+            "on Linux 6.1: {}",
+            failed
+                .iter()
+                .map(|l| l.trim_start_matches("VMTEST "))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     step("vm-test: on Linux 6.1, every guest command passed");
     Ok(())

@@ -79,8 +79,12 @@ pub fn fetch(a: &FetchArgs) -> Result<()> {
         return connections(a);
     }
     std::thread::scope(|s| {
-        let clients: Vec<_> = (0..a.parallel).map(|_| s.spawn(|| connections(a))).collect();
-        clients.into_iter().try_for_each(|c| c.join().expect("client thread"))
+        let clients: Vec<_> = (0..a.parallel)
+            .map(|_| s.spawn(|| connections(a)))
+            .collect();
+        clients
+            .into_iter()
+            .try_for_each(|c| c.join().expect("client thread"))
     })
 }
 
@@ -89,7 +93,8 @@ fn connections(a: &FetchArgs) -> Result<()> {
     for _ in 0..a.connections {
         let mut s: Box<dyn Stream> = match &a.connect {
             Endpoint::Tcp(addr) => {
-                let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+                let s =
+                    TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
                 set_rcvbuf(&s, a.rcvbuf)?;
                 Box::new(s)
             }
@@ -100,7 +105,10 @@ fn connections(a: &FetchArgs) -> Result<()> {
             }
         };
         let extra: String = a.header.iter().map(|h| format!("{h}\r\n")).collect();
-        let req = format!("{} {} HTTP/1.1\r\nHost: lab\r\n{extra}\r\n", a.method, a.path);
+        let req = format!(
+            "{} {} HTTP/1.1\r\nHost: lab\r\n{extra}\r\n",
+            a.method, a.path
+        );
         if a.pipeline {
             s.write_all(req.repeat(a.requests as usize).as_bytes())?;
         }
@@ -126,7 +134,13 @@ fn set_rcvbuf(s: &impl AsRawFd, size: Option<usize>) -> Result<()> {
     let v = size as libc::c_int;
     // SAFETY: valid fd and option buffer.
     let r = unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&raw const v).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
     };
     if r != 0 {
         bail!("SO_RCVBUF: {}", std::io::Error::last_os_error());
@@ -146,13 +160,20 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
     let mut stalled = false;
     let end = loop {
         match head {
-            Some((_, _, hl)) if a.abort_after.is_some_and(|n| received >= hl + n) => break "aborted",
+            Some((_, _, hl)) if a.abort_after.is_some_and(|n| received >= hl + n) => {
+                break "aborted";
+            }
             // No body by rule (RFC 9112 §6.3): HEAD answers, 1xx, 204, 304.
-            Some((status, _, hl)) if (a.method == "HEAD" || status / 100 == 1 || status == 204 || status == 304) && received >= hl => {
-                break "complete"
+            Some((status, _, hl))
+                if (a.method == "HEAD" || status / 100 == 1 || status == 204 || status == 304)
+                    && received >= hl =>
+            {
+                break "complete";
             }
             Some((_, Some(cl), hl)) if received >= hl + cl => break "complete",
-            Some((_, _, hl)) if chunked && received > hl && recent.ends_with(b"\r\n0\r\n\r\n") => break "complete",
+            Some((_, _, hl)) if chunked && received > hl && recent.ends_with(b"\r\n0\r\n\r\n") => {
+                break "complete";
+            }
             _ => {}
         }
         if Instant::now() > deadline {
@@ -172,7 +193,9 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
             Ok(0) => break "eof",
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::ConnectionReset => break "reset",
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break "timeout",
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break "timeout";
+            }
             Err(e) => return Err(e.into()),
         };
         received += n as u64;
@@ -183,11 +206,15 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
             let mut hs = [httparse::EMPTY_HEADER; 64];
             let mut r = httparse::Response::new(&mut hs);
             if let httparse::Status::Complete(hl) = r.parse(&data)? {
-                let cl = r.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                let cl = r
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
                     .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
                 head = Some((r.code.unwrap_or(0), cl, hl as u64));
                 chunked = r.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.to_ascii_lowercase().ends_with(b"chunked")
+                    h.name.eq_ignore_ascii_case("transfer-encoding")
+                        && h.value.to_ascii_lowercase().ends_with(b"chunked")
                 });
                 // The head and what followed it in this read: the tail check needs the latter.
                 recent = data[hl..].to_vec();
@@ -198,16 +225,26 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs) -> Result<Received> {
             }
         }
         if let (Some(after), Some((_, _, hl))) = (a.stall_after, head)
-            && !stalled && received >= hl + after {
-                stalled = true;
-                std::thread::sleep(a.stall);
-            }
+            && !stalled
+            && received >= hl + after
+        {
+            stalled = true;
+            std::thread::sleep(a.stall);
+        }
         if !a.read_delay.is_zero() {
             std::thread::sleep(a.read_delay);
         }
     };
     let (status, content_length, head_bytes) = head.unwrap_or((0, None, 0));
-    Ok(Received { status, content_length, chunked, head_bytes, received_bytes: received, complete: end == "complete", end: end.into() })
+    Ok(Received {
+        status,
+        content_length,
+        chunked,
+        head_bytes,
+        received_bytes: received,
+        complete: end == "complete",
+        end: end.into(),
+    })
 }
 
 trait ReadTimeout {
@@ -217,10 +254,19 @@ trait ReadTimeout {
 impl ReadTimeout for dyn Stream + '_ {
     fn set_read_timeout(&mut self, d: Duration) {
         let d = d.max(Duration::from_millis(1));
-        let tv = libc::timeval { tv_sec: d.as_secs() as libc::time_t, tv_usec: d.subsec_micros() as libc::suseconds_t };
+        let tv = libc::timeval {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_usec: d.subsec_micros() as libc::suseconds_t,
+        };
         // SAFETY: valid fd and option buffer.
         unsafe {
-            libc::setsockopt(self.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
+            libc::setsockopt(
+                self.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            );
         }
     }
 }

@@ -57,10 +57,19 @@ impl Stream for UnixStream {
 }
 
 fn set_linger0(s: &dyn Stream) -> Result<()> {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid fd and option buffer.
     let r = unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&raw const l).cast(), size_of::<libc::linger>() as u32)
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            size_of::<libc::linger>() as u32,
+        )
     };
     if r != 0 {
         bail!("SO_LINGER: {}", std::io::Error::last_os_error());

@@ -116,11 +116,13 @@ fn announce(endpoint: &str) {
 
 fn spawn(s: Box<dyn Stream>, a: ServeArgs) -> Result<std::thread::JoinHandle<()>> {
     // The thread name is the `comm` the agent reports.
-    Ok(std::thread::Builder::new().name("tw-lab-server".into()).spawn(move || {
-        if let Err(e) = handle(s, &a) {
-            eprintln!("lab: connection: {e:#}");
-        }
-    })?)
+    Ok(std::thread::Builder::new()
+        .name("tw-lab-server".into())
+        .spawn(move || {
+            if let Err(e) = handle(s, &a) {
+                eprintln!("lab: connection: {e:#}");
+            }
+        })?)
 }
 
 fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
@@ -152,7 +154,10 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
             // In a send of its own: a head in the middle of a send is not seen (yet).
             sent += send_response(&*s, &whole, head.len(), a)?;
         }
-        println!("{}", serde_json::json!({"sent_bytes": sent, "expected_bytes": resp.len()}));
+        println!(
+            "{}",
+            serde_json::json!({"sent_bytes": sent, "expected_bytes": resp.len()})
+        );
         match a.mode {
             Mode::Full if a.unframed => return Ok(()), // the close ends the body
             Mode::Full => continue,
@@ -175,9 +180,15 @@ fn response(a: &ServeArgs, is_head: bool) -> (String, Vec<u8>) {
     } else {
         format!("Content-Length: {}\r\n", a.body)
     };
-    let pad = if a.head_pad > 0 { format!("X-Pad: {}\r\n", "p".repeat(a.head_pad)) } else { String::new() };
+    let pad = if a.head_pad > 0 {
+        format!("X-Pad: {}\r\n", "p".repeat(a.head_pad))
+    } else {
+        String::new()
+    };
     let version = if a.unframed { "1.0" } else { "1.1" };
-    let head = format!("HTTP/{version} 200 OK\r\nContent-Type: application/octet-stream\r\n{pad}{framing}\r\n");
+    let head = format!(
+        "HTTP/{version} 200 OK\r\nContent-Type: application/octet-stream\r\n{pad}{framing}\r\n"
+    );
     let mut resp = head.clone().into_bytes();
     if is_head {
         return (head, resp);
@@ -206,13 +217,19 @@ fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) ->
     if a.split_head {
         for line in resp[..head_len].split_inclusive(|&b| b == b'\n') {
             // SAFETY: valid fd and buffer; lines are small and the buffer is empty here.
-            if unsafe { libc::write(s.as_raw_fd(), line.as_ptr().cast(), line.len()) } != line.len() as isize {
+            if unsafe { libc::write(s.as_raw_fd(), line.as_ptr().cast(), line.len()) }
+                != line.len() as isize
+            {
                 bail!("writing a head line: {}", std::io::Error::last_os_error());
             }
         }
         sent = head_len;
     }
-    let pipe = if a.send_with == SendWith::Splice { Some(Pipe::new()?) } else { None };
+    let pipe = if a.send_with == SendWith::Splice {
+        Some(Pipe::new()?)
+    } else {
+        None
+    };
     while sent < resp.len() {
         if let (Some(p), true) = (&pipe, sent >= head_len) {
             match p.splice_to(s.as_raw_fd(), &resp[sent..])? {
@@ -227,9 +244,16 @@ fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) ->
         let rest = &resp[sent..];
         // Head and body as separate iovecs while the head is not fully sent.
         let split = head_len.saturating_sub(sent).min(rest.len());
-        let iov = |b: &[u8]| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() };
+        let iov = |b: &[u8]| libc::iovec {
+            iov_base: b.as_ptr() as *mut _,
+            iov_len: b.len(),
+        };
         let iovs = [iov(&rest[..split]), iov(&rest[split..])];
-        let (iovs, cnt) = if split == 0 { (&iovs[1..], 1) } else { (&iovs[..], 2) };
+        let (iovs, cnt) = if split == 0 {
+            (&iovs[1..], 1)
+        } else {
+            (&iovs[..], 2)
+        };
         let fd = s.as_raw_fd();
         // SAFETY: the iovecs point into `resp`, which outlives the call.
         let n = unsafe {
@@ -274,7 +298,12 @@ impl Pipe {
             bail!("pipe: {}", std::io::Error::last_os_error());
         }
         // SAFETY: fresh fds we own.
-        Ok(unsafe { Pipe { r: std::os::fd::OwnedFd::from_raw_fd(fds[0]), w: std::os::fd::OwnedFd::from_raw_fd(fds[1]) } })
+        Ok(unsafe {
+            Pipe {
+                r: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                w: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
     }
 
     /// Move up to a pipe's worth of `data` into `sock`. Some(bytes the socket took), or None
@@ -288,13 +317,22 @@ impl Pipe {
             bail!("pipe write: {}", std::io::Error::last_os_error());
         }
         let n = unsafe {
-            libc::splice(self.r.as_raw_fd(), std::ptr::null_mut(), sock, std::ptr::null_mut(), w as usize, libc::SPLICE_F_MOVE)
+            libc::splice(
+                self.r.as_raw_fd(),
+                std::ptr::null_mut(),
+                sock,
+                std::ptr::null_mut(),
+                w as usize,
+                libc::SPLICE_F_MOVE,
+            )
         };
         let err = std::io::Error::last_os_error();
         let took = n.max(0) as usize;
         let mut rest = vec![0u8; w as usize - took];
         // SAFETY: valid fd and buffer.
-        if !rest.is_empty() && unsafe { libc::read(self.r.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) } < 0 {
+        if !rest.is_empty()
+            && unsafe { libc::read(self.r.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) } < 0
+        {
             bail!("pipe drain: {}", std::io::Error::last_os_error());
         }
         match n {

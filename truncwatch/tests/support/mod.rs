@@ -37,7 +37,9 @@ pub fn kernel_or_skip(test: &str) -> bool {
     };
     match why {
         None => true,
-        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{test}: cannot run in CI: {why}"),
+        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: cannot run in CI: {why}")
+        }
         Some(why) => {
             skip(test, &why);
             false
@@ -92,7 +94,8 @@ impl Agent {
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("agent printed non-JSON {line:?}: {e}"));
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("agent printed non-JSON {line:?}: {e}"));
                 sink.lock().unwrap().push(v);
             }
         });
@@ -110,7 +113,10 @@ impl Agent {
 
     pub fn metrics_addr(&self) -> String {
         let log = self.log.lock().unwrap();
-        let line = log.iter().find_map(|l| l.strip_prefix("truncwatch: metrics on http://")).expect("the agent announces its endpoint");
+        let line = log
+            .iter()
+            .find_map(|l| l.strip_prefix("truncwatch: metrics on http://"))
+            .expect("the agent announces its endpoint");
         line.trim_end_matches("/metrics").to_string()
     }
 
@@ -141,7 +147,13 @@ impl Agent {
     }
 
     pub fn verdicts(&self, local: &str) -> Vec<Value> {
-        self.lines.lock().unwrap().iter().filter(|v| v["local"] == local).cloned().collect()
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["local"] == local)
+            .cloned()
+            .collect()
     }
 
     /// SIGINT: the agent must detach, flush and exit 0.
@@ -168,8 +180,15 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
@@ -199,7 +218,16 @@ impl Server {
 
     pub fn start_args(listen: &str, mode: &str, body: u64, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["lab", "serve", "--listen", listen, "--mode", mode, "--body", &body.to_string()])
+            .args([
+                "lab",
+                "serve",
+                "--listen",
+                listen,
+                "--mode",
+                mode,
+                "--body",
+                &body.to_string(),
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -208,7 +236,11 @@ impl Server {
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         stderr.read_line(&mut line).unwrap();
-        let endpoint = line.trim().strip_prefix("lab: listening on ").unwrap_or_else(|| panic!("lab server said {line:?}")).to_string();
+        let endpoint = line
+            .trim()
+            .strip_prefix("lab: listening on ")
+            .unwrap_or_else(|| panic!("lab server said {line:?}"))
+            .to_string();
         std::thread::spawn(move || {
             for l in stderr.lines().map_while(Result::ok) {
                 eprintln!("server: {l}");
@@ -222,7 +254,11 @@ impl Server {
                 sink.lock().unwrap().push(serde_json::from_str(&l).unwrap());
             }
         });
-        Server { child, endpoint, sent }
+        Server {
+            child,
+            endpoint,
+            sent,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -256,7 +292,11 @@ pub fn fetch(endpoint: &str, args: &[&str]) -> Vec<Value> {
         .output()
         .expect("run lab fetch");
     assert!(out.status.success(), "lab fetch failed: {}", out.status);
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 pub fn unix_path(name: &str) -> String {
@@ -295,7 +335,9 @@ impl Nginx {
         let blocks: String = servers
             .iter()
             .zip(&ports)
-            .map(|(body, port)| format!("server {{ listen 127.0.0.1:{port}; root {d}/www; {body} }}\n"))
+            .map(|(body, port)| {
+                format!("server {{ listen 127.0.0.1:{port}; root {d}/www; {body} }}\n")
+            })
             .collect();
         let conf = format!(
             "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log info;
@@ -320,7 +362,11 @@ impl Nginx {
         for port in &ports {
             wait_listening(*port);
         }
-        Nginx { child, ports, _dir: dir }
+        Nginx {
+            child,
+            ports,
+            _dir: dir,
+        }
     }
 }
 
@@ -332,7 +378,11 @@ impl Drop for Nginx {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_listening(port: u16) {
@@ -355,6 +405,9 @@ pub fn nginx_or_skip(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test}: {NGINX} missing in CI (cargo xtask test installs it)");
     }
-    skip(test, &format!("{NGINX} not installed (apt-get install nginx-light)"));
+    skip(
+        test,
+        &format!("{NGINX} not installed (apt-get install nginx-light)"),
+    );
     false
 }
