@@ -5,9 +5,15 @@
 //! compile-time assertion that both sides compile.
 #![no_std]
 
-/// Bytes of a response head the kernel copies out. nginx's heads are about 250 bytes; heads
-/// longer than this are reported as unparsed, never judged.
+/// Bytes of a response head the kernel copies out with the send that begins it. nginx's heads
+/// are about 250 bytes; a head that does not end within them goes on in `HeadPiece` events.
 pub const HEAD_CAP: usize = 512;
+/// The largest `--max-head-bytes`: the kernel captures at most this much of one head. Heads
+/// longer than the agent's bound are reported as unparsed, never judged.
+pub const MAX_HEAD_LIMIT: usize = 32 << 10;
+/// Iovecs of one `writev`/`sendmsg` a head is gathered from, at most (a head written one word
+/// per iovec takes about 40 for 250 bytes).
+pub const MAX_GATHER_IOV: u32 = 256;
 /// Bytes of `struct sock` copied at classification; the agent decodes addresses from it with
 /// offsets taken from the running kernel's BTF (`struct sock_common` is 136 bytes on 6.x).
 pub const SOCK_PREFIX: usize = 160;
@@ -25,10 +31,8 @@ pub const EV_HEAD: u32 = 3;
 pub const EV_STATE: u32 = 4;
 pub const EV_EOF: u32 = 5;
 pub const EV_RESET: u32 = 6;
-/// A `HeadEvent` whose capture continues the previous one's (a head split over sends).
-pub const EV_HEAD_MORE: u32 = 7;
-/// Sends captured after a head that may continue, at most.
-pub const HEAD_MORE_SENDS: u32 = 4;
+/// More bytes of a head that did not end within its first capture (`HeadPiece`, then the bytes).
+pub const EV_HEAD_PIECE: u32 = 8;
 
 /// Where `sock_send_length` found the sending task (`pt_regs.orig_ax` on x86_64).
 pub const SYS_WRITE: u32 = 1;
@@ -108,13 +112,16 @@ pub struct SockState {
     pub flags: u32,
     /// Bytes the kernel accepted on this socket since it was classified.
     pub sent: u64,
-    /// The last head captured may continue in the next sends: capture up to this many more.
+    /// The last head captured has not ended yet: bytes of it that may still be captured (the
+    /// rest of `--max-head-bytes`), from the next sends.
     pub head_more: u32,
     /// Reads that began like a request line (`METHOD `) since the last response head
     /// (saturating), and the first one's `METHOD_*`. Carried by the next head event.
     pub requests: u8,
     pub method: u8,
-    pub _pad: u16,
+    /// Bytes of the send that began the head being gathered that its head event holds: where
+    /// its next piece begins.
+    pub head_skip: u16,
 }
 
 pub const TRACK_NO: u32 = 1;
@@ -123,6 +130,11 @@ pub const TRACK_HTTP: u32 = 2;
 pub const FLAG_RESET_RECEIVED: u32 = 1;
 /// The socket's first read (before classification) was looked at for a request line.
 pub const FLAG_RECV_SEEN: u32 = 2;
+/// The head being captured (`head_more` > 0) ends so far with `\n`: a next send beginning with
+/// `\r` ends it.
+pub const FLAG_HEAD_LF: u32 = 32;
+/// ... ends so far with `\n\r`: the next send's first byte should end it.
+pub const FLAG_HEAD_LFCR: u32 = 64;
 /// An event about this socket could not be delivered (ring buffer full). Sticky; carried by
 /// every later send and state event, so the agent never judges a stream it saw only in part.
 pub const FLAG_EVENTS_LOST: u32 = 4;
@@ -216,6 +228,38 @@ pub struct SendEvent {
 /// Bytes of each send's end copied out: enough for a last chunk `\r\n0\r\n\r\n` minus one.
 pub const TAIL: usize = 8;
 
+/// Settings the agent hands the programs (a read-only global, like `Offsets`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `--max-head-bytes`: a head is captured up to this many bytes (at most `MAX_HEAD_LIMIT`).
+    pub max_head_bytes: u32,
+    pub _pad: u32,
+}
+
+/// More bytes of a head whose first capture (`HeadEvent`) did not hold its end: the bytes that
+/// follow it in the same send (`send_end` is the send's end), or a next send's. The record
+/// goes on with `len` bytes, up to the head's end where the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeadPiece {
+    pub h: Header,
+    /// Stream offset of the first byte.
+    pub offset: u64,
+    /// Stream offset one past the last byte the send these bytes come from offered.
+    pub send_end: u64,
+    pub len: u32,
+    /// `FLAG_EVENTS_LOST` if an earlier event about this socket was lost.
+    pub flags: u32,
+}
+
+/// The per-CPU buffer a head piece is gathered in before it goes out: its header, then room
+/// for `MAX_HEAD_LIMIT` bytes written at an offset below `MAX_HEAD_LIMIT` (the verifier bounds
+/// each copy by its largest offset plus its largest length).
+/// After them, `PIECE_ARGS` bytes for the kernel's own use (what the piece is gathered from).
+pub const PIECE_BUF: usize = core::mem::size_of::<HeadPiece>() + 2 * MAX_HEAD_LIMIT + PIECE_ARGS;
+pub const PIECE_ARGS: usize = 64;
+
 /// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -301,6 +345,8 @@ const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 56);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<HeadPiece>() == 48);
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 8);
 
 #[cfg(feature = "user")]
@@ -308,4 +354,6 @@ mod user {
     use super::*;
     // SAFETY: plain `#[repr(C)]` integers with explicit padding.
     unsafe impl aya::Pod for Offsets {}
+    // SAFETY: likewise.
+    unsafe impl aya::Pod for Settings {}
 }

@@ -90,6 +90,10 @@ pub struct IoCall {
     /// iovecs for writev/sendmsg (`niov` = 0: not known, e.g. longer vectors).
     pub iov: [[u64; 2]; MAX_IOV as usize],
     pub niov: u64,
+    /// For writev/sendmsg: the user address of the whole iovec array and its length (0, 0
+    /// otherwise), where a head spread over many iovecs is gathered from.
+    pub vec: u64,
+    pub vlen: u64,
 }
 
 impl IoCall {
@@ -110,6 +114,8 @@ impl IoCall {
         requested: 0,
         iov: [[0; 2]; MAX_IOV as usize],
         niov: 0,
+        vec: 0,
+        vlen: 0,
     };
 
     /// User address and length of the last accepted bytes (at most `TAIL`) of a send the kernel
@@ -190,7 +196,12 @@ fn iov_call(nr: u32, iov: u64, cnt: u64) -> IoCall {
     // An unreadable vector reads as zeroes (no buffer), not as an early return: returning
     // early out of here made LLVM store a register a helper call had clobbered, which older
     // verifiers (6.1) refuse.
-    let mut c = IoCall { nr, ..IoCall::NONE };
+    let mut c = IoCall {
+        nr,
+        vec: iov,
+        vlen: cnt,
+        ..IoCall::NONE
+    };
     match cnt {
         0 => return c,
         1 => c.iov[0] = read_user::<[u64; 2]>(iov).unwrap_or([0; 2]),

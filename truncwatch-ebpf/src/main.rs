@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod head;
 mod kernel;
 mod maps;
 mod probe;

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use core::ffi::c_void;
-use truncwatch_common::{Offsets, ProbeSock, SockState};
+use truncwatch_common::{Offsets, PIECE_BUF, ProbeSock, Settings, SockState};
 
 /// Per-socket state; see `SockState`.
 #[btf_map]
@@ -73,6 +73,33 @@ pub fn offsets() -> &'static Offsets {
     // loads, even on sockets that are not HTTP).
     let p = &raw const OFFSETS;
     unsafe { &*core::ptr::read_volatile(&p) }
+}
+
+/// Settings from the agent, patched into .rodata at load time like `OFFSETS`.
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings {
+    max_head_bytes: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn settings() -> &'static Settings {
+    let p = &raw const SETTINGS;
+    unsafe { &*core::ptr::read_volatile(&p) }
+}
+
+/// Where a head piece is gathered before it goes out, one per CPU (indexed by CPU: a per-CPU
+/// map's values are limited to 32 KiB). The agent sets the entries to the possible CPUs.
+/// Programs that use it run with migration disabled and never nest on a CPU (sends run in
+/// task context), so a CPU's buffer has one user at a time.
+#[btf_map]
+pub static PIECES: Array<[u8; PIECE_BUF], 1> = Array::new();
+
+/// This CPU's piece buffer.
+#[inline(always)]
+pub fn piece_buf() -> Option<*mut [u8; PIECE_BUF]> {
+    let cpu = unsafe { aya_ebpf::helpers::generated::bpf_get_smp_processor_id() };
+    PIECES.get_ptr_mut(cpu)
 }
 
 /// Ring buffer losses host-wide, one shared counter (losses are rare, so sharing it costs

@@ -17,12 +17,13 @@
 //! a missed one only hides a request (whether it was HEAD), which the agent copes without.
 //! TCP reads are seen in `tcp_cleanup_rbuf`, which runs after the copy and never sleeps.
 use crate::{
+    head::{head_begins, head_goes_on},
     kernel::{IoCall, header, io_call, read_kernel},
     maps::{
         EVENTS, LOST_RINGBUF_FULL, PROBE_READING, PROBE_SENDING, ProbeStore, count_lost, losses,
         offsets, wake_flags,
     },
-    send::{begin_tracking, fill_send, head_or_more, read_tail, reset_during_first_send},
+    send::{begin_tracking, fill_send, read_tail, reset_during_first_send},
 };
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use core::ffi::c_void;
@@ -87,7 +88,7 @@ fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
         size as i32
     };
     let offset = ps.st.sent;
-    ps.pend_flags = if head_or_more(sk, &mut ps.st, offset, offered, &call, FLAG_ANNOUNCED) {
+    ps.pend_flags = if head_begins(sk, &mut ps.st, offset, offered, &call, FLAG_ANNOUNCED) {
         FLAG_ANNOUNCED
     } else {
         0
@@ -95,6 +96,7 @@ fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
     ps.pend_size = size;
     ps.pend_syscall = call.nr;
     (ps.pend_tail, ps.pend_tail_len) = read_tail(&call, size).unwrap_or(([0; TAIL], 0));
+    head_goes_on(sk, &mut ps.st, offset, offered, &call);
 }
 
 /// Account what the kernel took since this socket was last seen (`write_seq` is `seq` now):

@@ -3,10 +3,9 @@
 //! Cost on a socket that is not an HTTP server: one socket-storage lookup per send (plus a
 //! one-time classification on its first send).
 use crate::{
+    head::{bounded, head_begins, head_goes_on},
     kernel::{IoCall, header, io_call, read_kernel, read_user, untimed_header},
-    maps::{
-        BPF_RB_NO_WAKEUP, EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets, wake_flags,
-    },
+    maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets, wake_flags},
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm,
@@ -14,9 +13,9 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_SEND, FLAG_EVENTS_LOST,
-    FLAG_RESET_RECEIVED, HEAD_CAP, HEAD_MORE_SENDS, HeadEvent, Offsets, OpenEvent, SOCK_PREFIX,
-    STATE_RESET_RECEIVED, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO, UNIX_PATH,
+    AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, Offsets,
+    OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO,
+    UNIX_PATH,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -108,84 +107,21 @@ fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: IoCall) {
     if ret > 0 {
         st.sent += ret as u64;
     }
-    if head_or_more(sk, st, offset, ret, &call, 0) {
-        return;
+    if !head_begins(sk, st, offset, ret, &call, 0) {
+        match EVENTS.reserve_untyped::<SendEvent>(0) {
+            Some(mut entry) => {
+                let lost = st.flags & FLAG_EVENTS_LOST;
+                fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call, lost);
+                entry.submit(wake_flags());
+            }
+            None => {
+                count_lost(LOST_RINGBUF_FULL);
+                st.flags |= FLAG_EVENTS_LOST;
+            }
+        }
     }
-    let Some(mut entry) = EVENTS.reserve_untyped::<SendEvent>(0) else {
-        count_lost(LOST_RINGBUF_FULL);
-        st.flags |= FLAG_EVENTS_LOST;
-        return;
-    };
-    fill_send(
-        entry.as_mut_ptr(),
-        EV_SEND,
-        sk,
-        offset,
-        ret,
-        &call,
-        st.flags & FLAG_EVENTS_LOST,
-    );
-    entry.submit(wake_flags());
+    head_goes_on(sk, st, offset, ret, &call);
 }
-
-/// If this send (`ret` bytes of it taken, at stream offset `offset`) begins a response head
-/// or may go on with the one before, send the head event (`flags` added to its flags) and
-/// return true.
-#[inline(always)]
-pub fn head_or_more(
-    sk: *mut c_void,
-    st: &mut SockState,
-    offset: u64,
-    ret: i32,
-    call: &IoCall,
-    flags: u32,
-) -> bool {
-    let readable = ret > 0 && call.buf() != 0;
-    let fits = readable && call.buf_len() >= 5;
-    // A request was read since the last head: this send most likely starts the response, so
-    // copy the head straight away and check its first bytes there, saving a user read (each
-    // costs the sender some 70 ns). Otherwise, or if that copy failed (a page not present),
-    // look at the first bytes before copying anything.
-    let guess = fits && st.head_more == 0 && st.requests > 0;
-    let mut kind = EV_HEAD;
-    let mut r = if guess {
-        head(sk, st, offset, ret, call, EV_HEAD, flags, false)
-    } else {
-        UNREAD
-    };
-    if r == UNREAD {
-        r = if fits && read_user::<[u8; 5]>(call.buf()).is_some_and(|m| &m == b"HTTP/") {
-            head(sk, st, offset, ret, call, EV_HEAD, flags, true)
-        } else if readable && st.head_more > 0 {
-            kind = EV_HEAD_MORE;
-            head(sk, st, offset, ret, call, EV_HEAD_MORE, flags, true)
-        } else {
-            NOT_A_HEAD
-        };
-    }
-    if r == NOT_A_HEAD || r == UNREAD {
-        st.head_more = 0;
-        return false;
-    }
-    // A head that may go on in the next send: one small buffer, all of it accepted, not
-    // ending in the blank line. Capture the next few sends too; the agent joins them.
-    st.head_more = match (r == HEAD_OPEN, kind == EV_HEAD) {
-        (false, _) => 0,
-        (true, true) => HEAD_MORE_SENDS,
-        (true, false) => st.head_more - 1,
-    };
-    true
-}
-
-/// What `head` did (plain integers: an `Option` of a tuple made LLVM spill undefined
-/// registers, which the verifier refuses).
-const HEAD_DONE: u32 = 0;
-/// A head event was sent, and the head may go on in the next send.
-const HEAD_OPEN: u32 = 1;
-/// Unchecked send: it does not begin `HTTP/`.
-const NOT_A_HEAD: u32 = 2;
-/// Unchecked send: its bytes could not be read, or there was no room for a head event.
-const UNREAD: u32 = 3;
 
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
 /// struct assembled on the stack there.
@@ -239,110 +175,6 @@ pub fn read_tail(call: &IoCall, accepted: u64) -> Option<([u8; TAIL], u32)> {
     } else {
         None
     }
-}
-
-/// A send that starts a response head: copy up to `HEAD_CAP` bytes of it from the caller's
-/// buffer, whether or not the kernel accepted them all: the head's promise is what matters, and
-/// a head the kernel took only part of is exactly the slow-reader case.
-///
-/// `known`: the caller checked the send begins a head (or continues one). If not, the copy is
-/// checked here, and a send that does not begin `HTTP/`, or cannot be read, sends nothing.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn head(
-    sk: *mut c_void,
-    st: &mut SockState,
-    offset: u64,
-    ret: i32,
-    call: &IoCall,
-    kind: u32,
-    flags: u32,
-    known: bool,
-) -> u32 {
-    let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
-        // A guess (not known to be a head) takes the checked path, which may need only room
-        // for a plain send event.
-        if !known {
-            return UNREAD;
-        }
-        count_lost(LOST_RINGBUF_FULL);
-        st.flags |= FLAG_EVENTS_LOST;
-        return HEAD_DONE;
-    };
-    let ev = entry.as_mut_ptr();
-    let mut n = call.buf_len();
-    if n > HEAD_CAP as u64 {
-        n = HEAD_CAP as u64;
-    }
-    let copied = unsafe {
-        bpf_probe_read_user(
-            (&raw mut (*ev).cap).cast(),
-            bounded(n, HEAD_CAP as u32),
-            call.buf() as *const c_void,
-        )
-    } == 0;
-    if !known
-        && !(copied
-            && unsafe { core::ptr::read_unaligned((&raw const (*ev).cap).cast::<[u8; 5]>()) }
-                == *b"HTTP/")
-    {
-        // Nothing to read behind a discarded record: no wakeup, no ring query for one.
-        entry.discard(BPF_RB_NO_WAKEUP);
-        return if copied { NOT_A_HEAD } else { UNREAD };
-    }
-    let open = unsafe {
-        (*ev).cap_len = if copied { n as u32 } else { 0 };
-        fill_send(
-            &raw mut (*ev).send,
-            kind,
-            sk,
-            offset,
-            ret,
-            call,
-            (st.flags & FLAG_EVENTS_LOST) | flags,
-        );
-        (*ev)._pad = 0;
-        // The requests read since the last head go with this one (a continuation has none).
-        if kind == EV_HEAD {
-            (*ev).requests = st.requests;
-            (*ev).method = st.method;
-            st.requests = 0;
-            st.method = 0;
-        } else {
-            (*ev).requests = 0;
-            (*ev).method = 0;
-        }
-        let tail = (*ev).send.tail;
-        let len = (*ev).send.tail_len;
-        ret as u64 == call.buf_len()
-            && call.buf_len() <= HEAD_CAP as u64
-            && !(len >= 4 && tail_ends_blank(&tail, len))
-    };
-    entry.submit(wake_flags());
-    if open { HEAD_OPEN } else { HEAD_DONE }
-}
-
-/// `n` as a helper's u32 size, at most `max`: the clamp is done on the 32-bit value itself, so
-/// every verifier sees the bound on the register the helper gets. The volatile read keeps
-/// LLVM from dropping the clamp as redundant (it often knows `n <= max` already; 6.1's
-/// verifier does not).
-#[inline(always)]
-fn bounded(n: u64, max: u32) -> u32 {
-    let v = n as u32;
-    let n = unsafe { core::ptr::read_volatile(&v) };
-    if n > max { max } else { n }
-}
-
-/// Whether `tail[..len]` ends with `\r\n\r\n`. With shifts, not indexing: the verifier
-/// refuses a stack read at a variable offset.
-#[inline(always)]
-fn tail_ends_blank(tail: &[u8; TAIL], len: u32) -> bool {
-    if !(4..=TAIL as u32).contains(&len) {
-        return false;
-    }
-    let v = u64::from_le_bytes(*tail);
-    let last4 = (v >> ((len - 4) * 8)) as u32;
-    last4 == u32::from_le_bytes(*b"\r\n\r\n")
 }
 
 /// Tell the agent about a newly tracked connection: who owns it and its addresses.

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
+use truncwatch_common::{HEAD_CAP, Settings};
 
 /// The kernel object, built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/truncwatch"));
@@ -182,6 +183,11 @@ pub struct RunArgs {
     /// is mapped twice (wrap-around), so it counts double in the agent's RSS.
     #[arg(long, default_value_t = 4, value_parser = ring_mib)]
     pub ring_buffer_mib: u32,
+    /// Response heads are read up to this many bytes; longer ones are reported `unparsed`, never
+    /// judged (512 to 32768). A head that ends within its first 512 bytes costs the same
+    /// whatever this is; each longer one costs a copy of up to this many bytes, in the sender.
+    #[arg(long, default_value_t = DEFAULT_MAX_HEAD, value_parser = max_head)]
+    pub max_head_bytes: u32,
     /// Serve /metrics, /readyz and /healthz on this address (`off`: no endpoint). Bound to
     /// loopback by default; see the README before exposing it.
     #[arg(long, default_value = "127.0.0.1:9477")]
@@ -220,7 +226,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "off" | "" => None,
         addr => Some(endpoint::bind(addr).await?),
     };
-    let (mut ebpf, layout, backend) = attach(args.ring_buffer_mib, args.backend)?;
+    let (mut ebpf, layout, backend) =
+        attach(args.ring_buffer_mib, args.max_head_bytes, args.backend)?;
     release_freed_memory();
     // Kept open for as long as the stats should stay on.
     let _stats = if args.bpf_stats {
@@ -236,6 +243,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut reader = Reader {
         correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect())
+            .max_head_bytes(args.max_head_bytes as usize)
             .problems_only(!args.all),
         layout: layout.sock,
         own_pid: std::process::id(),
@@ -337,23 +345,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let s = &reader.correlator.stats;
     // The host's verdicts: without the canaries' (ours and other agents'), as in the output.
     let host = |kind: Kind, n: u64| n.saturating_sub(reader.canary_verdicts[kind as usize]);
+    // The verdicts' counts, by kind, then what was not judged and the detector's health.
+    let judged: String = Kind::ALL
+        .iter()
+        .map(|&k| format!(" {}={}", k.as_str(), host(k, s.judged[k as usize])))
+        .collect();
     eprintln!(
-        "truncwatch: stopped; connections={} heads={} complete={} short_write={} peer_reset={} desync={} reset_discard={} observer_loss={} unframed={} unparsed={} (too long or split {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} evicted={} lost_events={} decode_errors={} canary_verdicts={}",
+        "truncwatch: stopped; connections={} heads={}{judged} (unparsed: too long or unfinished {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} interim={} evicted={} lost_events={} decode_errors={} canary_verdicts={}",
         s.connections,
         s.heads,
-        host(Kind::Complete, s.judged_complete),
-        host(Kind::ShortWrite, s.judged_short_write),
-        host(Kind::PeerReset, s.judged_peer_reset),
-        host(Kind::Desync, s.judged_desync),
-        host(Kind::ResetDiscard, s.judged_reset_discard),
-        host(Kind::ObserverLoss, s.judged_observer_loss),
-        s.judged_unframed,
-        s.judged_unparsed,
         s.unparsed,
         s.invalid,
         s.chunked_uncertain,
         s.head_only,
         s.head_answers,
+        s.interim,
         s.evicted,
         lost,
         reader.decode_errors,
@@ -372,6 +378,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// used. Also used by `truncwatch check`.
 pub fn attach(
     ring_buffer_mib: u32,
+    max_head_bytes: u32,
     backend: Backend,
 ) -> Result<(Ebpf, btf_offsets::KernelLayout, Backend)> {
     if OBJECT.is_empty() {
@@ -394,7 +401,7 @@ pub fn attach(
     };
     let mut errors = Vec::new();
     for &b in candidates {
-        match load_and_attach(&btf, &layout, ring_buffer_mib, b) {
+        match load_and_attach(&btf, &layout, ring_buffer_mib, max_head_bytes, b) {
             Ok(ebpf) => {
                 drop(btf);
                 release_freed_memory();
@@ -411,13 +418,23 @@ fn load_and_attach(
     btf: &Btf,
     layout: &btf_offsets::KernelLayout,
     ring_buffer_mib: u32,
+    max_head_bytes: u32,
     backend: Backend,
 ) -> Result<Ebpf> {
+    let settings = Settings {
+        max_head_bytes,
+        _pad: 0,
+    };
+    // One piece buffer per CPU that may ever run (CPU ids index it).
+    let cpus =
+        aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))? as u32;
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(btf))
         .override_global("OFFSETS", &layout.offsets, true)
-        .map_max_entries("EVENTS", ring_buffer_mib << 20);
+        .override_global("SETTINGS", &settings, true)
+        .map_max_entries("EVENTS", ring_buffer_mib << 20)
+        .map_max_entries("PIECES", cpus);
     // The kprobe backend's maps are preallocated: one entry each when another backend runs.
     if backend != Backend::Kprobe {
         for map in ["PROBE_SOCKS", "PROBE_SENDING", "PROBE_READING"] {
@@ -546,10 +563,10 @@ impl Reader {
         while let Some(item) = ring.next() {
             self.events += 1;
             match events::decode(&item, &self.layout) {
-                Ok(Event::Send(mut s)) if s.ts_ns == 0 => {
+                Ok(mut ev) if ev.ts_ns() == 0 => {
                     let began = *now.get_or_insert_with(crate::output::monotonic_ns);
-                    s.ts_ns = began.max(self.last_dated_ns);
-                    self.handle(Event::Send(s))
+                    ev.date(began.max(self.last_dated_ns));
+                    self.handle(ev)
                 }
                 Ok(ev) => {
                     self.last_dated_ns = self.last_dated_ns.max(ev.ts_ns());
@@ -565,15 +582,22 @@ impl Reader {
             match &ev {
                 // Lengths only: head bytes hold header values, which are never logged.
                 Event::Send(s) => eprintln!(
-                    "event: send sk={:#x} offset={} ret={} requested={} head_bytes={:?} head_more_bytes={:?} requests={:?} events_lost={}",
+                    "event: send sk={:#x} offset={} ret={} requested={} head_bytes={:?} requests={:?} events_lost={}",
                     s.sk,
                     s.offset,
                     s.ret,
                     s.requested,
                     s.head.as_ref().map(Vec::len),
-                    s.head_more.as_ref().map(Vec::len),
                     s.requests,
                     s.events_lost
+                ),
+                Event::HeadPiece(p) => eprintln!(
+                    "event: head piece sk={:#x} offset={} send_end={} bytes={} events_lost={}",
+                    p.sk,
+                    p.offset,
+                    p.send_end,
+                    p.bytes.len(),
+                    p.events_lost
                 ),
                 other => eprintln!("event: {other:?}"),
             }
@@ -755,6 +779,19 @@ fn probe_nonce() -> String {
 fn release_freed_memory() {
     // SAFETY: no preconditions; it only returns free heap pages.
     unsafe { libc::malloc_trim(0) };
+}
+
+/// `--max-head-bytes` by default: past the 4–8 KiB response heads of proxied applications.
+pub const DEFAULT_MAX_HEAD: u32 = 16 << 10;
+
+fn max_head(s: &str) -> Result<u32, String> {
+    let limit = truncwatch_common::MAX_HEAD_LIMIT as u32;
+    match s.parse::<u32>() {
+        Ok(n) if (HEAD_CAP as u32..=limit).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?}: a number of bytes from {HEAD_CAP} to {limit}"
+        )),
+    }
 }
 
 fn ring_mib(s: &str) -> Result<u32, String> {

@@ -233,6 +233,7 @@ mod tests {
             chunked: false,
             expected_bytes: Some(HEAD.len() as u64 + PROMISED),
             sent_bytes: sent,
+            delivered_bytes: sent,
         });
         Verdict {
             kind,

@@ -85,7 +85,7 @@ pub fn probe() -> Facts {
             "ftrace function hooks unavailable (available_filter_functions: {e})"
         )),
     };
-    let backend = agent::attach(1, agent::Backend::Auto)
+    let backend = agent::attach(1, agent::DEFAULT_MAX_HEAD, agent::Backend::Auto)
         .map(|(_, l, b)| (b, b.programs(l.sendpage)))
         .map_err(|e| format!("{e:#}"));
     Facts {

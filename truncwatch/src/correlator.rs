@@ -2,84 +2,44 @@
 //!
 //! It thinks in stream offsets. Per server connection it keeps the bytes the application has
 //! handed the kernel so far and the response in flight: where its head started, how long the
-//! head is and what body it promised. A response is `complete` the moment the bytes handed over
-//! reach its promised end. If the stream ends first (the application shut down or closed, or
-//! the peer reset), the shortfall is the verdict.
-use crate::events::{ConnMeta, Event, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts};
+//! head is and what body it promised. A response whose promised bytes were all handed over
+//! waits, settling, until its delivery is settled: the next response's head (the next request
+//! was read), or the end of the stream. If the stream ends first, the shortfall, or what a reset
+//! dropped, is the verdict; one verdict per response.
+use crate::events::{
+    ConnMeta, Event, PieceFacts, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts,
+};
 use crate::http_head::{self, Body, Head, HeadCache, Parsed};
 use crate::requests::{Answer, Requests};
+use crate::response::{Ending, PeerEnds, Response, fate};
 pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use truncwatch_common::HEAD_CAP;
-
-#[derive(Clone, Debug)]
-struct Response {
-    start: u64,
-    head: Head,
-    pid: u32,
-    /// The application tried to send past the head: a body was meant to follow. Without it,
-    /// a head alone is what a HEAD request gets, and is not judged...
-    body_attempted: bool,
-    /// ...unless the request is known and was not HEAD: then the body is owed.
-    body_owed: bool,
-    /// For chunked bodies: stream offset just past the last chunk, once it was handed over.
-    chunk_end: Option<u64>,
-    /// The latest send of this response ended with a blank line (`\r\n\r\n`).
-    tail_blank: bool,
-    /// The stream's last bytes before `recent_end`, as far as the sends' tails tell.
-    recent: Tail,
-    recent_end: u64,
-    /// What request this response answers, as far as known.
-    answer: Answer,
-}
-
-impl Response {
-    fn head_only(&self, sent: u64) -> bool {
-        !self.body_attempted
-            && !self.body_owed
-            && sent == self.start + self.head.len
-            && matches!(self.head.body, Body::Length(n) if n > 0)
-    }
-
-    /// Stream offset one past the last promised byte, for responses that promise a length.
-    fn end(&self) -> Option<u64> {
-        match self.head.body {
-            Body::Length(n) => Some(self.start + self.head.len + n),
-            Body::None => Some(self.start + self.head.len),
-            Body::Chunked => self.chunk_end,
-            Body::UntilClose => None,
-        }
-    }
-
-    /// Does a send ending at `send_end` with these last bytes complete a chunked body?
-    fn saw_last_chunk(&self, tail: &[u8], send_end: u64) -> bool {
-        // `\n0\r\n\r\n`: the previous line's end, a zero size, no trailers, the blank line.
-        // Or a final buffer holding exactly `0\r\n\r\n` (the kernel copies the tail from the
-        // send's last buffer only, so a 5-byte tail is a 5-byte buffer): how nginx and
-        // most servers write the last chunk. Past the head: a header line cannot be "0".
-        self.head.body == Body::Chunked
-            && send_end > self.start + self.head.len
-            && (tail.ends_with(b"\n0\r\n\r\n") || tail == b"0\r\n\r\n")
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Conn {
     meta: Arc<ConnMeta>,
     /// Bytes handed to the kernel: one past the highest stream offset seen.
     sent: u64,
-    /// The response in flight (not judged yet).
+    /// The response in flight (its promised end not reached yet).
     resp: Option<Response>,
+    /// The response before it, every byte handed over, its delivery not settled yet; and when
+    /// its last byte was handed over.
+    settling: Option<(Response, u64)>,
     eagain: u32,
     partial: u32,
-    peer_ended: Option<&'static str>,
+    peer: PeerEnds,
     last_ns: u64,
     opened_ns: u64,
     /// The TCP counters at the latest state change.
     tcp: Option<TcpFacts>,
-    /// The start of a head that goes on in the next sends.
+    /// A head that has not ended yet: its bytes so far, waiting for `HeadPiece`s.
     split_head: Option<PartialHead>,
+    /// The stream's last bytes before `recent_end`, as far as the sends' tails tell (a
+    /// chunked body's end; kept here, not in the response: a head completed by a later piece
+    /// begins its response after its send was counted).
+    recent: Tail,
+    recent_end: u64,
     requests: Requests,
     /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
     tunnel: bool,
@@ -87,6 +47,16 @@ struct Conn {
     events_lost: bool,
     /// Events lost host-wide when it opened (see `Event::UnixEof`).
     losses_at_open: u32,
+    /// This host reset the connection with bytes unacknowledged (`Event::ResetDiscard`, which
+    /// comes just before the state change to CLOSE).
+    reset: Option<ResetFacts>,
+}
+
+#[derive(Clone, Debug)]
+struct ResetFacts {
+    meta: ConnMeta,
+    unacked: u64,
+    unread: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -94,10 +64,9 @@ struct PartialHead {
     start: u64,
     bytes: Vec<u8>,
     tgid: u32,
+    /// Stream offset one past the last byte the sends it came from offered.
+    send_end: u64,
 }
-
-/// Heads joined from several sends are given up on (unparsed) past this size.
-const MAX_JOINED_HEAD: usize = 4 * HEAD_CAP;
 
 const EAGAIN: i64 = 11;
 const EPIPE: i64 = 32;
@@ -114,6 +83,8 @@ pub struct Correlator {
     /// is cheaper than moving the struct.
     conns: FxHashMap<u64, Box<Conn>>,
     max_conns: usize,
+    /// Heads longer than this are not judged (`--max-head-bytes`).
+    max_head: usize,
     heads: HeadCache,
     /// The kernel's timer frequency, to turn jiffies into milliseconds (None: unknown).
     hz: Option<u64>,
@@ -127,6 +98,7 @@ impl Correlator {
         Correlator {
             conns: FxHashMap::default(),
             max_conns: max_conns.max(1),
+            max_head: 16 << 10,
             heads: HeadCache::default(),
             hz,
             problems_only: false,
@@ -140,6 +112,12 @@ impl Correlator {
         self
     }
 
+    /// Heads over `bytes` are unparsed, not judged (the kernel captures no more of them).
+    pub fn max_head_bytes(mut self, bytes: usize) -> Self {
+        self.max_head = bytes;
+        self
+    }
+
     pub fn tracked(&self) -> usize {
         self.conns.len()
     }
@@ -150,7 +128,7 @@ impl Correlator {
     pub fn socket_reused(&mut self, sk: u64, ts_ns: u64, losses: u32, out: &mut Vec<Verdict>) {
         if let Some(mut old) = self.conns.remove(&sk) {
             old.events_lost |= old.losses_at_open != losses;
-            self.finish(old, End::SocketFreed, ts_ns, out);
+            self.finish(old, Ending::SocketFreed, ts_ns, out);
         }
     }
 
@@ -169,17 +147,21 @@ impl Correlator {
                     meta: Arc::new(meta),
                     sent: 0,
                     resp: None,
+                    settling: None,
                     eagain: 0,
                     partial: 0,
-                    peer_ended: None,
+                    peer: PeerEnds::default(),
                     last_ns: ts_ns,
                     opened_ns: ts_ns,
                     tcp: None,
                     split_head: None,
+                    recent: Tail::default(),
+                    recent_end: 0,
                     requests: Requests::default(),
                     tunnel: false,
                     events_lost: false,
                     losses_at_open: losses,
+                    reset: None,
                 });
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
@@ -196,6 +178,14 @@ impl Correlator {
                 }
                 self.conns = conns;
             }
+            Event::HeadPiece(p) => {
+                let mut conns = std::mem::take(&mut self.conns);
+                if let Some(conn) = conns.get_mut(&p.sk) {
+                    conn.events_lost |= p.events_lost;
+                    self.piece(conn, p, out);
+                }
+                self.conns = conns;
+            }
             Event::TcpState {
                 sk,
                 ts_ns,
@@ -208,26 +198,29 @@ impl Correlator {
                 };
                 conn.events_lost |= facts.events_lost;
                 conn.tcp = Some(facts);
-                match newstate {
+                let ending = match newstate {
                     RESET_RECEIVED => {
-                        conn.peer_ended = Some("reset");
-                        self.finish(conn, End::Reset, ts_ns, out);
-                        return; // nothing more can be delivered; CLOSE follows
+                        // Nothing more can be delivered; CLOSE follows.
+                        conn.peer.saw("reset", conn.sent);
+                        Ending::PeerReset
                     }
-                    TCP_CLOSE_WAIT => conn.peer_ended = conn.peer_ended.or(Some("fin")),
-                    TCP_FIN_WAIT1 | TCP_LAST_ACK => {
-                        self.finish(conn, End::Fin, ts_ns, out);
+                    TCP_FIN_WAIT1 | TCP_LAST_ACK => Ending::Fin,
+                    // Straight to CLOSE without FIN: this host reset it (close with unread
+                    // data, SO_LINGER 0, abort).
+                    TCP_CLOSE => Ending::HostReset {
+                        discarded: conn.reset.as_ref().map_or(0, |r| r.unacked),
+                    },
+                    TCP_CLOSE_WAIT => {
+                        conn.peer.saw("fin", conn.sent);
+                        self.conns.insert(sk, conn);
                         return;
                     }
-                    TCP_CLOSE => {
-                        // Straight to CLOSE without FIN: this host reset it (close with unread
-                        // data, SO_LINGER 0, abort).
-                        self.finish(conn, End::Reset, ts_ns, out);
+                    _ => {
+                        self.conns.insert(sk, conn);
                         return;
                     }
-                    _ => {}
-                }
-                self.conns.insert(sk, conn);
+                };
+                self.finish(conn, ending, ts_ns, out);
             }
             Event::UnixEof {
                 reader,
@@ -241,35 +234,51 @@ impl Correlator {
                     // streams learn of lost events from the host-wide count: the reader's
                     // event cannot carry the server socket's own mark.)
                     conn.events_lost |= conn.losses_at_open != losses || events_lost;
-                    self.finish(conn, End::Eof, ts_ns, out);
+                    self.finish(conn, Ending::Eof, ts_ns, out);
                 } else if let Some(conn) = self.conns.get_mut(&reader) {
                     // The server read end of stream: the client ended its side first.
-                    conn.peer_ended = conn.peer_ended.or(Some("eof"));
+                    let at = conn.sent;
+                    conn.peer.saw("eof", at);
                 }
             }
             Event::ResetDiscard {
-                sk: _,
+                sk,
                 ts_ns,
                 meta,
                 unacked,
                 unread,
             } => {
-                self.stats.judged_reset_discard += 1;
-                out.push(Verdict {
-                    kind: Kind::ResetDiscard,
-                    pid: meta.pid,
-                    meta: Arc::new(meta),
-                    response: None,
-                    unacked_bytes: Some(unacked),
-                    evidence: Evidence {
-                        end: Some(End::Reset),
-                        unread_bytes: Some(unread),
-                        ..Evidence::default()
-                    },
-                    ts_ns,
-                });
+                let facts = ResetFacts {
+                    meta,
+                    unacked,
+                    unread,
+                };
+                match self.conns.get_mut(&sk) {
+                    // Its CLOSE follows: a response it dropped bytes of takes it over.
+                    Some(conn) => conn.reset = Some(facts),
+                    None => self.connection_reset(facts, ts_ns, out),
+                }
             }
         }
+    }
+
+    /// This host reset a connection with bytes unacknowledged, and no judged response was
+    /// cut by it: a connection-level verdict.
+    fn connection_reset(&mut self, r: ResetFacts, ts_ns: u64, out: &mut Vec<Verdict>) {
+        *self.stats.judged(Kind::ResetDiscard) += 1;
+        out.push(Verdict {
+            kind: Kind::ResetDiscard,
+            pid: r.meta.pid,
+            meta: Arc::new(r.meta),
+            response: None,
+            unacked_bytes: Some(r.unacked),
+            evidence: Evidence {
+                end: Some(End::Reset),
+                unread_bytes: Some(r.unread),
+                ..Evidence::default()
+            },
+            ts_ns,
+        });
     }
 
     fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) {
@@ -290,7 +299,7 @@ impl Correlator {
             }
             match -ret {
                 EAGAIN => conn.eagain += 1,
-                EPIPE | ECONNRESET => conn.peer_ended = conn.peer_ended.or(Some("gone")),
+                EPIPE | ECONNRESET => conn.peer.saw("gone", conn.sent),
                 _ => {}
             }
             return;
@@ -305,18 +314,15 @@ impl Correlator {
         }
         // What the kernel took of an announced send: its head was dealt with then.
         if s.part != SendPart::Accepted {
-            if s.head.is_some() {
-                conn.requests.head_sent(s.requests);
-            }
-            match (&s.head, &s.head_more) {
-                (Some(cap), _) => {
-                    self.head(conn, tgid, offset, ret.max(requested), cap, ts_ns, out)
+            match &s.head {
+                Some(cap) => {
+                    conn.requests.head_sent(s.requests);
+                    let asked = offset + ret.max(requested);
+                    self.head(conn, tgid, offset, asked, cap, ts_ns, out);
                 }
-                (None, Some(cap)) => {
-                    self.head_more(conn, offset, ret.max(requested), cap, ts_ns, out)
-                }
-                (None, None) => {
-                    self.drop_partial(conn, ts_ns, out);
+                // (A head being gathered may go on in this send: its piece follows. One the
+                // kernel stopped gathering is given up on at the next head or the end.)
+                None => {
                     if let Some(r) = &mut conn.resp {
                         r.body_attempted = true;
                     }
@@ -326,26 +332,34 @@ impl Correlator {
         if s.part == SendPart::Announced {
             return;
         }
-        if let Some(r) = &mut conn.resp {
-            // A send whose tail is all of it continues the tail before: a last chunk whose
-            // `0\r\n\r\n` straddles two sends (a partial write, the rest offered again).
-            let tail = s.tail.as_slice();
-            r.recent = if tail.len() as u64 == ret && r.recent_end == offset {
-                r.recent.then(tail)
-            } else {
-                s.tail
-            };
-            r.recent_end = offset + ret;
-            let tail = r.recent.as_slice();
-            if r.saw_last_chunk(tail, offset + ret) {
-                r.chunk_end = Some(offset + ret);
-            }
-            r.tail_blank = tail.ends_with(b"\r\n\r\n");
-        }
-        self.judge_if_reached(conn, ts_ns, out);
+        // A send whose tail is all of it continues the tail before: a last chunk whose
+        // `0\r\n\r\n` straddles two sends (a partial write, the rest offered again).
+        let tail = s.tail.as_slice();
+        conn.recent = if tail.len() as u64 == ret && conn.recent_end == offset {
+            conn.recent.then(tail)
+        } else {
+            s.tail
+        };
+        conn.recent_end = offset + ret;
+        self.after_bytes(conn, ts_ns, out);
     }
 
-    /// A send that began with `HTTP/` at `offset`; the caller asked to send `asked` bytes.
+    /// The stream moved on (bytes handed over, or a response began): a chunked body's end may
+    /// have been seen, and the response in flight may have reached its end.
+    fn after_bytes(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
+        let Some(r) = &mut conn.resp else { return };
+        if r.chunk_end.is_none() && r.saw_last_chunk(conn.recent.as_slice(), conn.recent_end) {
+            r.chunk_end = Some(conn.recent_end);
+        }
+        if r.end().is_some_and(|end| conn.sent >= end) {
+            let resp = conn.resp.take().expect("checked above");
+            self.settle(conn, ts_ns, out); // (none is settling: a head began this one)
+            conn.settling = Some((resp, ts_ns));
+        }
+    }
+
+    /// A send that began with `HTTP/` at `offset`; the sends up to now offered bytes up to
+    /// `asked`.
     #[allow(clippy::too_many_arguments)]
     fn head(
         &mut self,
@@ -357,57 +371,58 @@ impl Correlator {
         ts_ns: u64,
         out: &mut Vec<Verdict>,
     ) {
-        self.drop_partial(conn, ts_ns, out);
+        match conn.split_head.take() {
+            // A head the kernel took none of was never sent (offered again, refused whole).
+            Some(p) if conn.sent <= p.start && p.start == offset => {}
+            Some(p) => self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out),
+            None => {}
+        }
+        // Whether or not it can be read, a head ends the response before it.
+        self.head_begins(conn, offset, ts_ns, out);
+        let p = PartialHead {
+            start: offset,
+            bytes: cap.to_vec(),
+            tgid,
+            send_end: asked,
+        };
         match self.heads.parse(cap) {
-            Parsed::Head(h) => {
-                self.start_response(conn, offset, tgid, h, asked > h.len, ts_ns, out)
-            }
-            // The whole send was captured and the head goes on: the next sends may hold the
-            // rest (the kernel captures a few of them).
-            Parsed::Incomplete if cap.len() < HEAD_CAP => {
-                conn.split_head = Some(PartialHead {
-                    start: offset,
-                    bytes: cap.to_vec(),
-                    tgid,
-                });
-            }
+            Parsed::Head(h) => self.start_response(conn, &p, h, ts_ns, out),
+            // The head goes on: its next bytes come in pieces (`HeadPiece`).
+            Parsed::Incomplete if cap.len() < self.max_head => conn.split_head = Some(p),
             bad => self.unparsed(conn, tgid, bad, ts_ns, out),
         }
     }
 
-    /// A send captured because the previous head may go on in it.
-    #[allow(clippy::too_many_arguments)]
-    fn head_more(
-        &mut self,
-        conn: &mut Conn,
-        offset: u64,
-        asked: u64,
-        cap: &[u8],
-        ts_ns: u64,
-        out: &mut Vec<Verdict>,
-    ) {
+    /// More of the head being gathered.
+    fn piece(&mut self, conn: &mut Conn, piece: PieceFacts, out: &mut Vec<Verdict>) {
+        let ts_ns = piece.ts_ns;
         let Some(mut p) = conn.split_head.take() else {
-            // The head before was complete after all: this is body.
-            if let Some(r) = &mut conn.resp {
-                r.body_attempted = true;
-            }
-            return;
+            return; // a head given up on already
         };
-        if p.start + p.bytes.len() as u64 != offset || p.bytes.len() + cap.len() > MAX_JOINED_HEAD {
+        // Contiguous with what came before; bytes offered again after a partial send replace
+        // their first offer.
+        let at = piece.offset.checked_sub(p.start).map(|n| n as usize);
+        let Some(at) = at.filter(|&at| at <= p.bytes.len()) else {
+            return self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
+        };
+        p.bytes.truncate(at);
+        if at + piece.bytes.len() > self.max_head {
+            // Over the bound: the kernel sends no more of it.
             return self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
         }
-        p.bytes.extend_from_slice(cap);
+        p.bytes.extend_from_slice(&piece.bytes);
+        p.send_end = p.send_end.max(piece.send_end);
         match http_head::parse(&p.bytes) {
             Parsed::Head(h) => {
-                let attempted = offset + asked > p.start + h.len;
-                self.start_response(conn, p.start, p.tgid, h, attempted, ts_ns, out);
+                self.start_response(conn, &p, h, ts_ns, out);
+                self.after_bytes(conn, ts_ns, out);
             }
-            Parsed::Incomplete if cap.len() < HEAD_CAP => conn.split_head = Some(p),
+            Parsed::Incomplete => conn.split_head = Some(p),
             bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
         }
     }
 
-    /// A head split over sends that never completed is unparsed.
+    /// A head that never ended is unparsed.
     fn drop_partial(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
         if let Some(p) = conn.split_head.take() {
             self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
@@ -429,7 +444,7 @@ impl Correlator {
         } else {
             self.stats.invalid += 1;
         }
-        self.stats.judged_unparsed += 1;
+        *self.stats.judged(Kind::Unparsed) += 1;
         if self.problems_only {
             return;
         }
@@ -444,47 +459,83 @@ impl Correlator {
         });
     }
 
-    /// A response head at stream offset `start`: it ends the response before it.
-    #[allow(clippy::too_many_arguments)]
-    fn start_response(
-        &mut self,
-        conn: &mut Conn,
-        start: u64,
-        tgid: u32,
-        mut head: Head,
-        body_attempted: bool,
-        ts_ns: u64,
-        out: &mut Vec<Verdict>,
-    ) {
-        self.stats.heads += 1;
-        // A response the kernel took none of was never sent: this head takes its place, and
-        // its answer.
-        let untaken = self.take_untaken(conn);
-        // Interim responses (1xx but 101) come before the final one to the same request.
-        let answer = match untaken {
-            _ if head.status < 200 && head.status != 101 => Answer::Unknown,
-            Some(prev) => prev.answer,
-            None => conn.requests.answer(),
-        };
-        if let Some(prev) = conn.resp.take() {
-            match prev.end() {
-                _ if prev.head_only(start) => self.stats.head_only += 1,
-                // Reached responses were judged already; only an early head is news.
-                Some(end) if start < end => self.emit(
+    /// A head begins at stream offset `start`: the next request was read, so the response
+    /// whose bytes were all handed over is delivered; and the one in flight ends here.
+    fn head_begins(&mut self, conn: &mut Conn, start: u64, ts_ns: u64, out: &mut Vec<Verdict>) {
+        self.settle(conn, ts_ns, out);
+        // A response the kernel took none of was never sent: the head that takes its place
+        // also takes its answer (see `start_response`).
+        if conn.resp.as_ref().is_some_and(|r| conn.sent <= r.start) {
+            return;
+        }
+        let Some(prev) = conn.resp.take() else { return };
+        match prev.end() {
+            _ if prev.head_only(start) => self.stats.head_only += 1,
+            Some(end) if start < end => {
+                let sent = start.saturating_sub(prev.start);
+                self.emit(
                     conn,
                     prev,
                     Kind::Desync,
                     End::NextResponse,
-                    start,
+                    sent,
+                    sent,
                     ts_ns,
                     out,
-                ),
-                Some(_) => {}
-                // No known end: a chunked body whose last chunk we did not see, or a
-                // close-delimited body followed by more output. Not judged.
-                None => self.count_unjudged(&prev),
+                );
             }
+            // Reached (it would be settling), so only the kprobe backend's late accounting
+            // gets here: the next head shows it was all handed over.
+            Some(end) => {
+                let n = end - prev.start;
+                self.emit(conn, prev, Kind::Complete, End::Reached, n, n, ts_ns, out);
+            }
+            // No known end: a chunked body whose last chunk we did not see, or a
+            // close-delimited body followed by more output. Not judged.
+            None => self.count_unjudged(&prev),
         }
+    }
+
+    /// The settling response, if any, was delivered whole.
+    fn settle(&mut self, conn: &mut Conn, _ts_ns: u64, out: &mut Vec<Verdict>) {
+        if let Some((resp, reached_ns)) = conn.settling.take() {
+            let n = resp.end().unwrap_or(resp.start) - resp.start;
+            self.emit(
+                conn,
+                resp,
+                Kind::Complete,
+                End::Reached,
+                n,
+                n,
+                reached_ns,
+                out,
+            );
+        }
+    }
+
+    /// The head `p` parsed as `head`: its response begins.
+    fn start_response(
+        &mut self,
+        conn: &mut Conn,
+        p: &PartialHead,
+        mut head: Head,
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) {
+        // Interim responses (1xx but 101) belong to the exchange of the final one that
+        // follows: not judged, and their requests pass on to it.
+        if head.status < 200 && head.status != 101 {
+            self.stats.interim += 1;
+            return;
+        }
+        self.stats.heads += 1;
+        // A response the kernel took none of was never sent: this head takes its place, and
+        // its answer.
+        let untaken = self.take_untaken(conn);
+        let answer = match untaken {
+            Some(prev) => prev.answer,
+            None => conn.requests.answer(),
+        };
         if head.status == 101 || (answer == Answer::Connect && (200..300).contains(&head.status)) {
             // The head is the last HTTP/1 on this connection; count it as complete.
             conn.tunnel = true;
@@ -494,19 +545,16 @@ impl Correlator {
             self.stats.head_answers += 1;
             head.body = Body::None;
         }
-        let body_owed = answer == Answer::Other;
         conn.resp = Some(Response {
-            start,
+            start: p.start,
             head,
-            pid: tgid,
-            body_attempted,
-            body_owed,
+            pid: p.tgid,
+            body_attempted: p.send_end.max(conn.sent) > p.start + head.len,
+            body_owed: answer == Answer::Other,
             chunk_end: None,
-            tail_blank: false,
-            recent: Tail::default(),
-            recent_end: 0,
             answer,
         });
+        self.after_bytes(conn, ts_ns, out);
     }
 
     /// The response in flight, if the kernel took none of its bytes: such a response was never
@@ -519,40 +567,86 @@ impl Correlator {
         Some(untaken)
     }
 
-    fn judge_if_reached(&mut self, conn: &mut Conn, ts_ns: u64, out: &mut Vec<Verdict>) {
-        let Some(resp) = &conn.resp else { return };
-        if let Some(end) = resp.end()
-            && conn.sent >= end
-        {
-            let resp = conn.resp.take().unwrap();
-            self.emit(conn, resp, Kind::Complete, End::Reached, end, ts_ns, out);
+    /// The stream ended: judge the responses not judged yet, one verdict each.
+    fn finish(&mut self, mut conn: Box<Conn>, ending: Ending, ts_ns: u64, out: &mut Vec<Verdict>) {
+        self.drop_partial(&mut conn, ts_ns, out);
+        self.take_untaken(&mut conn);
+        let mut reset_taken = false;
+        if let Some((resp, reached_ns)) = conn.settling.take() {
+            reset_taken |= self.ended(&conn, resp, true, ending, reached_ns, ts_ns, out);
+        }
+        if let Some(resp) = conn.resp.take() {
+            reset_taken |= self.ended(&conn, resp, false, ending, ts_ns, ts_ns, out);
+        }
+        if let Some(r) = conn.reset.take().filter(|_| !reset_taken) {
+            self.connection_reset(r, ts_ns, out);
         }
     }
 
-    /// The stream ended: judge the response in flight, if any.
-    fn finish(&mut self, mut conn: Box<Conn>, how: End, ts_ns: u64, out: &mut Vec<Verdict>) {
-        self.drop_partial(&mut conn, ts_ns, out);
-        self.take_untaken(&mut conn);
-        let Some(resp) = conn.resp.take() else { return };
-        let sent = conn.sent;
-        match resp.head.body {
-            Body::UntilClose => {
-                return self.emit(&conn, resp, Kind::Unframed, how, sent, ts_ns, out);
-            }
-            // Trailers end with a blank line too: if that is how the stream ended, we cannot
-            // tell a finished body from a cut one.
-            Body::Chunked if resp.tail_blank => return self.count_unjudged(&resp),
-            _ => {}
-        }
-        if resp.head_only(conn.sent) {
-            self.stats.head_only += 1;
-            return;
-        }
-        let kind = match conn.peer_ended {
-            Some("reset") | Some("gone") => Kind::PeerReset,
-            _ => Kind::ShortWrite,
+    /// A response whose stream ended (`reached`: every promised byte was handed over): its
+    /// verdict. Returns whether this host's reset dropped bytes of it.
+    #[allow(clippy::too_many_arguments)]
+    fn ended(
+        &mut self,
+        conn: &Conn,
+        resp: Response,
+        reached: bool,
+        ending: Ending,
+        reached_ns: u64,
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) -> bool {
+        let end = resp.end();
+        // Bytes of it handed over.
+        let sent = conn.sent.min(end.unwrap_or(conn.sent)) - resp.start.min(conn.sent);
+        let peer_first = conn.peer.first_after(resp.start);
+        // Stream offset up to which the peer gets the bytes: all handed over after a FIN of
+        // ours, but only what it acknowledged when a reset dropped the rest, or when it had
+        // left first (what it had not acknowledged is never read).
+        let unacked = match ending {
+            Ending::HostReset { discarded } => discarded,
+            Ending::PeerReset => conn.tcp.map_or(0, |t| t.unacked),
+            Ending::Fin if peer_first.is_some() => conn.tcp.map_or(0, |t| t.unacked),
+            _ => 0,
         };
-        self.emit(&conn, resp, kind, how, sent, ts_ns, out);
+        let delivered = (conn.sent.saturating_sub(unacked).saturating_sub(resp.start)).min(sent);
+        let dropped = matches!(ending, Ending::HostReset { .. }) && delivered < sent;
+        if !reached {
+            match resp.head.body {
+                Body::UntilClose => {
+                    let how = ending.end();
+                    self.emit(conn, resp, Kind::Unframed, how, sent, delivered, ts_ns, out);
+                    return dropped;
+                }
+                // Trailers end with a blank line too: if that is how the stream ended, we
+                // cannot tell a finished body from a cut one.
+                Body::Chunked if conn.recent.as_slice().ends_with(b"\r\n\r\n") => {
+                    self.count_unjudged(&resp);
+                    return dropped;
+                }
+                _ if resp.head_only(conn.sent) => {
+                    self.stats.head_only += 1;
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        let kind = fate(ending, peer_first, reached, delivered == sent);
+        let (how, ts) = if kind == Kind::Complete {
+            (End::Reached, reached_ns)
+        } else {
+            (ending.end(), ts_ns)
+        };
+        let mut unacked_bytes = None;
+        if kind == Kind::ResetDiscard {
+            unacked_bytes = conn.reset.as_ref().map(|r| r.unacked);
+        }
+        let unread = conn.reset.as_ref().map(|r| r.unread).filter(|_| dropped);
+        if let Some(v) = self.emit(conn, resp, kind, how, sent, delivered, ts, out) {
+            v.unacked_bytes = unacked_bytes;
+            v.evidence.unread_bytes = unread;
+        }
+        dropped
     }
 
     fn count_unjudged(&mut self, resp: &Response) {
@@ -561,39 +655,36 @@ impl Correlator {
         }
     }
 
-    /// `upto`: stream offset where this response's bytes stop counting.
+    /// One verdict about `resp`, of which `sent` bytes were handed over and `delivered` reach
+    /// the peer. Returns it, if built.
     #[allow(clippy::too_many_arguments)]
-    fn emit(
+    fn emit<'o>(
         &mut self,
         conn: &Conn,
         resp: Response,
         kind: Kind,
         how: End,
-        upto: u64,
+        sent: u64,
+        delivered: u64,
         ts_ns: u64,
-        out: &mut Vec<Verdict>,
-    ) {
-        let end = resp.end();
-        let sent = upto.min(end.unwrap_or(upto)).saturating_sub(resp.start);
+        out: &'o mut Vec<Verdict>,
+    ) -> Option<&'o mut Verdict> {
         // A shortfall on a stream seen only in part may be the events we missed.
         let kind = match kind {
-            Kind::ShortWrite | Kind::PeerReset | Kind::Desync if conn.events_lost => {
+            Kind::ShortWrite
+            | Kind::PeerReset
+            | Kind::PeerClosed
+            | Kind::Desync
+            | Kind::ResetDiscard
+                if conn.events_lost =>
+            {
                 Kind::ObserverLoss
             }
             k => k,
         };
-        match kind {
-            Kind::Complete => self.stats.judged_complete += 1,
-            Kind::ShortWrite => self.stats.judged_short_write += 1,
-            Kind::PeerReset => self.stats.judged_peer_reset += 1,
-            Kind::Desync => self.stats.judged_desync += 1,
-            Kind::ResetDiscard => self.stats.judged_reset_discard += 1,
-            Kind::Unframed => self.stats.judged_unframed += 1,
-            Kind::Unparsed => self.stats.judged_unparsed += 1,
-            Kind::ObserverLoss => self.stats.judged_observer_loss += 1,
-        }
+        *self.stats.judged(kind) += 1;
         if self.problems_only && !kind.is_problem() {
-            return;
+            return None;
         }
         out.push(Verdict {
             kind,
@@ -610,23 +701,28 @@ impl Correlator {
                     _ => None,
                 },
                 chunked: resp.head.body == Body::Chunked,
-                expected_bytes: end.map(|e| e - resp.start),
+                expected_bytes: resp.end().map(|e| e - resp.start),
                 sent_bytes: sent,
+                delivered_bytes: delivered,
             }),
             unacked_bytes: None,
             evidence: self.evidence(conn, how, ts_ns),
             ts_ns,
         });
+        out.last_mut()
     }
 
     fn evidence(&self, conn: &Conn, how: End, ts_ns: u64) -> Evidence {
-        let tcp = conn.tcp.as_ref();
+        let tcp = conn
+            .tcp
+            .as_ref()
+            .filter(|_| how != End::Reached && how != End::NextResponse);
         let ms = |j: Option<u64>| Some(j? * 1000 / self.hz?);
         Evidence {
             eagain: conn.eagain,
             partial_sends: conn.partial,
             send_buffer_full: conn.eagain > 0 || conn.partial > 0,
-            peer_ended: conn.peer_ended,
+            peer_ended: conn.peer.first(),
             end: Some(how),
             unread_bytes: None,
             unacked_bytes_at_end: tcp.map(|t| t.unacked),

@@ -1,6 +1,6 @@
 //! Correlator cases: each feeds the events a kernel would produce and checks the verdicts.
 use super::*;
-use crate::events::{Tail, TcpFacts, Transport};
+use crate::events::{PieceFacts, Tail, TcpFacts, Transport};
 use crate::requests::{Method, Seen};
 
 const SK: u64 = 0xffff_8880_0000_1000;
@@ -76,7 +76,6 @@ impl Wire {
             requested,
             syscall: 44,
             head: cap,
-            head_more: None,
             tail,
             requests,
             events_lost: false,
@@ -121,6 +120,40 @@ impl Wire {
             newstate: new,
             facts: TcpFacts::default(),
         });
+    }
+    /// A state change with the socket's counters: `unacked` written bytes not acknowledged.
+    fn state_unacked(&mut self, old: i32, new: i32, unacked: u64) {
+        let ts_ns = self.ts;
+        let facts = TcpFacts {
+            unacked,
+            ..TcpFacts::default()
+        };
+        self.ev(Event::TcpState {
+            sk: SK,
+            ts_ns,
+            oldstate: old,
+            newstate: new,
+            facts,
+        });
+    }
+    /// This host resets the connection with `unacked` bytes not acknowledged (the kernel's
+    /// reset event, then the state change to CLOSE).
+    fn host_reset(&mut self, unacked: u64) {
+        if unacked > 0 {
+            let ts_ns = self.ts;
+            self.ev(Event::ResetDiscard {
+                sk: SK,
+                ts_ns,
+                meta: meta(Transport::Tcp),
+                unacked,
+                unread: 7,
+            });
+        }
+        self.state_unacked(TCP_ESTABLISHED, TCP_CLOSE, unacked);
+    }
+    /// The application ends the stream with a FIN.
+    fn fin(&mut self) {
+        self.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     }
     /// A head promising `cl` bytes of body, and nothing else.
     fn head_alone(&mut self, cl: u64) {
@@ -169,7 +202,15 @@ fn hl(cl: u64) -> u64 {
 fn complete_in_one_send() {
     let mut w = Wire::new(Transport::Tcp);
     w.response(100, 100);
+    assert!(w.out.is_empty(), "settled by the next head or the end");
+    let reached = w.ts - 1; // the send's time (`ev` moves the clock on after it)
+    w.fin();
     assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(
+        w.out[0].ts_ns, reached,
+        "dated when its last byte was handed over"
+    );
+    assert_eq!(w.out[0].r().delivered_bytes, hl(100) + 100);
     let v = &w.out[0];
     assert_eq!(
         (
@@ -187,21 +228,17 @@ fn complete_in_one_send() {
 }
 
 #[test]
-fn complete_over_many_sends_judged_when_last_byte_handed_over() {
+fn complete_over_many_sends_settled_at_the_next_head() {
     let mut w = Wire::new(Transport::Tcp);
     w.response(10_000, 0);
-    for _ in 0..9 {
+    for _ in 0..10 {
         w.send(None, 1000);
         assert!(w.out.is_empty());
     }
-    w.send(None, 1000);
-    assert_eq!(w.kinds(), [Kind::Complete]);
-    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
-    assert_eq!(
-        w.kinds(),
-        [Kind::Complete],
-        "a clean close after a complete response adds nothing"
-    );
+    w.response(10, 10);
+    assert_eq!(w.kinds(), [Kind::Complete], "the next response settles it");
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete; 2], "and the end the last one");
 }
 
 #[test]
@@ -230,14 +267,66 @@ fn short_write_then_fin() {
     );
 }
 
+/// A client that half-closes once its request is sent still wants the response: a cut after
+/// that is the server's.
 #[test]
-fn short_write_after_peer_half_close_is_still_the_servers() {
+fn short_write_after_peer_half_close_before_the_response_is_the_servers() {
     let mut w = Wire::new(Transport::Tcp);
-    w.response(500, 100);
     w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
-    w.state(TCP_CLOSE_WAIT, TCP_LAST_ACK);
+    w.response(500, 100);
+    w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 30);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("fin"));
+    let v = &w.out[0];
+    assert_eq!(v.evidence.peer_ended, Some("fin"));
+    assert_eq!(
+        v.r().delivered_bytes,
+        v.r().sent_bytes,
+        "it still reads what is sent"
+    );
+}
+
+/// The peer's FIN after the response began (a closed event stream, an abandoned download),
+/// then the server stops: the peer's doing, and it gets what it acknowledged.
+#[test]
+fn peer_fin_after_the_response_began_is_peer_closed() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(5000, 100);
+    w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    w.send(None, 200);
+    w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 150);
+    assert_eq!(w.kinds(), [Kind::PeerClosed]);
+    let v = &w.out[0];
+    assert_eq!(
+        (v.r().sent_bytes, v.r().delivered_bytes),
+        (hl(5000) + 300, hl(5000) + 150)
+    );
+    assert_eq!(
+        (v.evidence.peer_ended, v.evidence.end),
+        (Some("fin"), Some(End::Fin))
+    );
+    assert!(
+        !Kind::PeerClosed.is_problem(),
+        "not a server fault: printed with --all only"
+    );
+    // Its reset after its FIN (data reached a closed socket) is still its FIN first.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(5000, 100);
+    w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    w.state_unacked(TCP_CLOSE_WAIT, RESET_RECEIVED, 40);
+    assert_eq!(w.kinds(), [Kind::PeerClosed]);
+    assert_eq!(w.out[0].r().delivered_bytes, hl(5000) + 60);
+    // A response all handed over, of which the leaving peer had not acknowledged all.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 100);
+    w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 50);
+    assert_eq!(w.kinds(), [Kind::PeerClosed]);
+    // ...or had: complete.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 100);
+    w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 0);
+    assert_eq!(w.kinds(), [Kind::Complete]);
 }
 
 #[test]
@@ -247,14 +336,90 @@ fn reset_by_this_host_with_missing_bytes_is_short_write() {
     w.state(TCP_ESTABLISHED, TCP_CLOSE);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].evidence.end, Some(End::Reset));
+    assert_eq!(
+        w.out[0].r().delivered_bytes,
+        hl(500) + 100,
+        "nothing unacknowledged"
+    );
+}
+
+/// nginx `send_timeout` with `reset_timedout_connection on`: cut short, then reset. One
+/// verdict, the response's, and the peer got what it had acknowledged.
+#[test]
+fn short_write_then_reset_is_one_short_write_with_what_was_delivered() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(8_000_000, 3_000_000);
+    w.host_reset(2_000_000);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    let v = &w.out[0];
+    assert_eq!(
+        (v.r().sent_bytes, v.r().delivered_bytes),
+        (hl(8_000_000) + 3_000_000, hl(8_000_000) + 1_000_000)
+    );
+    assert_eq!(
+        (v.evidence.end, v.evidence.unread_bytes),
+        (Some(End::Reset), Some(7))
+    );
+}
+
+/// Everything handed over, then this host reset the connection (hyper not reading a POST
+/// body, close with unread input, `SO_LINGER 0`): the response's own `reset_discard`, with its
+/// HTTP fields, and no connection-level line.
+#[test]
+fn reset_after_a_whole_response_is_its_reset_discard() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(4_194_304, 4_194_304);
+    assert!(w.out.is_empty());
+    w.host_reset(3_121_232);
+    assert_eq!(w.kinds(), [Kind::ResetDiscard]);
+    let v = &w.out[0];
+    let r = v.r();
+    let total = hl(4_194_304) + 4_194_304;
+    assert_eq!(
+        (r.status, r.content_length, r.expected_bytes),
+        (200, Some(4_194_304), Some(total))
+    );
+    assert_eq!(
+        (r.sent_bytes, r.delivered_bytes, r.missing_bytes()),
+        (total, total - 3_121_232, Some(0))
+    );
+    assert_eq!(
+        (v.unacked_bytes, v.evidence.unread_bytes, v.evidence.end),
+        (Some(3_121_232), Some(7), Some(End::Reset))
+    );
+    assert!(Kind::ResetDiscard.is_problem());
+    // Nothing left unacknowledged at the reset: complete.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 100);
+    w.host_reset(0);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+}
+
+/// A reset that drops bytes of no judged response (here: bytes after the last response's end
+/// that no head announced) stays a connection-level line.
+#[test]
+fn reset_dropping_bytes_of_no_response_is_connection_level() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 100);
+    w.send(None, 5000);
+    w.host_reset(3000);
+    assert_eq!(w.kinds(), [Kind::Complete, Kind::ResetDiscard]);
+    assert!(w.out[1].response.is_none());
+    assert_eq!(w.out[1].unacked_bytes, Some(3000));
 }
 
 #[test]
 fn peer_reset_is_reported_apart() {
     let mut w = Wire::new(Transport::Tcp);
     w.response(500, 100);
-    w.state(TCP_ESTABLISHED, RESET_RECEIVED);
+    w.state_unacked(TCP_ESTABLISHED, RESET_RECEIVED, 60);
     w.state(TCP_ESTABLISHED, TCP_CLOSE);
+    assert_eq!(w.kinds(), [Kind::PeerReset]);
+    assert_eq!(w.out[0].r().delivered_bytes, hl(500) + 40);
+    // All handed over, not all received: still the peer's doing.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(500, 500);
+    w.state_unacked(TCP_ESTABLISHED, RESET_RECEIVED, 60);
     assert_eq!(w.kinds(), [Kind::PeerReset]);
 }
 
@@ -304,8 +469,34 @@ fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
     });
     assert!(w.out.is_empty());
     w.send(None, 990);
+    w.ev(Event::UnixEof {
+        reader: CLIENT,
+        peer: SK,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+    });
     assert_eq!(w.kinds(), [Kind::Complete]);
     assert_eq!(w.out[0].evidence.peer_ended, Some("eof"));
+    // Cut after the client closed: its doing.
+    let mut w = Wire::new(Transport::Unix);
+    w.response(1000, 10);
+    w.ev(Event::UnixEof {
+        reader: SK,
+        peer: CLIENT,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+    });
+    w.ev(Event::UnixEof {
+        reader: CLIENT,
+        peer: SK,
+        ts_ns: 100,
+        losses: 0,
+        events_lost: false,
+    });
+    assert_eq!(w.kinds(), [Kind::PeerClosed]);
+    assert_eq!(w.out[0].r().delivered_bytes, hl(1000) + 10);
 }
 
 #[test]
@@ -329,7 +520,7 @@ fn keep_alive_responses_judged_one_by_one() {
     for i in 0..50 {
         w.response(i * 10, i * 10);
     }
-    assert_eq!(w.out.len(), 50);
+    assert_eq!(w.out.len(), 49, "each settled by the next; the last waits");
     assert!(w.out.iter().all(|v| v.kind == Kind::Complete));
     assert_eq!(w.out[7].r().expected_bytes.unwrap(), hl(70) + 70);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
@@ -344,6 +535,7 @@ fn head_then_body_in_separate_sends() {
     w.send(Some(h), n);
     assert!(w.out.is_empty());
     w.send(None, 5);
+    w.fin();
     assert_eq!(w.kinds(), [Kind::Complete]);
 }
 
@@ -352,6 +544,7 @@ fn early_next_head_is_desync() {
     let mut w = Wire::new(Transport::Tcp);
     w.response(100, 40);
     w.response(10, 10);
+    w.fin();
     assert_eq!(w.kinds(), [Kind::Desync, Kind::Complete]);
     assert_eq!(w.out[0].r().sent_bytes, hl(100) + 40);
 }
@@ -363,6 +556,7 @@ fn no_body_statuses_complete_with_the_head() {
         let h = format!("HTTP/1.1 {status}\r\nContent-Length: 99\r\n\r\n").into_bytes();
         let n = h.len() as u64;
         w.send(Some(h), n);
+        w.fin();
         assert_eq!(w.kinds(), [Kind::Complete], "{status}");
         assert_eq!(w.out[0].r().expected_bytes.unwrap(), n);
     }
@@ -372,6 +566,7 @@ fn no_body_statuses_complete_with_the_head() {
 fn zero_length_body() {
     let mut w = Wire::new(Transport::Tcp);
     w.response(0, 0);
+    w.fin();
     assert_eq!(w.kinds(), [Kind::Complete]);
 }
 
@@ -421,6 +616,7 @@ fn head_alone_answering_get_then_next_response_is_desync() {
     w.head_alone(5000);
     w.read(GET);
     w.response(10, 10);
+    w.fin();
     assert_eq!(w.kinds(), [Kind::Desync, Kind::Complete]);
 }
 
@@ -500,8 +696,24 @@ fn interim_responses_keep_the_request_for_the_final_one() {
     w.send_bytes(b"HTTP/1.1 100 Continue\r\n\r\n");
     w.head_alone(5000);
     w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
-    assert_eq!(w.kinds(), [Kind::Complete, Kind::Complete]);
-    assert_eq!(w.c.stats.head_answers, 1);
+    assert_eq!(
+        w.kinds(),
+        [Kind::Complete],
+        "the interim head is no response of its own"
+    );
+    assert_eq!(
+        (w.c.stats.head_answers, w.c.stats.interim, w.c.stats.heads),
+        (1, 1, 1)
+    );
+    // 103 Early Hints, then the final response, cut short: judged from the final head on.
+    let mut w = Wire::new(Transport::Tcp);
+    w.read(GET);
+    w.send_bytes(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+    let start = w.offset;
+    w.response(1000, 10);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].r().sent_bytes, w.offset - start);
 }
 
 /// ...but a head whose body the application tried and failed to send is a short write.
@@ -561,12 +773,11 @@ fn chunked_complete_when_last_chunk_handed_over() {
     w.send_bytes(b"5\r\nhello\r\n");
     assert!(w.out.is_empty());
     w.send_bytes(b"0\r\n\r\n");
+    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
     assert_eq!(w.kinds(), [Kind::Complete]);
     let r = w.out[0].r();
     assert!(r.chunked);
     assert_eq!((r.sent_bytes, r.expected_bytes), (w.offset, Some(w.offset)));
-    w.state(TCP_ESTABLISHED, TCP_FIN_WAIT1);
-    assert_eq!(w.out.len(), 1);
 }
 
 #[test]
@@ -575,10 +786,10 @@ fn chunked_in_one_send_and_keep_alive() {
     for _ in 0..3 {
         w.send_bytes(&[CHUNKED, b"3\r\nabc\r\n0\r\n\r\n"].concat());
     }
-    assert_eq!(w.kinds(), [Kind::Complete; 3]);
     // An empty chunked body: the head is followed at once by the last chunk.
     w.send_bytes(&[CHUNKED, b"0\r\n\r\n"].concat());
-    assert_eq!(w.out.len(), 4);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete; 4]);
 }
 
 #[test]
@@ -862,24 +1073,33 @@ fn end_evidence_from_the_deciding_state_change() {
 }
 
 impl Wire {
-    /// A send the kernel captured because the head before it may continue.
+    /// A send that goes on with a head not ended yet: the kernel accounts it, and sends its
+    /// bytes as a head piece.
     fn send_more(&mut self, bytes: &[u8]) {
         let offset = self.offset;
-        self.offset += bytes.len() as u64;
+        self.send_tail(None, bytes.len() as u64, bytes.len() as u64, bytes);
+        self.piece(offset, offset + bytes.len() as u64, bytes);
+    }
+    /// A head piece: `bytes` at stream `offset`, from a send that offered up to `send_end`.
+    fn piece(&mut self, offset: u64, send_end: u64, bytes: &[u8]) {
         let ts_ns = self.ts;
-        let s = SendFacts {
+        self.ev(Event::HeadPiece(PieceFacts {
             sk: SK,
             ts_ns,
-            tgid: 42,
             offset,
-            ret: bytes.len() as i64,
-            requested: bytes.len() as u64,
-            syscall: 1,
-            head_more: Some(bytes[..bytes.len().min(512)].to_vec()),
-            tail: Tail::new(bytes),
-            ..SendFacts::default()
-        };
-        self.ev(Event::Send(s));
+            send_end,
+            bytes: bytes.to_vec(),
+            events_lost: false,
+        }));
+    }
+    /// Send `bytes` as the kernel reports a head longer than its first capture: the first
+    /// 512 bytes in the head event, the rest of the send in a piece.
+    fn send_long(&mut self, bytes: &[u8]) {
+        let offset = self.offset;
+        self.send_bytes(bytes);
+        if bytes.len() > 512 {
+            self.piece(offset + 512, offset + bytes.len() as u64, &bytes[512..]);
+        }
     }
 }
 
@@ -892,6 +1112,7 @@ fn head_split_over_sends_is_joined() {
     w.send_more(b"\r\n");
     assert!(w.out.is_empty());
     w.send_more(b"0123456789");
+    w.fin();
     assert_eq!(w.kinds(), [Kind::Complete]);
     let r = w.out[0].r();
     assert_eq!(
@@ -930,6 +1151,7 @@ fn capture_after_a_complete_head_is_body() {
     let mut w = Wire::new(Transport::Tcp);
     w.send_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab");
     w.send_more(b"cd");
+    w.fin();
     assert_eq!(w.kinds(), [Kind::Complete]);
 }
 
@@ -1001,7 +1223,10 @@ fn problems_only_counts_but_does_not_build_the_rest() {
         [Kind::ShortWrite]
     );
     assert_eq!(
-        (c.stats.judged_complete, c.stats.judged_short_write),
+        (
+            c.stats.judged[Kind::Complete as usize],
+            c.stats.judged[Kind::ShortWrite as usize]
+        ),
         (1, 1)
     );
 }
@@ -1014,6 +1239,7 @@ fn last_chunk_straddling_two_sends_is_seen() {
     w.send_bytes(CHUNKED);
     w.send_bytes(b"5\r\nhello\r\n0\r\n");
     w.send_bytes(b"\r\n");
+    w.response(0, 0);
     assert_eq!(w.kinds(), [Kind::Complete]);
     // Not when a send in between is missing from the chain (its tail covers only its end).
     let mut w = Wire::new(Transport::Tcp);
@@ -1043,7 +1269,7 @@ fn lost_events_make_shortfalls_observer_loss() {
         },
     });
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
-    assert_eq!(w.c.stats.judged_observer_loss, 1);
+    assert_eq!(w.c.stats.judged[Kind::ObserverLoss as usize], 1);
     assert!(
         Kind::ObserverLoss.is_problem(),
         "printed by default: the detector was partly blind"
@@ -1189,9 +1415,10 @@ fn kprobe_head_never_taken_is_not_judged() {
 fn a_reused_address_ends_the_connection_there_even_if_the_new_socket_is_left_out() {
     let mut w = Wire::new(Transport::Unix);
     w.response(100, 100);
-    assert_eq!(w.out.len(), 1);
+    assert!(w.out.is_empty(), "complete once delivery is settled");
     let ts = w.ts;
     w.c.socket_reused(SK, ts, 0, &mut w.out);
+    assert_eq!(w.kinds(), [Kind::Complete]);
     assert_eq!(w.c.tracked(), 0);
     // The new socket's head at the old address: nobody's response.
     w.offset = 0;

@@ -5,9 +5,10 @@ use crate::requests::{Method, Seen};
 use std::mem::offset_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_MORE, EV_OPEN, EV_RESET, EV_SEND,
+    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND,
     EV_STATE, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, HEAD_CAP, HeadEvent,
-    Header, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    HeadPiece, Header, MAX_HEAD_LIMIT, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent,
+    TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +43,8 @@ pub enum Event {
     },
     /// One send on a tracked socket.
     Send(SendFacts),
+    /// More bytes of a head that did not end within its first capture.
+    HeadPiece(PieceFacts),
     /// A TCP state change (`newstate` may be `RESET_RECEIVED`), with the socket's counters then.
     TcpState {
         sk: u64,
@@ -74,9 +77,19 @@ pub enum Event {
 }
 
 impl Event {
-    /// The event's kernel time (0 for an undated send).
+    /// Date an undated event (a send or a head piece, which the kernel leaves undated).
+    pub fn date(&mut self, ts: u64) {
+        match self {
+            Event::Send(s) => s.ts_ns = ts,
+            Event::HeadPiece(p) => p.ts_ns = ts,
+            _ => {}
+        }
+    }
+
+    /// The event's kernel time (0 for an undated send or head piece).
     pub fn ts_ns(&self) -> u64 {
         match self {
+            Event::HeadPiece(p) => p.ts_ns,
             Event::Open { ts_ns, .. }
             | Event::TcpState { ts_ns, .. }
             | Event::UnixEof { ts_ns, .. }
@@ -102,6 +115,19 @@ pub struct TcpFacts {
     pub events_lost: bool,
 }
 
+/// `HeadPiece`: bytes of a head at stream `offset`, from a send that offered bytes up to
+/// stream offset `send_end`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PieceFacts {
+    pub sk: u64,
+    pub ts_ns: u64,
+    pub offset: u64,
+    pub send_end: u64,
+    pub bytes: Vec<u8>,
+    /// An earlier event about this socket was lost (ring buffer full).
+    pub events_lost: bool,
+}
+
 /// The kernel accepted `ret` bytes (or refused with `-errno`) at stream `offset`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SendFacts {
@@ -115,8 +141,6 @@ pub struct SendFacts {
     pub syscall: u32,
     /// The first bytes, when the send began with `HTTP/`.
     pub head: Option<Vec<u8>>,
-    /// The first bytes of a send that may continue the previous head (split over sends).
-    pub head_more: Option<Vec<u8>>,
     /// The last accepted bytes (up to 8), where known.
     pub tail: Tail,
     /// With a head: the requests read since the head before.
@@ -187,7 +211,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
             }
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
-        EV_HEAD | EV_HEAD_MORE => {
+        EV_HEAD => {
             // Field by field, not the whole record: copying its 512-byte capture onto the
             // stack before copying the part used showed in the agent's profile.
             if buf.len() < size_of::<HeadEvent>() {
@@ -200,9 +224,6 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
             let cap = &buf[offset_of!(HeadEvent, cap)..][..(cap_len as usize).min(HEAD_CAP)];
             let mut ev = send_event(read(buf, h.kind)?, Some(cap.to_vec()));
             if let Event::Send(s) = &mut ev {
-                if h.kind == EV_HEAD_MORE {
-                    s.head_more = s.head.take();
-                }
                 let (requests, method) = (
                     buf[offset_of!(HeadEvent, requests)],
                     buf[offset_of!(HeadEvent, method)],
@@ -213,6 +234,19 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 };
             }
             ev
+        }
+        EV_HEAD_PIECE => {
+            let e: HeadPiece = read(buf, h.kind)?;
+            let bytes = &buf[size_of::<HeadPiece>()..];
+            let n = (e.len as usize).min(bytes.len()).min(MAX_HEAD_LIMIT);
+            Event::HeadPiece(PieceFacts {
+                sk: h.sk,
+                ts_ns: h.ts_ns,
+                offset: e.offset,
+                send_end: e.send_end,
+                bytes: bytes[..n].to_vec(),
+                events_lost: e.flags & FLAG_EVENTS_LOST != 0,
+            })
         }
         EV_STATE => {
             let e: StateEvent = read(buf, h.kind)?;
@@ -280,7 +314,6 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         requested: e.requested,
         syscall: e.syscall,
         head,
-        head_more: None,
         tail: Tail::new(&e.tail[..n]),
         requests: Seen::default(),
         events_lost: e.flags & FLAG_EVENTS_LOST != 0,
@@ -326,7 +359,8 @@ fn inet_meta(
     let (la, pa): (std::net::IpAddr, std::net::IpAddr) = if family == AF_INET6 {
         (v6(l.v6_rcv_saddr).into(), v6(l.v6_daddr).into())
     } else {
-        debug_assert_eq!(family, AF_INET);
+        // AF_INET (the kernel reports no other family here; a record that says otherwise is
+        // read as IPv4 rather than refused).
         (v4(l.rcv_saddr).into(), v4(l.daddr).into())
     };
     ConnMeta {

@@ -12,7 +12,9 @@
 //! broke something live in `fuzz-corpus/` and are replayed first.
 use crate::btf_offsets::SockLayout;
 use crate::correlator::{Correlator, Kind, Verdict};
-use crate::events::{self, ConnMeta, Event, SendFacts, SendPart, Tail, TcpFacts, Transport};
+use crate::events::{
+    self, ConnMeta, Event, PieceFacts, SendFacts, SendPart, Tail, TcpFacts, Transport,
+};
 use crate::http_head::{self, Body, Parsed};
 use truncwatch_common::HEAD_CAP;
 
@@ -264,10 +266,21 @@ fn random_event_streams_never_panic() {
                 meta: meta(),
                 losses: r.below(3) as u32,
             },
+            1 | 2 if r.chance(10) => {
+                // More of a head: random bytes of one, at a random place.
+                let h = r.pick(&heads);
+                let from = r.below(h.len() as u64 + 1) as usize;
+                Event::HeadPiece(PieceFacts {
+                    sk,
+                    ts_ns,
+                    offset: r.below(1 << 20),
+                    send_end: r.below(1 << 21),
+                    bytes: h[from..].to_vec(),
+                    events_lost: false,
+                })
+            }
             1 | 2 => {
                 let head = r.chance(30).then(|| r.pick(&heads)[..].to_vec());
-                let head_more =
-                    (head.is_none() && r.chance(10)).then(|| r.pick(&heads)[..].to_vec());
                 let ret = r.below(100_000) as i64 - if r.chance(10) { 100_011 } else { 0 };
                 let tails: [&[u8]; 4] = [b"", b"\r\n0\r\n\r\n", b"\r\n\r\n", b"abc"];
                 let tail = Tail::new(*r.pick(&tails));
@@ -280,7 +293,6 @@ fn random_event_streams_never_panic() {
                     requested: r.below(200_000),
                     syscall: 1,
                     head,
-                    head_more,
                     tail,
                     ..SendFacts::default()
                 })
@@ -514,7 +526,6 @@ fn send_all(
                 requested: offered as u64,
                 syscall: 1,
                 head,
-                head_more: None,
                 tail: Tail::new(&piece[piece.len().saturating_sub(8)..]),
                 ..SendFacts::default()
             }),

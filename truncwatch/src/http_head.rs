@@ -38,33 +38,45 @@ pub enum Parsed {
     Invalid,
 }
 
-const MAX_HEADERS: usize = 64;
+/// Header lines parsed on the stack; a head with more (a long run of `Set-Cookie`s) is parsed
+/// again with room for as many as its bytes can hold.
+const STACK_HEADERS: usize = 64;
 
 pub fn parse(buf: &[u8]) -> Parsed {
     // Left uninitialized: httparse fills only what it finds, and a head per response makes
     // zeroing 64 entries each time show up in the agent's profile.
-    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; STACK_HEADERS];
+    match parse_with(buf, &mut headers) {
+        Err(httparse::Error::TooManyHeaders) => {
+            // Each header line takes at least 3 bytes (`a:` and its line end).
+            let mut many = Vec::new();
+            many.resize_with(buf.len() / 3 + 1, std::mem::MaybeUninit::uninit);
+            parse_with(buf, &mut many).unwrap_or(Parsed::Invalid)
+        }
+        r => r.unwrap_or(Parsed::Invalid),
+    }
+}
+
+fn parse_with<'b>(
+    buf: &'b [u8],
+    headers: &mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> Result<Parsed, httparse::Error> {
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut headers,
-    );
-    let len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n as u64,
-        Ok(httparse::Status::Partial) => return Parsed::Incomplete,
-        // More headers than we have room for: we cannot see them all, so cannot judge.
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Incomplete,
-        Err(_) => return Parsed::Invalid,
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, headers);
+    let len = match parsed? {
+        httparse::Status::Complete(n) => n as u64,
+        httparse::Status::Partial => return Ok(Parsed::Incomplete),
     };
     // Three digits, the first 1 to 9 (RFC 9110 §15): httparse takes `000` too.
     let Some(status) = resp.code.filter(|c| (100..=999).contains(c)) else {
-        return Parsed::Invalid;
+        return Ok(Parsed::Invalid);
     };
-    match framing(status, resp.headers) {
+    Ok(match framing(status, resp.headers) {
         Some(body) => Parsed::Head(Head { status, len, body }),
         None => Parsed::Invalid,
-    }
+    })
 }
 
 /// Heads parsed lately, host-wide. A server mostly sends the same heads again (the same
@@ -277,10 +289,22 @@ mod tests {
             Parsed::Incomplete
         );
         assert_eq!(head("HTTP/1.1 200"), Parsed::Incomplete);
-        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+    }
+
+    /// A long run of header lines (cookies, security and tracing headers) is read whole.
+    #[test]
+    fn many_header_lines_are_read() {
+        let many: String = (0..300)
+            .map(|i| format!("Set-Cookie: c{i}=y\r\n"))
+            .collect();
+        let h = format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 5\r\n\r\n");
         assert_eq!(
-            parse(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes()),
-            Parsed::Incomplete
+            parse(h.as_bytes()),
+            Parsed::Head(Head {
+                status: 200,
+                len: h.len() as u64,
+                body: Body::Length(5)
+            })
         );
     }
 

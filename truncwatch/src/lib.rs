@@ -2,7 +2,8 @@
 //! handed to the kernel, by watching the kernel's socket send and close paths.
 //!
 //! Layout: `events` (what the kernel reports) -> `correlator` (pure: events in, verdicts out,
-//! using `http_head` for framing and `requests` to match responses to requests) -> `output`. `agent` loads the kernel programs and wires
+//! using `http_head` for framing, `requests` to match responses to requests and `response` for
+//! what each response became) -> `output`. `agent` loads the kernel programs and wires
 //! these together; `btf_offsets` reads the running kernel's struct layouts; `lab` reproduces
 //! truncations on purpose.
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod lab;
 pub mod metrics;
 pub mod output;
 pub mod requests;
+pub mod response;
 pub mod verdict;
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! `truncwatch_label_sets_overflow_total`. First come, not top-N: moving a busy owner out of
 //! `other` later would make its counters go backwards.
 use crate::attribution::Attribution;
-use crate::correlator::{Stats, Verdict};
+use crate::correlator::{Kind, Stats, Verdict};
 use crate::events::Transport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -254,12 +254,14 @@ impl Metrics {
     /// Count one verdict (problems and, with the correlator building them, the rest).
     pub fn verdict(&mut self, v: &Verdict, owner: &Attribution) {
         let owner = self.owner(v, owner);
-        if v.kind == crate::verdict::Kind::ResetDiscard {
+        if v.kind == Kind::ResetDiscard {
             self.reset_discards.get_or_create(&owner).inc();
             self.reset_discarded_bytes
                 .get_or_create(&owner)
                 .inc_by(v.unacked_bytes.unwrap_or(0));
-            return;
+            if v.response.is_none() {
+                return; // a connection's, not a response's: no response to count
+            }
         }
         let l = ResponseLabels {
             verdict: v.kind.as_str(),
@@ -309,14 +311,12 @@ impl Metrics {
                 pod: all(),
                 port: all(),
             };
-            for (verdict, now, then) in [
-                ("complete", stats.judged_complete, last.judged_complete),
-                ("unframed", stats.judged_unframed, last.judged_unframed),
-                ("unparsed", stats.judged_unparsed, last.judged_unparsed),
-            ] {
+            // The verdicts the correlator only counts (not problems): no owner to label.
+            for kind in Kind::ALL.into_iter().filter(|k| !k.is_problem()) {
+                let (now, then) = (stats.judged[kind as usize], last.judged[kind as usize]);
                 if now > then {
                     let l = ResponseLabels {
-                        verdict,
+                        verdict: kind.as_str(),
                         transport: "all",
                         owner: owner.clone(),
                     };
@@ -450,6 +450,7 @@ mod tests {
             chunked: false,
             expected_bytes: Some(100),
             sent_bytes: 100 - missing,
+            delivered_bytes: 100 - missing,
         });
         let evidence = Evidence {
             send_buffer_full: true,
@@ -527,10 +528,10 @@ mod tests {
     fn kernel_totals_become_increments() {
         let mut m = Metrics::new(3, 100, "tracepoint");
         let mut stats = Stats {
-            judged_complete: 5,
             head_only: 1,
             ..Stats::default()
         };
+        *stats.judged(Kind::Complete) = 5;
         let prog = |t, n| {
             vec![ProgramStats {
                 name: "p".into(),
@@ -539,7 +540,7 @@ mod tests {
             }]
         };
         m.update(&stats, true, 2, 10, [0, 0], &prog(1_000_000_000, 10));
-        stats.judged_complete = 7;
+        *stats.judged(Kind::Complete) = 7;
         m.update(&stats, true, 1, 15, [3, 0], &prog(3_000_000_000, 30));
         let text = m.encode();
         for want in [

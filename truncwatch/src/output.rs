@@ -60,6 +60,7 @@ struct JsonVerdict<'a> {
     expected_bytes: Option<u64>,
     sent_bytes: Option<u64>,
     missing_bytes: Option<u64>,
+    delivered_bytes: Option<u64>,
     unacked_bytes: Option<u64>,
     evidence: &'a Evidence,
     /// Who the process is: its cgroup, and the container and Kubernetes pod it runs in.
@@ -89,6 +90,7 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
                 expected_bytes: r.and_then(|r| r.expected_bytes),
                 sent_bytes: r.map(|r| r.sent_bytes),
                 missing_bytes: r.and_then(|r| r.missing_bytes()),
+                delivered_bytes: r.map(|r| r.delivered_bytes),
                 unacked_bytes: v.unacked_bytes,
                 evidence: &v.evidence,
                 cgroup: owner.cgroup.as_deref(),
@@ -127,6 +129,9 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
                     or_unknown(r.expected_bytes),
                     or_unknown(r.missing_bytes())
                 );
+                if r.delivered_bytes != r.sent_bytes {
+                    line += &format!(" delivered={}", r.delivered_bytes);
+                }
                 if r.chunked {
                     line += " chunked";
                 }
@@ -176,6 +181,7 @@ mod tests {
                 chunked: false,
                 expected_bytes: Some(1100),
                 sent_bytes: 600,
+                delivered_bytes: 600,
             }),
             unacked_bytes: None,
             evidence: Evidence {
@@ -213,6 +219,7 @@ mod tests {
         assert_eq!(j["expected_bytes"], 1100);
         assert_eq!(j["sent_bytes"], 600);
         assert_eq!(j["missing_bytes"], 500);
+        assert_eq!(j["delivered_bytes"], 600);
         assert_eq!(j["evidence"]["eagain"], 2);
         assert_eq!(j["evidence"]["send_buffer_full"], true);
         assert_eq!(j["evidence"]["end"], "eof");
@@ -242,6 +249,7 @@ mod tests {
             "expected_bytes",
             "sent_bytes",
             "missing_bytes",
+            "delivered_bytes",
         ] {
             assert_eq!(j[f], serde_json::Value::Null, "{f}");
         }

@@ -10,13 +10,19 @@ pub enum Kind {
     Complete,
     /// The application ended the stream before handing over every promised byte.
     ShortWrite,
-    /// The peer reset the connection (or was gone) before every promised byte was handed over:
-    /// the client gave up; not a server fault.
+    /// The peer reset the connection (or was gone) before it got every promised byte: the
+    /// client gave up; not a server fault.
     PeerReset,
+    /// The peer ended its side with a FIN (on a Unix socket: closed it) after the response
+    /// began and before it got every promised byte, and the application then stopped: a
+    /// client that left (a closed event stream, an abandoned download); not a server fault.
+    PeerClosed,
     /// The next response's head started before this one's promised end.
     Desync,
-    /// This host reset a TCP connection (any, HTTP or not) while bytes the application had
-    /// written were not acknowledged by the peer: the kernel discarded them.
+    /// This host reset a TCP connection while bytes the application had written were not
+    /// acknowledged by the peer: the kernel discarded them. For a response whose every byte
+    /// was handed over, with its HTTP fields; for a connection that carried no judged response
+    /// (TLS, other protocols, a reset between responses), with none.
     ResetDiscard,
     /// A response without framing (close-delimited body): it cannot be judged; reported with
     /// the bytes handed over when the stream ended.
@@ -34,11 +40,25 @@ impl Kind {
     /// stay the last variant).
     pub const COUNT: usize = Kind::ObserverLoss as usize + 1;
 
+    /// Every kind, in order.
+    pub const ALL: [Kind; Kind::COUNT] = [
+        Kind::Complete,
+        Kind::ShortWrite,
+        Kind::PeerReset,
+        Kind::PeerClosed,
+        Kind::Desync,
+        Kind::ResetDiscard,
+        Kind::Unframed,
+        Kind::Unparsed,
+        Kind::ObserverLoss,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Complete => "complete",
             Kind::ShortWrite => "short_write",
             Kind::PeerReset => "peer_reset",
+            Kind::PeerClosed => "peer_closed",
             Kind::Desync => "desync",
             Kind::ResetDiscard => "reset_discard",
             Kind::Unframed => "unframed",
@@ -48,7 +68,8 @@ impl Kind {
     }
 
     /// Something went wrong for a client, or may have and the agent could not see it all:
-    /// printed by default (the rest only with `--all`).
+    /// printed by default (the rest only with `--all`). A client that closed its side first
+    /// (`peer_closed`) is everyday traffic and is not.
     pub fn is_problem(self) -> bool {
         matches!(
             self,
@@ -137,7 +158,12 @@ pub struct ResponseFacts {
     /// Head + promised body; None where the end is not known (unframed, or a chunked body
     /// whose last chunk was never handed over).
     pub expected_bytes: Option<u64>,
+    /// Bytes of the response the application handed the kernel.
     pub sent_bytes: u64,
+    /// Bytes of the response the peer gets: all those handed over, less what a reset dropped
+    /// (what the peer had not acknowledged when this host reset the connection, or when the
+    /// peer reset it or ended its side first). Unix sockets: those handed over.
+    pub delivered_bytes: u64,
 }
 
 impl ResponseFacts {
@@ -153,15 +179,9 @@ impl ResponseFacts {
 pub struct Stats {
     pub connections: u64,
     pub heads: u64,
-    pub judged_complete: u64,
-    pub judged_short_write: u64,
-    pub judged_peer_reset: u64,
-    pub judged_desync: u64,
-    pub judged_reset_discard: u64,
-    pub judged_unframed: u64,
-    pub judged_unparsed: u64,
-    pub judged_observer_loss: u64,
-    /// Heads longer than the capture, or split over sends.
+    /// Verdicts decided, by `Kind` (`judged[kind as usize]`), built or only counted.
+    pub judged: [u64; Kind::COUNT],
+    /// Heads that did not end within `--max-head-bytes`, or whose rest was not seen.
     pub unparsed: u64,
     /// Heads with contradictory or malformed framing.
     pub invalid: u64,
@@ -173,6 +193,16 @@ pub struct Stats {
     pub head_only: u64,
     /// Responses known to answer a HEAD request (no body, whatever the head says).
     pub head_answers: u64,
+    /// Interim responses (1xx but 101): part of the exchange of the final response that
+    /// follows, not judged.
+    pub interim: u64,
     /// Connections dropped from the table to stay under the limit, unjudged.
     pub evicted: u64,
+}
+
+impl Stats {
+    /// The count of `kind` verdicts, to add to.
+    pub fn judged(&mut self, kind: Kind) -> &mut u64 {
+        &mut self.judged[kind as usize]
+    }
 }
