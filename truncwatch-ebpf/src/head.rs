@@ -218,6 +218,12 @@ fn more(sk: *mut c_void, st: &mut SockState, buf: *mut [u8; PIECE_BUF]) {
     st.flags &= !(FLAG_HEAD_LF | FLAG_HEAD_LFCR);
     let args = gather_args(buf);
     let (offset, send_end) = unsafe { (reload(&(*args).offset), reload(&(*args).send_end)) };
+    if offset + skip >= send_end {
+        // Nothing after the head event's capture in this send: on in the next one.
+        st.head_more = budget as u32;
+        st.flags |= carry;
+        return;
+    }
     let piece = buf.cast::<HeadPiece>();
     let bytes = unsafe { buf.cast::<u8>().add(core::mem::size_of::<HeadPiece>()) };
     let got = gather(args, skip, budget, piece, bytes);

@@ -7,7 +7,7 @@
 //! was read), or the end of the stream. If the stream ends first, the shortfall, or what a reset
 //! dropped, is the verdict; one verdict per response.
 use crate::events::{
-    ConnMeta, Event, PieceFacts, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts,
+    ConnMeta, Event, PieceFacts, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts, Transport,
 };
 use crate::http_head::{self, Body, Head, HeadCache, Parsed};
 use crate::requests::{Answer, Requests};
@@ -351,10 +351,15 @@ impl Correlator {
         if r.chunk_end.is_none() && r.saw_last_chunk(conn.recent.as_slice(), conn.recent_end) {
             r.chunk_end = Some(conn.recent_end);
         }
-        if r.end().is_some_and(|end| conn.sent >= end) {
+        if let Some(end) = r.end().filter(|&end| conn.sent >= end) {
             let resp = conn.resp.take().expect("checked above");
-            self.settle(conn, ts_ns, out); // (none is settling: a head began this one)
-            conn.settling = Some((resp, ts_ns));
+            if conn.meta.transport == Transport::Unix {
+                // Nothing drops what a Unix stream was handed: delivered as it is handed over.
+                let n = end - resp.start;
+                self.emit(conn, resp, Kind::Complete, End::Reached, n, n, ts_ns, out);
+            } else {
+                conn.settling = Some((resp, ts_ns));
+            }
         }
     }
 

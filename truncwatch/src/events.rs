@@ -5,10 +5,9 @@ use crate::requests::{Method, Seen};
 use std::mem::offset_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND,
-    EV_STATE, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, HEAD_CAP, HeadEvent,
-    HeadPiece, Header, MAX_HEAD_LIMIT, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent,
-    TAIL,
+    AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
+    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, HEAD_CAP, HeadEvent, HeadPiece,
+    Header, MAX_HEAD_LIMIT, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -329,7 +329,7 @@ struct Head {
 impl Head {
     /// The head at the start of `data`, once it is all there.
     fn parse(data: &[u8]) -> Result<Option<Head>> {
-        let mut hs = [httparse::EMPTY_HEADER; 64];
+        let mut hs = vec![httparse::EMPTY_HEADER; 1024]; // heads of any size the servers send
         let mut r = httparse::Response::new(&mut hs);
         let httparse::Status::Complete(len) = r.parse(data)? else {
             return Ok(None);

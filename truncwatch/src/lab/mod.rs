@@ -4,6 +4,7 @@
 //!
 //! Both print one JSON line per response on stdout: what was really sent and received.
 mod fetch;
+mod heads;
 mod serve;
 
 pub use fetch::{FetchArgs, Received, fetch};

@@ -37,6 +37,9 @@ pub enum SendWith {
     Sendmsg,
     /// The head with write, the body through a pipe with splice(2), as proxies do.
     Splice,
+    /// One writev: the head as one iovec per word (as some servers gather their headers),
+    /// then the body.
+    WritevWords,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -66,6 +69,10 @@ pub struct ServeArgs {
     /// Pad the head with an `X-Pad` header of this many bytes.
     #[arg(long, default_value_t = 0)]
     pub head_pad: usize,
+    /// Make the head at least this many bytes with the headers real sites send (security
+    /// policies, tracing, cookies), the framing header last (0: a short head, ~70 bytes).
+    #[arg(long, default_value_t = 0)]
+    pub head_bytes: usize,
     /// Body bytes sent in --mode truncate.
     #[arg(long, default_value_t = 0)]
     pub truncate_at: u64,
@@ -148,6 +155,9 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
 
         if matches!(a.mode, Mode::ShortShutdown | Mode::ShortClose) {
             s.set_nonblocking(true)?;
+            // A small send buffer: the kernel refuses (EAGAIN) long before the body is all
+            // handed over, whatever the reader and the kernel's own buffer sizing.
+            set_sndbuf(&*s, SHORT_SNDBUF)?;
         }
         let mut sent = send_response(&*s, &resp, head.len(), a)?;
         if a.mode == Mode::Desync {
@@ -171,6 +181,27 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
     }
 }
 
+/// The send buffer of the short modes' sockets (the kernel doubles it for its bookkeeping).
+const SHORT_SNDBUF: usize = 64 << 10;
+
+fn set_sndbuf(s: &dyn Stream, bytes: usize) -> Result<()> {
+    let v = bytes as libc::c_int;
+    // SAFETY: valid fd and option buffer.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if r != 0 {
+        bail!("SO_SNDBUF: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// One response: its head, and the whole response (head + body as it goes on the wire).
 fn response(a: &ServeArgs, is_head: bool) -> (String, Vec<u8>) {
     let framing = if a.unframed {
@@ -180,15 +211,8 @@ fn response(a: &ServeArgs, is_head: bool) -> (String, Vec<u8>) {
     } else {
         format!("Content-Length: {}\r\n", a.body)
     };
-    let pad = if a.head_pad > 0 {
-        format!("X-Pad: {}\r\n", "p".repeat(a.head_pad))
-    } else {
-        String::new()
-    };
     let version = if a.unframed { "1.0" } else { "1.1" };
-    let head = format!(
-        "HTTP/{version} 200 OK\r\nContent-Type: application/octet-stream\r\n{pad}{framing}\r\n"
-    );
+    let head = super::heads::head(version, a.head_bytes, a.head_pad, &framing);
     let mut resp = head.clone().into_bytes();
     if is_head {
         return (head, resp);
@@ -232,7 +256,7 @@ fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) ->
     };
     while sent < resp.len() {
         if let (Some(p), true) = (&pipe, sent >= head_len) {
-            match p.splice_to(s.as_raw_fd(), &resp[sent..])? {
+            match p.splice_to(s.as_raw_fd(), &resp[sent..], a.mode != Mode::Full)? {
                 Some(n) => {
                     sent += n;
                     continue;
@@ -255,12 +279,24 @@ fn send_response(s: &dyn Stream, resp: &[u8], head_len: usize, a: &ServeArgs) ->
             (&iovs[..], 2)
         };
         let fd = s.as_raw_fd();
+        // The head one word per iovec, while none of it was taken (then as `writev`).
+        let words: Vec<libc::iovec> = if a.send_with == SendWith::WritevWords && sent == 0 {
+            let words = super::heads::words(&rest[..split]);
+            words.into_iter().chain([&rest[split..]]).map(iov).collect()
+        } else {
+            Vec::new()
+        };
+        let (vec, vlen) = if words.is_empty() {
+            (iovs.as_ptr(), cnt)
+        } else {
+            (words.as_ptr(), words.len() as i32)
+        };
         // SAFETY: the iovecs point into `resp`, which outlives the call.
         let n = unsafe {
             match a.send_with {
                 SendWith::Write => libc::write(fd, rest.as_ptr().cast(), rest.len()),
                 SendWith::Splice => libc::write(fd, rest.as_ptr().cast(), split), // the head
-                SendWith::Writev => libc::writev(fd, iovs.as_ptr(), cnt),
+                SendWith::Writev | SendWith::WritevWords => libc::writev(fd, vec, vlen),
                 SendWith::Sendmsg => {
                     let mut msg: libc::msghdr = std::mem::zeroed();
                     msg.msg_iov = iovs.as_ptr() as *mut _;
@@ -309,7 +345,9 @@ impl Pipe {
     /// Move up to a pipe's worth of `data` into `sock`. Some(bytes the socket took), or None
     /// when the socket refused (EAGAIN, non-blocking) or was interrupted. Whatever the socket
     /// did not take is drained from the pipe, so each call starts empty.
-    fn splice_to(&self, sock: i32, data: &[u8]) -> Result<Option<usize>> {
+    /// `nonblocking`: refuse rather than wait when the socket is full (splice does not heed
+    /// the socket's own O_NONBLOCK).
+    fn splice_to(&self, sock: i32, data: &[u8], nonblocking: bool) -> Result<Option<usize>> {
         let chunk = data.len().min(16 << 10);
         // SAFETY: valid fds and buffer.
         let w = unsafe { libc::write(self.w.as_raw_fd(), data.as_ptr().cast(), chunk) };
@@ -323,7 +361,12 @@ impl Pipe {
                 sock,
                 std::ptr::null_mut(),
                 w as usize,
-                libc::SPLICE_F_MOVE,
+                libc::SPLICE_F_MOVE
+                    | if nonblocking {
+                        libc::SPLICE_F_NONBLOCK
+                    } else {
+                        0
+                    },
             )
         };
         let err = std::io::Error::last_os_error();

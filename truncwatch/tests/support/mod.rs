@@ -47,6 +47,12 @@ pub fn kernel_or_skip(test: &str) -> bool {
     }
 }
 
+/// A test's scenario must first have happened as intended (the server's and the client's own
+/// counts say so): otherwise the test fails as such, not as a wrong verdict.
+pub fn reproduced(ok: bool, what: &str) {
+    assert!(ok, "scenario did not reproduce: {what}");
+}
+
 /// Say why a test is skipped, past libtest's output capture (which hides passing tests'
 /// output): `cargo xtask test` counts these lines.
 pub fn skip(test: &str, why: &str) {
