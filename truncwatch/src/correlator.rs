@@ -170,13 +170,18 @@ impl Correlator {
                 // The table is set aside while the connection is borrowed from it (the send
                 // path never looks at other connections): removing and re-inserting the
                 // connection instead, on every send, showed in the agent's profile.
+                let (sk, ts_ns) = (s.sk, s.ts_ns);
                 let mut conns = std::mem::take(&mut self.conns);
-                if let Some(conn) = conns.get_mut(&s.sk) {
-                    conn.last_ns = s.ts_ns;
+                let mut over = false;
+                if let Some(conn) = conns.get_mut(&sk) {
+                    conn.last_ns = ts_ns;
                     conn.events_lost |= s.events_lost;
-                    self.send(conn, s, out);
+                    over = self.send(conn, s, out);
                 }
                 self.conns = conns;
+                if over && let Some(conn) = self.conns.remove(&sk) {
+                    self.finish(conn, Ending::Eof, ts_ns, out);
+                }
             }
             Event::HeadPiece(p) => {
                 let mut conns = std::mem::take(&mut self.conns);
@@ -281,7 +286,9 @@ impl Correlator {
         });
     }
 
-    fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) {
+    /// One send. Returns true if the stream is over: a Unix peer is gone (its reader closed),
+    /// and no end of stream will ever be read from the other side.
+    fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) -> bool {
         let SendFacts {
             tgid,
             offset,
@@ -291,7 +298,7 @@ impl Correlator {
             ..
         } = s;
         if conn.tunnel {
-            return;
+            return false;
         }
         if ret < 0 {
             if let Some(r) = &mut conn.resp {
@@ -299,10 +306,15 @@ impl Correlator {
             }
             match -ret {
                 EAGAIN => conn.eagain += 1,
+                // A Unix peer that is gone closed its end: its end of stream.
+                EPIPE | ECONNRESET if conn.meta.transport == Transport::Unix => {
+                    conn.peer.saw("eof", conn.sent);
+                    return true;
+                }
                 EPIPE | ECONNRESET => conn.peer.saw("gone", conn.sent),
                 _ => {}
             }
-            return;
+            return false;
         }
         let ret = ret as u64;
         // An announced send has offered its bytes, not handed them over (yet).
@@ -330,7 +342,7 @@ impl Correlator {
             }
         }
         if s.part == SendPart::Announced {
-            return;
+            return false;
         }
         // A send whose tail is all of it continues the tail before: a last chunk whose
         // `0\r\n\r\n` straddles two sends (a partial write, the rest offered again).
@@ -342,6 +354,7 @@ impl Correlator {
         };
         conn.recent_end = offset + ret;
         self.after_bytes(conn, ts_ns, out);
+        false
     }
 
     /// The stream moved on (bytes handed over, or a response began): a chunked body's end may

@@ -423,20 +423,23 @@ fn peer_reset_is_reported_apart() {
     assert_eq!(w.kinds(), [Kind::PeerReset]);
 }
 
+/// Sends failing with EPIPE: the peer is gone. Over TCP, reset (its end follows as a state
+/// change); a Unix peer closed its end, and that ends the stream at once (nobody will read
+/// the server's end of stream).
 #[test]
 fn sends_failing_with_epipe_mean_the_peer_is_gone() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(500, 100);
+    w.err(EPIPE);
+    w.state(TCP_ESTABLISHED, TCP_CLOSE);
+    assert_eq!(w.kinds(), [Kind::PeerReset]);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("gone"));
     let mut w = Wire::new(Transport::Unix);
     w.response(500, 100);
     w.err(EPIPE);
-    w.ev(Event::UnixEof {
-        reader: CLIENT,
-        peer: SK,
-        ts_ns: 99,
-        losses: 0,
-        events_lost: false,
-    });
-    assert_eq!(w.kinds(), [Kind::PeerReset]);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("gone"));
+    assert_eq!(w.kinds(), [Kind::PeerClosed]);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("eof"));
+    assert_eq!(w.c.tracked(), 0);
 }
 
 #[test]

@@ -395,7 +395,7 @@ fn unix_path(p: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use truncwatch_common::{HEAD_CAP, SOCK_PREFIX, UNIX_PATH};
+    use truncwatch_common::{AF_INET, HEAD_CAP, SOCK_PREFIX, UNIX_PATH};
 
     fn bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain repr(C) value.

@@ -9,6 +9,8 @@
 //! [`expected_verdicts`] for what each line should be judged). Scripts and configs are in
 //! `tests/servers/healthy/`. Every scenario takes a [`Head`] size: the servers add realistic
 //! headers (cookies, CSP, HSTS, traceparent...) to reach it.
+pub use super::heads::Head;
+use super::heads::extra_headers;
 use super::{BIN, Nginx, fetch, free_port, wait_listening};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,21 +21,6 @@ use std::time::{Duration, Instant};
 pub const DEBIAN_PACKAGES: &[&str] = &["nginx-light", "nodejs", "curl", "python3-aiohttp"];
 /// PyPI packages: none (aiohttp comes from Debian, for /usr/bin/python3).
 pub const PIP_PACKAGES: &[&str] = &[];
-
-/// How big the response heads are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Head {
-    /// About 200 bytes (nginx: 300): the server's own headers and a request id.
-    Short,
-    /// About 1.5 KB: what a typical site sends (cookies, CSP, HSTS, tracing...).
-    Long,
-    /// About 9.5 KB, over 8 KB: large cookies on top of that.
-    Huge,
-}
-
-impl Head {
-    pub const ALL: [Head; 3] = [Head::Short, Head::Long, Head::Huge];
-}
 
 /// A scenario as a table row: its name and how to run it. What the agent must say follows
 /// from what it returns: [`expected_verdicts`].
@@ -105,32 +92,25 @@ pub const SCENARIOS: &[Scenario] = &[
 
 /// The verdicts the agent must give about the responses behind these client lines (from the
 /// server at `local`), in order:
-/// - an answer read whole (`end: complete`): `complete`, preceded by one `complete` for its
-///   interim `100 Continue` head when `interim_bytes` > 0 (the agent judges interim heads as
-///   bodiless responses; the client's bytes are then `interim_bytes + received_bytes`);
+/// - an answer read whole (`end: complete`): `complete` (an interim `100 Continue` before it
+///   belongs to its exchange and is not judged; `received_bytes` are the final answer's);
 /// - the client closed before the end (`end: closed`), over TCP: with bytes left unread
 ///   (`unread_at_close` > 0) its kernel reset the connection: `peer_reset`; with none, a FIN:
 ///   `peer_closed`. curl's line (`client: curl`) has no `unread_at_close`; curl left body
 ///   unread in its socket: `peer_reset`. Over a Unix socket (`local` is a path) the close is
-///   the client's FIN whatever it left unread: `peer_closed` (Linux then fails the server's
-///   sends with EPIPE, and its reads with ECONNRESET if bytes were left unread);
+///   the client's end whatever it left unread: `peer_closed` (Linux then fails the server's
+///   sends with EPIPE);
 /// - no answer at all (`status` 0, `head_bytes` 0: a request that raced a keep-alive close):
 ///   nothing; the answers the server did send were each `complete`.
 ///
-/// Never `short_write`, `reset_discard` or `desync`. Heads over the agent's capture (512
-/// bytes, so every Long and Huge head) may instead be `unparsed`, never judged.
+/// Never `short_write`, `reset_discard` or `desync`.
 pub fn expected_verdicts(local: &str, lines: &[Value]) -> Vec<&'static str> {
     let unix = local.starts_with('/') || local.starts_with('@');
     let mut out = Vec::new();
     for l in lines {
         let unread = l["unread_at_close"].as_u64().unwrap_or(0) > 0;
         match l["end"].as_str() {
-            Some("complete") => {
-                if l["interim_bytes"].as_u64().unwrap_or(0) > 0 {
-                    out.push("complete");
-                }
-                out.push("complete");
-            }
+            Some("complete") => out.push("complete"),
             Some("closed") if unix => out.push("peer_closed"),
             Some("closed") if l["client"] == "curl" || unread => out.push("peer_reset"),
             Some("closed") => out.push("peer_closed"),
@@ -143,87 +123,6 @@ pub fn expected_verdicts(local: &str, lines: &[Value]) -> Vec<&'static str> {
 
 // ---- Headers ------------------------------------------------------------------------------
 
-/// Response headers the servers add, to make heads short, long or huge. Realistic values:
-/// what sites send, not padding.
-pub fn extra_headers(head: Head) -> Vec<(&'static str, String)> {
-    let mut h = vec![(
-        "X-Request-Id",
-        "9f1c2a7e4b6d48e0a3c5f7091b2d4e6f".to_string(),
-    )];
-    if head == Head::Short {
-        return h;
-    }
-    let long = [
-        (
-            "Strict-Transport-Security",
-            "max-age=63072000; includeSubDomains; preload",
-        ),
-        (
-            "Content-Security-Policy",
-            "default-src 'self'; script-src 'self' 'nonce-Zm9vYmFyYmF6cXV4' \
-             https://cdn.example.com; \
-             style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; img-src 'self' data: \
-             https:; font-src 'self' https://fonts.gstatic.com; connect-src 'self' \
-             https://api.example.com wss://ws.example.com; frame-ancestors 'none'; base-uri \
-             'self'; form-action 'self'; upgrade-insecure-requests",
-        ),
-        (
-            "Set-Cookie",
-            "session=eyJ1aWQiOjQyLCJleHAiOjE3OTk5OTk5OTl9.c2lnbmF0dXJlLW9mLXRoZS1zZXNzaW9u; \
-             Path=/; Secure; HttpOnly; SameSite=Lax",
-        ),
-        (
-            "Set-Cookie",
-            "csrftoken=Qm9ndXNDc3JmVG9rZW4xMjM0NTY3ODkw; Path=/; Secure; SameSite=Strict; \
-             Max-Age=31449600",
-        ),
-        (
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        ),
-        ("X-Content-Type-Options", "nosniff"),
-        ("X-Frame-Options", "DENY"),
-        ("Referrer-Policy", "strict-origin-when-cross-origin"),
-        (
-            "Permissions-Policy",
-            "geolocation=(), microphone=(), camera=(), payment=(), usb=()",
-        ),
-        ("Cross-Origin-Opener-Policy", "same-origin"),
-        ("Cross-Origin-Resource-Policy", "same-origin"),
-        ("Vary", "Accept-Encoding, Cookie"),
-        (
-            "Server-Timing",
-            "app;dur=12.4, db;dur=3.1, cache;desc=\"miss\"",
-        ),
-        (
-            "Report-To",
-            "{\"group\":\"default\",\"max_age\":31536000,\
-             \"endpoints\":[{\"url\":\"https://reports.example.com/r\"}]}",
-        ),
-        (
-            "NEL",
-            "{\"report_to\":\"default\",\"max_age\":31536000,\"include_subdomains\":true}",
-        ),
-    ];
-    h.extend(long.iter().map(|(n, v)| (*n, v.to_string())));
-    if head == Head::Huge {
-        // Analytics and A/B-test cookies grow big: three of about 2.6 KB each.
-        for name in ["_ga_state", "ab_assignments", "consent_v2"] {
-            let value: String = (0..2600u32)
-                .map(|i| {
-                    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-                        [(i * 7 % 62) as usize] as char
-                })
-                .collect();
-            h.push((
-                "Set-Cookie",
-                format!("{name}={value}; Path=/; Secure; SameSite=Lax"),
-            ));
-        }
-    }
-    h
-}
-
 /// The same, as the JSON array of `[name, value]` pairs the Node and aiohttp servers take.
 fn headers_json(head: Head) -> String {
     // A (name, value) tuple serializes as a two-element array.
@@ -231,7 +130,7 @@ fn headers_json(head: Head) -> String {
 }
 
 /// The same, as nginx `add_header` lines (`always`: on 206, 304 and errors too).
-fn nginx_add_headers(head: Head) -> String {
+pub fn nginx_add_headers(head: Head) -> String {
     extra_headers(head)
         .iter()
         .map(|(n, v)| {
@@ -533,8 +432,8 @@ fn idle_close(port: u16) -> Duration {
 
 /// POST 1 MB with `Expect: 100-continue`, three times on one connection: Node answers
 /// `100 Continue` (25 bytes), reads the body, answers 200. Three lines, each `complete` with
-/// `interim_bytes` 25 and `body_sent` 1000000. Expected: `complete`, `complete` (the interim
-/// head, then the answer) for each.
+/// `interim_bytes` 25 and `body_sent` 1000000. Expected: `complete` for each (the interim head
+/// belongs to its exchange).
 pub fn expect_continue_node(head: Head) -> (String, Vec<Value>) {
     let (_server, port) = node(head, 5000);
     (local(port), upload(port))
