@@ -1431,3 +1431,121 @@ fn a_reused_address_ends_the_connection_there_even_if_the_new_socket_is_left_out
     w.response(0, 0);
     assert_eq!(w.out.len(), 1, "{:?}", w.out);
 }
+
+/// A head of realistic size (cookies, security headers) with the framing header last.
+fn long_head(size: usize, framing: &str) -> Vec<u8> {
+    let mut h = String::from("HTTP/1.1 200 OK\r\n");
+    let mut i = 0;
+    while h.len() + framing.len() + 2 < size {
+        h += &format!("Set-Cookie: c{i}=dGhlbWU9ZGFyazsgbGFuZz1lbg; Path=/; Secure; HttpOnly\r\n");
+        i += 1;
+    }
+    (h + framing + "\r\n").into_bytes()
+}
+
+/// Heads longer than the first capture: the rest comes in pieces, and the response is judged
+/// like any other, wherever the head ends and whatever sends carry it.
+#[test]
+fn long_heads_are_joined_from_pieces() {
+    for size in [600, 1300, 9000] {
+        // With the body in one send.
+        let h = long_head(size, "Content-Length: 100\r\n");
+        let mut w = Wire::new(Transport::Tcp);
+        w.send_long(&[&h[..], &[b'x'; 100]].concat());
+        w.fin();
+        assert_eq!(w.kinds(), [Kind::Complete], "{size}");
+        assert_eq!(w.out[0].r().expected_bytes, Some(h.len() as u64 + 100));
+        // Alone, the body cut short after.
+        let mut w = Wire::new(Transport::Tcp);
+        w.send_long(&h);
+        w.send(None, 40);
+        w.fin();
+        assert_eq!(w.kinds(), [Kind::ShortWrite], "{size}");
+        assert_eq!(w.out[0].r().sent_bytes, h.len() as u64 + 40);
+        // Chunked, with the framing after all the cookies, the last chunk in the same send.
+        let h = long_head(size, "Transfer-Encoding: chunked\r\n");
+        let mut w = Wire::new(Transport::Tcp);
+        w.send_long(&[&h[..], b"3\r\nabc\r\n0\r\n\r\n"].concat());
+        w.fin();
+        assert_eq!(w.kinds(), [Kind::Complete], "{size} chunked");
+    }
+}
+
+/// One header line per send, each send's bytes a piece: joined, judged.
+#[test]
+fn heads_a_line_per_send_are_joined() {
+    let h = long_head(3000, "Content-Length: 10\r\n");
+    let mut w = Wire::new(Transport::Tcp);
+    let mut lines = h.split_inclusive(|&b| b == b'\n');
+    w.send_bytes(lines.next().unwrap());
+    for line in lines {
+        w.send_more(line);
+    }
+    w.send(None, 10);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.out[0].r().sent_bytes, h.len() as u64 + 10);
+}
+
+/// A piece may come after the send event of the send it comes from (the kernel sends the
+/// send's own event first), and a head the kernel took only part of is offered again: the
+/// pieces overlap, and the later offer counts.
+#[test]
+fn pieces_after_their_send_and_offered_again() {
+    let h = long_head(1300, "Content-Length: 5\r\n");
+    let mut w = Wire::new(Transport::Tcp);
+    // The head's send takes only 700 bytes of head + body.
+    let all = [&h[..], b"hello"].concat();
+    w.send_tail(
+        Some(all[..512].to_vec()),
+        all.len() as u64,
+        700,
+        &all[692..700],
+    );
+    w.piece(512, all.len() as u64, &all[512..]);
+    assert!(w.out.is_empty());
+    // The rest, offered again from byte 700, captured again as a piece.
+    w.send_tail(
+        None,
+        all.len() as u64 - 700,
+        all.len() as u64 - 700,
+        &all[all.len() - 5..],
+    );
+    w.piece(700, all.len() as u64, &all[700..]);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.out[0].r().sent_bytes, all.len() as u64);
+}
+
+/// A head longer than `--max-head-bytes`, and one whose pieces stop coming (the kernel stops
+/// at the bound, or could not read them): unparsed, never judged, and the response before it
+/// is ended by it all the same.
+#[test]
+fn heads_over_the_bound_or_unfinished_are_unparsed() {
+    let h = long_head(20_000, "Content-Length: 5\r\n");
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10, 10);
+    w.send_tail(
+        Some(h[..512].to_vec()),
+        h.len() as u64,
+        h.len() as u64,
+        &h[h.len() - 8..],
+    );
+    w.piece(512, h.len() as u64, &h[512..16 << 10]);
+    w.send(None, 5);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete, Kind::Unparsed]);
+    assert_eq!(w.c.stats.unparsed, 1);
+    // A lower bound set by the user.
+    let mut w = Wire::new(Transport::Tcp);
+    w.c = Correlator::new(10, None).max_head_bytes(1024);
+    w.ev(Event::Open {
+        sk: SK,
+        ts_ns: 1,
+        meta: meta(Transport::Tcp),
+        losses: 0,
+    });
+    w.send_long(&long_head(1300, "Content-Length: 0\r\n"));
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Unparsed]);
+}

@@ -4,7 +4,8 @@
 //! - Nothing panics, whatever the bytes; what is parsed stays within the input.
 //! - Framing agrees with a table of what RFC 9112 §6.3 says of each hostile header value.
 //! - On generated connections (responses of random size and framing, split into random sends,
-//!   partly accepted, some cut short), the correlator's verdicts and byte counts equal what the
+//!   partly accepted, some cut short, ended by either side with a FIN or a reset), the
+//!   correlator's verdicts and byte counts (sent and delivered) equal what the
 //!   generator knows happened: no false flag, no miss, exact counts.
 //!
 //! Seeded and repeatable: a failure names its seed. `FUZZ_ITERS=n` scales every loop (the
@@ -566,7 +567,8 @@ fn judged_exactly(kprobe: bool) {
         let n = r.below(4) + 1;
         let cut_last = r.chance(40);
         let mut offset = 0;
-        let mut want: Vec<(Kind, u64, Option<u64>)> = vec![];
+        // (verdict, sent, expected, delivered) per response.
+        let mut want: Vec<(Kind, u64, Option<u64>, u64)> = vec![];
         for i in 0..n {
             let g = generated_response(&mut r, cut_last && i == n - 1);
             let handed = g.cut.unwrap_or(g.bytes.len());
@@ -581,34 +583,100 @@ fn judged_exactly(kprobe: bool) {
                 &mut ts,
                 kprobe,
             );
-            let expected = (!g.chunked).then_some(g.bytes.len() as u64);
+            let (len, expected) = (
+                g.bytes.len() as u64,
+                (!g.chunked).then_some(g.bytes.len() as u64),
+            );
             want.push(match g.cut {
-                Some(cut) => (Kind::ShortWrite, cut as u64, expected),
-                None => (
-                    Kind::Complete,
-                    g.bytes.len() as u64,
-                    Some(g.bytes.len() as u64),
-                ),
+                Some(cut) => (Kind::ShortWrite, cut as u64, expected, cut as u64),
+                None => (Kind::Complete, len, Some(len), len),
             });
         }
-        ts += 1;
-        c.handle(
-            Event::TcpState {
-                sk,
-                ts_ns: ts,
-                oldstate: 1,
-                newstate: 4,
-                facts: TcpFacts::default(),
-            },
-            &mut out,
-        );
-        let got: Vec<(Kind, u64, Option<u64>)> = out
+        // How the stream ends, and what the last response became: bytes of it the peer had
+        // not acknowledged are dropped by a reset, or never read by a peer that left first.
+        let last = want.last_mut().expect("one response at least");
+        let unacked = r.below(last.1 + 1);
+        let reached = last.0 == Kind::Complete;
+        let kind = |lost: Kind| {
+            if unacked == 0 && reached {
+                Kind::Complete
+            } else {
+                lost
+            }
+        };
+        let ending = r.below(4);
+        let (new, lost) = match ending {
+            0 => (last.0, 0), // a FIN of the server's: all of it delivered
+            1 => (
+                kind(if reached {
+                    Kind::ResetDiscard
+                } else {
+                    Kind::ShortWrite
+                }),
+                unacked,
+            ),
+            2 => (kind(Kind::PeerClosed), unacked),
+            _ => (kind(Kind::PeerReset), unacked),
+        };
+        (last.0, last.3) = (new, last.1 - lost);
+        end_stream(&mut c, &mut out, sk, &mut ts, ending, unacked);
+        let got: Vec<(Kind, u64, Option<u64>, u64)> = out
             .drain(..)
             .map(|v| {
                 let f = v.response.expect("response verdicts only");
-                (v.kind, f.sent_bytes, f.expected_bytes)
+                (v.kind, f.sent_bytes, f.expected_bytes, f.delivered_bytes)
             })
             .collect();
-        assert_eq!(got, want, "connection {conn} (seed 5)");
+        assert_eq!(got, want, "connection {conn} (seed 5, ending {ending})");
+    }
+}
+
+/// The state changes a stream ends with: 0, the server's FIN; 1, this host's reset with
+/// `unacked` bytes dropped; 2, the peer's FIN, then the server's with `unacked` bytes never
+/// acknowledged; 3, the peer's reset.
+fn end_stream(
+    c: &mut Correlator,
+    out: &mut Vec<Verdict>,
+    sk: u64,
+    ts: &mut u64,
+    ending: u64,
+    unacked: u64,
+) {
+    let mut state = |c: &mut Correlator, out: &mut Vec<Verdict>, newstate: i32, unacked: u64| {
+        *ts += 1;
+        let facts = TcpFacts {
+            unacked,
+            ..TcpFacts::default()
+        };
+        let ev = Event::TcpState {
+            sk,
+            ts_ns: *ts,
+            oldstate: 1,
+            newstate,
+            facts,
+        };
+        c.handle(ev, out);
+    };
+    match ending {
+        0 => state(c, out, 4, 0), // FIN_WAIT1
+        1 => {
+            if unacked > 0 {
+                let meta = meta();
+                let ev = Event::ResetDiscard {
+                    sk,
+                    ts_ns: 0,
+                    meta,
+                    unacked,
+                    unread: 1,
+                };
+                c.handle(ev, out);
+            }
+            state(c, out, 7, unacked) // CLOSE
+        }
+        2 => {
+            state(c, out, 8, 0); // CLOSE_WAIT
+            state(c, out, 9, unacked); // LAST_ACK
+        }
+        _ => state(c, out, events::RESET_RECEIVED, unacked),
     }
 }
