@@ -81,6 +81,8 @@ pub struct Offsets {
     /// `tcp_sock` sequence numbers read when a connection closes.
     pub tcp_write_seq: u32,
     pub tcp_snd_una: u32,
+    /// `tcp_sock.snd_nxt`: one past the last byte sent on the wire.
+    pub tcp_snd_nxt: u32,
     pub tcp_rcv_nxt: u32,
     pub tcp_copied_seq: u32,
     /// `inet_sock.inet_sport` (network order): unlike `skc_num`, still set when the state
@@ -283,6 +285,8 @@ pub struct StateEvent {
     pub newstate: i32,
     /// `write_seq - snd_una`: written bytes not yet acknowledged.
     pub unacked: u32,
+    /// `write_seq - snd_nxt`: written bytes not sent on the wire yet.
+    pub unsent: u32,
     /// `rcv_nxt - copied_seq`: received bytes not yet read.
     pub unread: u32,
     /// The peer's advertised window, bytes (0: zero window). `u32::MAX`: unknown.
@@ -293,6 +297,7 @@ pub struct StateEvent {
     pub sndbuf_limited: u32,
     /// `FLAG_EVENTS_LOST` if an event about this socket was lost.
     pub flags: u32,
+    pub _pad: u32,
 }
 
 /// `StateEvent.newstate` for `tcp_receive_reset`: the peer reset the connection.
@@ -330,12 +335,16 @@ pub struct ResetEvent {
     pub sock: [u8; SOCK_PREFIX],
     /// `write_seq - snd_una`, less the FIN if one was queued.
     pub unacked: u32,
+    /// `write_seq - snd_nxt`, likewise: of those, the bytes never sent. What was sent but not
+    /// acknowledged yet still reaches the peer ahead of the reset (it is in flight, in order).
+    pub unsent: u32,
     /// `rcv_nxt - copied_seq`: received bytes the application never read.
     pub unread: u32,
+    pub _pad: u32,
 }
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 76);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 80);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<ProbeSock>() == 80);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
@@ -343,11 +352,11 @@ const _: () =
     assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
-const _: () = assert!(core::mem::size_of::<StateEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<StateEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 40);
 const _: () = assert!(core::mem::size_of::<HeadPiece>() == 48);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
-const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 8);
+const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 16);
 
 #[cfg(feature = "user")]
 mod user {

@@ -53,6 +53,7 @@ static OFFSETS: Offsets = Offsets {
     unix_address_name: 0,
     tcp_write_seq: 0,
     tcp_snd_una: 0,
+    tcp_snd_nxt: 0,
     tcp_rcv_nxt: 0,
     tcp_copied_seq: 0,
     inet_sport: 0,

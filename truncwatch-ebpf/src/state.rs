@@ -68,11 +68,13 @@ pub fn emit_state(sk: *mut c_void, st: &mut SockState, oldstate: i32, newstate: 
         oldstate,
         newstate,
         unacked: seq(o.tcp_write_seq).wrapping_sub(seq(o.tcp_snd_una)),
+        unsent: seq(o.tcp_write_seq).wrapping_sub(seq(o.tcp_snd_nxt)),
         unread: seq(o.tcp_rcv_nxt).wrapping_sub(seq(o.tcp_copied_seq)),
         snd_wnd: opt(o.tcp_snd_wnd),
         rwnd_limited,
         sndbuf_limited,
         flags: st.flags & FLAG_EVENTS_LOST,
+        _pad: 0,
     };
     if EVENTS
         .output_untyped::<StateEvent>(&ev, wake_flags())
@@ -123,10 +125,16 @@ fn discarded(sk: *mut c_void, oldstate: i32) -> Option<()> {
     let base = sk as u64;
     let write_seq = read_kernel::<u32>(base + o.tcp_write_seq as u64)?;
     let snd_una = read_kernel::<u32>(base + o.tcp_snd_una as u64)?;
+    let snd_nxt = read_kernel::<u32>(base + o.tcp_snd_nxt as u64)?;
     let mut unacked = write_seq.wrapping_sub(snd_una);
+    let mut unsent = write_seq.wrapping_sub(snd_nxt);
     // A queued FIN takes a sequence number but is not data.
-    if matches!(oldstate, TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK) && unacked > 0 {
+    let fin = matches!(oldstate, TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK);
+    if fin && unacked > 0 {
         unacked -= 1;
+    }
+    if fin && unsent > 0 {
+        unsent -= 1;
     }
     if unacked == 0 || unacked > 1 << 30 {
         return None; // nothing lost (or a connection that never synchronized)
@@ -149,7 +157,9 @@ fn discarded(sk: *mut c_void, oldstate: i32) -> Option<()> {
             (*ev).sock = [0; SOCK_PREFIX];
         }
         (*ev).unacked = unacked;
+        (*ev).unsent = unsent;
         (*ev).unread = rcv_nxt.wrapping_sub(copied);
+        (*ev)._pad = 0;
     }
     entry.submit(wake_flags());
     Some(())

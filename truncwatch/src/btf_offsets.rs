@@ -44,6 +44,7 @@ pub fn load() -> Result<KernelLayout> {
         unix_address_name: f("unix_address", "name")?,
         tcp_write_seq: f("tcp_sock", "write_seq")?,
         tcp_snd_una: f("tcp_sock", "snd_una")?,
+        tcp_snd_nxt: f("tcp_sock", "snd_nxt")?,
         tcp_rcv_nxt: f("tcp_sock", "rcv_nxt")?,
         tcp_copied_seq: f("tcp_sock", "copied_seq")?,
         inet_sport: f("inet_sock", "inet_sport")?,

@@ -56,6 +56,7 @@ struct Conn {
 struct ResetFacts {
     meta: ConnMeta,
     unacked: u64,
+    unsent: u64,
     unread: u64,
 }
 
@@ -212,8 +213,9 @@ impl Correlator {
                     TCP_FIN_WAIT1 | TCP_LAST_ACK => Ending::Fin,
                     // Straight to CLOSE without FIN: this host reset it (close with unread
                     // data, SO_LINGER 0, abort).
+                    // What was never sent is dropped; what was in flight goes ahead of the reset.
                     TCP_CLOSE => Ending::HostReset {
-                        discarded: conn.reset.as_ref().map_or(0, |r| r.unacked),
+                        discarded: conn.reset.as_ref().map_or(0, |r| r.unsent),
                     },
                     TCP_CLOSE_WAIT => {
                         conn.peer.saw("fin", conn.sent);
@@ -251,11 +253,13 @@ impl Correlator {
                 ts_ns,
                 meta,
                 unacked,
+                unsent,
                 unread,
             } => {
                 let facts = ResetFacts {
                     meta,
                     unacked,
+                    unsent,
                     unread,
                 };
                 match self.conns.get_mut(&sk) {

@@ -136,9 +136,14 @@ impl Wire {
             facts,
         });
     }
-    /// This host resets the connection with `unacked` bytes not acknowledged (the kernel's
-    /// reset event, then the state change to CLOSE).
+    /// This host resets the connection with `unacked` bytes not acknowledged, none of them
+    /// sent yet (a stalled reader: the window is closed).
     fn host_reset(&mut self, unacked: u64) {
+        self.host_reset_in_flight(unacked, 0);
+    }
+    /// ... `in_flight` of them sent already (the kernel's reset event, then the state change
+    /// to CLOSE).
+    fn host_reset_in_flight(&mut self, unacked: u64, in_flight: u64) {
         if unacked > 0 {
             let ts_ns = self.ts;
             self.ev(Event::ResetDiscard {
@@ -146,6 +151,7 @@ impl Wire {
                 ts_ns,
                 meta: meta(Transport::Tcp),
                 unacked,
+                unsent: unacked - in_flight,
                 unread: 7,
             });
         }
@@ -393,6 +399,25 @@ fn reset_after_a_whole_response_is_its_reset_discard() {
     w.response(100, 100);
     w.host_reset(0);
     assert_eq!(w.kinds(), [Kind::Complete]);
+    // Bytes sent but not acknowledged yet go ahead of the reset: only the unsent are lost.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100_000, 100_000);
+    w.host_reset_in_flight(60_000, 20_000);
+    assert_eq!(w.kinds(), [Kind::ResetDiscard]);
+    let r = w.out[0].r();
+    assert_eq!(
+        (r.sent_bytes - r.delivered_bytes, w.out[0].unacked_bytes),
+        (40_000, Some(60_000))
+    );
+    // All of them sent: delivered whole.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(100, 100);
+    w.host_reset_in_flight(60, 60);
+    assert_eq!(w.kinds(), [Kind::Complete, Kind::ResetDiscard]);
+    assert!(
+        w.out[1].response.is_none(),
+        "a reset that dropped nothing of it"
+    );
 }
 
 /// A reset that drops bytes of no judged response (here: bytes after the last response's end
@@ -978,6 +1003,7 @@ fn reset_discard_is_connection_level_for_any_connection() {
             ts_ns: 9,
             meta: m.clone(),
             unacked: 4096,
+            unsent: 4000,
             unread: 31,
         },
         &mut out,
@@ -1000,6 +1026,7 @@ fn end_evidence_from_the_deciding_state_change() {
     w.response(1_000_000, 100);
     let facts = TcpFacts {
         unacked: 4000,
+        unsent: 0,
         unread: 0,
         peer_window: Some(0),
         rwnd_limited_jiffies: Some(500),

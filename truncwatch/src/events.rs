@@ -71,6 +71,9 @@ pub enum Event {
         ts_ns: u64,
         meta: ConnMeta,
         unacked: u64,
+        /// Of `unacked`, the bytes never sent on the wire: dropped for sure (the rest was in
+        /// flight, ahead of the reset).
+        unsent: u64,
         unread: u64,
     },
 }
@@ -103,6 +106,8 @@ impl Event {
 pub struct TcpFacts {
     /// Written bytes not yet acknowledged by the peer.
     pub unacked: u64,
+    /// Of those, the bytes not sent on the wire yet.
+    pub unsent: u64,
     /// Received bytes the application had not read.
     pub unread: u64,
     /// The peer's advertised window, bytes (0: zero window); None if unknown.
@@ -252,6 +257,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
             let known = |v: u32| (v != u32::MAX).then_some(u64::from(v));
             let facts = TcpFacts {
                 unacked: e.unacked.into(),
+                unsent: e.unsent.into(),
                 unread: e.unread.into(),
                 peer_window: known(e.snd_wnd),
                 rwnd_limited_jiffies: known(e.rwnd_limited),
@@ -274,6 +280,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 ts_ns: h.ts_ns,
                 meta,
                 unacked: e.unacked.into(),
+                unsent: e.unsent.into(),
                 unread: e.unread.into(),
             }
         }

@@ -324,6 +324,7 @@ fn random_event_streams_never_panic() {
                 ts_ns,
                 meta: meta(),
                 unacked: r.below(1 << 20),
+                unsent: r.below(1 << 20),
                 unread: r.below(100),
             },
         };
@@ -667,6 +668,7 @@ fn end_stream(
                     ts_ns: 0,
                     meta,
                     unacked,
+                    unsent: unacked,
                     unread: 1,
                 };
                 c.handle(ev, out);

@@ -61,7 +61,8 @@ pub enum Ending {
     /// holds.
     Fin,
     /// This host reset the connection (close with unread input, `SO_LINGER {1, 0}`): the
-    /// `discarded` written bytes the peer had not acknowledged are dropped.
+    /// `discarded` written bytes it had not sent yet are dropped (those in flight still
+    /// reach the peer, ahead of the reset).
     HostReset { discarded: u64 },
     /// The peer reset it: it gets nothing it had not acknowledged.
     PeerReset,

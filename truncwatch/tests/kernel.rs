@@ -282,9 +282,9 @@ fn reset_discard(mode: &str, unread: u64) {
         u(&client["received_bytes"]),
         "{r} {client}"
     );
-    assert_eq!(
-        u(&r["unacked_bytes"]),
-        expected - u(&client["received_bytes"]),
+    // Unacknowledged: what the client never got, and what was in flight ahead of the reset.
+    assert!(
+        u(&r["unacked_bytes"]) >= expected - u(&client["received_bytes"]),
         "{r}"
     );
     assert_eq!(u(&r["evidence"]["unread_bytes"]), unread);

@@ -90,8 +90,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// The verdicts the agent must give about the responses behind these client lines (from the
-/// server at `local`), in order:
+/// The verdict the agent must give about the response behind each of these client lines (from
+/// the server at `local`), if any:
 /// - an answer read whole (`end: complete`): `complete` (an interim `100 Continue` before it
 ///   belongs to its exchange and is not judged; `received_bytes` are the final answer's);
 /// - the client closed before the end (`end: closed`), over TCP: with bytes left unread
@@ -104,21 +104,22 @@ pub const SCENARIOS: &[Scenario] = &[
 ///   nothing; the answers the server did send were each `complete`.
 ///
 /// Never `short_write`, `reset_discard` or `desync`.
-pub fn expected_verdicts(local: &str, lines: &[Value]) -> Vec<&'static str> {
+pub fn expected_verdicts(local: &str, lines: &[Value]) -> Vec<Option<&'static str>> {
     let unix = local.starts_with('/') || local.starts_with('@');
-    let mut out = Vec::new();
-    for l in lines {
-        let unread = l["unread_at_close"].as_u64().unwrap_or(0) > 0;
-        match l["end"].as_str() {
-            Some("complete") => out.push("complete"),
-            Some("closed") if unix => out.push("peer_closed"),
-            Some("closed") if l["client"] == "curl" || unread => out.push("peer_reset"),
-            Some("closed") => out.push("peer_closed"),
-            _ if l["head_bytes"] == 0 => {}
-            other => panic!("no expectation for a response that ended {other:?}: {l}"),
-        }
-    }
-    out
+    lines
+        .iter()
+        .map(|l| {
+            let unread = l["unread_at_close"].as_u64().unwrap_or(0) > 0;
+            match l["end"].as_str() {
+                Some("complete") => Some("complete"),
+                Some("closed") if unix => Some("peer_closed"),
+                Some("closed") if l["client"] == "curl" || unread => Some("peer_reset"),
+                Some("closed") => Some("peer_closed"),
+                _ if l["head_bytes"] == 0 => None,
+                other => panic!("no expectation for a response that ended {other:?}: {l}"),
+            }
+        })
+        .collect()
 }
 
 // ---- Headers ------------------------------------------------------------------------------
