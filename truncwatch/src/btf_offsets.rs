@@ -208,12 +208,11 @@ mod tests {
                 if n == name {
                     return Some((m.bit_offset(), t));
                 }
-                if n.is_empty() {
-                    if let Type::Struct(s) | Type::Union(s) = &t {
-                        if let Some((o, t)) = find(btf, s, name, resolve) {
-                            return Some((m.bit_offset() + o, t));
-                        }
-                    }
+                if n.is_empty()
+                    && let Type::Struct(s) | Type::Union(s) = &t
+                    && let Some((o, t)) = find(btf, s, name, resolve)
+                {
+                    return Some((m.bit_offset() + o, t));
                 }
             }
             None

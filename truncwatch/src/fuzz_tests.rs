@@ -284,7 +284,8 @@ fn random_event_streams_never_panic() {
                 let head = r.chance(30).then(|| r.pick(&heads)[..].to_vec());
                 let ret = r.below(100_000) as i64 - if r.chance(10) { 100_011 } else { 0 };
                 let tails: [&[u8]; 4] = [b"", b"\r\n0\r\n\r\n", b"\r\n\r\n", b"abc"];
-                let tail = Tail::new(*r.pick(&tails));
+                let tail: &[u8] = tails[r.below(tails.len() as u64) as usize];
+                let tail = Tail::new(tail);
                 Event::Send(SendFacts {
                     sk,
                     ts_ns,

@@ -33,9 +33,9 @@ enum Cmd {
 #[derive(Subcommand)]
 enum LabCmd {
     /// An HTTP/1 server that can end responses early.
-    Serve(lab::ServeArgs),
+    Serve(Box<lab::ServeArgs>),
     /// A client that reads slowly and prints what it received.
-    Fetch(lab::FetchArgs),
+    Fetch(Box<lab::FetchArgs>),
 }
 
 fn main() -> Result<()> {

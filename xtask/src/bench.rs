@@ -478,9 +478,12 @@ fn agent_facts(pid: u32) -> AgentFacts {
     }
 }
 
+/// A program's (name, total run time in ns, runs).
+type ProgRuns = (String, f64, f64);
+
 /// (program name, total run time in ns, runs) for truncwatch's programs, from bpftool; and
 /// (total run time, runs) of the empty bpftrace program, if it runs.
-fn prog_stats() -> (Vec<(String, f64, f64)>, (f64, f64)) {
+fn prog_stats() -> (Vec<ProgRuns>, (f64, f64)) {
     let Ok(out) = Command::new("bpftool")
         .args(["-j", "prog", "show"])
         .output()
