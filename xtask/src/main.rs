@@ -130,6 +130,7 @@ fn build() -> Result<String> {
 
 fn test(args: &[String]) -> Result<()> {
     setup::ensure(setup::Need::Test)?;
+    shape()?;
     if !setup::is_root() {
         step("not root: the kernel tests will skip (run as root, or with sudo, to include them)");
     }
@@ -176,6 +177,35 @@ fn test(args: &[String]) -> Result<()> {
         );
         setup::ensure(setup::Need::Vm)?;
         vm::run(&build()?, &workspace_root()?)?;
+    }
+    Ok(())
+}
+
+/// The code's shape, as every Rust reader expects it: `cargo fmt --check`, then clippy with
+/// warnings as errors (the host crates; the eBPF crate's build warns on its own).
+fn shape() -> Result<()> {
+    step("checking the code's shape (cargo fmt --check, cargo clippy -D warnings)");
+    if !cargo()
+        .args(["fmt", "--all", "--", "--check"])
+        .status()?
+        .success()
+    {
+        bail!("cargo fmt --check: the code is not formatted; run `cargo fmt --all`");
+    }
+    let clippy = cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "truncwatch-ebpf",
+            "--all-targets",
+        ])
+        .args(["--", "-D", "warnings"])
+        // The eBPF object is not needed to check the agent's code.
+        .env("AYA_BUILD_SKIP", "1")
+        .status()?;
+    if !clippy.success() {
+        bail!("cargo clippy found warnings (above)");
     }
     Ok(())
 }

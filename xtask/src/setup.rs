@@ -44,6 +44,9 @@ pub fn ensure(need: Need) -> Result<()> {
         if !have("node", &["--version"]) {
             pkgs.push("nodejs"); // another one, for the scenario matrix
         }
+        // The scenario matrix's other real servers and clients (truncwatch/tests/support/
+        // servers.rs and healthy.rs say which scenario needs which).
+        pkgs.extend(SCENARIO_PACKAGES);
         pkgs.push("prometheus"); // promtool: checks and unit-tests the alert rules in deploy/
         pkgs.push("bpftool"); // the fault tests check that no program outlives a killed agent
     }
@@ -93,6 +96,24 @@ pub fn ensure(need: Need) -> Result<()> {
     Ok(())
 }
 
+/// Debian packages of the scenario matrix's servers and clients.
+const SCENARIO_PACKAGES: &[&str] = &[
+    "gunicorn",
+    "python3-gunicorn",
+    "uwsgi",
+    "uwsgi-plugin-python3",
+    "python3-uvicorn",
+    "python3-aiohttp",
+    "haproxy",
+    "lighttpd",
+    "apache2",
+    "curl",
+];
+
+/// Debian's policy hook: while it answers 101, installing a server does not start it (the
+/// tests start their own, on ports of their own).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
 fn apt_install(pkgs: &[&str]) -> Result<()> {
     let missing: Vec<&str> = pkgs
         .iter()
@@ -119,7 +140,22 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     run(&mut apt(&["update", "-q"]))?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
-    run(&mut apt(&args))
+    // Servers installed for the tests must not start as system services (they would take
+    // ports 80 and 443, and lighttpd's and Apache's would fight over them).
+    let policy = is_root() && !std::path::Path::new(POLICY_RC_D).exists();
+    if policy {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# truncwatch's xtask: no service starts\nexit 101\n",
+        )?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = run(&mut apt(&args));
+    if policy {
+        let _ = std::fs::remove_file(POLICY_RC_D);
+    }
+    installed
 }
 
 /// (what to probe for, the requirement to install): a Python module, or a command.

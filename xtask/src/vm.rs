@@ -52,7 +52,10 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let boot = kernel(&dir)?;
     let (vmlinuz, config) = kernel_files(&boot)?;
     check_config(&config)?;
-    let tests = kernel_test_binary()?;
+    let tests = SUITES
+        .iter()
+        .map(|suite| kernel_test_binary(suite).map(|bin| (*suite, bin)))
+        .collect::<Result<Vec<_>>>()?;
     let initrd = initramfs(agent_bin, &tests, &dir)?;
     let log = dir.join("console.log");
     let console = boot_guest(&vmlinuz, &initrd, &log)?;
@@ -183,7 +186,11 @@ fn check_config(config: &Path) -> Result<()> {
 
 /// A fresh `target/vm/initramfs.cpio` (newc, uncompressed: gunzip under TCG costs seconds):
 /// busybox-static with its applets, the agent, its shared libraries, and `/init`.
-fn initramfs(agent_bin: &str, tests: &Path, dir: &Path) -> Result<PathBuf> {
+/// The integration test suites run in the guest (`truncwatch/tests/<name>.rs`): the kernel
+/// tests, and heads of every size.
+const SUITES: [&str; 2] = ["kernel", "heads"];
+
+fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path) -> Result<PathBuf> {
     let tree = dir.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
     for d in ["bin", "dev", "proc", "sys", "tmp", "run"] {
@@ -196,10 +203,12 @@ fn initramfs(agent_bin: &str, tests: &Path, dir: &Path) -> Result<PathBuf> {
     let at_build_path = tree.join(agent_bin.trim_start_matches('/'));
     fs::create_dir_all(at_build_path.parent().context("agent path")?)?;
     fs::hard_link(tree.join("bin/truncwatch"), &at_build_path)?;
-    fs::copy(tests, tree.join("bin/kernel-tests"))
-        .with_context(|| format!("copying {}", tests.display()))?;
     let mut libs = shared_libs(agent_bin)?;
-    libs.extend(shared_libs(&tests.to_string_lossy())?);
+    for (suite, bin) in tests {
+        fs::copy(bin, tree.join(format!("bin/{suite}-tests")))
+            .with_context(|| format!("copying {}", bin.display()))?;
+        libs.extend(shared_libs(&bin.to_string_lossy())?);
+    }
     libs.sort();
     libs.dedup();
     for lib in libs {
@@ -241,8 +250,10 @@ fn install_busybox(tree: &Path) -> Result<()> {
 }
 
 /// The kernel integration tests (`truncwatch/tests/kernel.rs`), built, and where cargo put them.
-fn kernel_test_binary() -> Result<PathBuf> {
-    step("building the kernel integration tests (cargo test --no-run) to run them in the guest");
+fn kernel_test_binary(suite: &str) -> Result<PathBuf> {
+    step(&format!(
+        "building the {suite} integration tests (cargo test --no-run) to run them in the guest"
+    ));
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
             "test",
@@ -250,25 +261,27 @@ fn kernel_test_binary() -> Result<PathBuf> {
             "--package",
             "truncwatch",
             "--test",
-            "kernel",
+            suite,
             "--no-run",
             "--message-format=json",
         ])
         .stderr(Stdio::inherit())
         .output()?;
     if !out.status.success() {
-        bail!("building the kernel tests failed");
+        bail!("building the {suite} tests failed");
     }
     // One JSON object per line; the test target's artifact names its executable.
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("\"kind\":[\"test\"]") && l.contains("\"name\":\"kernel\""))
+        .filter(|l| {
+            l.contains("\"kind\":[\"test\"]") && l.contains(&format!("\"name\":\"{suite}\""))
+        })
         .find_map(|l| {
             Some(PathBuf::from(
                 l.split("\"executable\":\"").nth(1)?.split('"').next()?,
             ))
         })
-        .context("cargo did not say where the kernel tests were built")
+        .with_context(|| format!("cargo did not say where the {suite} tests were built"))
 }
 
 /// What the dynamic agent binary loads: each `=> /path` of ldd, and the loader itself.
@@ -330,6 +343,7 @@ for b in {backends}; do
     # CI=true: the suite never skips.
     limit={TESTS_TIMEOUT_S}
     vmtest $b-kernel-tests env CI=true /bin/kernel-tests --test-threads=1 {test_args}
+    vmtest $b-heads-tests env CI=true /bin/heads-tests --test-threads=1 {test_args}
 done
 echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
 poweroff -f
