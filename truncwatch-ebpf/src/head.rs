@@ -71,9 +71,28 @@ pub fn head_goes_on(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, 
         (*args).vlen = call.vlen;
         (*args).offset = offset;
         (*args).send_end = send_end(offset, ret, call);
+        (*args).sk = sk as u64;
     }
-    more(sk, st, buf);
+    truncwatch_head_more(st);
 }
+
+/// `more`, as a BPF global function: the verifier checks it once, on its own, whatever the
+/// paths that lead to it (a static function is checked again for each way in, and those
+/// were enough to reach the verifier's limit). Its arguments must be scalars or pointers to
+/// memory of a known size: the rest comes through this CPU's piece buffer.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn truncwatch_head_more(st: *mut SockState) -> u32 {
+    if st.is_null() {
+        return 0;
+    }
+    let Some(buf) = piece_buf() else { return 0 };
+    more(unsafe { &mut *st }, buf);
+    0
+}
+
+/// Bytes of a piece looked at for the head's end.
+const PIECE_SCAN: usize = 2048;
 
 /// What `more` gathers from, kept after the bytes in the piece buffer.
 #[repr(C)]
@@ -85,6 +104,8 @@ struct GatherArgs {
     /// Stream offset of the send's first byte, and one past its last offered byte.
     offset: u64,
     send_end: u64,
+    /// The socket (its address, for the event).
+    sk: u64,
 }
 
 #[inline(always)]
@@ -185,7 +206,7 @@ fn head(
     } else if n >= 4 && ends_blank(cap, n) {
         ENDED
     } else {
-        blank_line::<{ HEAD_CAP / 8 }>(cap, n, 0)
+        truncwatch_head_end(cap.cast(), n)
     };
     entry.submit(wake_flags());
     // The head goes on past the capture (in this send's later bytes, or the next sends): the
@@ -201,6 +222,17 @@ fn head(
     true
 }
 
+/// `blank_line` over a head event's capture, as a BPF global function: checked once by the
+/// verifier, not once for every way a send comes to it.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn truncwatch_head_end(cap: *const [u8; HEAD_CAP], n: u32) -> u32 {
+    if cap.is_null() {
+        return ENDED;
+    }
+    blank_line::<{ HEAD_CAP / 8 }>(cap.cast(), n.min(HEAD_CAP as u32), 0)
+}
+
 /// More of a head that has not ended yet (`st.head_more` bytes of it may still be captured):
 /// gather the send's bytes from data position `st.head_skip` on into this CPU's piece buffer
 /// `buf`, send them as a `HeadPiece`, and leave `st.head_more` set if the head goes on in the
@@ -210,7 +242,7 @@ fn head(
 /// values just stored, and with them all the verifier knew of them), and sizes are masked
 /// below `HEAD_CAP` and `MAX_HEAD_LIMIT`, which shows the verifier their bounds.
 #[inline(always)]
-fn more(sk: *mut c_void, st: &mut SockState, buf: *mut [u8; PIECE_BUF]) {
+fn more(st: &mut SockState, buf: *mut [u8; PIECE_BUF]) {
     let skip = reload(&st.head_skip) as u64 & (2 * HEAD_CAP as u64 - 1);
     let budget = reload(&st.head_more) as u64 & (MAX_HEAD_LIMIT as u64 - 1);
     let carry = reload(&st.flags) & (FLAG_HEAD_LF | FLAG_HEAD_LFCR);
@@ -218,6 +250,7 @@ fn more(sk: *mut c_void, st: &mut SockState, buf: *mut [u8; PIECE_BUF]) {
     st.flags &= !(FLAG_HEAD_LF | FLAG_HEAD_LFCR);
     let args = gather_args(buf);
     let (offset, send_end) = unsafe { (reload(&(*args).offset), reload(&(*args).send_end)) };
+    let sk = unsafe { reload(&(*args).sk) } as *mut c_void;
     if offset + skip >= send_end {
         // Nothing after the head event's capture in this send: on in the next one.
         st.head_more = budget as u32;
@@ -230,7 +263,10 @@ fn more(sk: *mut c_void, st: &mut SockState, buf: *mut [u8; PIECE_BUF]) {
     if got == 0 {
         return; // unreadable: the agent finds the head unfinished (unparsed)
     }
-    let found = blank_line::<{ MAX_HEAD_LIMIT / 8 }>(bytes, got as u32, carry);
+    // Only the piece's first `PIECE_SCAN` bytes are looked at (each 64 bytes cost the
+    // verifier some 650 instructions): a head whose end lies further is taken to go on, and
+    // the next sends are gathered up to the bound, for the agent to find the end.
+    let found = blank_line::<{ PIECE_SCAN / 8 }>(bytes, got as u32, carry);
     let offset = offset + skip;
     // All that was gathered goes out (the head's end and maybe some body: the agent parses no
     // further than the end). Trimming it at the end found would make the verifier follow
@@ -378,15 +414,28 @@ fn blank_line<const WORDS: usize>(p: *const u8, n: u32, carry: u32) -> u32 {
     let mut block = 0usize;
     while block < blocks {
         let (mut pairs, mut lfs) = (0u64, 0u64);
-        for k in 0..8 {
-            let w = unsafe { core::ptr::read(p.add((block * 8 + k) * 8).cast::<u64>()) };
-            let (lf, cr) = (eq(w, b'\n'), eq(w, b'\r'));
-            // Top bit of byte `b` set where byte `b - 1` is `\n`.
-            let after_lf = (lf << 8) | (lf_in << 7);
-            pairs |= movemask(cr & after_lf) << (8 * k);
-            lfs |= movemask(lf) << (8 * k);
-            lf_in = lf >> 63;
+        let words = unsafe { core::ptr::read(p.add(block * 64).cast::<[u64; 8]>()) };
+        // Eight words in straight code (a loop here, which LLVM keeps, would cost the
+        // verifier eight states a block).
+        macro_rules! word {
+            ($k:literal) => {
+                let w = words[$k];
+                let (lf, cr) = (eq(w, b'\n'), eq(w, b'\r'));
+                // Top bit of byte `b` set where byte `b - 1` is `\n`.
+                let after_lf = (lf << 8) | (lf_in << 7);
+                pairs |= movemask(cr & after_lf) << (8 * $k);
+                lfs |= movemask(lf) << (8 * $k);
+                lf_in = lf >> 63;
+            };
         }
+        word!(0);
+        word!(1);
+        word!(2);
+        word!(3);
+        word!(4);
+        word!(5);
+        word!(6);
+        word!(7);
         let left = n - block as u32 * 64; // bytes of the block before `n` (1..)
         // A `\r` after a `\n` with the blank line's `\n` after it; or at the very end.
         if pairs & valid(left - 1) != 0 {

@@ -24,7 +24,7 @@ const SLOW: &[&str] = &[
 /// Head sizes: what a typical site sends with cookies and security headers, and one over 8 KB.
 const SIZES: [usize; 2] = [1300, 9000];
 /// How the server hands its head over (and the largest head size to try it with: one iovec
-/// per word takes some 170 iovecs for 1.3 KB; the kernel gathers up to 256).
+/// per word takes some 90 iovecs for 1.3 KB; the kernel gathers from up to 128).
 const LAYOUTS: &[(&str, &[&str], usize)] = &[
     (
         "with the body in one write",
