@@ -10,6 +10,12 @@ use std::{env, fs, path::PathBuf, process::Command};
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo:rerun-if-env-changed=TRUNCWATCH_EBPF_TOOLCHAIN");
+    // The programs are built from truncwatch-ebpf (aya-build watches it) and the shared types:
+    // a change to those alone must rebuild the object too.
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../truncwatch-common/src")
+    );
     let out = PathBuf::from(env::var("OUT_DIR")?).join("truncwatch");
     if env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         fs::write(&out, [])?;
