@@ -261,7 +261,7 @@ pub struct HeadPiece {
 /// each copy by its largest offset plus its largest length).
 /// After them, `PIECE_ARGS` bytes for the kernel's own use (what the piece is gathered from).
 pub const PIECE_BUF: usize = core::mem::size_of::<HeadPiece>() + 2 * MAX_HEAD_LIMIT + PIECE_ARGS;
-pub const PIECE_ARGS: usize = 64;
+pub const PIECE_ARGS: usize = 128;
 
 /// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer.
 #[repr(C)]

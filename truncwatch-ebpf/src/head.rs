@@ -73,22 +73,35 @@ pub fn head_goes_on(sk: *mut c_void, st: &mut SockState, offset: u64, ret: i32, 
         (*args).send_end = send_end(offset, ret, call);
         (*args).sk = sk as u64;
     }
-    truncwatch_head_more(st);
+    // Two calls, each from here: a call inside a call would add up their stacks, and older
+    // verifiers (6.1) count every frame of a chain against 512 bytes.
+    let got = truncwatch_head_gather(st);
+    if got != 0 {
+        piece_end(st, got);
+    }
 }
 
-/// `more`, as a BPF global function: the verifier checks it once, on its own, whatever the
-/// paths that lead to it (a static function is checked again for each way in, and those
+/// `gather_piece`, as a BPF global function: the verifier checks it once, on its own, whatever
+/// the paths that lead to it (a static function is checked again for each way in, and those
 /// were enough to reach the verifier's limit). Its arguments must be scalars or pointers to
 /// memory of a known size: the rest comes through this CPU's piece buffer.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn truncwatch_head_more(st: *mut SockState) -> u32 {
-    if st.is_null() {
-        return 0;
+pub extern "C" fn truncwatch_head_gather(st: *mut SockState) -> u32 {
+    match (unsafe { st.as_mut() }, piece_buf()) {
+        (Some(st), Some(buf)) => gather_piece(st, buf),
+        _ => 0,
     }
-    let Some(buf) = piece_buf() else { return 0 };
-    more(unsafe { &mut *st }, buf);
-    0
+}
+
+/// `blank_line` over the first `n` bytes of the piece in this CPU's buffer (`carry`: what the
+/// bytes before them ended with), as a BPF global function (see `truncwatch_head_gather`).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn truncwatch_piece_scan(n: u32, carry: u32) -> u32 {
+    let Some(buf) = piece_buf() else { return ENDED };
+    let bytes = unsafe { buf.cast::<u8>().add(core::mem::size_of::<HeadPiece>()) };
+    blank_line::<{ PIECE_SCAN / 8 }>(bytes, n & (MAX_HEAD_LIMIT as u32 - 1), carry)
 }
 
 /// Bytes of a piece looked at for the head's end.
@@ -235,38 +248,31 @@ pub extern "C" fn truncwatch_head_end(cap: *const [u8; HEAD_CAP], n: u32) -> u32
 
 /// More of a head that has not ended yet (`st.head_more` bytes of it may still be captured):
 /// gather the send's bytes from data position `st.head_skip` on into this CPU's piece buffer
-/// `buf`, send them as a `HeadPiece`, and leave `st.head_more` set if the head goes on in the
-/// next send. The send is described by the buffer's `GatherArgs`.
+/// `buf` and send them as a `HeadPiece`. Returns how many (`| WHOLE` if they were all the
+/// send's, not cut by the budget or an unreadable buffer), for `piece_end` to look at; 0 if
+/// none (then `st.head_more` says whether the head goes on in the next send). The send is
+/// described by the buffer's `GatherArgs`.
 ///
 /// Everything comes from memory, loaded afresh (volatile: LLVM would otherwise hand over the
 /// values just stored, and with them all the verifier knew of them), and sizes are masked
 /// below `HEAD_CAP` and `MAX_HEAD_LIMIT`, which shows the verifier their bounds.
 #[inline(always)]
-fn more(st: &mut SockState, buf: *mut [u8; PIECE_BUF]) {
+fn gather_piece(st: &mut SockState, buf: *mut [u8; PIECE_BUF]) -> u32 {
     let skip = reload(&st.head_skip) as u64 & (2 * HEAD_CAP as u64 - 1);
     let budget = reload(&st.head_more) as u64 & (MAX_HEAD_LIMIT as u64 - 1);
-    let carry = reload(&st.flags) & (FLAG_HEAD_LF | FLAG_HEAD_LFCR);
-    st.head_more = 0;
-    st.flags &= !(FLAG_HEAD_LF | FLAG_HEAD_LFCR);
     let args = gather_args(buf);
     let (offset, send_end) = unsafe { (reload(&(*args).offset), reload(&(*args).send_end)) };
     let sk = unsafe { reload(&(*args).sk) } as *mut c_void;
     if offset + skip >= send_end {
-        // Nothing after the head event's capture in this send: on in the next one.
-        st.head_more = budget as u32;
-        st.flags |= carry;
-        return;
+        return 0; // nothing after the head event's capture in this send: on in the next one
     }
     let piece = buf.cast::<HeadPiece>();
     let bytes = unsafe { buf.cast::<u8>().add(core::mem::size_of::<HeadPiece>()) };
     let got = gather(args, skip, budget, piece, bytes);
     if got == 0 {
-        return; // unreadable: the agent finds the head unfinished (unparsed)
+        st.head_more = 0; // unreadable: the agent finds the head unfinished (unparsed)
+        return 0;
     }
-    // Only the piece's first `PIECE_SCAN` bytes are looked at (each 64 bytes cost the
-    // verifier some 650 instructions): a head whose end lies further is taken to go on, and
-    // the next sends are gathered up to the bound, for the agent to find the end.
-    let found = blank_line::<{ PIECE_SCAN / 8 }>(bytes, got as u32, carry);
     let offset = offset + skip;
     // All that was gathered goes out (the head's end and maybe some body: the agent parses no
     // further than the end). Trimming it at the end found would make the verifier follow
@@ -283,12 +289,33 @@ fn more(st: &mut SockState, buf: *mut [u8; PIECE_BUF]) {
     if unsafe { bpf_ringbuf_output(map, buf.cast(), size, wake_flags()) } != 0 {
         count_lost(LOST_RINGBUF_FULL);
         st.flags |= FLAG_EVENTS_LOST;
-        return;
+        st.head_more = 0;
+        return 0;
     }
-    // Not ended, and every byte of this send was gathered (not cut by the budget or an
-    // unreadable buffer): it goes on in the next send.
-    if found & ENDED == 0 && got < budget && offset + got >= send_end {
-        st.head_more = (budget - got) as u32;
+    let whole = got < budget && offset + got >= send_end;
+    got as u32 | if whole { WHOLE } else { 0 }
+}
+
+/// `gather_piece`'s answer: the bytes gathered were all of the send's.
+const WHOLE: u32 = 1 << 31;
+
+/// After `gather_piece` sent a piece (`got`, its answer): does the head end in it? If not,
+/// and the piece was all of its send, the head goes on in the next send (`st.head_more`, the
+/// budget left); otherwise no more of it is gathered.
+///
+/// Only the piece's first `PIECE_SCAN` bytes are looked at (each 64 bytes cost the verifier
+/// some 650 instructions): a head whose end lies further is taken to go on, and the next sends
+/// are gathered up to the bound, for the agent to find the end.
+#[inline(always)]
+fn piece_end(st: &mut SockState, got: u32) {
+    let budget = reload(&st.head_more) & (MAX_HEAD_LIMIT as u32 - 1);
+    let carry = reload(&st.flags) & (FLAG_HEAD_LF | FLAG_HEAD_LFCR);
+    st.head_more = 0;
+    st.flags &= !(FLAG_HEAD_LF | FLAG_HEAD_LFCR);
+    let n = got & (MAX_HEAD_LIMIT as u32 - 1);
+    let found = truncwatch_piece_scan(n, carry);
+    if found & ENDED == 0 && got & WHOLE != 0 && n < budget {
+        st.head_more = budget - n;
         st.flags |= carry_flags(found);
     }
 }
@@ -326,8 +353,10 @@ fn gather(
             let from = if skip > seen { skip - seen } else { 0 };
             let room = max - pos;
             let want = len - from;
-            // Below MAX_HEAD_LIMIT already: the mask changes nothing but what the verifier knows.
-            let n = (if want > room { room } else { want }) & MASK;
+            // Below MAX_HEAD_LIMIT already; the mask shows it to the verifier (on a value LLVM
+            // cannot see through: it would drop the mask as redundant, and 6.1's verifier does
+            // not follow the bound through the comparison).
+            let n = opaque(if want > room { room } else { want }) & MASK;
             let at = unsafe { dst.add(pos as usize) };
             if unsafe { bpf_probe_read_user(at.cast(), n as u32, (base + from) as *const c_void) }
                 != 0
@@ -413,18 +442,17 @@ fn blank_line<const WORDS: usize>(p: *const u8, n: u32, carry: u32) -> u32 {
     let mut found = 0;
     let mut block = 0usize;
     while block < blocks {
-        let (mut pairs, mut lfs) = (0u64, 0u64);
-        let words = unsafe { core::ptr::read(p.add(block * 64).cast::<[u64; 8]>()) };
+        let mut pairs = 0u64;
         // Eight words in straight code (a loop here, which LLVM keeps, would cost the
-        // verifier eight states a block).
+        // verifier eight states a block), each loaded where it is used (a copy of the block
+        // would take stack, of which a call chain has 512 bytes in all).
         macro_rules! word {
             ($k:literal) => {
-                let w = words[$k];
+                let w = unsafe { core::ptr::read(p.add(block * 64 + 8 * $k).cast::<u64>()) };
                 let (lf, cr) = (eq(w, b'\n'), eq(w, b'\r'));
                 // Top bit of byte `b` set where byte `b - 1` is `\n`.
                 let after_lf = (lf << 8) | (lf_in << 7);
                 pairs |= movemask(cr & after_lf) << (8 * $k);
-                lfs |= movemask(lf) << (8 * $k);
                 lf_in = lf >> 63;
             };
         }
@@ -445,7 +473,7 @@ fn blank_line<const WORDS: usize>(p: *const u8, n: u32, carry: u32) -> u32 {
         if block + 1 >= blocks {
             found = if pairs & valid(left) != 0 {
                 ENDS_LFCR
-            } else if left <= 64 && (lfs >> (left - 1)) & 1 != 0 {
+            } else if left <= 64 && last_byte(p, n, WORDS) == b'\n' {
                 ENDS_LF
             } else {
                 0
@@ -455,6 +483,13 @@ fn blank_line<const WORDS: usize>(p: *const u8, n: u32, carry: u32) -> u32 {
         block += 1;
     }
     found
+}
+
+/// `p[n - 1]` (`n` in 1..=`words` * 8).
+#[inline(always)]
+fn last_byte(p: *const u8, n: u32, words: usize) -> u8 {
+    let at = (n.wrapping_sub(1) as usize).min(words * 8 - 1);
+    unsafe { *p.add(at) }
 }
 
 /// The bits of the first `n` bytes of a block.
