@@ -249,18 +249,31 @@ pub fn unix_send_begins(sock: u64) {
 /// ... and returns `ret`: account it as the other backends do.
 #[inline(always)]
 pub fn unix_send_returns(ret: i32) {
-    let task = bpf_get_current_pid_tgid();
-    let Some(sk) = (unsafe { PROBE_SENDING.get(task) }).copied() else {
+    let sk = sending_sk();
+    if sk.is_null() {
         return;
-    };
-    let _ = PROBE_SENDING.remove(task);
-    let sk = sk as *mut c_void;
+    }
     if let Some(ps) = ProbeStore::sock(sk, false)
         && ps.inflight > 0
     {
         ps.inflight -= 1;
     }
     crate::send::on_send::<ProbeStore>(sk, ret);
+}
+
+/// The socket this task's Unix stream send began on (null if none was seen), forgotten.
+///
+/// Not inlined, so that its map key's stack slot is not in the program's frame: on 6.1 the
+/// program's frame and the head functions' it calls may not pass 512 bytes together (see
+/// `head::truncwatch_head_gather`).
+#[inline(never)]
+fn sending_sk() -> *mut c_void {
+    let task = bpf_get_current_pid_tgid();
+    let Some(sk) = (unsafe { PROBE_SENDING.get(task) }).copied() else {
+        return core::ptr::null_mut();
+    };
+    let _ = PROBE_SENDING.remove(task);
+    sk as *mut c_void
 }
 
 /// A Unix stream read begins (`unix_stream_recvmsg(sock, msg, size, flags)`)...

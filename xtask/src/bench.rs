@@ -29,14 +29,24 @@ enum Variant {
     /// every BPF program run two clock reads, so these rounds are slower than `Agent`.
     AgentStats,
     Floor,
+    /// Another build of the agent (`--before`, e.g. the previous main), stats off: the A/B
+    /// for a change, in the same rounds.
+    Before,
 }
 
-const VARIANTS: [Variant; 4] = [
-    Variant::Baseline,
-    Variant::Agent,
-    Variant::AgentStats,
-    Variant::Floor,
-];
+/// The variants of a run: `Before` only when a binary for it was given.
+fn variants(before: Option<&str>) -> Vec<Variant> {
+    let mut v = vec![
+        Variant::Baseline,
+        Variant::Agent,
+        Variant::AgentStats,
+        Variant::Floor,
+    ];
+    if before.is_some() {
+        v.push(Variant::Before);
+    }
+    v
+}
 
 impl Variant {
     fn name(self) -> &'static str {
@@ -45,6 +55,7 @@ impl Variant {
             Variant::Agent => "truncwatch",
             Variant::AgentStats => "truncwatch, BPF stats on",
             Variant::Floor => "floor (bpftrace sum)",
+            Variant::Before => "truncwatch, `--before` build",
         }
     }
 }
@@ -61,8 +72,8 @@ struct AgentFacts {
     lost: u64,
     /// (program, total run time in ns, runs) during the round's workload.
     progs: Vec<(String, f64, f64)>,
-    /// The nginx file served in this round ("" for the send microbenchmark).
-    workload: &'static str,
+    /// The nginx workload of this round (`workload_name`; "" for the send microbenchmark).
+    workload: String,
     /// BPF stats were on (`progs` is filled).
     stats: bool,
     /// The empty program's (total run time in ns, runs) in the same round, stats on.
@@ -76,7 +87,19 @@ impl AgentFacts {
     }
 }
 
-pub fn run(agent_bin: &str, root: &str) -> Result<()> {
+/// Response heads the nginx rows are served with: (name in the URL, bytes added to nginx's own
+/// head of about 230, the rows' label). Surveys put the average response head at 1-2 KB, proxied application
+/// heads commonly at 4-8 KB and more (issue 13): the 1.3 KiB and 9 KiB heads take the
+/// programs' gathering of a head past its first 512-byte capture.
+const HEADS: [(&str, usize, &str); 3] = [
+    ("", 0, ""),
+    ("h1300", 1100, "1.3 KiB head"),
+    ("h9000", 8800, "9 KiB head"),
+];
+
+/// `--before BIN`: also run this agent binary in the same rounds.
+pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
+    let variants = variants(before);
     let tmp = std::env::temp_dir().join("truncwatch-bench");
     std::fs::create_dir_all(tmp.join("www"))?;
     std::fs::write(tmp.join("www/1k.bin"), vec![b'a'; 1024])?;
@@ -84,6 +107,20 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     mount_tracefs()?;
     let port = 18800;
     let _nginx = start_nginx(&tmp, port)?;
+    let mut head_sizes = vec![];
+    for (name, _, _) in HEADS {
+        let path = if name.is_empty() {
+            String::new()
+        } else {
+            format!("{name}/")
+        };
+        head_sizes.push(head_size(port, &format!("/{path}1k.bin"))?);
+    }
+    let heads_served = format!(
+        "Response heads as nginx sends them: {} bytes (its own), {} and {} bytes (with security headers and cookies added).",
+        head_sizes[0], head_sizes[1], head_sizes[2]
+    );
+    step(&heads_served);
     let mut report = String::new();
     let machine = machine();
     writeln!(
@@ -95,6 +132,15 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         report,
         "## nginx over keep-alive, loopback (`wrk -t1 -c32 -d{WRK_SECONDS}s --latency`; over nginx's Unix socket, the bench's own client: {UNIX_CONNS} keep-alive connections on one thread each, {WRK_SECONDS} s)\n"
     )?;
+    writeln!(report, "{heads_served}")?;
+    if let Some(b) = before {
+        writeln!(
+            report,
+            "The `--before` build: `{b}`, run in the same rounds (stats off).\n"
+        )?;
+    } else {
+        writeln!(report)?;
+    }
     writeln!(
         report,
         "| response | variant | requests/s | ratio to no agent | p99 latency |"
@@ -102,14 +148,26 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     writeln!(report, "|---|---|---|---|---|")?;
     let mut agent_rounds: Vec<AgentFacts> = Vec::new();
     let sock = tmp.join("nginx.sock");
-    for (file, transport) in [("1k.bin", "tcp"), ("64k.bin", "tcp"), ("1k.bin", "unix")] {
-        let url = format!("http://127.0.0.1:{port}/{file}");
-        let mut rps: [Vec<f64>; 4] = Default::default();
-        let mut p99: [Vec<f64>; 4] = Default::default();
+    let workloads = [
+        ("1k.bin", "tcp", ""),
+        ("1k.bin", "tcp", "h1300"),
+        ("1k.bin", "tcp", "h9000"),
+        ("64k.bin", "tcp", ""),
+        ("1k.bin", "unix", ""),
+    ];
+    for (file, transport, head) in workloads {
+        let path = if head.is_empty() {
+            file.to_string()
+        } else {
+            format!("{head}/{file}")
+        };
+        let url = format!("http://127.0.0.1:{port}/{path}");
+        let mut rps = vec![Vec::new(); variants.len()];
+        let mut p99 = vec![Vec::new(); variants.len()];
         for round in 1..=ROUNDS {
-            for (i, v) in VARIANTS.into_iter().enumerate() {
+            for (i, &v) in variants.iter().enumerate() {
                 step(&format!(
-                    "{file} over {transport}: round {round}/{ROUNDS}, {}",
+                    "/{path} over {transport}: round {round}/{ROUNDS}, {}",
                     v.name()
                 ));
                 let load = || {
@@ -119,26 +177,21 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
                         wrk(&url)
                     }
                 };
-                let (r, facts) = with_variant(v, agent_bin, load)?;
+                let (r, facts) = with_variant(v, agent_bin, before, load)?;
                 rps[i].push(r.0);
                 p99[i].push(r.1);
                 agent_rounds.extend(facts.map(|f| AgentFacts {
-                    workload: if transport == "unix" { "unix" } else { file },
+                    workload: workload_name(file, transport, head),
                     ..f
                 }));
             }
         }
         let base = median(&rps[0]);
-        for (i, v) in VARIANTS.into_iter().enumerate() {
+        for (i, v) in variants.iter().enumerate() {
             writeln!(
                 report,
-                "| {}{} | {} | {} | {:.3} | {} ms |",
-                file.trim_end_matches(".bin").replace('k', " KiB"),
-                if transport == "unix" {
-                    " (Unix socket)"
-                } else {
-                    ""
-                },
+                "| {} | {} | {} | {:.3} | {} ms |",
+                workload_name(file, transport, head),
                 v.name(),
                 spread(&rps[i], 0),
                 median(&rps[i]) / base,
@@ -157,18 +210,18 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     )?;
     writeln!(report, "|---|---|---|---|---|")?;
     for kind in ["tcp", "unix"] {
-        let mut ns: [Vec<f64>; 4] = Default::default();
+        let mut ns = vec![Vec::new(); variants.len()];
         // With BPF stats: the programs' own run time per send, the sender's and the reader's
         // programs together. Free of the wall-clock noise, but it includes the stats' own
         // clock reads.
         let mut prog_ns = vec![];
         for round in 1..=ROUNDS {
-            for (i, v) in VARIANTS.into_iter().enumerate() {
+            for (i, &v) in variants.iter().enumerate() {
                 step(&format!(
                     "{kind} 64-byte sends: round {round}/{ROUNDS}, {}",
                     v.name()
                 ));
-                let (r, facts) = with_variant(v, agent_bin, || send_ns(kind))?;
+                let (r, facts) = with_variant(v, agent_bin, before, || send_ns(kind))?;
                 ns[i].push(r);
                 if let Some(f) = facts.filter(|_| v == Variant::AgentStats) {
                     prog_ns.push(f.progs.iter().map(|p| p.1).sum::<f64>() / SENDS as f64);
@@ -176,7 +229,7 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
             }
         }
         let base = median(&ns[0]);
-        for (i, v) in VARIANTS.into_iter().enumerate() {
+        for (i, &v) in variants.iter().enumerate() {
             let added = if i == 0 {
                 "".to_string()
             } else {
@@ -220,10 +273,11 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         "| response | agent ns/response | kernel ns/response | total | kernel, less the stats' bookkeeping | total, less it |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|")?;
-    for file in ["1k.bin", "64k.bin", "unix"] {
+    for (file, transport, head) in workloads {
+        let name = workload_name(file, transport, head);
         let rounds: Vec<&&AgentFacts> = nginx_rounds
             .iter()
-            .filter(|f| f.workload == file && f.stats)
+            .filter(|f| f.workload == name && f.stats)
             .collect();
         let agent: Vec<f64> = rounds
             .iter()
@@ -246,11 +300,6 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
             })
             .collect();
         let net_total: Vec<f64> = agent.iter().zip(&net).map(|(a, k)| a + k).collect();
-        let name = if file == "unix" {
-            "1 KiB (Unix socket)".to_string()
-        } else {
-            file.trim_end_matches(".bin").replace('k', " KiB")
-        };
         writeln!(
             report,
             "| {name} | {} | {} | {} | {} | {} |",
@@ -323,14 +372,62 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     Ok(())
 }
 
-/// Run `f` with the variant's observer attached (and detached after).
+/// The size in bytes of the response head nginx sends for `path`, from one GET.
+fn head_size(port: u16, path: &str) -> Result<usize> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut got = vec![];
+    s.read_to_end(&mut got)?;
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("nginx's answer to GET {path} has no head"))?;
+    if !got.starts_with(b"HTTP/1.1 200") {
+        bail!(
+            "nginx answered GET {path} with {:?}",
+            String::from_utf8_lossy(&got[..end])
+        );
+    }
+    Ok(end + 4)
+}
+
+/// A row's name: the body's size, the head's if it is not nginx's own, the socket if Unix.
+fn workload_name(file: &str, transport: &str, head: &str) -> String {
+    let mut name = file.trim_end_matches(".bin").replace('k', " KiB");
+    if let Some((_, _, label)) = HEADS.iter().find(|h| h.0 == head && h.1 > 0) {
+        write!(name, ", {label}").unwrap();
+    }
+    if transport == "unix" {
+        name.push_str(" (Unix socket)");
+    }
+    name
+}
+
+/// Run `f` with the variant's observer attached (and detached after). `before`: the binary
+/// for `Variant::Before`.
 fn with_variant<T>(
     v: Variant,
     agent_bin: &str,
+    before: Option<&str>,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Option<AgentFacts>)> {
     match v {
         Variant::Baseline => Ok((f()?, None)),
+        Variant::Before => {
+            let bin = before.context("no --before binary")?;
+            std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+            let (mut agent, mut err) = start_agent(bin)?;
+            let r = f();
+            let _ = Command::new("kill")
+                .args(["-INT", &agent.id().to_string()])
+                .status();
+            let _ = err.read_to_string(&mut String::new());
+            let _ = agent.wait();
+            Ok((r?, None))
+        }
         Variant::Floor => {
             let bt = bpftrace(FLOOR)?;
             let r = f();
@@ -692,7 +789,15 @@ pub(crate) fn start_nginx_with(
          events {{ worker_connections {connections}; }}
          http {{ access_log off; keepalive_requests 10000000;
            client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-           server {{ listen 127.0.0.1:{port}; listen unix:{d}/nginx.sock; root {d}/www; }} }}"
+           server {{ listen 127.0.0.1:{port}; listen unix:{d}/nginx.sock; root {d}/www; {heads} }} }}",
+        heads = HEADS
+            .iter()
+            .filter(|h| h.1 > 0)
+            .map(|(name, extra, _)| format!(
+                "location /{name}/ {{ alias {d}/www/; {} }}",
+                head_headers(*extra)
+            ))
+            .collect::<String>()
     );
     std::fs::write(dir.join("nginx.conf"), conf)?;
     // A killed nginx leaves its socket file behind, and the next one cannot bind it.
@@ -717,6 +822,34 @@ pub(crate) fn start_nginx_with(
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(NginxGuard(child))
+}
+
+/// nginx `add_header` directives adding about `extra` bytes to a response head: the security
+/// headers sites send, then session and tracking cookies of up to 700 bytes each.
+fn head_headers(extra: usize) -> String {
+    let mut out = String::from(
+        "add_header Strict-Transport-Security \"max-age=63072000; includeSubDomains; preload\"; \
+         add_header X-Content-Type-Options nosniff; add_header Referrer-Policy strict-origin-when-cross-origin; \
+         add_header Content-Security-Policy \"default-src 'self'; img-src 'self' https://cdn.example.com; frame-ancestors 'none'\"; ",
+    );
+    // On the wire, "Name: value\r\n" per header.
+    let mut wire = 62 + 31 + 48 + 110;
+    let mut i = 0;
+    while wire + 40 < extra {
+        let value_len = (extra - wire - 14).min(700);
+        let name = format!("c{i}=");
+        let attrs = "; Path=/; Secure; HttpOnly; SameSite=Lax";
+        let filler = value_len.saturating_sub(name.len() + attrs.len()).max(1);
+        write!(
+            out,
+            "add_header Set-Cookie \"{name}{}{attrs}\"; ",
+            "x".repeat(filler)
+        )
+        .unwrap();
+        wire += 14 + name.len() + filler + attrs.len();
+        i += 1;
+    }
+    out
 }
 
 pub(crate) struct NginxGuard(Child);

@@ -44,6 +44,10 @@ enum Cmd {
         /// the agent (a few minutes; writes docs/load.md).
         #[arg(long, conflicts_with = "soak")]
         load: bool,
+        /// Also run this agent binary in the same rounds (e.g. a build of the previous main),
+        /// for an A/B of a change.
+        #[arg(long, value_name = "AGENT_BINARY")]
+        before: Option<String>,
     },
     /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
     /// short, healthy traffic, one table with recall and precision.
@@ -69,18 +73,23 @@ fn main() -> Result<()> {
             demo(&bin)
         }
         Cmd::Scenarios => scenarios(),
-        Cmd::Bench { soak, load } => {
+        Cmd::Bench { soak, load, before } => {
             if !setup::is_root() {
                 bail!(
                     "the benchmark loads eBPF programs and sets kernel.bpf_stats_enabled: run it as root"
                 );
+            }
+            if let Some(b) = &before
+                && !std::path::Path::new(b).is_file()
+            {
+                bail!("--before {b}: no such agent binary");
             }
             setup::ensure(setup::Need::Bench)?;
             let bin = build()?;
             match soak {
                 _ if load => load::run(&bin, &workspace_root()?),
                 Some(s) => bench::soak(&bin, &workspace_root()?, s.max(10)),
-                None => bench::run(&bin, &workspace_root()?),
+                None => bench::run(&bin, &workspace_root()?, before.as_deref()),
             }
         }
         Cmd::VmTest => {
