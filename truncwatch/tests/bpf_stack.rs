@@ -123,7 +123,7 @@ fn every_call_chain_fits_the_bpf_stack() {
                                 Some((sym, _)) => {
                                     let sym = file.symbol_by_index(*sym).expect("symbol");
                                     let sec = sym.section_index().expect("call into a section");
-                                    find(sec, (sym.address() / 8) as u64 + (imm + 1) as u64)
+                                    find(sec, ((sym.address() / 8) as i64 + imm + 1) as u64)
                                 }
                                 None => find(f.section, (pc as i64 + imm + 1) as u64),
                             };
