@@ -9,18 +9,8 @@ mod support;
 
 use serde_json::Value;
 use std::time::Duration;
-use support::{Agent, Server, fetch, kernel_or_skip, reproduced, u, unix_path};
+use support::{Agent, SLOW, Server, WAIT, fetch, kernel_or_skip, reproduced, u, unix_path};
 
-const WAIT: Duration = Duration::from_secs(30);
-/// A reader that keeps up, slowly: 16 KiB every 2 ms with a small receive buffer.
-const SLOW: &[&str] = &[
-    "--rcvbuf",
-    "65536",
-    "--read-bytes",
-    "16384",
-    "--read-delay",
-    "2ms",
-];
 /// Head sizes: what a typical site sends with cookies and security headers, and one over 8 KB.
 const SIZES: [usize; 2] = [1300, 9000];
 /// How the server hands its head over (and the largest head size to try it with: one iovec

@@ -3,18 +3,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{Agent, Server, fetch, kernel_or_skip, reproduced, u, unix_path};
-
-const WAIT: Duration = Duration::from_secs(30);
-/// A reader that keeps up, slowly: 16 KiB every 2 ms with a small receive buffer.
-const SLOW: &[&str] = &[
-    "--rcvbuf",
-    "65536",
-    "--read-bytes",
-    "16384",
-    "--read-delay",
-    "2ms",
-];
+use support::{Agent, SLOW, Server, WAIT, fetch, kernel_or_skip, reproduced, u, unix_path};
 
 /// A short write must be flagged with exactly the bytes the client got.
 fn short_write(listen: &str, mode: &str) {

@@ -6,17 +6,7 @@ mod support;
 
 use std::process::Command;
 use std::time::Duration;
-use support::{Agent, BIN, Server, fetch, http_get, u};
-
-const WAIT: Duration = Duration::from_secs(30);
-const SLOW: &[&str] = &[
-    "--rcvbuf",
-    "65536",
-    "--read-bytes",
-    "16384",
-    "--read-delay",
-    "2ms",
-];
+use support::{Agent, BIN, SLOW, Server, WAIT, fetch, http_get, u};
 
 /// The value of the series whose line starts with `prefix` (name and labels), if any.
 fn series(metrics: &str, prefix: &str) -> Option<f64> {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use support::heads::Head;
 use support::servers::{self, RealServer};
 use support::{
-    Agent, Nginx, Server, fetch, free_port, healthy, nginx_or_skip, u, unix_path, wait_listening,
+    Agent, Nginx, SLOW, Server, fetch, free_port, healthy, nginx_or_skip, u, unix_path,
+    wait_listening,
 };
 
 /// What a scenario's traffic gave: the server's `local` as the agent reports it, the client's
@@ -66,14 +67,6 @@ struct Env {
     chunked_upstream: Server,
 }
 
-const SLOW: &[&str] = &[
-    "--rcvbuf",
-    "65536",
-    "--read-bytes",
-    "16384",
-    "--read-delay",
-    "2ms",
-];
 /// Reads 1 MB of body, then stalls 3 s: past nginx's 1 s send_timeout and Node's 1 s timeout.
 const STALL: &[&str] = &["--stall-after", "1000000", "--stall", "3s"];
 

@@ -12,6 +12,20 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_truncwatch");
 
+/// How long a test waits for a verdict.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The lab client's flags for a reader that keeps up, slowly: 16 KiB every 2 ms with a small
+/// receive buffer.
+pub const SLOW: &[&str] = &[
+    "--rcvbuf",
+    "65536",
+    "--read-bytes",
+    "16384",
+    "--read-delay",
+    "2ms",
+];
+
 /// `kernel_test!(name { body })`: a test that needs root and a working `bpf()`: skipped with
 /// a printed reason on a machine without them, never with `CI=true`.
 #[allow(unused_macros)]
@@ -335,7 +349,9 @@ pub const FILE_BYTES: u64 = 30 << 20;
 pub struct Nginx {
     child: Child,
     pub ports: Vec<u16>,
-    _dir: std::path::PathBuf,
+    /// Its configuration, logs and served files (some 30 MiB): removed when it stops, kept
+    /// for a look when the test failed.
+    dir: std::path::PathBuf,
 }
 
 impl Nginx {
@@ -379,11 +395,7 @@ impl Nginx {
         for port in &ports {
             wait_listening(*port);
         }
-        Nginx {
-            child,
-            ports,
-            _dir: dir,
-        }
+        Nginx { child, ports, dir }
     }
 }
 
@@ -391,6 +403,14 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "nginx's configuration and logs kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -153,11 +153,12 @@ pub fn gunicorn_timeout(head: Head) -> (String, Vec<Value>) {
     let mut cmd = Command::new("/usr/bin/gunicorn");
     cmd.arg("--config")
         .arg(servers_dir("gunicorn/gunicorn.conf.py"));
-    cmd.arg("--chdir").arg(servers_dir("gunicorn"));
+    cmd.arg("--chdir").arg(servers_dir("wsgi"));
     cmd.args(["--bind", &format!("127.0.0.1:{port}")]);
     // Its heartbeat files (default: /tmp).
     cmd.arg("--worker-tmp-dir").arg(&s.dir);
-    cmd.env("TW_HEADERS", s.python_headers(head)).arg("app:app");
+    cmd.env("TW_HEADERS", s.python_headers(head))
+        .arg("big_body:app");
     s.start(cmd, port);
     s.fetch(port, &[&["--path", "/"], STALL].concat())
 }
@@ -168,7 +169,7 @@ pub fn gunicorn_timeout(head: Head) -> (String, Vec<Value>) {
 pub fn uwsgi_socket_timeout(head: Head) -> (String, Vec<Value>) {
     let mut s = Scratch::new("uwsgi");
     let port = free_port();
-    let app = servers_dir("uwsgi/app.py");
+    let app = servers_dir("wsgi/big_body.py");
     let ini = s.render(
         "uwsgi/uwsgi.ini",
         port,
