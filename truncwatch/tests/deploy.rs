@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use truncwatch::verdict::Kind;
 
 /// Every metric the agent exposes, with its own label names (Prometheus adds job and instance).
 const METRICS: &[(&str, &[&str])] = &[
@@ -57,21 +58,15 @@ const WORKLOAD_LABELS: &[&str] = &["process", "container", "namespace", "pod", "
 /// Labels the scrape job attaches to every series (deploy/prometheus/scrape-config.yml).
 const TARGET_LABELS: &[&str] = &["job", "instance", "node"];
 /// The values a label may take, where the agent fixes them. `reason` differs by metric.
-fn label_values(metric: &str, label: &str) -> Option<&'static [&'static str]> {
+fn label_values(metric: &str, label: &str) -> Option<Vec<&'static str>> {
     Some(match (metric, label) {
-        (_, "verdict") => &[
-            "complete",
-            "short_write",
-            "peer_reset",
-            "desync",
-            "unframed",
-            "unparsed",
-        ],
+        // Every verdict the agent names (a response's reset_discard is counted as a response).
+        (_, "verdict") => Kind::ALL.iter().map(|k| k.as_str()).collect(),
         // "all": without --all, complete/unframed/unparsed are counted per host (docs/metrics.md).
-        (_, "transport") => &["tcp", "unix", "all"],
-        ("truncwatch_unjudged_responses_total", "reason") => &["head_only", "chunked_uncertain"],
-        ("truncwatch_events_lost_total", "reason") => &["ring_buffer_full", "socket_storage"],
-        ("truncwatch_canary_runs_total", "result") => &["pass", "fail"],
+        (_, "transport") => vec!["tcp", "unix", "all"],
+        ("truncwatch_unjudged_responses_total", "reason") => vec!["head_only", "chunked_uncertain"],
+        ("truncwatch_events_lost_total", "reason") => vec!["ring_buffer_full", "socket_storage"],
+        ("truncwatch_canary_runs_total", "result") => vec!["pass", "fail"],
         _ => return None,
     })
 }

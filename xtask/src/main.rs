@@ -155,6 +155,8 @@ fn test(args: &[String]) -> Result<()> {
         "--exclude",
         "truncwatch-ebpf",
         "--release",
+        // Every test binary runs even after one fails: CI then shows every failure at once.
+        "--no-fail-fast",
     ])
     .args(args);
     if !args.iter().any(|a| a == "--") {
