@@ -550,25 +550,11 @@ fn agent_facts(pid: u32) -> AgentFacts {
     };
     // After the ")": state is field 0, utime 11, stime 12 (proc(5) fields 14 and 15).
     let cpu_s = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(key)?
-                    .trim()
-                    .trim_end_matches(" kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
     let (progs, empty) = prog_stats();
     AgentFacts {
         cpu_s,
-        rss_kib: kib("VmHWM:"),
-        rss_now_kib: kib("VmRSS:"),
+        rss_kib: status_kib(pid, "VmHWM"),
+        rss_now_kib: status_kib(pid, "VmRSS"),
         progs,
         empty,
         ..Default::default()
@@ -951,19 +937,7 @@ pub fn soak(agent_bin: &str, root: &str, seconds: u64) -> Result<()> {
     let mut samples = Vec::new();
     for i in 1..=10 {
         std::thread::sleep(Duration::from_secs(seconds) / 10);
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", agent.id())).unwrap_or_default();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .trim()
-                    .trim_end_matches(" kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0);
+        let kib = status_kib(agent.id(), "VmRSS");
         step(&format!(
             "soak {i}/10: agent RSS {:.1} MiB",
             kib as f64 / 1024.0
@@ -1010,4 +984,22 @@ pub fn soak(agent_bin: &str, root: &str, seconds: u64) -> Result<()> {
     println!("\n{report}");
     std::fs::write(format!("{root}/docs/soak.md"), report)?;
     Ok(())
+}
+
+/// A process's memory figure `field` (e.g. `VmRSS`, `VmHWM`) from `/proc/PID/status`, in KiB;
+/// 0 if the process or the field is gone (proc(5)).
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }

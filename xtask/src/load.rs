@@ -8,7 +8,7 @@
 //!
 //! Throughout: the agent's RSS and tracked connections are sampled, and every verdict it prints
 //! (problems only) is a false flag, since every response here is whole.
-use crate::bench::{machine, read_response, start_agent_with, start_nginx_with};
+use crate::bench::{machine, read_response, start_agent_with, start_nginx_with, status_kib};
 use crate::step;
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
@@ -153,18 +153,7 @@ impl Agent {
     /// RSS and tracked connections now (the metrics refresh every second: wait for one).
     fn sample(&mut self) -> Result<&Sample> {
         std::thread::sleep(Duration::from_millis(1100));
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let rss_kib = status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("VmRSS:")?
-                    .trim()
-                    .trim_end_matches(" kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0);
+        let rss_kib = status_kib(self.child.id(), "VmRSS");
         let tracked = metric(&scrape()?, "truncwatch_connections_tracked");
         self.samples.push(Sample {
             when: format!("{} s", self.started.elapsed().as_secs()),
