@@ -290,7 +290,24 @@ pub fn download_closed_unix(head: Head) -> (String, Vec<Value>) {
     );
     wait_path(&path, &mut server);
     let lines = fetch(&format!("unix:{path}"), &["--close-after", "1000000"]);
+    // The server notices the client left at its next send (EPIPE), which is what ends the
+    // stream for the agent; killing it before then would leave the stream unjudged (README,
+    // limits). Wait until it has closed its end: only the listener holds the path then.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while unix_sockets_at(&path) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (path, lines)
+}
+
+/// How many Unix sockets are bound to `path` (the listener and the connections it accepted),
+/// from /proc/net/unix, whose last column is the path.
+fn unix_sockets_at(path: &str) -> usize {
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(7) == Some(path))
+        .count()
 }
 
 fn wait_path(path: &str, server: &mut Proc) {
