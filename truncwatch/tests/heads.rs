@@ -113,8 +113,9 @@ fn unix_long_heads_are_judged() {
     }
 }
 
-/// Over `--max-head-bytes` (16 KiB by default): not judged, whether cut or not; and a bound
-/// raised past the head judges it.
+/// Over `--max-head-bytes` (16 KiB by default), or over the 512 iovecs of one `writev` the
+/// kernel gathers a head from: not judged, whether cut or not; and a bound raised past the
+/// head judges it.
 #[test]
 fn heads_over_the_bound_are_unparsed() {
     if !kernel_or_skip("heads_over_the_bound_are_unparsed") {
@@ -131,6 +132,21 @@ fn heads_over_the_bound_are_unparsed() {
         let v = one(&agent, &srv.local(), mode);
         assert_eq!(v["verdict"], "unparsed", "{mode}: {v}");
     }
+    // Under the bound but over the iovecs the kernel gathers from (512): a 14 KB head one
+    // iovec per word takes some 760. Cut short, it is still unparsed, never guessed.
+    let srv = Server::start_args(
+        "tcp:127.0.0.1:0",
+        "short-close",
+        4 << 20,
+        &["--head-bytes", "14000", "--send-with", "writev-words"],
+    );
+    let got = fetch(&srv.endpoint, SLOW);
+    reproduced(
+        u(&got[0]["head_bytes"]) > 13_000 && got[0]["complete"] == false,
+        &format!("{:?}", got[0]),
+    );
+    let v = one(&agent, &srv.local(), "writev-words");
+    assert_eq!(v["verdict"], "unparsed", "a head over 512 iovecs: {v}");
     drop(agent);
     let agent = Agent::start_args(&[
         "--metrics-addr",

@@ -155,10 +155,12 @@ fn test(args: &[String]) -> Result<()> {
         "--exclude",
         "truncwatch-ebpf",
         "--release",
-        // Every test binary runs even after one fails: CI then shows every failure at once.
-        "--no-fail-fast",
-    ])
-    .args(args);
+    ]);
+    // Every test binary runs even after one fails: CI then shows every failure at once.
+    if !args.iter().any(|a| a == "--no-fail-fast") {
+        c.arg("--no-fail-fast");
+    }
+    c.args(args);
     if !args.iter().any(|a| a == "--") {
         c.args(["--", "--test-threads=1"]);
     }
