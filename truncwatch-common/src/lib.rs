@@ -132,6 +132,10 @@ pub struct SockState {
 
 pub const TRACK_NO: u32 = 1;
 pub const TRACK_HTTP: u32 = 2;
+/// A TCP socket whose first send was a TLS record (RFC 8446 §5.1: content type 20 to 23, then
+/// version 3.x): its plaintext is seen in the TLS library (`TlsThread`), and its own sends
+/// only tie the library's calls to it.
+pub const TRACK_TLS: u32 = 3;
 /// The peer sent a reset (set by `tcp_receive_reset`, on any TCP socket).
 pub const FLAG_RESET_RECEIVED: u32 = 1;
 /// The socket's first read (before classification) was looked at for a request line.
@@ -200,7 +204,8 @@ pub struct OpenEvent {
     pub family: u16,
     /// Local port, network order (`inet_sport`; see `ResetEvent::sport`).
     pub sport: u16,
-    pub _pad: [u8; 4],
+    /// `OPEN_TLS` if the stream is a TLS connection's plaintext.
+    pub flags: u32,
     pub comm: [u8; 16],
     /// The start of `struct sock` (addresses and ports live in `sock_common`).
     pub sock: [u8; SOCK_PREFIX],
@@ -221,15 +226,50 @@ pub struct SendEvent {
     pub requested: u64,
     /// `sock_sendmsg`'s return: bytes accepted, or `-errno`.
     pub ret: i32,
-    /// Syscall number the sending task is in (`SYS_*`, or another number).
-    pub syscall: u32,
+    /// Syscall number the sending task is in (`SYS_*`, or another number; `SYS_TLS_WRITE` for a
+    /// TLS library's write).
+    pub syscall: u16,
+    pub tail_len: u16,
     /// The last accepted bytes of this send (`tail[..tail_len]`, up to 8), where the caller's
     /// buffer could be located: how a chunked body's end is seen.
     pub tail: [u8; TAIL],
-    pub tail_len: u32,
-    /// `FLAG_EVENTS_LOST` if an earlier event about this socket was lost.
+    /// `FLAG_EVENTS_LOST` if an earlier event about this socket was lost; `FLAG_TLS_SEQ`.
     pub flags: u32,
+    /// With `FLAG_TLS_SEQ`: the TCP socket's `write_seq` when the TLS write returned, i.e. one
+    /// past the last ciphertext byte of the records that carried this write's plaintext.
+    pub seq: u32,
 }
+
+/// `SendEvent.syscall` of a TLS library's write (`SSL_write`, `SSL_write_ex`): plaintext.
+pub const SYS_TLS_WRITE: u16 = 0xfff1;
+/// `SendEvent.flags`: `seq` is set (the write's records went to the socket during the call, as
+/// with OpenSSL's socket BIO; not so with a memory BIO, as in Node.js).
+pub const FLAG_TLS_SEQ: u32 = 128;
+
+/// A thread's TLS library call in progress, and its TLS socket I/O, kept per thread
+/// (`bpf_get_current_pid_tgid`) between a uprobe on the call and its return probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsThread {
+    /// The call in progress: the `SSL *` (0: none), its buffer and length, and where an `_ex`
+    /// variant returns its count (`size_t *`, 0 for `SSL_write`/`SSL_read`).
+    pub ssl: u64,
+    pub buf: u64,
+    pub num: u64,
+    pub out: u64,
+    /// `TLS_CALL_*`.
+    pub kind: u32,
+    /// The last send on `sk` during the call: bytes or `-errno` (0: none).
+    pub send_ret: i32,
+    /// The TLS socket this call did I/O on (0: none): the `SSL *`'s socket for sure.
+    pub sk: u64,
+    /// The TLS socket this thread last read from: where a library with a memory BIO (Node.js)
+    /// got the records its first read decrypts.
+    pub last_read: u64,
+}
+
+pub const TLS_CALL_WRITE: u32 = 1;
+pub const TLS_CALL_READ: u32 = 2;
 
 /// Bytes of each send's end copied out: enough for a last chunk `\r\n0\r\n\r\n` minus one.
 pub const TAIL: usize = 8;
@@ -266,6 +306,10 @@ pub struct HeadPiece {
 pub const PIECE_BUF: usize = core::mem::size_of::<HeadPiece>() + 2 * MAX_HEAD_LIMIT + PIECE_ARGS;
 pub const PIECE_ARGS: usize = 128;
 
+/// `OpenEvent.flags`: the stream is the plaintext of a TLS connection (its sends are the TLS
+/// library's writes, `SYS_TLS_WRITE`).
+pub const OPEN_TLS: u32 = 1;
+
 /// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -301,7 +345,9 @@ pub struct StateEvent {
     pub sndbuf_limited: u32,
     /// `FLAG_EVENTS_LOST` if an event about this socket was lost.
     pub flags: u32,
-    pub _pad: u32,
+    /// `snd_una`: the first byte not acknowledged (a TLS stream's plaintext is mapped to its
+    /// ciphertext through it: `SendEvent::seq`).
+    pub snd_una: u32,
 }
 
 /// `StateEvent.newstate` for `tcp_receive_reset`: the peer reset the connection.
@@ -344,7 +390,8 @@ pub struct ResetEvent {
     pub unsent: u32,
     /// `rcv_nxt - copied_seq`: received bytes the application never read.
     pub unread: u32,
-    pub _pad: u32,
+    /// `snd_una`, as in `StateEvent`.
+    pub snd_una: u32,
 }
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
@@ -358,6 +405,7 @@ const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<TlsThread>() == 56);
 const _: () = assert!(core::mem::size_of::<HeadPiece>() == 48);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 16);

@@ -84,6 +84,8 @@ pub fn untimed_header(kind: u32, sk: *mut c_void) -> Header {
 /// and arguments (no syscall hook needed).
 pub struct IoCall {
     pub nr: u32,
+    /// For a TLS library's write: the TCP socket's `write_seq` after it (`SendEvent::seq`).
+    pub seq: u32,
     /// Bytes the caller asked to send in total (0 if unknown).
     pub requested: u64,
     /// The caller's buffers in order (base, length): one for write/sendto, up to `MAX_IOV`
@@ -111,6 +113,7 @@ impl IoCall {
 
     pub const NONE: IoCall = IoCall {
         nr: u32::MAX,
+        seq: 0,
         requested: 0,
         iov: [[0; 2]; MAX_IOV as usize],
         niov: 0,

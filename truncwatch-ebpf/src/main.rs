@@ -15,9 +15,10 @@ mod probe;
 mod recv;
 mod send;
 mod state;
+mod tls;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, fexit, kprobe, kretprobe, tracepoint},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, tracepoint, uprobe, uretprobe},
     programs::{
         BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext,
     },
@@ -213,6 +214,72 @@ pub fn tp_tcp_receive_reset(ctx: TracePointContext) -> u32 {
         probe::tcp_reset_received(sk as *mut core::ffi::c_void);
     }
     0
+}
+
+// TLS plaintext: uprobes on the TLS library (OpenSSL 3's API, in libssl.so.3 or in an
+// executable that exports it), for every backend (uprobes since 3.5; the handlers need the
+// ring buffer, 5.8). See `tls`.
+
+/// `int SSL_write(SSL *ssl, const void *buf, int num)`.
+#[uprobe]
+pub fn uprobe_ssl_write(ctx: ProbeContext) -> u32 {
+    tls_call(&ctx, truncwatch_common::TLS_CALL_WRITE, false);
+    0
+}
+
+/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`.
+#[uprobe]
+pub fn uprobe_ssl_write_ex(ctx: ProbeContext) -> u32 {
+    tls_call(&ctx, truncwatch_common::TLS_CALL_WRITE, true);
+    0
+}
+
+/// `int SSL_read(SSL *ssl, void *buf, int num)`.
+#[uprobe]
+pub fn uprobe_ssl_read(ctx: ProbeContext) -> u32 {
+    tls_call(&ctx, truncwatch_common::TLS_CALL_READ, false);
+    0
+}
+
+/// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`.
+#[uprobe]
+pub fn uprobe_ssl_read_ex(ctx: ProbeContext) -> u32 {
+    tls_call(&ctx, truncwatch_common::TLS_CALL_READ, true);
+    0
+}
+
+/// Where the four calls above return: `int`, bytes (or <= 0), or 1/0 for the `_ex` variants.
+#[uretprobe]
+pub fn uretprobe_ssl_call(ctx: RetProbeContext) -> u32 {
+    tls::call_returns(ctx.ret::<i64>());
+    0
+}
+
+/// `void SSL_free(SSL *ssl)`.
+#[uprobe]
+pub fn uprobe_ssl_free(ctx: ProbeContext) -> u32 {
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        tls::ssl_free(ssl);
+    }
+    0
+}
+
+/// A TLS call's arguments: `int num` for the plain variants (only the register's low half is
+/// the argument), `size_t num` and the count's pointer for the `_ex` ones.
+#[inline(always)]
+fn tls_call(ctx: &ProbeContext, kind: u32, ex: bool) {
+    if let (Some(ssl), Some(buf), Some(num)) =
+        (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    {
+        let (num, out) = if ex {
+            (num, ctx.arg::<u64>(3).unwrap_or(0))
+        } else {
+            ((num as i32).max(0) as u64, 0)
+        };
+        if !ex || out != 0 {
+            tls::call_begins(kind, ssl, buf, num, out);
+        }
+    }
 }
 
 #[cfg(not(test))]

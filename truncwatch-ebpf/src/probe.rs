@@ -29,7 +29,7 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use core::ffi::c_void;
 use truncwatch_common::{
     EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, ProbeSock,
-    SendEvent, TAIL, TRACK_HTTP, TRACK_NO,
+    SendEvent, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS,
 };
 
 // include/net/tcp_states.h
@@ -51,6 +51,8 @@ pub fn tcp_send_begins(sk: *mut c_void, size: u64) {
             announce(sk, ps, size, io_call());
         }
         Some(ps) if ps.st.track == TRACK_NO => {}
+        // (No return probe: what the send returns is not known here.)
+        Some(ps) if ps.st.track == TRACK_TLS => crate::tls::socket_io(sk, 0, true),
         _ if size > 0 => {
             let _ = classify(sk, size);
         }
@@ -152,7 +154,7 @@ fn settle(sk: *mut c_void, ps: &mut ProbeSock, seq: u32, next_send: bool) {
     unsafe {
         // A prefix of the offered tail: the agent reads `tail[..tail_len]`.
         (*ev).tail = ps.pend_tail;
-        (*ev).tail_len = tail_len;
+        (*ev).tail_len = tail_len as u16;
     }
     entry.submit(wake_flags());
 }

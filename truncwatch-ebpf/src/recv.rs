@@ -7,13 +7,13 @@
 //! Cost on a socket that is not an HTTP server: one socket-storage lookup per read (plus, on
 //! its first read, one 8-byte look at what was read).
 use crate::{
-    kernel::{header, io_call, read_kernel, read_user},
+    kernel::{IoCall, header, io_call, read_kernel, read_user},
     maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets, wake_flags},
 };
 use core::ffi::c_void;
 use truncwatch_common::{
     AF_UNIX, EV_EOF, EofEvent, FLAG_RECV_SEEN, METHOD_CONNECT, METHOD_HEAD, METHOD_NONE,
-    METHOD_OTHER, SockState, TRACK_HTTP,
+    METHOD_OTHER, SockState, TRACK_HTTP, TRACK_TLS,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -28,7 +28,8 @@ pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32) {
         return;
     }
     match S::get(sk, false) {
-        Some(st) if st.track == TRACK_HTTP => request(st),
+        Some(st) if st.track == TRACK_HTTP => request(st, &io_call()),
+        Some(st) if st.track == TRACK_TLS => crate::tls::socket_io(sk, ret, false),
         // Not an HTTP server, or its first read was seen already. (Later reads before the
         // first response are pipelining; the agent copes with not seeing them.)
         Some(st) if st.track != 0 || st.flags & FLAG_RECV_SEEN != 0 => {}
@@ -45,13 +46,12 @@ fn first_read<S: Store>(sk: *mut c_void) {
         return; // classified or seen meanwhile (another CPU)
     }
     st.flags |= FLAG_RECV_SEEN;
-    request(st);
+    request(st, &io_call());
 }
 
-/// If this read begins like a request line, count it and keep its method.
+/// If this read (`call`: its buffer) begins like a request line, count it and keep its method.
 #[inline(always)]
-fn request(st: &mut SockState) {
-    let call = io_call();
+pub fn request(st: &mut SockState, call: &IoCall) {
     if call.buf() == 0 || call.buf_len() < 8 {
         return;
     }

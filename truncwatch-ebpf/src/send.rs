@@ -15,7 +15,7 @@ use core::ffi::c_void;
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, Offsets,
     OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO,
-    UNIX_PATH,
+    TRACK_TLS, UNIX_PATH,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -28,8 +28,9 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
         return;
     }
     match S::get(sk, false) {
-        Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, io_call()),
+        Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, io_call(), 0),
         Some(st) if st.track == TRACK_NO => {}
+        Some(st) if st.track == TRACK_TLS => crate::tls::socket_io(sk, ret, true),
         // No state yet, or state made by another hook (a reset that arrived while this very
         // send was blocked): not classified yet.
         _ if ret > 0 => {
@@ -45,25 +46,43 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
 fn classify<S: Store>(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     let st = S::get(sk, true)?;
     let call = begin_tracking(sk, st, o)?;
-    account(sk, st, ret, call);
+    account(sk, st, ret, call, 0);
     reset_during_first_send(sk, st);
     Some(())
 }
 
 /// A socket's first send (its state `st` fresh): classify it, once, and if it is the server
 /// side of HTTP/1, track it from stream offset 0 and tell the agent. Returns the send then.
+/// A TCP socket whose first send is a TLS record becomes `TRACK_TLS`: its plaintext is
+/// classified in the TLS library (`tls`).
 #[inline(always)]
 pub fn begin_tracking(sk: *mut c_void, st: &mut SockState, o: &Offsets) -> Option<IoCall> {
     if st.track != 0 {
         return None; // another CPU classified it meanwhile
     }
     st.track = TRACK_NO;
-    let (family, call) = http_server(sk, o)?;
+    let (family, call) = stream_send(sk, o)?;
+    let magic = read_user::<[u8; 7]>(call.buf())?;
+    if family != AF_UNIX && tls_record(&magic) {
+        st.track = TRACK_TLS;
+        crate::tls::socket_begins(sk);
+        return None;
+    }
+    if &magic != b"HTTP/1." {
+        return None;
+    }
     st.track = TRACK_HTTP;
     st.sent = 0;
     st.head_more = 0;
-    open(sk, family, o);
+    open(sk, family, o, 0);
     Some(call)
+}
+
+/// Whether bytes begin a TLS record (RFC 8446 §5.1, RFC 5246 §6.2.1): content type
+/// change_cipher_spec, alert, handshake or application_data, then protocol version 3.x.
+#[inline(always)]
+fn tls_record(b: &[u8; 7]) -> bool {
+    (20..=23).contains(&b[0]) && b[1] == 3 && b[2] <= 4
 }
 
 /// The peer reset the connection while its first send was going on: no end will follow, so
@@ -75,10 +94,10 @@ pub fn reset_during_first_send(sk: *mut c_void, st: &mut SockState) {
     }
 }
 
-/// Whether a socket's first send makes it the server side of HTTP/1 over a stream socket (it
-/// begins `HTTP/1.`): its family and the send, if so.
+/// A send on a stream socket (TCP, or Unix `SOCK_STREAM`) from a user buffer of at least 7
+/// bytes: the socket's family and the send, if so.
 #[inline(always)]
-fn http_server(sk: *mut c_void, o: &Offsets) -> Option<(u16, IoCall)> {
+fn stream_send(sk: *mut c_void, o: &Offsets) -> Option<(u16, IoCall)> {
     let base = sk as u64;
     let family = read_kernel::<u16>(base + o.skc_family as u64)?;
     let stream = match family {
@@ -93,25 +112,22 @@ fn http_server(sk: *mut c_void, o: &Offsets) -> Option<(u16, IoCall)> {
     if call.buf() == 0 || call.buf_len() < 7 {
         return None;
     }
-    let magic = read_user::<[u8; 7]>(call.buf())?;
-    if &magic != b"HTTP/1." {
-        return None;
-    }
     Some((family, call))
 }
 
-/// Count one send on a tracked socket and tell the agent about it.
+/// Count one send on a tracked socket and tell the agent about it (`flags` added to its
+/// event's flags).
 #[inline(always)]
-fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: IoCall) {
+pub fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: IoCall, flags: u32) {
     let offset = st.sent;
     if ret > 0 {
         st.sent += ret as u64;
     }
-    if !head_begins(sk, st, offset, ret, &call, 0) {
+    if !head_begins(sk, st, offset, ret, &call, flags) {
         match EVENTS.reserve_untyped::<SendEvent>(0) {
             Some(mut entry) => {
-                let lost = st.flags & FLAG_EVENTS_LOST;
-                fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call, lost);
+                let flags = (st.flags & FLAG_EVENTS_LOST) | flags;
+                fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call, flags);
                 entry.submit(wake_flags());
             }
             None => {
@@ -144,15 +160,16 @@ pub fn fill_send(
         (*ev).offset = offset;
         (*ev).requested = call.requested;
         (*ev).ret = ret;
-        (*ev).syscall = call.nr;
+        (*ev).syscall = call.nr as u16;
         (*ev).flags = flags;
+        (*ev).seq = call.seq;
         (*ev).tail = [0; TAIL];
         (*ev).tail_len = 0;
         if ret > 0
             && let Some((t, n)) = read_tail(call, ret as u64)
         {
             (*ev).tail = t;
-            (*ev).tail_len = n;
+            (*ev).tail_len = n as u16;
         }
     }
 }
@@ -177,9 +194,10 @@ pub fn read_tail(call: &IoCall, accepted: u64) -> Option<([u8; TAIL], u32)> {
     }
 }
 
-/// Tell the agent about a newly tracked connection: who owns it and its addresses.
+/// Tell the agent about a newly tracked connection: who owns it and its addresses (`flags`:
+/// `OPEN_*`).
 #[inline(always)]
-fn open(sk: *mut c_void, family: u16, o: &Offsets) {
+pub fn open(sk: *mut c_void, family: u16, o: &Offsets, flags: u32) {
     let Some(mut entry) = EVENTS.reserve_untyped::<OpenEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
         return;
@@ -193,7 +211,7 @@ fn open(sk: *mut c_void, family: u16, o: &Offsets) {
         } else {
             read_kernel::<u16>(sk as u64 + o.inet_sport as u64).unwrap_or(0)
         };
-        (*ev)._pad = [0; 4];
+        (*ev).flags = flags;
         (*ev).losses = losses();
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         if bpf_probe_read_kernel((&raw mut (*ev).sock).cast(), SOCK_PREFIX as u32, sk) != 0 {

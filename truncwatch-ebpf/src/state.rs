@@ -12,12 +12,12 @@ use aya_ebpf::helpers::{
 use core::ffi::c_void;
 use truncwatch_common::{
     EV_RESET, EV_STATE, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX,
-    STATE_RESET_RECEIVED, SockState, StateEvent, TRACK_HTTP,
+    STATE_RESET_RECEIVED, SockState, StateEvent, TRACK_HTTP, TRACK_TLS,
 };
 
 // include/net/tcp_states.h
 const TCP_FIN_WAIT1: i32 = 4;
-const TCP_CLOSE: i32 = 7;
+pub const TCP_CLOSE: i32 = 7;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_CLOSING: i32 = 11;
 
@@ -33,8 +33,10 @@ pub fn on_state<S: Store>(sk: *mut c_void, oldstate: i32, newstate: i32) {
             let _ = discarded(sk, oldstate);
         }
     }
-    if let Some(st) = st.filter(|s| s.track == TRACK_HTTP) {
-        emit_state(sk, st, oldstate, newstate);
+    match st {
+        Some(st) if st.track == TRACK_HTTP => emit_state(sk, st, oldstate, newstate),
+        Some(st) if st.track == TRACK_TLS => crate::tls::state_changed(sk, oldstate, newstate),
+        _ => {}
     }
 }
 
@@ -46,6 +48,8 @@ pub fn on_reset_received<S: Store>(sk: *mut c_void) {
     st.flags |= FLAG_RESET_RECEIVED;
     if st.track == TRACK_HTTP {
         emit_state(sk, st, 0, STATE_RESET_RECEIVED);
+    } else if st.track == TRACK_TLS {
+        crate::tls::state_changed(sk, 0, STATE_RESET_RECEIVED);
     }
 }
 
@@ -74,7 +78,7 @@ pub fn emit_state(sk: *mut c_void, st: &mut SockState, oldstate: i32, newstate: 
         rwnd_limited,
         sndbuf_limited,
         flags: st.flags & FLAG_EVENTS_LOST,
-        _pad: 0,
+        snd_una: seq(o.tcp_snd_una),
     };
     if EVENTS
         .output_untyped::<StateEvent>(&ev, wake_flags())
@@ -159,7 +163,7 @@ fn discarded(sk: *mut c_void, oldstate: i32) -> Option<()> {
         (*ev).unacked = unacked;
         (*ev).unsent = unsent;
         (*ev).unread = rcv_nxt.wrapping_sub(copied);
-        (*ev)._pad = 0;
+        (*ev).snd_una = snd_una;
     }
     entry.submit(wake_flags());
     Some(())

@@ -8,6 +8,7 @@ use crate::endpoint::{self, Shared};
 use crate::events::{self, Event, Transport};
 use crate::metrics::{Metrics, ProgramStats};
 use crate::output::{self, Clock, Format};
+use crate::tls_hooks::TlsHooks;
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, FExit, KProbe, TracePoint};
@@ -280,6 +281,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "truncwatch: running in a PID namespace of its own: verdicts carry pid and process name, but no cgroup, container or pod (run it in the host's PID namespace for those)"
         );
     }
+    let mut tls = tls_hooks_start(&mut ebpf);
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
     publish(&mut reader, &mut ebpf, &shared, &args);
     eprintln!(
@@ -297,6 +299,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.canary_interval
     };
     let mut canary_tick = tokio::time::interval(canary_every.max(Duration::from_secs(1)));
+    let mut tls_tick = tokio::time::interval(TLS_SCAN_EVERY);
+    let mut tls_scans = 0u32;
     let canary_on = args.selftest || !args.canary_interval.is_zero();
     let mut provoking: Option<tokio::task::JoinHandle<Result<Truth>>> = None;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -331,6 +335,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 provoking = None;
                 let truth = done.map_err(anyhow::Error::from).and_then(|t| t);
                 reader.canary_traffic(truth);
+            }
+            _ = tls_tick.tick(), if tls.is_some() => {
+                tls_scans += 1;
+                let full = tls_scans.is_multiple_of(TLS_FULL_SCAN_EVERY);
+                let hooks = tls.as_mut().expect("guarded");
+                report_tls(hooks.scan(&mut ebpf, full));
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -370,6 +380,40 @@ pub async fn run(args: RunArgs) -> Result<()> {
             bail!("selftest failed: the detector does not work on this host (see above)")
         }
         _ => Ok(()),
+    }
+}
+
+/// How often new processes are looked at for TLS libraries, and every how many of those scans
+/// every process's libraries are looked at again (for libraries loaded later, by `dlopen`).
+const TLS_SCAN_EVERY: Duration = Duration::from_secs(1);
+const TLS_FULL_SCAN_EVERY: u32 = 30;
+
+/// Load the TLS uprobes and hook the TLS libraries running now. None (said why) if uprobes
+/// cannot be used here: plain HTTP is still judged.
+fn tls_hooks_start(ebpf: &mut Ebpf) -> Option<TlsHooks> {
+    match TlsHooks::load(ebpf) {
+        Ok(mut hooks) => {
+            report_tls(hooks.scan(ebpf, true));
+            Some(hooks)
+        }
+        Err(e) => {
+            eprintln!("truncwatch: HTTPS not covered: {e:#}");
+            None
+        }
+    }
+}
+
+/// Say which TLS libraries were newly hooked, or could not be.
+fn report_tls(targets: Vec<crate::tls_hooks::Target>) {
+    for t in targets {
+        match t.hooked {
+            Ok(()) => eprintln!(
+                "truncwatch: TLS: hooked {} ({})",
+                t.path.display(),
+                t.functions.join(", ")
+            ),
+            Err(e) => eprintln!("truncwatch: TLS: not hooked {}: {e}", t.path.display()),
+        }
     }
 }
 

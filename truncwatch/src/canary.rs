@@ -226,6 +226,7 @@ mod tests {
             comm: "c".into(),
             local: local.into(),
             peer: String::new(),
+            tls: false,
         };
         let response = (kind != Kind::ResetDiscard).then(|| ResponseFacts {
             status: 200,

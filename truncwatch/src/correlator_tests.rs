@@ -14,6 +14,7 @@ fn meta(t: Transport) -> ConnMeta {
         comm: "srv".into(),
         local: "127.0.0.1:80".into(),
         peer: "127.0.0.1:5000".into(),
+        tls: false,
     }
 }
 
@@ -80,6 +81,7 @@ impl Wire {
             requests,
             events_lost: false,
             part: Default::default(),
+            tls_seq: None,
         }));
     }
     /// Send `bytes` for real: head capture and tail taken from them, as the kernel would.
@@ -153,6 +155,7 @@ impl Wire {
                 unacked,
                 unsent: unacked - in_flight,
                 unread: 7,
+                snd_una: 0,
             });
         }
         self.state_unacked(TCP_ESTABLISHED, TCP_CLOSE, unacked);
@@ -1005,6 +1008,7 @@ fn reset_discard_is_connection_level_for_any_connection() {
             unacked: 4096,
             unsent: 4000,
             unread: 31,
+            snd_una: 0,
         },
         &mut out,
     );
@@ -1032,6 +1036,7 @@ fn end_evidence_from_the_deciding_state_change() {
         rwnd_limited_jiffies: Some(500),
         sndbuf_limited_jiffies: Some(25),
         events_lost: false,
+        snd_una: 0,
     };
     w.ts += 2_000_000_000;
     let ts_ns = w.ts;

@@ -6,8 +6,9 @@ use std::mem::offset_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
     AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
-    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, HEAD_CAP, HeadEvent, HeadPiece,
-    Header, MAX_HEAD_LIMIT, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_TLS_SEQ, HEAD_CAP, HeadEvent,
+    HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_TLS, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent,
+    StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -25,6 +26,9 @@ pub struct ConnMeta {
     pub comm: String,
     pub local: String,
     pub peer: String,
+    /// The stream is a TLS connection's plaintext, seen in the TLS library (its offsets and
+    /// byte counts are plaintext bytes).
+    pub tls: bool,
 }
 
 /// `newstate` of a `TcpState` event that stands for "a reset arrived from the peer".
@@ -75,6 +79,9 @@ pub enum Event {
         /// flight, ahead of the reset).
         unsent: u64,
         unread: u64,
+        /// `snd_una` then: `snd_una + unacked - unsent` is the sequence number where the
+        /// dropped bytes begin (a TLS stream maps it to plaintext: `SendFacts::tls_seq`).
+        snd_una: u32,
     },
 }
 
@@ -117,6 +124,8 @@ pub struct TcpFacts {
     pub sndbuf_limited_jiffies: Option<u64>,
     /// An event about this socket was lost (ring buffer full).
     pub events_lost: bool,
+    /// `snd_una`: the sequence number of the first byte not acknowledged.
+    pub snd_una: u32,
 }
 
 /// `HeadPiece`: bytes of a head at stream `offset`, from a send that offered bytes up to
@@ -152,6 +161,9 @@ pub struct SendFacts {
     /// An earlier event about this socket was lost (ring buffer full).
     pub events_lost: bool,
     pub part: SendPart,
+    /// A TLS write whose records went to the socket within the call: the TCP `write_seq` after
+    /// them (one past their last ciphertext byte).
+    pub tls_seq: Option<u32>,
 }
 
 /// Which part of a send an event tells. The tracepoint and fentry backends see a send once,
@@ -263,6 +275,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 rwnd_limited_jiffies: known(e.rwnd_limited),
                 sndbuf_limited_jiffies: known(e.sndbuf_limited),
                 events_lost: e.flags & FLAG_EVENTS_LOST != 0,
+                snd_una: e.snd_una,
             };
             Event::TcpState {
                 sk: h.sk,
@@ -282,6 +295,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 unacked: e.unacked.into(),
                 unsent: e.unsent.into(),
                 unread: e.unread.into(),
+                snd_una: e.snd_una,
             }
         }
         EV_EOF => {
@@ -318,7 +332,7 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         offset: e.offset,
         ret: e.ret.into(),
         requested: e.requested,
-        syscall: e.syscall,
+        syscall: e.syscall.into(),
         head,
         tail: Tail::new(&e.tail[..n]),
         requests: Seen::default(),
@@ -330,6 +344,7 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         } else {
             SendPart::Whole
         },
+        tls_seq: (e.flags & FLAG_TLS_SEQ != 0).then_some(e.seq),
     })
 }
 
@@ -342,8 +357,12 @@ fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
             comm,
             local: unix_path(&e.unix_path),
             peer: String::new(),
+            tls: false,
         },
-        family => inet_meta(family, &e.sock, e.sport, e.h.tgid, comm, l),
+        family => ConnMeta {
+            tls: e.flags & OPEN_TLS != 0,
+            ..inet_meta(family, &e.sock, e.sport, e.h.tgid, comm, l)
+        },
     }
 }
 
@@ -375,6 +394,7 @@ fn inet_meta(
         comm,
         local: SocketAddr::new(la, lport).to_string(),
         peer: SocketAddr::new(pa, pport).to_string(),
+        tls: false,
     }
 }
 
@@ -430,7 +450,7 @@ mod tests {
             },
             family: AF_INET,
             sport: 8080u16.to_be(),
-            _pad: [0; 4],
+            flags: 0,
             comm: *b"nginx\0\0\0\0\0\0\0\0\0\0\0",
             sock: [0; SOCK_PREFIX],
             unix_path: [0; UNIX_PATH],
@@ -446,6 +466,7 @@ mod tests {
             comm: "nginx".into(),
             local: "127.0.0.1:8080".into(),
             peer: "127.0.0.2:5555".into(),
+            tls: false,
         };
         assert_eq!(
             ev,

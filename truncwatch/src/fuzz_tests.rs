@@ -327,6 +327,7 @@ fn random_event_streams_never_panic() {
                 unacked: r.below(1 << 20),
                 unsent: r.below(1 << 20),
                 unread: r.below(100),
+                snd_una: 0,
             },
         };
         c.handle(ev, &mut out);
@@ -342,6 +343,7 @@ fn meta() -> ConnMeta {
         comm: "gen".into(),
         local: "127.0.0.1:80".into(),
         peer: "127.0.0.1:9".into(),
+        tls: false,
     }
 }
 
@@ -671,6 +673,7 @@ fn end_stream(
                     unacked,
                     unsent: unacked,
                     unread: 1,
+                    snd_una: 0,
                 };
                 c.handle(ev, out);
             }

@@ -12,6 +12,7 @@ pub mod btf_offsets;
 pub mod btf_reader;
 pub mod canary;
 pub mod check;
+pub mod cipher_marks;
 pub mod correlator;
 pub mod endpoint;
 pub mod events;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod output;
 pub mod requests;
 pub mod response;
+pub mod tls_hooks;
 pub mod verdict;
 
 #[cfg(test)]

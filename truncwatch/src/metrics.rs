@@ -31,6 +31,9 @@ struct Owner {
 struct ResponseLabels {
     verdict: &'static str,
     transport: &'static str,
+    /// `true` for a TLS connection judged from its plaintext, else `false` (`all` where
+    /// verdicts are only counted).
+    tls: &'static str,
     #[prometheus(flatten)]
     owner: Owner,
 }
@@ -269,6 +272,7 @@ impl Metrics {
                 Transport::Tcp => "tcp",
                 Transport::Unix => "unix",
             },
+            tls: if v.meta.tls { "true" } else { "false" },
             owner,
         };
         if let Some(missing) = v
@@ -318,6 +322,7 @@ impl Metrics {
                     let l = ResponseLabels {
                         verdict: kind.as_str(),
                         transport: "all",
+                        tls: "all",
                         owner: owner.clone(),
                     };
                     self.responses.get_or_create(&l).inc_by(now - then);
@@ -443,6 +448,7 @@ mod tests {
             comm: comm.into(),
             local: format!("127.0.0.1:{port}"),
             peer: String::new(),
+            tls: false,
         };
         let response = Some(ResponseFacts {
             status: 200,
@@ -479,7 +485,7 @@ mod tests {
         m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 40), &owner);
         m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 2), &owner);
         let text = m.encode();
-        let l = r#"{verdict="short_write",transport="tcp",process="nginx",container="app",namespace="shop",pod="web-1",port="80"}"#;
+        let l = r#"{verdict="short_write",transport="tcp",tls="false",process="nginx",container="app",namespace="shop",pod="web-1",port="80"}"#;
         assert!(
             text.contains(&format!("truncwatch_responses_total{l} 2")),
             "{text}"
@@ -544,7 +550,7 @@ mod tests {
         m.update(&stats, true, 1, 15, [3, 0], &prog(3_000_000_000, 30));
         let text = m.encode();
         for want in [
-            r#"truncwatch_responses_total{verdict="complete",transport="all",process="all",container="all",namespace="all",pod="all",port="all"} 7"#,
+            r#"truncwatch_responses_total{verdict="complete",transport="all",tls="all",process="all",container="all",namespace="all",pod="all",port="all"} 7"#,
             r#"truncwatch_unjudged_responses_total{reason="head_only"} 1"#,
             r#"truncwatch_unjudged_responses_total{reason="chunked_uncertain"} 0"#,
             r#"truncwatch_events_lost_total{reason="ring_buffer_full"} 3"#,

@@ -50,6 +50,8 @@ pub fn monotonic_ns() -> u64 {
 struct JsonVerdict<'a> {
     verdict: &'static str,
     transport: Transport,
+    /// A TLS connection, judged from the TLS library's plaintext (byte counts are plaintext).
+    tls: bool,
     pid: u32,
     comm: &'a str,
     local: &'a str,
@@ -80,6 +82,7 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
             let j = JsonVerdict {
                 verdict: v.kind.as_str(),
                 transport: v.meta.transport,
+                tls: v.meta.tls,
                 pid: v.pid,
                 comm: &v.meta.comm,
                 local: &v.meta.local,
@@ -109,9 +112,10 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
             } else {
                 format!(" <- {}", v.meta.peer)
             };
-            let transport = match v.meta.transport {
-                Transport::Tcp => "tcp",
-                Transport::Unix => "unix",
+            let transport = match (v.meta.transport, v.meta.tls) {
+                (Transport::Tcp, false) => "tcp",
+                (Transport::Tcp, true) => "tcp+tls",
+                (Transport::Unix, _) => "unix",
             };
             let mut line = format!(
                 "{ts} {:<11} {transport} {}{peer} pid={} comm={}",
@@ -173,6 +177,7 @@ mod tests {
                 comm: "hyper".into(),
                 local: "/run/app.sock".into(),
                 peer: String::new(),
+                tls: false,
             }),
             pid: 9,
             response: Some(ResponseFacts {

@@ -1,0 +1,260 @@
+//! TLS plaintext, from the TLS library's own calls: uprobes on OpenSSL's `SSL_write`,
+//! `SSL_write_ex`, `SSL_read` and `SSL_read_ex` (where each begins and returns) and on
+//! `SSL_free`.
+//!
+//! A call's `SSL *` is tied to its TCP socket by the socket I/O the call does itself: OpenSSL's
+//! socket BIO writes and reads the records on the calling thread, inside the call, and the
+//! socket hooks note a `TRACK_TLS` socket's I/O in the thread's entry while a call is in
+//! progress. The tie is kept (by process and `SSL *`) until `SSL_free`. A library with a memory
+//! BIO (Node.js) does its socket I/O outside the calls: its first read that returns data is tied
+//! to the TLS socket the thread read last, where the records it decrypts came from.
+//!
+//! The plaintext then goes through the plain path's accounting (`send::account`): the first
+//! write that begins `HTTP/1.` makes the connection tracked, stream offsets count plaintext
+//! bytes the library accepted, heads are read from the writes' buffers, and requests from the
+//! reads'. Its state lives in a hash map keyed by socket (`TLS_SOCKS`): uprobes cannot reach
+//! socket storage. The end of the stream comes from the TCP socket (`state_changed`).
+use crate::{
+    kernel::{IoCall, read_kernel, read_user},
+    maps::{LOST_STORAGE, count_lost, offsets},
+    send::{account, open},
+    state::{TCP_CLOSE, emit_state},
+};
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap},
+    helpers::bpf_get_current_pid_tgid,
+    macros::btf_map,
+};
+use core::ffi::c_void;
+use truncwatch_common::{
+    FLAG_TLS_SEQ, OPEN_TLS, SYS_TLS_WRITE, SockState, TLS_CALL_READ, TLS_CALL_WRITE, TRACK_HTTP,
+    TRACK_NO, TlsThread,
+};
+
+/// Each thread's TLS call in progress and last TLS socket read (`TlsThread`), by
+/// `bpf_get_current_pid_tgid`. LRU: threads come and go unseen.
+#[btf_map]
+static TLS_THREADS: LruHashMap<u64, TlsThread, 16384> = LruHashMap::new();
+
+/// `SSL *` to TCP socket, by `[tgid, SSL *]`, from the first call that showed it until
+/// `SSL_free`.
+#[btf_map]
+static TLS_BOUND: LruHashMap<[u64; 2], u64, 65536> = LruHashMap::new();
+
+/// The plaintext stream's state of each TLS socket that had a call tied to it, by socket
+/// address; deleted when the socket reaches CLOSE, and when a new TLS socket is classified at
+/// the same address. When full, new TLS connections go untracked (`LOST_STORAGE`).
+#[btf_map]
+static TLS_SOCKS: HashMap<u64, SockState, 65536> = HashMap::new();
+
+/// A TLS call begins (`kind`: `TLS_CALL_*`; `out`: the `_ex` variants' count pointer, else 0).
+#[inline(always)]
+pub fn call_begins(kind: u32, ssl: u64, buf: u64, num: u64, out: u64) {
+    let Some(t) = thread(true) else { return };
+    t.ssl = ssl;
+    t.buf = buf;
+    t.num = num;
+    t.out = out;
+    t.kind = kind;
+    t.send_ret = 0;
+    t.sk = 0;
+}
+
+/// The calling thread's entry (`create`: make it if it has none).
+#[inline(always)]
+fn thread(create: bool) -> Option<&'static mut TlsThread> {
+    let id = bpf_get_current_pid_tgid();
+    if let Some(p) = TLS_THREADS.get_ptr_mut(id) {
+        return Some(unsafe { &mut *p });
+    }
+    if !create {
+        return None;
+    }
+    let _ = TLS_THREADS.insert(id, TlsThread::default(), 0);
+    TLS_THREADS.get_ptr_mut(id).map(|p| unsafe { &mut *p })
+}
+
+/// The socket hooks saw I/O on a `TRACK_TLS` socket (`ret`: what it returned; `send`: a
+/// send): note it in the thread's entry.
+#[inline(always)]
+pub fn socket_io(sk: *mut c_void, ret: i32, send: bool) {
+    let Some(t) = thread(!send) else { return };
+    if t.ssl != 0 {
+        t.sk = sk as u64;
+        if send {
+            t.send_ret = ret;
+        }
+    }
+    if !send {
+        t.last_read = sk as u64;
+    }
+}
+
+/// A TCP socket was classified `TRACK_TLS` at its first send: state left at its address by
+/// a socket freed before is not its own.
+#[inline(always)]
+pub fn socket_begins(sk: *mut c_void) {
+    let _ = TLS_SOCKS.remove(sk as u64);
+    socket_io(sk, 0, true);
+}
+
+/// `SSL_free(ssl)`: its tie to a socket ends (the address may hold another `SSL` next).
+#[inline(always)]
+pub fn ssl_free(ssl: u64) {
+    let _ = TLS_BOUND.remove([bpf_get_current_pid_tgid() >> 32, ssl]);
+}
+
+/// A TLS call returned `ret` (an `int`: bytes, or <= 0; the `_ex` variants: 1 or 0, the count
+/// behind `out`).
+#[inline(always)]
+pub fn call_returns(ret: i64) {
+    let Some(t) = thread(false) else { return };
+    let c = *t;
+    t.ssl = 0;
+    if c.ssl == 0 {
+        return;
+    }
+    let ret = ret as i32;
+    let n: i64 = if c.out == 0 {
+        ret as i64
+    } else if ret == 1 {
+        read_user::<u64>(c.out).map_or(-1, |n| n.min(i32::MAX as u64) as i64)
+    } else {
+        -1
+    };
+    let read = c.kind == TLS_CALL_READ;
+    let Some(sk) = bound(&c, read && n > 0) else {
+        return;
+    };
+    if read {
+        if n > 0 {
+            plaintext_read(sk, c.buf, n as u64);
+        }
+    } else if c.kind == TLS_CALL_WRITE {
+        plaintext_write(sk, &c, n);
+    }
+}
+
+/// The socket of the call `c`: the one it did I/O on, else the one its `SSL *` was tied to,
+/// else (`data_read`: a read that returned data) the one the thread read last.
+#[inline(always)]
+fn bound(c: &TlsThread, data_read: bool) -> Option<u64> {
+    let key = [bpf_get_current_pid_tgid() >> 32, c.ssl];
+    let tie = |sk: u64| {
+        let _ = TLS_BOUND.insert(key, sk, 0);
+        Some(sk)
+    };
+    // SAFETY: a plain value, copied out at once.
+    let known = TLS_BOUND.get_ptr(key).map(|p| unsafe { *p });
+    if c.sk != 0 {
+        if known == Some(c.sk) {
+            return Some(c.sk);
+        }
+        return tie(c.sk);
+    }
+    if known.is_some() {
+        return known;
+    }
+    if data_read && c.last_read != 0 {
+        return tie(c.last_read);
+    }
+    None
+}
+
+/// The TLS socket's plaintext state (`create`: make it, zeroed, if it has none).
+#[inline(always)]
+fn plaintext(sk: u64, create: bool) -> Option<&'static mut SockState> {
+    if let Some(p) = TLS_SOCKS.get_ptr_mut(sk) {
+        return Some(unsafe { &mut *p });
+    }
+    if !create {
+        return None;
+    }
+    let _ = TLS_SOCKS.insert(sk, SockState::default(), 1); // BPF_NOEXIST
+    match TLS_SOCKS.get_ptr_mut(sk) {
+        Some(p) => Some(unsafe { &mut *p }),
+        None => {
+            count_lost(LOST_STORAGE);
+            None
+        }
+    }
+}
+
+/// `n` plaintext bytes read into `buf`: a request, maybe (as `recv::request`).
+#[inline(always)]
+fn plaintext_read(sk: u64, buf: u64, n: u64) {
+    let Some(st) = plaintext(sk, true) else {
+        return;
+    };
+    if st.track == TRACK_NO {
+        return;
+    }
+    let mut call = IoCall::NONE;
+    call.iov[0] = [buf, n];
+    call.niov = 1;
+    crate::recv::request(st, &call);
+}
+
+/// A write call `c` returned (`n`: plaintext bytes the library accepted, or <= 0): classify
+/// the stream at its first accepted write, then account it as a send.
+#[inline(always)]
+fn plaintext_write(sk: u64, c: &TlsThread, n: i64) {
+    let o = offsets();
+    if o.ready == 0 {
+        return;
+    }
+    let Some(st) = plaintext(sk, n > 0) else {
+        return;
+    };
+    if st.track == 0 {
+        st.track = TRACK_NO;
+        if c.num < 7 || read_user::<[u8; 7]>(c.buf) != Some(*b"HTTP/1.") {
+            return;
+        }
+        st.track = TRACK_HTTP;
+        st.sent = 0;
+        st.head_more = 0;
+        let family = read_kernel::<u16>(sk + o.skc_family as u64).unwrap_or(0);
+        open(sk as *mut c_void, family, o, OPEN_TLS);
+    }
+    if st.track != TRACK_HTTP {
+        return;
+    }
+    // A refused write counts as the socket's refusal (EAGAIN: the slow-reader evidence).
+    let ret = if n > 0 {
+        n as i32
+    } else if c.send_ret < 0 {
+        c.send_ret
+    } else {
+        return;
+    };
+    let mut call = IoCall::NONE;
+    call.nr = SYS_TLS_WRITE as u32;
+    call.requested = c.num;
+    call.iov[0] = [c.buf, c.num];
+    call.niov = 1;
+    let mut flags = 0;
+    // The records went to the socket within the call: its write_seq now ends them.
+    if n > 0
+        && c.sk == sk
+        && let Some(seq) = read_kernel::<u32>(sk + o.tcp_write_seq as u64)
+    {
+        call.seq = seq;
+        flags = FLAG_TLS_SEQ;
+    }
+    account(sk as *mut c_void, st, ret, call, flags);
+}
+
+/// A `TRACK_TLS` socket changed state (or `STATE_RESET_RECEIVED`): report it if its plaintext
+/// is a tracked stream; forget the plaintext state at CLOSE.
+#[inline(always)]
+pub fn state_changed(sk: *mut c_void, oldstate: i32, newstate: i32) {
+    if let Some(st) = plaintext(sk as u64, false)
+        && st.track == TRACK_HTTP
+    {
+        emit_state(sk, st, oldstate, newstate);
+    }
+    if newstate == TCP_CLOSE {
+        let _ = TLS_SOCKS.remove(sk as u64);
+    }
+}
