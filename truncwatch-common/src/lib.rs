@@ -235,16 +235,19 @@ pub struct SendEvent {
     pub tail: [u8; TAIL],
     /// `FLAG_EVENTS_LOST` if an earlier event about this socket was lost; `FLAG_TLS_SEQ`.
     pub flags: u32,
-    /// With `FLAG_TLS_SEQ`: the TCP socket's `write_seq` when the TLS write returned, i.e. one
-    /// past the last ciphertext byte of the records that carried this write's plaintext.
+    /// With `FLAG_TLS_SEQ` or `FLAG_TLS_SEQ_BEFORE`: the TCP socket's `write_seq` when the TLS
+    /// write returned.
     pub seq: u32,
 }
 
 /// `SendEvent.syscall` of a TLS library's write (`SSL_write`, `SSL_write_ex`): plaintext.
 pub const SYS_TLS_WRITE: u16 = 0xfff1;
-/// `SendEvent.flags`: `seq` is set (the write's records went to the socket during the call, as
-/// with OpenSSL's socket BIO; not so with a memory BIO, as in Node.js).
+/// `SendEvent.flags`: `seq` is set, and the write's records went to the socket during the call
+/// (OpenSSL's socket BIO): `seq` ends them.
 pub const FLAG_TLS_SEQ: u32 = 128;
+/// `SendEvent.flags`: `seq` is set, but the write did no socket I/O (a memory BIO, as in
+/// Node.js: the records go to the socket later): `seq` is where they can begin at the earliest.
+pub const FLAG_TLS_SEQ_BEFORE: u32 = 256;
 
 /// A thread's TLS library call in progress, and its TLS socket I/O, kept per thread
 /// (`bpf_get_current_pid_tgid`) between a uprobe on the call and its return probe.

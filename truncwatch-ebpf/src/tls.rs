@@ -27,8 +27,8 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    FLAG_TLS_SEQ, OPEN_TLS, SYS_TLS_WRITE, SockState, TLS_CALL_READ, TLS_CALL_WRITE, TRACK_HTTP,
-    TRACK_NO, TlsThread,
+    FLAG_TLS_SEQ, FLAG_TLS_SEQ_BEFORE, OPEN_TLS, SYS_TLS_WRITE, SockState, TLS_CALL_READ,
+    TLS_CALL_WRITE, TRACK_HTTP, TRACK_NO, TlsThread,
 };
 
 /// Each thread's TLS call in progress and last TLS socket read (`TlsThread`), by
@@ -234,13 +234,17 @@ fn plaintext_write(sk: u64, c: &TlsThread, n: i64) {
     call.iov[0] = [c.buf, c.num];
     call.niov = 1;
     let mut flags = 0;
-    // The records went to the socket within the call: its write_seq now ends them.
+    // Where the write's records lie in the ciphertext: the socket's write_seq now ends them if
+    // they went to the socket within the call; else (a memory BIO) they come after it.
     if n > 0
-        && c.sk == sk
         && let Some(seq) = read_kernel::<u32>(sk + o.tcp_write_seq as u64)
     {
         call.seq = seq;
-        flags = FLAG_TLS_SEQ;
+        flags = if c.sk == sk {
+            FLAG_TLS_SEQ
+        } else {
+            FLAG_TLS_SEQ_BEFORE
+        };
     }
     account(sk as *mut c_void, st, ret, call, flags);
 }

@@ -8,7 +8,8 @@
 //! dropped, is the verdict; one verdict per response.
 use crate::cipher_marks::CipherMarks;
 use crate::events::{
-    ConnMeta, Event, PieceFacts, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts, Transport,
+    ConnMeta, Event, PieceFacts, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts, TlsSeq,
+    Transport,
 };
 use crate::http_head::{self, Body, Head, HeadCache, Parsed};
 use crate::requests::{Answer, Requests};
@@ -350,7 +351,10 @@ impl Correlator {
             }
             conn.sent = conn.sent.max(offset + ret);
             if let (Some(m), Some(seq)) = (&mut conn.marks, s.tls_seq) {
-                m.push(offset + ret, seq);
+                match seq {
+                    TlsSeq::End(seq) => m.push(offset + ret, ret, seq),
+                    TlsSeq::Before(seq) => m.push_reckoned(offset + ret, ret, seq),
+                }
                 let oldest = conn.settling.as_ref().map(|(r, _)| r.start);
                 if let Some(start) = oldest.or(conn.resp.as_ref().map(|r| r.start)) {
                     m.forget_before(start);
@@ -621,6 +625,7 @@ impl Correlator {
     /// The stream ended: judge the responses not judged yet, one verdict each.
     fn finish(&mut self, mut conn: Box<Conn>, ending: Ending, ts_ns: u64, out: &mut Vec<Verdict>) {
         self.drop_partial(&mut conn, ts_ns, out);
+        self.reached_kernel(&mut conn);
         self.take_untaken(&mut conn);
         let mut reset_taken = false;
         if let Some((resp, reached_ns)) = conn.settling.take() {
@@ -631,6 +636,32 @@ impl Correlator {
         }
         if let Some(r) = conn.reset.take().filter(|_| !reset_taken) {
             self.connection_reset(r, ts_ns, out);
+        }
+    }
+
+    /// A TLS stream whose library keeps its records a while (a memory BIO): only the plaintext
+    /// whose records reached the kernel by the end was handed over (`CipherMarks`). A response
+    /// whose end lies beyond it did not reach its end after all; one that began beyond it was
+    /// never sent.
+    fn reached_kernel(&mut self, conn: &mut Conn) {
+        let (Some(m), Some(tcp)) = (&conn.marks, conn.tcp) else {
+            return;
+        };
+        if !m.reckoned() {
+            return;
+        }
+        let in_kernel = m.plain_delivered(tcp.snd_una.wrapping_add(tcp.unacked as u32));
+        if in_kernel >= conn.sent {
+            return;
+        }
+        conn.sent = in_kernel;
+        if conn
+            .settling
+            .as_ref()
+            .is_some_and(|(r, _)| r.end().is_some_and(|end| end > in_kernel))
+        {
+            self.take_untaken(conn);
+            conn.resp = conn.settling.take().map(|(r, _)| r);
         }
     }
 

@@ -6,9 +6,9 @@ use std::mem::offset_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
     AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
-    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_TLS_SEQ, HEAD_CAP, HeadEvent,
-    HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_TLS, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent,
-    StateEvent, TAIL,
+    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_TLS_SEQ, FLAG_TLS_SEQ_BEFORE,
+    HEAD_CAP, HeadEvent, HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_TLS, OpenEvent, ResetEvent,
+    SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -161,9 +161,19 @@ pub struct SendFacts {
     /// An earlier event about this socket was lost (ring buffer full).
     pub events_lost: bool,
     pub part: SendPart,
-    /// A TLS write whose records went to the socket within the call: the TCP `write_seq` after
-    /// them (one past their last ciphertext byte).
-    pub tls_seq: Option<u32>,
+    /// A TLS write: where its records lie in the TCP stream.
+    pub tls_seq: Option<TlsSeq>,
+}
+
+/// Where a TLS write's records lie in the TCP connection's ciphertext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsSeq {
+    /// They went to the socket within the call (OpenSSL's socket BIO): the TCP `write_seq`
+    /// after them, one past their last byte.
+    End(u32),
+    /// The call did no socket I/O (a memory BIO, as in Node.js): `write_seq` when it returned;
+    /// its records follow later.
+    Before(u32),
 }
 
 /// Which part of a send an event tells. The tracepoint and fentry backends see a send once,
@@ -344,7 +354,13 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         } else {
             SendPart::Whole
         },
-        tls_seq: (e.flags & FLAG_TLS_SEQ != 0).then_some(e.seq),
+        tls_seq: if e.flags & FLAG_TLS_SEQ != 0 {
+            Some(TlsSeq::End(e.seq))
+        } else if e.flags & FLAG_TLS_SEQ_BEFORE != 0 {
+            Some(TlsSeq::Before(e.seq))
+        } else {
+            None
+        },
     })
 }
 
