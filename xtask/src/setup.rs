@@ -108,6 +108,7 @@ const SCENARIO_PACKAGES: &[&str] = &[
     "lighttpd",
     "apache2",
     "curl",
+    "openssl", // certificates for the HTTPS tests (truncwatch/tests/tls.rs)
 ];
 
 /// Debian's policy hook: while it answers 101, installing a server does not start it (the

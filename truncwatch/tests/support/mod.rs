@@ -356,6 +356,16 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(servers: &[&str]) -> Nginx {
+        Self::start_with(servers, false)
+    }
+
+    /// The same, each server speaking HTTPS (`ssl` on its `listen`), with a certificate made
+    /// now (`openssl req`).
+    pub fn start_tls(servers: &[&str]) -> Nginx {
+        Self::start_with(servers, true)
+    }
+
+    fn start_with(servers: &[&str], tls: bool) -> Nginx {
         use std::os::unix::process::CommandExt;
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -365,11 +375,20 @@ impl Nginx {
         std::fs::write(dir.join("www/1k.bin"), vec![b'k'; 1024]).unwrap();
         let d = dir.display();
         let ports: Vec<u16> = servers.iter().map(|_| free_port()).collect();
+        let ssl = if tls {
+            let (cert, key) = certificate(&dir);
+            format!("ssl_certificate {}; ssl_certificate_key {};", cert, key)
+        } else {
+            String::new()
+        };
+        let listen_ssl = if tls { " ssl" } else { "" };
         let blocks: String = servers
             .iter()
             .zip(&ports)
             .map(|(body, port)| {
-                format!("server {{ listen 127.0.0.1:{port}; root {d}/www; {body} }}\n")
+                format!(
+                    "server {{ listen 127.0.0.1:{port}{listen_ssl}; {ssl} root {d}/www; {body} }}\n"
+                )
             })
             .collect();
         let conf = format!(
@@ -412,6 +431,27 @@ impl Drop for Nginx {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A self-signed certificate and its key for `localhost`, made in `dir` with `openssl req`:
+/// their paths.
+pub fn certificate(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl req")
+        .success();
+    assert!(ok, "openssl req failed");
+    (cert.display().to_string(), key.display().to_string())
 }
 
 pub fn free_port() -> u16 {

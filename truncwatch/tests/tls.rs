@@ -1,0 +1,324 @@
+//! HTTPS, judged from the TLS library's plaintext (uprobes on OpenSSL's SSL_write/SSL_read):
+//! nginx (libssl.so.3, socket BIO), Python's `ssl` (the same), and Node.js (OpenSSL linked into
+//! the executable, memory BIO), each with a client that records what it got (tests/servers/tls/
+//! fetch.py, Python's `ssl`).
+mod support;
+
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::{Agent, FILE_BYTES, Nginx, certificate, free_port, nginx_or_skip, u, wait_listening};
+
+const SERVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/tls");
+
+/// Fetch `path` over TLS from 127.0.0.1:`port` (fetch.py's options in `args`): what the client
+/// got, one object per response.
+fn fetch(port: u16, path: &str, args: &[&str]) -> Vec<Value> {
+    let out = Command::new("python3")
+        .arg(format!("{SERVERS}/fetch.py"))
+        .args([&port.to_string(), path])
+        .args(args)
+        .output()
+        .expect("run python3 tests/servers/tls/fetch.py");
+    assert!(
+        out.status.success(),
+        "fetch.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("fetch.py prints JSON"))
+        .collect()
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A scratch directory with a certificate: (directory, cert, key).
+fn cert_dir(name: &str) -> (tempdir::Dir, String, String) {
+    let dir = tempdir::Dir::new(name);
+    let (cert, key) = certificate(&dir.0);
+    (dir, cert, key)
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(name: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("truncwatch-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// tests/servers/tls/short.py on a free port: each connection promises `promise` body bytes
+/// after a head of about `head` bytes, sends `send` of them, then `end`s (close|reset).
+fn python_server(
+    cert: &str,
+    key: &str,
+    promise: u64,
+    send: u64,
+    head: u64,
+    end: &str,
+) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(format!("{SERVERS}/short.py"))
+        .args([&port.to_string(), cert, key])
+        .args([promise, send, head].map(|n| n.to_string()))
+        .args([end, "0.3"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run python3 tests/servers/tls/short.py");
+    wait_listening(port);
+    (Proc(child), port)
+}
+
+#[test]
+fn nginx_https_send_timeout_is_a_short_write() {
+    if !nginx_or_skip("nginx_https_send_timeout_is_a_short_write") {
+        return;
+    }
+    let agent = Agent::start();
+    let ngx = Nginx::start_tls(&["send_timeout 1s;"]);
+    let port = ngx.ports[0];
+    let local = format!("127.0.0.1:{port}");
+    // Reads 1 MB of body, then stalls 3 s: nginx's 1 s send_timeout fires meanwhile.
+    let got = fetch(
+        port,
+        "/big.bin",
+        &["--stall-after", "1000000", "--stall", "3"],
+    );
+    assert_eq!(
+        got[0]["complete"], false,
+        "nginx should have cut it: {}",
+        got[0]
+    );
+    let v = agent.wait_for(&local, 1, Duration::from_secs(30));
+    assert_eq!(v.len(), 1, "{v:?}");
+    let v = &v[0];
+    assert_eq!(
+        (&v["verdict"], &v["tls"], &v["comm"]),
+        (&"short_write".into(), &true.into(), &"nginx".into()),
+        "{v}"
+    );
+    assert_eq!(
+        u(&v["sent_bytes"]),
+        u(&got[0]["received_bytes"]),
+        "agent bytes = client's plaintext bytes: {v}"
+    );
+    assert_eq!(
+        u(&v["expected_bytes"]),
+        u(&got[0]["head_bytes"]) + FILE_BYTES,
+        "{v}"
+    );
+    assert_eq!(v["evidence"]["peer_window_at_end"], 0, "a slow reader: {v}");
+
+    // The same download read steadily, twice on one connection: complete, exact bytes.
+    let ok = fetch(port, "/big.bin", &["--requests", "2"]);
+    assert!(ok.iter().all(|r| r["complete"] == true), "{ok:?}");
+    let v = agent.wait_for(&local, 3, Duration::from_secs(30));
+    assert_eq!(v.len(), 3, "{v:?}");
+    for x in &v[1..] {
+        assert_eq!(
+            (&x["verdict"], &x["tls"]),
+            (&"complete".into(), &true.into()),
+            "{x}"
+        );
+        assert_eq!(u(&x["sent_bytes"]), u(&ok[0]["received_bytes"]), "{x}");
+    }
+
+    // HEAD over TLS: complete with its head (the request's method is read from the plaintext).
+    let heads = fetch(port, "/big.bin", &["--method", "HEAD", "--requests", "3"]);
+    assert!(heads.iter().all(|r| r["complete"] == true), "{heads:?}");
+    let v = agent.wait_for(&local, 6, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = &agent.verdicts(&local)[3..];
+    assert_eq!(after.len(), 3, "one verdict per HEAD answer: {v:?}");
+    for (x, client) in after.iter().zip(&heads) {
+        assert_eq!(x["verdict"], "complete", "{x}");
+        assert_eq!(u(&x["sent_bytes"]), u(&client["head_bytes"]), "{x}");
+    }
+
+    // Keep-alive: 50 small responses on one TLS connection, each complete with its bytes.
+    let many = fetch(port, "/1k.bin", &["--requests", "50"]);
+    assert!(
+        many.len() == 50 && many.iter().all(|r| r["complete"] == true),
+        "{many:?}"
+    );
+    agent.wait_for(&local, 56, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = &agent.verdicts(&local)[6..];
+    assert_eq!(after.len(), 50, "one verdict per response: {after:?}");
+    for (x, client) in after.iter().zip(&many) {
+        assert_eq!(x["verdict"], "complete", "{x}");
+        assert_eq!(u(&x["sent_bytes"]), u(&client["received_bytes"]), "{x}");
+    }
+}
+
+/// A Python `ssl` server that promises 8 MB and closes after 2 MB, started before the agent:
+/// its new connections are judged, with exact plaintext bytes, for a 200-byte and a 1.3 KB head.
+#[test]
+fn python_https_short_write_has_exact_plaintext_bytes() {
+    if !support::kernel_or_skip("python_https_short_write_has_exact_plaintext_bytes") {
+        return;
+    }
+    let (_dir, cert, key) = cert_dir("tls-python");
+    let servers: Vec<(Proc, u16, u64)> = [200, 1300]
+        .into_iter()
+        .map(|head| {
+            let (p, port) = python_server(&cert, &key, 8_000_000, 2_000_000, head, "close");
+            (p, port, head)
+        })
+        .collect();
+    let agent = Agent::start();
+    for (_p, port, head) in &servers {
+        let got = fetch(*port, "/", &[]);
+        assert_eq!(got[0]["complete"], false, "{got:?}");
+        let local = format!("127.0.0.1:{port}");
+        let v = agent.wait_for(&local, 1, Duration::from_secs(30));
+        assert_eq!(v.len(), 1, "{v:?}");
+        let v = &v[0];
+        assert_eq!(
+            (&v["verdict"], &v["tls"]),
+            (&"short_write".into(), &true.into()),
+            "{v}"
+        );
+        assert_eq!(u(&v["sent_bytes"]), u(&got[0]["received_bytes"]), "{v}");
+        assert_eq!(
+            u(&v["delivered_bytes"]),
+            u(&got[0]["received_bytes"]),
+            "{v}"
+        );
+        assert_eq!(u(&v["content_length"]), 8_000_000, "{v}");
+        let head_bytes = u(&got[0]["head_bytes"]);
+        assert!(
+            head_bytes.abs_diff(*head) < 64,
+            "a {head}-byte head: {head_bytes}"
+        );
+        assert_eq!(u(&v["sent_bytes"]), head_bytes + 2_000_000, "{v}");
+    }
+}
+
+/// A TLS connection this host resets with data in flight (SO_LINGER 0 while the client
+/// stalls): the response was all handed over, and the reset dropped what the client had not
+/// acknowledged. `reset_discard`, with the plaintext the client got.
+#[test]
+fn https_reset_with_data_in_flight_is_a_reset_discard() {
+    if !support::kernel_or_skip("https_reset_with_data_in_flight_is_a_reset_discard") {
+        return;
+    }
+    let (_dir, cert, key) = cert_dir("tls-reset");
+    let agent = Agent::start();
+    // 1 MB fits the kernel's buffers while the client stalls: all handed over, then reset.
+    let (_p, port) = python_server(&cert, &key, 1_000_000, 1_000_000, 200, "reset");
+    let got = fetch(port, "/", &["--stall-after", "100000", "--stall", "2"]);
+    assert_eq!(
+        got[0]["complete"], false,
+        "the reset should have cut it: {got:?}"
+    );
+    let local = format!("127.0.0.1:{port}");
+    let v = agent.wait_for(&local, 1, Duration::from_secs(30));
+    assert_eq!(v.len(), 1, "one verdict for the response: {v:?}");
+    let v = &v[0];
+    assert_eq!(
+        (&v["verdict"], &v["tls"]),
+        (&"reset_discard".into(), &true.into()),
+        "{v}"
+    );
+    assert_eq!(
+        u(&v["sent_bytes"]),
+        u(&v["expected_bytes"]),
+        "all handed over: {v}"
+    );
+    assert_eq!(
+        u(&v["delivered_bytes"]),
+        u(&got[0]["received_bytes"]),
+        "what the client got: {v}"
+    );
+}
+
+/// Node.js (OpenSSL in the executable, records written through a memory BIO after each call):
+/// `server.timeout` cuts a stalled reader with most of the body still in Node's buffers.
+/// Started after the agent: its executable is found and hooked.
+#[test]
+fn node_https_timeout_is_a_short_write() {
+    if !support::kernel_or_skip("node_https_timeout_is_a_short_write") {
+        return;
+    }
+    let (_dir, cert, key) = cert_dir("tls-node");
+    let agent = Agent::start();
+    let port = free_port();
+    let node = Command::new("node")
+        .arg(format!("{SERVERS}/node-timeout.js"))
+        .args([
+            &port.to_string(),
+            &cert,
+            &key,
+            &FILE_BYTES.to_string(),
+            "1000",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node (Debian's nodejs) is needed");
+    let _node = Proc(node);
+    wait_listening(port);
+    // Node's OpenSSL is in the executable (nodesource's builds; the agent's next scan hooks
+    // it) or is the host's libssl.so.3 (Debian's build; hooked from the start).
+    let own = agent.wait_log("/node (", Duration::from_secs(5));
+    eprintln!(
+        "node's TLS: {}",
+        own.as_deref().unwrap_or("the host's libssl.so.3")
+    );
+    let got = fetch(
+        port,
+        "/big.bin",
+        &["--stall-after", "1000000", "--stall", "3"],
+    );
+    assert_eq!(
+        got[0]["complete"], false,
+        "node should have cut it: {got:?}"
+    );
+    let local = format!("127.0.0.1:{port}");
+    let v = agent.wait_for(&local, 1, Duration::from_secs(30));
+    assert_eq!(v.len(), 1, "{v:?}");
+    let v = &v[0];
+    assert_eq!(
+        (&v["verdict"], &v["tls"], &v["comm"]),
+        (&"short_write".into(), &true.into(), &"node".into()),
+        "{v}"
+    );
+    // Reckoned from the ciphertext that reached the kernel: exact to a 16 KiB record.
+    let (sent, received) = (u(&v["sent_bytes"]), u(&got[0]["received_bytes"]));
+    assert!(
+        sent.abs_diff(received) <= 16384,
+        "sent {sent}, client got {received}: {v}"
+    );
+    assert!(sent < u(&v["expected_bytes"]), "{v}");
+
+    // Read steadily: complete.
+    let ok = fetch(port, "/big.bin", &[]);
+    assert_eq!(ok[0]["complete"], true, "{ok:?}");
+    let v = agent.wait_for(&local, 2, Duration::from_secs(30));
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(v[1]["verdict"], "complete", "{}", v[1]);
+    assert_eq!(
+        u(&v[1]["sent_bytes"]),
+        u(&ok[0]["received_bytes"]),
+        "{}",
+        v[1]
+    );
+}
