@@ -2,6 +2,7 @@
 //! what each missing feature costs. `probe` looks at the host; `report` (pure) words it.
 use crate::agent;
 use crate::btf_reader::BtfReader;
+use crate::tls_hooks::TlsHooks;
 use std::fmt::Write as _;
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -25,6 +26,11 @@ pub struct Facts {
     /// Loading and attaching the best backend for real: the one that runs, or the error.
     /// With the number of programs it attached.
     pub backend: Result<(agent::Backend, usize), String>,
+    /// The perf uprobe event source exists (the TLS hooks need it).
+    pub uprobes: bool,
+    /// The TLS libraries found and hooked for real (then unhooked), with the processes seen
+    /// using them; or why the TLS programs could not load.
+    pub tls: Result<Vec<crate::tls_hooks::Target>, String>,
 }
 
 /// Tracepoints the tracepoint backend needs, and since when Linux has them.
@@ -85,7 +91,18 @@ pub fn probe() -> Facts {
             "ftrace function hooks unavailable (available_filter_functions: {e})"
         )),
     };
-    let backend = agent::attach(1, agent::DEFAULT_MAX_HEAD, agent::Backend::Auto)
+    let mut attached = agent::attach(1, agent::DEFAULT_MAX_HEAD, agent::Backend::Auto);
+    let tls = match attached.as_mut() {
+        Err(_) => Err("no backend could load".to_string()),
+        Ok(_) if !TlsHooks::uprobes_exist() => Err("no uprobe event source".to_string()),
+        Ok((ebpf, ..)) => TlsHooks::load(ebpf)
+            .map(|mut hooks| {
+                hooks.scan(ebpf, true);
+                hooks.libraries()
+            })
+            .map_err(|e| format!("{e:#}")),
+    };
+    let backend = attached
         .map(|(_, l, b)| (b, b.programs(l.sendpage)))
         .map_err(|e| format!("{e:#}"));
     Facts {
@@ -98,6 +115,8 @@ pub fn probe() -> Facts {
         bpf_stats: std::path::Path::new("/proc/sys/kernel/bpf_stats_enabled").exists(),
         timer_list: std::fs::File::open("/proc/timer_list").is_ok(),
         backend,
+        uprobes: TlsHooks::uprobes_exist(),
+        tls,
     }
 }
 
@@ -115,6 +134,12 @@ fn mount_tracefs() -> std::io::Result<()> {
     } else {
         Err(std::io::Error::other("mount tracefs failed"))
     }
+}
+
+/// A process's name (`/proc/<pid>/comm`), or `?`.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_or("?".into(), |c| c.trim().to_string())
 }
 
 /// The report, and whether a backend can run here.
@@ -167,6 +192,12 @@ pub fn report(f: &Facts) -> (String, bool) {
         "/proc/timer_list (the kernel's HZ)",
         yes_no(f.timer_list)
     );
+    let _ = writeln!(
+        s,
+        "  {:<46} {}",
+        "uprobes (perf uprobe event source)",
+        yes_no(f.uprobes)
+    );
     let _ = writeln!(s);
     let runs = f.backend.is_ok();
     match &f.backend {
@@ -179,6 +210,43 @@ pub fn report(f: &Facts) -> (String, bool) {
         }
         Err(e) => {
             let _ = writeln!(s, "backend: none. {e}");
+        }
+    }
+    match &f.tls {
+        Ok(libs) if libs.is_empty() => {
+            let _ = writeln!(
+                s,
+                "HTTPS: no TLS library found (OpenSSL 3's API: libssl.so.3, or an executable exporting SSL_write and SSL_read)"
+            );
+        }
+        Ok(libs) => {
+            let _ = writeln!(
+                s,
+                "HTTPS: TLS libraries (OpenSSL 3's API; processes seen using each):"
+            );
+            for t in libs {
+                let status = t
+                    .hooked
+                    .as_ref()
+                    .map_or_else(|e| format!("not hooked: {e}"), |_| "hooked".into());
+                let users = if t.pids.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    t.pids
+                        .iter()
+                        .map(|p| format!("{} ({p})", comm(*p)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let _ = writeln!(s, "  {} {status}; used by: {users}", t.path.display());
+            }
+            let _ = writeln!(
+                s,
+                "  not seen: TLS linked in without these symbols (Go's crypto/tls, rustls, BoringSSL in Envoy), stripped executables, GnuTLS, NSS"
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(s, "HTTPS: not covered: {e}");
         }
     }
     // What each missing feature costs, when the rest is there.
@@ -221,6 +289,13 @@ mod tests {
             bpf_stats: true,
             timer_list: true,
             backend: Ok((agent::Backend::Tracepoint, 4)),
+            uprobes: true,
+            tls: Ok(vec![crate::tls_hooks::Target {
+                path: "/lib/x86_64-linux-gnu/libssl.so.3".into(),
+                functions: vec!["SSL_write", "SSL_read"],
+                hooked: Ok(()),
+                pids: vec![],
+            }]),
         }
     }
 
@@ -235,6 +310,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("cost:"), "{text}");
+        assert!(
+            text.contains("/lib/x86_64-linux-gnu/libssl.so.3 hooked; used by: none yet"),
+            "{text}"
+        );
     }
 
     #[test]

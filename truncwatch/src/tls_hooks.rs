@@ -40,7 +40,7 @@ const HOST_LIBSSL: [&str; 4] = [
 ];
 
 /// A file looked at: what it exports, and whether it is hooked.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     /// The path it was found at (through `/proc/<pid>/root` for another mount namespace).
     pub path: PathBuf,
@@ -48,7 +48,12 @@ pub struct Target {
     pub functions: Vec<&'static str>,
     /// Hooked (uprobes attached), or why not.
     pub hooked: Result<(), String>,
+    /// Processes seen using it (at most `MAX_PIDS`, first seen first).
+    pub pids: Vec<u32>,
 }
+
+/// Processes remembered per file, for `truncwatch check`.
+const MAX_PIDS: usize = 16;
 
 /// The TLS hooks of a running agent.
 pub struct TlsHooks {
@@ -75,9 +80,21 @@ impl TlsHooks {
         })
     }
 
-    /// Files looked at so far.
-    pub fn targets(&self) -> impl Iterator<Item = &Target> {
-        self.files.values()
+    /// The TLS libraries found so far (hooked or not), with the processes seen using them.
+    pub fn libraries(&self) -> Vec<Target> {
+        let mut v: Vec<Target> = self
+            .files
+            .values()
+            .filter(|t| REQUIRED.iter().all(|r| t.functions.contains(r)) || t.hooked.is_ok())
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+
+    /// Whether this kernel has the uprobe event source.
+    pub fn uprobes_exist() -> bool {
+        Path::new("/sys/bus/event_source/devices/uprobe/type").exists()
     }
 
     /// Look for TLS libraries: the host's, then those of processes not looked at yet (`full`:
@@ -88,7 +105,7 @@ impl TlsHooks {
         }
         let mut found = Vec::new();
         for p in HOST_LIBSSL {
-            found.extend(self.consider(ebpf, Path::new(p)));
+            found.extend(self.consider(ebpf, Path::new(p), 0));
         }
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return found;
@@ -100,25 +117,31 @@ impl TlsHooks {
                 continue;
             }
             for path in candidates(pid) {
-                found.extend(self.consider(ebpf, &path));
+                found.extend(self.consider(ebpf, &path, pid));
             }
         }
         self.seen.retain(|p| alive.contains(p));
         found
     }
 
-    /// A file that may hold a TLS library: parse and hook it if not done yet.
-    fn consider(&mut self, ebpf: &mut Ebpf, path: &Path) -> Option<Target> {
+    /// A file that may hold a TLS library, used by process `pid` (0: none yet): parse and
+    /// hook it if not done yet.
+    fn consider(&mut self, ebpf: &mut Ebpf, path: &Path, pid: u32) -> Option<Target> {
         let meta = std::fs::metadata(path).ok()?;
         let key = (meta.dev(), meta.ino());
-        if self.files.contains_key(&key) {
+        if let Some(t) = self.files.get_mut(&key) {
+            if pid != 0 && t.pids.len() < MAX_PIDS && !t.pids.contains(&pid) {
+                t.pids.push(pid);
+            }
             return None;
         }
+        let pids = if pid == 0 { Vec::new() } else { vec![pid] };
         let target = match exported(path) {
             Ok(f) if REQUIRED.iter().all(|r| f.iter().any(|(n, _)| n == r)) => Target {
                 path: path.to_owned(),
                 functions: f.iter().map(|(n, _)| *n).collect(),
                 hooked: hook(ebpf, path, &f).map_err(|e| format!("{e:#}")),
+                pids,
             },
             // Not a TLS library (an executable without the symbols): remembered, not reported.
             Ok(f) => {
@@ -126,6 +149,7 @@ impl TlsHooks {
                     path: path.to_owned(),
                     functions: f.iter().map(|(n, _)| *n).collect(),
                     hooked: Err("does not export SSL_write and SSL_read".into()),
+                    pids,
                 };
                 self.files.insert(key, t);
                 return None;
@@ -134,6 +158,7 @@ impl TlsHooks {
                 path: path.to_owned(),
                 functions: Vec::new(),
                 hooked: Err(format!("{e:#}")),
+                pids,
             },
         };
         self.files.insert(key, target.clone());
