@@ -154,6 +154,7 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
         ("1k.bin", "tcp", "h9000"),
         ("64k.bin", "tcp", ""),
         ("1k.bin", "unix", ""),
+        ("1k.bin", "tls", ""),
     ];
     for (file, transport, head) in workloads {
         let path = if head.is_empty() {
@@ -161,7 +162,11 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
         } else {
             format!("{head}/{file}")
         };
-        let url = format!("http://127.0.0.1:{port}/{path}");
+        let url = if transport == "tls" {
+            format!("https://127.0.0.1:{}/{path}", port + 1)
+        } else {
+            format!("http://127.0.0.1:{port}/{path}")
+        };
         let mut rps = vec![Vec::new(); variants.len()];
         let mut p99 = vec![Vec::new(); variants.len()];
         for round in 1..=ROUNDS {
@@ -400,8 +405,10 @@ fn workload_name(file: &str, transport: &str, head: &str) -> String {
     if let Some((_, _, label)) = HEADS.iter().find(|h| h.0 == head && h.1 > 0) {
         write!(name, ", {label}").unwrap();
     }
-    if transport == "unix" {
-        name.push_str(" (Unix socket)");
+    match transport {
+        "unix" => name.push_str(" (Unix socket)"),
+        "tls" => name.push_str(" over HTTPS"),
+        _ => {}
     }
     name
 }
@@ -762,20 +769,38 @@ fn start_nginx(dir: &std::path::Path, port: u16) -> Result<NginxGuard> {
     start_nginx_with(dir, port, 1024)
 }
 
-/// nginx serving `dir/www` on `port` and `dir/nginx.sock`, with room for `connections`.
+/// nginx serving `dir/www` on `port`, over HTTPS on `port + 1` (a certificate made now), and
+/// on `dir/nginx.sock`, with room for `connections`.
 pub(crate) fn start_nginx_with(
     dir: &std::path::Path,
     port: u16,
     connections: u32,
 ) -> Result<NginxGuard> {
     let d = dir.display();
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("openssl req (Debian package openssl)")?
+        .success();
+    if !ok {
+        bail!("openssl req could not make a certificate");
+    }
+    let tls_port = port + 1;
     let files = connections + 1000;
     let conf = format!(
         "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log; worker_rlimit_nofile {files};
          events {{ worker_connections {connections}; }}
          http {{ access_log off; keepalive_requests 10000000;
            client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
-           server {{ listen 127.0.0.1:{port}; listen unix:{d}/nginx.sock; root {d}/www; {heads} }} }}",
+           server {{ listen 127.0.0.1:{port}; listen unix:{d}/nginx.sock;
+             listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;
+             root {d}/www; {heads} }} }}",
         heads = HEADS
             .iter()
             .filter(|h| h.1 > 0)

@@ -52,7 +52,7 @@ pub fn ensure(need: Need) -> Result<()> {
     }
     if need == Need::Bench {
         // nginx as the server, wrk as the load, bpftrace for the floor, bpftool for BPF stats.
-        pkgs.extend(["nginx-light", "wrk", "bpftrace", "bpftool"]);
+        pkgs.extend(["nginx-light", "wrk", "bpftrace", "bpftool", "openssl"]);
     }
     if need == Need::Vm {
         // qemu-system-x86_64 to boot the guest; a static busybox and cpio to build its initramfs.
