@@ -36,6 +36,9 @@ enum LabCmd {
     Serve(Box<lab::ServeArgs>),
     /// A client that reads slowly and prints what it received.
     Fetch(Box<lab::FetchArgs>),
+    /// One HTTPS exchange through the system's libssl.so.3, cut short or whole, and what the
+    /// client received.
+    Tls(Box<lab::TlsArgs>),
 }
 
 fn main() -> Result<()> {
@@ -56,6 +59,7 @@ fn main() -> Result<()> {
         }
         Some(Cmd::Lab(LabCmd::Serve(a))) => lab::serve(&a),
         Some(Cmd::Lab(LabCmd::Fetch(a))) => lab::fetch(&a),
+        Some(Cmd::Lab(LabCmd::Tls(a))) => lab::tls(&a),
     }
 }
 

@@ -778,7 +778,9 @@ pub(crate) fn start_nginx_with(
 ) -> Result<NginxGuard> {
     let d = dir.display();
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
         .args(["-subj", "/CN=localhost"])
         .arg("-keyout")
         .arg(dir.join("key.pem"))

@@ -29,6 +29,8 @@ const TESTS_TIMEOUT_S: u32 = 900;
 const END: &str = "VMTEST END";
 /// A detection test in the guest: the agent, a lab server and a client, one expected verdict.
 const DETECT: &str = include_str!("vm/detect.sh");
+/// HTTPS in the guest: one `truncwatch lab tls` exchange, judged.
+const TLS: &str = include_str!("vm/tls.sh");
 const START: &str = "VMTEST START";
 
 /// Kernel options the guest needs built in (`=y`): we ship no modules.
@@ -217,9 +219,11 @@ fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path) -> Result<P
         // fs::copy follows symlinks (e.g. /lib64/ld-linux-x86-64.so.2): the guest gets the file.
         fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
     }
+    tls_files(&tree)?;
     for (path, text) in [
         ("init", init_script()),
         ("bin/detect.sh", DETECT.to_string()),
+        ("bin/tls.sh", TLS.to_string()),
     ] {
         fs::write(tree.join(path), text)?;
         fs::set_permissions(tree.join(path), fs::Permissions::from_mode(0o755))?;
@@ -232,6 +236,39 @@ fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path) -> Result<P
         fs::metadata(&cpio)?.len() >> 20
     ));
     Ok(cpio)
+}
+
+/// For HTTPS in the guest: the host's OpenSSL 3 (`libssl.so.3`, `libcrypto.so.3`) where the
+/// agent looks for it, which `truncwatch lab tls` loads, and a certificate made now.
+fn tls_files(tree: &Path) -> Result<()> {
+    for lib in ["libssl.so.3", "libcrypto.so.3"] {
+        let from = ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]
+            .iter()
+            .map(|d| Path::new(d).join(lib))
+            .find(|p| p.exists())
+            .with_context(|| format!("{lib} (Debian package libssl3)"))?;
+        let to = tree.join("lib/x86_64-linux-gnu").join(lib);
+        fs::create_dir_all(to.parent().context("library path")?)?;
+        fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+    }
+    let etc = tree.join("etc/truncwatch");
+    fs::create_dir_all(&etc)?;
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(etc.join("key.pem"))
+        .arg("-out")
+        .arg(etc.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .context("openssl req (Debian package openssl)")?
+        .success();
+    if !ok {
+        bail!("openssl req could not make the guest's certificate");
+    }
+    Ok(())
 }
 
 /// busybox at /bin/busybox and a relative symlink per applet (sh, mount, ip, timeout, ...).
@@ -340,6 +377,8 @@ for b in {backends}; do
     vmtest $b-tcp-slow-reader /bin/detect.sh slow tcp:127.0.0.1:8082 --mode full --body 4194304 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
     vmtest $b-tcp-slow-reader-splice /bin/detect.sh splice tcp:127.0.0.1:8081 --mode full --body 4194304 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
     vmtest $b-tcp-splice-cut-short /bin/detect.sh splice-cut tcp:127.0.0.1:8083 --mode short-close --body 8388608 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
+    vmtest $b-tls-short-write /bin/tls.sh tls-short short_write --body 8000000 --cut-at 2000000
+    vmtest $b-tls-complete /bin/tls.sh tls-full complete --body 4000000
     # CI=true: the suite never skips.
     limit={TESTS_TIMEOUT_S}
     vmtest $b-kernel-tests env CI=true /bin/kernel-tests --test-threads=1 {test_args}

@@ -6,9 +6,11 @@
 mod fetch;
 mod heads;
 mod serve;
+mod tls;
 
 pub use fetch::{FetchArgs, Received, fetch};
 pub use serve::{Mode, SendWith, ServeArgs, serve};
+pub use tls::{TlsArgs, tls};
 
 use anyhow::{Result, bail};
 use std::io::{Read, Write};
