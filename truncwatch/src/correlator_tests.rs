@@ -1581,3 +1581,121 @@ fn heads_over_the_bound_or_unfinished_are_unparsed() {
     w.fin();
     assert_eq!(w.kinds(), [Kind::Unparsed]);
 }
+
+/// A TLS connection's wire: plaintext sends, each with where its records lie (`TlsSeq`).
+fn tls_wire() -> Wire {
+    let mut w = Wire::new(Transport::Tcp);
+    w.ev(Event::Open {
+        sk: SK,
+        ts_ns: 2,
+        meta: ConnMeta {
+            tls: true,
+            ..meta(Transport::Tcp)
+        },
+        losses: 0,
+    });
+    w
+}
+
+impl Wire {
+    /// A TLS write of `bytes.len()` plaintext bytes (`cap`: its head), accepted whole.
+    fn tls_send(&mut self, cap: Option<Vec<u8>>, n: u64, seq: TlsSeq) {
+        let (offset, ts_ns) = (self.offset, self.ts);
+        self.offset += n;
+        let requests = std::mem::take(&mut self.reads);
+        self.ev(Event::Send(SendFacts {
+            sk: SK,
+            ts_ns,
+            tgid: 42,
+            offset,
+            ret: n as i64,
+            requested: n,
+            syscall: truncwatch_common::SYS_TLS_WRITE.into(),
+            head: cap,
+            requests,
+            tls_seq: Some(seq),
+            ..SendFacts::default()
+        }));
+    }
+    /// A state change whose counters put `write_seq` at `write_seq`, `unacked` not acknowledged.
+    fn tls_state(&mut self, old: i32, new: i32, write_seq: u32, unacked: u64) {
+        let ts_ns = self.ts;
+        self.ev(Event::TcpState {
+            sk: SK,
+            ts_ns,
+            oldstate: old,
+            newstate: new,
+            facts: TcpFacts {
+                unacked,
+                snd_una: write_seq.wrapping_sub(unacked as u32),
+                ..TcpFacts::default()
+            },
+        });
+    }
+}
+
+/// A memory BIO (Node.js): the library accepts the whole response at once; only the plaintext
+/// whose records reached the kernel by the FIN was handed over, whole records of it.
+#[test]
+fn tls_memory_bio_counts_what_reached_the_kernel() {
+    let body = 1_000_000u64;
+    let h = head(body);
+    let n = h.len() as u64 + body;
+    let records = n.div_ceil(16384);
+    for (reached, want) in [
+        // 20 whole records (TLS 1.3: 22 bytes each over the plaintext) and part of one.
+        (20 * (16384 + 22) + 100, Kind::ShortWrite),
+        // Every record, TLS 1.3's overhead.
+        (n + records * 22, Kind::Complete),
+        // Every record, with the least overhead any AEAD suite has: never taken for a cut.
+        (n + records * 21, Kind::Complete),
+    ] {
+        let mut w = tls_wire();
+        w.read(b"GET / HTTP/1.1\r\n");
+        w.tls_send(Some(h.clone()), n, TlsSeq::Before(5000));
+        w.tls_state(TCP_ESTABLISHED, TCP_FIN_WAIT1, 5000 + reached as u32, 0);
+        assert_eq!(w.kinds(), vec![want], "{:?}", w.out);
+        let r = w.out[0].r();
+        if want == Kind::ShortWrite {
+            // The reckoning uses 21 bytes a record: at most a record more than really sent.
+            assert_eq!(r.sent_bytes, 20 * 16384, "{r:?}");
+            assert_eq!(r.delivered_bytes, r.sent_bytes);
+        } else {
+            assert_eq!(r.sent_bytes, n);
+        }
+    }
+}
+
+/// A socket BIO (nginx): each write's records end at the socket's write_seq when it returned.
+/// This host's reset drops what was never sent: the client got the whole writes before it.
+#[test]
+fn tls_reset_delivers_the_writes_before_the_dropped_bytes() {
+    let body = 10 * 16384u64;
+    let h = head(body);
+    let mut w = tls_wire();
+    w.read(b"GET / HTTP/1.1\r\n");
+    let mut seq = 1000u32 + h.len() as u32 + 22;
+    w.tls_send(Some(h.clone()), h.len() as u64, TlsSeq::End(seq));
+    for _ in 0..10 {
+        seq += 16384 + 22;
+        w.tls_send(None, 16384, TlsSeq::End(seq));
+    }
+    // Sent on the wire up to the middle of the fifth body write's record; the rest dropped.
+    let on_wire = 1000 + h.len() as u32 + 22 + 4 * (16384 + 22) + 100;
+    let unacked = (seq - 1000) as u64;
+    let ts_ns = w.ts;
+    w.ev(Event::ResetDiscard {
+        sk: SK,
+        ts_ns,
+        meta: meta(Transport::Tcp),
+        unacked,
+        unsent: (seq - on_wire) as u64,
+        unread: 0,
+        snd_una: 1000,
+    });
+    w.tls_state(TCP_ESTABLISHED, TCP_CLOSE, seq, unacked);
+    assert_eq!(w.kinds(), vec![Kind::ResetDiscard], "{:?}", w.out);
+    let r = w.out[0].r();
+    assert_eq!(r.sent_bytes, h.len() as u64 + body);
+    assert_eq!(r.delivered_bytes, h.len() as u64 + 4 * 16384, "{r:?}");
+}
