@@ -273,6 +273,8 @@ pub struct TlsThread {
 
 pub const TLS_CALL_WRITE: u32 = 1;
 pub const TLS_CALL_READ: u32 = 2;
+/// `SSL_sendfile` (kTLS): a write of a file's bytes, returning `ssize_t`.
+pub const TLS_CALL_SENDFILE: u32 = 3;
 
 /// Bytes of each send's end copied out: enough for a last chunk `\r\n0\r\n\r\n` minus one.
 pub const TAIL: usize = 8;

@@ -248,7 +248,19 @@ pub fn uprobe_ssl_read_ex(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Where the four calls above return: `int`, bytes (or <= 0), or 1/0 for the `_ex` variants.
+/// `ossl_ssize_t SSL_sendfile(SSL *s, int fd, off_t offset, size_t size, int flags)`: a file's
+/// bytes over kTLS (no buffer to read a head from; the body of a head written before).
+#[uprobe]
+pub fn uprobe_ssl_sendfile(ctx: ProbeContext) -> u32 {
+    if let (Some(ssl), Some(size)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(3)) {
+        tls::call_begins(truncwatch_common::TLS_CALL_SENDFILE, ssl, 0, size, 0);
+    }
+    0
+}
+
+/// Where the calls above return: `int`, bytes (or <= 0), or 1/0 for the `_ex` variants (and
+/// OpenSSL's internal functions they call, hooked in their stead where found: `tls_hooks.rs`),
+/// `ssize_t` for `SSL_sendfile`.
 #[uretprobe]
 pub fn uretprobe_ssl_call(ctx: RetProbeContext) -> u32 {
     tls::call_returns(ctx.ret::<i64>());

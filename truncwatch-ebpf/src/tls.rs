@@ -28,7 +28,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use truncwatch_common::{
     FLAG_TLS_SEQ, FLAG_TLS_SEQ_BEFORE, OPEN_TLS, SYS_TLS_WRITE, SockState, TLS_CALL_READ,
-    TLS_CALL_WRITE, TRACK_HTTP, TRACK_NO, TlsThread,
+    TLS_CALL_SENDFILE, TLS_CALL_WRITE, TRACK_HTTP, TRACK_NO, TlsThread,
 };
 
 /// Each thread's TLS call in progress and last TLS socket read (`TlsThread`), by
@@ -114,10 +114,11 @@ pub fn call_returns(ret: i64) {
     if c.ssl == 0 {
         return;
     }
-    let ret = ret as i32;
-    let n: i64 = if c.out == 0 {
-        ret as i64
-    } else if ret == 1 {
+    let n: i64 = if c.kind == TLS_CALL_SENDFILE {
+        ret.min(i32::MAX as i64)
+    } else if c.out == 0 {
+        ret as i32 as i64
+    } else if ret as i32 == 1 {
         read_user::<u64>(c.out).map_or(-1, |n| n.min(i32::MAX as u64) as i64)
     } else {
         -1
@@ -130,7 +131,7 @@ pub fn call_returns(ret: i64) {
         if n > 0 {
             plaintext_read(sk, c.buf, n as u64);
         }
-    } else if c.kind == TLS_CALL_WRITE {
+    } else if c.kind == TLS_CALL_WRITE || c.kind == TLS_CALL_SENDFILE {
         plaintext_write(sk, &c, n);
     }
 }

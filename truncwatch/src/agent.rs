@@ -408,9 +408,10 @@ fn report_tls(targets: Vec<crate::tls_hooks::Target>) {
     for t in targets {
         match t.hooked {
             Ok(()) => eprintln!(
-                "truncwatch: TLS: hooked {} ({})",
+                "truncwatch: TLS: hooked {} ({}; at {})",
                 t.path.display(),
-                t.functions.join(", ")
+                t.functions.join(", "),
+                t.via.join(", ")
             ),
             Err(e) => eprintln!("truncwatch: TLS: not hooked {}: {e}", t.path.display()),
         }

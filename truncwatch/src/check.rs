@@ -293,6 +293,7 @@ mod tests {
             tls: Ok(vec![crate::tls_hooks::Target {
                 path: "/lib/x86_64-linux-gnu/libssl.so.3".into(),
                 functions: vec!["SSL_write", "SSL_read"],
+                via: vec!["SSL_write".into(), "SSL_read".into()],
                 hooked: Ok(()),
                 pids: vec![],
             }]),

@@ -9,7 +9,8 @@
 //!
 //! What cannot be seen: TLS linked statically without the symbols (Go's crypto/tls, rustls,
 //! BoringSSL in Envoy), stripped executables, and libraries with another API (GnuTLS, NSS).
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpAccess, Register};
 use aya::Ebpf;
 use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
@@ -20,12 +21,13 @@ use std::path::{Path, PathBuf};
 
 /// The programs, and the functions each attaches to. `uretprobe_ssl_call` attaches where each
 /// of the four I/O calls returns.
-const ENTRIES: [(&str, &str); 5] = [
+const ENTRIES: [(&str, &str); 6] = [
     ("uprobe_ssl_write", "SSL_write"),
     ("uprobe_ssl_write_ex", "SSL_write_ex"),
     ("uprobe_ssl_read", "SSL_read"),
     ("uprobe_ssl_read_ex", "SSL_read_ex"),
     ("uprobe_ssl_free", "SSL_free"),
+    ("uprobe_ssl_sendfile", "SSL_sendfile"),
 ];
 const RETURN: &str = "uretprobe_ssl_call";
 /// Functions a file must export to be hooked: without both, its plaintext is half seen.
@@ -46,6 +48,9 @@ pub struct Target {
     pub path: PathBuf,
     /// The TLS functions it exports (`SSL_write`, ...).
     pub functions: Vec<&'static str>,
+    /// Where the hooks went: function names, or the addresses of the internal functions
+    /// the exported ones call.
+    pub via: Vec<String>,
     /// Hooked (uprobes attached), or why not.
     pub hooked: Result<(), String>,
     /// Processes seen using it (at most `MAX_PIDS`, first seen first).
@@ -136,18 +141,20 @@ impl TlsHooks {
             return None;
         }
         let pids = if pid == 0 { Vec::new() } else { vec![pid] };
-        let target = match exported(path) {
-            Ok(f) if REQUIRED.iter().all(|r| f.iter().any(|(n, _)| n == r)) => Target {
+        let target = match plan(path) {
+            Ok((functions, points)) if REQUIRED.iter().all(|r| functions.contains(r)) => Target {
                 path: path.to_owned(),
-                functions: f.iter().map(|(n, _)| *n).collect(),
-                hooked: hook(ebpf, path, &f).map_err(|e| format!("{e:#}")),
+                hooked: hook(ebpf, path, &points).map_err(|e| format!("{e:#}")),
+                via: points.iter().map(|p| p.at.clone()).collect(),
+                functions,
                 pids,
             },
             // Not a TLS library (an executable without the symbols): remembered, not reported.
-            Ok(f) => {
+            Ok((functions, _)) => {
                 let t = Target {
                     path: path.to_owned(),
-                    functions: f.iter().map(|(n, _)| *n).collect(),
+                    functions,
+                    via: Vec::new(),
                     hooked: Err("does not export SSL_write and SSL_read".into()),
                     pids,
                 };
@@ -157,6 +164,7 @@ impl TlsHooks {
             Err(e) => Target {
                 path: path.to_owned(),
                 functions: Vec::new(),
+                via: Vec::new(),
                 hooked: Err(format!("{e:#}")),
                 pids,
             },
@@ -192,14 +200,27 @@ fn candidates(pid: u32) -> Vec<PathBuf> {
     out
 }
 
-/// The TLS functions `path` defines and exports, with their file offsets. Reads only the
-/// headers and the dynamic symbol table (an executable may be 100 MB).
-fn exported(path: &Path) -> Result<Vec<(&'static str, u64)>> {
+/// Where one program attaches in a file: an entry program at `offset`, and, if `ret`, the
+/// return program at the same place. `at` names it for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Point {
+    program: &'static str,
+    at: String,
+    offset: u64,
+    ret: bool,
+}
+
+/// What `path` exports of OpenSSL's API, and where to hook it: the internal functions
+/// `SSL_write`/`SSL_write_ex` and `SSL_read`/`SSL_read_ex` share, where they can be found
+/// (`internal`), else the four exported functions; and `SSL_free`, `SSL_sendfile`. Reads only
+/// the headers, the dynamic symbol table and a few instructions (an executable may be 100 MB).
+fn plan(path: &Path) -> Result<(Vec<&'static str>, Vec<Point>)> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let cache = object::ReadCache::new(file);
     let elf =
         object::File::parse(&cache).with_context(|| format!("reading ELF {}", path.display()))?;
-    let mut out = Vec::new();
+    // (function, its address, its section's address and file offset, its first bytes)
+    let mut found: Vec<(&'static str, u64, u64, u64, Vec<u8>)> = Vec::new();
     for sym in elf.dynamic_symbols() {
         if sym.is_undefined() || sym.kind() != object::SymbolKind::Text {
             continue;
@@ -217,27 +238,112 @@ fn exported(path: &Path) -> Result<Vec<(&'static str, u64)>> {
         let Some((file_off, _)) = section.file_range() else {
             continue;
         };
-        let loc =
-            UProbeAttachLocation::from_virtual_address(sym.address(), section.address(), file_off)?;
-        if let UProbeAttachLocation::AbsoluteOffset(off) = loc
-            && !out.iter().any(|(n, _)| *n == func)
-        {
-            out.push((func, off));
+        if found.iter().any(|f| f.0 == func) {
+            continue;
+        }
+        let code = section
+            .data_range(sym.address(), CODE_LOOKED_AT)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .to_vec();
+        found.push((func, sym.address(), section.address(), file_off, code));
+    }
+    let offset = |vaddr: u64, sec_addr: u64, sec_off: u64| -> Result<u64> {
+        match UProbeAttachLocation::from_virtual_address(vaddr, sec_addr, sec_off)? {
+            UProbeAttachLocation::AbsoluteOffset(off) => Ok(off),
+            _ => bail!("not an offset"),
+        }
+    };
+    let get = |f: &str| found.iter().find(|x| x.0 == f);
+    let mut points = Vec::new();
+    let internals = [
+        ("SSL_write", "SSL_write_ex", "uprobe_ssl_write_ex"),
+        ("SSL_read", "SSL_read_ex", "uprobe_ssl_read_ex"),
+    ]
+    .map(|(plain, ex, program)| {
+        let (p, e) = (get(plain)?, get(ex)?);
+        let target = internal(&p.4, p.1, &[Register::RDI, Register::RSI])?;
+        let same = internal(&e.4, e.1, &[Register::RDI, Register::RSI, Register::RDX, Register::RCX]);
+        (same == Some(target) && target >= p.2).then(|| (program, target, p.2, p.3))
+    });
+    let through_internals = internals.iter().all(Option::is_some);
+    if let [Some(w), Some(r)] = internals {
+        for (program, target, sec_addr, sec_off) in [w, r] {
+            points.push(Point {
+                program,
+                at: format!("{target:#x}"),
+                offset: offset(target, sec_addr, sec_off)?,
+                ret: true,
+            });
         }
     }
-    Ok(out)
+    for (func, vaddr, sec_addr, sec_off, _) in &found {
+        let program = ENTRIES
+            .iter()
+            .find(|(_, f)| f == func)
+            .map(|(p, _)| *p)
+            .expect("only ENTRIES' functions are found");
+        let io = !matches!(*func, "SSL_free" | "SSL_sendfile");
+        if io && through_internals {
+            continue; // hooked through the internal functions
+        }
+        points.push(Point {
+            program,
+            at: func.to_string(),
+            offset: offset(*vaddr, *sec_addr, *sec_off)?,
+            ret: *func != "SSL_free",
+        });
+    }
+    Ok((found.iter().map(|f| f.0).collect(), points))
 }
 
-/// Attach the TLS programs to the functions `path` exports (at their file offsets).
-fn hook(ebpf: &mut Ebpf, path: &Path, functions: &[(&'static str, u64)]) -> Result<()> {
-    for &(func, off) in functions {
-        let entry = ENTRIES
-            .iter()
-            .find(|(_, f)| *f == func)
-            .map(|(p, _)| *p)
-            .expect("only ENTRIES' functions are listed");
-        let mut progs = vec![entry];
-        if func != "SSL_free" {
+/// Bytes of a function decoded to find the internal function it calls.
+const CODE_LOOKED_AT: u64 = 96;
+
+/// The function a TLS call hands its work to: the target of the first `call` in `code` (a
+/// function's first bytes, at address `ip`), if only straight-line code and conditional
+/// branches come before it and none of them writes the argument registers `keep` (so the callee
+/// gets the caller's arguments in them).
+///
+/// Why: a uprobe on a function's first instruction costs a trap and a single-step, unless the
+/// kernel can emulate that instruction (branches, `push`). OpenSSL's exported functions begin
+/// with `sub $n,%rsp` and single-step; their internal functions begin with `push`. On this
+/// project's VMs a single-stepped probe costs some 30 µs, an emulated one next to nothing
+/// (docs/https.md). `SSL_write`/`SSL_write_ex` both call `ssl_write_internal(s, buf, num,
+/// &written)` first (OpenSSL 3.0, 3.1); where the two do not agree (3.2 and later route the
+/// `_ex` call through `SSL_write_ex2`), the exported functions are hooked instead.
+fn internal(code: &[u8], ip: u64, keep: &[Register]) -> Option<u64> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut info = InstructionInfoFactory::new();
+    while decoder.can_decode() {
+        let ins = decoder.decode();
+        if ins.is_invalid() {
+            return None;
+        }
+        match ins.flow_control() {
+            FlowControl::Call if ins.code() == Code::Call_rel32_64 => {
+                return Some(ins.near_branch_target());
+            }
+            FlowControl::Next | FlowControl::ConditionalBranch => {}
+            _ => return None,
+        }
+        let writes = info.info(&ins).used_registers().iter().any(|r| {
+            !matches!(r.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess)
+                && keep.contains(&r.register().full_register())
+        });
+        if writes {
+            return None;
+        }
+    }
+    None
+}
+
+/// Attach the TLS programs at `points` of `path`.
+fn hook(ebpf: &mut Ebpf, path: &Path, points: &[Point]) -> Result<()> {
+    for p in points {
+        let mut progs = vec![p.program];
+        if p.ret {
             progs.push(RETURN);
         }
         for name in progs {
@@ -246,12 +352,55 @@ fn hook(ebpf: &mut Ebpf, path: &Path, functions: &[(&'static str, u64)]) -> Resu
                 .context("TLS program missing")?
                 .try_into()?;
             prog.attach(
-                UProbeAttachLocation::AbsoluteOffset(off),
+                UProbeAttachLocation::AbsoluteOffset(p.offset),
                 path,
                 UProbeScope::AllProcesses,
             )
-            .with_context(|| format!("attaching {name} to {}:{func}", path.display()))?;
+            .with_context(|| format!("attaching {name} to {}:{}", path.display(), p.at))?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// OpenSSL 3.0.19's `SSL_write` and `SSL_write_ex` on Debian 12 (objdump), at their
+    /// addresses in libssl.so.3: both call `ssl_write_internal` at 0x355a0 first.
+    #[test]
+    fn finds_the_internal_function_both_call() {
+        let ssl_write = [
+            0x48, 0x83, 0xec, 0x18, // sub $0x18,%rsp
+            0x64, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0, // mov %fs:0x28,%rax
+            0x48, 0x89, 0x44, 0x24, 0x08, // mov %rax,0x8(%rsp)
+            0x31, 0xc0, // xor %eax,%eax
+            0x85, 0xd2, // test %edx,%edx
+            0x78, 0x2f, // js
+            0x48, 0x89, 0xe1, // mov %rsp,%rcx
+            0x48, 0x63, 0xd2, // movslq %edx,%rdx
+            0xe8, 0xfd, 0xfb, 0xff, 0xff, // call 0x355a0
+        ];
+        assert_eq!(
+            internal(&ssl_write, 0x35980, &[Register::RDI, Register::RSI]),
+            Some(0x355a0)
+        );
+        // The same code may not be taken for an `_ex` function: it sets the count's pointer.
+        assert_eq!(
+            internal(
+                &ssl_write,
+                0x35980,
+                &[Register::RDI, Register::RSI, Register::RDX, Register::RCX]
+            ),
+            None
+        );
+        // A return, or a write to an argument register, before any call: none.
+        assert_eq!(internal(&[0xc3], 0x1000, &[Register::RDI]), None);
+        let clobbers = [0x48, 0x89, 0xc7, 0xe8, 0, 0, 0, 0]; // mov %rax,%rdi; call
+        assert_eq!(internal(&clobbers, 0x1000, &[Register::RDI]), None);
+        assert_eq!(
+            internal(&clobbers[3..], 0x1003, &[Register::RDI]),
+            Some(0x1008)
+        );
+    }
 }
