@@ -266,8 +266,8 @@ pub struct TlsThread {
     pub send_ret: i32,
     /// The TLS socket this call did I/O on (0: none): the `SSL *`'s socket for sure.
     pub sk: u64,
-    /// The TLS socket this thread last read from: where a library with a memory BIO (Node.js)
-    /// got the records its first read decrypts.
+    /// The TLS socket this thread last read from, when the call returned: where a library with
+    /// a memory BIO (Node.js) got the records its first read decrypts.
     pub last_read: u64,
 }
 

@@ -31,10 +31,16 @@ use truncwatch_common::{
     TLS_CALL_SENDFILE, TLS_CALL_WRITE, TRACK_HTTP, TRACK_NO, TlsThread,
 };
 
-/// Each thread's TLS call in progress and last TLS socket read (`TlsThread`), by
-/// `bpf_get_current_pid_tgid`. LRU: threads come and go unseen.
+/// Each thread's TLS call in progress (`TlsThread`), by `bpf_get_current_pid_tgid`, from where
+/// it begins to where it returns. Not an LRU map: an entry evicted mid-call would lose the
+/// call's bytes. When full, calls go unseen (`LOST_STORAGE`).
 #[btf_map]
-static TLS_THREADS: LruHashMap<u64, TlsThread, 16384> = LruHashMap::new();
+static TLS_CALLS: HashMap<u64, TlsThread, 16384> = HashMap::new();
+
+/// The TLS socket each thread last read from (see `TlsThread::last_read`). LRU: threads come
+/// and go unseen, and an evicted entry only leaves a memory-BIO read unbound.
+#[btf_map]
+static TLS_LAST_READ: LruHashMap<u64, u64, 16384> = LruHashMap::new();
 
 /// `SSL *` to TCP socket, by `[tgid, SSL *]`, from the first call that showed it until
 /// `SSL_free`.
@@ -50,43 +56,33 @@ static TLS_SOCKS: HashMap<u64, SockState, 65536> = HashMap::new();
 /// A TLS call begins (`kind`: `TLS_CALL_*`; `out`: the `_ex` variants' count pointer, else 0).
 #[inline(always)]
 pub fn call_begins(kind: u32, ssl: u64, buf: u64, num: u64, out: u64) {
-    let Some(t) = thread(true) else { return };
-    t.ssl = ssl;
-    t.buf = buf;
-    t.num = num;
-    t.out = out;
-    t.kind = kind;
-    t.send_ret = 0;
-    t.sk = 0;
-}
-
-/// The calling thread's entry (`create`: make it if it has none).
-#[inline(always)]
-fn thread(create: bool) -> Option<&'static mut TlsThread> {
-    let id = bpf_get_current_pid_tgid();
-    if let Some(p) = TLS_THREADS.get_ptr_mut(id) {
-        return Some(unsafe { &mut *p });
+    let call = TlsThread {
+        ssl,
+        buf,
+        num,
+        out,
+        kind,
+        ..TlsThread::default()
+    };
+    if TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, 0).is_err() {
+        count_lost(LOST_STORAGE);
     }
-    if !create {
-        return None;
-    }
-    let _ = TLS_THREADS.insert(id, TlsThread::default(), 0);
-    TLS_THREADS.get_ptr_mut(id).map(|p| unsafe { &mut *p })
 }
 
 /// The socket hooks saw I/O on a `TRACK_TLS` socket (`ret`: what it returned; `send`: a
 /// send): note it in the thread's entry.
 #[inline(always)]
 pub fn socket_io(sk: *mut c_void, ret: i32, send: bool) {
-    let Some(t) = thread(!send) else { return };
-    if t.ssl != 0 {
+    let id = bpf_get_current_pid_tgid();
+    if let Some(t) = TLS_CALLS.get_ptr_mut(id) {
+        let t = unsafe { &mut *t };
         t.sk = sk as u64;
         if send {
             t.send_ret = ret;
         }
     }
     if !send {
-        t.last_read = sk as u64;
+        let _ = TLS_LAST_READ.insert(id, sk as u64, 0);
     }
 }
 
@@ -108,12 +104,13 @@ pub fn ssl_free(ssl: u64) {
 /// behind `out`).
 #[inline(always)]
 pub fn call_returns(ret: i64) {
-    let Some(t) = thread(false) else { return };
-    let c = *t;
-    t.ssl = 0;
-    if c.ssl == 0 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(t) = TLS_CALLS.get_ptr(id) else {
         return;
-    }
+    };
+    let mut c = unsafe { *t };
+    let _ = TLS_CALLS.remove(id);
+    c.last_read = TLS_LAST_READ.get_ptr(id).map_or(0, |p| unsafe { *p });
     let n: i64 = if c.kind == TLS_CALL_SENDFILE {
         ret.min(i32::MAX as i64)
     } else if c.out == 0 {
@@ -162,13 +159,20 @@ fn bound(c: &TlsThread, data_read: bool) -> Option<u64> {
     None
 }
 
-/// The TLS socket's plaintext state (`create`: make it, zeroed, if it has none).
+/// The TLS socket's plaintext state (`create`: make it, zeroed, if it has none and the socket
+/// is connected: one made after its CLOSE would never be deleted, and a stream opened then
+/// would never see its end).
 #[inline(always)]
 fn plaintext(sk: u64, create: bool) -> Option<&'static mut SockState> {
     if let Some(p) = TLS_SOCKS.get_ptr_mut(sk) {
         return Some(unsafe { &mut *p });
     }
     if !create {
+        return None;
+    }
+    // TCP_ESTABLISHED, TCP_CLOSE_WAIT (include/net/tcp_states.h).
+    let state = read_kernel::<u8>(sk + offsets().skc_state as u64)?;
+    if state != 1 && state != 8 {
         return None;
     }
     let _ = TLS_SOCKS.insert(sk, SockState::default(), 1); // BPF_NOEXIST

@@ -148,6 +148,9 @@ impl Correlator {
     pub fn socket_reused(&mut self, sk: u64, ts_ns: u64, losses: u32, out: &mut Vec<Verdict>) {
         if let Some(mut old) = self.conns.remove(&sk) {
             old.events_lost |= old.losses_at_open != losses;
+            // A TCP stream's end is always reported (its state changes): one that never came
+            // was not seen, and its shortfall is not the server's to answer for.
+            old.events_lost |= old.meta.transport == Transport::Tcp;
             self.finish(old, Ending::SocketFreed, ts_ns, out);
         }
     }

@@ -10,10 +10,12 @@
 //! What cannot be seen: TLS linked statically without the symbols (Go's crypto/tls, rustls,
 //! BoringSSL in Envoy), stripped executables, and libraries with another API (GnuTLS, NSS).
 use anyhow::{Context, Result, bail};
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpAccess, Register};
 use aya::Ebpf;
 use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, OpAccess, Register,
+};
 use object::{Object, ObjectSection, ObjectSymbol};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -264,7 +266,11 @@ fn plan(path: &Path) -> Result<(Vec<&'static str>, Vec<Point>)> {
     .map(|(plain, ex, program)| {
         let (p, e) = (get(plain)?, get(ex)?);
         let target = internal(&p.4, p.1, &[Register::RDI, Register::RSI])?;
-        let same = internal(&e.4, e.1, &[Register::RDI, Register::RSI, Register::RDX, Register::RCX]);
+        let same = internal(
+            &e.4,
+            e.1,
+            &[Register::RDI, Register::RSI, Register::RDX, Register::RCX],
+        );
         (same == Some(target) && target >= p.2).then(|| (program, target, p.2, p.3))
     });
     let through_internals = internals.iter().all(Option::is_some);
@@ -329,8 +335,10 @@ fn internal(code: &[u8], ip: u64, keep: &[Register]) -> Option<u64> {
             _ => return None,
         }
         let writes = info.info(&ins).used_registers().iter().any(|r| {
-            !matches!(r.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess)
-                && keep.contains(&r.register().full_register())
+            !matches!(
+                r.access(),
+                OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess
+            ) && keep.contains(&r.register().full_register())
         });
         if writes {
             return None;

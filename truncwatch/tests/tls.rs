@@ -31,6 +31,29 @@ fn fetch(port: u16, path: &str, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// Stop the agent: no verdict may be about a client of `servers` (its socket's peer is the
+/// server): a TLS call tied to the wrong socket would show up there. (Tests run side by side, so
+/// verdicts about other tests' servers are there too, and are not looked at.)
+fn none_about_clients(agent: Agent, servers: &[String]) {
+    for v in &agent.stop() {
+        let peer = v["peer"].as_str().unwrap_or("");
+        assert!(
+            !servers.iter().any(|s| s == peer),
+            "a verdict about a client's socket: {v}"
+        );
+    }
+}
+
+/// Exactly one verdict about `local`: the first, and no other after a second more.
+fn one_verdict(agent: &Agent, local: &str) -> Value {
+    let v = agent.wait_for(local, 1, Duration::from_secs(30));
+    assert_eq!(v.len(), 1, "{v:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let v = agent.verdicts(local);
+    assert_eq!(v.len(), 1, "one verdict per response: {v:?}");
+    v[0].clone()
+}
+
 /// A child process killed when dropped.
 struct Proc(Child);
 impl Drop for Proc {
@@ -107,9 +130,7 @@ fn nginx_https_send_timeout_is_a_short_write() {
         "nginx should have cut it: {}",
         got[0]
     );
-    let v = agent.wait_for(&local, 1, Duration::from_secs(30));
-    assert_eq!(v.len(), 1, "{v:?}");
-    let v = &v[0];
+    let v = &one_verdict(&agent, &local);
     assert_eq!(
         (&v["verdict"], &v["tls"], &v["comm"]),
         (&"short_write".into(), &true.into(), &"nginx".into()),
@@ -167,6 +188,7 @@ fn nginx_https_send_timeout_is_a_short_write() {
         assert_eq!(x["verdict"], "complete", "{x}");
         assert_eq!(u(&x["sent_bytes"]), u(&client["received_bytes"]), "{x}");
     }
+    none_about_clients(agent, &[local]);
 }
 
 /// A Python `ssl` server that promises 8 MB and closes after 2 MB, started before the agent:
@@ -189,9 +211,7 @@ fn python_https_short_write_has_exact_plaintext_bytes() {
         let got = fetch(*port, "/", &[]);
         assert_eq!(got[0]["complete"], false, "{got:?}");
         let local = format!("127.0.0.1:{port}");
-        let v = agent.wait_for(&local, 1, Duration::from_secs(30));
-        assert_eq!(v.len(), 1, "{v:?}");
-        let v = &v[0];
+        let v = &one_verdict(&agent, &local);
         assert_eq!(
             (&v["verdict"], &v["tls"]),
             (&"short_write".into(), &true.into()),
@@ -211,6 +231,11 @@ fn python_https_short_write_has_exact_plaintext_bytes() {
         );
         assert_eq!(u(&v["sent_bytes"]), head_bytes + 2_000_000, "{v}");
     }
+    let locals: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.1))
+        .collect();
+    none_about_clients(agent, &locals);
 }
 
 /// A TLS connection this host resets with data in flight (SO_LINGER 0 while the client
@@ -231,9 +256,7 @@ fn https_reset_with_data_in_flight_is_a_reset_discard() {
         "the reset should have cut it: {got:?}"
     );
     let local = format!("127.0.0.1:{port}");
-    let v = agent.wait_for(&local, 1, Duration::from_secs(30));
-    assert_eq!(v.len(), 1, "one verdict for the response: {v:?}");
-    let v = &v[0];
+    let v = &one_verdict(&agent, &local);
     assert_eq!(
         (&v["verdict"], &v["tls"]),
         (&"reset_discard".into(), &true.into()),
@@ -249,6 +272,7 @@ fn https_reset_with_data_in_flight_is_a_reset_discard() {
         u(&got[0]["received_bytes"]),
         "what the client got: {v}"
     );
+    none_about_clients(agent, &[local]);
 }
 
 /// Node.js (OpenSSL in the executable, records written through a memory BIO after each call):
@@ -293,9 +317,7 @@ fn node_https_timeout_is_a_short_write() {
         "node should have cut it: {got:?}"
     );
     let local = format!("127.0.0.1:{port}");
-    let v = agent.wait_for(&local, 1, Duration::from_secs(30));
-    assert_eq!(v.len(), 1, "{v:?}");
-    let v = &v[0];
+    let v = &one_verdict(&agent, &local);
     assert_eq!(
         (&v["verdict"], &v["tls"], &v["comm"]),
         (&"short_write".into(), &true.into(), &"node".into()),
@@ -321,4 +343,5 @@ fn node_https_timeout_is_a_short_write() {
         "{}",
         v[1]
     );
+    none_about_clients(agent, &[local]);
 }
