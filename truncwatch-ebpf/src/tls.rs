@@ -64,7 +64,10 @@ pub fn call_begins(kind: u32, ssl: u64, buf: u64, num: u64, out: u64) {
         kind,
         ..TlsThread::default()
     };
-    if TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, 0).is_err() {
+    if TLS_CALLS
+        .insert(bpf_get_current_pid_tgid(), call, 0)
+        .is_err()
+    {
         count_lost(LOST_STORAGE);
     }
 }

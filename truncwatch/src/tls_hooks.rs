@@ -271,7 +271,7 @@ fn plan(path: &Path) -> Result<(Vec<&'static str>, Vec<Point>)> {
             e.1,
             &[Register::RDI, Register::RSI, Register::RDX, Register::RCX],
         );
-        (same == Some(target) && target >= p.2).then(|| (program, target, p.2, p.3))
+        (same == Some(target) && target >= p.2).then_some((program, target, p.2, p.3))
     });
     let through_internals = internals.iter().all(Option::is_some);
     if let [Some(w), Some(r)] = internals {
