@@ -98,7 +98,7 @@ const HEADS: [(&str, usize, &str); 3] = [
 ];
 
 /// `--before BIN`: also run this agent binary in the same rounds.
-pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
+pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>) -> Result<()> {
     let variants = variants(before);
     let tmp = std::env::temp_dir().join("truncwatch-bench");
     std::fs::create_dir_all(tmp.join("www"))?;
@@ -156,7 +156,14 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
         ("1k.bin", "unix", ""),
         ("1k.bin", "tls", ""),
     ];
-    for (file, transport, head) in workloads {
+    let workloads: Vec<_> = workloads
+        .into_iter()
+        .filter(|(f, t, h)| only.is_none_or(|o| workload_name(f, t, h).contains(o)))
+        .collect();
+    // wrk's own TLS library is a copy under names the agent does not hook: the client of a
+    // server is normally another host, and wrk's calls would otherwise be hooked too.
+    let client_tls = client_tls_libs(&tmp)?;
+    for &(file, transport, head) in &workloads {
         let path = if head.is_empty() {
             file.to_string()
         } else {
@@ -176,10 +183,10 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
                     v.name()
                 ));
                 let load = || {
-                    if transport == "unix" {
-                        unix_load(&sock, file)
-                    } else {
-                        wrk(&url)
+                    match transport {
+                        "unix" => unix_load(&sock, file),
+                        "tls" => wrk(&url, Some(&client_tls)),
+                        _ => wrk(&url, None),
                     }
                 };
                 let (r, facts) = with_variant(v, agent_bin, before, load)?;
@@ -214,7 +221,8 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
         "| socket | variant | ns per send | added per send | truncwatch programs' run time per send (BPF stats) |"
     )?;
     writeln!(report, "|---|---|---|---|---|")?;
-    for kind in ["tcp", "unix"] {
+    let kinds: &[&str] = if only.is_some() { &[] } else { &["tcp", "unix"] };
+    for &kind in kinds {
         let mut ns = vec![Vec::new(); variants.len()];
         // With BPF stats: the programs' own run time per send, the sender's and the reader's
         // programs together. Free of the wall-clock noise, but it includes the stats' own
@@ -278,7 +286,7 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
         "| response | agent ns/response | kernel ns/response | total | kernel, less the stats' bookkeeping | total, less it |"
     )?;
     writeln!(report, "|---|---|---|---|---|---|")?;
-    for (file, transport, head) in workloads {
+    for &(file, transport, head) in &workloads {
         let name = workload_name(file, transport, head);
         let rounds: Vec<&&AgentFacts> = nginx_rounds
             .iter()
@@ -367,6 +375,9 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>) -> Result<()> {
     }
 
     println!("\n{report}");
+    if only.is_some() {
+        return Ok(()); // a part: the file keeps the last whole run
+    }
     let doc = format!("{root}/docs/benchmarks.md");
     let head = "# Benchmarks\n\nWhat truncwatch costs, measured A/B in one run by `cargo xtask bench` (it rewrites this file).\nThe budget it is measured against is in issue 5: nginx 1 KiB throughput at least 0.99 of no agent; at most 50 ns added per send on sockets that carry no HTTP; at most 1 µs of kernel + agent CPU per response; no lost events at 100 000 responses/s; agent RSS at most 40 MiB.\n\n";
     // Hand-written analysis below the figures survives a rerun.
@@ -622,8 +633,13 @@ fn prog_stats() -> (Vec<ProgRuns>, (f64, f64)) {
 }
 
 /// (requests/s, p99 latency in ms) from one wrk run.
-fn wrk(url: &str) -> Result<(f64, f64)> {
-    let out = Command::new("wrk")
+/// wrk's figures; `libs`: a directory to load its shared libraries from first.
+fn wrk(url: &str, libs: Option<&std::path::Path>) -> Result<(f64, f64)> {
+    let mut cmd = Command::new("wrk");
+    if let Some(dir) = libs {
+        cmd.env("LD_LIBRARY_PATH", dir);
+    }
+    let out = cmd
         .args([
             "-t1",
             "-c32",
@@ -644,6 +660,29 @@ fn wrk(url: &str) -> Result<(f64, f64)> {
         .flatten()
         .context("wrk printed no 99% latency")?;
     Ok((rps, p99))
+}
+
+/// A directory where `libssl.so.3` and `libcrypto.so.3` are links to copies of the system's,
+/// named otherwise: the agent hooks files named `libssl*` and the system's by inode, so a
+/// program loading these is not hooked.
+fn client_tls_libs(tmp: &std::path::Path) -> Result<std::path::PathBuf> {
+    let dir = tmp.join("client-tls");
+    std::fs::create_dir_all(&dir)?;
+    for (lib, copy) in [
+        ("libssl.so.3", "client-s.so"),
+        ("libcrypto.so.3", "client-c.so"),
+    ] {
+        let from = ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(lib))
+            .find(|p| p.exists())
+            .with_context(|| format!("{lib} (Debian package libssl3)"))?;
+        std::fs::copy(&from, dir.join(copy))?;
+        let link = dir.join(lib);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(copy, &link)?;
+    }
+    Ok(dir)
 }
 
 /// Connections (one thread each) of the Unix socket load: wrk speaks only TCP.

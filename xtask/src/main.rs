@@ -48,6 +48,10 @@ enum Cmd {
         /// for an A/B of a change.
         #[arg(long, value_name = "AGENT_BINARY")]
         before: Option<String>,
+        /// Only the nginx workloads whose row name contains this (e.g. "HTTPS"), and no sends
+        /// table; the figures are printed, docs/benchmarks.md is left as it is.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
     /// short, healthy traffic, one table with recall and precision.
@@ -73,7 +77,12 @@ fn main() -> Result<()> {
             demo(&bin)
         }
         Cmd::Scenarios => scenarios(),
-        Cmd::Bench { soak, load, before } => {
+        Cmd::Bench {
+            soak,
+            load,
+            before,
+            only,
+        } => {
             if !setup::is_root() {
                 bail!(
                     "the benchmark loads eBPF programs and sets kernel.bpf_stats_enabled: run it as root"
@@ -89,7 +98,7 @@ fn main() -> Result<()> {
             match soak {
                 _ if load => load::run(&bin, &workspace_root()?),
                 Some(s) => bench::soak(&bin, &workspace_root()?, s.max(10)),
-                None => bench::run(&bin, &workspace_root()?, before.as_deref()),
+                None => bench::run(&bin, &workspace_root()?, before.as_deref(), only.as_deref()),
             }
         }
         Cmd::VmTest => {
