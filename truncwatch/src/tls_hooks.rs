@@ -19,6 +19,7 @@ use iced_x86::{
 use object::{Object, ObjectSection, ObjectSymbol};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
+
 use std::path::{Path, PathBuf};
 
 /// The programs, and the functions each attaches to. `uretprobe_ssl_call` attaches where each
@@ -64,8 +65,9 @@ const MAX_PIDS: usize = 16;
 
 /// The TLS hooks of a running agent.
 pub struct TlsHooks {
-    /// Files looked at, by (device, inode): each is parsed and hooked once.
-    files: HashMap<(u64, u64), Target>,
+    /// Files looked at, by device and inode: each is parsed and hooked once (a uprobe is on
+    /// the inode: it covers every process and container that maps the file).
+    files: HashMap<FileKey, Target>,
     /// Processes looked at since the last full scan.
     seen: HashSet<u32>,
 }
@@ -112,7 +114,7 @@ impl TlsHooks {
         }
         let mut found = Vec::new();
         for p in HOST_LIBSSL {
-            found.extend(self.consider(ebpf, Path::new(p), 0));
+            found.extend(self.consider(ebpf, Path::new(p), None, 0));
         }
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return found;
@@ -123,8 +125,8 @@ impl TlsHooks {
             if !self.seen.insert(pid) {
                 continue;
             }
-            for path in candidates(pid) {
-                found.extend(self.consider(ebpf, &path, pid));
+            for (path, key) in candidates(pid) {
+                found.extend(self.consider(ebpf, &path, key, pid));
             }
         }
         self.seen.retain(|p| alive.contains(p));
@@ -133,9 +135,14 @@ impl TlsHooks {
 
     /// A file that may hold a TLS library, used by process `pid` (0: none yet): parse and
     /// hook it if not done yet.
-    fn consider(&mut self, ebpf: &mut Ebpf, path: &Path, pid: u32) -> Option<Target> {
-        let meta = std::fs::metadata(path).ok()?;
-        let key = (meta.dev(), meta.ino());
+    fn consider(
+        &mut self,
+        ebpf: &mut Ebpf,
+        path: &Path,
+        key: Option<FileKey>,
+        pid: u32,
+    ) -> Option<Target> {
+        let key = key.or_else(|| file_key(path))?;
         if let Some(t) = self.files.get_mut(&key) {
             if pid != 0 && t.pids.len() < MAX_PIDS && !t.pids.contains(&pid) {
                 t.pids.push(pid);
@@ -178,28 +185,52 @@ impl TlsHooks {
 
 /// Files of process `pid` that may be TLS libraries: its executable, and the mapped files
 /// named `libssl*`, as paths through its root.
-fn candidates(pid: u32) -> Vec<PathBuf> {
+fn candidates(pid: u32) -> Vec<(PathBuf, Option<FileKey>)> {
     let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let mut out = Vec::new();
-    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-        out.push(root.join(exe.strip_prefix("/").unwrap_or(&exe)));
-    }
-    if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
-        let mut libs: Vec<&str> = maps
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .filter(|p| {
-                p.starts_with('/')
-                    && Path::new(p)
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("libssl"))
-            })
-            .collect();
-        libs.dedup();
-        out.extend(libs.into_iter().map(|p| root.join(&p[1..])));
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return exe.map_or_else(Vec::new, |e| {
+            vec![(root.join(e.strip_prefix("/").unwrap_or(&e)), None)]
+        });
+    };
+    // `address perms offset dev inode path`: the file's own device and inode (for a container's
+    // overlay, the layer's file, the same for every container of the image).
+    let mut out: Vec<(PathBuf, Option<FileKey>)> = Vec::new();
+    for l in maps.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (Some(dev), Some(ino), Some(path)) = (f.get(3), f.get(4), f.get(5)) else {
+            continue;
+        };
+        let is_exe = exe.as_deref() == Some(Path::new(path));
+        let is_libssl = Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libssl"));
+        // A mapped file replaced since (a library upgrade) shows " (deleted)": its old inode is
+        // what runs, and the path now names another file.
+        if !path.starts_with('/') || !(is_exe || is_libssl) || f.len() > 6 {
+            continue;
+        }
+        let key = ino.parse().ok().map(|i| (dev.to_string(), i));
+        if !out.iter().any(|(_, k)| k.is_some() && *k == key) {
+            out.push((root.join(&path[1..]), key));
+        }
     }
     out
+}
+
+/// A mapped file's identity: its device (`major:minor`, hex, as `/proc/<pid>/maps` shows it)
+/// and inode.
+type FileKey = (String, u64);
+
+/// The identity of the file at `path`, as `/proc/<pid>/maps` would show it.
+fn file_key(path: &Path) -> Option<FileKey> {
+    let m = std::fs::metadata(path).ok()?;
+    let dev = m.dev();
+    Some((
+        format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev)),
+        m.ino(),
+    ))
 }
 
 /// Where one program attaches in a file: an entry program at `offset`, and, if `ret`, the

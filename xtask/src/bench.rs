@@ -182,12 +182,10 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
                     "/{path} over {transport}: round {round}/{ROUNDS}, {}",
                     v.name()
                 ));
-                let load = || {
-                    match transport {
-                        "unix" => unix_load(&sock, file),
-                        "tls" => wrk(&url, Some(&client_tls)),
-                        _ => wrk(&url, None),
-                    }
+                let load = || match transport {
+                    "unix" => unix_load(&sock, file),
+                    "tls" => wrk(&url, Some(&client_tls)),
+                    _ => wrk(&url, None),
                 };
                 let (r, facts) = with_variant(v, agent_bin, before, load)?;
                 rps[i].push(r.0);
@@ -221,7 +219,11 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
         "| socket | variant | ns per send | added per send | truncwatch programs' run time per send (BPF stats) |"
     )?;
     writeln!(report, "|---|---|---|---|---|")?;
-    let kinds: &[&str] = if only.is_some() { &[] } else { &["tcp", "unix"] };
+    let kinds: &[&str] = if only.is_some() {
+        &[]
+    } else {
+        &["tcp", "unix"]
+    };
     for &kind in kinds {
         let mut ns = vec![Vec::new(); variants.len()];
         // With BPF stats: the programs' own run time per send, the sender's and the reader's
