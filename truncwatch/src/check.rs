@@ -258,6 +258,10 @@ pub fn report(f: &Facts) -> (String, bool) {
             "no tcp_receive_reset: a reset from the peer cannot be told from this host's, so reset_discard is not reported",
         ),
         (
+            !f.uprobes,
+            "no uprobes (CONFIG_UPROBE_EVENTS): HTTPS is not judged, only plain HTTP",
+        ),
+        (
             !f.bpf_stats,
             "no BPF stats: truncwatch_bpf_program_* metrics stay empty",
         ),
