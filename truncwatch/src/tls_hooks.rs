@@ -378,27 +378,49 @@ fn internal(code: &[u8], ip: u64, keep: &[Register]) -> Option<u64> {
     None
 }
 
-/// Attach the TLS programs at `points` of `path`.
+/// Attach the TLS programs at `points` of `path`: all of them, or (on an error) none.
 fn hook(ebpf: &mut Ebpf, path: &Path, points: &[Point]) -> Result<()> {
-    for p in points {
+    let mut attached = Vec::new();
+    let mut result = Ok(());
+    'points: for p in points {
         let mut progs = vec![p.program];
         if p.ret {
             progs.push(RETURN);
         }
         for name in progs {
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .context("TLS program missing")?
-                .try_into()?;
-            prog.attach(
+            let prog: &mut UProbe = match ebpf.program_mut(name).map(TryInto::try_into) {
+                Some(Ok(prog)) => prog,
+                _ => {
+                    result = Err(anyhow::anyhow!("TLS program {name} missing"));
+                    break 'points;
+                }
+            };
+            match prog.attach(
                 UProbeAttachLocation::AbsoluteOffset(p.offset),
                 path,
                 UProbeScope::AllProcesses,
-            )
-            .with_context(|| format!("attaching {name} to {}:{}", path.display(), p.at))?;
+            ) {
+                Ok(link) => attached.push((name, link)),
+                Err(e) => {
+                    result = Err(anyhow::Error::new(e).context(format!(
+                        "attaching {name} to {}:{}",
+                        path.display(),
+                        p.at
+                    )));
+                    break 'points;
+                }
+            }
         }
     }
-    Ok(())
+    if result.is_err() {
+        // Half the calls seen would be worse than none: a write without its reads.
+        for (name, link) in attached {
+            if let Some(Ok(prog)) = ebpf.program_mut(name).map(TryInto::<&mut UProbe>::try_into) {
+                let _ = prog.detach(link);
+            }
+        }
+    }
+    result
 }
 
 #[cfg(test)]
