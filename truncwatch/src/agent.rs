@@ -299,8 +299,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.canary_interval
     };
     let mut canary_tick = tokio::time::interval(canary_every.max(Duration::from_secs(1)));
-    let mut tls_tick = tokio::time::interval(TLS_SCAN_EVERY);
-    let mut tls_scans = 0u32;
+    let mut tls_found = match tls.as_mut() {
+        Some(hooks) => hooks.watch(),
+        None => tokio::sync::mpsc::channel(1).1,
+    };
     let canary_on = args.selftest || !args.canary_interval.is_zero();
     let mut provoking: Option<tokio::task::JoinHandle<Result<Truth>>> = None;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -336,11 +338,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let truth = done.map_err(anyhow::Error::from).and_then(|t| t);
                 reader.canary_traffic(truth);
             }
-            _ = tls_tick.tick(), if tls.is_some() => {
-                tls_scans += 1;
-                let full = tls_scans.is_multiple_of(TLS_FULL_SCAN_EVERY);
+            Some(found) = tls_found.recv(), if tls.is_some() => {
                 let hooks = tls.as_mut().expect("guarded");
-                report_tls(hooks.scan(&mut ebpf, full));
+                report_tls(hooks.apply(&mut ebpf, found));
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -383,17 +383,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 }
 
-/// How often new processes are looked at for TLS libraries, and every how many of those scans
-/// every process's libraries are looked at again (for libraries loaded later, by `dlopen`).
-const TLS_SCAN_EVERY: Duration = Duration::from_secs(1);
-const TLS_FULL_SCAN_EVERY: u32 = 30;
-
 /// Load the TLS uprobes and hook the TLS libraries running now. None (said why) if uprobes
 /// cannot be used here: plain HTTP is still judged.
 fn tls_hooks_start(ebpf: &mut Ebpf) -> Option<TlsHooks> {
     match TlsHooks::load(ebpf) {
         Ok(mut hooks) => {
-            report_tls(hooks.scan(ebpf, true));
+            report_tls(hooks.scan(ebpf));
             Some(hooks)
         }
         Err(e) => {

@@ -97,7 +97,7 @@ pub fn probe() -> Facts {
         Ok(_) if !TlsHooks::uprobes_exist() => Err("no uprobe event source".to_string()),
         Ok((ebpf, ..)) => TlsHooks::load(ebpf)
             .map(|mut hooks| {
-                hooks.scan(ebpf, true);
+                hooks.scan(ebpf);
                 hooks.libraries()
             })
             .map_err(|e| format!("{e:#}")),

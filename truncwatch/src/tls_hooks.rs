@@ -68,9 +68,83 @@ pub struct TlsHooks {
     /// Files looked at, by device and inode: each is parsed and hooked once (a uprobe is on
     /// the inode: it covers every process and container that maps the file).
     files: HashMap<FileKey, Target>,
+    /// Finds the files (in the background once `watch` runs).
+    scanner: Option<Scanner>,
+}
+
+/// A file that may hold a TLS library, seen mapped by a process (`pid`; 0: the host's, seen by
+/// its path). `plan` is set the first time the file is seen: what it exports and where to hook
+/// it, or why it could not be read.
+pub struct Sighting {
+    key: FileKey,
+    path: PathBuf,
+    pid: u32,
+    plan: Option<Result<Plan, String>>,
+}
+
+/// What a file exports of OpenSSL's API, and where to hook it (`plan`).
+type Plan = (Vec<&'static str>, Vec<Point>);
+
+/// The looking part: `/proc` and files only, no hooks, so it can run on a thread of its own.
+struct Scanner {
     /// Processes looked at since the last full scan.
     seen: HashSet<u32>,
+    /// Files already planned.
+    known: HashSet<FileKey>,
+    scans: u32,
 }
+
+impl Scanner {
+    /// The host's libraries, then the files of processes not looked at yet (every process's
+    /// every `FULL_SCAN_EVERY` scans, for libraries loaded later with `dlopen`).
+    fn scan(&mut self) -> Vec<Sighting> {
+        if self.scans.is_multiple_of(FULL_SCAN_EVERY) {
+            self.seen.clear();
+        }
+        self.scans += 1;
+        let mut out = Vec::new();
+        for p in HOST_LIBSSL {
+            let path = Path::new(p);
+            if let Some(key) = file_key(path) {
+                out.extend(self.sighting(path, key, 0));
+            }
+        }
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        let mut alive = HashSet::new();
+        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            alive.insert(pid);
+            if !self.seen.insert(pid) {
+                continue;
+            }
+            for (path, key) in candidates(pid) {
+                if let Some(key) = key.or_else(|| file_key(&path)) {
+                    out.extend(self.sighting(&path, key, pid));
+                }
+            }
+        }
+        self.seen.retain(|p| alive.contains(p));
+        out
+    }
+
+    fn sighting(&mut self, path: &Path, key: FileKey, pid: u32) -> Option<Sighting> {
+        let new = self.known.insert(key.clone());
+        if !new && pid == 0 {
+            return None;
+        }
+        Some(Sighting {
+            plan: new.then(|| plan(path).map_err(|e| format!("{e:#}"))),
+            key,
+            path: path.to_owned(),
+            pid,
+        })
+    }
+}
+
+/// How often new processes are looked at, and every how many scans all of them again.
+pub const SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const FULL_SCAN_EVERY: u32 = 30;
 
 impl TlsHooks {
     /// Load the TLS programs into `ebpf` (attached to nothing yet).
@@ -85,7 +159,11 @@ impl TlsHooks {
         }
         Ok(TlsHooks {
             files: HashMap::new(),
-            seen: HashSet::new(),
+            scanner: Some(Scanner {
+                seen: HashSet::new(),
+                known: HashSet::new(),
+                scans: 0,
+            }),
         })
     }
 
@@ -106,80 +184,86 @@ impl TlsHooks {
         Path::new("/sys/bus/event_source/devices/uprobe/type").exists()
     }
 
-    /// Look for TLS libraries: the host's, then those of processes not looked at yet (`full`:
-    /// of every process). Returns the files newly hooked or refused, to be reported.
-    pub fn scan(&mut self, ebpf: &mut Ebpf, full: bool) -> Vec<Target> {
-        if full {
-            self.seen.clear();
-        }
-        let mut found = Vec::new();
-        for p in HOST_LIBSSL {
-            found.extend(self.consider(ebpf, Path::new(p), None, 0));
-        }
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return found;
-        };
-        let mut alive = HashSet::new();
-        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-            alive.insert(pid);
-            if !self.seen.insert(pid) {
-                continue;
-            }
-            for (path, key) in candidates(pid) {
-                found.extend(self.consider(ebpf, &path, key, pid));
-            }
-        }
-        self.seen.retain(|p| alive.contains(p));
-        found
+    /// Look for TLS libraries now, on this thread, and hook them. Returns the files newly
+    /// hooked or refused, to be reported.
+    pub fn scan(&mut self, ebpf: &mut Ebpf) -> Vec<Target> {
+        let found = self.scanner.as_mut().map(Scanner::scan).unwrap_or_default();
+        self.apply(ebpf, found)
     }
 
-    /// A file that may hold a TLS library, used by process `pid` (0: none yet): parse and
-    /// hook it if not done yet.
-    fn consider(
-        &mut self,
-        ebpf: &mut Ebpf,
-        path: &Path,
-        key: Option<FileKey>,
-        pid: u32,
-    ) -> Option<Target> {
-        let key = key.or_else(|| file_key(path))?;
-        if let Some(t) = self.files.get_mut(&key) {
-            if pid != 0 && t.pids.len() < MAX_PIDS && !t.pids.contains(&pid) {
-                t.pids.push(pid);
+    /// From now on, look for TLS libraries on a thread of its own every `SCAN_EVERY`: reading
+    /// every process's `/proc/<pid>/maps` and parsing files must not hold up the events. What it
+    /// finds arrives on the returned channel, for `apply`.
+    pub fn watch(&mut self) -> tokio::sync::mpsc::Receiver<Vec<Sighting>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        if let Some(mut scanner) = self.scanner.take() {
+            let spawned = std::thread::Builder::new()
+                .name("tw-tls-scan".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(SCAN_EVERY);
+                        let found = scanner.scan();
+                        if !found.is_empty() && tx.blocking_send(found).is_err() {
+                            return; // the agent is stopping
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                eprintln!("truncwatch: TLS: cannot start the library scan: {e}");
             }
-            return None;
         }
-        let pids = if pid == 0 { Vec::new() } else { vec![pid] };
-        let target = match plan(path) {
-            Ok((functions, points)) if REQUIRED.iter().all(|r| functions.contains(r)) => Target {
-                path: path.to_owned(),
-                hooked: hook(ebpf, path, &points).map_err(|e| format!("{e:#}")),
-                via: points.iter().map(|p| p.at.clone()).collect(),
-                functions,
-                pids,
-            },
-            // Not a TLS library (an executable without the symbols): remembered, not reported.
-            Ok((functions, _)) => {
-                let t = Target {
-                    path: path.to_owned(),
-                    functions,
+        rx
+    }
+
+    /// Hook what a scan found. Returns the files newly hooked or refused, to be reported.
+    pub fn apply(&mut self, ebpf: &mut Ebpf, found: Vec<Sighting>) -> Vec<Target> {
+        let mut report = Vec::new();
+        for s in found {
+            let pids = if s.pid == 0 { Vec::new() } else { vec![s.pid] };
+            let Some(plan) = s.plan else {
+                if let Some(t) = self.files.get_mut(&s.key)
+                    && t.pids.len() < MAX_PIDS
+                    && !t.pids.contains(&s.pid)
+                {
+                    t.pids.push(s.pid);
+                }
+                continue;
+            };
+            let target = match plan {
+                Ok((functions, points)) if REQUIRED.iter().all(|r| functions.contains(r)) => {
+                    Target {
+                        hooked: hook(ebpf, &s.path, &points).map_err(|e| format!("{e:#}")),
+                        path: s.path,
+                        via: points.iter().map(|p| p.at.clone()).collect(),
+                        functions,
+                        pids,
+                    }
+                }
+                // Not a TLS library (an executable without the symbols): remembered, not
+                // reported.
+                Ok((functions, _)) => {
+                    let t = Target {
+                        path: s.path,
+                        functions,
+                        via: Vec::new(),
+                        hooked: Err("does not export SSL_write and SSL_read".into()),
+                        pids,
+                    };
+                    self.files.insert(s.key, t);
+                    continue;
+                }
+                Err(e) => Target {
+                    path: s.path,
+                    functions: Vec::new(),
                     via: Vec::new(),
-                    hooked: Err("does not export SSL_write and SSL_read".into()),
+                    hooked: Err(e),
                     pids,
-                };
-                self.files.insert(key, t);
-                return None;
-            }
-            Err(e) => Target {
-                path: path.to_owned(),
-                functions: Vec::new(),
-                via: Vec::new(),
-                hooked: Err(format!("{e:#}")),
-                pids,
-            },
-        };
-        self.files.insert(key, target.clone());
-        Some(target)
+                },
+            };
+            self.files.insert(s.key, target.clone());
+            report.push(target);
+        }
+        report
     }
 }
 
@@ -247,7 +331,7 @@ struct Point {
 /// `SSL_write`/`SSL_write_ex` and `SSL_read`/`SSL_read_ex` share, where they can be found
 /// (`internal`), else the four exported functions; and `SSL_free`, `SSL_sendfile`. Reads only
 /// the headers, the dynamic symbol table and a few instructions (an executable may be 100 MB).
-fn plan(path: &Path) -> Result<(Vec<&'static str>, Vec<Point>)> {
+fn plan(path: &Path) -> Result<Plan> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let cache = object::ReadCache::new(file);
     let elf =
