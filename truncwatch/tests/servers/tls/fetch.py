@@ -20,16 +20,22 @@ ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", a.port)))
+
+def more():
+    """The next bytes, or b"" at the end of the stream (a reset included: what came counts)."""
+    try:
+        return s.recv(65536)
+    except (ConnectionError, ssl.SSLError):
+        return b""
+
+
 buf = b""
 stalled = False
 for _ in range(a.requests):
     s.sendall(f"{a.method} {a.path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: tls-fetch\r\n\r\n".encode())
     got = {"status": None, "head_bytes": 0, "received_bytes": 0, "complete": False}
     while b"\r\n\r\n" not in buf:
-        try:
-            d = s.recv(65536)
-        except (ConnectionError, ssl.SSLError):
-            d = b""
+        d = more()
         if not d:
             break
         buf += d
@@ -58,10 +64,7 @@ for _ in range(a.requests):
         if not stalled and a.stall_after >= 0 and body >= a.stall_after:
             stalled = True
             time.sleep(a.stall)
-        try:
-            d = s.recv(65536)
-        except (ConnectionError, ssl.SSLError):
-            d = b""
+        d = more()
         if not d:
             break
         buf += d
