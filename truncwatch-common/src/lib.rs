@@ -104,6 +104,9 @@ pub struct Offsets {
     pub socket_sk: u32,
     /// `sock.__sk_common.skc_state` (u8): the kprobe backend tracks only connected sockets.
     pub skc_state: u32,
+    /// `inet_connection_sock.icsk_ulp_ops` (a pointer): set when an upper-layer protocol
+    /// runs on the socket, kTLS among them.
+    pub icsk_ulp_ops: u32,
     /// Non-zero once userspace filled this in; the programs do nothing until then.
     pub ready: u32,
 }
@@ -400,7 +403,7 @@ pub struct ResetEvent {
 }
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 80);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 84);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<ProbeSock>() == 80);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);

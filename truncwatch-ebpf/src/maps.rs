@@ -63,6 +63,7 @@ static OFFSETS: Offsets = Offsets {
     tcp_chrono_stat: 0,
     socket_sk: 0,
     skc_state: 0,
+    icsk_ulp_ops: 0,
     ready: 0,
 };
 

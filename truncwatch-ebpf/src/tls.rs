@@ -219,6 +219,12 @@ fn plaintext_write(sk: u64, c: &TlsThread, n: i64) {
         if c.num < 7 || read_user::<[u8; 7]>(c.buf) != Some(*b"HTTP/1.") {
             return;
         }
+        // kTLS (an upper-layer protocol on the socket): the kernel makes the records, within
+        // or after the calls depending on the hook backend, which the marks cannot follow.
+        // Not judged rather than misjudged.
+        if read_kernel::<u64>(sk + o.icsk_ulp_ops as u64) != Some(0) {
+            return;
+        }
         st.track = TRACK_HTTP;
         st.sent = 0;
         st.head_more = 0;

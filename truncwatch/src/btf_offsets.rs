@@ -55,6 +55,7 @@ pub fn load() -> Result<KernelLayout> {
         tcp_chrono_stat: f("tcp_sock", "chrono_stat").unwrap_or(0),
         socket_sk: f("socket", "sk")?,
         skc_state: f("sock", "__sk_common.skc_state")?,
+        icsk_ulp_ops: f("inet_connection_sock", "icsk_ulp_ops")?,
         ready: 1,
     };
     // The kprobe backend reads a socket's identity and family as the first 24 bytes of
@@ -168,6 +169,7 @@ mod tests {
             ("sock", "sk_type"),
             ("sock", "sk_protocol"),
             ("sock", "__sk_common.skc_state"),
+            ("inet_connection_sock", "icsk_ulp_ops"),
             ("unix_sock", "peer"),
             ("unix_address", "name"),
             ("tcp_sock", "write_seq"),

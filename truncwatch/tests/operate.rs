@@ -39,7 +39,7 @@ kernel_test!(metrics_count_a_short_write {
     let v = agent.wait_for(&srv.local(), 1, WAIT);
     assert_eq!(v[0]["verdict"], "short_write");
     let port = srv.local().rsplit(':').next().unwrap().to_string();
-    let labels = format!("verdict=\"short_write\",transport=\"tcp\",process=\"tw-lab-server\",container=\"\",namespace=\"\",pod=\"\",port=\"{port}\"}}");
+    let labels = format!("verdict=\"short_write\",transport=\"tcp\",tls=\"false\",process=\"tw-lab-server\",container=\"\",namespace=\"\",pod=\"\",port=\"{port}\"}}");
     let m = scrape_until(&addr, &format!("truncwatch_responses_total{{{labels}"));
     assert_eq!(series(&m, &format!("truncwatch_responses_total{{{labels}")), Some(1.0), "{m}");
     let missing = series(&m, &format!("truncwatch_missing_bytes_total{{{labels}")).unwrap();
