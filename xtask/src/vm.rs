@@ -31,6 +31,8 @@ const END: &str = "VMTEST END";
 const DETECT: &str = include_str!("vm/detect.sh");
 /// HTTPS in the guest: one `truncwatch lab tls` exchange, judged.
 const TLS: &str = include_str!("vm/tls.sh");
+/// What both check of the agent's verdict (sourced).
+const JUDGED: &str = include_str!("vm/judged.sh");
 const START: &str = "VMTEST START";
 
 /// Kernel options the guest needs built in (`=y`): we ship no modules.
@@ -224,6 +226,7 @@ fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path) -> Result<P
         ("init", init_script()),
         ("bin/detect.sh", DETECT.to_string()),
         ("bin/tls.sh", TLS.to_string()),
+        ("bin/judged.sh", JUDGED.to_string()),
     ] {
         fs::write(tree.join(path), text)?;
         fs::set_permissions(tree.join(path), fs::Permissions::from_mode(0o755))?;

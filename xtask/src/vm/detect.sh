@@ -18,13 +18,5 @@ for i in $(seq 50); do grep -q "listening" $out.server && break; sleep 0.1; done
 sleep 1
 kill -INT $agent; wait $agent
 local=${listen#tcp:}; local=${local#unix:}
-got=$(grep "\"local\":\"$local\"" $out.verdicts)
-echo "client: $(cat $out.client)"
-echo "agent: $got"
-verdict=$(echo "$got" | sed -n 's/.*"verdict":"\([a-z_]*\)".*/\1/p')
-sent=$(echo "$got" | sed -n 's/.*"sent_bytes":\([0-9]*\).*/\1/p')
-received=$(sed -n 's/.*"received_bytes":\([0-9]*\).*/\1/p' $out.client)
-[ "$(echo "$got" | grep -c .)" = 1 ] || { echo "FAIL: expected one verdict"; exit 1; }
-[ "$verdict" = "$want" ] || { echo "FAIL: verdict $verdict, expected $want"; exit 1; }
-[ "$sent" = "$received" ] || { echo "FAIL: agent counted $sent bytes, the client received $received"; exit 1; }
-echo "ok: $verdict, $sent bytes on both sides"
+. /bin/judged.sh
+judged $out.verdicts $out.client "$local" "$want"

@@ -14,14 +14,5 @@ grep "TLS: hooked" $out.agent || { echo "FAIL: no TLS library hooked:"; cat $out
 sleep 1
 kill -INT $agent; wait $agent
 server=$(sed -n 's/.*"server":"\([0-9.:]*\)".*/\1/p' $out.client)
-got=$(grep "\"local\":\"$server\"" $out.verdicts)
-echo "client: $(cat $out.client)"
-echo "agent: $got"
-verdict=$(echo "$got" | sed -n 's/.*"verdict":"\([a-z_]*\)".*/\1/p')
-sent=$(echo "$got" | sed -n 's/.*"sent_bytes":\([0-9]*\).*/\1/p')
-received=$(sed -n 's/.*"received_bytes":\([0-9]*\).*/\1/p' $out.client)
-[ "$(echo "$got" | grep -c .)" = 1 ] || { echo "FAIL: expected one verdict"; exit 1; }
-echo "$got" | grep -q '"tls":true' || { echo "FAIL: not judged as TLS"; exit 1; }
-[ "$verdict" = "$want" ] || { echo "FAIL: verdict $verdict, expected $want"; exit 1; }
-[ "$sent" = "$received" ] || { echo "FAIL: agent counted $sent bytes, the client received $received"; exit 1; }
-echo "ok: $verdict over TLS, $sent plaintext bytes on both sides"
+. /bin/judged.sh
+judged $out.verdicts $out.client "$server" "$want" '"tls":true'
