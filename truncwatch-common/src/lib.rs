@@ -136,7 +136,7 @@ pub struct SockState {
 pub const TRACK_NO: u32 = 1;
 pub const TRACK_HTTP: u32 = 2;
 /// A TCP socket whose first send was a TLS record (RFC 8446 §5.1: content type 20 to 23, then
-/// version 3.x): its plaintext is seen in the TLS library (`TlsThread`), and its own sends
+/// version 3.x): its plaintext is seen in the TLS library (`TlsCall`), and its own sends
 /// only tie the library's calls to it.
 pub const TRACK_TLS: u32 = 3;
 /// The peer sent a reset (set by `tcp_receive_reset`, on any TCP socket).
@@ -252,13 +252,13 @@ pub const FLAG_TLS_SEQ: u32 = 128;
 /// Node.js: the records go to the socket later): `seq` is where they can begin at the earliest.
 pub const FLAG_TLS_SEQ_BEFORE: u32 = 256;
 
-/// A thread's TLS library call in progress, and its TLS socket I/O, kept per thread
-/// (`bpf_get_current_pid_tgid`) between a uprobe on the call and its return probe.
+/// A thread's TLS library call in progress, kept per thread (`bpf_get_current_pid_tgid`)
+/// between a uprobe where the call begins and the return probe.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TlsThread {
-    /// The call in progress: the `SSL *` (0: none), its buffer and length, and where an `_ex`
-    /// variant returns its count (`size_t *`, 0 for `SSL_write`/`SSL_read`).
+pub struct TlsCall {
+    /// The `SSL *`, its buffer and length, and where an `_ex` variant (or OpenSSL's internal
+    /// function) returns its count (`size_t *`, 0 for `SSL_write`/`SSL_read`).
     pub ssl: u64,
     pub buf: u64,
     pub num: u64,
@@ -269,9 +269,6 @@ pub struct TlsThread {
     pub send_ret: i32,
     /// The TLS socket this call did I/O on (0: none): the `SSL *`'s socket for sure.
     pub sk: u64,
-    /// The TLS socket this thread last read from, when the call returned: where a library with
-    /// a memory BIO (Node.js) got the records its first read decrypts.
-    pub last_read: u64,
 }
 
 pub const TLS_CALL_WRITE: u32 = 1;
@@ -413,7 +410,7 @@ const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 40);
-const _: () = assert!(core::mem::size_of::<TlsThread>() == 56);
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
 const _: () = assert!(core::mem::size_of::<HeadPiece>() == 48);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 16);

@@ -28,17 +28,18 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use truncwatch_common::{
     FLAG_TLS_SEQ, FLAG_TLS_SEQ_BEFORE, OPEN_TLS, SYS_TLS_WRITE, SockState, TLS_CALL_READ,
-    TLS_CALL_SENDFILE, TLS_CALL_WRITE, TRACK_HTTP, TRACK_NO, TlsThread,
+    TLS_CALL_SENDFILE, TLS_CALL_WRITE, TRACK_HTTP, TRACK_NO, TlsCall,
 };
 
-/// Each thread's TLS call in progress (`TlsThread`), by `bpf_get_current_pid_tgid`, from where
+/// Each thread's TLS call in progress (`TlsCall`), by `bpf_get_current_pid_tgid`, from where
 /// it begins to where it returns. Not an LRU map: an entry evicted mid-call would lose the
 /// call's bytes. When full, calls go unseen (`LOST_STORAGE`).
 #[btf_map]
-static TLS_CALLS: HashMap<u64, TlsThread, 16384> = HashMap::new();
+static TLS_CALLS: HashMap<u64, TlsCall, 16384> = HashMap::new();
 
-/// The TLS socket each thread last read from (see `TlsThread::last_read`). LRU: threads come
-/// and go unseen, and an evicted entry only leaves a memory-BIO read unbound.
+/// The TLS socket each thread last read from: where a library with a memory BIO (Node.js) got
+/// the records its first read decrypts. LRU: threads come and go unseen, and an evicted entry
+/// only leaves a memory-BIO read unbound.
 #[btf_map]
 static TLS_LAST_READ: LruHashMap<u64, u64, 16384> = LruHashMap::new();
 
@@ -56,13 +57,13 @@ static TLS_SOCKS: HashMap<u64, SockState, 65536> = HashMap::new();
 /// A TLS call begins (`kind`: `TLS_CALL_*`; `out`: the `_ex` variants' count pointer, else 0).
 #[inline(always)]
 pub fn call_begins(kind: u32, ssl: u64, buf: u64, num: u64, out: u64) {
-    let call = TlsThread {
+    let call = TlsCall {
         ssl,
         buf,
         num,
         out,
         kind,
-        ..TlsThread::default()
+        ..TlsCall::default()
     };
     if TLS_CALLS
         .insert(bpf_get_current_pid_tgid(), call, 0)
@@ -111,9 +112,8 @@ pub fn call_returns(ret: i64) {
     let Some(t) = TLS_CALLS.get_ptr(id) else {
         return;
     };
-    let mut c = unsafe { *t };
+    let c = unsafe { *t };
     let _ = TLS_CALLS.remove(id);
-    c.last_read = TLS_LAST_READ.get_ptr(id).map_or(0, |p| unsafe { *p });
     let n: i64 = if c.kind == TLS_CALL_SENDFILE {
         ret.min(i32::MAX as i64)
     } else if c.out == 0 {
@@ -139,7 +139,7 @@ pub fn call_returns(ret: i64) {
 /// The socket of the call `c`: the one it did I/O on, else the one its `SSL *` was tied to,
 /// else (`data_read`: a read that returned data) the one the thread read last.
 #[inline(always)]
-fn bound(c: &TlsThread, data_read: bool) -> Option<u64> {
+fn bound(c: &TlsCall, data_read: bool) -> Option<u64> {
     let key = [bpf_get_current_pid_tgid() >> 32, c.ssl];
     let tie = |sk: u64| {
         let _ = TLS_BOUND.insert(key, sk, 0);
@@ -156,10 +156,14 @@ fn bound(c: &TlsThread, data_read: bool) -> Option<u64> {
     if known.is_some() {
         return known;
     }
-    if data_read && c.last_read != 0 {
-        return tie(c.last_read);
+    if !data_read {
+        return None;
     }
-    None
+    // A memory BIO's first read: only then is the thread's last TLS read looked up.
+    match TLS_LAST_READ.get_ptr(bpf_get_current_pid_tgid()) {
+        Some(p) if unsafe { *p } != 0 => tie(unsafe { *p }),
+        _ => None,
+    }
 }
 
 /// The TLS socket's plaintext state (`create`: make it, zeroed, if it has none and the socket
@@ -206,7 +210,7 @@ fn plaintext_read(sk: u64, buf: u64, n: u64) {
 /// A write call `c` returned (`n`: plaintext bytes the library accepted, or <= 0): classify
 /// the stream at its first accepted write, then account it as a send.
 #[inline(always)]
-fn plaintext_write(sk: u64, c: &TlsThread, n: i64) {
+fn plaintext_write(sk: u64, c: &TlsCall, n: i64) {
     let o = offsets();
     if o.ready == 0 {
         return;

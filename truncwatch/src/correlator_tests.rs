@@ -114,22 +114,22 @@ impl Wire {
         }));
     }
     fn state(&mut self, old: i32, new: i32) {
-        let ts_ns = self.ts;
-        self.ev(Event::TcpState {
-            sk: SK,
-            ts_ns,
-            oldstate: old,
-            newstate: new,
-            facts: TcpFacts::default(),
-        });
+        self.state_facts(old, new, TcpFacts::default());
     }
     /// A state change with the socket's counters: `unacked` written bytes not acknowledged.
     fn state_unacked(&mut self, old: i32, new: i32, unacked: u64) {
+        self.state_facts(
+            old,
+            new,
+            TcpFacts {
+                unacked,
+                ..TcpFacts::default()
+            },
+        );
+    }
+    /// A state change with these counters.
+    fn state_facts(&mut self, old: i32, new: i32, facts: TcpFacts) {
         let ts_ns = self.ts;
-        let facts = TcpFacts {
-            unacked,
-            ..TcpFacts::default()
-        };
         self.ev(Event::TcpState {
             sk: SK,
             ts_ns,
@@ -1619,18 +1619,15 @@ impl Wire {
     }
     /// A state change whose counters put `write_seq` at `write_seq`, `unacked` not acknowledged.
     fn tls_state(&mut self, old: i32, new: i32, write_seq: u32, unacked: u64) {
-        let ts_ns = self.ts;
-        self.ev(Event::TcpState {
-            sk: SK,
-            ts_ns,
-            oldstate: old,
-            newstate: new,
-            facts: TcpFacts {
+        self.state_facts(
+            old,
+            new,
+            TcpFacts {
                 unacked,
                 snd_una: write_seq.wrapping_sub(unacked as u32),
                 ..TcpFacts::default()
             },
-        });
+        );
     }
 }
 
