@@ -24,6 +24,7 @@ pub mod output;
 pub mod requests;
 pub mod response;
 pub mod tls_hooks;
+pub mod uprobe_events;
 pub mod verdict;
 
 #[cfg(test)]

@@ -18,9 +18,12 @@ use iced_x86::{
 };
 use object::{Object, ObjectSection, ObjectSymbol};
 use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use std::path::{Path, PathBuf};
+
+use crate::uprobe_events::{self, UprobeEvent};
 
 /// The programs, and the functions each attaches to. `uretprobe_ssl_call` attaches where each
 /// of the four I/O calls returns.
@@ -70,6 +73,11 @@ pub struct TlsHooks {
     files: HashMap<FileKey, Target>,
     /// Finds the files (in the background once `watch` runs).
     scanner: Option<Scanner>,
+    /// How uprobes are attached: aya's perf `uprobe` event source until it is refused for
+    /// want of `CAP_SYS_ADMIN`, then tracefs events (`uprobe_events`).
+    through_tracefs: bool,
+    /// The uprobes attached through tracefs (removed when dropped).
+    events: Vec<UprobeEvent>,
 }
 
 /// A file that may hold a TLS library, seen mapped by a process (`pid`; 0: the host's, seen by
@@ -157,6 +165,7 @@ impl TlsHooks {
             prog.load()
                 .with_context(|| format!("loading TLS program {name}"))?;
         }
+        uprobe_events::remove_stale();
         Ok(TlsHooks {
             files: HashMap::new(),
             scanner: Some(Scanner {
@@ -164,6 +173,8 @@ impl TlsHooks {
                 known: HashSet::new(),
                 scans: 0,
             }),
+            through_tracefs: false,
+            events: Vec::new(),
         })
     }
 
@@ -215,6 +226,45 @@ impl TlsHooks {
         rx
     }
 
+    /// Attach the TLS programs at `points` of `path`: all of them, or (on an error) none.
+    fn hook(&mut self, ebpf: &mut Ebpf, path: &Path, points: &[Point]) -> Result<()> {
+        if !self.through_tracefs {
+            match hook_with_perf_uprobes(ebpf, path, points) {
+                Err(e) if refused(&e) => {
+                    eprintln!(
+                        "truncwatch: TLS: the perf uprobe event source needs CAP_SYS_ADMIN; \
+                         making uprobes through tracefs (uprobe_events) instead"
+                    );
+                    self.through_tracefs = true;
+                }
+                done => return done,
+            }
+        }
+        let mut events = Vec::new();
+        for p in points {
+            for (name, ret) in [(p.program, false), (RETURN, true)]
+                .into_iter()
+                .take(1 + p.ret as usize)
+            {
+                let prog: &UProbe = ebpf
+                    .program(name)
+                    .with_context(|| format!("TLS program {name} missing"))?
+                    .try_into()?;
+                let event = uprobe_events::attach(prog.fd()?.as_fd(), path, p.offset, ret)
+                    .with_context(|| format!("attaching {name} to {}:{}", path.display(), p.at))
+                    .context(
+                        "without CAP_SYS_ADMIN, uprobes need a writable tracefs: \
+                         mount /sys/kernel/tracing read-write, as uid 0",
+                    )?;
+                // Half the calls seen would be worse than none: on an error above, `events`
+                // drops, and with it what was attached for this file.
+                events.push(event);
+            }
+        }
+        self.events.extend(events);
+        Ok(())
+    }
+
     /// Hook what a scan found. Returns the files newly hooked or refused, to be reported.
     pub fn apply(&mut self, ebpf: &mut Ebpf, found: Vec<Sighting>) -> Vec<Target> {
         let mut report = Vec::new();
@@ -232,7 +282,9 @@ impl TlsHooks {
             let target = match plan {
                 Ok((functions, points)) if REQUIRED.iter().all(|r| functions.contains(r)) => {
                     Target {
-                        hooked: hook(ebpf, &s.path, &points).map_err(|e| format!("{e:#}")),
+                        hooked: self
+                            .hook(ebpf, &s.path, &points)
+                            .map_err(|e| format!("{e:#}")),
                         path: s.path,
                         via: points.iter().map(|p| p.at.clone()).collect(),
                         functions,
@@ -462,8 +514,9 @@ fn internal(code: &[u8], ip: u64, keep: &[Register]) -> Option<u64> {
     None
 }
 
-/// Attach the TLS programs at `points` of `path`: all of them, or (on an error) none.
-fn hook(ebpf: &mut Ebpf, path: &Path, points: &[Point]) -> Result<()> {
+/// Attach the TLS programs at `points` of `path` with aya (the perf `uprobe` event source):
+/// all of them, or (on an error) none.
+fn hook_with_perf_uprobes(ebpf: &mut Ebpf, path: &Path, points: &[Point]) -> Result<()> {
     let mut attached = Vec::new();
     let mut result = Ok(());
     'points: for p in points {
@@ -505,6 +558,15 @@ fn hook(ebpf: &mut Ebpf, path: &Path, points: &[Point]) -> Result<()> {
         }
     }
     result
+}
+
+/// Whether `e` is the kernel refusing a perf `uprobe` event to a caller without
+/// `CAP_SYS_ADMIN` (`EACCES` from `perf_event_open`).
+fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EACCES))
+    })
 }
 
 #[cfg(test)]

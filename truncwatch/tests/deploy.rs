@@ -74,7 +74,7 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<&'static str>> {
 }
 
 /// The capabilities the least-privilege DaemonSet adds and the systemd unit keeps.
-const CAPS: &[&str] = &["BPF", "PERFMON"];
+const CAPS: &[&str] = &["BPF", "PERFMON", "SYS_PTRACE"];
 const AGENT_ARGS: &[&str] = &[
     "--metrics-addr",
     "0.0.0.0:9477",
@@ -576,7 +576,9 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
             .map(|v| (v["name"].as_str().unwrap(), v))
             .collect();
         for (path, v) in &mounts {
-            assert_eq!(v["readOnly"], true, "{m}: {path} must be read-only");
+            // tracefs: without CAP_SYS_ADMIN, uprobes are made by writing uprobe_events.
+            let writable = *path == "/sys/kernel/tracing" && m.contains("least-privilege");
+            assert_eq!(v["readOnly"], !writable, "{m}: {path} must be read-only");
             let vol = volumes[v["name"].as_str().unwrap()];
             assert_eq!(
                 vol["hostPath"]["path"].as_str(),
@@ -607,12 +609,16 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
             .as_object_mut()
             .unwrap()
             .remove("securityContext");
-        let boot = |v: &Value| v["name"] == "boot";
-        spec["volumes"].as_array_mut().unwrap().retain(|v| !boot(v));
+        // What only the least-privilege variant mounts: /boot (HZ) and tracefs (uprobes).
+        let extra = |v: &Value| v["name"] == "boot" || v["name"] == "tracing";
+        spec["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|v| !extra(v));
         spec["containers"][0]["volumeMounts"]
             .as_array_mut()
             .unwrap()
-            .retain(|v| !boot(v));
+            .retain(|v| !extra(v));
         d
     };
     assert_eq!(

@@ -7,7 +7,9 @@ mod support;
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{Agent, FILE_BYTES, Nginx, certificate, free_port, nginx_or_skip, u, wait_listening};
+use support::{
+    Agent, BIN, FILE_BYTES, Nginx, certificate, free_port, nginx_or_skip, u, wait_listening,
+};
 
 const SERVERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/tls");
 
@@ -97,9 +99,23 @@ fn python_server(
     head: u64,
     end: &str,
 ) -> (Proc, u16) {
+    let mut python = Command::new("python3");
+    python.arg(format!("{SERVERS}/short.py"));
+    python_server_in(python, cert, key, promise, send, head, end)
+}
+
+/// [`python_server`] run by `python`: a command that runs short.py, its options to come.
+fn python_server_in(
+    mut python: Command,
+    cert: &str,
+    key: &str,
+    promise: u64,
+    send: u64,
+    head: u64,
+    end: &str,
+) -> (Proc, u16) {
     let port = free_port();
-    let child = Command::new("python3")
-        .arg(format!("{SERVERS}/short.py"))
+    let child = python
         .args([&port.to_string(), cert, key])
         .args([promise, send, head].map(|n| n.to_string()))
         .args([end, "0.3"])
@@ -344,4 +360,104 @@ fn node_https_timeout_is_a_short_write() {
         v[1]
     );
     none_about_clients(agent, &[local]);
+}
+
+/// Least privilege (deploy/: uid 0 with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE only). A TLS
+/// server of another user with a copy of `libssl.so.3` of its own, as a container has:
+/// - the agent finds that copy through `/proc/<pid>/maps` and `/proc/<pid>/root`, which the
+///   kernel opens only to a process allowed to ptrace the server (`ptrace_may_access`): with
+///   CAP_SYS_PTRACE the server is judged, without it the copy is not seen and nothing is said;
+/// - without CAP_SYS_ADMIN the perf uprobe event source is refused, and the agent makes its
+///   uprobes through tracefs (`uprobe_events`) instead.
+#[test]
+fn https_least_privilege_needs_cap_sys_ptrace_for_other_users() {
+    if !support::kernel_or_skip("https_least_privilege_needs_cap_sys_ptrace_for_other_users") {
+        return;
+    }
+    let (dir, cert, key) = cert_dir("tls-caps");
+    // Everything the server (uid 65534) runs from, where it may read it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::copy(host_libssl(), dir.0.join("libssl.so.3")).unwrap();
+    let script = dir.0.join("short.py");
+    std::fs::copy(format!("{SERVERS}/short.py"), &script).unwrap();
+    let mut python = Command::new("setpriv");
+    python
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg("/usr/bin/python3")
+        .arg(&script)
+        .env("LD_LIBRARY_PATH", &dir.0);
+    let (server, port) = python_server_in(python, &cert, &key, 8_000_000, 2_000_000, 1300, "close");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.0.id())).unwrap();
+    assert!(
+        maps.contains(&format!("{}/libssl.so.3", dir.0.display())),
+        "the server maps its own libssl copy:\n{maps}"
+    );
+    let local = format!("127.0.0.1:{port}");
+    let judged = |caps: &str| {
+        let mut setpriv = Command::new("setpriv");
+        setpriv
+            .arg(format!("--inh-caps=-all,{caps}"))
+            .arg(format!("--ambient-caps=-all,{caps}"))
+            .arg(format!("--bounding-set=-all,{caps}"))
+            .arg(BIN);
+        let agent = Agent::start_via(
+            setpriv,
+            &["--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s"],
+        );
+        // Past the first scan of /proc, whatever it could read.
+        std::thread::sleep(Duration::from_secs(3));
+        let got = fetch(port, "/", &[]);
+        assert_eq!(got[0]["complete"], false, "{got:?}");
+        let v = agent.wait_for(&local, 1, Duration::from_secs(10));
+        let tracefs = agent.wait_log("through tracefs", Duration::ZERO).is_some();
+        agent.stop();
+        (v, got, tracefs)
+    };
+    let (v, got, tracefs) = judged("+bpf,+perfmon,+sys_ptrace");
+    assert!(
+        tracefs,
+        "without CAP_SYS_ADMIN the uprobes go through tracefs"
+    );
+    assert_eq!(
+        v.len(),
+        1,
+        "with CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE: {v:?}"
+    );
+    assert_eq!(
+        (&v[0]["verdict"], &v[0]["tls"]),
+        (&"short_write".into(), &true.into()),
+        "{}",
+        v[0]
+    );
+    assert_eq!(
+        u(&v[0]["sent_bytes"]),
+        u(&got[0]["received_bytes"]),
+        "{}",
+        v[0]
+    );
+    let (v, _, _) = judged("+bpf,+perfmon");
+    assert!(
+        v.is_empty(),
+        "without CAP_SYS_PTRACE the copy cannot be hooked, so no plaintext: {v:?}"
+    );
+    let events = std::fs::read_to_string("/sys/kernel/tracing/uprobe_events").unwrap_or_default();
+    assert!(
+        !events.contains("truncwatch/"),
+        "the agent removes its uprobe events when it stops:\n{events}"
+    );
+}
+
+/// The path of the host's `libssl.so.3`, from the dynamic linker's cache (`ldconfig -p`).
+fn host_libssl() -> String {
+    let out = Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .expect("ldconfig");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("libssl.so.3 ") && l.contains("x86-64"))
+        .find_map(|l| l.split(" => ").nth(1).map(str::to_string))
+        .expect("ldconfig -p lists libssl.so.3 (Debian's libssl3)")
 }

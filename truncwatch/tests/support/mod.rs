@@ -100,7 +100,13 @@ impl Agent {
 
     /// With these options besides `--all --format json`.
     pub fn start_args(extra: &[&str]) -> Agent {
-        let mut child = Command::new(BIN)
+        Self::start_via(Command::new(BIN), extra)
+    }
+
+    /// `program` (the agent binary, or a launcher such as `setpriv` whose arguments end with
+    /// the agent binary) with `run --all --format json` and `extra` appended.
+    pub fn start_via(mut program: Command, extra: &[&str]) -> Agent {
+        let mut child = program
             .args(["run", "--all", "--format", "json"])
             .args(extra)
             .stdout(Stdio::piped())
