@@ -143,6 +143,10 @@ pub const TRACK_TLS: u32 = 3;
 pub const FLAG_RESET_RECEIVED: u32 = 1;
 /// The socket's first read (before classification) was looked at for a request line.
 pub const FLAG_RECV_SEEN: u32 = 2;
+/// A `TRACK_HTTP` socket is the client side: its first send began with a request line
+/// (RFC 9112 §3), so its sends carry the requests and its reads the responses (the stream the
+/// send side's accounting follows on a server's socket).
+pub const FLAG_CLIENT: u32 = 512;
 /// The head being captured (`head_more` > 0) ends so far with `\n`: a next send beginning with
 /// `\r` ends it.
 pub const FLAG_HEAD_LF: u32 = 32;
@@ -199,7 +203,8 @@ pub struct Header {
     pub ts_ns: u64,
 }
 
-/// A socket was classified as the server side of HTTP/1 (its first send began with `HTTP/1.`).
+/// A socket was classified as the server side of HTTP/1 (its first send began with `HTTP/1.`),
+/// or, with `OPEN_CLIENT`, as the client side (it began with a request line).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct OpenEvent {
@@ -216,6 +221,10 @@ pub struct OpenEvent {
     pub unix_path: [u8; UNIX_PATH],
     /// Events lost host-wide so far (`LOSSES`, wrapping): see `EofEvent::losses`.
     pub losses: u32,
+    /// A TCP client's `tcp_sock.copied_seq` (the next byte the application will read): where
+    /// the responses it reads begin. 0 otherwise.
+    pub copied_seq: u32,
+    pub _pad: u32,
 }
 
 /// The kernel accepted (or refused) one send on a tracked socket.
@@ -314,6 +323,9 @@ pub const PIECE_ARGS: usize = 128;
 /// `OpenEvent.flags`: the stream is the plaintext of a TLS connection (its sends are the TLS
 /// library's writes, `SYS_TLS_WRITE`).
 pub const OPEN_TLS: u32 = 1;
+/// `OpenEvent.flags`: the socket is an HTTP client's (`FLAG_CLIENT`): its stream is the
+/// responses it read, and its "send" events are reads (`SYS_READ`, ...).
+pub const OPEN_CLIENT: u32 = 2;
 
 /// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer.
 #[repr(C)]
@@ -353,6 +365,10 @@ pub struct StateEvent {
     /// `snd_una`: the first byte not acknowledged (a TLS stream's plaintext is mapped to its
     /// ciphertext through it: `SendEvent::seq`).
     pub snd_una: u32,
+    /// `copied_seq`: the next byte the application will read (a client's reads are checked
+    /// against it: `OpenEvent::copied_seq`).
+    pub copied_seq: u32,
+    pub _pad: u32,
 }
 
 /// `StateEvent.newstate` for `tcp_receive_reset`: the peer reset the connection.
@@ -371,8 +387,12 @@ pub struct EofEvent {
     /// server socket's own lost-event mark, so a Unix stream whose count moved since its open
     /// may have lost events of its own.
     pub losses: u32,
-    /// `FLAG_EVENTS_LOST` if this socket is known to have lost events (kprobe backend).
+    /// `FLAG_EVENTS_LOST` if this socket is known to have lost events (kprobe backend, and
+    /// a TCP client's own mark).
     pub flags: u32,
+    /// A TCP client's `copied_seq` and `rcv_nxt - copied_seq` (0 for Unix sockets).
+    pub copied_seq: u32,
+    pub unread: u32,
 }
 
 /// This host moved a TCP connection (any, HTTP or not) to CLOSE without a reset from the peer
@@ -405,11 +425,11 @@ const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<ProbeSock>() == 80);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () =
-    assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 4);
+    assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 12);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
-const _: () = assert!(core::mem::size_of::<StateEvent>() == 64);
-const _: () = assert!(core::mem::size_of::<EofEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<StateEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<EofEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
 const _: () = assert!(core::mem::size_of::<HeadPiece>() == 48);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);

@@ -72,7 +72,8 @@ fn write_seq(sk: *mut c_void) -> Option<u32> {
 fn classify(sk: *mut c_void, size: u64) -> Option<()> {
     let ps = ProbeStore::sock(sk, true)?; // connected sockets only
     let seq = write_seq(sk)?;
-    let call = begin_tracking(sk, &mut ps.st, offsets())?;
+    // (HTTP clients are not tracked here: this backend's receive hook does not account reads.)
+    let call = begin_tracking(sk, &mut ps.st, offsets(), false)?;
     ps.seq = seq;
     ps.pend_size = 0;
     announce(sk, ps, size, call);
@@ -320,6 +321,8 @@ pub fn unix_ends(sock: u64, released: bool) {
             peer: sk as u64,
             losses: losses(),
             flags,
+            copied_seq: 0,
+            unread: 0,
         };
         if EVENTS
             .output_untyped::<EofEvent>(&ev, wake_flags())

@@ -1,19 +1,22 @@
-//! The receive path: requests (so the agent knows which responses answer HEAD, and so have no
-//! body), and end of stream on Unix sockets.
+//! The receive path: on a server's socket, requests (so the agent knows which responses answer
+//! HEAD, and so have no body), and end of stream on Unix sockets; on a client's socket
+//! (`FLAG_CLIENT`), the responses it reads, accounted as a server's sends are, and its end of
+//! stream.
 //!
 //! A request costs no event: the socket's state counts reads that begin like a request line
 //! and keeps the first one's method, and the next response head carries both to the agent.
 //!
-//! Cost on a socket that is not an HTTP server: one socket-storage lookup per read (plus, on
-//! its first read, one 8-byte look at what was read).
+//! Cost on a socket that is not an HTTP server or client: one socket-storage lookup per read
+//! (plus, on its first read, one 8-byte look at what was read).
 use crate::{
     kernel::{IoCall, header, io_call, read_kernel, read_user},
+    send::account,
     maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets, wake_flags},
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_UNIX, EV_EOF, EofEvent, FLAG_RECV_SEEN, METHOD_CONNECT, METHOD_HEAD, METHOD_NONE,
-    METHOD_OTHER, SockState, TRACK_HTTP, TRACK_TLS,
+    AF_UNIX, EV_EOF, EofEvent, FLAG_CLIENT, FLAG_EVENTS_LOST, FLAG_RECV_SEEN, METHOD_CONNECT, METHOD_HEAD,
+    METHOD_NONE, METHOD_OTHER, SockState, TRACK_HTTP, TRACK_TLS,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -21,13 +24,16 @@ const MSG_PEEK: i32 = 2;
 #[inline(always)]
 pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32) {
     if ret == 0 {
-        return eof(sk);
+        return eof::<S>(sk);
     }
     // A peek leaves the bytes queued: the read that takes them is the one that counts.
     if ret < 0 || flags & MSG_PEEK != 0 || offsets().ready == 0 {
         return;
     }
     match S::get(sk, false) {
+        Some(st) if st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0 => {
+            account(sk, st, ret, received(io_call(), ret), 0)
+        }
         Some(st) if st.track == TRACK_HTTP => request(st, &io_call()),
         Some(st) if st.track == TRACK_TLS => crate::tls::socket_io(sk, ret, false),
         // Not an HTTP server, or its first read was seen already. (Later reads before the
@@ -49,16 +55,27 @@ fn first_read<S: Store>(sk: *mut c_void) {
     request(st, &io_call());
 }
 
+/// A read's call as far as its `ret` bytes go: what a response's accounting may look at. The
+/// rest of the caller's buffer holds no data of this read (a send's unaccepted bytes are still
+/// the ones offered; a read's are stale). A head is gathered from the first buffer only: one
+/// that goes on in a read's later buffers is found unfinished (unparsed).
+#[inline(always)]
+fn received(mut call: IoCall, ret: i32) -> IoCall {
+    let n = ret as u64;
+    call.requested = n;
+    call.vec = 0;
+    call.vlen = 0;
+    if call.iov[0][1] > n {
+        call.iov[0][1] = n;
+    }
+    call
+}
+
 /// If this read (`call`: its buffer) begins like a request line, count it and keep its method.
+/// (On a client's socket, the same for its sends.)
 #[inline(always)]
 pub fn request(st: &mut SockState, call: &IoCall) {
-    if call.buf() == 0 || call.buf_len() < 8 {
-        return;
-    }
-    let Some(b) = read_user::<[u8; 8]>(call.buf()) else {
-        return;
-    };
-    let method = method(&b);
+    let method = request_method(call);
     if method == METHOD_NONE {
         return;
     }
@@ -66,6 +83,47 @@ pub fn request(st: &mut SockState, call: &IoCall) {
         st.method = method;
     }
     st.requests = st.requests.saturating_add(1);
+}
+
+/// The `METHOD_*` of a request line at the start of `call`'s buffer, or `METHOD_NONE`.
+#[inline(always)]
+fn request_method(call: &IoCall) -> u8 {
+    if call.buf() == 0 || call.buf_len() < 8 {
+        return METHOD_NONE;
+    }
+    match read_user::<[u8; 8]>(call.buf()) {
+        Some(b) => method(&b),
+        None => METHOD_NONE,
+    }
+}
+
+/// The `METHOD_*` of a request line of a known method at the start of `call`'s buffer: the
+/// methods of RFC 9110 §9.3 and PATCH (RFC 5789), WebDAV's (RFC 4918) that fit in 8 bytes with
+/// their space; `METHOD_NONE` otherwise. A socket whose first send begins so is an HTTP
+/// client's; a looser test would take other protocols' commands (SMTP's `EHLO `) for one.
+#[inline(always)]
+pub fn client_method(call: &IoCall) -> u8 {
+    if call.buf() == 0 || call.buf_len() < 8 {
+        return METHOD_NONE;
+    }
+    let Some(b) = read_user::<[u8; 8]>(call.buf()) else {
+        return METHOD_NONE;
+    };
+    let known = b[..4] == *b"GET "
+        || b[..4] == *b"PUT "
+        || b[..5] == *b"POST "
+        || b[..5] == *b"HEAD "
+        || b[..6] == *b"PATCH "
+        || b[..6] == *b"TRACE "
+        || b[..7] == *b"DELETE "
+        || b[..8] == *b"OPTIONS "
+        || b[..8] == *b"CONNECT "
+        || b[..5] == *b"COPY "
+        || b[..5] == *b"MOVE "
+        || b[..5] == *b"LOCK "
+        || b[..6] == *b"MKCOL "
+        || b[..7] == *b"UNLOCK ";
+    if known { method(&b) } else { METHOD_NONE }
 }
 
 /// `METHOD ` at the start (3 to 7 upper-case letters, then a space), as `METHOD_*`. Bodies
@@ -92,26 +150,38 @@ fn method(b: &[u8; 8]) -> u8 {
     METHOD_NONE
 }
 
-/// Unix sockets have no state-change tracepoint, but their peer is always on this host: a
-/// reader getting 0 bytes (EOF) means the other end shut down or closed. The reader may be the
-/// client (the server ended the stream) or the server (the client did).
+/// A reader got 0 bytes (EOF): the other end shut down or closed. Unix sockets have no
+/// state-change tracepoint, but their peer is always on this host: the reader may be the client
+/// (the server ended the stream) or the server (the client did). On TCP, only an HTTP client's
+/// EOF is told (`peer` 0): the stream it reads ended there.
 #[inline(always)]
-fn eof(sk: *mut c_void) {
+fn eof<S: Store>(sk: *mut c_void) {
     let o = offsets();
     if o.ready == 0 {
         return;
     }
     let base = sk as u64;
-    if read_kernel::<u16>(base + o.skc_family as u64) != Some(AF_UNIX) {
-        return;
-    }
-    let peer = read_kernel::<u64>(base + o.unix_peer as u64).unwrap_or(0);
-    let ev = EofEvent {
+    let mut ev = EofEvent {
         h: header(EV_EOF, sk),
-        peer,
+        peer: 0,
         losses: losses(),
         flags: 0,
+        copied_seq: 0,
+        unread: 0,
     };
+    if read_kernel::<u16>(base + o.skc_family as u64) == Some(AF_UNIX) {
+        ev.peer = read_kernel::<u64>(base + o.unix_peer as u64).unwrap_or(0);
+    } else {
+        match S::get(sk, false) {
+            Some(st) if st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0 => {
+                ev.flags = st.flags & FLAG_EVENTS_LOST;
+                let seq = |off: u32| read_kernel::<u32>(base + off as u64).unwrap_or(0);
+                ev.copied_seq = seq(o.tcp_copied_seq);
+                ev.unread = seq(o.tcp_rcv_nxt).wrapping_sub(ev.copied_seq);
+            }
+            _ => return,
+        }
+    }
     if EVENTS
         .output_untyped::<EofEvent>(&ev, wake_flags())
         .is_err()

@@ -1,7 +1,8 @@
-//! The send path: classify each socket once, then account every send on HTTP server sockets.
+//! The send path: classify each socket once, then account every send on HTTP server sockets
+//! (on HTTP client sockets, look at each for a request line).
 //!
-//! Cost on a socket that is not an HTTP server: one socket-storage lookup per send (plus a
-//! one-time classification on its first send).
+//! Cost on a socket that is neither: one socket-storage lookup per send (plus a one-time
+//! classification on its first send).
 use crate::{
     head::{bounded, head_begins, head_goes_on},
     kernel::{IoCall, header, io_call, read_kernel, read_user, untimed_header},
@@ -13,9 +14,9 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, Offsets,
-    OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO,
-    TRACK_TLS, UNIX_PATH,
+    AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_CLIENT, FLAG_EVENTS_LOST,
+    FLAG_RESET_RECEIVED, METHOD_NONE, OPEN_CLIENT, Offsets, OpenEvent, SOCK_PREFIX,
+    STATE_RESET_RECEIVED, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS, UNIX_PATH,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -28,6 +29,11 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
         return;
     }
     match S::get(sk, false) {
+        Some(st) if st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0 => {
+            if ret > 0 {
+                crate::recv::request(st, &io_call());
+            }
+        }
         Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, io_call(), 0),
         Some(st) if st.track == TRACK_NO => {}
         Some(st) if st.track == TRACK_TLS => crate::tls::socket_io(sk, ret, true),
@@ -45,7 +51,7 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
 #[inline(always)]
 fn classify<S: Store>(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     let st = S::get(sk, true)?;
-    let call = begin_tracking(sk, st, o)?;
+    let call = begin_tracking(sk, st, o, true)?;
     account(sk, st, ret, call, 0);
     reset_during_first_send(sk, st);
     Some(())
@@ -54,9 +60,16 @@ fn classify<S: Store>(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
 /// A socket's first send (its state `st` fresh): classify it, once, and if it is the server
 /// side of HTTP/1, track it from stream offset 0 and tell the agent. Returns the send then.
 /// A TCP socket whose first send is a TLS record becomes `TRACK_TLS`: its plaintext is
-/// classified in the TLS library (`tls`).
+/// classified in the TLS library (`tls`). With `clients`, one whose first send is a request
+/// line is tracked as the client side (`FLAG_CLIENT`): the send is its first request, and its
+/// stream, the responses, begins with its first read.
 #[inline(always)]
-pub fn begin_tracking(sk: *mut c_void, st: &mut SockState, o: &Offsets) -> Option<IoCall> {
+pub fn begin_tracking(
+    sk: *mut c_void,
+    st: &mut SockState,
+    o: &Offsets,
+    clients: bool,
+) -> Option<IoCall> {
     if st.track != 0 {
         return None; // another CPU classified it meanwhile
     }
@@ -69,6 +82,20 @@ pub fn begin_tracking(sk: *mut c_void, st: &mut SockState, o: &Offsets) -> Optio
         return None;
     }
     if &magic != b"HTTP/1." {
+        let method = if clients {
+            crate::recv::client_method(&call)
+        } else {
+            METHOD_NONE
+        };
+        if method != METHOD_NONE {
+            st.track = TRACK_HTTP;
+            st.flags |= FLAG_CLIENT;
+            st.sent = 0;
+            st.head_more = 0;
+            st.requests = 1;
+            st.method = method;
+            open(sk, family, o, OPEN_CLIENT);
+        }
         return None;
     }
     st.track = TRACK_HTTP;
@@ -213,13 +240,28 @@ pub fn open(sk: *mut c_void, family: u16, o: &Offsets, flags: u32) {
         };
         (*ev).flags = flags;
         (*ev).losses = losses();
+        (*ev).copied_seq = if family != AF_UNIX && flags & OPEN_CLIENT != 0 {
+            read_kernel::<u32>(sk as u64 + o.tcp_copied_seq as u64).unwrap_or(0)
+        } else {
+            0
+        };
+        (*ev)._pad = 0;
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         if bpf_probe_read_kernel((&raw mut (*ev).sock).cast(), SOCK_PREFIX as u32, sk) != 0 {
             (*ev).sock = [0; SOCK_PREFIX];
         }
         (*ev).unix_path = [0; UNIX_PATH];
         if family == AF_UNIX {
-            unix_path(sk, &raw mut (*ev).unix_path, o);
+            // A client's own socket is unbound: the path that names the connection is the
+            // server's, on the peer socket.
+            let named = if flags & OPEN_CLIENT != 0 {
+                read_kernel::<u64>(sk as u64 + o.unix_peer as u64).unwrap_or(0) as *mut c_void
+            } else {
+                sk
+            };
+            if !named.is_null() {
+                unix_path(named, &raw mut (*ev).unix_path, o);
+            }
         }
     }
     entry.submit(wake_flags());

@@ -79,6 +79,8 @@ pub fn emit_state(sk: *mut c_void, st: &mut SockState, oldstate: i32, newstate: 
         sndbuf_limited,
         flags: st.flags & FLAG_EVENTS_LOST,
         snd_una: seq(o.tcp_snd_una),
+        copied_seq: seq(o.tcp_copied_seq),
+        _pad: 0,
     };
     if EVENTS
         .output_untyped::<StateEvent>(&ev, wake_flags())

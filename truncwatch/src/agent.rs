@@ -697,7 +697,7 @@ impl Reader {
             Event::Open { meta, .. } | Event::ResetDiscard { meta, .. } => {
                 self.resolver.for_pid(meta.pid);
             }
-            Event::UnixEof { peer, .. } if Some(*peer) == self.probe_sk => {
+            Event::Eof { peer, .. } if Some(*peer) == self.probe_sk => {
                 // Forget the probe's socket: the kernel reuses socket addresses at once, and a
                 // later connection at this address is somebody else's.
                 self.probe_sk = None;

@@ -227,6 +227,7 @@ mod tests {
             local: local.into(),
             peer: String::new(),
             tls: false,
+            side: crate::events::Side::Server,
         };
         let response = (kind != Kind::ResetDiscard).then(|| ResponseFacts {
             status: 200,

@@ -6,10 +6,14 @@
 //! waits, settling, until its delivery is settled: the next response's head (the next request
 //! was read), or the end of the stream. If the stream ends first, the shortfall, or what a reset
 //! dropped, is the verdict; one verdict per response.
+//!
+//! A client's connection (`Side::Client`) is the same stream seen from the other end: its
+//! "sends" are the bytes the client read, a response is delivered once read, and its end is
+//! judged by who ended the connection first (`client_ended`).
 use crate::cipher_marks::CipherMarks;
 use crate::events::{
-    ConnMeta, Event, PieceFacts, RESET_RECEIVED, SendFacts, SendPart, Tail, TcpFacts, TlsSeq,
-    Transport,
+    ConnMeta, Event, PieceFacts, RESET_RECEIVED, ReadFacts, SendFacts, SendPart, Side, Tail,
+    TcpFacts, TlsSeq, Transport,
 };
 use crate::http_head::{self, Body, Head, HeadCache, Parsed};
 use crate::requests::{Answer, Requests};
@@ -47,13 +51,18 @@ struct Conn {
     tunnel: bool,
     /// Events about this connection were lost: its shortfalls are the observer's.
     events_lost: bool,
-    /// Events lost host-wide when it opened (see `Event::UnixEof`).
+    /// Events lost host-wide when it opened (see `Event::Eof`).
     losses_at_open: u32,
     /// This host reset the connection with bytes unacknowledged (`Event::ResetDiscard`, which
     /// comes just before the state change to CLOSE).
     reset: Option<ResetFacts>,
     /// A TLS stream's plaintext in its ciphertext (None for plain streams).
     marks: Option<Box<CipherMarks>>,
+    /// A TCP client's `copied_seq` when it was classified: where the responses it reads begin
+    /// in its receive sequence (its reads seen are checked against the kernel's at the end).
+    read_from: Option<u32>,
+    /// A TCP client read end of stream: its counters then.
+    eof_read: Option<ReadFacts>,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +105,29 @@ fn undelivered(conn: &Conn, undelivered: u64, from_seq: u32) -> u64 {
         }
         _ => undelivered,
     }
+}
+
+/// A client's connection at its end: the stream offset up to which its responses reached this
+/// host (read, or received and left unread), and whether the kernel's count of bytes read
+/// agrees with the reads seen. A TCP client's counters come from its end of stream
+/// (`eof_read`) or its last state change; `copied_seq` counts the server's FIN once the client
+/// read it, and `rcv_nxt` once it arrived (RFC 9293 §3.4: a FIN takes one sequence number).
+/// A Unix client has no counters: what it read is what arrived.
+fn client_arrival(conn: &Conn, ending: Ending) -> (u64, bool) {
+    let Some(from) = conn.read_from else {
+        return (conn.sent, true);
+    };
+    let fin_arrived = conn.peer.fin.is_some() || conn.eof_read.is_some();
+    let (copied_seq, unread, fin_read) = match (conn.eof_read, conn.tcp) {
+        (Some(r), _) if ending == Ending::Eof => (r.copied_seq, r.unread, true),
+        (Some(r), None) => (r.copied_seq, r.unread, true),
+        (eof, Some(t)) => (t.copied_seq, t.unread, eof.is_some()),
+        (None, None) => return (conn.sent, false),
+    };
+    let read = u64::from(copied_seq.wrapping_sub(from)).saturating_sub(u64::from(fin_read));
+    // The FIN's sequence number, arrived and not read, is in `unread`.
+    let unread = unread.saturating_sub(u64::from(fin_arrived && !fin_read));
+    (conn.sent + unread, read == conn.sent)
 }
 
 pub struct Correlator {
@@ -163,6 +195,7 @@ impl Correlator {
                 ts_ns,
                 meta,
                 losses,
+                copied_seq,
             } => {
                 self.socket_reused(sk, ts_ns, losses, out);
                 self.stats.connections += 1;
@@ -187,6 +220,8 @@ impl Correlator {
                     losses_at_open: losses,
                     reset: None,
                     marks,
+                    read_from: copied_seq,
+                    eof_read: None,
                 });
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
@@ -253,20 +288,39 @@ impl Correlator {
                 };
                 self.finish(conn, ending, ts_ns, out);
             }
-            Event::UnixEof {
+            Event::Eof {
                 reader,
                 peer,
                 ts_ns,
                 losses,
                 events_lost,
+                read,
             } => {
-                if let Some(mut conn) = self.conns.remove(&peer) {
-                    // The client read end of stream: the server shut down or closed. (Unix
-                    // streams learn of lost events from the host-wide count: the reader's
-                    // event cannot carry the server socket's own mark.)
+                // (Unix streams learn of lost events from the host-wide count: a reader's event
+                // cannot carry the other socket's own mark.)
+                let reader_is_client = peer != reader
+                    && self
+                        .conns
+                        .get(&reader)
+                        .is_some_and(|c| c.meta.side == Side::Client);
+                if reader_is_client && let Some(mut conn) = self.conns.remove(&reader) {
+                    // A client read end of stream: the server ended the responses it reads.
                     conn.events_lost |= conn.losses_at_open != losses || events_lost;
+                    conn.eof_read = read;
+                    let at = conn.sent;
+                    conn.peer.saw("eof", at);
                     self.finish(conn, Ending::Eof, ts_ns, out);
-                } else if let Some(conn) = self.conns.get_mut(&reader) {
+                }
+                if let Some(mut conn) = self.conns.remove(&peer) {
+                    conn.events_lost |= conn.losses_at_open != losses || events_lost;
+                    let ending = match conn.meta.side {
+                        // The client read end of stream: the server shut down or closed.
+                        Side::Server => Ending::Eof,
+                        // The server read end of stream: the client closed its side.
+                        Side::Client => Ending::Fin,
+                    };
+                    self.finish(conn, ending, ts_ns, out);
+                } else if !reader_is_client && let Some(conn) = self.conns.get_mut(&reader) {
                     // The server read end of stream: the client ended its side first.
                     let at = conn.sent;
                     conn.peer.saw("eof", at);
@@ -406,8 +460,9 @@ impl Correlator {
         }
         if let Some(end) = r.end().filter(|&end| conn.sent >= end) {
             let resp = conn.resp.take().expect("checked above");
-            if conn.meta.transport == Transport::Unix {
+            if conn.meta.transport == Transport::Unix || conn.meta.side == Side::Client {
                 // Nothing drops what a Unix stream was handed: delivered as it is handed over.
+                // A client's stream is what it read: delivered.
                 let n = end - resp.start;
                 self.emit(conn, resp, Kind::Complete, End::Reached, n, n, ts_ns, out);
             } else {
@@ -637,7 +692,12 @@ impl Correlator {
         if let Some(resp) = conn.resp.take() {
             reset_taken |= self.ended(&conn, resp, false, ending, ts_ns, ts_ns, out);
         }
-        if let Some(r) = conn.reset.take().filter(|_| !reset_taken) {
+        // (A client's reset discards only its own requests' bytes: not a response's fate.)
+        if let Some(r) = conn
+            .reset
+            .take()
+            .filter(|_| !reset_taken && conn.meta.side == Side::Server)
+        {
             self.connection_reset(r, ts_ns, out);
         }
     }
@@ -681,6 +741,10 @@ impl Correlator {
         ts_ns: u64,
         out: &mut Vec<Verdict>,
     ) -> bool {
+        if conn.meta.side == Side::Client {
+            self.client_ended(conn, resp, ending, ts_ns, out);
+            return false;
+        }
         let end = resp.end();
         // Bytes of it handed over.
         let sent = conn.sent.min(end.unwrap_or(conn.sent)) - resp.start.min(conn.sent);
@@ -739,6 +803,51 @@ impl Correlator {
         dropped
     }
 
+    /// A client's connection ended before the response it was reading reached its promised end
+    /// (`ending`: how). `truncated` if the server ended it first (its FIN, end of stream or
+    /// reset) with promised bytes that never arrived; `aborted` if the client left first, or
+    /// left unread what had arrived; `observer_loss` if the kernel's count of bytes read
+    /// differs from the reads seen (read by a path not hooked, or events lost).
+    fn client_ended(
+        &mut self,
+        conn: &Conn,
+        resp: Response,
+        ending: Ending,
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) {
+        let received = conn.sent.saturating_sub(resp.start);
+        let end = match resp.head.body {
+            Body::UntilClose => {
+                self.emit(conn, resp, Kind::Unframed, ending.end(), received, received, ts_ns, out);
+                return;
+            }
+            Body::Chunked if conn.recent.as_slice().ends_with(b"\r\n\r\n") => {
+                return self.count_unjudged(&resp);
+            }
+            _ if resp.head_only(conn.sent) => {
+                self.stats.head_only += 1;
+                return;
+            }
+            _ => match resp.end() {
+                Some(end) => end,
+                None => return self.count_unjudged(&resp),
+            },
+        };
+        let (arrived, seen_all) = client_arrival(conn, ending);
+        let server_first = matches!(ending, Ending::Eof | Ending::PeerReset)
+            || conn.peer.first_after(resp.start).is_some();
+        let kind = match ending {
+            Ending::SocketFreed => Kind::ObserverLoss,
+            _ if !seen_all => Kind::ObserverLoss,
+            // The server reset it: whatever had arrived unread is lost with it.
+            Ending::PeerReset => Kind::Truncated,
+            _ if server_first && arrived < end => Kind::Truncated,
+            _ => Kind::Aborted,
+        };
+        self.emit(conn, resp, kind, ending.end(), received, received, ts_ns, out);
+    }
+
     fn count_unjudged(&mut self, resp: &Response) {
         if resp.head.body == Body::Chunked {
             self.stats.chunked_uncertain += 1;
@@ -766,6 +875,8 @@ impl Correlator {
             | Kind::PeerClosed
             | Kind::Desync
             | Kind::ResetDiscard
+            | Kind::Truncated
+            | Kind::Aborted
                 if conn.events_lost =>
             {
                 Kind::ObserverLoss
@@ -803,10 +914,13 @@ impl Correlator {
     }
 
     fn evidence(&self, conn: &Conn, how: End, ts_ns: u64) -> Evidence {
+        // (A client's counters are a receiver's: its window and send buffer say nothing of
+        // the response.)
         let tcp = conn
             .tcp
             .as_ref()
-            .filter(|_| how != End::Reached && how != End::NextResponse);
+            .filter(|_| how != End::Reached && how != End::NextResponse)
+            .filter(|_| conn.meta.side == Side::Server);
         let ms = |j: Option<u64>| Some(j? * 1000 / self.hz?);
         Evidence {
             eagain: conn.eagain,

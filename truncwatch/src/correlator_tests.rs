@@ -15,6 +15,7 @@ fn meta(t: Transport) -> ConnMeta {
         local: "127.0.0.1:80".into(),
         peer: "127.0.0.1:5000".into(),
         tls: false,
+        side: crate::events::Side::Server,
     }
 }
 
@@ -46,6 +47,7 @@ impl Wire {
             ts_ns: 1,
             meta: meta(t),
             losses: 0,
+            copied_seq: None,
         });
         w
     }
@@ -474,12 +476,13 @@ fn sends_failing_with_epipe_mean_the_peer_is_gone() {
 fn unix_short_write_seen_by_client_eof() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1 << 20, 219_264 - hl(1 << 20));
-    w.ev(Event::UnixEof {
+    w.ev(Event::Eof {
         reader: CLIENT,
         peer: SK,
         ts_ns: 99,
         losses: 0,
         events_lost: false,
+        read: None,
     });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].r().sent_bytes, 219_264);
@@ -491,40 +494,44 @@ fn unix_short_write_seen_by_client_eof() {
 fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
     let mut w = Wire::new(Transport::Unix);
     w.response(1000, 10);
-    w.ev(Event::UnixEof {
+    w.ev(Event::Eof {
         reader: SK,
         peer: CLIENT,
         ts_ns: 99,
         losses: 0,
         events_lost: false,
+        read: None,
     });
     assert!(w.out.is_empty());
     w.send(None, 990);
-    w.ev(Event::UnixEof {
+    w.ev(Event::Eof {
         reader: CLIENT,
         peer: SK,
         ts_ns: 99,
         losses: 0,
         events_lost: false,
+        read: None,
     });
     assert_eq!(w.kinds(), [Kind::Complete]);
     assert_eq!(w.out[0].evidence.peer_ended, Some("eof"));
     // Cut after the client closed: its doing.
     let mut w = Wire::new(Transport::Unix);
     w.response(1000, 10);
-    w.ev(Event::UnixEof {
+    w.ev(Event::Eof {
         reader: SK,
         peer: CLIENT,
         ts_ns: 99,
         losses: 0,
         events_lost: false,
+        read: None,
     });
-    w.ev(Event::UnixEof {
+    w.ev(Event::Eof {
         reader: CLIENT,
         peer: SK,
         ts_ns: 100,
         losses: 0,
         events_lost: false,
+        read: None,
     });
     assert_eq!(w.kinds(), [Kind::PeerClosed]);
     assert_eq!(w.out[0].r().delivered_bytes, hl(1000) + 10);
@@ -539,6 +546,7 @@ fn unix_socket_reused_ends_the_old_connection() {
         ts_ns: 50,
         meta: meta(Transport::Unix),
         losses: 0,
+        copied_seq: None,
     });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].evidence.end, Some(End::SocketFreed));
@@ -911,12 +919,13 @@ fn events_for_untracked_sockets_are_ignored() {
         &mut out,
     );
     c.handle(
-        Event::UnixEof {
+        Event::Eof {
             reader: 1,
             peer: 2,
             ts_ns: 3,
             losses: 0,
             events_lost: false,
+            read: None,
         },
         &mut out,
     );
@@ -935,6 +944,7 @@ fn connection_table_is_bounded() {
                 ts_ns: sk,
                 meta: meta(Transport::Tcp),
                 losses: 0,
+                copied_seq: None,
             },
             &mut out,
         );
@@ -1032,6 +1042,7 @@ fn end_evidence_from_the_deciding_state_change() {
         unacked: 4000,
         unsent: 0,
         unread: 0,
+        copied_seq: 0,
         peer_window: Some(0),
         rwnd_limited_jiffies: Some(500),
         sndbuf_limited_jiffies: Some(25),
@@ -1071,6 +1082,7 @@ fn end_evidence_from_the_deciding_state_change() {
             ts_ns: 1,
             meta: meta(Transport::Tcp),
             losses: 0,
+            copied_seq: None,
         },
         &mut out,
     );
@@ -1210,6 +1222,7 @@ fn problems_only_counts_but_does_not_build_the_rest() {
             ts_ns: 1,
             meta: meta(Transport::Tcp),
             losses: 0,
+            copied_seq: None,
         },
         &mut out,
     );
@@ -1339,12 +1352,13 @@ fn unix_shortfall_with_losses_meanwhile_is_observer_loss() {
     for (losses, want) in [(0, Kind::ShortWrite), (3, Kind::ObserverLoss)] {
         let mut w = Wire::new(Transport::Unix);
         w.response(1 << 20, 1000);
-        w.ev(Event::UnixEof {
+        w.ev(Event::Eof {
             reader: CLIENT,
             peer: SK,
             ts_ns: 99,
             losses,
             events_lost: false,
+            read: None,
         });
         assert_eq!(w.kinds(), [want]);
     }
@@ -1356,6 +1370,7 @@ fn unix_shortfall_with_losses_meanwhile_is_observer_loss() {
         ts_ns: 50,
         meta: meta(Transport::Unix),
         losses: 1,
+        copied_seq: None,
     });
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }
@@ -1576,6 +1591,7 @@ fn heads_over_the_bound_or_unfinished_are_unparsed() {
         ts_ns: 1,
         meta: meta(Transport::Tcp),
         losses: 0,
+        copied_seq: None,
     });
     w.send_long(&long_head(1300, "Content-Length: 0\r\n"));
     w.fin();
@@ -1593,6 +1609,7 @@ fn tls_wire() -> Wire {
             ..meta(Transport::Tcp)
         },
         losses: 0,
+        copied_seq: None,
     });
     w
 }

@@ -7,7 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
     AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
     EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_TLS_SEQ, FLAG_TLS_SEQ_BEFORE,
-    HEAD_CAP, HeadEvent, HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_TLS, OpenEvent, ResetEvent,
+    HEAD_CAP, HeadEvent, HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_CLIENT, OPEN_TLS, OpenEvent,
+    ResetEvent,
     SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
@@ -29,6 +30,27 @@ pub struct ConnMeta {
     /// The stream is a TLS connection's plaintext, seen in the TLS library (its offsets and
     /// byte counts are plaintext bytes).
     pub tls: bool,
+    /// Which end of the HTTP exchange the socket is: the server's (its stream is the responses
+    /// it sends) or the client's (the responses it reads; `local` is then the client's
+    /// address and `peer` the server's).
+    pub side: Side,
+}
+
+/// The end of an HTTP exchange a connection is watched from (RFC 9110 §3.3's roles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
 }
 
 /// `newstate` of a `TcpState` event that stands for "a reset arrived from the peer".
@@ -36,13 +58,15 @@ pub const RESET_RECEIVED: i32 = truncwatch_common::STATE_RESET_RECEIVED;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The socket `sk` is the server side of an HTTP/1 connection from now on.
-    /// `losses`: events lost host-wide until then (wrapping; see `UnixEof`).
+    /// The socket `sk` is the server side of an HTTP/1 connection from now on (or the client
+    /// side: `meta.side`; a TCP client's `copied_seq` then, where its responses begin).
+    /// `losses`: events lost host-wide until then (wrapping; see `Eof`).
     Open {
         sk: u64,
         ts_ns: u64,
         meta: ConnMeta,
         losses: u32,
+        copied_seq: Option<u32>,
     },
     /// One send on a tracked socket.
     Send(SendFacts),
@@ -56,16 +80,19 @@ pub enum Event {
         newstate: i32,
         facts: TcpFacts,
     },
-    /// A Unix stream socket `reader` read end of stream from `peer`.
+    /// A Unix stream socket `reader` read end of stream from `peer`, or a TCP HTTP client
+    /// `reader` did (`peer` 0; `read`: its counters then).
     /// `losses` moved since the peer's `Open`: its stream may have lost events.
-    /// `events_lost`: the peer is known to have lost events (kprobe backend). Also sent
-    /// (`reader` == `peer`) when a server socket shuts down or is released (kprobe backend).
-    UnixEof {
+    /// `events_lost`: the peer (a TCP client: the reader) is known to have lost events. Also
+    /// sent (`reader` == `peer`) when a server socket shuts down or is released (kprobe
+    /// backend).
+    Eof {
         reader: u64,
         peer: u64,
         ts_ns: u64,
         losses: u32,
         events_lost: bool,
+        read: Option<ReadFacts>,
     },
     /// This host moved a TCP connection (any, HTTP or not) to CLOSE, without a reset from the
     /// peer, while `unacked` written bytes were not acknowledged; `unread` received bytes were
@@ -101,11 +128,20 @@ impl Event {
             Event::HeadPiece(p) => p.ts_ns,
             Event::Open { ts_ns, .. }
             | Event::TcpState { ts_ns, .. }
-            | Event::UnixEof { ts_ns, .. }
+            | Event::Eof { ts_ns, .. }
             | Event::ResetDiscard { ts_ns, .. } => *ts_ns,
             Event::Send(s) => s.ts_ns,
         }
     }
+}
+
+/// A TCP client's receive counters when it read end of stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadFacts {
+    /// `copied_seq`: the next byte the application will read (past the FIN once it read it).
+    pub copied_seq: u32,
+    /// Received bytes not read yet (`rcv_nxt - copied_seq`).
+    pub unread: u64,
 }
 
 /// A TCP socket's own counters at a state change.
@@ -126,6 +162,8 @@ pub struct TcpFacts {
     pub events_lost: bool,
     /// `snd_una`: the sequence number of the first byte not acknowledged.
     pub snd_una: u32,
+    /// `copied_seq`: the next byte the application will read.
+    pub copied_seq: u32,
 }
 
 /// `HeadPiece`: bytes of a head at stream `offset`, from a send that offered bytes up to
@@ -229,11 +267,14 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
     Ok(match h.kind {
         EV_OPEN => {
             let e: OpenEvent = read(buf, h.kind)?;
+            let meta = open_meta(&e, layout);
+            let tcp_client = meta.side == Side::Client && meta.transport == Transport::Tcp;
             Event::Open {
                 sk: h.sk,
                 ts_ns: h.ts_ns,
-                meta: open_meta(&e, layout),
+                meta,
                 losses: e.losses,
+                copied_seq: tcp_client.then_some(e.copied_seq),
             }
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
@@ -286,6 +327,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 sndbuf_limited_jiffies: known(e.sndbuf_limited),
                 events_lost: e.flags & FLAG_EVENTS_LOST != 0,
                 snd_una: e.snd_una,
+                copied_seq: e.copied_seq,
             };
             Event::TcpState {
                 sk: h.sk,
@@ -310,12 +352,17 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         }
         EV_EOF => {
             let e: EofEvent = read(buf, h.kind)?;
-            Event::UnixEof {
+            Event::Eof {
                 reader: h.sk,
                 peer: e.peer,
                 ts_ns: h.ts_ns,
                 losses: e.losses,
                 events_lost: e.flags & FLAG_EVENTS_LOST != 0,
+                // A TCP client's (a Unix reader has no peer 0).
+                read: (e.peer == 0).then_some(ReadFacts {
+                    copied_seq: e.copied_seq,
+                    unread: e.unread.into(),
+                }),
             }
         }
         k => return Err(DecodeError::UnknownKind(k)),
@@ -366,7 +413,22 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
 
 fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
     let comm = cstr(&e.comm);
+    let side = if e.flags & OPEN_CLIENT != 0 {
+        Side::Client
+    } else {
+        Side::Server
+    };
     match e.family {
+        // A client's `unix_path` is the server's (the kernel reads it off the peer socket).
+        AF_UNIX if side == Side::Client => ConnMeta {
+            transport: Transport::Unix,
+            pid: e.h.tgid,
+            comm,
+            local: String::new(),
+            peer: unix_path(&e.unix_path),
+            tls: false,
+            side,
+        },
         AF_UNIX => ConnMeta {
             transport: Transport::Unix,
             pid: e.h.tgid,
@@ -374,9 +436,11 @@ fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
             local: unix_path(&e.unix_path),
             peer: String::new(),
             tls: false,
+            side,
         },
         family => ConnMeta {
             tls: e.flags & OPEN_TLS != 0,
+            side,
             ..inet_meta(family, &e.sock, e.sport, e.h.tgid, comm, l)
         },
     }
@@ -411,6 +475,7 @@ fn inet_meta(
         local: SocketAddr::new(la, lport).to_string(),
         peer: SocketAddr::new(pa, pport).to_string(),
         tls: false,
+        side: Side::Server,
     }
 }
 
@@ -471,6 +536,8 @@ mod tests {
             sock: [0; SOCK_PREFIX],
             unix_path: [0; UNIX_PATH],
             losses: 0,
+            copied_seq: 0,
+            _pad: 0,
         };
         e.sock[0..4].copy_from_slice(&[127, 0, 0, 2]);
         e.sock[4..8].copy_from_slice(&[127, 0, 0, 1]);
@@ -483,6 +550,7 @@ mod tests {
             local: "127.0.0.1:8080".into(),
             peer: "127.0.0.2:5555".into(),
             tls: false,
+            side: Side::Server,
         };
         assert_eq!(
             ev,
@@ -490,7 +558,8 @@ mod tests {
                 sk: 0xffff1,
                 ts_ns: 5,
                 meta,
-                losses: 0
+                losses: 0,
+                copied_seq: None,
             }
         );
     }

@@ -266,6 +266,7 @@ fn random_event_streams_never_panic() {
                 ts_ns,
                 meta: meta(),
                 losses: r.below(3) as u32,
+                copied_seq: None,
             },
             1 | 2 if r.chance(10) => {
                 // More of a head: random bytes of one, at a random place.
@@ -313,12 +314,13 @@ fn random_event_streams_never_panic() {
                     facts: TcpFacts::default(),
                 }
             }
-            4 => Event::UnixEof {
+            4 => Event::Eof {
                 reader: sk,
                 peer: r.below(200),
                 ts_ns,
                 losses: r.below(3) as u32,
                 events_lost: false,
+                read: None,
             },
             _ => Event::ResetDiscard {
                 sk,
@@ -344,6 +346,7 @@ fn meta() -> ConnMeta {
         local: "127.0.0.1:80".into(),
         peer: "127.0.0.1:9".into(),
         tls: false,
+        side: crate::events::Side::Server,
     }
 }
 
@@ -565,6 +568,7 @@ fn judged_exactly(kprobe: bool) {
                 ts_ns: ts,
                 meta: meta(),
                 losses: 0,
+                copied_seq: None,
             },
             &mut out,
         );

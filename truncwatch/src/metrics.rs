@@ -8,7 +8,7 @@
 //! `other` later would make its counters go backwards.
 use crate::attribution::Attribution;
 use crate::correlator::{Kind, Stats, Verdict};
-use crate::events::Transport;
+use crate::events::{Side, Transport};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,13 +23,17 @@ struct Owner {
     container: String,
     namespace: String,
     pod: String,
-    /// The local TCP port, or the Unix socket's path.
+    /// Server side: the local TCP port, or the Unix socket's path. Client side: the server's
+    /// address (`host:port`, or the Unix socket's path).
     port: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
     verdict: &'static str,
+    /// `server` (responses sent) or `client` (responses received); `all` where verdicts are
+    /// only counted.
+    side: &'static str,
     transport: &'static str,
     /// `true` for a TLS connection judged from its plaintext, else `false` (`all` where
     /// verdicts are only counted).
@@ -142,7 +146,7 @@ impl Metrics {
         );
         r.register(
             "truncwatch_missing_bytes",
-            "Promised response bytes never handed to the kernel",
+            "Promised response bytes never handed to the kernel (server side) or never received (client side)",
             m.missing_bytes.clone(),
         );
         r.register(
@@ -268,6 +272,7 @@ impl Metrics {
         }
         let l = ResponseLabels {
             verdict: v.kind.as_str(),
+            side: v.meta.side.as_str(),
             transport: match v.meta.transport {
                 Transport::Tcp => "tcp",
                 Transport::Unix => "unix",
@@ -284,9 +289,11 @@ impl Metrics {
             self.missing_bytes.get_or_create(&l).inc_by(missing);
         }
         let e = &v.evidence;
-        let slow = e.send_buffer_full
-            || e.peer_window_at_end == Some(0)
-            || e.rwnd_limited_ms.is_some_and(|ms| ms > 0);
+        // (The evidence is the sender's: a client's own window says nothing of its reading.)
+        let slow = v.meta.side == Side::Server
+            && (e.send_buffer_full
+                || e.peer_window_at_end == Some(0)
+                || e.rwnd_limited_ms.is_some_and(|ms| ms > 0));
         if slow && v.kind.is_problem() {
             self.slow_reader.get_or_create(&l).inc();
         }
@@ -321,6 +328,7 @@ impl Metrics {
                 if now > then {
                     let l = ResponseLabels {
                         verdict: kind.as_str(),
+                        side: "all",
                         transport: "all",
                         tls: "all",
                         owner: owner.clone(),
@@ -399,9 +407,13 @@ impl Metrics {
     }
 
     fn owner(&mut self, v: &Verdict, a: &Attribution) -> Owner {
-        let port = match v.meta.transport {
-            Transport::Tcp => v.meta.local.rsplit(':').next().unwrap_or("").to_string(),
-            Transport::Unix => v.meta.local.clone(),
+        let port = match (v.meta.side, v.meta.transport) {
+            (Side::Server, Transport::Tcp) => {
+                v.meta.local.rsplit(':').next().unwrap_or("").to_string()
+            }
+            (Side::Server, Transport::Unix) => v.meta.local.clone(),
+            // A client's own port is ephemeral: the server it talks to names the series.
+            (Side::Client, _) => v.meta.peer.clone(),
         };
         let container = a.container.clone().or_else(|| {
             a.container_id
@@ -449,6 +461,7 @@ mod tests {
             local: format!("127.0.0.1:{port}"),
             peer: String::new(),
             tls: false,
+            side: crate::events::Side::Server,
         };
         let response = Some(ResponseFacts {
             status: 200,
@@ -485,7 +498,7 @@ mod tests {
         m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 40), &owner);
         m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 2), &owner);
         let text = m.encode();
-        let l = r#"{verdict="short_write",transport="tcp",tls="false",process="nginx",container="app",namespace="shop",pod="web-1",port="80"}"#;
+        let l = r#"{verdict="short_write",side="server",transport="tcp",tls="false",process="nginx",container="app",namespace="shop",pod="web-1",port="80"}"#;
         assert!(
             text.contains(&format!("truncwatch_responses_total{l} 2")),
             "{text}"
@@ -499,6 +512,29 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("truncwatch_build_info{version=\"0.1.0\"} 1"));
+    }
+
+    /// A client's verdict: labelled `side="client"`, its series named by the server it read
+    /// from (its own port is ephemeral), and never slow-reader evidence (that is the sender's).
+    #[test]
+    fn client_verdicts_are_labelled_by_side_and_server() {
+        let mut m = Metrics::new(10, 100, "tracepoint");
+        let mut v = verdict(Kind::Truncated, "curl", 41234, 40);
+        let meta = std::sync::Arc::make_mut(&mut v.meta);
+        meta.side = Side::Client;
+        meta.peer = "10.0.0.7:8080".into();
+        m.verdict(&v, &Attribution::default());
+        let text = m.encode();
+        let l = r#"{verdict="truncated",side="client",transport="tcp",tls="false",process="curl",container="",namespace="",pod="",port="10.0.0.7:8080"}"#;
+        assert!(
+            text.contains(&format!("truncwatch_responses_total{l} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("truncwatch_missing_bytes_total{l} 40")),
+            "{text}"
+        );
+        assert!(!text.contains("truncwatch_slow_reader_responses_total{"), "{text}");
     }
 
     #[test]
@@ -550,7 +586,7 @@ mod tests {
         m.update(&stats, true, 1, 15, [3, 0], &prog(3_000_000_000, 30));
         let text = m.encode();
         for want in [
-            r#"truncwatch_responses_total{verdict="complete",transport="all",tls="all",process="all",container="all",namespace="all",pod="all",port="all"} 7"#,
+            r#"truncwatch_responses_total{verdict="complete",side="all",transport="all",tls="all",process="all",container="all",namespace="all",pod="all",port="all"} 7"#,
             r#"truncwatch_unjudged_responses_total{reason="head_only"} 1"#,
             r#"truncwatch_unjudged_responses_total{reason="chunked_uncertain"} 0"#,
             r#"truncwatch_events_lost_total{reason="ring_buffer_full"} 3"#,

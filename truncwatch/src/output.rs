@@ -3,7 +3,7 @@
 //! The JSON fields are a contract scripts depend on: extend, never rename.
 use crate::attribution::Attribution;
 use crate::correlator::{Evidence, Verdict};
-use crate::events::Transport;
+use crate::events::{Side, Transport};
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
 
@@ -49,6 +49,8 @@ pub fn monotonic_ns() -> u64 {
 #[derive(Serialize)]
 struct JsonVerdict<'a> {
     verdict: &'static str,
+    /// Where the response was watched from: `server` (sent) or `client` (received).
+    side: Side,
     transport: Transport,
     /// A TLS connection, judged from the TLS library's plaintext (byte counts are plaintext).
     tls: bool,
@@ -60,9 +62,13 @@ struct JsonVerdict<'a> {
     content_length: Option<u64>,
     chunked: bool,
     expected_bytes: Option<u64>,
+    /// Server side: bytes of the response the application handed the kernel, and of those,
+    /// the bytes that reached the client. Null on the client side.
     sent_bytes: Option<u64>,
     missing_bytes: Option<u64>,
     delivered_bytes: Option<u64>,
+    /// Client side: bytes of the response the client application read. Null on the server side.
+    received_bytes: Option<u64>,
     unacked_bytes: Option<u64>,
     evidence: &'a Evidence,
     /// Who the process is: its cgroup, and the container and Kubernetes pod it runs in.
@@ -79,8 +85,10 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
     match fmt {
         Format::Json => {
             let r = v.response.as_ref();
+            let client = v.meta.side == Side::Client;
             let j = JsonVerdict {
                 verdict: v.kind.as_str(),
+                side: v.meta.side,
                 transport: v.meta.transport,
                 tls: v.meta.tls,
                 pid: v.pid,
@@ -91,9 +99,10 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
                 content_length: r.and_then(|r| r.content_length),
                 chunked: r.is_some_and(|r| r.chunked),
                 expected_bytes: r.and_then(|r| r.expected_bytes),
-                sent_bytes: r.map(|r| r.sent_bytes),
+                sent_bytes: r.filter(|_| !client).map(|r| r.sent_bytes),
                 missing_bytes: r.and_then(|r| r.missing_bytes()),
-                delivered_bytes: r.map(|r| r.delivered_bytes),
+                delivered_bytes: r.filter(|_| !client).map(|r| r.delivered_bytes),
+                received_bytes: r.filter(|_| client).map(|r| r.sent_bytes),
                 unacked_bytes: v.unacked_bytes,
                 evidence: &v.evidence,
                 cgroup: owner.cgroup.as_deref(),
@@ -107,10 +116,16 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
         }
         Format::Human => {
             let e = &v.evidence;
+            let client = v.meta.side == Side::Client;
+            // The arrow points the way the response went.
+            let arrow = match v.meta.side {
+                Side::Server => "<-",
+                Side::Client => "->",
+            };
             let peer = if v.meta.peer.is_empty() {
                 String::new()
             } else {
-                format!(" <- {}", v.meta.peer)
+                format!(" {arrow} {}", v.meta.peer)
             };
             let transport = match (v.meta.transport, v.meta.tls) {
                 (Transport::Tcp, false) => "tcp",
@@ -127,8 +142,9 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
             if let Some(r) = &v.response {
                 let or_unknown = |n: Option<u64>| n.map_or("?".to_string(), |n| n.to_string());
                 line += &format!(
-                    " status={} sent={}/{} missing={}",
+                    " status={} {}={}/{} missing={}",
                     r.status,
+                    if client { "received" } else { "sent" },
                     r.sent_bytes,
                     or_unknown(r.expected_bytes),
                     or_unknown(r.missing_bytes())
@@ -178,6 +194,7 @@ mod tests {
                 local: "/run/app.sock".into(),
                 peer: String::new(),
                 tls: false,
+                side: crate::events::Side::Server,
             }),
             pid: 9,
             response: Some(ResponseFacts {

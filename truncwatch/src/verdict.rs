@@ -30,6 +30,13 @@ pub enum Kind {
     /// A head that could not be read: longer than the capture, split over sends, or with
     /// contradictory framing. Never judged.
     Unparsed,
+    /// Client side: the server ended the stream (FIN, end of stream, or reset) before every
+    /// promised byte arrived. The client's view of a `short_write`, or of a server, proxy or
+    /// network that failed on the way: what the customer sees.
+    Truncated,
+    /// Client side: the client closed or reset its connection before it read every promised
+    /// byte, while the server was still sending (or had sent them all): not the server's fault.
+    Aborted,
     /// The stream ended short of its promise, but events about it were lost (the ring buffer
     /// was full): the agent saw it only in part, so it does not call it a truncation.
     ObserverLoss,
@@ -50,6 +57,8 @@ impl Kind {
         Kind::ResetDiscard,
         Kind::Unframed,
         Kind::Unparsed,
+        Kind::Truncated,
+        Kind::Aborted,
         Kind::ObserverLoss,
     ];
 
@@ -63,13 +72,15 @@ impl Kind {
             Kind::ResetDiscard => "reset_discard",
             Kind::Unframed => "unframed",
             Kind::Unparsed => "unparsed",
+            Kind::Truncated => "truncated",
+            Kind::Aborted => "aborted",
             Kind::ObserverLoss => "observer_loss",
         }
     }
 
     /// Something went wrong for a client, or may have and the agent could not see it all:
     /// printed by default (the rest only with `--all`). A client that closed its side first
-    /// (`peer_closed`) is everyday traffic and is not.
+    /// (`peer_closed`, `aborted`) is everyday traffic and is not.
     pub fn is_problem(self) -> bool {
         matches!(
             self,
@@ -77,6 +88,7 @@ impl Kind {
                 | Kind::PeerReset
                 | Kind::Desync
                 | Kind::ResetDiscard
+                | Kind::Truncated
                 | Kind::ObserverLoss
         )
     }
@@ -92,7 +104,8 @@ pub enum End {
     Fin,
     /// The connection was reset (RST sent by this host, or received from the peer).
     Reset,
-    /// The peer of a Unix socket read end of stream.
+    /// A reader read end of stream: the peer of a Unix socket (server side), or the HTTP
+    /// client itself (client side).
     Eof,
     /// The socket was freed unseen and its address reused by a new connection (Unix).
     SocketFreed,
