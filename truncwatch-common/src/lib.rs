@@ -257,6 +257,11 @@ pub const SYS_TLS_WRITE: u16 = 0xfff1;
 /// `SendEvent.flags`: `seq` is set, and the write's records went to the socket during the call
 /// (OpenSSL's socket BIO): `seq` ends them.
 pub const FLAG_TLS_SEQ: u32 = 128;
+/// `SendEvent.flags`, a client's read that begins no head: `seq` carries the requests sent since
+/// the last response head (bits 0..8: how many, saturating; bits 8..16: the first one's
+/// `METHOD_*`), which a head event carries otherwise. (A client reading a head a few bytes at a
+/// time begins it with no head event.)
+pub const FLAG_REQUESTS: u32 = 1024;
 /// `SendEvent.flags`: `seq` is set, but the write did no socket I/O (a memory BIO, as in
 /// Node.js: the records go to the socket later): `seq` is where they can begin at the earliest.
 pub const FLAG_TLS_SEQ_BEFORE: u32 = 256;

@@ -10,13 +10,13 @@
 //! (plus, on its first read, one 8-byte look at what was read).
 use crate::{
     kernel::{IoCall, header, io_call, read_kernel, read_user},
-    send::account,
     maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets, wake_flags},
+    send::account,
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_UNIX, EV_EOF, EofEvent, FLAG_CLIENT, FLAG_EVENTS_LOST, FLAG_RECV_SEEN, METHOD_CONNECT, METHOD_HEAD,
-    METHOD_NONE, METHOD_OTHER, SockState, TRACK_HTTP, TRACK_TLS,
+    AF_UNIX, EV_EOF, EofEvent, FLAG_CLIENT, FLAG_EVENTS_LOST, FLAG_RECV_SEEN, METHOD_CONNECT,
+    METHOD_HEAD, METHOD_NONE, METHOD_OTHER, SockState, TRACK_HTTP, TRACK_TLS,
 };
 
 const MSG_PEEK: i32 = 2;

@@ -14,7 +14,7 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_CLIENT, FLAG_EVENTS_LOST,
+    AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_CLIENT, FLAG_EVENTS_LOST, FLAG_REQUESTS,
     FLAG_RESET_RECEIVED, METHOD_NONE, OPEN_CLIENT, Offsets, OpenEvent, SOCK_PREFIX,
     STATE_RESET_RECEIVED, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS, UNIX_PATH,
 };
@@ -145,15 +145,24 @@ fn stream_send(sk: *mut c_void, o: &Offsets) -> Option<(u16, IoCall)> {
 /// Count one send on a tracked socket and tell the agent about it (`flags` added to its
 /// event's flags).
 #[inline(always)]
-pub fn account(sk: *mut c_void, st: &mut SockState, ret: i32, call: IoCall, flags: u32) {
+pub fn account(sk: *mut c_void, st: &mut SockState, ret: i32, mut call: IoCall, flags: u32) {
     let offset = st.sent;
     if ret > 0 {
         st.sent += ret as u64;
     }
     if !head_begins(sk, st, offset, ret, &call, flags) {
+        let mut flags = (st.flags & FLAG_EVENTS_LOST) | flags;
+        // A client's requests go with its next read, if no head event takes them.
+        if st.flags & FLAG_CLIENT != 0 && st.requests > 0 {
+            flags |= FLAG_REQUESTS;
+            call.seq = st.requests as u32 | (st.method as u32) << 8;
+        }
         match EVENTS.reserve_untyped::<SendEvent>(0) {
             Some(mut entry) => {
-                let flags = (st.flags & FLAG_EVENTS_LOST) | flags;
+                if flags & FLAG_REQUESTS != 0 {
+                    st.requests = 0;
+                    st.method = 0;
+                }
                 fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call, flags);
                 entry.submit(wake_flags());
             }

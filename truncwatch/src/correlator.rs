@@ -46,6 +46,9 @@ struct Conn {
     /// begins its response after its send was counted).
     recent: Tail,
     recent_end: u64,
+    /// Some send's (a client's: read's) last bytes were not known: a chunked body's end may
+    /// have gone unseen.
+    tail_gap: bool,
     requests: Requests,
     /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
     tunnel: bool,
@@ -63,6 +66,8 @@ struct Conn {
     read_from: Option<u32>,
     /// A TCP client read end of stream: its counters then.
     eof_read: Option<ReadFacts>,
+    /// A head a client is reading a few bytes at a time, so far (`head_from_reads`).
+    read_head: Option<PartialHead>,
 }
 
 #[derive(Clone, Debug)]
@@ -214,6 +219,7 @@ impl Correlator {
                     split_head: None,
                     recent: Tail::default(),
                     recent_end: 0,
+                    tail_gap: false,
                     requests: Requests::default(),
                     tunnel: false,
                     events_lost: false,
@@ -222,6 +228,7 @@ impl Correlator {
                     marks,
                     read_from: copied_seq,
                     eof_read: None,
+                    read_head: None,
                 });
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
@@ -429,6 +436,7 @@ impl Correlator {
                 // (A head being gathered may go on in this send: its piece follows. One the
                 // kernel stopped gathering is given up on at the next head or the end.)
                 None => {
+                    conn.requests.head_sent(s.requests);
                     if let Some(r) = &mut conn.resp {
                         r.body_attempted = true;
                     }
@@ -441,14 +449,67 @@ impl Correlator {
         // A send whose tail is all of it continues the tail before: a last chunk whose
         // `0\r\n\r\n` straddles two sends (a partial write, the rest offered again).
         let tail = s.tail.as_slice();
+        conn.tail_gap |= tail.is_empty() && ret > 0;
         conn.recent = if tail.len() as u64 == ret && conn.recent_end == offset {
             conn.recent.then(tail)
         } else {
             s.tail
         };
         conn.recent_end = offset + ret;
+        if conn.meta.side == Side::Client
+            && s.head.is_none()
+            && conn.resp.is_none()
+            && conn.split_head.is_none()
+        {
+            self.head_from_reads(conn, tgid, offset, ret, tail, ts_ns, out);
+        }
         self.after_bytes(conn, ts_ns, out);
         false
+    }
+
+    /// A client that reads a response head a few bytes at a time: no read of it begins with
+    /// `HTTP/` in 5 bytes or more, so the kernel sends no head event. Reads whose last bytes
+    /// (`tail`) are all of them put the head together here, up to `--max-head-bytes`; a read
+    /// longer than its tail breaks the run, and the head is not seen (no verdict).
+    #[allow(clippy::too_many_arguments)]
+    fn head_from_reads(
+        &mut self,
+        conn: &mut Conn,
+        tgid: u32,
+        offset: u64,
+        ret: u64,
+        tail: &[u8],
+        ts_ns: u64,
+        out: &mut Vec<Verdict>,
+    ) {
+        let whole = tail.len() as u64 == ret;
+        let mut p = match conn.read_head.take() {
+            Some(mut p) if whole && p.start + p.bytes.len() as u64 == offset => {
+                p.bytes.extend_from_slice(tail);
+                p
+            }
+            _ if whole => PartialHead {
+                start: offset,
+                bytes: tail.to_vec(),
+                tgid,
+                send_end: offset + ret,
+            },
+            _ => return,
+        };
+        let n = p.bytes.len().min(5);
+        if p.bytes[..n] != b"HTTP/"[..n] {
+            return; // not a head
+        }
+        p.send_end = offset + ret;
+        if !p.bytes.ends_with(b"\n") {
+            conn.read_head = Some(p);
+            return;
+        }
+        match http_head::parse(&p.bytes) {
+            Parsed::Incomplete if p.bytes.len() < self.max_head => conn.read_head = Some(p),
+            Parsed::Head(_) => self.head(conn, p.tgid, p.start, p.send_end, &p.bytes, ts_ns, out),
+            bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
+        }
     }
 
     /// The stream moved on (bytes handed over, or a response began): a chunked body's end may
@@ -639,6 +700,22 @@ impl Correlator {
         // follows: not judged, and their requests pass on to it.
         if head.status < 200 && head.status != 101 {
             self.stats.interim += 1;
+            // The final head may follow in the same capture (a client reads `100 Continue`
+            // and the final head together when both have arrived).
+            let rest = p.bytes.get(head.len as usize..).unwrap_or_default();
+            if rest.starts_with(b"HTTP/") {
+                let next = PartialHead {
+                    start: p.start + head.len,
+                    bytes: rest.to_vec(),
+                    tgid: p.tgid,
+                    send_end: p.send_end,
+                };
+                match self.heads.parse(rest) {
+                    Parsed::Head(h) => self.start_response(conn, &next, h, ts_ns, out),
+                    // The kernel gathers no more of a head that began inside a capture.
+                    bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
+                }
+            }
             return;
         }
         self.stats.heads += 1;
@@ -819,7 +896,16 @@ impl Correlator {
         let received = conn.sent.saturating_sub(resp.start);
         let end = match resp.head.body {
             Body::UntilClose => {
-                self.emit(conn, resp, Kind::Unframed, ending.end(), received, received, ts_ns, out);
+                self.emit(
+                    conn,
+                    resp,
+                    Kind::Unframed,
+                    ending.end(),
+                    received,
+                    received,
+                    ts_ns,
+                    out,
+                );
                 return;
             }
             Body::Chunked if conn.recent.as_slice().ends_with(b"\r\n\r\n") => {
@@ -829,14 +915,19 @@ impl Correlator {
                 self.stats.head_only += 1;
                 return;
             }
-            _ => match resp.end() {
-                Some(end) => end,
-                None => return self.count_unjudged(&resp),
-            },
+            _ => resp.end(),
         };
         let (arrived, seen_all) = client_arrival(conn, ending);
         let server_first = matches!(ending, Ending::Eof | Ending::PeerReset)
             || conn.peer.first_after(resp.start).is_some();
+        // A chunked body's end is known once its last chunk is read, and every read's last
+        // bytes were seen: the stream ended without it.
+        let end = match end {
+            Some(end) => end,
+            None if server_first && !conn.tail_gap => u64::MAX,
+            None if server_first => return self.count_unjudged(&resp),
+            None => u64::MAX, // the client left first: aborted, whatever the end
+        };
         let kind = match ending {
             Ending::SocketFreed => Kind::ObserverLoss,
             _ if !seen_all => Kind::ObserverLoss,
@@ -845,7 +936,16 @@ impl Correlator {
             _ if server_first && arrived < end => Kind::Truncated,
             _ => Kind::Aborted,
         };
-        self.emit(conn, resp, kind, ending.end(), received, received, ts_ns, out);
+        self.emit(
+            conn,
+            resp,
+            kind,
+            ending.end(),
+            received,
+            received,
+            ts_ns,
+            out,
+        );
     }
 
     fn count_unjudged(&mut self, resp: &Response) {

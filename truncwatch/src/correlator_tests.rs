@@ -1,6 +1,6 @@
 //! Correlator cases: each feeds the events a kernel would produce and checks the verdicts.
 use super::*;
-use crate::events::{PieceFacts, Tail, TcpFacts, Transport};
+use crate::events::{PieceFacts, ReadFacts, Side, Tail, TcpFacts, Transport};
 use crate::requests::{Method, Seen};
 
 const SK: u64 = 0xffff_8880_0000_1000;
@@ -1713,4 +1713,294 @@ fn tls_reset_delivers_the_writes_before_the_dropped_bytes() {
     let r = w.out[0].r();
     assert_eq!(r.sent_bytes, h.len() as u64 + body);
     assert_eq!(r.delivered_bytes, h.len() as u64 + 4 * 16384, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client side: the stream is what the client read.
+
+/// A client's `copied_seq` when it was classified (it wraps within the tests, on purpose).
+const READ_FROM: u32 = u32::MAX - 1000;
+
+impl Wire {
+    /// A TCP (or Unix) client's connection: its reads arrive as sends do.
+    fn client(t: Transport) -> Self {
+        let mut w = Wire {
+            c: Correlator::new(1000, Some(250)),
+            out: vec![],
+            offset: 0,
+            ts: 1,
+            reads: Seen::default(),
+        };
+        w.ev(Event::Open {
+            sk: SK,
+            ts_ns: 1,
+            meta: ConnMeta {
+                side: Side::Client,
+                local: "127.0.0.1:5000".into(),
+                peer: "127.0.0.1:80".into(),
+                comm: "curl".into(),
+                ..meta(t)
+            },
+            losses: 0,
+            copied_seq: (t == Transport::Tcp).then_some(READ_FROM),
+        });
+        w.read(b"GET / HTTP/1.1\r\n");
+        w
+    }
+    /// The client's `copied_seq` after reading `read` bytes (and the FIN, if `fin_read`).
+    fn copied(read: u64, fin_read: bool) -> u32 {
+        READ_FROM.wrapping_add(read as u32 + fin_read as u32)
+    }
+    /// A TCP state change of the client, with what it had read and `unread` bytes waiting.
+    fn client_state(&mut self, old: i32, new: i32, unread: u64) {
+        let copied_seq = Wire::copied(self.offset, false);
+        self.state_facts(
+            old,
+            new,
+            TcpFacts {
+                unread,
+                copied_seq,
+                ..TcpFacts::default()
+            },
+        );
+    }
+    /// The client read end of stream (TCP), having read `extra` bytes more than the reads seen.
+    fn client_eof(&mut self, extra: u64) {
+        let copied_seq = Wire::copied(self.offset + extra, true);
+        self.ev(Event::Eof {
+            reader: SK,
+            peer: 0,
+            ts_ns: 99,
+            losses: 0,
+            events_lost: false,
+            read: Some(ReadFacts {
+                copied_seq,
+                unread: 0,
+            }),
+        });
+    }
+}
+
+#[test]
+fn client_reads_a_cut_response_to_its_end_of_stream_truncated() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(8_000_000, 1_000_000);
+    w.send(None, 1_000_000);
+    // The server's FIN arrives (1 sequence number, unread), the client reads on, then EOF.
+    w.client_state(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 70_000 + 1);
+    w.send(None, 70_000);
+    w.client_eof(0);
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+    let v = &w.out[0];
+    assert_eq!(v.meta.side, Side::Client);
+    assert_eq!(v.r().sent_bytes, hl(8_000_000) + 2_070_000);
+    assert_eq!(v.r().missing_bytes(), Some(8_000_000 - 2_070_000));
+    assert_eq!(v.evidence.peer_ended, Some("fin"));
+    assert_eq!(v.evidence.end, Some(End::Eof));
+    assert_eq!(
+        v.evidence.unacked_bytes_at_end, None,
+        "a receiver's counters"
+    );
+    assert_eq!(w.c.tracked(), 0);
+}
+
+#[test]
+fn client_complete_when_read_whole_and_keep_alive_goes_on() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(1000, 1000);
+    assert_eq!(
+        w.kinds(),
+        [Kind::Complete],
+        "judged once read: nothing can drop it"
+    );
+    w.read(b"GET / HTTP/1.1\r\n");
+    w.response(50, 20);
+    w.send(None, 30);
+    w.read(b"HEAD / HTTP/1.1\r\n");
+    w.send(Some(head(1_000_000)), hl(1_000_000));
+    assert_eq!(w.kinds(), [Kind::Complete; 3]);
+    assert_eq!(
+        w.out[2].r().sent_bytes,
+        hl(1_000_000),
+        "HEAD: the head alone"
+    );
+    // The server closes the idle connection: nothing to judge.
+    w.client_state(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 1);
+    w.client_eof(0);
+    assert_eq!(w.out.len(), 3);
+}
+
+#[test]
+fn client_that_closes_first_aborted_never_truncated() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(30 << 20, 1 << 20);
+    // It closes with 200 KB received and unread: RST from this host (straight to CLOSE).
+    w.client_state(TCP_ESTABLISHED, TCP_CLOSE, 200_000);
+    assert_eq!(w.kinds(), [Kind::Aborted]);
+    assert_eq!(w.out[0].evidence.end, Some(End::Reset));
+    // Or with nothing unread: FIN first.
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(30 << 20, 1 << 20);
+    w.client_state(TCP_ESTABLISHED, TCP_FIN_WAIT1, 0);
+    assert_eq!(w.kinds(), [Kind::Aborted]);
+    assert!(!Kind::Aborted.is_problem());
+}
+
+#[test]
+fn client_closing_after_the_server_fin_depends_on_what_arrived() {
+    let end = hl(100_000) + 100_000;
+    // Everything (and the FIN) arrived; the client closed without reading it all: its doing.
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(100_000, 40_000);
+    w.client_state(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 60_000 + 1);
+    w.client_state(TCP_CLOSE_WAIT, TCP_LAST_ACK, 60_000 + 1);
+    assert_eq!(w.kinds(), [Kind::Aborted]);
+    assert_eq!(w.out[0].r().sent_bytes, end - 60_000);
+    // One byte short of the promise arrived before the FIN: the server's doing.
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(100_000, 40_000);
+    w.client_state(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 60_000);
+    w.client_state(TCP_CLOSE_WAIT, TCP_LAST_ACK, 60_000);
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+}
+
+#[test]
+fn client_sees_a_server_reset_truncated() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(100_000, 5_000);
+    w.client_state(TCP_ESTABLISHED, RESET_RECEIVED, 0);
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("reset"));
+}
+
+/// Bytes read by a path the hooks do not see (`splice` from the socket, for one) leave the
+/// kernel's count ahead of the reads seen: the agent says so rather than call it a truncation.
+#[test]
+fn client_reads_not_seen_are_observer_loss() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(100_000, 5_000);
+    w.client_eof(95_000);
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+    // A client's lost events likewise.
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(100_000, 5_000);
+    w.ev(Event::Eof {
+        reader: SK,
+        peer: 0,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: true,
+        read: Some(ReadFacts {
+            copied_seq: Wire::copied(hl(100_000) + 5_000, true),
+            unread: 0,
+        }),
+    });
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+}
+
+#[test]
+fn unix_client_truncated_by_server_and_aborted_by_itself() {
+    // The client reads end of stream: the server (SERVER_SK, untracked here) ended it.
+    const SERVER_SK: u64 = 0xffff_8880_0000_2000;
+    let mut w = Wire::client(Transport::Unix);
+    w.response(8_000_000, 2_000_000);
+    w.ev(Event::Eof {
+        reader: SK,
+        peer: SERVER_SK,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+        read: None,
+    });
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+    assert_eq!(w.out[0].r().sent_bytes, hl(8_000_000) + 2_000_000);
+    // The server reads end of stream: the client closed first.
+    let mut w = Wire::client(Transport::Unix);
+    w.response(8_000_000, 2_000_000);
+    w.ev(Event::Eof {
+        reader: SERVER_SK,
+        peer: SK,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+        read: None,
+    });
+    assert_eq!(w.kinds(), [Kind::Aborted]);
+}
+
+#[test]
+fn client_chunked_judged_by_its_last_chunk() {
+    let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut w = Wire::client(Transport::Tcp);
+    w.send_bytes(&chunked);
+    w.send_tail(None, 4000, 4000, b"abc\r\n");
+    w.client_eof(0);
+    assert_eq!(w.kinds(), [Kind::Truncated], "cut before its last chunk");
+    let mut w = Wire::client(Transport::Tcp);
+    w.send_bytes(&chunked);
+    w.send_tail(None, 4000, 4000, b"\r\n0\r\n\r\n");
+    assert_eq!(w.kinds(), [Kind::Complete]);
+}
+
+/// `100 Continue` and the final answer read together: one verdict, for the final answer (its
+/// bytes without the interim head's).
+#[test]
+fn interim_and_final_head_in_one_read_judge_the_final_one() {
+    let mut w = Wire::client(Transport::Tcp);
+    let mut bytes = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+    let fin = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
+    bytes.extend_from_slice(fin);
+    w.send_bytes(&bytes);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.out[0].r().sent_bytes, fin.len() as u64);
+    // Cut: the server ends the stream 4 bytes short.
+    let mut w = Wire::client(Transport::Tcp);
+    w.send_bytes(&bytes[..bytes.len() - 4]);
+    w.client_eof(0);
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+    assert_eq!(w.out[0].r().sent_bytes, fin.len() as u64 - 4);
+}
+
+impl Wire {
+    /// A client reading `bytes` one at a time: no head event; its pending requests go with
+    /// its first read (`FLAG_REQUESTS`).
+    fn read_bytewise(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            let offset = self.offset;
+            self.offset += 1;
+            let ts_ns = self.ts;
+            let requests = std::mem::take(&mut self.reads);
+            self.ev(Event::Send(SendFacts {
+                sk: SK,
+                ts_ns,
+                tgid: 42,
+                offset,
+                ret: 1,
+                requested: 1,
+                syscall: 0,
+                tail: Tail::new(&[*b]),
+                requests,
+                ..SendFacts::default()
+            }));
+        }
+    }
+}
+
+/// A client reading heads byte by byte (so that what follows stays in its socket): the heads
+/// are put together from its reads; a HEAD answer is `complete` with its head alone.
+#[test]
+fn client_reading_heads_byte_by_byte() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.reads = Seen::default();
+    w.read(b"HEAD / HTTP/1.1\r\n");
+    w.read_bytewise(&head(30_000_000));
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.out[0].r().sent_bytes, hl(30_000_000));
+    // A GET: head byte by byte, then its body in one read, cut by the server.
+    w.read(b"GET / HTTP/1.1\r\n");
+    w.read_bytewise(&head(1000));
+    w.send(None, 400);
+    w.client_eof(0);
+    assert_eq!(w.kinds(), [Kind::Complete, Kind::Truncated]);
+    assert_eq!(w.out[1].r().sent_bytes, hl(1000) + 400);
 }

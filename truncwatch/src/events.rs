@@ -6,10 +6,9 @@ use std::mem::offset_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
     AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
-    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_TLS_SEQ, FLAG_TLS_SEQ_BEFORE,
-    HEAD_CAP, HeadEvent, HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_CLIENT, OPEN_TLS, OpenEvent,
-    ResetEvent,
-    SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_REQUESTS, FLAG_TLS_SEQ,
+    FLAG_TLS_SEQ_BEFORE, HEAD_CAP, HeadEvent, HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_CLIENT,
+    OPEN_TLS, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -194,7 +193,8 @@ pub struct SendFacts {
     pub head: Option<Vec<u8>>,
     /// The last accepted bytes (up to 8), where known.
     pub tail: Tail,
-    /// With a head: the requests read since the head before.
+    /// With a head: the requests read since the head before. (A client's read that begins
+    /// no head may carry the requests it sent since, too.)
     pub requests: Seen,
     /// An earlier event about this socket was lost (ring buffer full).
     pub events_lost: bool,
@@ -392,7 +392,14 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
         syscall: e.syscall.into(),
         head,
         tail: Tail::new(&e.tail[..n]),
-        requests: Seen::default(),
+        requests: if e.flags & FLAG_REQUESTS != 0 {
+            Seen {
+                count: e.seq & 0xff,
+                first: Method::from_code((e.seq >> 8) as u8),
+            }
+        } else {
+            Seen::default()
+        },
         events_lost: e.flags & FLAG_EVENTS_LOST != 0,
         part: if e.flags & FLAG_ANNOUNCED != 0 {
             SendPart::Announced

@@ -534,7 +534,10 @@ mod tests {
             text.contains(&format!("truncwatch_missing_bytes_total{l} 40")),
             "{text}"
         );
-        assert!(!text.contains("truncwatch_slow_reader_responses_total{"), "{text}");
+        assert!(
+            !text.contains("truncwatch_slow_reader_responses_total{"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -183,14 +183,39 @@ impl Agent {
         }
     }
 
+    /// Server-side verdicts about connections whose local end is `local`.
     pub fn verdicts(&self, local: &str) -> Vec<Value> {
         self.lines
             .lock()
             .unwrap()
             .iter()
-            .filter(|v| v["local"] == local)
+            .filter(|v| v["local"] == local && v["side"] != "client")
             .cloned()
             .collect()
+    }
+
+    /// Client-side verdicts about responses read from the server at `server` (its `local`).
+    pub fn client_verdicts(&self, server: &str) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["peer"] == server && v["side"] == "client")
+            .cloned()
+            .collect()
+    }
+
+    /// Client-side verdicts about responses read from `server`, waiting until at least `n`
+    /// arrived.
+    pub fn wait_for_client(&self, server: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.client_verdicts(server);
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGINT: the agent must detach, flush and exit 0.
