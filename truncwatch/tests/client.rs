@@ -198,7 +198,7 @@ fn clients_reading_a_whole_response_see_it_complete() {
         assert_eq!(u(&v["received_bytes"]), got.bytes, "{client:?}: {v}");
     }
     let many = fetch(&srv.endpoint, &["--requests", "20"]);
-    let v = agent.wait_for_client(&srv.local(), 24, WAIT);
+    agent.wait_for_client(&srv.local(), 24, WAIT);
     std::thread::sleep(Duration::from_millis(300));
     let v = &agent.client_verdicts(&srv.local())[4..];
     assert_eq!(v.len(), 20, "one verdict per keep-alive response: {v:?}");
@@ -256,7 +256,8 @@ fn client_that_leaves_early_is_aborted_never_truncated() {
     let agent = Agent::start();
     let srv = Server::start("tcp:127.0.0.1:0", "full", 30 << 20);
     let port = srv.local().rsplit(':').next().unwrap().to_string();
-    let runs: [(&str, Box<dyn Fn() -> u64>); 2] = [
+    type Run<'a> = Box<dyn Fn() -> u64 + 'a>;
+    let runs: [(&str, Run); 2] = [
         (
             "lab, close with data unread (reset)",
             Box::new(|| {
@@ -303,7 +304,7 @@ fn head_304_and_100_continue_are_complete() {
     }
     let agent = Agent::start();
     let (local, lines) = support::healthy::head_and_304_nginx(support::heads::Head::Long);
-    let v = agent.wait_for_client(&local, lines.len(), WAIT);
+    agent.wait_for_client(&local, lines.len(), WAIT);
     std::thread::sleep(Duration::from_millis(300));
     let v = agent.client_verdicts(&local);
     assert_eq!(v.len(), lines.len(), "{v:?}");
@@ -318,7 +319,7 @@ fn head_304_and_100_continue_are_complete() {
         "{statuses:?}"
     );
     let (local, lines) = support::healthy::expect_continue_node(support::heads::Head::Long);
-    let v = agent.wait_for_client(&local, lines.len(), WAIT);
+    agent.wait_for_client(&local, lines.len(), WAIT);
     std::thread::sleep(Duration::from_millis(300));
     let v = agent.client_verdicts(&local);
     assert_eq!(
