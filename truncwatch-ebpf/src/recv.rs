@@ -155,7 +155,7 @@ fn method(b: &[u8; 8]) -> u8 {
 /// (the server ended the stream) or the server (the client did). On TCP, only an HTTP client's
 /// EOF is told (`peer` 0): the stream it reads ended there.
 #[inline(always)]
-fn eof<S: Store>(sk: *mut c_void) {
+pub fn eof<S: Store>(sk: *mut c_void) {
     let o = offsets();
     if o.ready == 0 {
         return;

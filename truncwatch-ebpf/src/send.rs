@@ -20,6 +20,7 @@ use truncwatch_common::{
 };
 
 const IPPROTO_TCP: u16 = 6;
+const EPIPE: i32 = 32;
 const SOCK_STREAM: u16 = 1;
 
 #[inline(always)]
@@ -34,7 +35,15 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
                 crate::recv::request(st, &io_call());
             }
         }
-        Some(st) if st.track == TRACK_HTTP => account(sk, st, ret, io_call(), 0),
+        Some(st) if st.track == TRACK_HTTP => {
+            account(sk, st, ret, io_call(), 0);
+            // A Unix server's send refused with EPIPE: its client closed, and no state change
+            // says so. Told as the end of stream the server would read, for the client's own
+            // connection (`recv::eof` does nothing more for a TCP server).
+            if ret == -EPIPE {
+                crate::recv::eof::<S>(sk);
+            }
+        }
         Some(st) if st.track == TRACK_NO => {}
         Some(st) if st.track == TRACK_TLS => crate::tls::socket_io(sk, ret, true),
         // No state yet, or state made by another hook (a reset that arrived while this very

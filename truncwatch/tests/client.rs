@@ -176,7 +176,10 @@ fn clients_reading_a_cut_response_see_it_truncated() {
             assert_eq!(u(&v["expected_bytes"]), hl + PROMISE, "{what}");
             assert_eq!(u(&v["missing_bytes"]), PROMISE - CUT, "{what}");
             assert!(v["sent_bytes"].is_null(), "{what}");
-            assert!(hl + 100 > head && hl < head + 200, "a {head}-byte head: {what}");
+            assert!(
+                hl + 100 > head && hl < head + 200,
+                "a {head}-byte head: {what}"
+            );
         }
     }
 }

@@ -391,7 +391,40 @@ struct Row {
     got: String,
     client_bytes: String,
     agent_bytes: String,
+    /// The client side (`side: client` verdicts about the same responses): expected, got.
+    client_side: String,
     pass: bool,
+}
+
+/// What a client's own line says the client-side verdict about its response must be: read
+/// whole, `complete`; ended by the server (end of stream, reset), `truncated`; left by the
+/// client, `aborted`. None for a request that got no answer.
+fn client_expected(line: &Value) -> Option<&'static str> {
+    if line["head_bytes"] == 0 {
+        return None;
+    }
+    match line["end"].as_str() {
+        Some("complete") => Some("complete"),
+        Some("closed" | "aborted" | "timeout") => Some("aborted"),
+        Some("eof" | "reset") => Some("truncated"),
+        other => panic!("no client-side expectation for a response that ended {other:?}: {line}"),
+    }
+}
+
+/// The client-side verdict a proxy's upstream connection must get, from the upstream's
+/// server-side one.
+fn upstream_client_side(server_side: &str) -> &'static str {
+    match server_side {
+        "complete" => "complete",
+        "peer_closed" | "peer_reset" => "aborted",
+        _ => "truncated",
+    }
+}
+
+/// A client-side verdict as the totals count it: a desync the client reads as the cut of
+/// the response before (a read may or may not begin at the stray head).
+fn client_kind(kind: &str) -> &str {
+    if kind == "desync" { "truncated" } else { kind }
 }
 
 /// Verdicts that say the server cut a response short: what recall and precision count.
@@ -417,6 +450,8 @@ fn scenario_matrix() {
     let (mut truncated, mut caught, mut flags, mut right_flags, mut healthy, mut false_flags) =
         (0, 0, 0, 0, 0, 0);
     let mut bytes_wrong = 0;
+    let (mut c_truncated, mut c_flags, mut c_right, mut c_pass, mut c_bytes_wrong) =
+        (0, 0, 0, 0, 0);
     // Every server address used so far: a later server may get the same port or path again.
     let mut locals = env.locals();
     for sc in scenarios() {
@@ -429,6 +464,16 @@ fn scenario_matrix() {
             marks
                 .iter()
                 .find(|(l, _)| l == local)
+                .map_or(0, |(_, n)| *n)
+        };
+        let client_marks: Vec<(String, usize)> = locals
+            .iter()
+            .map(|l| (l.clone(), agent.client_verdicts(l).len()))
+            .collect();
+        let client_skip = |server: &str| {
+            client_marks
+                .iter()
+                .find(|(l, _)| l == server)
                 .map_or(0, |(_, n)| *n)
         };
         let o = (sc.run)(&env);
@@ -494,12 +539,79 @@ fn scenario_matrix() {
             bytes_wrong += 1;
             ok = false;
         }
+        // The client side: the same responses, as their clients (and the proxy, from its
+        // upstream) read them.
+        let mut c_want: Vec<&str> = o.client.iter().filter_map(client_expected).collect();
+        let mut hops = vec![(o.local.clone(), c_want.len())];
+        if let Some((up, _)) = &o.upstream {
+            let up_want: Vec<&str> = sc
+                .upstream
+                .iter()
+                .map(|k| upstream_client_side(k))
+                .collect();
+            hops.push((up.clone(), up_want.len()));
+            c_want.extend(up_want);
+        }
+        let mut c_got_lines = Vec::new();
+        for (server, n) in &hops {
+            let skip = client_skip(server);
+            agent.wait_for_client(server, skip + n, Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(300));
+            let mut all = agent.client_verdicts(server);
+            c_got_lines.extend(all.split_off(skip.min(all.len())));
+        }
+        let mut c_got: Vec<&str> = c_got_lines
+            .iter()
+            .map(|v| client_kind(v["verdict"].as_str().unwrap()))
+            .collect();
+        c_got.sort_unstable();
+        c_want.sort_unstable();
+        let client_ok = c_got == c_want;
+        let mut c_bytes_note = String::new();
+        let truncations = |kinds: &[&str]| kinds.iter().filter(|k| **k == "truncated").count();
+        c_truncated += truncations(&c_want);
+        c_flags += truncations(&c_got);
+        c_right += multiset_overlap(&c_got, &c_want, |k| k == "truncated");
+        // What each client read, as it says and as the agent does (not after a desync).
+        if !desync {
+            let mut theirs: Vec<u64> = o
+                .client
+                .iter()
+                .filter(|l| client_expected(l).is_some())
+                .map(|l| u(&l["received_bytes"]))
+                .collect();
+            let mut ours: Vec<u64> = c_got_lines
+                .iter()
+                .filter(|v| v["peer"] == o.local.as_str())
+                .map(|v| u(&v["received_bytes"]))
+                .collect();
+            theirs.sort_unstable();
+            ours.sort_unstable();
+            if theirs != ours {
+                c_bytes_wrong += 1;
+                c_bytes_note = format!(
+                    " (received bytes: clients {}, agent {})",
+                    total(&theirs),
+                    total(&ours)
+                );
+            }
+        }
+        c_pass += usize::from(client_ok);
         rows.push(Row {
             name: sc.name,
             expected: summarize(&want),
             got: summarize(&kinds),
             client_bytes: total(&client_bytes),
             agent_bytes: total(&agent_bytes),
+            client_side: if client_ok {
+                summarize(&c_got)
+            } else {
+                format!(
+                    "FAIL: expected {}, got {}",
+                    summarize(&c_want),
+                    summarize(&c_got)
+                )
+            } + &c_bytes_note,
             pass: ok,
         });
     }
@@ -520,6 +632,13 @@ fn scenario_matrix() {
         rows.iter().filter(|r| r.pass).count(),
         pct(caught, truncated),
         pct(right_flags, flags),
+    );
+    println!(
+        "client side: {c_pass} of {} scenarios as expected; recall {:.0}% ({c_right}/{c_truncated} truncations the clients got flagged `truncated`); \
+         precision {:.0}% ({c_right}/{c_flags} `truncated` flags right); received bytes wrong in {c_bytes_wrong}",
+        rows.len(),
+        pct(c_right, c_truncated),
+        pct(c_right, c_flags),
     );
     let failed: Vec<_> = rows.iter().filter(|r| !r.pass).map(|r| &r.name).collect();
     assert!(failed.is_empty(), "scenarios failed: {failed:?}");
@@ -592,17 +711,20 @@ fn summarize(kinds: &[&str]) -> String {
 
 fn print_table(rows: &[Row]) {
     println!();
-    println!("| scenario | expected | agent | client bytes | agent delivered bytes | |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| scenario | expected | agent | client bytes | agent delivered bytes | | client side |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.expected,
             r.got,
             r.client_bytes,
             r.agent_bytes,
-            if r.pass { "ok" } else { "FAIL" }
+            if r.pass { "ok" } else { "FAIL" },
+            r.client_side
         );
     }
     println!();
