@@ -254,6 +254,8 @@ pub struct SendEvent {
 
 /// `SendEvent.syscall` of a TLS library's write (`SSL_write`, `SSL_write_ex`): plaintext.
 pub const SYS_TLS_WRITE: u16 = 0xfff1;
+/// `SendEvent.syscall` of a TLS library's read on a client's stream (`SSL_read`, `SSL_read_ex`).
+pub const SYS_TLS_READ: u16 = 0xfff2;
 /// `SendEvent.flags`: `seq` is set, and the write's records went to the socket during the call
 /// (OpenSSL's socket BIO): `seq` ends them.
 pub const FLAG_TLS_SEQ: u32 = 128;

@@ -96,6 +96,10 @@ pub struct IoCall {
     /// otherwise), where a head spread over many iovecs is gathered from.
     pub vec: u64,
     pub vlen: u64,
+    /// For a read over more buffers than `iov` holds: its last bytes' address and count, found
+    /// in its iovec array (`recv::received`); 0 otherwise.
+    pub tail_at: u64,
+    pub tail_n: u64,
 }
 
 impl IoCall {
@@ -119,6 +123,8 @@ impl IoCall {
         niov: 0,
         vec: 0,
         vlen: 0,
+        tail_at: 0,
+        tail_n: 0,
     };
 
     /// User address and length of the last accepted bytes (at most `TAIL`) of a send the kernel
@@ -131,8 +137,8 @@ impl IoCall {
     #[inline(always)]
     pub fn tail(&self, accepted: u64) -> Option<(u64, u64)> {
         let mut before = 0u64;
-        let mut found = false;
-        let (mut addr, mut n) = (0u64, 0u64);
+        let mut found = self.tail_n != 0;
+        let (mut addr, mut n) = (self.tail_at, self.tail_n);
         for i in 0..MAX_IOV as usize {
             let [base, len] = self.iov[i];
             if !found && (i as u64) < self.niov && accepted <= before + len {

@@ -16,10 +16,12 @@ use crate::{
 use core::ffi::c_void;
 use truncwatch_common::{
     AF_UNIX, EV_EOF, EofEvent, FLAG_CLIENT, FLAG_EVENTS_LOST, FLAG_RECV_SEEN, METHOD_CONNECT,
-    METHOD_HEAD, METHOD_NONE, METHOD_OTHER, SockState, TRACK_HTTP, TRACK_TLS,
+    METHOD_HEAD, METHOD_NONE, METHOD_OTHER, SockState, TAIL, TRACK_HTTP, TRACK_TLS,
 };
 
 const MSG_PEEK: i32 = 2;
+/// Buffers of one read looked through for its last byte (`received`).
+const MAX_READ_IOV: u64 = 16;
 
 #[inline(always)]
 pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32) {
@@ -62,6 +64,26 @@ fn first_read<S: Store>(sk: *mut c_void) {
 #[inline(always)]
 fn received(mut call: IoCall, ret: i32) -> IoCall {
     let n = ret as u64;
+    // A read over more buffers than the call holds (nginx reads its upstreams into 8): find
+    // the one its last byte went to, for the read's tail (a chunked body's end).
+    if call.vlen > call.iov.len() as u64 && call.vec != 0 {
+        let mut before = 0u64;
+        let mut i = 0u64;
+        while i < MAX_READ_IOV && i < call.vlen {
+            let Some([base, len]) = read_user::<[u64; 2]>(call.vec + 16 * i) else {
+                break;
+            };
+            if n <= before + len {
+                let at = n - before;
+                let k = if at < TAIL as u64 { at } else { TAIL as u64 };
+                call.tail_at = base + at - k;
+                call.tail_n = k;
+                break;
+            }
+            before += len;
+            i += 1;
+        }
+    }
     call.requested = n;
     call.vec = 0;
     call.vlen = 0;
@@ -173,6 +195,8 @@ pub fn eof<S: Store>(sk: *mut c_void) {
         ev.peer = read_kernel::<u64>(base + o.unix_peer as u64).unwrap_or(0);
     } else {
         match S::get(sk, false) {
+            // A TLS client's: its plaintext state says so; the agent goes by its plaintext.
+            Some(st) if st.track == TRACK_TLS && crate::tls::is_client(sk) => {}
             Some(st) if st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0 => {
                 ev.flags = st.flags & FLAG_EVENTS_LOST;
                 let seq = |off: u32| read_kernel::<u32>(base + off as u64).unwrap_or(0);

@@ -27,8 +27,9 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    FLAG_TLS_SEQ, FLAG_TLS_SEQ_BEFORE, OPEN_TLS, SYS_TLS_WRITE, SockState, TLS_CALL_READ,
-    TLS_CALL_SENDFILE, TLS_CALL_WRITE, TRACK_HTTP, TRACK_NO, TlsCall,
+    FLAG_CLIENT, FLAG_TLS_SEQ, FLAG_TLS_SEQ_BEFORE, METHOD_NONE, OPEN_CLIENT, OPEN_TLS,
+    SYS_TLS_READ, SYS_TLS_WRITE, SockState, TLS_CALL_READ, TLS_CALL_SENDFILE, TLS_CALL_WRITE,
+    TRACK_HTTP, TRACK_NO, TlsCall,
 };
 
 /// Each thread's TLS call in progress (`TlsCall`), by `bpf_get_current_pid_tgid`, from where
@@ -192,7 +193,8 @@ fn plaintext(sk: u64, create: bool) -> Option<&'static mut SockState> {
     }
 }
 
-/// `n` plaintext bytes read into `buf`: a request, maybe (as `recv::request`).
+/// `n` plaintext bytes read into `buf`: a request, maybe (as `recv::request`); on a client's
+/// stream, response bytes, accounted as a client's socket reads are.
 #[inline(always)]
 fn plaintext_read(sk: u64, buf: u64, n: u64) {
     let Some(st) = plaintext(sk, true) else {
@@ -204,7 +206,20 @@ fn plaintext_read(sk: u64, buf: u64, n: u64) {
     let mut call = IoCall::NONE;
     call.iov[0] = [buf, n];
     call.niov = 1;
+    if st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0 {
+        call.nr = SYS_TLS_READ as u32;
+        call.requested = n;
+        account(sk as *mut c_void, st, n as i32, call, 0);
+        return;
+    }
     crate::recv::request(st, &call);
+}
+
+/// Whether the TLS socket `sk` carries an HTTP client's plaintext (its end of stream is told).
+#[inline(always)]
+pub fn is_client(sk: *mut c_void) -> bool {
+    plaintext(sk as u64, false)
+        .is_some_and(|st| st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0)
 }
 
 /// A write call `c` returned (`n`: plaintext bytes the library accepted, or <= 0): classify
@@ -218,9 +233,18 @@ fn plaintext_write(sk: u64, c: &TlsCall, n: i64) {
     let Some(st) = plaintext(sk, n > 0) else {
         return;
     };
+    let mut written = IoCall::NONE;
+    written.iov[0] = [c.buf, c.num];
+    written.niov = 1;
     if st.track == 0 {
         st.track = TRACK_NO;
-        if c.num < 7 || read_user::<[u8; 7]>(c.buf) != Some(*b"HTTP/1.") {
+        let head = c.num >= 7 && read_user::<[u8; 7]>(c.buf) == Some(*b"HTTP/1.");
+        let method = if head {
+            METHOD_NONE
+        } else {
+            crate::recv::client_method(&written)
+        };
+        if !head && method == METHOD_NONE {
             return;
         }
         // kTLS (an upper-layer protocol on the socket): the kernel makes the records, within
@@ -233,9 +257,23 @@ fn plaintext_write(sk: u64, c: &TlsCall, n: i64) {
         st.sent = 0;
         st.head_more = 0;
         let family = read_kernel::<u16>(sk + o.skc_family as u64).unwrap_or(0);
+        if method != METHOD_NONE {
+            // A client's: this write is its first request; its stream is what it reads.
+            st.flags |= FLAG_CLIENT;
+            st.requests = 1;
+            st.method = method;
+            open(sk as *mut c_void, family, o, OPEN_TLS | OPEN_CLIENT);
+            return;
+        }
         open(sk as *mut c_void, family, o, OPEN_TLS);
     }
     if st.track != TRACK_HTTP {
+        return;
+    }
+    if st.flags & FLAG_CLIENT != 0 {
+        if n > 0 {
+            crate::recv::request(st, &written);
+        }
         return;
     }
     // A refused write counts as the socket's refusal (EAGAIN: the slow-reader evidence).

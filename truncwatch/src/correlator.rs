@@ -68,6 +68,10 @@ struct Conn {
     eof_read: Option<ReadFacts>,
     /// A head a client is reading a few bytes at a time, so far (`head_from_reads`).
     read_head: Option<PartialHead>,
+    /// The server reset a client's connection with bytes it had not read yet: the stream
+    /// offset then and those bytes. Linux still hands them to the client's reads; its verdict
+    /// waits until it read them, or read end of stream.
+    drain: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -120,8 +124,20 @@ fn undelivered(conn: &Conn, undelivered: u64, from_seq: u32) -> u64 {
 /// A Unix client has no counters: what it read is what arrived.
 fn client_arrival(conn: &Conn, ending: Ending) -> (u64, bool) {
     let Some(from) = conn.read_from else {
+        // A TLS client closing with records unread (more than the server's FIN) may have left
+        // the rest of the response there: not the server's doing, as far as can be told.
+        let closed = matches!(ending, Ending::Fin | Ending::HostReset { .. });
+        if conn.meta.tls && closed && conn.tcp.is_some_and(|t| t.unread > 1) {
+            return (u64::MAX, true);
+        }
         return (conn.sent, true);
     };
+    // Reset by the server with bytes unread: the counters are the reset's, and the reads
+    // since took from those bytes.
+    if let Some((at, unread)) = conn.drain {
+        let copied = conn.tcp.map_or(from, |t| t.copied_seq);
+        return (at + unread, u64::from(copied.wrapping_sub(from)) == at);
+    }
     let fin_arrived = conn.peer.fin.is_some() || conn.eof_read.is_some();
     let (copied_seq, unread, fin_read) = match (conn.eof_read, conn.tcp) {
         (Some(r), _) if ending == Ending::Eof => (r.copied_seq, r.unread, true),
@@ -184,6 +200,10 @@ impl Correlator {
     /// socket sends never counts for it.
     pub fn socket_reused(&mut self, sk: u64, ts_ns: u64, losses: u32, out: &mut Vec<Verdict>) {
         if let Some(mut old) = self.conns.remove(&sk) {
+            if old.drain.is_some() {
+                // A client its server reset, gone before it read all it was left.
+                return self.finish(old, Ending::PeerReset, ts_ns, out);
+            }
             old.events_lost |= old.losses_at_open != losses;
             // A TCP stream's end is always reported (its state changes): one that never came
             // was not seen, and its shortfall is not the server's to answer for.
@@ -229,6 +249,7 @@ impl Correlator {
                     read_from: copied_seq,
                     eof_read: None,
                     read_head: None,
+                    drain: None,
                 });
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
@@ -239,15 +260,17 @@ impl Correlator {
                 // connection instead, on every send, showed in the agent's profile.
                 let (sk, ts_ns) = (s.sk, s.ts_ns);
                 let mut conns = std::mem::take(&mut self.conns);
-                let mut over = false;
+                let mut over = None;
                 if let Some(conn) = conns.get_mut(&sk) {
                     conn.last_ns = ts_ns;
                     conn.events_lost |= s.events_lost;
                     over = self.send(conn, s, out);
                 }
                 self.conns = conns;
-                if over && let Some(conn) = self.conns.remove(&sk) {
-                    self.finish(conn, Ending::Eof, ts_ns, out);
+                if let Some(ending) = over
+                    && let Some(conn) = self.conns.remove(&sk)
+                {
+                    self.finish(conn, ending, ts_ns, out);
                 }
             }
             Event::HeadPiece(p) => {
@@ -269,8 +292,22 @@ impl Correlator {
                     return;
                 };
                 conn.events_lost |= facts.events_lost;
+                if conn.drain.is_some() {
+                    // (The CLOSE that follows a reset: the client is still reading.)
+                    self.conns.insert(sk, conn);
+                    return;
+                }
                 conn.tcp = Some(facts);
                 let ending = match newstate {
+                    // (A TLS client's unread bytes are records, which its reads do not count.)
+                    RESET_RECEIVED
+                        if conn.meta.side == Side::Client && !conn.meta.tls && facts.unread > 0 =>
+                    {
+                        conn.peer.saw("reset", conn.sent);
+                        conn.drain = Some((conn.sent, facts.unread));
+                        self.conns.insert(sk, conn);
+                        return;
+                    }
                     RESET_RECEIVED => {
                         // Nothing more can be delivered; CLOSE follows.
                         conn.peer.saw("reset", conn.sent);
@@ -316,7 +353,11 @@ impl Correlator {
                     conn.eof_read = read;
                     let at = conn.sent;
                     conn.peer.saw("eof", at);
-                    self.finish(conn, Ending::Eof, ts_ns, out);
+                    let ending = match conn.drain {
+                        Some(_) => Ending::PeerReset,
+                        None => Ending::Eof,
+                    };
+                    self.finish(conn, ending, ts_ns, out);
                 }
                 if let Some(mut conn) = self.conns.remove(&peer) {
                     conn.events_lost |= conn.losses_at_open != losses || events_lost;
@@ -377,9 +418,10 @@ impl Correlator {
         });
     }
 
-    /// One send. Returns true if the stream is over: a Unix peer is gone (its reader closed),
-    /// and no end of stream will ever be read from the other side.
-    fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) -> bool {
+    /// One send. Returns how the stream ended if this send ends it: a Unix peer is gone (its
+    /// reader closed), and no end of stream will ever be read from the other side; or a client
+    /// read the last bytes a server's reset left it.
+    fn send(&mut self, conn: &mut Conn, s: SendFacts, out: &mut Vec<Verdict>) -> Option<Ending> {
         let SendFacts {
             tgid,
             offset,
@@ -389,7 +431,7 @@ impl Correlator {
             ..
         } = s;
         if conn.tunnel {
-            return false;
+            return None;
         }
         if ret < 0 {
             if let Some(r) = &mut conn.resp {
@@ -400,12 +442,12 @@ impl Correlator {
                 // A Unix peer that is gone closed its end: its end of stream.
                 EPIPE | ECONNRESET if conn.meta.transport == Transport::Unix => {
                     conn.peer.saw("eof", conn.sent);
-                    return true;
+                    return Some(Ending::Eof);
                 }
                 EPIPE | ECONNRESET => conn.peer.saw("gone", conn.sent),
                 _ => {}
             }
-            return false;
+            return None;
         }
         let ret = ret as u64;
         // An announced send has offered its bytes, not handed them over (yet).
@@ -444,7 +486,7 @@ impl Correlator {
             }
         }
         if s.part == SendPart::Announced {
-            return false;
+            return None;
         }
         // A send whose tail is all of it continues the tail before: a last chunk whose
         // `0\r\n\r\n` straddles two sends (a partial write, the rest offered again).
@@ -464,7 +506,10 @@ impl Correlator {
             self.head_from_reads(conn, tgid, offset, ret, tail, ts_ns, out);
         }
         self.after_bytes(conn, ts_ns, out);
-        false
+        // A client has read what its server's reset left it.
+        conn.drain
+            .is_some_and(|(at, unread)| conn.sent >= at + unread)
+            .then_some(Ending::PeerReset)
     }
 
     /// A client that reads a response head a few bytes at a time: no read of it begins with

@@ -2004,3 +2004,35 @@ fn client_reading_heads_byte_by_byte() {
     assert_eq!(w.kinds(), [Kind::Complete, Kind::Truncated]);
     assert_eq!(w.out[1].r().sent_bytes, hl(1000) + 400);
 }
+
+/// A server's reset leaves the client the bytes it had received and not read: Linux still
+/// hands them over. The verdict waits for those reads (or end of stream), and counts them.
+#[test]
+fn client_reset_by_the_server_is_judged_once_it_read_what_was_left() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(10_000_000, 1_000_000);
+    w.client_state(TCP_ESTABLISHED, RESET_RECEIVED, 95_000);
+    w.client_state(TCP_ESTABLISHED, TCP_CLOSE, 95_000);
+    assert!(w.out.is_empty(), "the client is still reading");
+    w.send(None, 50_000);
+    assert!(w.out.is_empty());
+    w.send(None, 45_000);
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+    assert_eq!(w.out[0].r().sent_bytes, hl(10_000_000) + 1_095_000);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("reset"));
+    // It stops reading before the end: its end of stream (after the reset's error) decides.
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(10_000_000, 1_000_000);
+    w.client_state(TCP_ESTABLISHED, RESET_RECEIVED, 95_000);
+    w.send(None, 5_000);
+    w.ev(Event::Eof {
+        reader: SK,
+        peer: 0,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+        read: None,
+    });
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+    assert_eq!(w.out[0].r().sent_bytes, hl(10_000_000) + 1_005_000);
+}

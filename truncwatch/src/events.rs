@@ -268,7 +268,9 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         EV_OPEN => {
             let e: OpenEvent = read(buf, h.kind)?;
             let meta = open_meta(&e, layout);
-            let tcp_client = meta.side == Side::Client && meta.transport == Transport::Tcp;
+            // (A TLS client's reads are plaintext: the socket's sequence numbers count records.)
+            let tcp_client =
+                meta.side == Side::Client && meta.transport == Transport::Tcp && !meta.tls;
             Event::Open {
                 sk: h.sk,
                 ts_ns: h.ts_ns,

@@ -33,17 +33,30 @@ fn fetch(port: u16, path: &str, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// Stop the agent: no verdict may be about a client of `servers` (its socket's peer is the
-/// server): a TLS call tied to the wrong socket would show up there. (Tests run side by side, so
-/// verdicts about other tests' servers are there too, and are not looked at.)
+/// Stop the agent: no server-side verdict may be about a client of `servers` (its socket's
+/// peer is the server): a TLS call tied to the wrong socket would show up there. (Tests run
+/// side by side, so verdicts about other tests' servers are there too, and are not looked at.)
 fn none_about_clients(agent: Agent, servers: &[String]) {
-    for v in &agent.stop() {
+    for v in agent.stop().iter().filter(|v| v["side"] == "server") {
         let peer = v["peer"].as_str().unwrap_or("");
         assert!(
             !servers.iter().any(|s| s == peer),
-            "a verdict about a client's socket: {v}"
+            "a server-side verdict about a client's socket: {v}"
         );
     }
+}
+
+/// The one client-side verdict about a response read from `server` after the first `seen`.
+fn client_verdict(agent: &Agent, server: &str, seen: usize) -> Value {
+    let v = agent.wait_for_client(server, seen + 1, Duration::from_secs(30));
+    assert!(
+        v.len() > seen,
+        "no client-side verdict about {server}: {v:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let v = agent.client_verdicts(server);
+    assert_eq!(v.len(), seen + 1, "one verdict per response: {v:?}");
+    v[seen].clone()
 }
 
 /// Exactly one verdict about `local`: the first, and no other after a second more.
@@ -164,6 +177,15 @@ fn nginx_https_send_timeout_is_a_short_write() {
     );
     assert_eq!(v["evidence"]["peer_window_at_end"], 0, "a slow reader: {v}");
 
+    // Its client (Python's ssl) read it truncated.
+    let c = client_verdict(&agent, &local, 0);
+    assert_eq!(
+        (&c["verdict"], &c["tls"]),
+        (&"truncated".into(), &true.into()),
+        "{c}"
+    );
+    assert_eq!(u(&c["received_bytes"]), u(&got[0]["received_bytes"]), "{c}");
+
     // The same download read steadily, twice on one connection: complete, exact bytes.
     let ok = fetch(port, "/big.bin", &["--requests", "2"]);
     assert!(ok.iter().all(|r| r["complete"] == true), "{ok:?}");
@@ -176,6 +198,15 @@ fn nginx_https_send_timeout_is_a_short_write() {
             "{x}"
         );
         assert_eq!(u(&x["sent_bytes"]), u(&ok[0]["received_bytes"]), "{x}");
+    }
+    let c = agent.wait_for_client(&local, 3, Duration::from_secs(30));
+    for x in &c[1..] {
+        assert_eq!(
+            (&x["verdict"], &x["tls"]),
+            (&"complete".into(), &true.into()),
+            "{x}"
+        );
+        assert_eq!(u(&x["received_bytes"]), u(&ok[0]["received_bytes"]), "{x}");
     }
 
     // HEAD over TLS: complete with its head (the request's method is read from the plaintext).
@@ -246,6 +277,14 @@ fn python_https_short_write_has_exact_plaintext_bytes() {
             "a {head}-byte head: {head_bytes}"
         );
         assert_eq!(u(&v["sent_bytes"]), head_bytes + 2_000_000, "{v}");
+        // The client's side (Python's ssl, the same libssl): truncated, what it read.
+        let c = client_verdict(&agent, &local, 0);
+        assert_eq!(
+            (&c["verdict"], &c["tls"], &c["side"]),
+            (&"truncated".into(), &true.into(), &"client".into()),
+            "{c}"
+        );
+        assert_eq!(u(&c["received_bytes"]), u(&got[0]["received_bytes"]), "{c}");
     }
     let locals: Vec<String> = servers
         .iter()
