@@ -1,5 +1,6 @@
 #!/bin/busybox sh
-# Detection in the guest: the agent watches one lab connection and must judge it as expected.
+# Detection in the guest: the agent watches one lab connection and must judge it as expected,
+# on the server side and (but on the kprobe backend) on the client side.
 #   detect.sh NAME LISTEN SERVER-ARGS... -- FETCH-ARGS... -- EXPECTED-VERDICT
 # The agent's byte count must equal what the client received.
 name=$1 listen=$2; shift 2
@@ -20,3 +21,6 @@ kill -INT $agent; wait $agent
 local=${listen#tcp:}; local=${local#unix:}
 . /bin/judged.sh
 judged $out.verdicts $out.client "$local" "$want"
+# The client read it cut short, or whole.
+case $want in short_write) client_want=truncated ;; *) client_want=$want ;; esac
+judged_client $out.verdicts $out.client "$local" "$client_want"

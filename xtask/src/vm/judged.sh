@@ -15,3 +15,24 @@ judged() {
     [ "$sent" = "$received" ] || { echo "FAIL: agent counted $sent bytes, the client received $received"; exit 1; }
     echo "ok: $verdict, $sent bytes on both sides"
 }
+
+# The client side of the same response: the agent's one client-side verdict about a read from
+# LOCAL must be WANT, with received_bytes equal to what the client received. The kprobe backend
+# tracks no clients (docs/client-side.md): there must be none.
+#   judged_client VERDICTS CLIENT LOCAL WANT
+judged_client() {
+    got=$(grep '"side":"client"' $1 | grep "\"peer\":\"$3\"")
+    if [ "$TRUNCWATCH_BACKEND" = kprobe ]; then
+        [ -z "$got" ] || { echo "FAIL: the kprobe backend judged a client: $got"; exit 1; }
+        echo "ok: no client-side verdict (the kprobe backend tracks no clients)"
+        return
+    fi
+    echo "agent (client side): $got"
+    verdict=$(echo "$got" | sed -n 's/.*"verdict":"\([a-z_]*\)".*/\1/p')
+    ours=$(echo "$got" | sed -n 's/.*"received_bytes":\([0-9]*\).*/\1/p')
+    theirs=$(sed -n 's/.*"received_bytes":\([0-9]*\).*/\1/p' $2)
+    [ "$(echo "$got" | grep -c .)" = 1 ] || { echo "FAIL: expected one client-side verdict"; exit 1; }
+    [ "$verdict" = "$4" ] || { echo "FAIL: client-side verdict $verdict, expected $4"; exit 1; }
+    [ "$ours" = "$theirs" ] || { echo "FAIL: agent counted $ours bytes read, the client $theirs"; exit 1; }
+    echo "ok: client side $verdict, $ours bytes on both sides"
+}
