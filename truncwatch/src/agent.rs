@@ -359,7 +359,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let judged: String = Kind::ALL
         .iter()
         .map(|&k| format!(" {}={}", k.as_str(), host(k, s.judged[k as usize])))
-        .collect();
+        .collect::<String>()
+        + " client:"
+        + &Kind::ALL
+            .iter()
+            .filter(|&&k| s.judged_client[k as usize] > 0)
+            .map(|&k| format!(" {}={}", k.as_str(), s.judged_client[k as usize]))
+            .collect::<String>();
     eprintln!(
         "truncwatch: stopped; connections={} heads={}{judged} (unparsed: too long or unfinished {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} interim={} evicted={} lost_events={} decode_errors={} canary_verdicts={}",
         s.connections,

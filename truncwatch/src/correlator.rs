@@ -663,7 +663,7 @@ impl Correlator {
         } else {
             self.stats.invalid += 1;
         }
-        *self.stats.judged(Kind::Unparsed) += 1;
+        *self.stats.judged_on(conn.meta.side, Kind::Unparsed) += 1;
         if self.problems_only {
             return;
         }
@@ -1028,7 +1028,7 @@ impl Correlator {
             }
             k => k,
         };
-        *self.stats.judged(kind) += 1;
+        *self.stats.judged_on(conn.meta.side, kind) += 1;
         if self.problems_only && !kind.is_problem() {
             return None;
         }

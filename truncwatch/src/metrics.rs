@@ -31,8 +31,7 @@ struct Owner {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
     verdict: &'static str,
-    /// `server` (responses sent) or `client` (responses received); `all` where verdicts are
-    /// only counted.
+    /// `server` (responses sent) or `client` (responses received).
     side: &'static str,
     transport: &'static str,
     /// `true` for a TLS connection judged from its plaintext, else `false` (`all` where
@@ -323,17 +322,22 @@ impl Metrics {
                 port: all(),
             };
             // The verdicts the correlator only counts (not problems): no owner to label.
-            for kind in Kind::ALL.into_iter().filter(|k| !k.is_problem()) {
-                let (now, then) = (stats.judged[kind as usize], last.judged[kind as usize]);
-                if now > then {
-                    let l = ResponseLabels {
-                        verdict: kind.as_str(),
-                        side: "all",
-                        transport: "all",
-                        tls: "all",
-                        owner: owner.clone(),
-                    };
-                    self.responses.get_or_create(&l).inc_by(now - then);
+            for (side, now_all, then_all) in [
+                ("server", &stats.judged, &last.judged),
+                ("client", &stats.judged_client, &last.judged_client),
+            ] {
+                for kind in Kind::ALL.into_iter().filter(|k| !k.is_problem()) {
+                    let (now, then) = (now_all[kind as usize], then_all[kind as usize]);
+                    if now > then {
+                        let l = ResponseLabels {
+                            verdict: kind.as_str(),
+                            side,
+                            transport: "all",
+                            tls: "all",
+                            owner: owner.clone(),
+                        };
+                        self.responses.get_or_create(&l).inc_by(now - then);
+                    }
                 }
             }
         }
@@ -589,7 +593,7 @@ mod tests {
         m.update(&stats, true, 1, 15, [3, 0], &prog(3_000_000_000, 30));
         let text = m.encode();
         for want in [
-            r#"truncwatch_responses_total{verdict="complete",side="all",transport="all",tls="all",process="all",container="all",namespace="all",pod="all",port="all"} 7"#,
+            r#"truncwatch_responses_total{verdict="complete",side="server",transport="all",tls="all",process="all",container="all",namespace="all",pod="all",port="all"} 7"#,
             r#"truncwatch_unjudged_responses_total{reason="head_only"} 1"#,
             r#"truncwatch_unjudged_responses_total{reason="chunked_uncertain"} 0"#,
             r#"truncwatch_events_lost_total{reason="ring_buffer_full"} 3"#,

@@ -1,6 +1,6 @@
 //! What the correlator decides: verdicts, the facts and evidence they carry, and the counts
 //! of what could not be judged.
-use crate::events::ConnMeta;
+use crate::events::{ConnMeta, Side};
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -192,8 +192,11 @@ impl ResponseFacts {
 pub struct Stats {
     pub connections: u64,
     pub heads: u64,
-    /// Verdicts decided, by `Kind` (`judged[kind as usize]`), built or only counted.
+    /// Server-side verdicts decided, by `Kind` (`judged[kind as usize]`), built or only
+    /// counted.
     pub judged: [u64; Kind::COUNT],
+    /// Client-side verdicts likewise (`Side::Client`).
+    pub judged_client: [u64; Kind::COUNT],
     /// Heads that did not end within `--max-head-bytes`, or whose rest was not seen.
     pub unparsed: u64,
     /// Heads with contradictory or malformed framing.
@@ -214,8 +217,16 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The count of `kind` verdicts, to add to.
+    /// The count of server-side `kind` verdicts, to add to.
     pub fn judged(&mut self, kind: Kind) -> &mut u64 {
         &mut self.judged[kind as usize]
+    }
+
+    /// The count of `kind` verdicts on `side`, to add to.
+    pub fn judged_on(&mut self, side: Side, kind: Kind) -> &mut u64 {
+        match side {
+            Side::Server => &mut self.judged[kind as usize],
+            Side::Client => &mut self.judged_client[kind as usize],
+        }
     }
 }

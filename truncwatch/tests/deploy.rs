@@ -47,6 +47,7 @@ const METRICS: &[(&str, &[&str])] = &[
 ];
 const RESPONSE_LABELS: &[&str] = &[
     "verdict",
+    "side",
     "transport",
     "tls",
     "process",
@@ -66,7 +67,7 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<&'static str>> {
         // "all": without --all, complete/unframed/unparsed are counted per host (docs/metrics.md).
         (_, "transport") => vec!["tcp", "unix", "all"],
         (_, "tls") => vec!["true", "false", "all"],
-        (_, "side") => vec!["server", "client", "all"],
+        (_, "side") => vec!["server", "client"],
         ("truncwatch_unjudged_responses_total", "reason") => vec!["head_only", "chunked_uncertain"],
         ("truncwatch_events_lost_total", "reason") => vec!["ring_buffer_full", "socket_storage"],
         ("truncwatch_canary_runs_total", "result") => vec!["pass", "fail"],
