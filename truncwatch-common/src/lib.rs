@@ -301,7 +301,8 @@ pub const TAIL: usize = 8;
 pub struct Settings {
     /// `--max-head-bytes`: a head is captured up to this many bytes (at most `MAX_HEAD_LIMIT`).
     pub max_head_bytes: u32,
-    pub _pad: u32,
+    /// 1: HTTP clients are tracked too (`FLAG_CLIENT`); 0: `--no-client-side`.
+    pub client_side: u32,
 }
 
 /// More bytes of a head whose first capture (`HeadEvent`) did not hold its end: the bytes that

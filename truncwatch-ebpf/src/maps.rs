@@ -81,7 +81,7 @@ pub fn offsets() -> &'static Offsets {
 #[unsafe(no_mangle)]
 static SETTINGS: Settings = Settings {
     max_head_bytes: 0,
-    _pad: 0,
+    client_side: 0,
 };
 
 #[inline(always)]

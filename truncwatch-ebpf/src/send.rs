@@ -60,7 +60,7 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
 #[inline(always)]
 fn classify<S: Store>(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     let st = S::get(sk, true)?;
-    let call = begin_tracking(sk, st, o, true)?;
+    let call = begin_tracking(sk, st, o, crate::maps::settings().client_side != 0)?;
     account(sk, st, ret, call, 0);
     reset_during_first_send(sk, st);
     Some(())

@@ -239,7 +239,7 @@ fn plaintext_write(sk: u64, c: &TlsCall, n: i64) {
     if st.track == 0 {
         st.track = TRACK_NO;
         let head = c.num >= 7 && read_user::<[u8; 7]>(c.buf) == Some(*b"HTTP/1.");
-        let method = if head {
+        let method = if head || crate::maps::settings().client_side == 0 {
             METHOD_NONE
         } else {
             crate::recv::client_method(&written)

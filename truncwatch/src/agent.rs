@@ -189,6 +189,10 @@ pub struct RunArgs {
     /// whatever this is; each longer one costs a copy of up to this many bytes, in the sender.
     #[arg(long, default_value_t = DEFAULT_MAX_HEAD, value_parser = max_head)]
     pub max_head_bytes: u32,
+    /// Leave this host's HTTP clients alone: judge only the responses it sends. The client
+    /// side (docs/client-side.md) costs each client read what a server's send costs.
+    #[arg(long)]
+    pub no_client_side: bool,
     /// Serve /metrics, /readyz and /healthz on this address (`off`: no endpoint). Bound to
     /// loopback by default; see the README before exposing it.
     #[arg(long, default_value = "127.0.0.1:9477")]
@@ -227,8 +231,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "off" | "" => None,
         addr => Some(endpoint::bind(addr).await?),
     };
-    let (mut ebpf, layout, backend) =
-        attach(args.ring_buffer_mib, args.max_head_bytes, args.backend)?;
+    let (mut ebpf, layout, backend) = attach(
+        args.ring_buffer_mib,
+        Settings {
+            max_head_bytes: args.max_head_bytes,
+            client_side: u32::from(!args.no_client_side),
+        },
+        args.backend,
+    )?;
     release_freed_memory();
     // Kept open for as long as the stats should stay on.
     let _stats = if args.bpf_stats {
@@ -424,7 +434,7 @@ fn report_tls(targets: Vec<crate::tls_hooks::Target>) {
 /// used. Also used by `truncwatch check`.
 pub fn attach(
     ring_buffer_mib: u32,
-    max_head_bytes: u32,
+    settings: Settings,
     backend: Backend,
 ) -> Result<(Ebpf, btf_offsets::KernelLayout, Backend)> {
     if OBJECT.is_empty() {
@@ -447,7 +457,7 @@ pub fn attach(
     };
     let mut errors = Vec::new();
     for &b in candidates {
-        match load_and_attach(&btf, &layout, ring_buffer_mib, max_head_bytes, b) {
+        match load_and_attach(&btf, &layout, ring_buffer_mib, settings, b) {
             Ok(ebpf) => {
                 drop(btf);
                 release_freed_memory();
@@ -464,13 +474,9 @@ fn load_and_attach(
     btf: &Btf,
     layout: &btf_offsets::KernelLayout,
     ring_buffer_mib: u32,
-    max_head_bytes: u32,
+    settings: Settings,
     backend: Backend,
 ) -> Result<Ebpf> {
-    let settings = Settings {
-        max_head_bytes,
-        _pad: 0,
-    };
     // One piece buffer per CPU that may ever run (CPU ids index it).
     let cpus =
         aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))? as u32;

@@ -91,7 +91,11 @@ pub fn probe() -> Facts {
             "ftrace function hooks unavailable (available_filter_functions: {e})"
         )),
     };
-    let mut attached = agent::attach(1, agent::DEFAULT_MAX_HEAD, agent::Backend::Auto);
+    let settings = truncwatch_common::Settings {
+        max_head_bytes: agent::DEFAULT_MAX_HEAD,
+        client_side: 1,
+    };
+    let mut attached = agent::attach(1, settings, agent::Backend::Auto);
     let tls = match attached.as_mut() {
         Err(_) => Err("no backend could load".to_string()),
         Ok(_) if !TlsHooks::uprobes_exist() => Err("no uprobe event source".to_string()),

@@ -382,3 +382,34 @@ fn proxy_hop_and_client_hop_of_one_incident() {
     // upstream address (docs/client-side.md).
     assert_eq!(hop["pid"], server[0]["pid"], "one nginx worker did both");
 }
+
+/// `--no-client-side`: the same cut response is judged where it is sent, and its client is left
+/// alone.
+#[test]
+fn no_client_side_leaves_clients_alone() {
+    if !support::kernel_or_skip("no_client_side_leaves_clients_alone") {
+        return;
+    }
+    let agent = Agent::start_args(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--canary-interval",
+        "0s",
+        "--no-client-side",
+    ]);
+    let srv = Server::start_args(
+        "tcp:127.0.0.1:0",
+        "truncate",
+        PROMISE,
+        &["--truncate-at", &CUT.to_string()],
+    );
+    Client::Curl.get(&srv.endpoint, 0);
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    assert_eq!(v[0]["verdict"], "short_write", "{}", v[0]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent.client_verdicts(&srv.local()).is_empty(),
+        "{:?}",
+        agent.client_verdicts(&srv.local())
+    );
+}

@@ -32,6 +32,9 @@ enum Variant {
     /// Another build of the agent (`--before`, e.g. the previous main), stats off: the A/B
     /// for a change, in the same rounds.
     Before,
+    /// The agent with `--no-client-side`, stats off: the server side's cost alone (the bench's
+    /// clients run on the same host, so the default agent judges their side too).
+    ServerOnly,
 }
 
 /// The variants of a run: `Before` only when a binary for it was given.
@@ -41,6 +44,7 @@ fn variants(before: Option<&str>) -> Vec<Variant> {
         Variant::Agent,
         Variant::AgentStats,
         Variant::Floor,
+        Variant::ServerOnly,
     ];
     if before.is_some() {
         v.push(Variant::Before);
@@ -56,6 +60,7 @@ impl Variant {
             Variant::AgentStats => "truncwatch, BPF stats on",
             Variant::Floor => "floor (bpftrace sum)",
             Variant::Before => "truncwatch, `--before` build",
+            Variant::ServerOnly => "truncwatch --no-client-side",
         }
     }
 }
@@ -436,10 +441,13 @@ fn with_variant<T>(
 ) -> Result<(T, Option<AgentFacts>)> {
     match v {
         Variant::Baseline => Ok((f()?, None)),
-        Variant::Before => {
-            let bin = before.context("no --before binary")?;
+        Variant::Before | Variant::ServerOnly => {
+            let (bin, args): (&str, &[&str]) = match v {
+                Variant::Before => (before.context("no --before binary")?, &[]),
+                _ => (agent_bin, &["--no-client-side"]),
+            };
             std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
-            let (mut agent, mut err) = start_agent(bin)?;
+            let (mut agent, mut err) = start_agent_with(bin, args, Stdio::null())?;
             let r = f();
             let _ = Command::new("kill")
                 .args(["-INT", &agent.id().to_string()])
