@@ -28,8 +28,8 @@ use crate::{
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use core::ffi::c_void;
 use truncwatch_common::{
-    EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, ProbeSock,
-    SendEvent, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS,
+    EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_CLIENT, FLAG_EVENTS_LOST,
+    ProbeSock, SendEvent, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS,
 };
 
 // include/net/tcp_states.h
@@ -44,6 +44,10 @@ pub fn tcp_send_begins(sk: *mut c_void, size: u64) {
         return;
     }
     match ProbeStore::sock(sk, false) {
+        // A client's sends are its requests (its stream is what it reads).
+        Some(ps) if ps.st.track == TRACK_HTTP && ps.st.flags & FLAG_CLIENT != 0 => {
+            crate::recv::request(&mut ps.st, &io_call())
+        }
         Some(ps) if ps.st.track == TRACK_HTTP => {
             if let Some(seq) = write_seq(sk) {
                 settle(sk, ps, seq, true);
@@ -72,8 +76,12 @@ fn write_seq(sk: *mut c_void) -> Option<u32> {
 fn classify(sk: *mut c_void, size: u64) -> Option<()> {
     let ps = ProbeStore::sock(sk, true)?; // connected sockets only
     let seq = write_seq(sk)?;
-    // (HTTP clients are not tracked here: this backend's receive hook does not account reads.)
-    let call = begin_tracking(sk, &mut ps.st, offsets(), false)?;
+    let call = begin_tracking(
+        sk,
+        &mut ps.st,
+        offsets(),
+        crate::maps::settings().client_side != 0,
+    )?;
     ps.seq = seq;
     ps.pend_size = 0;
     announce(sk, ps, size, call);
@@ -170,7 +178,8 @@ fn settle_before_end(sk: *mut c_void, oldstate: i32) {
     let Some(ps) = ProbeStore::sock(sk, false) else {
         return;
     };
-    if ps.st.track != TRACK_HTTP {
+    // (A client's sends are requests, not its stream.)
+    if ps.st.track != TRACK_HTTP || ps.st.flags & FLAG_CLIENT != 0 {
         return;
     }
     if let Some(seq) = write_seq(sk) {
@@ -302,7 +311,8 @@ pub fn unix_read_returns(ret: i32) {
 }
 
 /// A Unix socket shuts down its sending side (`unix_shutdown` with SHUT_WR or SHUT_RDWR) or
-/// is released (`unix_release`): a tracked server's stream ends here.
+/// is released (`unix_release`): a tracked server's stream ends here. A client's ends only
+/// with its release (a client may shut down its sending side once its request is sent).
 #[inline(always)]
 pub fn unix_ends(sock: u64, released: bool) {
     if offsets().ready == 0 {
@@ -311,6 +321,7 @@ pub fn unix_ends(sock: u64, released: bool) {
     let Some(sk) = socket_sk(sock) else { return };
     if let Some(ps) = ProbeStore::sock(sk, false)
         && ps.st.track == TRACK_HTTP
+        && (released || ps.st.flags & FLAG_CLIENT == 0)
     {
         let mut flags = ps.st.flags & FLAG_EVENTS_LOST;
         if ps.inflight > 0 {

@@ -139,13 +139,17 @@ fn client_arrival(conn: &Conn, ending: Ending) -> (u64, bool) {
         return (at + unread, u64::from(copied.wrapping_sub(from)) == at);
     }
     let fin_arrived = conn.peer.fin.is_some() || conn.eof_read.is_some();
-    let (copied_seq, unread, fin_read) = match (conn.eof_read, conn.tcp) {
+    let (copied_seq, unread, eof_seen) = match (conn.eof_read, conn.tcp) {
         (Some(r), _) if ending == Ending::Eof => (r.copied_seq, r.unread, true),
         (Some(r), None) => (r.copied_seq, r.unread, true),
         (eof, Some(t)) => (t.copied_seq, t.unread, eof.is_some()),
         (None, None) => return (conn.sent, false),
     };
-    let read = u64::from(copied_seq.wrapping_sub(from)).saturating_sub(u64::from(fin_read));
+    let copied = u64::from(copied_seq.wrapping_sub(from));
+    // The client read the FIN (its end of stream) if it said so, or if the kernel's count is
+    // one past the reads after the FIN arrived (the kprobe backend tells no end of stream).
+    let fin_read = eof_seen || (fin_arrived && copied == conn.sent + 1);
+    let read = copied.saturating_sub(u64::from(fin_read));
     // The FIN's sequence number, arrived and not read, is in `unread`.
     let unread = unread.saturating_sub(u64::from(fin_arrived && !fin_read));
     (conn.sent + unread, read == conn.sent)
