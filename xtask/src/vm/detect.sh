@@ -1,6 +1,6 @@
 #!/bin/busybox sh
 # Detection in the guest: the agent watches one lab connection and must judge it as expected,
-# on the server side and (but on the kprobe backend) on the client side.
+# on the server side and on the client side.
 #   detect.sh NAME LISTEN SERVER-ARGS... -- FETCH-ARGS... -- EXPECTED-VERDICT
 # The agent's byte count must equal what the client received.
 name=$1 listen=$2; shift 2
