@@ -250,7 +250,10 @@ fn scenarios() -> Result<()> {
     ]);
     // The table and the totals; the servers' and agent's chatter only when something fails.
     let t = tally::run_filtered(c, |l| {
-        l.starts_with('|') || l.starts_with("totals:") || l.starts_with("SKIP")
+        l.starts_with('|')
+            || l.starts_with("totals:")
+            || l.starts_with("client side:")
+            || l.starts_with("SKIP")
     })?;
     if !t.success || t.failed > 0 {
         bail!(

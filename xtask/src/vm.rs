@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// TCG boots to init in about 1.5 s here (4 s with firmware); the timeout leaves room for slow
 /// machines and for the agent's start-up under emulation.
-const VM_TIMEOUT: Duration = Duration::from_secs(1500);
+const VM_TIMEOUT: Duration = Duration::from_secs(2400);
 /// Each guest command gets this long, so one that hangs still leaves time for the others.
 const CMD_TIMEOUT_S: u32 = 120;
 /// The kernel integration suite: about 30 s on the host, several times that under TCG.
