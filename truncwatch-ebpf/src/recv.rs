@@ -107,16 +107,19 @@ pub fn request(st: &mut SockState, call: &IoCall) {
     st.requests = st.requests.saturating_add(1);
 }
 
+/// The first 8 bytes of `call`'s buffer, if it has that many and they can be read.
+#[inline(always)]
+fn first_bytes(call: &IoCall) -> Option<[u8; 8]> {
+    if call.buf() == 0 || call.buf_len() < 8 {
+        return None;
+    }
+    read_user::<[u8; 8]>(call.buf())
+}
+
 /// The `METHOD_*` of a request line at the start of `call`'s buffer, or `METHOD_NONE`.
 #[inline(always)]
 fn request_method(call: &IoCall) -> u8 {
-    if call.buf() == 0 || call.buf_len() < 8 {
-        return METHOD_NONE;
-    }
-    match read_user::<[u8; 8]>(call.buf()) {
-        Some(b) => method(&b),
-        None => METHOD_NONE,
-    }
+    first_bytes(call).map_or(METHOD_NONE, |b| method(&b))
 }
 
 /// The `METHOD_*` of a request line of a known method at the start of `call`'s buffer: the
@@ -125,10 +128,7 @@ fn request_method(call: &IoCall) -> u8 {
 /// client's; a looser test would take other protocols' commands (SMTP's `EHLO `) for one.
 #[inline(always)]
 pub fn client_method(call: &IoCall) -> u8 {
-    if call.buf() == 0 || call.buf_len() < 8 {
-        return METHOD_NONE;
-    }
-    let Some(b) = read_user::<[u8; 8]>(call.buf()) else {
+    let Some(b) = first_bytes(call) else {
         return METHOD_NONE;
     };
     let known = b[..4] == *b"GET "

@@ -35,6 +35,10 @@ struct Wire {
 
 impl Wire {
     fn new(t: Transport) -> Self {
+        Wire::opened(meta(t), None)
+    }
+    /// A connection opened with `meta` (and a TCP client's `copied_seq`).
+    fn opened(meta: ConnMeta, copied_seq: Option<u32>) -> Self {
         let mut w = Wire {
             c: Correlator::new(1000, Some(250)),
             out: vec![],
@@ -45,9 +49,9 @@ impl Wire {
         w.ev(Event::Open {
             sk: SK,
             ts_ns: 1,
-            meta: meta(t),
+            meta,
             losses: 0,
-            copied_seq: None,
+            copied_seq,
         });
         w
     }
@@ -1724,26 +1728,14 @@ const READ_FROM: u32 = u32::MAX - 1000;
 impl Wire {
     /// A TCP (or Unix) client's connection: its reads arrive as sends do.
     fn client(t: Transport) -> Self {
-        let mut w = Wire {
-            c: Correlator::new(1000, Some(250)),
-            out: vec![],
-            offset: 0,
-            ts: 1,
-            reads: Seen::default(),
+        let meta = ConnMeta {
+            side: Side::Client,
+            local: "127.0.0.1:5000".into(),
+            peer: "127.0.0.1:80".into(),
+            comm: "curl".into(),
+            ..meta(t)
         };
-        w.ev(Event::Open {
-            sk: SK,
-            ts_ns: 1,
-            meta: ConnMeta {
-                side: Side::Client,
-                local: "127.0.0.1:5000".into(),
-                peer: "127.0.0.1:80".into(),
-                comm: "curl".into(),
-                ..meta(t)
-            },
-            losses: 0,
-            copied_seq: (t == Transport::Tcp).then_some(READ_FROM),
-        });
+        let mut w = Wire::opened(meta, (t == Transport::Tcp).then_some(READ_FROM));
         w.read(b"GET / HTTP/1.1\r\n");
         w
     }

@@ -173,14 +173,7 @@ impl Agent {
 
     /// Verdicts about connections whose local end is `local`, waiting until at least `n` arrived.
     pub fn wait_for(&self, local: &str, n: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.verdicts(local);
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_n(|| self.verdicts(local), n, timeout)
     }
 
     /// Server-side verdicts about connections whose local end is `local`.
@@ -208,14 +201,7 @@ impl Agent {
     /// Client-side verdicts about responses read from `server`, waiting until at least `n`
     /// arrived.
     pub fn wait_for_client(&self, server: &str, n: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.client_verdicts(server);
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_n(|| self.client_verdicts(server), n, timeout)
     }
 
     /// SIGINT: the agent must detach, flush and exit 0.
@@ -232,6 +218,18 @@ impl Agent {
         }
         std::thread::sleep(Duration::from_millis(100));
         self.lines.lock().unwrap().clone()
+    }
+}
+
+/// `get()` again until it holds at least `n` verdicts, or `timeout` passed.
+fn wait_for_n(get: impl Fn() -> Vec<Value>, n: usize, timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = get();
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
