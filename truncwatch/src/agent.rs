@@ -707,7 +707,10 @@ impl Reader {
             // Who owns a connection is looked up when it is first seen: the process may be
             // gone by the time its verdict comes.
             Event::Open { meta, .. } | Event::ResetDiscard { meta, .. } => {
-                self.resolver.for_pid(meta.pid);
+                let (owner, fresh) = self.resolver.at_open(meta.pid, &meta.comm);
+                if fresh {
+                    self.metrics.build_seen(&meta.comm, &owner);
+                }
             }
             Event::Eof { peer, .. } if Some(*peer) == self.probe_sk => {
                 // Forget the probe's socket: the kernel reuses socket addresses at once, and a

@@ -11,7 +11,12 @@
 //!   the `<slice>:<prefix>:<id>` name containerd leaves when its systemd setting disagrees with kubelet's.
 //! - kubelet `pkg/kubelet/kuberuntime/legacy.go`: `/var/log/containers/<pod>_<ns>_<ctr>-<id>.log`
 //!   (cut to 255 bytes, so very long names lose the id) and `/var/log/pods/<ns>_<pod>_<uid>/`.
+//!
+//! The build the process runs and the container's image come from `build_identity` and
+//! `container_image`.
 
+use crate::build_identity::Builds;
+use crate::container_image::{self, Image};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +31,12 @@ pub struct Attribution {
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub container: Option<String>,
+    /// The executable as the process sees it (`/proc/PID/exe`).
+    pub exe: Option<String>,
+    /// The executable's GNU build-id in hex, or `sha256:<hex>` of its content.
+    pub build_id: Option<Arc<str>>,
+    /// The container's image reference and digest, from the runtime's state.
+    pub image: Image,
 }
 
 /// Picks the most telling path in `/proc/PID/cgroup` text. The v2 `0::` line wins unless it is
@@ -200,9 +211,12 @@ const CACHE_CAP: usize = 4096;
 pub struct Resolver {
     root: PathBuf,
     cap: usize,
-    by_pid: HashMap<u32, Arc<Attribution>>,
+    /// By pid: the attribution, and the command name it was read for.
+    by_pid: HashMap<u32, (Arc<Attribution>, String)>,
     // Container ids outlive pids; remembering names spares a /var/log/containers scan per pid.
     names: HashMap<String, (String, String, String)>,
+    images: HashMap<String, Image>,
+    builds: Builds,
     /// Pids from the kernel are the host's; with a `/proc` of another PID namespace they would
     /// name other processes, so lookups are off then.
     off: bool,
@@ -215,6 +229,8 @@ impl Resolver {
             cap: CACHE_CAP,
             by_pid: HashMap::new(),
             names: HashMap::new(),
+            images: HashMap::new(),
+            builds: Builds::default(),
             off: false,
         }
     }
@@ -228,21 +244,39 @@ impl Resolver {
     /// Never fails: an unreadable pid (exited, other pid namespace) gives an empty attribution,
     /// which is not cached so a later call can still succeed.
     pub fn for_pid(&mut self, pid: u32) -> Arc<Attribution> {
-        if let Some(a) = self.by_pid.get(&pid) {
-            return Arc::clone(a);
+        match self.by_pid.get(&pid) {
+            Some((a, _)) => Arc::clone(a),
+            None => self.look_up(pid, None).0,
         }
+    }
+
+    /// The same at a connection's first sight, with the command name the kernel gave: a
+    /// cached pid whose command changed (it exec'd another program, or the pid was reused)
+    /// is read again. Also says whether the answer was read just now (a process not seen
+    /// before), for `Metrics::build_seen`.
+    pub fn at_open(&mut self, pid: u32, comm: &str) -> (Arc<Attribution>, bool) {
+        match self.by_pid.get(&pid) {
+            Some((a, c)) if c == comm => (Arc::clone(a), false),
+            _ => self.look_up(pid, Some(comm)),
+        }
+    }
+
+    fn look_up(&mut self, pid: u32, comm: Option<&str>) -> (Arc<Attribution>, bool) {
         if self.off {
-            return Arc::default();
+            return (Arc::default(), false);
         }
-        let file = self.root.join("proc").join(pid.to_string()).join("cgroup");
-        let Some(cgroup) = std::fs::read(file)
+        let proc_pid = self.root.join("proc").join(pid.to_string());
+        let cgroup = std::fs::read(proc_pid.join("cgroup"))
             .ok()
-            .and_then(|b| cgroup_from_proc(&String::from_utf8_lossy(&b)))
-        else {
-            return Arc::default();
+            .and_then(|b| cgroup_from_proc(&String::from_utf8_lossy(&b)));
+        let (exe, build_id) = self.builds.for_process(&proc_pid);
+        let Some(cgroup) = cgroup else {
+            return (Arc::default(), false); // gone, or not ours to read
         };
         let mut a = from_cgroup_path(&cgroup);
+        (a.exe, a.build_id) = (exe, build_id);
         self.fill_names(&mut a);
+        self.fill_image(&mut a);
         let a = Arc::new(a);
         // A pod whose log entries kubelet has not written yet: retry on the next call instead
         // of pinning a nameless answer for the process's lifetime.
@@ -250,14 +284,30 @@ impl Resolver {
             if self.by_pid.len() >= self.cap {
                 self.by_pid.clear(); // clear-all: cheap, and entries refill on demand
             }
-            self.by_pid.insert(pid, Arc::clone(&a));
+            let comm = comm.map(str::to_string).unwrap_or_else(|| {
+                let raw = std::fs::read_to_string(proc_pid.join("comm")).unwrap_or_default();
+                raw.trim_end_matches('\n').to_string()
+            });
+            self.by_pid.insert(pid, (Arc::clone(&a), comm));
         }
-        a
+        (a, true)
     }
 
     /// Drops a pid's entry; call on process exit so a reused pid is not misattributed.
     pub fn forget(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
+    }
+
+    fn fill_image(&mut self, a: &mut Attribution) {
+        let Some(id) = &a.container_id else { return };
+        if !self.images.contains_key(id) {
+            if self.images.len() >= self.cap {
+                self.images.clear();
+            }
+            let image = container_image::for_container(&self.root, id, a.runtime);
+            self.images.insert(id.clone(), image);
+        }
+        a.image = self.images[id].clone();
     }
 
     fn fill_names(&mut self, a: &mut Attribution) {

@@ -3,7 +3,7 @@
 //! docs/metrics.md.
 //!
 //! Label sets are bounded: the first `max_label_sets` distinct owners (process, container,
-//! namespace, pod, port) keep their labels; later ones are counted under `other` and in
+//! namespace, pod, port, build_id) keep their labels; later ones are counted under `other` and in
 //! `truncwatch_label_sets_overflow_total`. First come, not top-N: moving a busy owner out of
 //! `other` later would make its counters go backwards.
 use crate::attribution::Attribution;
@@ -26,6 +26,18 @@ struct Owner {
     /// Server side: the local TCP port, or the Unix socket's path. Client side: the server's
     /// address (`host:port`, or the Unix socket's path).
     port: String,
+    /// The build the process runs (`build_identity`): joins `truncwatch_build_info`.
+    build_id: String,
+}
+
+/// One build seen on an HTTP connection: the labels of `truncwatch_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    process: String,
+    exe: String,
+    build_id: String,
+    image: String,
+    image_id: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +89,8 @@ pub struct Metrics {
     registry: Registry,
     max_label_sets: usize,
     owners: HashSet<Owner>,
+    builds_seen: usize,
+    builds: Family<BuildLabels, Gauge>,
     responses: Family<ResponseLabels, Counter>,
     missing_bytes: Family<ResponseLabels, Counter>,
     slow_reader: Family<ResponseLabels, Counter>,
@@ -117,6 +131,8 @@ impl Metrics {
         let m = Metrics {
             max_label_sets,
             owners: HashSet::new(),
+            builds_seen: 0,
+            builds: Family::default(),
             responses: Family::default(),
             missing_bytes: Family::default(),
             slow_reader: Family::default(),
@@ -245,7 +261,16 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION").into(),
             })
             .set(1);
-        r.register("truncwatch_build_info", "The agent's version", build);
+        r.register(
+            "truncwatch_agent_build_info",
+            "The agent's own version",
+            build,
+        );
+        r.register(
+            "truncwatch_build_info",
+            "Builds seen serving or fetching HTTP: 1 per process name, executable, build id and image",
+            m.builds.clone(),
+        );
         m.tracked_limit.set(max_connections as i64);
         // Zeros from the start: "nothing lost" must be a series, not an absence.
         for reason in LOST_REASONS {
@@ -255,6 +280,24 @@ impl Metrics {
             m.unjudged.get_or_create(&Reason { reason }).inc_by(0);
         }
         Metrics { registry: r, ..m }
+    }
+
+    /// A process seen on an HTTP connection for the first time: its build gets its
+    /// `truncwatch_build_info` series, the first `max_label_sets` builds only.
+    pub fn build_seen(&mut self, comm: &str, a: &Attribution) {
+        let Some(build_id) = &a.build_id else { return };
+        let l = BuildLabels {
+            process: comm.to_string(),
+            exe: a.exe.clone().unwrap_or_default(),
+            build_id: build_id.to_string(),
+            image: a.image.image.clone().unwrap_or_default(),
+            image_id: a.image.image_id.clone().unwrap_or_default(),
+        };
+        let known = self.builds.get(&l).is_some();
+        if known || self.builds_seen < self.max_label_sets {
+            self.builds_seen += !known as usize;
+            self.builds.get_or_create(&l).set(1);
+        }
     }
 
     /// Count one verdict (problems and, with the correlator building them, the rest).
@@ -320,6 +363,7 @@ impl Metrics {
                 namespace: all(),
                 pod: all(),
                 port: all(),
+                build_id: all(),
             };
             // The verdicts the correlator only counts (not problems): no owner to label.
             for (side, now_all, then_all) in [
@@ -430,6 +474,7 @@ impl Metrics {
             namespace: a.namespace.clone().unwrap_or_default(),
             pod: a.pod.clone().unwrap_or_default(),
             port,
+            build_id: a.build_id.as_deref().unwrap_or_default().to_string(),
         };
         if self.owners.contains(&o) {
             return o;
@@ -446,6 +491,7 @@ impl Metrics {
             namespace: other(),
             pod: other(),
             port: other(),
+            build_id: other(),
         }
     }
 }
@@ -502,7 +548,7 @@ mod tests {
         m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 40), &owner);
         m.verdict(&verdict(Kind::ShortWrite, "nginx", 80, 2), &owner);
         let text = m.encode();
-        let l = r#"{verdict="short_write",side="server",transport="tcp",tls="false",process="nginx",container="app",namespace="shop",pod="web-1",port="80"}"#;
+        let l = r#"{verdict="short_write",side="server",transport="tcp",tls="false",process="nginx",container="app",namespace="shop",pod="web-1",port="80",build_id=""}"#;
         assert!(
             text.contains(&format!("truncwatch_responses_total{l} 2")),
             "{text}"
@@ -515,7 +561,7 @@ mod tests {
             text.contains(&format!("truncwatch_slow_reader_responses_total{l} 2")),
             "{text}"
         );
-        assert!(text.contains("truncwatch_build_info{version=\"0.1.0\"} 1"));
+        assert!(text.contains("truncwatch_agent_build_info{version=\"0.1.0\"} 1"));
     }
 
     /// A client's verdict: labelled `side="client"`, its series named by the server it read
@@ -529,7 +575,7 @@ mod tests {
         meta.peer = "10.0.0.7:8080".into();
         m.verdict(&v, &Attribution::default());
         let text = m.encode();
-        let l = r#"{verdict="truncated",side="client",transport="tcp",tls="false",process="curl",container="",namespace="",pod="",port="10.0.0.7:8080"}"#;
+        let l = r#"{verdict="truncated",side="client",transport="tcp",tls="false",process="curl",container="",namespace="",pod="",port="10.0.0.7:8080",build_id=""}"#;
         assert!(
             text.contains(&format!("truncwatch_responses_total{l} 1")),
             "{text}"
@@ -540,6 +586,49 @@ mod tests {
         );
         assert!(
             !text.contains("truncwatch_slow_reader_responses_total{"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn builds_get_an_info_series_and_label_their_verdicts() {
+        let mut m = Metrics::new(2, 100, "tracepoint");
+        let build = |id: &str, image: Option<&str>| Attribution {
+            exe: Some("/srv/shop-api".into()),
+            build_id: Some(id.into()),
+            image: crate::container_image::Image {
+                image: image.map(Into::into),
+                image_id: image.map(|_| "sha256:ab".into()),
+            },
+            ..Attribution::default()
+        };
+        let bad = build("1111", Some("shop/api:1.4.2"));
+        m.build_seen("shop-api", &bad);
+        m.build_seen("shop-api", &bad);
+        m.verdict(&verdict(Kind::ShortWrite, "shop-api", 80, 5), &bad);
+        // The rollback: the next build, same program and port.
+        let good = build("2222", None);
+        m.build_seen("shop-api", &good);
+        // Beyond the cap (2 builds): no more info series.
+        m.build_seen("other-app", &build("3333", None));
+        // A process whose executable could not be read: nothing to say.
+        m.build_seen("gone", &Attribution::default());
+        let text = m.encode();
+        let mut info: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("truncwatch_build_info{"))
+            .collect();
+        info.sort_unstable(); // (a family's series come in hash order)
+        assert_eq!(
+            info,
+            [
+                r#"truncwatch_build_info{process="shop-api",exe="/srv/shop-api",build_id="1111",image="shop/api:1.4.2",image_id="sha256:ab"} 1"#,
+                r#"truncwatch_build_info{process="shop-api",exe="/srv/shop-api",build_id="2222",image="",image_id=""} 1"#,
+            ],
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"truncwatch_responses_total{verdict="short_write",side="server",transport="tcp",tls="false",process="shop-api",container="",namespace="",pod="",port="80",build_id="1111"} 1"#),
             "{text}"
         );
     }
@@ -563,7 +652,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                r#"process="other",container="other",namespace="other",pod="other",port="other"} 7"#
+                r#"process="other",container="other",namespace="other",pod="other",port="other",build_id="other"} 7"#
             ),
             "{text}"
         );
@@ -593,7 +682,7 @@ mod tests {
         m.update(&stats, true, 1, 15, [3, 0], &prog(3_000_000_000, 30));
         let text = m.encode();
         for want in [
-            r#"truncwatch_responses_total{verdict="complete",side="server",transport="all",tls="all",process="all",container="all",namespace="all",pod="all",port="all"} 7"#,
+            r#"truncwatch_responses_total{verdict="complete",side="server",transport="all",tls="all",process="all",container="all",namespace="all",pod="all",port="all",build_id="all"} 7"#,
             r#"truncwatch_unjudged_responses_total{reason="head_only"} 1"#,
             r#"truncwatch_unjudged_responses_total{reason="chunked_uncertain"} 0"#,
             r#"truncwatch_events_lost_total{reason="ring_buffer_full"} 3"#,

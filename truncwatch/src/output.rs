@@ -77,6 +77,12 @@ struct JsonVerdict<'a> {
     namespace: Option<&'a str>,
     pod: Option<&'a str>,
     container: Option<&'a str>,
+    /// Which build the process runs: the executable as it sees it, its GNU build-id (hex) or
+    /// `sha256:<hex>` of its content, and its container's image reference and digest.
+    exe: Option<&'a str>,
+    build_id: Option<&'a str>,
+    image: Option<&'a str>,
+    image_id: Option<&'a str>,
     ts: String,
 }
 
@@ -110,6 +116,10 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
                 namespace: owner.namespace.as_deref(),
                 pod: owner.pod.as_deref(),
                 container: owner.container.as_deref(),
+                exe: owner.exe.as_deref(),
+                build_id: owner.build_id.as_deref(),
+                image: owner.image.image.as_deref(),
+                image_id: owner.image.image_id.as_deref(),
                 ts,
             };
             serde_json::to_string(&j).expect("verdicts always serialize")
@@ -172,6 +182,14 @@ pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> S
                 (Some(ns), Some(pod), _) => line += &format!(" pod={ns}/{pod}"),
                 (_, _, Some(id)) => line += &format!(" container={}", &id[..id.len().min(12)]),
                 _ => {}
+            }
+            if let Some(image) = &owner.image.image {
+                line += &format!(" image={image}");
+            }
+            if let Some(id) = &owner.build_id {
+                // Enough to tell builds apart at a glance; the JSON line has all of it.
+                let short = id.strip_prefix("sha256:").unwrap_or(id);
+                line += &format!(" build={}", &short[..short.len().min(12)]);
             }
             line
         }
@@ -311,6 +329,45 @@ mod tests {
             (Some("/kubepods/pod1/abc"), Some("abc"))
         );
         assert!(format(&verdict(), &owner, Format::Human, &clock).ends_with(" pod=shop/web-1"));
+    }
+
+    #[test]
+    fn build_fields() {
+        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
+        let owner = Attribution {
+            exe: Some("/srv/shop-api".into()),
+            build_id: Some("0123456789abcdef0011223344556677deadbeef".into()),
+            image: crate::container_image::Image {
+                image: Some("shop/api:1.4.2".into()),
+                image_id: Some("sha256:98bd".into()),
+            },
+            ..Attribution::default()
+        };
+        let j: serde_json::Value =
+            serde_json::from_str(&format(&verdict(), &owner, Format::Json, &clock)).unwrap();
+        assert_eq!(
+            ["exe", "build_id", "image", "image_id"].map(|k| j[k].as_str()),
+            [
+                Some("/srv/shop-api"),
+                Some("0123456789abcdef0011223344556677deadbeef"),
+                Some("shop/api:1.4.2"),
+                Some("sha256:98bd")
+            ]
+        );
+        let human = format(&verdict(), &owner, Format::Human, &clock);
+        assert!(
+            human.ends_with(" image=shop/api:1.4.2 build=0123456789ab"),
+            "{human}"
+        );
+        // Unknown: null, never a guess.
+        let j: serde_json::Value = serde_json::from_str(&format(
+            &verdict(),
+            &Attribution::default(),
+            Format::Json,
+            &clock,
+        ))
+        .unwrap();
+        assert!(j["build_id"].is_null() && j["exe"].is_null() && j["image"].is_null());
     }
 
     #[test]

@@ -377,6 +377,7 @@ for b in {backends}; do
     limit={CMD_TIMEOUT_S}
     vmtest $b-selftest /bin/truncwatch selftest
     vmtest $b-unix-short-write /bin/detect.sh unix-short unix:/tmp/u.sock --mode short-close --body 8388608 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
+    vmtest $b-unix-complete /bin/detect.sh unix-full unix:/tmp/uf.sock --mode full --body 4194304 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
     vmtest $b-tcp-slow-reader /bin/detect.sh slow tcp:127.0.0.1:8082 --mode full --body 4194304 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
     vmtest $b-tcp-slow-reader-splice /bin/detect.sh splice tcp:127.0.0.1:8081 --mode full --body 4194304 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
     vmtest $b-tcp-splice-cut-short /bin/detect.sh splice-cut tcp:127.0.0.1:8083 --mode short-close --body 8388608 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
