@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's commands. Each installs what it needs first (and says so).
 mod bench;
+mod gameday;
 mod load;
 mod setup;
 mod tally;
@@ -56,6 +57,14 @@ enum Cmd {
     /// The scenario matrix alone (it also runs in `test`): real servers cutting responses
     /// short, healthy traffic, one table with recall and precision.
     Scenarios,
+    /// The operator's loop with a real Prometheus: a bad build cuts slow readers short, the
+    /// alert fires naming it, the rollback to the good build resolves it (about a minute; it
+    /// also runs in `test`).
+    Gameday {
+        /// The shipped rules' 10-minute windows, compressed to this (`10m`: as shipped).
+        #[arg(long, default_value = "20s")]
+        window: String,
+    },
     /// Boot Debian's Linux 6.1 under qemu (TCG) with the agent and run `truncwatch check`,
     /// `selftest`, the kernel integration tests and a few detection runs there: about 2
     /// minutes, once the kernel package (70 MB) is downloaded.
@@ -100,6 +109,13 @@ fn main() -> Result<()> {
                 Some(s) => bench::soak(&bin, &workspace_root()?, s.max(10)),
                 None => bench::run(&bin, &workspace_root()?, before.as_deref(), only.as_deref()),
             }
+        }
+        Cmd::Gameday { window } => {
+            if !setup::is_root() {
+                bail!("the game day runs the agent, which loads eBPF programs: run it as root");
+            }
+            setup::ensure(setup::Need::Test)?;
+            gameday::run(&build()?, &workspace_root()?, &window)
         }
         Cmd::VmTest => {
             if !setup::is_root() {
@@ -183,6 +199,15 @@ fn test(args: &[String]) -> Result<()> {
     );
     if !t.success || t.failed > 0 {
         bail!("tests failed");
+    }
+    // The operator's loop: agent, Prometheus, a bad build and its rollback.
+    if setup::is_root() {
+        step("running the game day (cargo xtask gameday, about a minute)");
+        gameday::run(&build()?, &workspace_root()?, "20s")?;
+    } else if std::env::var_os("CI").is_some() {
+        bail!("CI: the game day needs root");
+    } else {
+        step("SKIP gameday: not root (the agent loads eBPF programs)");
     }
     // The second kernel: Debian's 6.1 under qemu (the package, 70 MB, is downloaded once).
     // It needs root like the kernel tests; `TRUNCWATCH_VM=0` leaves it out.
