@@ -32,12 +32,32 @@ const PHASE_ROLLBACK: u8 = 1;
 const PHASE_GOOD: u8 = 2;
 
 pub fn run(agent_bin: &str, root: &str, window: &str) -> Result<()> {
-    let t0 = Instant::now();
-    let say = |msg: &str| eprintln!("gameday: [{:>5.1}s] {msg}", t0.elapsed().as_secs_f64());
     let dir = std::env::temp_dir().join(format!("truncwatch-gameday-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("bin"))?;
     let _cleanup = RemoveOnDrop(dir.clone());
+    let played = play(&dir, agent_bin, root, window);
+    if played.is_err() {
+        // What the parts said, for the failure at hand.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "err") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                eprintln!("gameday: --- {} (last lines)", path.display());
+                for l in tail.iter().rev() {
+                    eprintln!("  {l}");
+                }
+            }
+        }
+    }
+    played
+}
+
+fn play(dir: &Path, agent_bin: &str, root: &str, window: &str) -> Result<()> {
+    let dir = dir.to_path_buf();
+    let t0 = Instant::now();
+    let say = |msg: &str| eprintln!("gameday: [{:>5.1}s] {msg}", t0.elapsed().as_secs_f64());
 
     // Two builds of one program. The deploy path is the same for both, as in production.
     let bad = compile(&dir, "1.10.1", true)?;
@@ -87,10 +107,14 @@ pub fn run(agent_bin: &str, root: &str, window: &str) -> Result<()> {
         &dir,
     )?;
     let prom = Prometheus(format!("http://127.0.0.1:{prom_port}"));
-    wait_for(Duration::from_secs(60), "Prometheus scraping the agent", || {
-        let up = prom.query("up{job=\"truncwatch\"} == 1")?;
-        Ok(up.as_array().is_some_and(|r| !r.is_empty()).then_some(()))
-    })?;
+    wait_for(
+        Duration::from_secs(60),
+        "Prometheus scraping the agent",
+        || {
+            let up = prom.query("up{job=\"truncwatch\"} == 1")?;
+            Ok(up.as_array().is_some_and(|r| !r.is_empty()).then_some(()))
+        },
+    )?;
     say(&format!(
         "Prometheus up on 127.0.0.1:{prom_port}: scraping the agent every 1 s, the shipped rules loaded (windows 10m -> {window})"
     ));
@@ -123,9 +147,19 @@ pub fn run(agent_bin: &str, root: &str, window: &str) -> Result<()> {
     ));
     let build_note = firing["annotations"]["build"].as_str().unwrap_or("");
     if !build_note.contains(&bad_id) || !build_note.contains(&exe.display().to_string()) {
-        bail!("the alert's build annotation does not name the bad build and its executable: {build_note:?}");
+        bail!(
+            "the alert's build annotation does not name the bad build and its executable: {build_note:?}"
+        );
     }
     say(&format!("its build annotation: {build_note}"));
+
+    // The clients' side of it: their first bodies, cut short (they are still in their stall
+    // when the alert fires).
+    wait_for(
+        Duration::from_secs(30),
+        "the slow readers' first answers",
+        || Ok((readers.done(PHASE_BAD) >= READERS).then_some(())),
+    )?;
 
     // The rollback: the good build, same path, same port.
     readers.phase.store(PHASE_ROLLBACK, Ordering::SeqCst);
@@ -134,14 +168,19 @@ pub fn run(agent_bin: &str, root: &str, window: &str) -> Result<()> {
     let _server = start_server(&exe, port, &dir)?;
     readers.phase.store(PHASE_GOOD, Ordering::SeqCst);
     let rolled_back = Instant::now();
-    say("rolled back: stopped the bad build, installed the good one at the same path, started it on the same port");
+    say(
+        "rolled back: stopped the bad build, installed the good one at the same path, started it on the same port",
+    );
 
     wait_for(
         Duration::from_secs(120) + parse_secs(window)? * 2,
         "the alert to resolve",
         || {
-            let firing = prom.alerts()?.into_iter().any(|a| a["labels"]["alertname"] == ALERT);
-            Ok((!firing && readers.good_done() >= READERS).then_some(()))
+            let firing = prom
+                .alerts()?
+                .into_iter()
+                .any(|a| a["labels"]["alertname"] == ALERT);
+            Ok((!firing && readers.done(PHASE_GOOD) >= READERS).then_some(()))
         },
     )?;
     say(&format!(
@@ -179,10 +218,31 @@ pub fn run(agent_bin: &str, root: &str, window: &str) -> Result<()> {
         bail!("truncwatch_build_info has no series for the good build");
     }
     say(&format!(
-        "Prometheus: short_write for the bad build = {}; nothing flagged for the good build, which truncwatch_build_info lists",
+        "Prometheus: short_write for the bad build = {} (with the bodies cut when it was stopped mid-send); nothing flagged for the good build, which truncwatch_build_info lists",
         bad_short[0]["value"][1].as_str().unwrap_or("?")
     ));
     agent.stop();
+    // The agent's own lines: every server-side cut names the bad build, as readelf reads it.
+    let lines = std::fs::read_to_string(&agent.stdout)?;
+    let cuts: Vec<Value> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["side"] == "server" && v["verdict"] == "short_write")
+        .collect();
+    let exe_text = exe.display().to_string();
+    if cuts.is_empty()
+        || cuts
+            .iter()
+            .any(|v| v["build_id"] != bad_id.as_str() || v["exe"] != exe_text.as_str())
+    {
+        bail!(
+            "the agent's short_write lines do not all name the bad build {bad_id} at {exe_text}:\n{lines}"
+        );
+    }
+    say(&format!(
+        "the agent's JSON lines: {} short_write, each with exe={exe_text} build_id={bad_id}",
+        cuts.len()
+    ));
     say("passed");
     Ok(())
 }
@@ -223,11 +283,7 @@ fn install(build: &Path, exe: &Path) -> Result<()> {
 }
 
 fn start_server(exe: &Path, port: u16, dir: &Path) -> Result<Process> {
-    let mut p = Process::spawn(
-        "shop-api",
-        Command::new(exe).arg(port.to_string()),
-        dir,
-    )?;
+    let mut p = Process::spawn("shop-api", Command::new(exe).arg(port.to_string()), dir)?;
     p.wait_stdout("listening", Duration::from_secs(10))?;
     Ok(p)
 }
@@ -359,9 +415,10 @@ impl Readers {
         }
     }
 
-    fn good_done(&self) -> usize {
+    /// Fetches done that began and ended in `phase`.
+    fn done(&self, phase: u8) -> usize {
         let r = self.results.lock().unwrap();
-        r.iter().filter(|(p, _)| *p == PHASE_GOOD).count()
+        r.iter().filter(|(p, _)| *p == phase).count()
     }
 
     fn stop(self) -> Vec<(u8, String)> {
@@ -446,7 +503,10 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         if std::env::var_os("TRUNCWATCH_GAMEDAY_KEEP").is_some() {
-            step(&format!("kept the game day's files in {}", self.0.display()));
+            step(&format!(
+                "kept the game day's files in {}",
+                self.0.display()
+            ));
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
         }
