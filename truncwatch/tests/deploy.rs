@@ -37,7 +37,11 @@ const METRICS: &[(&str, &[&str])] = &[
     ("truncwatch_connections_evicted_total", &[]),
     ("truncwatch_label_sets_overflow_total", &[]),
     ("truncwatch_backend_info", &["backend"]),
-    ("truncwatch_build_info", &["version"]),
+    ("truncwatch_agent_build_info", &["version"]),
+    (
+        "truncwatch_build_info",
+        &["process", "exe", "build_id", "image", "image_id"],
+    ),
     ("truncwatch_ready", &[]),
     ("truncwatch_bpf_program_run_seconds_total", &["program"]),
     ("truncwatch_bpf_program_runs_total", &["program"]),
@@ -55,8 +59,16 @@ const RESPONSE_LABELS: &[&str] = &[
     "namespace",
     "pod",
     "port",
+    "build_id",
 ];
-const WORKLOAD_LABELS: &[&str] = &["process", "container", "namespace", "pod", "port"];
+const WORKLOAD_LABELS: &[&str] = &[
+    "process",
+    "container",
+    "namespace",
+    "pod",
+    "port",
+    "build_id",
+];
 /// Labels the scrape job attaches to every series (deploy/prometheus/scrape-config.yml).
 const TARGET_LABELS: &[&str] = &["job", "instance", "node"];
 /// The values a label may take, where the agent fixes them. `reason` differs by metric.
@@ -568,7 +580,13 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
             .iter()
             .map(|v| (v["mountPath"].as_str().unwrap(), v))
             .collect();
-        for path in ["/sys/kernel/btf", "/sys/fs/cgroup", "/var/log"] {
+        for path in [
+            "/sys/kernel/btf",
+            "/sys/fs/cgroup",
+            "/var/log",
+            "/run/containerd/io.containerd.runtime.v2.task",
+            "/run/containers/storage/overlay-containers",
+        ] {
             assert!(mounts.contains_key(path), "{m}: {path} not mounted");
         }
         let volumes: BTreeMap<&str, &Value> = spec["volumes"]
