@@ -3,7 +3,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{Agent, FILE_BYTES, Nginx, fetch, nginx_or_skip, u};
+use support::{Agent, FILE_BYTES, NGINX, Nginx, fetch, nginx_or_skip, u};
 
 #[test]
 fn nginx_send_timeout_is_a_short_write() {
@@ -36,6 +36,18 @@ fn nginx_send_timeout_is_a_short_write() {
     let v = &v[0];
     assert_eq!(v["verdict"], "short_write", "{v}");
     assert_eq!(v["comm"], "nginx");
+    // The build behind it: the executable nginx runs and its GNU build-id, as binutils reads
+    // it (the deploy to roll back, issue 16).
+    assert_eq!(v["exe"], NGINX, "{v}");
+    let readelf = std::process::Command::new("readelf")
+        .args(["-n", NGINX])
+        .output()
+        .expect("readelf (binutils) runs");
+    let build_id = String::from_utf8_lossy(&readelf.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(str::to_string))
+        .expect("Debian's nginx has a build id");
+    assert_eq!(v["build_id"], build_id.as_str(), "{v}");
     assert_eq!(
         u(&v["sent_bytes"]),
         u(&got[0]["received_bytes"]),
