@@ -739,6 +739,44 @@ mod tests {
     }
 
     #[test]
+    fn resolver_names_the_image_and_reads_again_after_exec() {
+        let r = TempRoot::new("image");
+        let cgroup = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID}.scope\n"
+        );
+        for pid in [100, 101] {
+            r.put(&format!("proc/{pid}/cgroup"), &cgroup);
+            r.put(&format!("proc/{pid}/comm"), "api\n");
+        }
+        r.put(
+            &format!("run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}/config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.image-name":"registry.example/shop/api:1.4.2"}}"#,
+        );
+        r.put(&format!("var/log/containers/api-5c_prod_app-{ID}.log"), "");
+        let mut res = Resolver::new(r.0.clone());
+        let (a, fresh) = res.at_open(100, "api");
+        assert!(fresh);
+        assert_eq!(
+            a.image.image.as_deref(),
+            Some("registry.example/shop/api:1.4.2")
+        );
+        // Seen again running the same command: the cached answer, not new.
+        let (b, fresh) = res.at_open(100, "api");
+        assert!(!fresh && Arc::ptr_eq(&a, &b));
+        // First seen at a verdict: the command is read from /proc, and matches later.
+        let c = res.for_pid(101);
+        assert!(!res.at_open(101, "api").1 && c.image == a.image);
+        // The pid now runs another program (it exec'd, or the pid was reused): read again.
+        r.put("proc/100/cgroup", "0::/system.slice/other.service\n");
+        let (d, fresh) = res.at_open(100, "other");
+        assert!(fresh);
+        assert_eq!(
+            (d.container_id.as_ref(), &d.image),
+            (None, &Image::default())
+        );
+    }
+
+    #[test]
     fn cache_stays_bounded() {
         let r = TempRoot::new("bounded");
         let mut res = Resolver::new(r.0.clone());

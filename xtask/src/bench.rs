@@ -135,7 +135,7 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
 
     writeln!(
         report,
-        "## nginx over keep-alive, loopback (`wrk -t1 -c32 -d{WRK_SECONDS}s --latency`; over nginx's Unix socket, the bench's own client: {UNIX_CONNS} keep-alive connections on one thread each, {WRK_SECONDS} s)\n"
+        "## nginx over keep-alive, loopback (`wrk -t1 -c32 -d{WRK_SECONDS}s --latency`; \"a connection each\": the same with `-H 'Connection: close'`; over nginx's Unix socket, the bench's own client: {UNIX_CONNS} keep-alive connections on one thread each, {WRK_SECONDS} s)\n"
     )?;
     writeln!(report, "{heads_served}")?;
     if let Some(b) = before {
@@ -160,6 +160,9 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
         ("64k.bin", "tcp", ""),
         ("1k.bin", "unix", ""),
         ("1k.bin", "tls", ""),
+        // A new connection per request: what the agent does once per connection (classify it,
+        // name its process and build) shows here.
+        ("1k.bin", "close", ""),
     ];
     let workloads: Vec<_> = workloads
         .into_iter()
@@ -189,8 +192,9 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
                 ));
                 let load = || match transport {
                     "unix" => unix_load(&sock, file),
-                    "tls" => wrk(&url, Some(&client_tls)),
-                    _ => wrk(&url, None),
+                    "tls" => wrk(&url, Some(&client_tls), &[]),
+                    "close" => wrk(&url, None, &["-H", "Connection: close"]),
+                    _ => wrk(&url, None, &[]),
                 };
                 let (r, facts) = with_variant(v, agent_bin, before, load)?;
                 rps[i].push(r.0);
@@ -426,6 +430,7 @@ fn workload_name(file: &str, transport: &str, head: &str) -> String {
     match transport {
         "unix" => name.push_str(" (Unix socket)"),
         "tls" => name.push_str(" over HTTPS"),
+        "close" => name.push_str(", a connection each"),
         _ => {}
     }
     name
@@ -644,19 +649,16 @@ fn prog_stats() -> (Vec<ProgRuns>, (f64, f64)) {
 
 /// (requests/s, p99 latency in ms) from one wrk run.
 /// wrk's figures; `libs`: a directory to load its shared libraries from first.
-fn wrk(url: &str, libs: Option<&std::path::Path>) -> Result<(f64, f64)> {
+/// (requests/s, p99 latency in ms) of wrk on `url`, with `extra` arguments (headers).
+fn wrk(url: &str, libs: Option<&std::path::Path>, extra: &[&str]) -> Result<(f64, f64)> {
     let mut cmd = Command::new("wrk");
     if let Some(dir) = libs {
         cmd.env("LD_LIBRARY_PATH", dir);
     }
     let out = cmd
-        .args([
-            "-t1",
-            "-c32",
-            &format!("-d{WRK_SECONDS}s"),
-            "--latency",
-            url,
-        ])
+        .args(["-t1", "-c32", &format!("-d{WRK_SECONDS}s"), "--latency"])
+        .args(extra)
+        .arg(url)
         .output()
         .context("wrk (Debian package wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
