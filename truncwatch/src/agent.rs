@@ -706,11 +706,15 @@ impl Reader {
             }
             // Who owns a connection is looked up when it is first seen: the process may be
             // gone by the time its verdict comes.
-            Event::Open { meta, .. } | Event::ResetDiscard { meta, .. } => {
-                let (owner, fresh) = self.resolver.at_open(meta.pid, &meta.comm);
+            Event::Open { meta, .. } => {
+                let (owner, fresh) = self.resolver.at_open(meta.pid);
                 if fresh {
                     self.metrics.build_seen(&meta.comm, &owner);
                 }
+            }
+            // (A reset may run in another task's context, a timer's: no build to name.)
+            Event::ResetDiscard { meta, .. } => {
+                self.resolver.for_pid(meta.pid);
             }
             Event::Eof { peer, .. } if Some(*peer) == self.probe_sk => {
                 // Forget the probe's socket: the kernel reuses socket addresses at once, and a

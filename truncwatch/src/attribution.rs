@@ -15,11 +15,17 @@
 //! The build the process runs and the container's image come from `build_identity` and
 //! `container_image`.
 
-use crate::build_identity::Builds;
+use crate::build_identity::{Builds, FileKey};
 use crate::container_image::{self, Image};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a pid's cached answer is trusted before its executable is checked again (one
+/// `stat(2)`): a pid reused by another process, or a process that exec'd another program, is
+/// named right again after this long at most.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Who a process is, as far as the node's own files tell.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -207,12 +213,18 @@ fn pod_names(log_root: &Path, uid: &str) -> Option<(String, String)> {
 
 const CACHE_CAP: usize = 4096;
 
+/// A pid's answer, the executable it was read for, and when that was last checked.
+struct Cached {
+    attribution: Arc<Attribution>,
+    exe: Option<FileKey>,
+    checked: Instant,
+}
+
 /// Caching pid → [`Attribution`] lookups against a filesystem root (`/` in production).
 pub struct Resolver {
     root: PathBuf,
     cap: usize,
-    /// By pid: the attribution, and the command name it was read for.
-    by_pid: HashMap<u32, (Arc<Attribution>, String)>,
+    by_pid: HashMap<u32, Cached>,
     // Container ids outlive pids; remembering names spares a /var/log/containers scan per pid.
     names: HashMap<String, (String, String, String)>,
     images: HashMap<String, Image>,
@@ -245,23 +257,31 @@ impl Resolver {
     /// which is not cached so a later call can still succeed.
     pub fn for_pid(&mut self, pid: u32) -> Arc<Attribution> {
         match self.by_pid.get(&pid) {
-            Some((a, _)) => Arc::clone(a),
-            None => self.look_up(pid, None).0,
+            Some(c) => Arc::clone(&c.attribution),
+            None => self.look_up(pid).0,
         }
     }
 
-    /// The same at a connection's first sight, with the command name the kernel gave: a
-    /// cached pid whose command changed (it exec'd another program, or the pid was reused)
-    /// is read again. Also says whether the answer was read just now (a process not seen
-    /// before), for `Metrics::build_seen`.
-    pub fn at_open(&mut self, pid: u32, comm: &str) -> (Arc<Attribution>, bool) {
-        match self.by_pid.get(&pid) {
-            Some((a, c)) if c == comm => (Arc::clone(a), false),
-            _ => self.look_up(pid, Some(comm)),
+    /// The same at a connection's first sight. An answer older than `RECHECK_AFTER` is
+    /// checked against the executable the pid runs now (a pid reused by another process, a
+    /// process that exec'd another program) and read again if that changed. Also says whether
+    /// the answer was read just now, for `Metrics::build_seen`.
+    pub fn at_open(&mut self, pid: u32) -> (Arc<Attribution>, bool) {
+        let now = Instant::now();
+        if let Some(c) = self.by_pid.get_mut(&pid) {
+            if now.duration_since(c.checked) < RECHECK_AFTER {
+                return (Arc::clone(&c.attribution), false);
+            }
+            let proc_pid = self.root.join("proc").join(pid.to_string());
+            if c.exe.is_some() && FileKey::of_process(&proc_pid) == c.exe {
+                c.checked = now;
+                return (Arc::clone(&c.attribution), false);
+            }
         }
+        self.look_up(pid)
     }
 
-    fn look_up(&mut self, pid: u32, comm: Option<&str>) -> (Arc<Attribution>, bool) {
+    fn look_up(&mut self, pid: u32) -> (Arc<Attribution>, bool) {
         if self.off {
             return (Arc::default(), false);
         }
@@ -269,12 +289,13 @@ impl Resolver {
         let cgroup = std::fs::read(proc_pid.join("cgroup"))
             .ok()
             .and_then(|b| cgroup_from_proc(&String::from_utf8_lossy(&b)));
-        let (exe, build_id) = self.builds.for_process(&proc_pid);
+        let exe = self.builds.for_process(&proc_pid);
         let Some(cgroup) = cgroup else {
+            self.by_pid.remove(&pid);
             return (Arc::default(), false); // gone, or not ours to read
         };
         let mut a = from_cgroup_path(&cgroup);
-        (a.exe, a.build_id) = (exe, build_id);
+        (a.exe, a.build_id) = (exe.path, exe.build_id);
         self.fill_names(&mut a);
         self.fill_image(&mut a);
         let a = Arc::new(a);
@@ -284,11 +305,14 @@ impl Resolver {
             if self.by_pid.len() >= self.cap {
                 self.by_pid.clear(); // clear-all: cheap, and entries refill on demand
             }
-            let comm = comm.map(str::to_string).unwrap_or_else(|| {
-                let raw = std::fs::read_to_string(proc_pid.join("comm")).unwrap_or_default();
-                raw.trim_end_matches('\n').to_string()
-            });
-            self.by_pid.insert(pid, (Arc::clone(&a), comm));
+            let c = Cached {
+                attribution: Arc::clone(&a),
+                exe: exe.key,
+                checked: Instant::now(),
+            };
+            self.by_pid.insert(pid, c);
+        } else {
+            self.by_pid.remove(&pid);
         }
         (a, true)
     }
@@ -739,41 +763,48 @@ mod tests {
     }
 
     #[test]
-    fn resolver_names_the_image_and_reads_again_after_exec() {
+    fn resolver_names_the_image_and_checks_the_executable_again() {
         let r = TempRoot::new("image");
         let cgroup = format!(
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID}.scope\n"
         );
-        for pid in [100, 101] {
-            r.put(&format!("proc/{pid}/cgroup"), &cgroup);
-            r.put(&format!("proc/{pid}/comm"), "api\n");
-        }
+        r.put("proc/100/cgroup", &cgroup);
         r.put(
             &format!("run/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}/config.json"),
             r#"{"annotations":{"io.kubernetes.cri.image-name":"registry.example/shop/api:1.4.2"}}"#,
         );
         r.put(&format!("var/log/containers/api-5c_prod_app-{ID}.log"), "");
+        // The executable: a real file behind a link, as /proc/PID/exe is.
+        let exe = std::env::current_exe().unwrap();
+        std::os::unix::fs::symlink(&exe, r.0.join("proc/100/exe")).unwrap();
         let mut res = Resolver::new(r.0.clone());
-        let (a, fresh) = res.at_open(100, "api");
+        let (a, fresh) = res.at_open(100);
         assert!(fresh);
         assert_eq!(
             a.image.image.as_deref(),
             Some("registry.example/shop/api:1.4.2")
         );
-        // Seen again running the same command: the cached answer, not new.
-        let (b, fresh) = res.at_open(100, "api");
+        assert_eq!(a.exe.as_deref(), exe.to_str());
+        assert!(a.build_id.is_some());
+        // Seen again soon: the cached answer, not new.
+        let (b, fresh) = res.at_open(100);
         assert!(!fresh && Arc::ptr_eq(&a, &b));
-        // First seen at a verdict: the command is read from /proc, and matches later.
-        let c = res.for_pid(101);
-        assert!(!res.at_open(101, "api").1 && c.image == a.image);
+        // Later, the same executable: still the cached answer (checked with one stat).
+        res.by_pid.get_mut(&100).unwrap().checked -= RECHECK_AFTER;
+        let (b, fresh) = res.at_open(100);
+        assert!(!fresh && Arc::ptr_eq(&a, &b));
         // The pid now runs another program (it exec'd, or the pid was reused): read again.
         r.put("proc/100/cgroup", "0::/system.slice/other.service\n");
-        let (d, fresh) = res.at_open(100, "other");
+        std::fs::remove_file(r.0.join("proc/100/exe")).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", r.0.join("proc/100/exe")).unwrap();
+        res.by_pid.get_mut(&100).unwrap().checked -= RECHECK_AFTER;
+        let (d, fresh) = res.at_open(100);
         assert!(fresh);
         assert_eq!(
             (d.container_id.as_ref(), &d.image),
             (None, &Image::default())
         );
+        assert_ne!(d.build_id, a.build_id);
     }
 
     #[test]

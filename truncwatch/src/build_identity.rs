@@ -22,13 +22,48 @@ use std::sync::Arc;
 /// Executables remembered at most; beyond it the cache is cleared and refills on demand.
 const CACHE_CAP: usize = 1024;
 
-/// What identifies one version of a file without reading it.
+/// Files larger than this are not hashed (a build without a build-id note is then unknown):
+/// the hash is read in the agent's event loop.
+const MAX_HASHED_BYTES: u64 = 256 << 20;
+
+/// What identifies one version of a file without reading it. The change time and size are in
+/// it as well as the modification time: reproducible builds give every file the same mtime,
+/// and an inode number is reused once its file is deleted.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-struct FileKey {
+pub struct FileKey {
     dev: u64,
     ino: u64,
-    mtime: i64,
-    mtime_nsec: i64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileKey {
+    fn of(meta: &std::fs::Metadata) -> FileKey {
+        FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The key of the file process `proc_pid` (e.g. `/proc/1234`) runs: one `stat(2)`.
+    pub fn of_process(proc_pid: &Path) -> Option<FileKey> {
+        std::fs::metadata(proc_pid.join("exe"))
+            .ok()
+            .map(|m| FileKey::of(&m))
+    }
+}
+
+/// What `Builds::for_process` found: the executable's path, build id and file key, each
+/// None when it could not be read.
+#[derive(Clone, Debug, Default)]
+pub struct Exe {
+    pub path: Option<String>,
+    pub build_id: Option<Arc<str>>,
+    pub key: Option<FileKey>,
 }
 
 /// A cache of build ids by executable file.
@@ -38,52 +73,73 @@ pub struct Builds {
 }
 
 impl Builds {
-    /// (`exe`, `build_id`) of the process whose `/proc` directory is `proc_pid` (for example
-    /// `/proc/1234`). Either is None when it cannot be read: the process exited, or it is a
+    /// The executable of the process whose `/proc` directory is `proc_pid` (for example
+    /// `/proc/1234`). Parts are None when they cannot be read: the process exited, or it is a
     /// kernel thread, or the agent may not look (`ptrace` access mode, proc(5)).
-    pub fn for_process(&mut self, proc_pid: &Path) -> (Option<String>, Option<Arc<str>>) {
+    pub fn for_process(&mut self, proc_pid: &Path) -> Exe {
         let link = proc_pid.join("exe");
-        let exe = std::fs::read_link(&link)
+        let path = std::fs::read_link(&link)
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        let Ok(file) = File::open(&link) else {
-            return (exe, None);
+        let Some((file, key)) = File::open(&link)
+            .ok()
+            .and_then(|f| f.metadata().ok().map(|m| (f, FileKey::of(&m))))
+        else {
+            return Exe {
+                path,
+                ..Exe::default()
+            };
         };
-        let Ok(meta) = file.metadata() else {
-            return (exe, None);
+        let build_id = match self.by_file.get(&key) {
+            Some(id) => id.clone(),
+            None => {
+                let id: Option<Arc<str>> = build_id(&file).map(Into::into);
+                if self.by_file.len() >= CACHE_CAP {
+                    self.by_file.clear();
+                }
+                self.by_file.insert(key, id.clone());
+                id
+            }
         };
-        let key = FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        };
-        if let Some(id) = self.by_file.get(&key) {
-            return (exe, id.clone());
+        Exe {
+            path,
+            build_id,
+            key: Some(key),
         }
-        let id: Option<Arc<str>> = build_id(&file).map(Into::into);
-        if self.by_file.len() >= CACHE_CAP {
-            self.by_file.clear();
-        }
-        self.by_file.insert(key, id.clone());
-        (exe, id)
     }
 }
 
 /// The build id of an executable: its GNU build-id note in hex, else `sha256:<hex>` of its
-/// content. None only when the file cannot be read.
+/// content (files up to 256 MiB). None when the file cannot be read or is larger.
 pub fn build_id(file: &File) -> Option<String> {
-    gnu_build_id(file).or_else(|| content_hash(file).ok())
+    gnu_build_id(file).or_else(|| {
+        let small = file.metadata().ok()?.len() <= MAX_HASHED_BYTES;
+        small.then(|| content_hash(file).ok()).flatten()
+    })
 }
 
-/// The GNU build-id note of an ELF file, as lowercase hex (20 bytes, 40 digits, with the
-/// default `--build-id=sha1`). Reads only the headers and the note.
+/// The GNU build-id note (`NT_GNU_BUILD_ID`) of a 64-bit ELF file, as lowercase hex (20 bytes,
+/// 40 digits, with the default `--build-id=sha1`). Reads only the ELF header, the program
+/// headers and the `PT_NOTE` segments (not the section or symbol tables).
 pub fn gnu_build_id(file: &File) -> Option<String> {
-    use object::Object;
-    let cache = object::ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
-    let id = elf.build_id().ok()??;
-    (!id.is_empty()).then(|| hex(id))
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let data = object::ReadCache::new(file);
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(&data).ok()?;
+    let endian = header.endian().ok()?;
+    for ph in header.program_headers(endian, &data).ok()? {
+        let Ok(Some(mut notes)) = ph.notes(endian, &data) else {
+            continue;
+        };
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == b"GNU"
+                && note.n_type(endian) == object::elf::NT_GNU_BUILD_ID
+                && !note.desc().is_empty()
+            {
+                return Some(hex(note.desc()));
+            }
+        }
+    }
+    None
 }
 
 /// `sha256:<hex>` of the whole file, read from its start (the file may be open elsewhere at
@@ -186,21 +242,29 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\n").unwrap();
         let id = build_id(&File::open(&script).unwrap()).unwrap();
         assert!(id.starts_with("sha256:") && id.len() == 7 + 64, "{id}");
+        // Too large to hash in the event loop (a sparse file: nothing is written): unknown.
+        let big = d.join("big");
+        File::create(&big)
+            .unwrap()
+            .set_len(MAX_HASHED_BYTES + 1)
+            .unwrap();
+        assert_eq!(build_id(&File::open(&big).unwrap()), None);
         std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn this_process_and_a_replaced_binary() {
         let mut b = Builds::default();
-        let (exe, id) = b.for_process(Path::new("/proc/self"));
+        let me = b.for_process(Path::new("/proc/self"));
         assert_eq!(
-            exe.as_deref(),
+            me.path.as_deref(),
             std::env::current_exe()
                 .ok()
                 .as_deref()
                 .and_then(Path::to_str)
         );
-        assert!(id.is_some());
+        assert!(me.build_id.is_some());
+        assert_eq!(me.key, FileKey::of_process(Path::new("/proc/self")));
         // A deploy that replaces the file while the process runs: the running process is
         // still named by the build it runs, read through /proc/PID/exe.
         let d = tmp("replaced");
@@ -215,15 +279,19 @@ mod tests {
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let proc_pid = std::path::PathBuf::from(format!("/proc/{}", child.id()));
-        let (exe1, id1) = b.for_process(&proc_pid);
+        let one = b.for_process(&proc_pid);
         let sleep_id = build_id(&File::open("/bin/sleep").unwrap());
-        assert_eq!(id1.as_deref(), sleep_id.as_deref());
-        assert_eq!(exe1, Some(format!("{}/run", d.display())));
+        assert_eq!(one.build_id.as_deref(), sleep_id.as_deref());
+        assert_eq!(one.path, Some(format!("{}/run", d.display())));
         // Replace the file on disk (a new inode, as `install` and package managers do).
         std::fs::rename(&first, d.join("run")).unwrap();
-        let (exe2, id2) = b.for_process(&proc_pid);
-        assert_eq!(id2, id1, "the process still runs the old build");
-        assert_eq!(exe2, Some(format!("{}/run (deleted)", d.display())));
+        let two = b.for_process(&proc_pid);
+        assert_eq!(
+            two.build_id, one.build_id,
+            "the process still runs the old build"
+        );
+        // (Its key changed: unlinking a file changes its ctime. Read again, same answer.)
+        assert_eq!(two.path, Some(format!("{}/run (deleted)", d.display())));
         child.kill().unwrap();
         child.wait().unwrap();
         std::fs::remove_dir_all(d).unwrap();

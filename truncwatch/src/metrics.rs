@@ -89,7 +89,8 @@ pub struct Metrics {
     registry: Registry,
     max_label_sets: usize,
     owners: HashSet<Owner>,
-    builds_seen: usize,
+    /// Hashes of the build label sets exported, for `build_seen`.
+    builds_seen: HashSet<u64>,
     builds: Family<BuildLabels, Gauge>,
     responses: Family<ResponseLabels, Counter>,
     missing_bytes: Family<ResponseLabels, Counter>,
@@ -131,7 +132,7 @@ impl Metrics {
         let m = Metrics {
             max_label_sets,
             owners: HashSet::new(),
-            builds_seen: 0,
+            builds_seen: HashSet::new(),
             builds: Family::default(),
             responses: Family::default(),
             missing_bytes: Family::default(),
@@ -282,26 +283,39 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
-    /// A process seen on an HTTP connection for the first time: its build gets its
-    /// `truncwatch_build_info` series, the first `max_label_sets` builds only.
+    /// A process seen on an HTTP connection, or with a verdict: its build gets its
+    /// `truncwatch_build_info` series, the first `max_label_sets` builds only. Cheap when the
+    /// build is known already: a hash of the labels, no allocation.
     pub fn build_seen(&mut self, comm: &str, a: &Attribution) {
         let Some(build_id) = &a.build_id else { return };
+        let (exe, image, image_id) = (
+            a.exe.as_deref().unwrap_or_default(),
+            a.image.image.as_deref().unwrap_or_default(),
+            a.image.image_id.as_deref().unwrap_or_default(),
+        );
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            (comm, exe, &**build_id, image, image_id).hash(&mut h);
+            h.finish()
+        };
+        if self.builds_seen.contains(&key) || self.builds_seen.len() >= self.max_label_sets {
+            return;
+        }
+        self.builds_seen.insert(key);
         let l = BuildLabels {
             process: comm.to_string(),
-            exe: a.exe.clone().unwrap_or_default(),
+            exe: exe.to_string(),
             build_id: build_id.to_string(),
-            image: a.image.image.clone().unwrap_or_default(),
-            image_id: a.image.image_id.clone().unwrap_or_default(),
+            image: image.to_string(),
+            image_id: image_id.to_string(),
         };
-        let known = self.builds.get(&l).is_some();
-        if known || self.builds_seen < self.max_label_sets {
-            self.builds_seen += !known as usize;
-            self.builds.get_or_create(&l).set(1);
-        }
+        self.builds.get_or_create(&l).set(1);
     }
 
     /// Count one verdict (problems and, with the correlator building them, the rest).
     pub fn verdict(&mut self, v: &Verdict, owner: &Attribution) {
+        self.build_seen(&v.meta.comm, owner);
         let owner = self.owner(v, owner);
         if v.kind == Kind::ResetDiscard {
             self.reset_discards.get_or_create(&owner).inc();
