@@ -1,14 +1,23 @@
-//! `cargo xtask vm-test`: the agent on a second kernel, Debian 12's Linux 6.1, under qemu.
+//! `cargo xtask vm-test`: the agent on other kernels, Debian 12's Linux 6.1 and 6.12, under qemu.
 //!
 //! This machine's kernel has no kprobes or fentry and has `sock_send_length`; production kernels
-//! like Debian's 6.1 are the other way round. KVM is not usable here, so qemu emulates (TCG): slow,
-//! but enough to boot into a tiny initramfs (busybox, the agent and its libraries), run a few
-//! agent commands and power off. Everything lives in `target/vm/`; the guest's serial console is
-//! saved to `target/vm/console.log`. It passes when the guest prints `VMTEST END` and every
-//! guest command exited 0: `truncwatch check` (a backend runs: fentry there), then, for each
-//! backend (fentry, and kprobe forced by `TRUNCWATCH_BACKEND`), `truncwatch selftest`,
-//! detection runs (`vm/detect.sh`) and the kernel integration tests (`tests/kernel.rs`).
-//! `TRUNCWATCH_VM_BACKENDS` and `TRUNCWATCH_VM_TEST_ARGS` narrow that while working on one.
+//! like Debian's 6.1 are the other way round, and 6.12 offers all three. KVM is not usable here,
+//! so qemu emulates (TCG): slow, but enough to boot into a tiny initramfs (busybox, the agent and
+//! its libraries), run agent commands and tests, and power off. Everything lives in
+//! `target/vm/`; each guest's serial console is saved to `target/vm/console-<kernel>.log`. A
+//! guest passes when it prints `VMTEST END` and every guest command exited 0: `truncwatch
+//! check` (and the backend `auto` picks there), then, for each backend the kernel offers
+//! (forced by `TRUNCWATCH_BACKEND`), `truncwatch selftest`, detection runs (`vm/detect.sh`,
+//! `vm/tls.sh`) and the kernel integration suites (`tests/kernel.rs`, `tests/heads.rs`).
+//! The table of what ran and passed goes to `docs/kernels.md`.
+//!
+//! What CI runs: every backend of both kernels with selftest and the detection runs; the
+//! integration suites on every backend of 6.1 and on 6.12's tracepoint backend (the suites
+//! take most of the time under TCG). `TRUNCWATCH_VM_FULL=1` runs the suites on 6.12's fentry
+//! and kprobe backends too. `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`
+//! and `TRUNCWATCH_VM_TEST_ARGS` narrow it while working on one.
+mod kernel_table;
+
 use crate::step;
 use anyhow::{Context, Result, bail};
 use std::fs;
@@ -50,26 +59,91 @@ const KERNEL_NEEDS: &[&str] = &[
     "CONFIG_UNIX",                // Unix sockets (the agent's lab and canary)
 ];
 
+/// A guest kernel: Debian 12's package of it, and the backends it offers.
+struct Guest {
+    /// `6.1`, `6.12`.
+    name: &'static str,
+    /// `apt-cache search --names-only` pattern of its image package (the newest is taken).
+    package: &'static str,
+    /// The backends it offers, each run in turn.
+    backends: &'static str,
+    /// The one `auto` must pick there.
+    auto: &'static str,
+    /// Backends the integration suites run on by default (`TRUNCWATCH_VM_FULL=1`: all).
+    suites_on: &'static str,
+}
+
+const GUESTS: [Guest; 2] = [
+    Guest {
+        name: "6.1",
+        package: "^linux-image-6.1.0-[0-9]+-amd64$",
+        backends: "fentry kprobe",
+        auto: "fentry",
+        suites_on: "fentry kprobe",
+    },
+    Guest {
+        name: "6.12",
+        package: "^linux-image-6.12.[0-9]+[+]deb12-amd64$",
+        backends: "tracepoint fentry kprobe",
+        auto: "tracepoint",
+        suites_on: "tracepoint",
+    },
+];
+
 pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let dir = Path::new(root).join("target/vm");
     fs::create_dir_all(&dir)?;
-    let boot = kernel(&dir)?;
-    let (vmlinuz, config) = kernel_files(&boot)?;
-    check_config(&config)?;
+    let wanted = std::env::var("TRUNCWATCH_VM_KERNELS").unwrap_or_else(|_| "6.1 6.12".into());
+    let guests: Vec<&Guest> = GUESTS
+        .iter()
+        .filter(|g| wanted.split_whitespace().any(|w| w == g.name))
+        .collect();
+    if guests.is_empty() {
+        bail!("TRUNCWATCH_VM_KERNELS={wanted:?}: choose among 6.1 and 6.12");
+    }
     let tests = SUITES
         .iter()
         .map(|suite| kernel_test_binary(suite).map(|bin| (*suite, bin)))
         .collect::<Result<Vec<_>>>()?;
-    let initrd = initramfs(agent_bin, &tests, &dir)?;
-    let log = dir.join("console.log");
-    let console = boot_guest(&vmlinuz, &initrd, &log)?;
-    report(&console, &log)
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for g in guests {
+        let boot = kernel(&dir, g)?;
+        let (vmlinuz, config) = kernel_files(&boot)?;
+        check_config(&config)?;
+        let initrd = initramfs(agent_bin, &tests, &dir, g)?;
+        let log = dir.join(format!("console-{}.log", g.name));
+        let console = boot_guest(&vmlinuz, &initrd, &log)?;
+        let release = console
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix(START)?
+                    .split_whitespace()
+                    .next()?
+                    .strip_prefix("kernel=")
+            })
+            .unwrap_or(g.name)
+            .to_string();
+        results.push((release, kernel_table::rows(&console)));
+        if let Err(e) = report(&console, &log, g) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    let table = kernel_table::markdown(&results);
+    println!("{table}");
+    fs::write(Path::new(root).join("docs/kernels.md"), &table)?;
+    step(&format!("wrote {root}/docs/kernels.md"));
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
 }
 
-/// The newest `linux-image-6.1.0-<N>-amd64` the package lists offer, downloaded and unpacked
-/// into `target/vm/<package>/` unless it is there already. Returns its `boot/` directory.
-fn kernel(dir: &Path) -> Result<PathBuf> {
-    let pkg = newest_kernel_package()?;
+/// The newest image package of the guest's kernel the package lists offer, downloaded and
+/// unpacked into `target/vm/<package>/` unless it is there already. Returns its `boot/`
+/// directory.
+fn kernel(dir: &Path, g: &Guest) -> Result<PathBuf> {
+    let pkg = newest_kernel_package(g.package)?;
     let dest = dir.join(&pkg);
     let boot = dest.join("boot");
     if kernel_files(&boot).is_ok() {
@@ -93,29 +167,25 @@ fn kernel(dir: &Path) -> Result<PathBuf> {
     bail!("no vmlinuz found in {pkg} or {pkg}-unsigned")
 }
 
-fn newest_kernel_package() -> Result<String> {
+fn newest_kernel_package(pattern: &str) -> Result<String> {
     let out = Command::new("apt-cache")
-        .args(["search", "--names-only", "^linux-image-6.1.0-[0-9]+-amd64$"])
+        .args(["search", "--names-only", pattern])
         .output()
         .context("apt-cache")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let abi = |name: &str| {
-        name.strip_prefix("linux-image-6.1.0-")?
-            .strip_suffix("-amd64")?
-            .parse::<u32>()
-            .ok()
+    // Versions compare by their numbers in order: 6.1.0-57 < 6.1.0-112, 6.12.9 < 6.12.107.
+    let numbers = |name: &str| -> Vec<u32> {
+        name.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect()
     };
-    let newest = text
-        .lines()
+    text.lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|n| abi(n).map(|a| (a, n)))
-        .max();
-    match newest {
-        Some((_, name)) => Ok(name.to_string()),
-        None => {
-            bail!("apt-cache knows no linux-image-6.1.0-*-amd64 package (run `apt-get update`?)")
-        }
-    }
+        .max_by_key(|n| numbers(n))
+        .map(str::to_string)
+        .with_context(|| {
+            format!("apt-cache knows no package matching {pattern} (run `apt-get update`?)")
+        })
 }
 
 /// `apt-get download` into `dir`, `dpkg-deb -x` into `dest`, then drop the modules (hundreds of
@@ -194,7 +264,7 @@ fn check_config(config: &Path) -> Result<()> {
 /// tests, and heads of every size.
 const SUITES: [&str; 2] = ["kernel", "heads"];
 
-fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path) -> Result<PathBuf> {
+fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path, g: &Guest) -> Result<PathBuf> {
     let tree = dir.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
     for d in ["bin", "dev", "proc", "sys", "tmp", "run"] {
@@ -223,7 +293,7 @@ fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path) -> Result<P
     }
     tls_files(&tree)?;
     for (path, text) in [
-        ("init", init_script()),
+        ("init", init_script(g)),
         ("bin/detect.sh", DETECT.to_string()),
         ("bin/tls.sh", TLS.to_string()),
         ("bin/judged.sh", JUDGED.to_string()),
@@ -338,16 +408,18 @@ fn shared_libs(bin: &str) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// Backends the guest runs everything against; `TRUNCWATCH_VM_BACKENDS` (space-separated)
-/// picks fewer, e.g. while working on one.
-fn backends() -> String {
-    std::env::var("TRUNCWATCH_VM_BACKENDS").unwrap_or_else(|_| "fentry kprobe".into())
-}
-
 /// The guest's PID 1. The kernel may find no /dev/console in our cpio, so output is only
 /// visible once devtmpfs is mounted and stdio is reopened on it.
-fn init_script() -> String {
-    let backends = backends();
+fn init_script(g: &Guest) -> String {
+    // Backends to run everything against: `TRUNCWATCH_VM_BACKENDS` (space-separated) picks
+    // fewer, e.g. while working on one.
+    let backends = std::env::var("TRUNCWATCH_VM_BACKENDS").unwrap_or_else(|_| g.backends.into());
+    let suites_on = if std::env::var("TRUNCWATCH_VM_FULL").as_deref() == Ok("1") {
+        g.backends
+    } else {
+        g.suites_on
+    };
+    let auto = g.auto;
     // Extra arguments for the kernel test binary (a filter, `--nocapture`) while working on one.
     let test_args = std::env::var("TRUNCWATCH_VM_TEST_ARGS").unwrap_or_default();
     format!(
@@ -370,8 +442,10 @@ vmtest() {{
 }}
 limit={CMD_TIMEOUT_S}
 vmtest check /bin/truncwatch check
-# The same detection runs and kernel integration suite against each backend this kernel
-# offers (tracepoint needs 6.3): the agent reads TRUNCWATCH_BACKEND.
+# `auto` picks the best backend this kernel offers.
+vmtest auto-{auto} sh -c "/bin/truncwatch check | grep '^backend: {auto} '"
+# The same detection runs and integration suites against each backend this kernel offers
+# (tracepoint needs 6.3): the agent reads TRUNCWATCH_BACKEND.
 for b in {backends}; do
     export TRUNCWATCH_BACKEND=$b
     limit={CMD_TIMEOUT_S}
@@ -383,7 +457,8 @@ for b in {backends}; do
     vmtest $b-tcp-splice-cut-short /bin/detect.sh splice-cut tcp:127.0.0.1:8083 --mode short-close --body 8388608 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
     vmtest $b-tls-short-write /bin/tls.sh tls-short short_write --body 8000000 --cut-at 2000000
     vmtest $b-tls-complete /bin/tls.sh tls-full complete --body 4000000
-    # CI=true: the suite never skips.
+    case " {suites_on} " in *" $b "*) ;; *) continue ;; esac
+    # CI=true: the suites never skip.
     limit={TESTS_TIMEOUT_S}
     vmtest $b-kernel-tests env CI=true /bin/kernel-tests --test-threads=1 {test_args}
     vmtest $b-heads-tests env CI=true /bin/heads-tests --test-threads=1 {test_args}
@@ -524,7 +599,7 @@ fn progress(line: &str, t: Duration) {
 }
 
 /// Prints the guest's part of the console (from the start marker on); fails without the end marker.
-fn report(console: &[String], log: &Path) -> Result<()> {
+fn report(console: &[String], log: &Path, g: &Guest) -> Result<()> {
     let Some(start) = console.iter().position(|l| l.starts_with(START)) else {
         bail!(
             "the guest never reached /init (no `{START}`); see {}",
@@ -555,7 +630,8 @@ fn report(console: &[String], log: &Path) -> Result<()> {
         .collect();
     if !failed.is_empty() {
         bail!(
-            "on Linux 6.1: {}",
+            "on Linux {}: {}",
+            g.name,
             failed
                 .iter()
                 .map(|l| l.trim_start_matches("VMTEST "))
@@ -563,7 +639,10 @@ fn report(console: &[String], log: &Path) -> Result<()> {
                 .join(", ")
         );
     }
-    step("vm-test: on Linux 6.1, every guest command passed");
+    step(&format!(
+        "vm-test: on Linux {}, every guest command passed",
+        g.name
+    ));
     Ok(())
 }
 

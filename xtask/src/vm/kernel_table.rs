@@ -1,0 +1,194 @@
+//! What ran in each guest and how it went, read back from the guest's console, as the table of
+//! `docs/kernels.md`.
+//!
+//! The guest's init prints `VMTEST BEGIN <name>: <command>` and `VMTEST <name> exit=<code>`
+//! around every command; `<name>` is `check`, `auto-<backend>`, or `<backend>-<run>`. The test
+//! suites print libtest's `test result: ok. N passed; M failed; ...` in between.
+use std::fmt::Write;
+
+const BACKENDS: [&str; 3] = ["tracepoint", "fentry", "kprobe"];
+const SUITES: [&str; 2] = ["kernel-tests", "heads-tests"];
+
+/// One guest command: the backend it ran on (`None` for the kernel-wide ones), its run, its
+/// exit status, and for a test suite its tests passed and failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub backend: Option<String>,
+    pub run: String,
+    pub exit: i32,
+    pub tests: Option<(u32, u32)>,
+}
+
+/// The rows of one guest's console, in order.
+pub fn rows(console: &[String]) -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut tests: Option<(u32, u32)> = None;
+    for line in console {
+        if line.starts_with("VMTEST BEGIN ") {
+            tests = None;
+        } else if let Some(r) = line.trim_start().strip_prefix("test result: ") {
+            let count = |word: &str| {
+                r.split(';')
+                    .find_map(|p| {
+                        p.trim()
+                            .strip_suffix(word)?
+                            .split_whitespace()
+                            .last()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            let (p, f) = tests.unwrap_or((0, 0));
+            tests = Some((p + count(" passed"), f + count(" failed")));
+        } else if let Some(rest) = line.strip_prefix("VMTEST ")
+            && let Some((name, code)) = rest.rsplit_once(" exit=")
+            && let Ok(exit) = code.trim().parse()
+        {
+            let (backend, run) = match name.split_once('-') {
+                Some((b, run)) if BACKENDS.contains(&b) => (Some(b.to_string()), run.to_string()),
+                _ => (None, name.to_string()),
+            };
+            out.push(Row {
+                backend,
+                run,
+                exit,
+                tests: tests.take(),
+            });
+        }
+    }
+    out
+}
+
+/// The markdown page: per kernel and backend, the runs and their results.
+pub fn markdown(kernels: &[(String, Vec<Row>)]) -> String {
+    let mut s = String::from(
+        "# Kernels and backends\n\n\
+         Written by `cargo xtask vm-test` (also the last step of `cargo xtask test`) from what ran\n\
+         in each guest: Debian 12's kernel packages booted under qemu (TCG), the agent forced onto\n\
+         each backend in turn (`TRUNCWATCH_BACKEND`). `check` is `truncwatch check` (a backend\n\
+         loads and attaches), `auto` the backend it picks by itself. Detection runs are the\n\
+         guest's lab runs, each judged on the server side and the client side with the agent's\n\
+         byte counts equal to the client's (`xtask/src/vm/detect.sh`, `tls.sh`). The suites are\n\
+         `truncwatch/tests/kernel.rs` and `heads.rs`, run in the guest with `CI=true` (never\n\
+         skipping). This project's own kernel (6.18, tracepoint only) runs every suite in\n\
+         `cargo xtask test` itself, the scenario matrix and the real-server suites included.\n\n",
+    );
+    let _ = writeln!(
+        s,
+        "| kernel | backend | check, auto | selftest | detection runs | kernel tests | heads tests |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for (kernel, rows) in kernels {
+        let kernel_wide: Vec<String> = rows
+            .iter()
+            .filter(|r| r.backend.is_none())
+            .map(|r| format!("{} {}", r.run, ok(r.exit)))
+            .collect();
+        for b in BACKENDS {
+            let mine: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.backend.as_deref() == Some(b))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let selftest = mine
+                .iter()
+                .find(|r| r.run == "selftest")
+                .map_or("not run".to_string(), |r| ok(r.exit).to_string());
+            let detection: Vec<&&Row> = mine
+                .iter()
+                .filter(|r| r.run != "selftest" && !SUITES.contains(&r.run.as_str()))
+                .collect();
+            let passed = detection.iter().filter(|r| r.exit == 0).count();
+            let suite = |name: &str| {
+                mine.iter().find(|r| r.run == name).map_or(
+                    "not run (`TRUNCWATCH_VM_FULL=1`)".to_string(),
+                    |r| match (r.exit, r.tests) {
+                        (0, Some((p, _))) => format!("{p} passed"),
+                        (e, Some((p, f))) => format!("FAILED (exit {e}): {p} passed, {f} failed"),
+                        (e, None) => format!("FAILED (exit {e}), no test result"),
+                    },
+                )
+            };
+            let _ = writeln!(
+                s,
+                "| {kernel} | {b} | {} | {selftest} | {passed} of {} passed | {} | {} |",
+                kernel_wide.join(", "),
+                detection.len(),
+                suite("kernel-tests"),
+                suite("heads-tests"),
+            );
+        }
+    }
+    s
+}
+
+fn ok(exit: i32) -> &'static str {
+    if exit == 0 { "ok" } else { "FAILED" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn console(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn reads_runs_and_suites_from_the_console() {
+        let c = console(
+            "VMTEST START kernel=6.12.107+deb12-amd64 uptime=2.7s\n\
+             VMTEST BEGIN check: /bin/truncwatch check\n\
+             backend: tracepoint (4 hooks loaded and attached, then detached)\n\
+             VMTEST check exit=0\n\
+             VMTEST BEGIN auto-tracepoint: sh -c ...\n\
+             VMTEST auto-tracepoint exit=0\n\
+             VMTEST BEGIN tracepoint-selftest: /bin/truncwatch selftest\n\
+             VMTEST tracepoint-selftest exit=0\n\
+             VMTEST BEGIN tracepoint-unix-short-write: /bin/detect.sh\n\
+             VMTEST tracepoint-unix-short-write exit=0\n\
+             VMTEST BEGIN tracepoint-tcp-slow-reader: /bin/detect.sh\n\
+             VMTEST tracepoint-tcp-slow-reader exit=1\n\
+             VMTEST BEGIN tracepoint-kernel-tests: env CI=true /bin/kernel-tests\n\
+             test result: ok. 35 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 359.1s\n\
+             VMTEST tracepoint-kernel-tests exit=0\n\
+             VMTEST BEGIN tracepoint-heads-tests: env CI=true /bin/heads-tests\n\
+             test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             VMTEST tracepoint-heads-tests exit=101\n\
+             VMTEST BEGIN fentry-selftest: /bin/truncwatch selftest\n\
+             VMTEST fentry-selftest exit=0\n\
+             VMTEST END uptime=900s",
+        );
+        let r = rows(&c);
+        assert_eq!(r.len(), 8);
+        assert_eq!(
+            r[6],
+            Row {
+                backend: Some("tracepoint".into()),
+                run: "heads-tests".into(),
+                exit: 101,
+                tests: Some((2, 1)),
+            }
+        );
+        assert_eq!(
+            (r[1].backend.as_deref(), r[1].run.as_str()),
+            (None, "auto-tracepoint")
+        );
+        let md = markdown(&[("6.12.107+deb12-amd64".into(), r)]);
+        assert!(
+            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok | 1 of 2 passed | 35 passed | FAILED (exit 101): 2 passed, 1 failed |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 0 of 0 passed | not run (`TRUNCWATCH_VM_FULL=1`) | not run (`TRUNCWATCH_VM_FULL=1`) |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("kprobe |"),
+            "no rows for a backend that did not run"
+        );
+    }
+}
