@@ -39,7 +39,10 @@ kernel_test!(metrics_count_a_short_write {
     let v = agent.wait_for(&srv.local(), 1, WAIT);
     assert_eq!(v[0]["verdict"], "short_write");
     let port = srv.local().rsplit(':').next().unwrap().to_string();
-    let labels = format!("verdict=\"short_write\",side=\"server\",transport=\"tcp\",tls=\"false\",process=\"tw-lab-server\",container=\"\",namespace=\"\",pod=\"\",port=\"{port}\"}}");
+    // The build the server runs (the lab server is this agent's own binary): a GNU build-id.
+    let build = v[0]["build_id"].as_str().unwrap_or_default().to_string();
+    assert!(build.len() == 40 && build.bytes().all(|b| b.is_ascii_hexdigit()), "{}", v[0]);
+    let labels = format!("verdict=\"short_write\",side=\"server\",transport=\"tcp\",tls=\"false\",process=\"tw-lab-server\",container=\"\",namespace=\"\",pod=\"\",port=\"{port}\",build_id=\"{build}\"}}");
     let m = scrape_until(&addr, &format!("truncwatch_responses_total{{{labels}"));
     assert_eq!(series(&m, &format!("truncwatch_responses_total{{{labels}")), Some(1.0), "{m}");
     let missing = series(&m, &format!("truncwatch_missing_bytes_total{{{labels}")).unwrap();
@@ -47,10 +50,14 @@ kernel_test!(metrics_count_a_short_write {
     assert_eq!(missing as u64, u(&got[0]["content_length"]) + u(&got[0]["head_bytes"]) - u(&got[0]["received_bytes"]));
     assert_eq!(series(&m, &format!("truncwatch_slow_reader_responses_total{{{labels}")), Some(1.0));
     // The same response as its client got it: truncated, the series named by the server.
-    let client = format!("verdict=\"truncated\",side=\"client\",transport=\"tcp\",tls=\"false\",process=\"truncwatch\",container=\"\",namespace=\"\",pod=\"\",port=\"{}\"}}", srv.local());
+    let client = format!("verdict=\"truncated\",side=\"client\",transport=\"tcp\",tls=\"false\",process=\"truncwatch\",container=\"\",namespace=\"\",pod=\"\",port=\"{}\",build_id=\"{build}\"}}", srv.local());
     let m = scrape_until(&addr, &format!("truncwatch_responses_total{{{client}"));
     assert_eq!(series(&m, &format!("truncwatch_responses_total{{{client}")), Some(1.0), "{m}");
     assert_eq!(series(&m, &format!("truncwatch_missing_bytes_total{{{client}")).map(|x| x as u64), Some(missing as u64));
+    // The build's info series, which the alert's annotation looks the executable up in.
+    let exe = v[0]["exe"].as_str().unwrap_or_default();
+    let info = format!("truncwatch_build_info{{process=\"tw-lab-server\",exe=\"{exe}\",build_id=\"{build}\",image=\"\",image_id=\"\"}} 1");
+    assert!(m.lines().any(|l| l == info), "{info} in\n{m}");
     // The detector's own health is there too: an operator can tell quiet from blind.
     for s in [
         "truncwatch_ready 1",
