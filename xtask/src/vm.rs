@@ -9,7 +9,8 @@
 //! check` (and the backend `auto` picks there), then, for each backend the kernel offers
 //! (forced by `TRUNCWATCH_BACKEND`), `truncwatch selftest`, detection runs (`vm/detect.sh`,
 //! `vm/tls.sh`) and the kernel integration suites (`tests/kernel.rs`, `tests/heads.rs`).
-//! The table of what ran and passed goes to `docs/kernels.md`.
+//! The table of what ran and passed goes to `docs/kernels.md` (a run of one kernel replaces
+//! that kernel's rows and keeps the others').
 //!
 //! What CI runs: every backend of both kernels with selftest and the detection runs; the
 //! integration suites on every backend of 6.1 and on 6.12's tracepoint backend (the suites
@@ -109,7 +110,7 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let mut results = Vec::new();
     let mut failures = Vec::new();
-    for g in guests {
+    for g in &guests {
         let boot = kernel(&dir, g)?;
         let (vmlinuz, config) = kernel_files(&boot)?;
         check_config(&config)?;
@@ -131,9 +132,17 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
             failures.push(format!("{e:#}"));
         }
     }
-    let table = kernel_table::markdown(&results);
+    let page = Path::new(root).join("docs/kernels.md");
+    let previous = fs::read_to_string(&page).unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let ran: Vec<&str> = guests.iter().map(|g| g.name).collect();
+    let table = kernel_table::markdown(&results, &date, &previous, &ran);
     println!("{table}");
-    fs::write(Path::new(root).join("docs/kernels.md"), &table)?;
+    fs::write(&page, &table)?;
     step(&format!("wrote {root}/docs/kernels.md"));
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));

@@ -60,8 +60,16 @@ pub fn rows(console: &[String]) -> Vec<Row> {
     out
 }
 
-/// The markdown page: per kernel and backend, the runs and their results.
-pub fn markdown(kernels: &[(String, Vec<Row>)]) -> String {
+/// The markdown page: per kernel and backend, the runs and their results, dated `date`. Rows
+/// of `previous` (the page as it was) for kernels that did not run now are kept, so that a run
+/// of one kernel (`TRUNCWATCH_VM_KERNELS`) updates its rows alone. `ran`: the guests' names
+/// (`6.1`, `6.12`), which each release of theirs begins with.
+pub fn markdown(
+    kernels: &[(String, Vec<Row>)],
+    date: &str,
+    previous: &str,
+    ran: &[&str],
+) -> String {
     let mut s = String::from(
         "# Kernels and backends\n\n\
          Written by `cargo xtask vm-test` (also the last step of `cargo xtask test`) from what ran\n\
@@ -76,9 +84,9 @@ pub fn markdown(kernels: &[(String, Vec<Row>)]) -> String {
     );
     let _ = writeln!(
         s,
-        "| kernel | backend | check, auto | selftest | detection runs | kernel tests | heads tests |"
+        "| kernel | backend | check, auto | selftest | detection runs | kernel tests | heads tests | run on |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for (kernel, rows) in kernels {
         let kernel_wide: Vec<String> = rows
             .iter()
@@ -114,12 +122,28 @@ pub fn markdown(kernels: &[(String, Vec<Row>)]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {kernel} | {b} | {} | {selftest} | {passed} of {} passed | {} | {} |",
+                "| {kernel} | {b} | {} | {selftest} | {passed} of {} passed | {} | {} | {date} |",
                 kernel_wide.join(", "),
                 detection.len(),
                 suite("kernel-tests"),
                 suite("heads-tests"),
             );
+        }
+    }
+    // Kept from the last page: rows of kernels not run now.
+    for line in previous
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.ends_with(" |"))
+    {
+        let kernel = line[2..].split(" |").next().unwrap_or_default();
+        let is_data = kernel.starts_with(|c: char| c.is_ascii_digit());
+        let ran_now = ran.iter().any(|g| {
+            kernel
+                .strip_prefix(g)
+                .is_some_and(|r| r.starts_with(['.', '-']))
+        });
+        if is_data && !ran_now {
+            let _ = writeln!(s, "{line}");
         }
     }
     s
@@ -177,18 +201,31 @@ mod tests {
             (r[1].backend.as_deref(), r[1].run.as_str()),
             (None, "auto-tracepoint")
         );
-        let md = markdown(&[("6.12.107+deb12-amd64".into(), r)]);
+        // The last page had rows of an older 6.12 and of 6.1: this run replaces 6.12's only.
+        let previous = "| kernel | backend | x |\n|---|---|---|\n\
+            | 6.12.100+deb12-amd64 | tracepoint | old |\n\
+            | 6.1.0-57-amd64 | kprobe | kept |\n";
+        let md = markdown(
+            &[("6.12.107+deb12-amd64".into(), r)],
+            "2026-12-01",
+            previous,
+            &["6.12"],
+        );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok | 1 of 2 passed | 35 passed | FAILED (exit 101): 2 passed, 1 failed |"),
+            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok | 1 of 2 passed | 35 passed | FAILED (exit 101): 2 passed, 1 failed | 2026-12-01 |"),
             "{md}"
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 0 of 0 passed | not run (`TRUNCWATCH_VM_FULL=1`) | not run (`TRUNCWATCH_VM_FULL=1`) |"),
+            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 0 of 0 passed | not run (`TRUNCWATCH_VM_FULL=1`) | not run (`TRUNCWATCH_VM_FULL=1`) | 2026-12-01 |"),
             "{md}"
         );
         assert!(
-            !md.contains("kprobe |"),
+            !md.contains("kprobe | check"),
             "no rows for a backend that did not run"
+        );
+        assert!(
+            md.contains("| 6.1.0-57-amd64 | kprobe | kept |") && !md.contains("| old |"),
+            "{md}"
         );
     }
 }
