@@ -361,6 +361,7 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_root::TempRoot;
     use std::fs;
 
     const ID: &str = "3f1c0a9be2d84f7c6a5b4e3d2c1b0a9f8e7d6c5b4a39281706f5e4d3c2b1a090";
@@ -631,27 +632,6 @@ mod tests {
                 .collect();
             let _ = cgroup_from_proc(&format!("0::/{s}"));
             let _ = from_cgroup_path(&s);
-        }
-    }
-
-    struct TempRoot(PathBuf);
-    impl TempRoot {
-        fn new(tag: &str) -> Self {
-            let p =
-                std::env::temp_dir().join(format!("truncwatch-attr-{}-{tag}", std::process::id()));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            TempRoot(p)
-        }
-        fn put(&self, rel: &str, contents: &str) {
-            let p = self.0.join(rel);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, contents).unwrap();
-        }
-    }
-    impl Drop for TempRoot {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
         }
     }
 

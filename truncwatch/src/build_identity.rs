@@ -171,6 +171,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_root::TempRoot;
     use std::process::Command;
 
     /// A real executable, linked by gcc with the given `--build-id` option.
@@ -189,24 +190,18 @@ mod tests {
         out
     }
 
-    fn tmp(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("truncwatch-build-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn gnu_note_read_as_the_linker_wrote_it() {
-        let d = tmp("note");
-        let exe = link(&d, "a", "0x0123456789abcdef0011223344556677deadbeef");
+        let root = TempRoot::new("build-note");
+        let d = &root.0;
+        let exe = link(d, "a", "0x0123456789abcdef0011223344556677deadbeef");
         let f = File::open(&exe).unwrap();
         assert_eq!(
             build_id(&f).as_deref(),
             Some("0123456789abcdef0011223344556677deadbeef")
         );
         // The default (sha1) agrees with binutils' own reading of the note.
-        let exe = link(&d, "b", "sha1");
+        let exe = link(d, "b", "sha1");
         let readelf = Command::new("readelf")
             .arg("-n")
             .arg(&exe)
@@ -221,13 +216,13 @@ mod tests {
             gnu_build_id(&File::open(&exe).unwrap()).as_deref(),
             Some(want)
         );
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn no_note_gives_the_content_hash() {
-        let d = tmp("hash");
-        let exe = link(&d, "a", "none");
+        let root = TempRoot::new("build-hash");
+        let d = &root.0;
+        let exe = link(d, "a", "none");
         let f = File::open(&exe).unwrap();
         assert_eq!(gnu_build_id(&f), None);
         let sum = Command::new("sha256sum").arg(&exe).output().unwrap();
@@ -249,7 +244,6 @@ mod tests {
             .set_len(MAX_HASHED_BYTES + 1)
             .unwrap();
         assert_eq!(build_id(&File::open(&big).unwrap()), None);
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
@@ -267,8 +261,9 @@ mod tests {
         assert_eq!(me.key, FileKey::of_process(Path::new("/proc/self")));
         // A deploy that replaces the file while the process runs: the running process is
         // still named by the build it runs, read through /proc/PID/exe.
-        let d = tmp("replaced");
-        let first = link(&d, "srv", "0x1111111111111111111111111111111111111111");
+        let root = TempRoot::new("build-replaced");
+        let d = &root.0;
+        let first = link(d, "srv", "0x1111111111111111111111111111111111111111");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -294,6 +289,5 @@ mod tests {
         assert_eq!(two.path, Some(format!("{}/run (deleted)", d.display())));
         child.kill().unwrap();
         child.wait().unwrap();
-        std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -123,31 +123,10 @@ fn pinned_digest(reference: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use crate::test_root::TempRoot as Root;
 
     const ID: &str = "3f1c0a9be2d84f7c6a5b4e3d2c1b0a9f8e7d6c5b4a39281706f5e4d3c2b1a090";
     const DIGEST: &str = "sha256:98bd7cfc43b8ef0ff130465e3d5427c0771002c2f35a6a9b62cb2d04602bed0a";
-
-    struct Root(PathBuf);
-    impl Root {
-        fn new(tag: &str) -> Self {
-            let p =
-                std::env::temp_dir().join(format!("truncwatch-image-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Root(p)
-        }
-        fn put(&self, rel: &str, contents: &str) {
-            let p = self.0.join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, contents).unwrap();
-        }
-    }
-    impl Drop for Root {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// An OCI runtime spec as the runtimes write it: the process, mounts, and annotations.
     fn spec(annotations: &str) -> String {

@@ -31,3 +31,5 @@ pub mod verdict;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod test_root;

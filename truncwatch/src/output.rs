@@ -236,16 +236,15 @@ mod tests {
         }
     }
 
+    /// `verdict()` with this owner, as its JSON line reads back.
+    fn json(owner: &Attribution) -> serde_json::Value {
+        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
+        serde_json::from_str(&format(&verdict(), owner, Format::Json, &clock)).unwrap()
+    }
+
     #[test]
     fn json_contract_fields() {
-        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
-        let j: serde_json::Value = serde_json::from_str(&format(
-            &verdict(),
-            &Attribution::default(),
-            Format::Json,
-            &clock,
-        ))
-        .unwrap();
+        let j = json(&Attribution::default());
         assert_eq!(j["verdict"], "short_write");
         assert_eq!(j["pod"], serde_json::Value::Null);
         assert_eq!(j["transport"], "unix");
@@ -314,8 +313,7 @@ mod tests {
             container: Some("app".into()),
             ..Attribution::default()
         };
-        let j: serde_json::Value =
-            serde_json::from_str(&format(&verdict(), &owner, Format::Json, &clock)).unwrap();
+        let j = json(&owner);
         assert_eq!(
             (
                 j["namespace"].as_str(),
@@ -343,8 +341,7 @@ mod tests {
             },
             ..Attribution::default()
         };
-        let j: serde_json::Value =
-            serde_json::from_str(&format(&verdict(), &owner, Format::Json, &clock)).unwrap();
+        let j = json(&owner);
         assert_eq!(
             ["exe", "build_id", "image", "image_id"].map(|k| j[k].as_str()),
             [
@@ -360,13 +357,7 @@ mod tests {
             "{human}"
         );
         // Unknown: null, never a guess.
-        let j: serde_json::Value = serde_json::from_str(&format(
-            &verdict(),
-            &Attribution::default(),
-            Format::Json,
-            &clock,
-        ))
-        .unwrap();
+        let j = json(&Attribution::default());
         assert!(j["build_id"].is_null() && j["exe"].is_null() && j["image"].is_null());
     }
 
