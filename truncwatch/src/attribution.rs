@@ -289,11 +289,11 @@ impl Resolver {
         let cgroup = std::fs::read(proc_pid.join("cgroup"))
             .ok()
             .and_then(|b| cgroup_from_proc(&String::from_utf8_lossy(&b)));
-        let exe = self.builds.for_process(&proc_pid);
         let Some(cgroup) = cgroup else {
             self.by_pid.remove(&pid);
             return (Arc::default(), false); // gone, or not ours to read
         };
+        let exe = self.builds.for_process(&proc_pid);
         let mut a = from_cgroup_path(&cgroup);
         (a.exe, a.build_id) = (exe.path, exe.build_id);
         self.fill_names(&mut a);
