@@ -286,15 +286,16 @@ impl Resolver {
             return (Arc::default(), false);
         }
         let proc_pid = self.root.join("proc").join(pid.to_string());
-        let cgroup = std::fs::read(proc_pid.join("cgroup"))
-            .ok()
-            .and_then(|b| cgroup_from_proc(&String::from_utf8_lossy(&b)));
-        let Some(cgroup) = cgroup else {
+        let Ok(cgroups) = std::fs::read(proc_pid.join("cgroup")) else {
             self.by_pid.remove(&pid);
             return (Arc::default(), false); // gone, or not ours to read
         };
+        // An empty file is a live process on a host with no cgroup hierarchy mounted (the
+        // kernel lists cgroup v2 only once it is mounted: proc_cgroup_show, cgrp_dfl_visible):
+        // no cgroup or container, but its executable and build all the same.
+        let cgroup = cgroup_from_proc(&String::from_utf8_lossy(&cgroups));
         let exe = self.builds.for_process(&proc_pid);
-        let mut a = from_cgroup_path(&cgroup);
+        let mut a = cgroup.as_deref().map(from_cgroup_path).unwrap_or_default();
         (a.exe, a.build_id) = (exe.path, exe.build_id);
         self.fill_names(&mut a);
         self.fill_image(&mut a);
@@ -736,6 +737,17 @@ mod tests {
             "",
         );
         assert_eq!(res.for_pid(400).container.as_deref(), Some("etcd"));
+
+        // No cgroup hierarchy mounted (an empty file): no cgroup, the executable all the same.
+        r.put("proc/500/cgroup", "");
+        let exe = std::env::current_exe().unwrap();
+        std::os::unix::fs::symlink(&exe, r.0.join("proc/500/exe")).unwrap();
+        let bare = res.for_pid(500);
+        assert_eq!(
+            (bare.cgroup.as_deref(), bare.exe.as_deref()),
+            (None, exe.to_str())
+        );
+        assert!(bare.build_id.is_some());
 
         // Missing pid: default, never cached.
         assert_eq!(*res.for_pid(999), Attribution::default());
