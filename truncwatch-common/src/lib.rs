@@ -95,9 +95,11 @@ pub struct Offsets {
     /// Evidence read when a tracked connection changes state; 0 where this kernel's BTF lacks
     /// the field in a readable form (no struct field is at offset 0 of `tcp_sock`).
     pub tcp_snd_wnd: u32,
-    /// `tcp_sock.chrono_type` (u8; a bitfield before 6.x: then 0 and the running period is
-    /// not added).
+    /// The byte holding `tcp_sock.chrono_type`: a u8 on 6.18, a 2-bit bitfield sharing its
+    /// byte with other flags on 6.1 and 6.12. The type is `(byte >> shift) & ((1 << width) - 1)`.
     pub tcp_chrono_type: u32,
+    pub tcp_chrono_type_shift: u32,
+    pub tcp_chrono_type_width: u32,
     pub tcp_chrono_start: u32,
     pub tcp_chrono_stat: u32,
     /// `socket.sk` (struct sock *): the fentry backend's hooks get a `struct socket *`.
@@ -428,7 +430,7 @@ pub struct ResetEvent {
 }
 
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
-const _: () = assert!(core::mem::size_of::<Offsets>() == 84);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 92);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<ProbeSock>() == 80);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);

@@ -59,6 +59,8 @@ static OFFSETS: Offsets = Offsets {
     inet_sport: 0,
     tcp_snd_wnd: 0,
     tcp_chrono_type: 0,
+    tcp_chrono_type_shift: 0,
+    tcp_chrono_type_width: 0,
     tcp_chrono_start: 0,
     tcp_chrono_stat: 0,
     socket_sk: 0,

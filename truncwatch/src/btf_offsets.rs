@@ -34,6 +34,7 @@ pub fn load() -> Result<KernelLayout> {
     })?;
     let btf = BtfReader::parse(raw).context("parsing kernel BTF")?;
     let f = |ty: &str, path: &str| field(&btf, ty, path);
+    let chrono_type = small_field(&btf, "tcp_sock", "chrono_type").ok();
     let offsets = Offsets {
         skc_family: f("sock", "__sk_common.skc_family")?,
         sk_type: f("sock", "sk_type")?,
@@ -50,7 +51,9 @@ pub fn load() -> Result<KernelLayout> {
         inet_sport: f("inet_sock", "inet_sport")?,
         // Evidence only: optional, 0 when this kernel's layout does not allow reading it.
         tcp_snd_wnd: f("tcp_sock", "snd_wnd").unwrap_or(0),
-        tcp_chrono_type: f("tcp_sock", "chrono_type").unwrap_or(0),
+        tcp_chrono_type: chrono_type.map_or(0, |b| b.0),
+        tcp_chrono_type_shift: chrono_type.map_or(0, |b| b.1),
+        tcp_chrono_type_width: chrono_type.map_or(0, |b| b.2),
         tcp_chrono_start: f("tcp_sock", "chrono_start").unwrap_or(0),
         tcp_chrono_stat: f("tcp_sock", "chrono_stat").unwrap_or(0),
         socket_sk: f("socket", "sk")?,
@@ -107,9 +110,9 @@ fn field(btf: &BtfReader, ty: &str, path: &str) -> Result<u32> {
     let mut total = 0u32;
     let mut parts = path.split('.').peekable();
     while let Some(name) = parts.next() {
-        let (bits, member_ty) = find_member(btf, id, name)?
+        let (bits, member_ty, width) = find_member(btf, id, name)?
             .with_context(|| format!("kernel BTF: struct {ty} has no member {path}"))?;
-        if bits % 8 != 0 {
+        if width != 0 || bits % 8 != 0 {
             bail!("kernel BTF: {ty}.{path} is a bitfield; this kernel is not supported yet");
         }
         total += bits / 8;
@@ -121,28 +124,40 @@ fn field(btf: &BtfReader, ty: &str, path: &str) -> Result<u32> {
     Ok(total)
 }
 
-/// (bit offset, type id) of member `name` of struct/union `id`, searching anonymous members
-/// recursively. Bitfields report an odd offset so the caller refuses them.
-fn find_member(btf: &BtfReader, id: u32, name: &str) -> Result<Option<(u32, u32)>> {
+/// A member of one byte or less, such as a flag in a bitfield: (byte offset, shift, width in
+/// bits) such that the value is `(byte >> shift) & ((1 << width) - 1)` (x86_64 is
+/// little-endian: bitfields fill a byte from its low bits). A whole u8 is (offset, 0, 8).
+/// Errors when the member is missing, wider than a byte, or straddles two bytes.
+fn small_field(btf: &BtfReader, ty: &str, name: &str) -> Result<(u32, u32, u32)> {
+    let id = btf.struct_id(ty)?;
+    let (bits, _, width) = find_member(btf, id, name)?
+        .with_context(|| format!("kernel BTF: struct {ty} has no member {name}"))?;
+    let (shift, width) = match width {
+        0 if bits % 8 == 0 => (0, 8), // a whole member: the caller knows it is a u8
+        0 => bail!("kernel BTF: {ty}.{name} is not byte-aligned"),
+        w => (bits % 8, w),
+    };
+    if shift + width > 8 {
+        bail!("kernel BTF: {ty}.{name} straddles two bytes");
+    }
+    Ok((bits / 8, shift, width))
+}
+
+/// (bit offset, type id, bitfield width or 0) of member `name` of struct/union `id`,
+/// searching anonymous members recursively.
+fn find_member(btf: &BtfReader, id: u32, name: &str) -> Result<Option<(u32, u32, u32)>> {
     let Some(members) = btf.members(id)? else {
         return Ok(None);
     };
     for m in members {
         if m.name == name {
-            return Ok(Some((
-                if m.bitfield {
-                    m.bit_offset | 1
-                } else {
-                    m.bit_offset
-                },
-                m.type_id,
-            )));
+            return Ok(Some((m.bit_offset, m.type_id, m.bitfield_size)));
         }
         // An anonymous struct or union: its members are the parent's.
         if m.name.is_empty()
-            && let Some((off, t)) = find_member(btf, m.type_id, name)?
+            && let Some((off, t, w)) = find_member(btf, m.type_id, name)?
         {
-            return Ok(Some((m.bit_offset + off, t)));
+            return Ok(Some((m.bit_offset + off, t, w)));
         }
     }
     Ok(None)
@@ -184,6 +199,50 @@ mod tests {
                 "{ty}.{path}"
             );
         }
+        // Flags in a bitfield (tcp_sock.repair and its neighbours on every kernel since 4.x;
+        // chrono_type on 6.1 and 6.12): byte, shift and width from btf-rs's bit offset and
+        // bitfield size. chrono_type itself is a whole u8 on this kernel.
+        let bitfield = |name: &str| {
+            let st = full
+                .resolve_types_by_name("tcp_sock")
+                .unwrap()
+                .into_iter()
+                .find_map(|t| match t {
+                    btf_rs::Type::Struct(s) => Some(s),
+                    _ => None,
+                })
+                .unwrap();
+            let m = st
+                .members
+                .iter()
+                .find(|m| full.resolve_name(*m).unwrap_or_default() == name)
+                .unwrap();
+            (m.bit_offset(), m.bitfield_size())
+        };
+        let mut shifted = 0;
+        for name in ["repair", "is_sack_reneg", "is_cwnd_limited", "chrono_type"] {
+            let (bits, size) = bitfield(name);
+            let want = match size {
+                Some(w) if w > 0 => (bits / 8, bits % 8, w),
+                _ => (bits / 8, 0, 8),
+            };
+            shifted += u32::from(want.1 > 0);
+            assert_eq!(
+                small_field(&ours, "tcp_sock", name).unwrap(),
+                want,
+                "{name}"
+            );
+            if size.is_some_and(|w| w > 0) {
+                assert!(
+                    field(&ours, "tcp_sock", name).is_err(),
+                    "{name}: a bitfield"
+                );
+            }
+        }
+        assert!(
+            shifted > 0,
+            "at least one flag sits above bit 0 of its byte"
+        );
         assert!(field(&ours, "sock", "no_such_member").is_err());
         assert!(field(&ours, "no_such_struct", "x").is_err());
     }

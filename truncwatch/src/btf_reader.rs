@@ -47,12 +47,13 @@ struct Type {
     body: usize,
 }
 
-/// A struct or union member: its name, type id, and offset in bits.
+/// A struct or union member: its name, type id, offset in bits, and for a bitfield its width
+/// in bits (0 for a whole member).
 pub struct Member<'a> {
     pub name: &'a str,
     pub type_id: u32,
     pub bit_offset: u32,
-    pub bitfield: bool,
+    pub bitfield_size: u32,
 }
 
 impl BtfReader {
@@ -170,16 +171,17 @@ impl BtfReader {
         for i in 0..t.vlen as usize {
             let m = t.body + 12 * i;
             let offset = self.u32_at(m + 8)?;
-            let (bit_offset, bitfield) = if t.kind_flag {
-                (offset & 0xff_ffff, offset >> 24 != 0)
+            // With kind_flag, the top 8 bits are the bitfield's width (BTF, "kind_flag").
+            let (bit_offset, bitfield_size) = if t.kind_flag {
+                (offset & 0xff_ffff, offset >> 24)
             } else {
-                (offset, false)
+                (offset, 0)
             };
             out.push(Member {
                 name: self.name(self.u32_at(m)?),
                 type_id: self.u32_at(m + 4)?,
                 bit_offset,
-                bitfield,
+                bitfield_size,
             });
         }
         Ok(Some(out))

@@ -39,6 +39,9 @@ enum LabCmd {
     /// One HTTPS exchange through the system's libssl.so.3, cut short or whole, and what the
     /// client received.
     Tls(Box<lab::TlsArgs>),
+    /// One HTTP/1 exchange over kernel TLS (kTLS, the kernel's `tls` module), cut short or
+    /// whole, and what the client received.
+    Ktls(Box<lab::KtlsArgs>),
 }
 
 fn main() -> Result<()> {
@@ -60,6 +63,7 @@ fn main() -> Result<()> {
         Some(Cmd::Lab(LabCmd::Serve(a))) => lab::serve(&a),
         Some(Cmd::Lab(LabCmd::Fetch(a))) => lab::fetch(&a),
         Some(Cmd::Lab(LabCmd::Tls(a))) => lab::tls(&a),
+        Some(Cmd::Lab(LabCmd::Ktls(a))) => lab::ktls(&a),
     }
 }
 

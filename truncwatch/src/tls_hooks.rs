@@ -19,7 +19,6 @@ use iced_x86::{
 use object::{Object, ObjectSection, ObjectSymbol};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 
 use std::path::{Path, PathBuf};
 
@@ -111,10 +110,14 @@ impl Scanner {
         }
         self.scans += 1;
         let mut out = Vec::new();
-        for p in HOST_LIBSSL {
-            let path = Path::new(p);
-            if let Some(key) = file_key(path) {
-                out.extend(self.sighting(path, key, 0));
+        // The host's libraries on full scans only (each look maps the file): one upgraded in
+        // place is seen within FULL_SCAN_EVERY, and at once in the maps of a process using it.
+        if self.seen.is_empty() {
+            for p in HOST_LIBSSL {
+                let path = Path::new(p);
+                if let Some(key) = file_key(path) {
+                    out.extend(self.sighting(path, key, 0));
+                }
             }
         }
         let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -359,14 +362,45 @@ fn candidates(pid: u32) -> Vec<(PathBuf, Option<FileKey>)> {
 /// and inode.
 type FileKey = (String, u64);
 
-/// The identity of the file at `path`, as `/proc/<pid>/maps` would show it.
+/// The identity of the file at `path`, as `/proc/<pid>/maps` shows it: the file is mapped here
+/// for a moment and the agent's own maps line read. `stat` would not do on overlayfs (a
+/// container's image, or a host whose root is an overlay): it gives the overlay's device and
+/// inode, while maps, and the uprobe (`d_real_inode` in the kernel's trace_uprobe), use the
+/// underlying file's. With `stat`, one library reached by its path and by a process's maps
+/// got two keys and was hooked twice (found in the 6.12 guest, whose root is an overlay).
+/// None when the file cannot be opened or mapped (empty, or not a regular file).
 fn file_key(path: &Path) -> Option<FileKey> {
-    let m = std::fs::metadata(path).ok()?;
-    let dev = m.dev();
-    Some((
-        format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev)),
-        m.ino(),
-    ))
+    let file = std::fs::File::open(path).ok()?;
+    if file.metadata().ok()?.len() == 0 {
+        return None;
+    }
+    // SAFETY: a fresh private read-only mapping of one page of an open file, unmapped below;
+    // nothing reads through it.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            1,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return None;
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps");
+    // SAFETY: the mapping made above, of length 1 (rounded to a page by the kernel).
+    unsafe { libc::munmap(addr, 1) };
+    // `start-end perms offset dev inode path`, addresses in hex of at least 8 digits.
+    let start = format!("{:08x}-", addr as usize);
+    let line = maps
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(&start))?
+        .to_string();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    Some((f.get(3)?.to_string(), f.get(4)?.parse().ok()?))
 }
 
 /// Where one program attaches in a file: an entry program at `offset`, and, if `ret`, the
@@ -572,6 +606,27 @@ fn refused(e: &anyhow::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file's key is what maps shows for it: here the test executable, which the kernel
+    /// mapped at exec (so maps has its line already), whatever the file system.
+    #[test]
+    fn file_key_is_the_maps_identity() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.ends_with(exe.to_str().unwrap()))
+            .unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let want = (f[3].to_string(), f[4].parse::<u64>().unwrap());
+        assert_eq!(file_key(&exe), Some(want));
+        assert_eq!(file_key(Path::new("/proc/self/no-such-file")), None);
+        assert_eq!(
+            file_key(Path::new("/dev/null")),
+            None,
+            "not a mappable file"
+        );
+    }
 
     /// OpenSSL 3.0.19's `SSL_write` and `SSL_write_ex` on Debian 12 (objdump), at their
     /// addresses in libssl.so.3: both call `ssl_write_internal` at 0x355a0 first.

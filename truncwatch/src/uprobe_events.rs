@@ -116,8 +116,9 @@ pub fn attach(prog: BorrowedFd, path: &Path, offset: u64, ret: bool) -> Result<U
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("perf_event_open of the uprobe event (needs CAP_PERFMON)");
+        let e = std::io::Error::last_os_error();
+        let hint = perf_paranoid_hint().unwrap_or_else(|| "needs CAP_PERFMON".into());
+        return Err(e).context(format!("perf_event_open of the uprobe event ({hint})"));
     }
     // SAFETY: a new fd the kernel just returned, owned by nothing else.
     let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -191,6 +192,24 @@ fn write_events(tracefs: &Path, command: &str) -> Result<()> {
         .open(&file)
         .and_then(|mut f| f.write_all(format!("{command}\n").as_bytes()))
         .with_context(|| format!("writing {:?} to {}", command, file.display()))
+}
+
+/// Why perf_event_open may be refused despite CAP_PERFMON: Debian's and Ubuntu's kernels
+/// add a `kernel.perf_event_paranoid` level 3 (their default; upstream's is 2) at which every
+/// perf event needs CAP_SYS_ADMIN (found in Debian 12's 6.12 kernel under qemu, where the least
+/// privilege set could not attach its uprobes). None below 3, or when the file is unreadable.
+pub fn perf_paranoid_hint() -> Option<String> {
+    let level: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (level >= 3).then(|| {
+        format!(
+            "kernel.perf_event_paranoid is {level} (Debian's and Ubuntu's default): perf events \
+             need CAP_SYS_ADMIN there; grant it, or set the sysctl to 2"
+        )
+    })
 }
 
 #[cfg(test)]

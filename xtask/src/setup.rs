@@ -56,7 +56,14 @@ pub fn ensure(need: Need) -> Result<()> {
     }
     if need == Need::Vm {
         // qemu-system-x86_64 to boot the guest; a static busybox and cpio to build its initramfs.
-        pkgs.extend(["qemu-system-x86", "busybox-static", "cpio"]);
+        // kmod and xz-utils: the few kernel modules the guest loads (depmod, modprobe, xz).
+        pkgs.extend([
+            "qemu-system-x86",
+            "busybox-static",
+            "cpio",
+            "kmod",
+            "xz-utils",
+        ]);
     }
     apt_install(&pkgs)?;
     if need == Need::Test {

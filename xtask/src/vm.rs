@@ -12,12 +12,18 @@
 //! The table of what ran and passed goes to `docs/kernels.md` (a run of one kernel replaces
 //! that kernel's rows and keeps the others').
 //!
+//! The real-server suites (REAL_SUITES: the scenario matrix, nginx, hostile input, HTTPS) run
+//! in this machine's own root file system, mounted into the guest (see REAL_SUITES).
+//!
 //! What CI runs: every backend of both kernels with selftest and the detection runs; the
-//! integration suites on every backend of 6.1 and on 6.12's tracepoint backend (the suites
-//! take most of the time under TCG). `TRUNCWATCH_VM_FULL=1` runs the suites on 6.12's fentry
-//! and kprobe backends too. `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`
-//! and `TRUNCWATCH_VM_TEST_ARGS` narrow it while working on one.
+//! kernel and heads suites on every backend of 6.1 and on 6.12's tracepoint backend; the
+//! real-server suites on 6.12's tracepoint backend and, but for the scenario matrix, on 6.1's
+//! fentry backend (the suites take most of the time under TCG). `TRUNCWATCH_VM_FULL=1` runs
+//! every suite on every backend. `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`,
+//! `TRUNCWATCH_VM_ONLY` (a shell pattern of guest command names) and `TRUNCWATCH_VM_TEST_ARGS`
+//! narrow it while working on one.
 mod kernel_table;
+mod modules;
 
 use crate::step;
 use anyhow::{Context, Result, bail};
@@ -36,17 +42,23 @@ const VM_TIMEOUT: Duration = Duration::from_secs(2400);
 const CMD_TIMEOUT_S: u32 = 120;
 /// The kernel integration suite: about 30 s on the host, several times that under TCG.
 const TESTS_TIMEOUT_S: u32 = 900;
+/// A real-server suite: the scenario matrix takes 180 s on the host, 390 s in the 6.12 guest.
+const REAL_TIMEOUT_S: u32 = 1200;
 const END: &str = "VMTEST END";
 /// A detection test in the guest: the agent, a lab server and a client, one expected verdict.
 const DETECT: &str = include_str!("vm/detect.sh");
 /// HTTPS in the guest: one `truncwatch lab tls` exchange, judged.
 const TLS: &str = include_str!("vm/tls.sh");
+/// Kernel TLS in the guest: one `truncwatch lab ktls` exchange, judged.
+const KTLS: &str = include_str!("vm/ktls.sh");
 /// What both check of the agent's verdict (sourced).
 const JUDGED: &str = include_str!("vm/judged.sh");
 const START: &str = "VMTEST START";
 
-/// Kernel options the guest needs built in (`=y`): we ship no modules.
+/// Kernel options the guest needs built in (`=y`); the few modules it loads are listed in
+/// `vm/modules.rs`.
 const KERNEL_NEEDS: &[&str] = &[
+    "CONFIG_MODULES",             // insmod of those
     "CONFIG_BLK_DEV_INITRD",      // boot from our cpio
     "CONFIG_DEVTMPFS",            // /dev/console and friends
     "CONFIG_SERIAL_8250_CONSOLE", // console=ttyS0
@@ -72,6 +84,11 @@ struct Guest {
     auto: &'static str,
     /// Backends the integration suites run on by default (`TRUNCWATCH_VM_FULL=1`: all).
     suites_on: &'static str,
+    /// Backends the real-server suites but the scenario matrix run on by default
+    /// (`TRUNCWATCH_VM_FULL=1`: all).
+    real_on: &'static str,
+    /// Backends the scenario matrix runs on by default (about 390 s each under TCG here).
+    scenarios_on: &'static str,
 }
 
 /// In the order they run: the kernel with the most backends first, so that its failures show
@@ -83,6 +100,8 @@ const GUESTS: [Guest; 2] = [
         backends: "tracepoint fentry kprobe",
         auto: "tracepoint",
         suites_on: "tracepoint",
+        real_on: "tracepoint",
+        scenarios_on: "tracepoint",
     },
     Guest {
         name: "6.1",
@@ -90,6 +109,8 @@ const GUESTS: [Guest; 2] = [
         backends: "fentry kprobe",
         auto: "fentry",
         suites_on: "fentry kprobe",
+        real_on: "fentry",
+        scenarios_on: "",
     },
 ];
 
@@ -108,13 +129,19 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         .iter()
         .map(|suite| kernel_test_binary(suite).map(|bin| (*suite, bin)))
         .collect::<Result<Vec<_>>>()?;
+    let real = REAL_SUITES
+        .iter()
+        .map(|suite| kernel_test_binary(suite).map(|bin| (*suite, bin)))
+        .collect::<Result<Vec<_>>>()?;
     let mut results = Vec::new();
     let mut failures = Vec::new();
     for g in &guests {
         let boot = kernel(&dir, g)?;
         let (vmlinuz, config) = kernel_files(&boot)?;
         check_config(&config)?;
-        let initrd = initramfs(agent_bin, &tests, &dir, g)?;
+        let pkg = boot.parent().context("kernel package directory")?;
+        let mods = modules::load_order(pkg, modules::GUEST_MODULES)?;
+        let initrd = initramfs(agent_bin, &tests, &real, &mods, &dir, g)?;
         let log = dir.join(format!("console-{}.log", g.name));
         let console = boot_guest(&vmlinuz, &initrd, &log)?;
         let release = console
@@ -157,7 +184,8 @@ fn kernel(dir: &Path, g: &Guest) -> Result<PathBuf> {
     let pkg = newest_kernel_package(g.package)?;
     let dest = dir.join(&pkg);
     let boot = dest.join("boot");
-    if kernel_files(&boot).is_ok() {
+    // An unpacking from before the guest loaded modules has none: unpack again.
+    if kernel_files(&boot).is_ok() && modules::version(&dest).is_ok() {
         step(&format!(
             "kernel: {pkg} already unpacked in {}, skipping the download",
             dest.display()
@@ -199,8 +227,8 @@ fn newest_kernel_package(pattern: &str) -> Result<String> {
         })
 }
 
-/// `apt-get download` into `dir`, `dpkg-deb -x` into `dest`, then drop the modules (hundreds of
-/// MB): the guest only uses loopback, and `check_config` makes sure the rest is built in.
+/// `apt-get download` into `dir`, `dpkg-deb -x` into `dest`. The modules stay: the guest loads
+/// a few of them (`vm/modules.rs`).
 fn download_and_unpack(pkg: &str, dir: &Path, dest: &Path) -> Result<()> {
     step(&format!(
         "downloading {pkg} (apt-get download, about 70 MB) into {}",
@@ -225,8 +253,6 @@ fn download_and_unpack(pkg: &str, dir: &Path, dest: &Path) -> Result<()> {
         dest.display()
     ));
     run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
-    let _ = fs::remove_dir_all(dest.join("lib/modules"));
-    let _ = fs::remove_dir_all(dest.join("usr/lib/modules"));
     fs::remove_file(&deb)?;
     Ok(())
 }
@@ -274,8 +300,21 @@ fn check_config(config: &Path) -> Result<()> {
 /// The integration test suites run in the guest (`truncwatch/tests/<name>.rs`): the kernel
 /// tests, and heads of every size.
 const SUITES: [&str; 2] = ["kernel", "heads"];
+/// The suites against real servers (Debian's nginx, HAProxy, gunicorn, Node, ...): they run in
+/// this machine's own root file system, which the guest mounts read-only over 9p (`-virtfs`)
+/// under a writable tmpfs overlay and enters with chroot. So the guest's servers are the very
+/// Debian packages the host suites use, at the paths the suites know, and the suites run from
+/// where cargo built them.
+const REAL_SUITES: [&str; 4] = ["scenarios", "nginx", "hostile", "tls"];
 
-fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path, g: &Guest) -> Result<PathBuf> {
+fn initramfs(
+    agent_bin: &str,
+    tests: &[(&str, PathBuf)],
+    real: &[(&str, PathBuf)],
+    mods: &[PathBuf],
+    dir: &Path,
+    g: &Guest,
+) -> Result<PathBuf> {
     let tree = dir.join("initramfs");
     let _ = fs::remove_dir_all(&tree);
     for d in ["bin", "dev", "proc", "sys", "tmp", "run"] {
@@ -303,10 +342,12 @@ fn initramfs(agent_bin: &str, tests: &[(&str, PathBuf)], dir: &Path, g: &Guest) 
         fs::copy(&lib, &to).with_context(|| format!("copying {}", lib.display()))?;
     }
     tls_files(&tree)?;
+    modules::install(&tree, mods)?;
     for (path, text) in [
-        ("init", init_script(g)),
+        ("init", init_script(g, real)),
         ("bin/detect.sh", DETECT.to_string()),
         ("bin/tls.sh", TLS.to_string()),
+        ("bin/ktls.sh", KTLS.to_string()),
         ("bin/judged.sh", JUDGED.to_string()),
     ] {
         fs::write(tree.join(path), text)?;
@@ -421,18 +462,38 @@ fn shared_libs(bin: &str) -> Result<Vec<PathBuf>> {
 
 /// The guest's PID 1. The kernel may find no /dev/console in our cpio, so output is only
 /// visible once devtmpfs is mounted and stdio is reopened on it.
-fn init_script(g: &Guest) -> String {
+fn init_script(g: &Guest, real: &[(&str, PathBuf)]) -> String {
     // Backends to run everything against: `TRUNCWATCH_VM_BACKENDS` (space-separated) picks
     // fewer, e.g. while working on one.
     let backends = std::env::var("TRUNCWATCH_VM_BACKENDS").unwrap_or_else(|_| g.backends.into());
-    let suites_on = if std::env::var("TRUNCWATCH_VM_FULL").as_deref() == Ok("1") {
-        g.backends
+    let full = std::env::var("TRUNCWATCH_VM_FULL").as_deref() == Ok("1");
+    let (suites_on, real_on, scenarios_on) = if full {
+        (g.backends, g.backends, g.backends)
     } else {
-        g.suites_on
+        (g.suites_on, g.real_on, g.scenarios_on)
     };
+    // Per real-server suite, by the path cargo built it at: `inroot <name> <suite binary>` on
+    // the backends it runs on.
+    let real_runs: String = real
+        .iter()
+        .map(|(suite, bin)| {
+            let on = if *suite == "scenarios" {
+                scenarios_on
+            } else {
+                real_on
+            };
+            format!(
+                "    case \" {on} \" in *\" $b \"*) inroot $b-{suite}-tests {} ;; esac\n",
+                bin.display()
+            )
+        })
+        .collect();
+    let (modules_dir, modules_list) = (modules::DIR, modules::LIST);
     let auto = g.auto;
     // Extra arguments for the kernel test binary (a filter, `--nocapture`) while working on one.
     let test_args = std::env::var("TRUNCWATCH_VM_TEST_ARGS").unwrap_or_default();
+    // A shell pattern of the guest commands to run (`*-scenarios-tests`), while working on one.
+    let only = std::env::var("TRUNCWATCH_VM_ONLY").unwrap_or_else(|_| "*".into());
     format!(
         r#"#!/bin/busybox sh
 export PATH=/bin
@@ -443,13 +504,42 @@ mount -t sysfs sysfs /sys
 # The agent needs tracefs for tracepoint ids (it mounts it itself when missing; say if we cannot).
 mount -t tracefs nodev /sys/kernel/tracing || echo "VMTEST note: tracefs mount failed"
 ip link set lo up
+# Modules from the kernel's own package (vm/modules.rs), in load order.
+for m in $(cat /{modules_list}); do
+    insmod /{modules_dir}/$m || echo "VMTEST note: insmod $m failed"
+done
+# This machine's root file system, for the real-server suites: read-only over 9p, under a
+# tmpfs overlay so that servers can write their logs and temporary files.
+hostroot() {{
+    mkdir -p /host /rw /newroot &&
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host &&
+    mount -t tmpfs -o size=1g tmpfs /rw && mkdir -p /rw/upper /rw/work &&
+    mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /newroot &&
+    mount -t proc proc /newroot/proc &&
+    mount -t sysfs sysfs /newroot/sys &&
+    mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup &&
+    mount -t devtmpfs devtmpfs /newroot/dev &&
+    mkdir -p /newroot/dev/pts /newroot/dev/shm &&
+    mount -t devpts devpts /newroot/dev/pts &&
+    mount -t tmpfs tmpfs /newroot/dev/shm &&
+    mount -t tmpfs tmpfs /newroot/tmp &&
+    mount -t tmpfs tmpfs /newroot/run &&
+    mount -t tracefs nodev /newroot/sys/kernel/tracing
+}}
+hostroot || echo "VMTEST note: the host's root file system could not be mounted (the real-server suites will fail)"
 echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s cpus_possible=$(cat /sys/devices/system/cpu/possible)"
 # Run one command with a time limit; its output, then its exit status on a line of its own.
 vmtest() {{
     name=$1; shift
+    case "$name" in {only}) ;; *) return ;; esac
     echo "VMTEST BEGIN $name: $*"
     timeout $limit "$@"
     echo "VMTEST $name exit=$?"
+}}
+# A real-server suite in the host's root: a clean environment, CI=true (never skipping).
+inroot() {{
+    name=$1; shift
+    vmtest $name chroot /newroot /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true TRUNCWATCH_BACKEND=$TRUNCWATCH_BACKEND "$@" --test-threads=1 {test_args}
 }}
 limit={CMD_TIMEOUT_S}
 vmtest check /bin/truncwatch check
@@ -468,12 +558,19 @@ for b in {backends}; do
     vmtest $b-tcp-splice-cut-short /bin/detect.sh splice-cut tcp:127.0.0.1:8083 --mode short-close --body 8388608 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
     vmtest $b-tls-short-write /bin/tls.sh tls-short short_write --body 8000000 --cut-at 2000000
     vmtest $b-tls-complete /bin/tls.sh tls-full complete --body 4000000
-    case " {suites_on} " in *" $b "*) ;; *) continue ;; esac
+    # Kernel TLS: plaintext through the socket calls the tracepoints see; the fentry and kprobe
+    # backends' tcp_sendmsg is bypassed (ktls.sh), pinned as unseen.
+    case $b in tracepoint) cut=short_write whole=complete ;; *) cut=unseen whole=unseen ;; esac
+    vmtest $b-ktls-short-write /bin/ktls.sh ktls-short $cut --body 8000000 --cut-at 2000000
+    vmtest $b-ktls-complete /bin/ktls.sh ktls-full $whole --body 4000000
     # CI=true: the suites never skip.
-    limit={TESTS_TIMEOUT_S}
-    vmtest $b-kernel-tests env CI=true /bin/kernel-tests --test-threads=1 {test_args}
-    vmtest $b-heads-tests env CI=true /bin/heads-tests --test-threads=1 {test_args}
-done
+    case " {suites_on} " in *" $b "*)
+        limit={TESTS_TIMEOUT_S}
+        vmtest $b-kernel-tests env CI=true /bin/kernel-tests --test-threads=1 {test_args}
+        vmtest $b-heads-tests env CI=true /bin/heads-tests --test-threads=1 {test_args}
+    esac
+    limit={REAL_TIMEOUT_S}
+{real_runs}done
 echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
 poweroff -f
 "#
@@ -516,7 +613,7 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
             "-accel",
             "tcg",
             "-m",
-            "1024",
+            "3072",
             "-smp",
             "2",
             "-nographic",
@@ -528,6 +625,13 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
+        // This machine's root, read-only, for the real-server suites (REAL_SUITES). It spans
+        // several file systems (/proc, /sys, ... whose root inodes share numbers): `remap`
+        // keeps their inodes apart in the guest, which otherwise takes /proc for /sys.
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ])
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -5,10 +5,12 @@
 //! Both print one JSON line per response on stdout: what was really sent and received.
 mod fetch;
 mod heads;
+mod ktls;
 mod serve;
 mod tls;
 
 pub use fetch::{FetchArgs, Received, fetch};
+pub use ktls::{KtlsArgs, ktls};
 pub use serve::{Mode, SendWith, ServeArgs, serve};
 pub use tls::{TlsArgs, tls};
 

@@ -491,8 +491,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits up to 30 s: servers start slowly under emulation (the test kernels' guests).
 pub fn wait_listening(port: u16) {
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }

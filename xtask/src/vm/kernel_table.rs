@@ -4,10 +4,19 @@
 //! The guest's init prints `VMTEST BEGIN <name>: <command>` and `VMTEST <name> exit=<code>`
 //! around every command; `<name>` is `check`, `auto-<backend>`, or `<backend>-<run>`. The test
 //! suites print libtest's `test result: ok. N passed; M failed; ...` in between.
+use std::collections::HashMap;
 use std::fmt::Write;
 
 const BACKENDS: [&str; 3] = ["tracepoint", "fentry", "kprobe"];
-const SUITES: [&str; 2] = ["kernel-tests", "heads-tests"];
+/// Test suites, by run name, with their column headings.
+const SUITES: [(&str, &str); 6] = [
+    ("kernel-tests", "kernel tests"),
+    ("heads-tests", "heads tests"),
+    ("scenarios-tests", "scenario matrix"),
+    ("nginx-tests", "nginx"),
+    ("hostile-tests", "hostile"),
+    ("tls-tests", "HTTPS"),
+];
 
 /// One guest command: the backend it ran on (`None` for the kernel-wide ones), its run, its
 /// exit status, and for a test suite its tests passed and failed.
@@ -78,15 +87,23 @@ pub fn markdown(
          loads and attaches), `auto` the backend it picks by itself. Detection runs are the\n\
          guest's lab runs, each judged on the server side and the client side with the agent's\n\
          byte counts equal to the client's (`xtask/src/vm/detect.sh`, `tls.sh`). The suites are\n\
-         `truncwatch/tests/kernel.rs` and `heads.rs`, run in the guest with `CI=true` (never\n\
-         skipping). This project's own kernel (6.18, tracepoint only) runs every suite in\n\
-         `cargo xtask test` itself, the scenario matrix and the real-server suites included.\n\n",
+         `truncwatch/tests/<name>.rs`, run in the guest with `CI=true` (never skipping): kernel\n\
+         and heads from the guest's initramfs; the scenario matrix (`scenarios.rs`), `nginx.rs`,\n\
+         `hostile.rs` and `tls.rs` (HTTPS) against Debian's real servers, in this machine's own\n\
+         root file system mounted in the guest. A count is of libtest's tests: the scenario matrix is one test of\n\
+         86 scenarios. By default only some backends run the suites (see `xtask/src/vm.rs`);\n\
+         `TRUNCWATCH_VM_FULL=1` runs them all. A suite that did not run this time shows its last\n\
+         result with the date it ran (\"on ...\"), or \"not run\". This project's own kernel\n\
+         (6.18, tracepoint only) runs every suite in `cargo xtask test` itself.\n\n",
     );
-    let _ = writeln!(
-        s,
-        "| kernel | backend | check, auto | selftest | detection runs | kernel tests | heads tests | run on |"
+    let headings: Vec<&str> = SUITES.iter().map(|(_, h)| *h).collect();
+    let header = format!(
+        "| kernel | backend | check, auto | selftest | detection runs | {} | run on |",
+        headings.join(" | ")
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "{header}");
+    let _ = writeln!(s, "|{}", "---|".repeat(header.matches(" | ").count() + 1));
+    let earlier = earlier_results(previous);
     for (kernel, rows) in kernels {
         let kernel_wide: Vec<String> = rows
             .iter()
@@ -107,34 +124,40 @@ pub fn markdown(
                 .map_or("not run".to_string(), |r| ok(r.exit).to_string());
             let detection: Vec<&&Row> = mine
                 .iter()
-                .filter(|r| r.run != "selftest" && !SUITES.contains(&r.run.as_str()))
+                .filter(|r| r.run != "selftest" && !SUITES.iter().any(|(n, _)| *n == r.run))
                 .collect();
             let passed = detection.iter().filter(|r| r.exit == 0).count();
-            let suite = |name: &str| {
-                mine.iter().find(|r| r.run == name).map_or(
-                    "not run (`TRUNCWATCH_VM_FULL=1`)".to_string(),
-                    |r| match (r.exit, r.tests) {
+            // A suite not run now shows its result from an earlier run, dated, if any.
+            let suite = |(name, heading): &(&str, &str)| {
+                let before = || {
+                    let key = (kernel.clone(), b.to_string(), heading.to_string());
+                    earlier.get(&key).cloned().unwrap_or("not run".into())
+                };
+                mine.iter()
+                    .find(|r| r.run == *name)
+                    .map_or_else(before, |r| match (r.exit, r.tests) {
                         (0, Some((p, _))) => format!("{p} passed"),
                         (e, Some((p, f))) => format!("FAILED (exit {e}): {p} passed, {f} failed"),
                         (e, None) => format!("FAILED (exit {e}), no test result"),
-                    },
-                )
+                    })
             };
+            let suites: Vec<String> = SUITES.iter().map(suite).collect();
             let _ = writeln!(
                 s,
-                "| {kernel} | {b} | {} | {selftest} | {passed} of {} passed | {} | {} | {date} |",
+                "| {kernel} | {b} | {} | {selftest} | {passed} of {} passed | {} | {date} |",
                 kernel_wide.join(", "),
                 detection.len(),
-                suite("kernel-tests"),
-                suite("heads-tests"),
+                suites.join(" | "),
             );
         }
     }
-    // Kept from the last page: rows of kernels not run now.
-    for line in previous
-        .lines()
-        .filter(|l| l.starts_with("| ") && l.ends_with(" |"))
-    {
+    // Kept from the last page: rows of kernels not run now (with as many columns as this
+    // page's).
+    for line in previous.lines().filter(|l| {
+        l.starts_with("| ")
+            && l.ends_with(" |")
+            && l.matches(" | ").count() == header.matches(" | ").count()
+    }) {
         let kernel = line[2..].split(" |").next().unwrap_or_default();
         let is_data = kernel.starts_with(|c: char| c.is_ascii_digit());
         let ran_now = ran.iter().any(|g| {
@@ -147,6 +170,48 @@ pub fn markdown(
         }
     }
     s
+}
+
+/// The suite results on the last page, by (kernel, backend, column heading), each with the date
+/// it ran: `35 passed (on 2026-12-01)`. Read by heading, so that a page with other columns
+/// still gives its results.
+fn earlier_results(previous: &str) -> HashMap<(String, String, String), String> {
+    let mut headings: Vec<&str> = Vec::new();
+    let mut out = HashMap::new();
+    for line in previous.lines() {
+        let Some(inner) = line.strip_prefix("| ").and_then(|l| l.strip_suffix(" |")) else {
+            continue;
+        };
+        let cells: Vec<&str> = inner.split(" | ").collect();
+        if cells.first() == Some(&"kernel") {
+            headings = cells;
+            continue;
+        }
+        let is_data = cells[0].starts_with(|c: char| c.is_ascii_digit());
+        if !is_data || cells.len() != headings.len() || cells.len() < 3 {
+            continue;
+        }
+        let date = cells[cells.len() - 1];
+        for (heading, cell) in headings.iter().zip(&cells) {
+            if !SUITES.iter().any(|(_, h)| h == heading) || cell.starts_with("not run") {
+                continue;
+            }
+            let dated = if cell.contains(" (on ") {
+                cell.to_string()
+            } else {
+                format!("{cell} (on {date})")
+            };
+            out.insert(
+                (
+                    cells[0].to_string(),
+                    cells[1].to_string(),
+                    heading.to_string(),
+                ),
+                dated,
+            );
+        }
+    }
+    out
 }
 
 fn ok(exit: i32) -> &'static str {
@@ -182,12 +247,15 @@ mod tests {
              VMTEST BEGIN tracepoint-heads-tests: env CI=true /bin/heads-tests\n\
              test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
              VMTEST tracepoint-heads-tests exit=101\n\
+             VMTEST BEGIN tracepoint-scenarios-tests: chroot /newroot ...\n\
+             test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             VMTEST tracepoint-scenarios-tests exit=0\n\
              VMTEST BEGIN fentry-selftest: /bin/truncwatch selftest\n\
              VMTEST fentry-selftest exit=0\n\
              VMTEST END uptime=900s",
         );
         let r = rows(&c);
-        assert_eq!(r.len(), 8);
+        assert_eq!(r.len(), 9);
         assert_eq!(
             r[6],
             Row {
@@ -202,9 +270,12 @@ mod tests {
             (None, "auto-tracepoint")
         );
         // The last page had rows of an older 6.12 and of 6.1: this run replaces 6.12's only.
-        let previous = "| kernel | backend | x |\n|---|---|---|\n\
-            | 6.12.100+deb12-amd64 | tracepoint | old |\n\
-            | 6.1.0-57-amd64 | kprobe | kept |\n";
+        let previous = "| kernel | backend | kernel tests | nginx | run on |\n|---|---|---|\n\
+            | 6.12.107+deb12-amd64 | fentry | 35 passed | 1 passed (on 2026-11-30) | 2026-11-29 |\n\
+            | kernel | backend | x |\n|---|---|---|\n\
+            | 6.12.100+deb12-amd64 | tracepoint | old | a | b | c | d | e | f | g | h | i |\n\
+            | 6.1.0-57-amd64 | kprobe | kept | a | b | c | d | e | f | g | h | i |\n\
+            | 6.1.0-57-amd64 | fentry | fewer columns than now | a |\n";
         let md = markdown(
             &[("6.12.107+deb12-amd64".into(), r)],
             "2026-12-01",
@@ -212,11 +283,11 @@ mod tests {
             &["6.12"],
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok | 1 of 2 passed | 35 passed | FAILED (exit 101): 2 passed, 1 failed | 2026-12-01 |"),
+            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok | 1 of 2 passed | 35 passed | FAILED (exit 101): 2 passed, 1 failed | 1 passed | not run | not run | not run | 2026-12-01 |"),
             "{md}"
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 0 of 0 passed | not run (`TRUNCWATCH_VM_FULL=1`) | not run (`TRUNCWATCH_VM_FULL=1`) | 2026-12-01 |"),
+            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 0 of 0 passed | 35 passed (on 2026-11-29) | not run | not run | 1 passed (on 2026-11-30) | not run | not run | 2026-12-01 |"),
             "{md}"
         );
         assert!(
@@ -224,7 +295,9 @@ mod tests {
             "no rows for a backend that did not run"
         );
         assert!(
-            md.contains("| 6.1.0-57-amd64 | kprobe | kept |") && !md.contains("| old |"),
+            md.contains("| 6.1.0-57-amd64 | kprobe | kept |")
+                && !md.contains("| old |")
+                && !md.contains("fewer columns"),
             "{md}"
         );
     }
