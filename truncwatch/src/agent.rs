@@ -292,6 +292,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         );
     }
     let mut tls = tls_hooks_start(&mut ebpf);
+    // Before "ready": whoever stops the agent as soon as it is ready gets a clean stop (hooks
+    // and uprobe events removed), not the default action of the signal.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
     publish(&mut reader, &mut ebpf, &shared, &args);
     eprintln!(
@@ -315,8 +319,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let canary_on = args.selftest || !args.canary_interval.is_zero();
     let mut provoking: Option<tokio::task::JoinHandle<Result<Truth>>> = None;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut selftest_result = None;
     loop {
         tokio::select! {

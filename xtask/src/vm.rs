@@ -17,9 +17,9 @@
 //!
 //! What CI runs: every backend of both kernels with selftest and the detection runs; the
 //! kernel and heads suites on every backend of 6.1 and on 6.12's tracepoint backend; the
-//! real-server suites on 6.12's tracepoint backend and, but for the scenario matrix, on 6.1's
-//! fentry backend (the suites take most of the time under TCG). `TRUNCWATCH_VM_FULL=1` runs
-//! every suite on every backend. `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`,
+//! real-server suites on 6.12's tracepoint backend (the suites take most of the time under
+//! TCG; on 6.1 they have not been run yet). `TRUNCWATCH_VM_FULL=1` runs every suite on every
+//! backend. `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`,
 //! `TRUNCWATCH_VM_ONLY` (a shell pattern of guest command names) and `TRUNCWATCH_VM_TEST_ARGS`
 //! narrow it while working on one.
 mod kernel_table;
@@ -89,6 +89,8 @@ struct Guest {
     real_on: &'static str,
     /// Backends the scenario matrix runs on by default (about 390 s each under TCG here).
     scenarios_on: &'static str,
+    /// Whether the kTLS runs (`vm/ktls.sh`) run: on 6.1 they have not been tried yet.
+    ktls: bool,
 }
 
 /// In the order they run: the kernel with the most backends first, so that its failures show
@@ -102,6 +104,7 @@ const GUESTS: [Guest; 2] = [
         suites_on: "tracepoint",
         real_on: "tracepoint",
         scenarios_on: "tracepoint",
+        ktls: true,
     },
     Guest {
         name: "6.1",
@@ -109,8 +112,9 @@ const GUESTS: [Guest; 2] = [
         backends: "fentry kprobe",
         auto: "fentry",
         suites_on: "fentry kprobe",
-        real_on: "fentry",
+        real_on: "",
         scenarios_on: "",
+        ktls: false,
     },
 ];
 
@@ -488,7 +492,7 @@ fn init_script(g: &Guest, real: &[(&str, PathBuf)]) -> String {
             )
         })
         .collect();
-    let (modules_dir, modules_list) = (modules::DIR, modules::LIST);
+    let (modules_dir, modules_list, ktls) = (modules::DIR, modules::LIST, g.ktls);
     let auto = g.auto;
     // Extra arguments for the kernel test binary (a filter, `--nocapture`) while working on one.
     let test_args = std::env::var("TRUNCWATCH_VM_TEST_ARGS").unwrap_or_default();
@@ -559,10 +563,13 @@ for b in {backends}; do
     vmtest $b-tls-short-write /bin/tls.sh tls-short short_write --body 8000000 --cut-at 2000000
     vmtest $b-tls-complete /bin/tls.sh tls-full complete --body 4000000
     # Kernel TLS: plaintext through the socket calls the tracepoints see; the fentry and kprobe
-    # backends' tcp_sendmsg is bypassed (ktls.sh), pinned as unseen.
+    # backends' tcp_sendmsg is bypassed, and kTLS clients are not tracked (ktls.sh): pinned as
+    # unseen.
     case $b in tracepoint) cut=short_write whole=complete ;; *) cut=unseen whole=unseen ;; esac
-    vmtest $b-ktls-short-write /bin/ktls.sh ktls-short $cut --body 8000000 --cut-at 2000000
-    vmtest $b-ktls-complete /bin/ktls.sh ktls-full $whole --body 4000000
+    [ {ktls} = true ] &&
+    vmtest $b-ktls-short-write /bin/ktls.sh ktls-short $cut unseen --body 8000000 --cut-at 2000000
+    [ {ktls} = true ] &&
+    vmtest $b-ktls-complete /bin/ktls.sh ktls-full $whole unseen --body 4000000
     # CI=true: the suites never skip.
     case " {suites_on} " in *" $b "*)
         limit={TESTS_TIMEOUT_S}

@@ -151,23 +151,39 @@ pub fn markdown(
             );
         }
     }
-    // Kept from the last page: rows of kernels not run now (with as many columns as this
-    // page's).
-    for line in previous.lines().filter(|l| {
-        l.starts_with("| ")
-            && l.ends_with(" |")
-            && l.matches(" | ").count() == header.matches(" | ").count()
-    }) {
-        let kernel = line[2..].split(" |").next().unwrap_or_default();
+    // Kept from the last page: rows of kernels not run now, their cells moved under this
+    // page's headings (a column the last page lacked: "not run").
+    let columns: Vec<&str> = header[2..header.len() - 2].split(" | ").collect();
+    let mut headings: Vec<&str> = Vec::new();
+    for line in previous.lines() {
+        let Some(inner) = line.strip_prefix("| ").and_then(|l| l.strip_suffix(" |")) else {
+            continue;
+        };
+        let cells: Vec<&str> = inner.split(" | ").collect();
+        if cells.first() == Some(&"kernel") {
+            headings = cells;
+            continue;
+        }
+        let kernel = cells[0];
         let is_data = kernel.starts_with(|c: char| c.is_ascii_digit());
         let ran_now = ran.iter().any(|g| {
             kernel
                 .strip_prefix(g)
                 .is_some_and(|r| r.starts_with(['.', '-']))
         });
-        if is_data && !ran_now {
-            let _ = writeln!(s, "{line}");
+        if !is_data || ran_now || cells.len() != headings.len() {
+            continue;
         }
+        let row: Vec<&str> = columns
+            .iter()
+            .map(|c| {
+                headings
+                    .iter()
+                    .position(|h| h == c)
+                    .map_or("not run", |i| cells[i])
+            })
+            .collect();
+        let _ = writeln!(s, "| {} |", row.join(" | "));
     }
     s
 }
@@ -272,10 +288,9 @@ mod tests {
         // The last page had rows of an older 6.12 and of 6.1: this run replaces 6.12's only.
         let previous = "| kernel | backend | kernel tests | nginx | run on |\n|---|---|---|\n\
             | 6.12.107+deb12-amd64 | fentry | 35 passed | 1 passed (on 2026-11-30) | 2026-11-29 |\n\
-            | kernel | backend | x |\n|---|---|---|\n\
-            | 6.12.100+deb12-amd64 | tracepoint | old | a | b | c | d | e | f | g | h | i |\n\
-            | 6.1.0-57-amd64 | kprobe | kept | a | b | c | d | e | f | g | h | i |\n\
-            | 6.1.0-57-amd64 | fentry | fewer columns than now | a |\n";
+            | 6.12.100+deb12-amd64 | tracepoint | old | x | 2026-11-29 |\n\
+            | 6.1.0-57-amd64 | kprobe | 35 passed | 1 passed | 2026-11-28 |\n\
+            | 6.1.0-57-amd64 | fentry | a row of another width |\n";
         let md = markdown(
             &[("6.12.107+deb12-amd64".into(), r)],
             "2026-12-01",
@@ -295,9 +310,9 @@ mod tests {
             "no rows for a backend that did not run"
         );
         assert!(
-            md.contains("| 6.1.0-57-amd64 | kprobe | kept |")
+            md.contains("| 6.1.0-57-amd64 | kprobe | not run | not run | not run | 35 passed | not run | not run | 1 passed | not run | not run | 2026-11-28 |")
                 && !md.contains("| old |")
-                && !md.contains("fewer columns"),
+                && !md.contains("another width"),
             "{md}"
         );
     }
