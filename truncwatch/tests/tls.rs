@@ -349,7 +349,8 @@ fn node_https_timeout_is_a_short_write() {
             &key,
             &FILE_BYTES.to_string(),
             // Past a steady reader's longest pause under emulation (the test kernels' guests
-            // read 30 MiB of TLS slowly), short of the stalled reader's 3 s.
+            // read 30 MiB of TLS slowly), well short of the stalled reader's 6 s (node keeps
+            // writing into the socket buffers for a while after the reader stops).
             "2000",
         ])
         .stderr(Stdio::null())
@@ -367,7 +368,7 @@ fn node_https_timeout_is_a_short_write() {
     let got = fetch(
         port,
         "/big.bin",
-        &["--stall-after", "1000000", "--stall", "3"],
+        &["--stall-after", "1000000", "--stall", "6"],
     );
     assert_eq!(
         got[0]["complete"], false,
