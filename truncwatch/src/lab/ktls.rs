@@ -112,10 +112,7 @@ pub fn ktls(a: &KtlsArgs) -> Result<()> {
                 req.extend_from_slice(&buf[..n]);
             }
             enable(&s, TLS_TX)?;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n"
-            );
-            s.write_all(head.as_bytes())?;
+            s.write_all(super::response_head(body).as_bytes())?;
             s.write_all(&vec![b'x'; cut as usize])?;
             Ok(()) // dropped: the socket closes (a FIN)
         })?;
@@ -124,38 +121,10 @@ pub fn ktls(a: &KtlsArgs) -> Result<()> {
     // Before the request: the response's records then never arrive ahead of the key.
     enable(&c, TLS_RX)?;
     c.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    let mut head_bytes = None;
-    loop {
-        let n = match c.read(&mut buf) {
-            Ok(0) | Err(_) => break, // the end, or an error: the client counts what it got
-            Ok(n) => n,
-        };
-        got.extend_from_slice(&buf[..n]);
-        if head_bytes.is_none() {
-            head_bytes = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-        }
-        if head_bytes.is_some_and(|h| (got.len() - h) as u64 >= body) {
-            break;
-        }
-    }
-    let head = head_bytes.unwrap_or(got.len());
-    let complete = (got.len() - head) as u64 == body;
+    let got = super::read_one_response(|buf| c.read(buf).unwrap_or(0), body);
     drop(c);
     server
         .join()
         .map_err(|_| anyhow::anyhow!("the lab server panicked"))??;
-    writeln!(
-        std::io::stdout(),
-        "{}",
-        serde_json::json!({
-            "server": format!("127.0.0.1:{port}"),
-            "client": local.to_string(),
-            "head_bytes": head,
-            "received_bytes": got.len(),
-            "complete": complete,
-        })
-    )?;
-    Ok(())
+    super::print_exchange(port, local, got)
 }

@@ -81,3 +81,55 @@ fn set_linger0(s: &dyn Stream) -> Result<()> {
     }
     Ok(())
 }
+
+/// The head of the lab's HTTPS and kTLS responses: 200, `body` bytes promised.
+fn response_head(body: u64) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n"
+    )
+}
+
+/// A lab client reading one response with `read` (bytes read; 0 at the end of the stream or on
+/// an error: the client counts what it got) until the end, or `body` bytes past the head.
+/// Returns (head bytes, bytes received, whether the whole body came).
+fn read_one_response(mut read: impl FnMut(&mut [u8]) -> usize, body: u64) -> (usize, usize, bool) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let mut head_bytes = None;
+    loop {
+        let n = read(&mut buf);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if head_bytes.is_none() {
+            head_bytes = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        }
+        if head_bytes.is_some_and(|h| (got.len() - h) as u64 >= body) {
+            break;
+        }
+    }
+    let head = head_bytes.unwrap_or(got.len());
+    (head, got.len(), (got.len() - head) as u64 == body)
+}
+
+/// The one JSON line of `lab tls` and `lab ktls`: the server's and the client's addresses and
+/// what the client got (as `lab fetch` prints per response).
+fn print_exchange(
+    port: u16,
+    client: std::net::SocketAddr,
+    (head, received, complete): (usize, usize, bool),
+) -> Result<()> {
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::json!({
+            "server": format!("127.0.0.1:{port}"),
+            "client": client.to_string(),
+            "head_bytes": head,
+            "received_bytes": received,
+            "complete": complete,
+        })
+    )?;
+    Ok(())
+}

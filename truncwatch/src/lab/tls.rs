@@ -6,7 +6,6 @@
 //! HTTPS server, such as the test kernels' guests.
 use anyhow::{Context, Result, bail};
 use std::ffi::{CString, c_char, c_int, c_void};
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 
@@ -200,10 +199,7 @@ pub fn tls(a: &TlsArgs) -> Result<()> {
                 }
                 req.extend_from_slice(&buf[..n]);
             }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n"
-            );
-            tls.write_all(head.as_bytes())?;
+            tls.write_all(super::response_head(body).as_bytes())?;
             tls.write_all(&vec![b'x'; cut as usize])?;
             Ok(()) // dropped: close_notify, then the socket closes (a FIN)
         })?;
@@ -211,37 +207,8 @@ pub fn tls(a: &TlsArgs) -> Result<()> {
     let local = c.local_addr()?;
     let tls = lib_ref.session(client_ctx, c.as_raw_fd(), false)?;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    let mut head_bytes = None;
-    loop {
-        let n = tls.read(&mut buf);
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-        if head_bytes.is_none() {
-            head_bytes = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-        }
-        if head_bytes.is_some_and(|h| (got.len() - h) as u64 >= body) {
-            break;
-        }
-    }
-    let head = head_bytes.unwrap_or(got.len());
-    let complete = (got.len() - head) as u64 == body;
+    let got = super::read_one_response(|buf| tls.read(buf), body);
     drop(tls);
     let _ = server.join();
-    let mut out = std::io::stdout();
-    writeln!(
-        out,
-        "{}",
-        serde_json::json!({
-            "server": format!("127.0.0.1:{port}"),
-            "client": local.to_string(),
-            "head_bytes": head,
-            "received_bytes": got.len(),
-            "complete": complete,
-        })
-    )?;
-    Ok(())
+    super::print_exchange(port, local, got)
 }

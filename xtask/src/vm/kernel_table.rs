@@ -154,61 +154,59 @@ pub fn markdown(
     // Kept from the last page: rows of kernels not run now, their cells moved under this
     // page's headings (a column the last page lacked: "not run").
     let columns: Vec<&str> = header[2..header.len() - 2].split(" | ").collect();
+    for row in data_rows(previous) {
+        let kernel = row[0].1;
+        let ran_now = ran.iter().any(|g| {
+            kernel
+                .strip_prefix(g)
+                .is_some_and(|r| r.starts_with(['.', '-']))
+        });
+        if ran_now {
+            continue;
+        }
+        let cells: Vec<&str> = columns
+            .iter()
+            .map(|c| {
+                row.iter()
+                    .find(|(h, _)| h == c)
+                    .map_or("not run", |(_, v)| v)
+            })
+            .collect();
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
+    }
+    s
+}
+
+/// The data rows of a page's tables, each cell with its column's heading (from the table's
+/// header row), first the kernel's; rows whose width differs from their header are skipped.
+fn data_rows(page: &str) -> Vec<Vec<(&str, &str)>> {
     let mut headings: Vec<&str> = Vec::new();
-    for line in previous.lines() {
+    let mut rows = Vec::new();
+    for line in page.lines() {
         let Some(inner) = line.strip_prefix("| ").and_then(|l| l.strip_suffix(" |")) else {
             continue;
         };
         let cells: Vec<&str> = inner.split(" | ").collect();
         if cells.first() == Some(&"kernel") {
             headings = cells;
-            continue;
+        } else if cells[0].starts_with(|c: char| c.is_ascii_digit())
+            && cells.len() == headings.len()
+            && cells.len() >= 3
+        {
+            rows.push(headings.iter().copied().zip(cells).collect());
         }
-        let kernel = cells[0];
-        let is_data = kernel.starts_with(|c: char| c.is_ascii_digit());
-        let ran_now = ran.iter().any(|g| {
-            kernel
-                .strip_prefix(g)
-                .is_some_and(|r| r.starts_with(['.', '-']))
-        });
-        if !is_data || ran_now || cells.len() != headings.len() {
-            continue;
-        }
-        let row: Vec<&str> = columns
-            .iter()
-            .map(|c| {
-                headings
-                    .iter()
-                    .position(|h| h == c)
-                    .map_or("not run", |i| cells[i])
-            })
-            .collect();
-        let _ = writeln!(s, "| {} |", row.join(" | "));
     }
-    s
+    rows
 }
 
 /// The suite results on the last page, by (kernel, backend, column heading), each with the date
 /// it ran: `35 passed (on 2026-12-01)`. Read by heading, so that a page with other columns
 /// still gives its results.
 fn earlier_results(previous: &str) -> HashMap<(String, String, String), String> {
-    let mut headings: Vec<&str> = Vec::new();
     let mut out = HashMap::new();
-    for line in previous.lines() {
-        let Some(inner) = line.strip_prefix("| ").and_then(|l| l.strip_suffix(" |")) else {
-            continue;
-        };
-        let cells: Vec<&str> = inner.split(" | ").collect();
-        if cells.first() == Some(&"kernel") {
-            headings = cells;
-            continue;
-        }
-        let is_data = cells[0].starts_with(|c: char| c.is_ascii_digit());
-        if !is_data || cells.len() != headings.len() || cells.len() < 3 {
-            continue;
-        }
-        let date = cells[cells.len() - 1];
-        for (heading, cell) in headings.iter().zip(&cells) {
+    for row in data_rows(previous) {
+        let (kernel, backend, date) = (row[0].1, row[1].1, row[row.len() - 1].1);
+        for (heading, cell) in &row {
             if !SUITES.iter().any(|(_, h)| h == heading) || cell.starts_with("not run") {
                 continue;
             }
@@ -218,11 +216,7 @@ fn earlier_results(previous: &str) -> HashMap<(String, String, String), String> 
                 format!("{cell} (on {date})")
             };
             out.insert(
-                (
-                    cells[0].to_string(),
-                    cells[1].to_string(),
-                    heading.to_string(),
-                ),
+                (kernel.to_string(), backend.to_string(), heading.to_string()),
                 dated,
             );
         }
