@@ -96,10 +96,10 @@ pub struct Offsets {
     /// the field in a readable form (no struct field is at offset 0 of `tcp_sock`).
     pub tcp_snd_wnd: u32,
     /// The byte holding `tcp_sock.chrono_type`: a u8 on 6.18, a 2-bit bitfield sharing its
-    /// byte with other flags on 6.1 and 6.12. The type is `(byte >> shift) & ((1 << width) - 1)`.
+    /// byte with other flags on 6.1 and 6.12. The type is `(byte >> shift) & mask`.
     pub tcp_chrono_type: u32,
     pub tcp_chrono_type_shift: u32,
-    pub tcp_chrono_type_width: u32,
+    pub tcp_chrono_type_mask: u32,
     pub tcp_chrono_start: u32,
     pub tcp_chrono_stat: u32,
     /// `socket.sk` (struct sock *): the fentry backend's hooks get a `struct socket *`.

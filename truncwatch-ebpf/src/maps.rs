@@ -60,7 +60,7 @@ static OFFSETS: Offsets = Offsets {
     tcp_snd_wnd: 0,
     tcp_chrono_type: 0,
     tcp_chrono_type_shift: 0,
-    tcp_chrono_type_width: 0,
+    tcp_chrono_type_mask: 0,
     tcp_chrono_start: 0,
     tcp_chrono_stat: 0,
     socket_sk: 0,

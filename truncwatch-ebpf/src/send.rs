@@ -100,9 +100,10 @@ pub fn begin_tracking(
         // of bytes read are of records, not of the plaintext it reads, so its reads cannot be
         // checked against them (in the 6.12 guest the kprobe backend counted 3596 bytes too
         // many on a 2 MB download). Not judged rather than misjudged.
-        let ulp =
-            family != AF_UNIX && read_kernel::<u64>(sk as u64 + o.icsk_ulp_ops as u64) != Some(0);
-        if method != METHOD_NONE && !ulp {
+        let ulp = || {
+            family != AF_UNIX && read_kernel::<u64>(sk as u64 + o.icsk_ulp_ops as u64) != Some(0)
+        };
+        if method != METHOD_NONE && !ulp() {
             st.track = TRACK_HTTP;
             st.flags |= FLAG_CLIENT;
             st.sent = 0;

@@ -108,13 +108,7 @@ fn chrono(base: u64, o: &truncwatch_common::Offsets) -> (u32, u32) {
     if o.tcp_chrono_type != 0 && o.tcp_chrono_start != 0 {
         let byte = read_kernel::<u8>(base + o.tcp_chrono_type as u64).unwrap_or(0);
         // A bitfield on 6.1 and 6.12, sharing its byte with other flags.
-        let mask = (1u32 << (o.tcp_chrono_type_width & 7)).wrapping_sub(1) as u8;
-        let mask = if o.tcp_chrono_type_width >= 8 {
-            0xff
-        } else {
-            mask
-        };
-        let ty = (byte >> (o.tcp_chrono_type_shift & 7)) & mask;
+        let ty = (byte >> (o.tcp_chrono_type_shift & 7)) & o.tcp_chrono_type_mask as u8;
         let start = read_kernel::<u32>(base + o.tcp_chrono_start as u64).unwrap_or(0);
         // tcp_jiffies32 is the low 32 bits of jiffies.
         let running = (unsafe { bpf_jiffies64() } as u32).wrapping_sub(start);

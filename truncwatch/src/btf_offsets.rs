@@ -53,7 +53,7 @@ pub fn load() -> Result<KernelLayout> {
         tcp_snd_wnd: f("tcp_sock", "snd_wnd").unwrap_or(0),
         tcp_chrono_type: chrono_type.map_or(0, |b| b.0),
         tcp_chrono_type_shift: chrono_type.map_or(0, |b| b.1),
-        tcp_chrono_type_width: chrono_type.map_or(0, |b| b.2),
+        tcp_chrono_type_mask: chrono_type.map_or(0, |b| (1u32 << b.2) - 1),
         tcp_chrono_start: f("tcp_sock", "chrono_start").unwrap_or(0),
         tcp_chrono_stat: f("tcp_sock", "chrono_stat").unwrap_or(0),
         socket_sk: f("socket", "sk")?,

@@ -108,9 +108,9 @@ pub fn install(tree: &Path, files: &[PathBuf]) -> Result<()> {
             .with_context(|| format!("module path {}", file.display()))?;
         let plain = name.trim_end_matches(".xz").trim_end_matches(".zst");
         let text = if name.ends_with(".xz") {
-            decompress("xz", file)?
+            decompress("xz", "xz-utils", file)?
         } else if name.ends_with(".zst") {
-            decompress("zstd", file)?
+            decompress("zstd", "zstd", file)?
         } else {
             fs::read(file).with_context(|| format!("reading {}", file.display()))?
         };
@@ -122,12 +122,13 @@ pub fn install(tree: &Path, files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn decompress(tool: &str, file: &Path) -> Result<Vec<u8>> {
+/// `tool -dc file`; `package`: the Debian package that has the tool.
+fn decompress(tool: &str, package: &str, file: &Path) -> Result<Vec<u8>> {
     let out = Command::new(tool)
         .arg("-dc")
         .arg(file)
         .output()
-        .with_context(|| format!("{tool} (Debian package {tool}-utils or {tool})"))?;
+        .with_context(|| format!("{tool} (Debian package {package})"))?;
     if !out.status.success() {
         bail!("{tool} -dc {} failed", file.display());
     }
