@@ -38,6 +38,12 @@ use std::time::{Duration, Instant};
 /// TCG boots to init in about 1.5 s here (4 s with firmware); the timeout leaves room for slow
 /// machines and for the agent's start-up under emulation.
 const VM_TIMEOUT: Duration = Duration::from_secs(2400);
+/// With `TRUNCWATCH_VM_FULL=1` every suite runs on every backend: about 4 000 s for 6.12.
+const VM_TIMEOUT_FULL: Duration = Duration::from_secs(7200);
+
+fn full() -> bool {
+    std::env::var("TRUNCWATCH_VM_FULL").as_deref() == Ok("1")
+}
 /// Each guest command gets this long, so one that hangs still leaves time for the others.
 const CMD_TIMEOUT_S: u32 = 120;
 /// The kernel integration suite: about 30 s on the host, several times that under TCG.
@@ -470,8 +476,7 @@ fn init_script(g: &Guest, real: &[(&str, PathBuf)]) -> String {
     // Backends to run everything against: `TRUNCWATCH_VM_BACKENDS` (space-separated) picks
     // fewer, e.g. while working on one.
     let backends = std::env::var("TRUNCWATCH_VM_BACKENDS").unwrap_or_else(|_| g.backends.into());
-    let full = std::env::var("TRUNCWATCH_VM_FULL").as_deref() == Ok("1");
-    let (suites_on, real_on, scenarios_on) = if full {
+    let (suites_on, real_on, scenarios_on) = if full() {
         (g.backends, g.backends, g.backends)
     } else {
         (g.suites_on, g.real_on, g.scenarios_on)
@@ -607,12 +612,13 @@ fn pack(tree: &Path, cpio: &Path) -> Result<()> {
 }
 
 /// Boots the guest, saves its console to `log` line by line, and returns the whole console.
-/// Kills qemu after VM_TIMEOUT.
+/// Kills qemu after VM_TIMEOUT (VM_TIMEOUT_FULL with `TRUNCWATCH_VM_FULL=1`).
 fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> {
+    let timeout = if full() { VM_TIMEOUT_FULL } else { VM_TIMEOUT };
     step(&format!(
         "booting {} under qemu (TCG, no KVM here; up to {} s)",
         vmlinuz.display(),
-        VM_TIMEOUT.as_secs()
+        timeout.as_secs()
     ));
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")
@@ -661,7 +667,7 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
     let mut file = fs::File::create(log)?;
     let mut console = Vec::new();
     loop {
-        let left = VM_TIMEOUT.saturating_sub(started.elapsed());
+        let left = timeout.saturating_sub(started.elapsed());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 writeln!(file, "{line}")?;
@@ -672,7 +678,7 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 step(&format!(
                     "timeout after {} s: killing qemu",
-                    VM_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 ));
                 let _ = qemu.kill();
                 break;
