@@ -9,8 +9,9 @@
 //! check` (and the backend `auto` picks there), then, for each backend the kernel offers
 //! (forced by `TRUNCWATCH_BACKEND`), `truncwatch selftest`, detection runs (`vm/detect.sh`,
 //! `vm/tls.sh`) and the kernel integration suites (`tests/kernel.rs`, `tests/heads.rs`).
-//! The table of what ran and passed goes to `docs/kernels.md` (a run of one kernel replaces
-//! that kernel's rows and keeps the others').
+//! The table of what ran and passed goes to `docs/kernels.md` after each guest (a run of one
+//! kernel replaces that kernel's rows and keeps the others'; a suite not run shows its last
+//! result, dated).
 //!
 //! The real-server suites (REAL_SUITES: the scenario matrix, nginx, hostile input, HTTPS) run
 //! in this machine's own root file system, mounted into the guest (see REAL_SUITES).
@@ -143,9 +144,16 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         .iter()
         .map(|suite| kernel_test_binary(suite).map(|bin| (*suite, bin)))
         .collect::<Result<Vec<_>>>()?;
+    let page = Path::new(root).join("docs/kernels.md");
+    let previous = fs::read_to_string(&page).unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let mut results = Vec::new();
     let mut failures = Vec::new();
-    for g in &guests {
+    for (i, g) in guests.iter().enumerate() {
         let boot = kernel(&dir, g)?;
         let (vmlinuz, config) = kernel_files(&boot)?;
         check_config(&config)?;
@@ -168,19 +176,16 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         if let Err(e) = report(&console, &log, g) {
             failures.push(format!("{e:#}"));
         }
+        // After each guest, so that a run stopped during the next one keeps this one's rows.
+        let ran: Vec<&str> = guests[..=i].iter().map(|g| g.name).collect();
+        let table = kernel_table::markdown(&results, &date, &previous, &ran);
+        fs::write(&page, &table)?;
+        step(&format!(
+            "wrote {root}/docs/kernels.md (Linux {} done)",
+            g.name
+        ));
     }
-    let page = Path::new(root).join("docs/kernels.md");
-    let previous = fs::read_to_string(&page).unwrap_or_default();
-    let date = Command::new("date")
-        .args(["-u", "+%F"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let ran: Vec<&str> = guests.iter().map(|g| g.name).collect();
-    let table = kernel_table::markdown(&results, &date, &previous, &ran);
-    println!("{table}");
-    fs::write(&page, &table)?;
-    step(&format!("wrote {root}/docs/kernels.md"));
+    println!("{}", fs::read_to_string(&page)?);
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }
