@@ -523,11 +523,12 @@ for m in $(cat /{modules_list}); do
     insmod /{modules_dir}/$m || echo "VMTEST note: insmod $m failed"
 done
 # This machine's root file system, for the real-server suites: read-only over 9p, under a
-# tmpfs overlay so that servers can write their logs and temporary files.
+# tmpfs overlay so that servers can write their logs and temporary files. No tmpfs of its own
+# on /tmp: the workspace, and so the suites, may live there (a clean clone in /tmp).
 hostroot() {{
     mkdir -p /host /rw /newroot &&
     mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host &&
-    mount -t tmpfs -o size=1g tmpfs /rw && mkdir -p /rw/upper /rw/work &&
+    mount -t tmpfs -o size=1536m tmpfs /rw && mkdir -p /rw/upper /rw/work &&
     mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /newroot &&
     mount -t proc proc /newroot/proc &&
     mount -t sysfs sysfs /newroot/sys &&
@@ -536,7 +537,6 @@ hostroot() {{
     mkdir -p /newroot/dev/pts /newroot/dev/shm &&
     mount -t devpts devpts /newroot/dev/pts &&
     mount -t tmpfs tmpfs /newroot/dev/shm &&
-    mount -t tmpfs tmpfs /newroot/tmp &&
     mount -t tmpfs tmpfs /newroot/run &&
     mount -t tracefs nodev /newroot/sys/kernel/tracing
 }}
