@@ -29,7 +29,7 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use core::ffi::c_void;
 use truncwatch_common::{
     EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_CLIENT, FLAG_EVENTS_LOST,
-    ProbeSock, SendEvent, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS,
+    FLAG_RESET_RECEIVED, ProbeSock, SendEvent, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS,
 };
 
 // include/net/tcp_states.h
@@ -192,9 +192,29 @@ fn settle_before_end(sk: *mut c_void, oldstate: i32) {
 pub fn tcp_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
     settle_before_end(sk, oldstate);
     crate::state::on_state::<ProbeStore>(sk, oldstate, newstate);
-    if newstate == TCP_CLOSE {
+    if newstate == TCP_CLOSE && !draining(sk) {
         ProbeStore::forget(sk);
     }
+}
+
+/// A tracked client its server reset with bytes it has not read yet: Linux still hands them
+/// to its reads after CLOSE, and the agent judges the response once they were read, so the
+/// entry stays until then (`tcp_read`), or until the address is reused.
+#[inline(always)]
+fn draining(sk: *mut c_void) -> bool {
+    let Some(ps) = ProbeStore::sock(sk, false) else {
+        return false;
+    };
+    let client = FLAG_CLIENT | FLAG_RESET_RECEIVED;
+    ps.st.track == TRACK_HTTP && ps.st.flags & client == client && unread(sk) > 0
+}
+
+/// Bytes received and not read yet: `rcv_nxt - copied_seq`.
+#[inline(always)]
+fn unread(sk: *mut c_void) -> u32 {
+    let o = offsets();
+    let seq = |off: u32| read_kernel::<u32>(sk as u64 + off as u64).unwrap_or(0);
+    seq(o.tcp_rcv_nxt).wrapping_sub(seq(o.tcp_copied_seq))
 }
 
 /// `tcp:tcp_receive_reset`. (The reset arrives on an open connection: settle as from
@@ -209,8 +229,14 @@ pub fn tcp_reset_received(sk: *mut c_void) {
 /// without sleeping (the read itself may sleep, so it gets no return probe).
 #[inline(always)]
 pub fn tcp_read(sk: *mut c_void, copied: i32) {
-    if copied > 0 {
-        crate::recv::on_recv::<ProbeStore>(sk, copied, 0);
+    if copied <= 0 {
+        return;
+    }
+    crate::recv::on_recv::<ProbeStore>(sk, copied, 0);
+    // A reset client's last unread bytes (see `draining`): its entry goes now.
+    let closed = read_kernel::<u8>(sk as u64 + offsets().skc_state as u64) == Some(TCP_CLOSE as u8);
+    if closed && unread(sk) == 0 {
+        ProbeStore::forget(sk);
     }
 }
 

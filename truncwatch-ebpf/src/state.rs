@@ -16,6 +16,8 @@ use truncwatch_common::{
 };
 
 // include/net/tcp_states.h
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
 pub const TCP_CLOSE: i32 = 7;
 const TCP_LAST_ACK: i32 = 9;
@@ -127,7 +129,10 @@ fn chrono(base: u64, o: &truncwatch_common::Offsets) -> (u32, u32) {
 #[inline(always)]
 fn discarded(sk: *mut c_void, oldstate: i32) -> Option<()> {
     let o = offsets();
-    if o.ready == 0 {
+    // A connection that never synchronized (a refused connect: SYN_SENT, then the peer's
+    // reset) has only its SYN unacknowledged, no data. The kprobe backend keeps no state for
+    // such sockets, so the reset's mark cannot tell it.
+    if o.ready == 0 || matches!(oldstate, TCP_SYN_SENT | TCP_SYN_RECV) {
         return None;
     }
     let base = sk as u64;

@@ -465,7 +465,17 @@ pub fn attach(
                 release_freed_memory();
                 return Ok((ebpf, layout, b));
             }
-            Err(e) => errors.push(format!("{} backend: {e:#}", b.name())),
+            Err(e) => {
+                let mut error = format!("{} backend: {e:#}", b.name());
+                // kprobes are perf events: refused without CAP_SYS_ADMIN at Debian's default.
+                if b == Backend::Kprobe
+                    && error.contains("Permission denied")
+                    && let Some(hint) = crate::uprobe_events::perf_paranoid_hint()
+                {
+                    error = format!("{error} ({hint})");
+                }
+                errors.push(error);
+            }
         }
     }
     bail!("no backend could attach. {}", errors.join(". "))

@@ -68,8 +68,8 @@ struct Conn {
     eof_read: Option<ReadFacts>,
     /// A head a client is reading a few bytes at a time, so far (`head_from_reads`).
     read_head: Option<PartialHead>,
-    /// The server reset a client's connection with bytes it had not read yet: the stream
-    /// offset then and those bytes. Linux still hands them to the client's reads; its verdict
+    /// The server reset a client's connection with bytes it had not read yet: the bytes the
+    /// kernel had copied to the client then (stream offset) and those unread bytes. Linux still hands them to the client's reads; its verdict
     /// waits until it read them, or read end of stream.
     drain: Option<(u64, u64)>,
 }
@@ -132,11 +132,11 @@ fn client_arrival(conn: &Conn, ending: Ending) -> (u64, bool) {
         }
         return (conn.sent, true);
     };
-    // Reset by the server with bytes unread: the counters are the reset's, and the reads
-    // since took from those bytes.
+    // Reset by the server with bytes unread: the counters are the reset's (`at`: the bytes
+    // the kernel had copied to the client by then), and the reads since took from those bytes.
+    // Every byte read before the reset was seen if the reads seen reached `at` since.
     if let Some((at, unread)) = conn.drain {
-        let copied = conn.tcp.map_or(from, |t| t.copied_seq);
-        return (at + unread, u64::from(copied.wrapping_sub(from)) == at);
+        return (at + unread, conn.sent >= at);
     }
     let fin_arrived = conn.peer.fin.is_some() || conn.eof_read.is_some();
     let (copied_seq, unread, eof_seen) = match (conn.eof_read, conn.tcp) {
@@ -308,7 +308,12 @@ impl Correlator {
                         if conn.meta.side == Side::Client && !conn.meta.tls && facts.unread > 0 =>
                     {
                         conn.peer.saw("reset", conn.sent);
-                        conn.drain = Some((conn.sent, facts.unread));
+                        // Counted from the kernel's bytes read, not the reads seen: a read
+                        // under way when the reset came has copied bytes it reports later.
+                        let read = conn.read_from.map_or(conn.sent, |from| {
+                            u64::from(facts.copied_seq.wrapping_sub(from)).max(conn.sent)
+                        });
+                        conn.drain = Some((read, facts.unread));
                         self.conns.insert(sk, conn);
                         return;
                     }

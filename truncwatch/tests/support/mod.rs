@@ -42,6 +42,12 @@ macro_rules! kernel_test {
     };
 }
 
+/// Whether the tests run against the kprobe backend (`TRUNCWATCH_BACKEND=kprobe`, as the
+/// guest forces it): where its documented differences are pinned.
+pub fn kprobe_backend() -> bool {
+    std::env::var("TRUNCWATCH_BACKEND").as_deref() == Ok("kprobe")
+}
+
 /// Kernel tests need root and a working bpf(). Without them they skip with a reason, except in
 /// CI (`CI=true`), where a skip would hide a broken detector: there they fail.
 pub fn kernel_or_skip(test: &str) -> bool {
