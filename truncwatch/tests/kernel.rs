@@ -346,7 +346,10 @@ fn refused_connects_are_not_resets() {
         .into_iter()
         .filter(|v| v["peer"] == refused.as_str())
         .collect();
-    assert!(about.is_empty(), "verdicts about refused connects: {about:?}");
+    assert!(
+        about.is_empty(),
+        "verdicts about refused connects: {about:?}"
+    );
 }
 
 /// Chunked bodies: complete when the last chunk was handed over; cut short otherwise, with the

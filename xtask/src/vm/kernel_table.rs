@@ -19,22 +19,62 @@ const SUITES: [(&str, &str); 6] = [
 ];
 
 /// One guest command: the backend it ran on (`None` for the kernel-wide ones), its run, its
-/// exit status, and for a test suite its tests passed and failed.
+/// exit status, for a test suite its tests passed and failed, and for the scenario matrix its
+/// own totals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
     pub backend: Option<String>,
     pub run: String,
     pub exit: i32,
     pub tests: Option<(u32, u32)>,
+    pub matrix: Option<Matrix>,
+}
+
+/// The scenario matrix's totals, from the lines `scenarios.rs` prints (the guest runs it with
+/// `--show-output`): `totals: N scenarios, P passed; ...` and `client side: C of N scenarios
+/// as expected; ...`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Matrix {
+    pub scenarios: u32,
+    pub server_passed: u32,
+    pub client_passed: u32,
+}
+
+impl Matrix {
+    /// Reads one console line into the totals; false if it is not one of them.
+    fn read(&mut self, line: &str) -> bool {
+        let num = |s: &str| s.trim().parse::<u32>().ok();
+        if let Some(r) = line.strip_prefix("totals: ")
+            && let Some((n, rest)) = r.split_once(" scenarios, ")
+            && let Some((p, _)) = rest.split_once(" passed")
+            && let (Some(n), Some(p)) = (num(n), num(p))
+        {
+            (self.scenarios, self.server_passed) = (n, p);
+            return true;
+        }
+        if let Some(r) = line.strip_prefix("client side: ")
+            && let Some((c, _)) = r.split_once(" of ")
+            && let Some(c) = num(c)
+        {
+            self.client_passed = c;
+            return true;
+        }
+        false
+    }
 }
 
 /// The rows of one guest's console, in order.
 pub fn rows(console: &[String]) -> Vec<Row> {
     let mut out = Vec::new();
     let mut tests: Option<(u32, u32)> = None;
+    let mut matrix: Option<Matrix> = None;
     for line in console {
+        let mut m = matrix.unwrap_or_default();
         if line.starts_with("VMTEST BEGIN ") {
             tests = None;
+            matrix = None;
+        } else if m.read(line.trim_start()) {
+            matrix = Some(m);
         } else if let Some(r) = line.trim_start().strip_prefix("test result: ") {
             let count = |word: &str| {
                 r.split(';')
@@ -63,10 +103,21 @@ pub fn rows(console: &[String]) -> Vec<Row> {
                 run,
                 exit,
                 tests: tests.take(),
+                matrix: matrix.take(),
             });
         }
     }
     out
+}
+
+impl Matrix {
+    fn cell(&self) -> String {
+        let n = self.scenarios;
+        format!(
+            "{}/{n} server side, {}/{n} client side",
+            self.server_passed, self.client_passed
+        )
+    }
 }
 
 /// The markdown page: per kernel and backend, the runs and their results, dated `date`. Rows
@@ -90,8 +141,8 @@ pub fn markdown(
          `truncwatch/tests/<name>.rs`, run in the guest with `CI=true` (never skipping): kernel\n\
          and heads from the guest's initramfs; the scenario matrix (`scenarios.rs`), `nginx.rs`,\n\
          `hostile.rs` and `tls.rs` (HTTPS) against Debian's real servers, in this machine's own\n\
-         root file system mounted in the guest. A count is of libtest's tests: the scenario matrix is one test of\n\
-         86 scenarios. By default only some backends run the suites (see `xtask/src/vm.rs`);\n\
+         root file system mounted in the guest. A count is of libtest's tests, but the scenario\n\
+         matrix's is of its scenarios passed on each side. By default only some backends run the suites (see `xtask/src/vm.rs`);\n\
          `TRUNCWATCH_VM_FULL=1` runs them all. A suite that did not run this time shows its last\n\
          result with the date it ran (\"on ...\"), or \"not run\". This project's own kernel\n\
          (6.18, tracepoint only) runs every suite in `cargo xtask test` itself.\n\n",
@@ -135,10 +186,14 @@ pub fn markdown(
                 };
                 mine.iter()
                     .find(|r| r.run == *name)
-                    .map_or_else(before, |r| match (r.exit, r.tests) {
-                        (0, Some((p, _))) => format!("{p} passed"),
-                        (e, Some((p, f))) => format!("FAILED (exit {e}): {p} passed, {f} failed"),
-                        (e, None) => format!("FAILED (exit {e}), no test result"),
+                    .map_or_else(before, |r| match (r.exit, r.tests, r.matrix) {
+                        (0, _, Some(m)) => m.cell(),
+                        (e, _, Some(m)) => format!("FAILED (exit {e}): {}", m.cell()),
+                        (0, Some((p, _)), None) => format!("{p} passed"),
+                        (e, Some((p, f)), None) => {
+                            format!("FAILED (exit {e}): {p} passed, {f} failed")
+                        }
+                        (e, None, None) => format!("FAILED (exit {e}), no test result"),
                     })
             };
             let suites: Vec<String> = SUITES.iter().map(suite).collect();
@@ -258,8 +313,10 @@ mod tests {
              test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
              VMTEST tracepoint-heads-tests exit=101\n\
              VMTEST BEGIN tracepoint-scenarios-tests: chroot /newroot ...\n\
-             test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n\
-             VMTEST tracepoint-scenarios-tests exit=0\n\
+             totals: 86 scenarios, 86 passed; recall 100% (36/36 server truncations flagged); ...\n\
+             client side: 85 of 86 scenarios as expected; recall 97% ...\n\
+             test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
+             VMTEST tracepoint-scenarios-tests exit=101\n\
              VMTEST BEGIN fentry-selftest: /bin/truncwatch selftest\n\
              VMTEST fentry-selftest exit=0\n\
              VMTEST END uptime=900s",
@@ -273,6 +330,7 @@ mod tests {
                 run: "heads-tests".into(),
                 exit: 101,
                 tests: Some((2, 1)),
+                matrix: None,
             }
         );
         assert_eq!(
@@ -292,7 +350,7 @@ mod tests {
             &["6.12"],
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok | 1 of 2 passed | 35 passed | FAILED (exit 101): 2 passed, 1 failed | 1 passed | not run | not run | not run | 2026-12-01 |"),
+            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok | 1 of 2 passed | 35 passed | FAILED (exit 101): 2 passed, 1 failed | FAILED (exit 101): 86/86 server side, 85/86 client side | not run | not run | not run | 2026-12-01 |"),
             "{md}"
         );
         assert!(
