@@ -129,10 +129,7 @@ fn chrono(base: u64, o: &truncwatch_common::Offsets) -> (u32, u32) {
 #[inline(always)]
 fn discarded(sk: *mut c_void, oldstate: i32) -> Option<()> {
     let o = offsets();
-    // A connection that never synchronized (a refused connect: SYN_SENT, then the peer's
-    // reset) has only its SYN unacknowledged, no data. The kprobe backend keeps no state for
-    // such sockets, so the reset's mark cannot tell it.
-    if o.ready == 0 || matches!(oldstate, TCP_SYN_SENT | TCP_SYN_RECV) {
+    if o.ready == 0 {
         return None;
     }
     let base = sk as u64;
@@ -148,6 +145,12 @@ fn discarded(sk: *mut c_void, oldstate: i32) -> Option<()> {
     }
     if fin && unsent > 0 {
         unsent -= 1;
+    }
+    // So does a SYN not yet acknowledged (a refused connect: SYN_SENT, then the peer's reset;
+    // the kprobe backend keeps no state for such sockets, so the reset's mark cannot tell it).
+    // Data sent with it (TCP Fast Open) still counts.
+    if matches!(oldstate, TCP_SYN_SENT | TCP_SYN_RECV) && unacked > 0 {
+        unacked -= 1;
     }
     if unacked == 0 || unacked > 1 << 30 {
         return None; // nothing lost (or a connection that never synchronized)

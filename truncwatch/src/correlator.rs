@@ -68,10 +68,29 @@ struct Conn {
     eof_read: Option<ReadFacts>,
     /// A head a client is reading a few bytes at a time, so far (`head_from_reads`).
     read_head: Option<PartialHead>,
-    /// The server reset a client's connection with bytes it had not read yet: the bytes the
-    /// kernel had copied to the client then (stream offset) and those unread bytes. Linux still hands them to the client's reads; its verdict
+    /// The server reset a client's connection before the client read all that had arrived
+    /// (or during a read). Linux still hands those bytes to the client's reads; its verdict
     /// waits until it read them, or read end of stream.
-    drain: Option<(u64, u64)>,
+    drain: Option<Drain>,
+}
+
+/// What a client had at its server's reset (`tcp_reset()`: no byte arrives after it).
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    /// Stream bytes the kernel had copied to the client (`copied_seq`): more than the reads
+    /// seen if a read was under way, whose event comes after the reset's.
+    read: u64,
+    /// Bytes arrived and not read yet (`rcv_nxt - copied_seq`).
+    unread: u64,
+    /// The reads seen at the reset.
+    seen: u64,
+}
+
+impl Drain {
+    /// Where the stream ends: every byte that arrived.
+    fn end(&self) -> u64 {
+        self.read + self.unread
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -116,6 +135,31 @@ fn undelivered(conn: &Conn, undelivered: u64, from_seq: u32) -> u64 {
     }
 }
 
+/// A TCP client's server reset it (`facts`: its counters then): what it has yet to read, if
+/// anything: bytes that arrived unread, or a read under way (the kernel copied bytes whose
+/// read event is still to come). Its kernel count behind the reads seen (reads counted
+/// twice) makes the stream unsure. (A TLS client's unread bytes are records, which its
+/// reads do not count: not drained.)
+fn drain_at_reset(conn: &mut Conn, facts: TcpFacts) -> Option<Drain> {
+    if conn.meta.side != Side::Client || conn.meta.tls {
+        return None;
+    }
+    let from = conn.read_from?;
+    // Relative to the reads seen, so that a stream past 4 GiB still compares.
+    let ahead = facts
+        .copied_seq
+        .wrapping_sub(from.wrapping_add(conn.sent as u32)) as i32;
+    if ahead < 0 {
+        conn.events_lost = true;
+        return None;
+    }
+    (ahead > 0 || facts.unread > 0).then_some(Drain {
+        read: conn.sent + ahead as u64,
+        unread: facts.unread,
+        seen: conn.sent,
+    })
+}
+
 /// A client's connection at its end: the stream offset up to which its responses reached this
 /// host (read, or received and left unread), and whether the kernel's count of bytes read
 /// agrees with the reads seen. A TCP client's counters come from its end of stream
@@ -132,11 +176,19 @@ fn client_arrival(conn: &Conn, ending: Ending) -> (u64, bool) {
         }
         return (conn.sent, true);
     };
-    // Reset by the server with bytes unread: the counters are the reset's (`at`: the bytes
-    // the kernel had copied to the client by then), and the reads since took from those bytes.
-    // Every byte read before the reset was seen if the reads seen reached `at` since.
-    if let Some((at, unread)) = conn.drain {
-        return (at + unread, conn.sent >= at);
+    // Reset by the server with bytes unread: the stream ends where they do. Every read was
+    // seen if the reads seen reached that end exactly (nothing arrives after a reset); short
+    // of it, if the kernel's count at the client's end of stream is the reads seen; without
+    // that count, only if nothing was under way at the reset.
+    if let Some(d) = conn.drain {
+        let seen_all = if conn.sent >= d.end() {
+            conn.sent == d.end()
+        } else if let Some(r) = conn.eof_read {
+            r.copied_seq.wrapping_sub(from) == conn.sent as u32
+        } else {
+            d.seen == d.read
+        };
+        return (d.end(), seen_all);
     }
     let fin_arrived = conn.peer.fin.is_some() || conn.eof_read.is_some();
     let (copied_seq, unread, eof_seen) = match (conn.eof_read, conn.tcp) {
@@ -304,22 +356,14 @@ impl Correlator {
                 conn.tcp = Some(facts);
                 let ending = match newstate {
                     // (A TLS client's unread bytes are records, which its reads do not count.)
-                    RESET_RECEIVED
-                        if conn.meta.side == Side::Client && !conn.meta.tls && facts.unread > 0 =>
-                    {
-                        conn.peer.saw("reset", conn.sent);
-                        // Counted from the kernel's bytes read, not the reads seen: a read
-                        // under way when the reset came has copied bytes it reports later.
-                        let read = conn.read_from.map_or(conn.sent, |from| {
-                            u64::from(facts.copied_seq.wrapping_sub(from)).max(conn.sent)
-                        });
-                        conn.drain = Some((read, facts.unread));
-                        self.conns.insert(sk, conn);
-                        return;
-                    }
                     RESET_RECEIVED => {
-                        // Nothing more can be delivered; CLOSE follows.
                         conn.peer.saw("reset", conn.sent);
+                        if let Some(drain) = drain_at_reset(&mut conn, facts) {
+                            conn.drain = Some(drain);
+                            self.conns.insert(sk, conn);
+                            return;
+                        }
+                        // Nothing more can be delivered; CLOSE follows.
                         Ending::PeerReset
                     }
                     TCP_FIN_WAIT1 | TCP_LAST_ACK => Ending::Fin,
@@ -517,7 +561,7 @@ impl Correlator {
         self.after_bytes(conn, ts_ns, out);
         // A client has read what its server's reset left it.
         conn.drain
-            .is_some_and(|(at, unread)| conn.sent >= at + unread)
+            .is_some_and(|d| conn.sent >= d.end())
             .then_some(Ending::PeerReset)
     }
 
@@ -982,11 +1026,11 @@ impl Correlator {
             None if server_first => return self.count_unjudged(&resp),
             None => u64::MAX, // the client left first: aborted, whatever the end
         };
+        // (After the server's reset, what had arrived is still the client's to read: if all
+        // of the response had, a client that left without reading it aborted.)
         let kind = match ending {
             Ending::SocketFreed => Kind::ObserverLoss,
             _ if !seen_all => Kind::ObserverLoss,
-            // The server reset it: whatever had arrived unread is lost with it.
-            Ending::PeerReset => Kind::Truncated,
             _ if server_first && arrived < end => Kind::Truncated,
             _ => Kind::Aborted,
         };

@@ -2071,3 +2071,99 @@ fn client_reset_during_a_read_counts_that_read() {
     });
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }
+
+/// The race the other way: the read under way took every byte, and only the reset was left.
+#[test]
+fn client_reset_after_a_read_that_took_everything_counts_that_read() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(10_000_000, 1_000_000);
+    let copied_seq = Wire::copied(w.offset + 12_416, false);
+    let facts = TcpFacts {
+        copied_seq,
+        ..TcpFacts::default()
+    };
+    w.state_facts(TCP_ESTABLISHED, RESET_RECEIVED, facts);
+    w.state_facts(TCP_ESTABLISHED, TCP_CLOSE, facts);
+    assert!(w.out.is_empty(), "the read's event is still to come");
+    w.send(None, 12_416);
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+    assert_eq!(w.out[0].r().sent_bytes, hl(10_000_000) + 1_012_416);
+}
+
+/// Reads the hooks missed before the reset are not made up for by reads after it: the
+/// kernel's count at the client's end of stream decides, and without one, unsure.
+#[test]
+fn client_reads_missed_before_a_reset_stay_unsure() {
+    for eof_facts in [true, false] {
+        let mut w = Wire::client(Transport::Tcp);
+        w.response(10_000_000, 1_000_000);
+        // 3 000 bytes read unseen (say, spliced), then the reset with 95 000 unread.
+        let missed = 3_000;
+        let copied_seq = Wire::copied(w.offset + missed, false);
+        let facts = TcpFacts {
+            unread: 95_000,
+            copied_seq,
+            ..TcpFacts::default()
+        };
+        w.state_facts(TCP_ESTABLISHED, RESET_RECEIVED, facts);
+        // It reads all that was left, then its end of stream.
+        w.send(None, 95_000);
+        let read = eof_facts.then(|| ReadFacts {
+            copied_seq: Wire::copied(w.offset + missed, false),
+            unread: 0,
+        });
+        w.ev(Event::Eof {
+            reader: SK,
+            peer: 0,
+            ts_ns: 99,
+            losses: 0,
+            events_lost: false,
+            read,
+        });
+        assert_eq!(
+            w.kinds(),
+            [Kind::ObserverLoss],
+            "EOF's counters: {eof_facts}"
+        );
+    }
+}
+
+/// All of the response had arrived when the server reset the connection; the client left
+/// without reading the rest: its own doing.
+#[test]
+fn client_that_leaves_a_whole_response_unread_after_a_reset_aborted() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(100_000, 40_000);
+    let facts = TcpFacts {
+        unread: 60_000,
+        copied_seq: Wire::copied(w.offset, false),
+        ..TcpFacts::default()
+    };
+    w.state_facts(TCP_ESTABLISHED, RESET_RECEIVED, facts);
+    w.send(None, 10_000);
+    w.ev(Event::Eof {
+        reader: SK,
+        peer: 0,
+        ts_ns: 99,
+        losses: 0,
+        events_lost: false,
+        read: Some(ReadFacts {
+            copied_seq: Wire::copied(w.offset, false),
+            unread: 50_000,
+        }),
+    });
+    assert_eq!(w.kinds(), [Kind::Aborted]);
+}
+
+/// Reads counted twice (the kernel's count behind the reads seen): unsure.
+#[test]
+fn client_reads_ahead_of_the_kernel_at_a_reset_are_unsure() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(10_000_000, 1_000_000);
+    let facts = TcpFacts {
+        copied_seq: Wire::copied(w.offset - 500, false),
+        ..TcpFacts::default()
+    };
+    w.state_facts(TCP_ESTABLISHED, RESET_RECEIVED, facts);
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+}

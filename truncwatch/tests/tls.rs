@@ -475,13 +475,36 @@ fn https_least_privilege_needs_cap_sys_ptrace_for_other_users() {
             .arg(BIN);
         if support::kprobe_backend() {
             // kprobes are perf events too: no backend attaches; the agent says why and exits.
-            let out = setpriv
-                .args(["run", "--all", "--metrics-addr", "127.0.0.1:0"])
-                .output()
+            let mut child = Proc(
+                setpriv
+                    .args(["run", "--all", "--metrics-addr", "127.0.0.1:0"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.0.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the agent still runs after 60 s at kernel.perf_event_paranoid {level}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
                 .unwrap();
-            let err = String::from_utf8_lossy(&out.stderr);
             assert!(
-                !out.status.success() && err.contains("kernel.perf_event_paranoid is"),
+                !status.success() && err.contains("kernel.perf_event_paranoid is"),
                 "the agent names the sysctl at level {level} and exits: {err}"
             );
         } else {

@@ -403,7 +403,9 @@ impl Scratch {
     /// address for the agent to see. Fails early, with the server's output, if it exits.
     fn wait_listening(&mut self, port: u16) {
         let want = format!("0100007F:{port:04X}");
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // Generous: Python servers (gunicorn) took over 15 s to listen in a TCG guest whose
+        // root is 9p; it is waited for only when slow.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
             // Fields: sl, local_address, rem_address, st (0A: LISTEN), ...
