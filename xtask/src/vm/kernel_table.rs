@@ -143,7 +143,7 @@ pub fn markdown(
          `hostile.rs` and `tls.rs` (HTTPS) against Debian's real servers, in this machine's own\n\
          root file system mounted in the guest. A count is of libtest's tests, but the scenario\n\
          matrix's is of its scenarios passed on each side. By default only some backends run the suites (see `xtask/src/vm.rs`);\n\
-         `TRUNCWATCH_VM_FULL=1` runs them all. A suite that did not run this time shows its last\n\
+         `TRUNCWATCH_VM_FULL=1` runs them all. A result that did not run this time shows its last\n\
          result with the date it ran (\"on ...\"), or \"not run\". This project's own kernel\n\
          (6.18, tracepoint only) runs every suite in `cargo xtask test` itself.\n\n",
     );
@@ -169,21 +169,32 @@ pub fn markdown(
             if mine.is_empty() {
                 continue;
             }
+            // A column not run now shows its result from an earlier run, dated, if any.
+            let before = |heading: &str| {
+                let key = (kernel.clone(), b.to_string(), heading.to_string());
+                earlier.get(&key).cloned().unwrap_or("not run".into())
+            };
+            let check = if kernel_wide.is_empty() {
+                before("check, auto")
+            } else {
+                kernel_wide.join(", ")
+            };
             let selftest = mine
                 .iter()
                 .find(|r| r.run == "selftest")
-                .map_or("not run".to_string(), |r| ok(r.exit).to_string());
+                .map_or_else(|| before("selftest"), |r| ok(r.exit).to_string());
             let detection: Vec<&&Row> = mine
                 .iter()
                 .filter(|r| r.run != "selftest" && !SUITES.iter().any(|(n, _)| *n == r.run))
                 .collect();
             let passed = detection.iter().filter(|r| r.exit == 0).count();
-            // A suite not run now shows its result from an earlier run, dated, if any.
+            let detection = if detection.is_empty() {
+                before("detection runs")
+            } else {
+                format!("{passed} of {} passed", detection.len())
+            };
             let suite = |(name, heading): &(&str, &str)| {
-                let before = || {
-                    let key = (kernel.clone(), b.to_string(), heading.to_string());
-                    earlier.get(&key).cloned().unwrap_or("not run".into())
-                };
+                let before = || before(heading);
                 mine.iter()
                     .find(|r| r.run == *name)
                     .map_or_else(before, |r| match (r.exit, r.tests, r.matrix) {
@@ -199,9 +210,7 @@ pub fn markdown(
             let suites: Vec<String> = SUITES.iter().map(suite).collect();
             let _ = writeln!(
                 s,
-                "| {kernel} | {b} | {} | {selftest} | {passed} of {} passed | {} | {date} |",
-                kernel_wide.join(", "),
-                detection.len(),
+                "| {kernel} | {b} | {check} | {selftest} | {detection} | {} | {date} |",
                 suites.join(" | "),
             );
         }
@@ -254,15 +263,16 @@ fn data_rows(page: &str) -> Vec<Vec<(&str, &str)>> {
     rows
 }
 
-/// The suite results on the last page, by (kernel, backend, column heading), each with the date
-/// it ran: `35 passed (on 2026-12-01)`. Read by heading, so that a page with other columns
+/// The results on the last page (every column but kernel, backend and date), by (kernel,
+/// backend, column heading), each with the date it ran: `35 passed (on 2026-12-01)`. Read by heading, so that a page with other columns
 /// still gives its results.
 fn earlier_results(previous: &str) -> HashMap<(String, String, String), String> {
     let mut out = HashMap::new();
     for row in data_rows(previous) {
         let (kernel, backend, date) = (row[0].1, row[1].1, row[row.len() - 1].1);
         for (heading, cell) in &row {
-            if !SUITES.iter().any(|(_, h)| h == heading) || cell.starts_with("not run") {
+            let result = !matches!(*heading, "kernel" | "backend" | "run on");
+            if !result || cell.starts_with("not run") || cell.is_empty() {
                 continue;
             }
             let dated = if cell.contains(" (on ") {
@@ -338,10 +348,10 @@ mod tests {
             (None, "auto-tracepoint")
         );
         // The last page had rows of an older 6.12 and of 6.1: this run replaces 6.12's only.
-        let previous = "| kernel | backend | kernel tests | nginx | run on |\n|---|---|---|\n\
-            | 6.12.107+deb12-amd64 | fentry | 35 passed | 1 passed (on 2026-11-30) | 2026-11-29 |\n\
-            | 6.12.100+deb12-amd64 | tracepoint | old | x | 2026-11-29 |\n\
-            | 6.1.0-57-amd64 | kprobe | 35 passed | 1 passed | 2026-11-28 |\n\
+        let previous = "| kernel | backend | detection runs | kernel tests | nginx | run on |\n|---|---|---|\n\
+            | 6.12.107+deb12-amd64 | fentry | 9 of 9 passed | 35 passed | 1 passed (on 2026-11-30) | 2026-11-29 |\n\
+            | 6.12.100+deb12-amd64 | tracepoint | 1 of 1 passed | old | x | 2026-11-29 |\n\
+            | 6.1.0-57-amd64 | kprobe | 7 of 7 passed | 35 passed | 1 passed | 2026-11-28 |\n\
             | 6.1.0-57-amd64 | fentry | a row of another width |\n";
         let md = markdown(
             &[("6.12.107+deb12-amd64".into(), r)],
@@ -354,7 +364,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 0 of 0 passed | 35 passed (on 2026-11-29) | not run | not run | 1 passed (on 2026-11-30) | not run | not run | 2026-12-01 |"),
+            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 9 of 9 passed (on 2026-11-29) | 35 passed (on 2026-11-29) | not run | not run | 1 passed (on 2026-11-30) | not run | not run | 2026-12-01 |"),
             "{md}"
         );
         assert!(
@@ -362,7 +372,7 @@ mod tests {
             "no rows for a backend that did not run"
         );
         assert!(
-            md.contains("| 6.1.0-57-amd64 | kprobe | not run | not run | not run | 35 passed | not run | not run | 1 passed | not run | not run | 2026-11-28 |")
+            md.contains("| 6.1.0-57-amd64 | kprobe | not run | not run | 7 of 7 passed | 35 passed | not run | not run | 1 passed | not run | not run | 2026-11-28 |")
                 && !md.contains("| old |")
                 && !md.contains("another width"),
             "{md}"
