@@ -155,6 +155,7 @@ pub fn markdown(
     let _ = writeln!(s, "{header}");
     let _ = writeln!(s, "|{}", "---|".repeat(header.matches(" | ").count() + 1));
     let earlier = earlier_results(previous);
+    let mut written: Vec<(&str, &str)> = Vec::new();
     for (kernel, rows) in kernels {
         let kernel_wide: Vec<String> = rows
             .iter()
@@ -169,6 +170,7 @@ pub fn markdown(
             if mine.is_empty() {
                 continue;
             }
+            written.push((kernel, b));
             // A column not run now shows its result from an earlier run, dated, if any.
             let before = |heading: &str| {
                 let key = (kernel.clone(), b.to_string(), heading.to_string());
@@ -215,17 +217,19 @@ pub fn markdown(
             );
         }
     }
-    // Kept from the last page: rows of kernels not run now, their cells moved under this
-    // page's headings (a column the last page lacked: "not run").
+    // Kept from the last page: rows of kernels not run now, and of this kernel's backends
+    // that did not run now, their cells moved under this page's headings (a column the last
+    // page lacked: "not run"). An older release of a guest run now is dropped.
     let columns: Vec<&str> = header[2..header.len() - 2].split(" | ").collect();
     for row in data_rows(previous) {
-        let kernel = row[0].1;
-        let ran_now = ran.iter().any(|g| {
+        let (kernel, backend) = (row[0].1, row[1].1);
+        let guest_ran = ran.iter().any(|g| {
             kernel
                 .strip_prefix(g)
                 .is_some_and(|r| r.starts_with(['.', '-']))
         });
-        if ran_now {
+        let release_ran = kernels.iter().any(|(k, _)| k == kernel);
+        if written.contains(&(kernel, backend)) || (guest_ran && !release_ran) {
             continue;
         }
         let cells: Vec<&str> = columns
@@ -351,6 +355,7 @@ mod tests {
         let previous = "| kernel | backend | detection runs | kernel tests | nginx | run on |\n|---|---|---|\n\
             | 6.12.107+deb12-amd64 | fentry | 9 of 9 passed | 35 passed | 1 passed (on 2026-11-30) | 2026-11-29 |\n\
             | 6.12.100+deb12-amd64 | tracepoint | 1 of 1 passed | old | x | 2026-11-29 |\n\
+            | 6.12.107+deb12-amd64 | kprobe | 9 of 9 passed | 36 passed | 1 passed | 2026-11-29 |\n\
             | 6.1.0-57-amd64 | kprobe | 7 of 7 passed | 35 passed | 1 passed | 2026-11-28 |\n\
             | 6.1.0-57-amd64 | fentry | a row of another width |\n";
         let md = markdown(
@@ -369,7 +374,11 @@ mod tests {
         );
         assert!(
             !md.contains("kprobe | check"),
-            "no rows for a backend that did not run"
+            "no new row for a backend that did not run"
+        );
+        assert!(
+            md.contains("| 6.12.107+deb12-amd64 | kprobe | not run | not run | 9 of 9 passed | 36 passed | not run | not run | 1 passed | not run | not run | 2026-11-29 |"),
+            "its last row is kept: {md}"
         );
         assert!(
             md.contains("| 6.1.0-57-amd64 | kprobe | not run | not run | 7 of 7 passed | 35 passed | not run | not run | 1 passed | not run | not run | 2026-11-28 |")
