@@ -1756,6 +1756,17 @@ impl Wire {
             },
         );
     }
+    /// The client read end of stream, with the kernel's counters then (`read`).
+    fn client_eof_read(&mut self, read: Option<ReadFacts>) {
+        self.ev(Event::Eof {
+            reader: SK,
+            peer: 0,
+            ts_ns: 99,
+            losses: 0,
+            events_lost: false,
+            read,
+        });
+    }
     /// The client read end of stream (TCP), having read `extra` bytes more than the reads seen.
     fn client_eof(&mut self, extra: u64) {
         let copied_seq = Wire::copied(self.offset + extra, true);
@@ -2017,14 +2028,7 @@ fn client_reset_by_the_server_is_judged_once_it_read_what_was_left() {
     w.response(10_000_000, 1_000_000);
     w.client_state(TCP_ESTABLISHED, RESET_RECEIVED, 95_000);
     w.send(None, 5_000);
-    w.ev(Event::Eof {
-        reader: SK,
-        peer: 0,
-        ts_ns: 99,
-        losses: 0,
-        events_lost: false,
-        read: None,
-    });
+    w.client_eof_read(None);
     assert_eq!(w.kinds(), [Kind::Truncated]);
     assert_eq!(w.out[0].r().sent_bytes, hl(10_000_000) + 1_005_000);
 }
@@ -2061,14 +2065,7 @@ fn client_reset_during_a_read_counts_that_read() {
     };
     w.state_facts(TCP_ESTABLISHED, RESET_RECEIVED, facts);
     w.send(None, 5_000);
-    w.ev(Event::Eof {
-        reader: SK,
-        peer: 0,
-        ts_ns: 99,
-        losses: 0,
-        events_lost: false,
-        read: None,
-    });
+    w.client_eof_read(None);
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }
 
@@ -2112,14 +2109,7 @@ fn client_reads_missed_before_a_reset_stay_unsure() {
             copied_seq: Wire::copied(w.offset + missed, false),
             unread: 0,
         });
-        w.ev(Event::Eof {
-            reader: SK,
-            peer: 0,
-            ts_ns: 99,
-            losses: 0,
-            events_lost: false,
-            read,
-        });
+        w.client_eof_read(read);
         assert_eq!(
             w.kinds(),
             [Kind::ObserverLoss],
@@ -2141,17 +2131,10 @@ fn client_that_leaves_a_whole_response_unread_after_a_reset_aborted() {
     };
     w.state_facts(TCP_ESTABLISHED, RESET_RECEIVED, facts);
     w.send(None, 10_000);
-    w.ev(Event::Eof {
-        reader: SK,
-        peer: 0,
-        ts_ns: 99,
-        losses: 0,
-        events_lost: false,
-        read: Some(ReadFacts {
-            copied_seq: Wire::copied(w.offset, false),
-            unread: 50_000,
-        }),
-    });
+    w.client_eof_read(Some(ReadFacts {
+        copied_seq: Wire::copied(w.offset, false),
+        unread: 50_000,
+    }));
     assert_eq!(w.kinds(), [Kind::Aborted]);
 }
 
