@@ -647,9 +647,8 @@ fn prog_stats() -> (Vec<ProgRuns>, (f64, f64)) {
     (progs, empty)
 }
 
-/// (requests/s, p99 latency in ms) from one wrk run.
-/// wrk's figures; `libs`: a directory to load its shared libraries from first.
-/// (requests/s, p99 latency in ms) of wrk on `url`, with `extra` arguments (headers).
+/// (requests/s, p99 latency in ms) of one wrk run on `url`, with `extra` arguments (headers);
+/// `libs`: a directory to load its shared libraries from first.
 fn wrk(url: &str, libs: Option<&std::path::Path>, extra: &[&str]) -> Result<(f64, f64)> {
     let mut cmd = Command::new("wrk");
     if let Some(dir) = libs {
