@@ -36,7 +36,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`, fired in `sock_recvmsg_nosec()`. Since 6.3.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    recv::on_recv::<SkStore>(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    recv::on_recv::<SkStore>(ctx.arg(0), ctx.arg(1), ctx.arg(2), 0);
     0
 }
 
@@ -88,7 +88,7 @@ pub fn fexit_unix_stream_sendmsg(ctx: FExitContext) -> i32 {
 #[fexit(function = "sock_recvmsg")]
 pub fn fexit_sock_recvmsg(ctx: FExitContext) -> i32 {
     if let Some(sk) = kernel::socket_sk(ctx.arg(0)) {
-        recv::on_recv::<SkStore>(sk, ctx.arg(3), ctx.arg(2));
+        recv::on_recv::<SkStore>(sk, ctx.arg(3), ctx.arg(2), 0);
     }
     0
 }

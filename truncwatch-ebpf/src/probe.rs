@@ -226,13 +226,40 @@ pub fn tcp_reset_received(sk: *mut c_void) {
 }
 
 /// `tcp_cleanup_rbuf(sk, copied)`: runs after a TCP read copied `copied` bytes to the caller,
-/// without sleeping (the read itself may sleep, so it gets no return probe).
+/// without sleeping (the read itself may sleep, so it gets no return probe). A read that
+/// waits for more after copying some (`MSG_WAITALL`, `SO_RCVLOWAT` above 1:
+/// `tcp_recvmsg_locked`) passes here before each wait and at its end, each time with its
+/// running total: the bytes new since the last pass are what `copied_seq` moved by, and they
+/// lie in the caller's buffer after the ones counted before. A `MSG_PEEK` read moves nothing.
 #[inline(always)]
 pub fn tcp_read(sk: *mut c_void, copied: i32) {
     if copied <= 0 {
         return;
     }
-    crate::recv::on_recv::<ProbeStore>(sk, copied, 0);
+    let now = read_kernel::<u32>(sk as u64 + offsets().tcp_copied_seq as u64);
+    let mut new = copied;
+    let mut known = false;
+    if let (Some(ps), Some(now)) = (ProbeStore::sock(sk, false), now) {
+        if ps.read_seq_known != 0 {
+            let moved = now.wrapping_sub(ps.read_seq);
+            if moved == 0 {
+                return;
+            }
+            // More than `copied`: reads this hook did not see; count what this one says.
+            if moved < copied as u32 {
+                new = moved as i32;
+            }
+        }
+        ps.read_seq = now;
+        ps.read_seq_known = 1;
+        known = true;
+    }
+    crate::recv::on_recv::<ProbeStore>(sk, new, 0, (copied - new) as u64);
+    // The read that made the entry (a server's first request) starts its count.
+    if !known && let (Some(ps), Some(now)) = (ProbeStore::sock(sk, false), now) {
+        ps.read_seq = now;
+        ps.read_seq_known = 1;
+    }
     // A reset client's last unread bytes (see `draining`): its entry goes now.
     let closed = read_kernel::<u8>(sk as u64 + offsets().skc_state as u64) == Some(TCP_CLOSE as u8);
     if closed && unread(sk) == 0 {
@@ -333,7 +360,7 @@ pub fn unix_read_returns(ret: i32) {
         return;
     };
     let _ = PROBE_READING.remove(task);
-    crate::recv::on_recv::<ProbeStore>(sk as *mut c_void, ret, flags as i32);
+    crate::recv::on_recv::<ProbeStore>(sk as *mut c_void, ret, flags as i32, 0);
 }
 
 /// A Unix socket shuts down its sending side (`unix_shutdown` with SHUT_WR or SHUT_RDWR) or

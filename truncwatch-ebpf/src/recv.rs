@@ -23,8 +23,11 @@ const MSG_PEEK: i32 = 2;
 /// Buffers of one read looked through for its last byte (`received`).
 const MAX_READ_IOV: u64 = 16;
 
+/// A read of `ret` bytes on `sk` returned (0: end of stream; < 0: an error). `skip`: bytes of
+/// the same call counted before (the kprobe backend's `tcp_read`: a read that waited after
+/// copying part), which come first in the caller's buffer; 0 everywhere else.
 #[inline(always)]
-pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32) {
+pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32, skip: u64) {
     if ret == 0 {
         return eof::<S>(sk);
     }
@@ -33,16 +36,40 @@ pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32) {
         return;
     }
     match S::get(sk, false) {
-        Some(st) if st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0 => {
-            account(sk, st, ret, received(io_call(), ret), 0)
+        Some(st) if st.track == TRACK_HTTP => {
+            let Some(call) = read_call(skip) else {
+                // Where this part of the read lies is not known: the stream is the observer's.
+                st.flags |= FLAG_EVENTS_LOST;
+                return;
+            };
+            if st.flags & FLAG_CLIENT != 0 {
+                account(sk, st, ret, received(call, ret), 0)
+            } else {
+                request(st, &call)
+            }
         }
-        Some(st) if st.track == TRACK_HTTP => request(st, &io_call()),
         Some(st) if st.track == TRACK_TLS => crate::tls::socket_io(sk, ret, false),
         // Not an HTTP server, or its first read was seen already. (Later reads before the
         // first response are pipelining; the agent copes with not seeing them.)
         Some(st) if st.track != 0 || st.flags & FLAG_RECV_SEEN != 0 => {}
         _ => first_read::<S>(sk),
     }
+}
+
+/// The read's call (`io_call`), its buffer starting `skip` bytes in; `None` if it has more
+/// than one buffer and `skip` is not 0 (not followed: such waits are rare).
+#[inline(always)]
+fn read_call(skip: u64) -> Option<IoCall> {
+    let mut call = io_call();
+    if skip == 0 {
+        return Some(call);
+    }
+    if call.niov != 1 || call.vlen > 1 || call.iov[0][1] < skip {
+        return None;
+    }
+    call.iov[0] = [call.iov[0][0] + skip, call.iov[0][1] - skip];
+    call.requested = call.requested.saturating_sub(skip);
+    Some(call)
 }
 
 /// The first read on a socket the programs know nothing about: it may be the first request of

@@ -476,3 +476,45 @@ fn unix_many_blocked_senders_are_never_falsely_flagged() {
         assert_eq!(lost, 0, "{kinds:?}");
     }
 }
+
+/// A client whose reads wait for all they ask (`recv` with `MSG_WAITALL`): the kernel copies
+/// each such read in several passes, and the kprobe backend's read hook (`tcp_cleanup_rbuf`)
+/// sees every pass with the read's running total. Each byte counts once: a whole response is
+/// `complete` and one cut short `truncated`, both with the bytes the client got.
+#[test]
+fn clients_waiting_for_whole_reads_are_counted_once() {
+    if !kernel_or_skip("clients_waiting_for_whole_reads_are_counted_once") {
+        return;
+    }
+    let agent = Agent::start();
+    // Each read asks 256 KiB through a 64 KiB receive buffer: it waits three times at least.
+    let reader = [
+        "--wait-all",
+        "--rcvbuf",
+        "65536",
+        "--read-bytes",
+        "262144",
+        "--read-delay",
+        "2ms",
+    ];
+    for (mode, whole, verdict) in [
+        ("full", true, "complete"),
+        ("short-close", false, "truncated"),
+    ] {
+        let srv = Server::start("tcp:127.0.0.1:0", mode, 4 << 20);
+        let got = fetch(&srv.endpoint, &reader);
+        reproduced(
+            got.len() == 1 && got[0]["complete"] == whole,
+            &format!("{mode}: {got:?}"),
+        );
+        let v = agent.wait_for_client(&srv.local(), 1, WAIT);
+        assert_eq!(v.len(), 1, "{mode}: {v:?}");
+        assert_eq!(v[0]["verdict"], verdict, "{mode}: {}", v[0]);
+        assert_eq!(
+            u(&v[0]["received_bytes"]),
+            u(&got[0]["received_bytes"]),
+            "{mode}: {}",
+            v[0]
+        );
+    }
+}

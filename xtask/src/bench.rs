@@ -3,7 +3,8 @@
 //! Every figure comes from alternating rounds (baseline, agent, floor, baseline, ...), so the
 //! machine's drift hits all variants alike; medians and min..max are printed. The "floor" is
 //! the cheapest possible send accounting on the same hook (bpftrace summing bytes per socket),
-//! for comparison. Results go to stdout and `docs/benchmarks.md`.
+//! for comparison; over HTTPS, with empty programs on the TLS functions the agent hooks as well
+//! (what the uprobes' traps cost alone). Results go to stdout and `docs/benchmarks.md`.
 use crate::step;
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
@@ -58,7 +59,7 @@ impl Variant {
             Variant::Baseline => "no agent",
             Variant::Agent => "truncwatch",
             Variant::AgentStats => "truncwatch, BPF stats on",
-            Variant::Floor => "floor (bpftrace sum)",
+            Variant::Floor => "floor (bpftrace)",
             Variant::Before => "truncwatch, `--before` build",
             Variant::ServerOnly => "truncwatch --no-client-side",
         }
@@ -171,6 +172,11 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
     // wrk's own TLS library is a copy under names the agent does not hook: the client of a
     // server is normally another host, and wrk's calls would otherwise be hooked too.
     let client_tls = client_tls_libs(&tmp)?;
+    let tls_floor = if workloads.iter().any(|w| w.1 == "tls") {
+        tls_floor(agent_bin)?
+    } else {
+        String::new()
+    };
     for &(file, transport, head) in &workloads {
         let path = if head.is_empty() {
             file.to_string()
@@ -196,7 +202,12 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
                     "close" => wrk(&url, None, &["-H", "Connection: close"]),
                     _ => wrk(&url, None, &[]),
                 };
-                let (r, facts) = with_variant(v, agent_bin, before, load)?;
+                let floor = if transport == "tls" {
+                    &tls_floor
+                } else {
+                    FLOOR
+                };
+                let (r, facts) = with_variant(v, agent_bin, before, floor, load)?;
                 rps[i].push(r.0);
                 p99[i].push(r.1);
                 agent_rounds.extend(facts.map(|f| AgentFacts {
@@ -219,6 +230,17 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
         }
     }
 
+    writeln!(
+        report,
+        "\nThe floor: bpftrace summing bytes per socket on the send hook (`{FLOOR}`){}.",
+        if tls_floor.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; on the HTTPS row, with empty programs where the agent hooks libssl as well, entry and return (`{tls_floor}`): what the uprobes' traps cost with no work done"
+            )
+        }
+    )?;
     writeln!(
         report,
         "\n## Sends on sockets that carry no HTTP ({SENDS} sends of 64 bytes, reader draining)\n"
@@ -245,7 +267,7 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
                     "{kind} 64-byte sends: round {round}/{ROUNDS}, {}",
                     v.name()
                 ));
-                let (r, facts) = with_variant(v, agent_bin, before, || send_ns(kind))?;
+                let (r, facts) = with_variant(v, agent_bin, before, FLOOR, || send_ns(kind))?;
                 ns[i].push(r);
                 if let Some(f) = facts.filter(|_| v == Variant::AgentStats) {
                     prog_ns.push(f.progs.iter().map(|p| p.1).sum::<f64>() / SENDS as f64);
@@ -437,11 +459,12 @@ fn workload_name(file: &str, transport: &str, head: &str) -> String {
 }
 
 /// Run `f` with the variant's observer attached (and detached after). `before`: the binary
-/// for `Variant::Before`.
+/// for `Variant::Before`; `floor`: the bpftrace program of `Variant::Floor`.
 fn with_variant<T>(
     v: Variant,
     agent_bin: &str,
     before: Option<&str>,
+    floor: &str,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Option<AgentFacts>)> {
     match v {
@@ -462,7 +485,7 @@ fn with_variant<T>(
             Ok((r?, None))
         }
         Variant::Floor => {
-            let bt = bpftrace(FLOOR)?;
+            let bt = bpftrace(floor)?;
             let r = f();
             stop_bpftrace(bt);
             Ok((r?, None))
@@ -520,6 +543,39 @@ fn with_variant<T>(
     }
 }
 
+/// The HTTPS row's floor: `FLOOR`, and empty bpftrace programs where the agent hooks the
+/// system's `libssl.so.3` (entry and return of each call it hooks, entry of `SSL_free`), read
+/// from the agent's own "TLS: hooked" line: what the uprobes' traps cost with no work done.
+fn tls_floor(agent_bin: &str) -> Result<String> {
+    let (mut agent, _, said) = agent_until_ready(agent_bin, &[], Stdio::null())?;
+    let _ = Command::new("kill")
+        .args(["-INT", &agent.id().to_string()])
+        .status();
+    let _ = agent.wait();
+    let (lib, via) = said
+        .lines()
+        .find_map(|l| {
+            let (lib, rest) = l
+                .strip_prefix("truncwatch: TLS: hooked /")?
+                .split_once(" (")?;
+            if !lib.ends_with("libssl.so.3") {
+                return None;
+            }
+            let via = rest.rsplit_once("; at ")?.1.trim_end_matches(')');
+            Some((format!("/{lib}"), via))
+        })
+        .context("the agent hooked no libssl.so.3: no HTTPS floor")?;
+    let mut program = String::from(FLOOR);
+    for f in via.split(", ") {
+        write!(program, " uprobe:{lib}:{f} {{}}")?;
+        if f != "SSL_free" {
+            write!(program, " uretprobe:{lib}:{f} {{}}")?;
+        }
+    }
+    step(&format!("HTTPS floor: bpftrace -e '{program}'"));
+    Ok(program)
+}
+
 /// bpftrace running `program`, attached.
 fn bpftrace(program: &str) -> Result<Child> {
     let mut bt = Command::new("bpftrace")
@@ -550,20 +606,28 @@ pub(crate) fn start_agent_with(
     args: &[&str],
     out: Stdio,
 ) -> Result<(Child, BufReader<std::process::ChildStderr>)> {
+    agent_until_ready(agent_bin, args, out).map(|(agent, err, _)| (agent, err))
+}
+
+/// The same, and what it printed up to "ready" (what it hooked).
+fn agent_until_ready(
+    agent_bin: &str,
+    args: &[&str],
+    out: Stdio,
+) -> Result<(Child, BufReader<std::process::ChildStderr>, String)> {
     let mut agent = Command::new(agent_bin)
         .args(args)
         .stdout(out)
         .stderr(Stdio::piped())
         .spawn()?;
     let mut err = BufReader::new(agent.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("truncwatch: ready") {
-        line.clear();
-        if err.read_line(&mut line)? == 0 {
-            bail!("the agent exited before it was ready");
+    let mut said = String::new();
+    while !said.contains("truncwatch: ready") {
+        if err.read_line(&mut said)? == 0 {
+            bail!("the agent exited before it was ready: {said}");
         }
     }
-    Ok((agent, err))
+    Ok((agent, err, said))
 }
 
 /// CPU time (since it started) and peak RSS of the agent, and the kernel's per-program run time, right now.

@@ -35,6 +35,10 @@ pub struct FetchArgs {
     /// Read at most this many bytes per read.
     #[arg(long, default_value_t = 65536)]
     pub read_bytes: usize,
+    /// Each read waits for all it asks (`recv` with `MSG_WAITALL`; it asks no more than the
+    /// response has left), so the kernel copies one read in several passes.
+    #[arg(long)]
+    pub wait_all: bool,
     /// Sleep this long after each read (a slow but steady reader).
     #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
     pub read_delay: Duration,
@@ -537,7 +541,12 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs, pending: Option<&[u8]>) -> R
         }
         s.set_read_timeout(p.wake_at().saturating_duration_since(Instant::now()));
         let want = p.want(buf.len());
-        let n = match s.read(&mut buf[..want]) {
+        let read = if a.wait_all {
+            recv_wait_all(s, &mut buf[..want])
+        } else {
+            s.read(&mut buf[..want])
+        };
+        let n = match read {
             Ok(0) => break "eof",
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::ConnectionReset => break "reset",
@@ -555,6 +564,24 @@ fn read_response(s: &mut dyn Stream, a: &FetchArgs, pending: Option<&[u8]>) -> R
         _ => (end, None),
     };
     Ok(p.into_received(end, unread))
+}
+
+/// `recv(2)` with `MSG_WAITALL`: returns when `buf` is full, at the end of the stream, or at
+/// the read timeout with what came by then.
+fn recv_wait_all(s: &dyn Stream, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_WAITALL,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// How long the stream must stay quiet before a --drain close.
