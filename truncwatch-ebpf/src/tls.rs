@@ -86,7 +86,10 @@ pub fn socket_io(sk: *mut c_void, ret: i32, send: bool) {
             t.send_ret = ret;
         }
     }
-    if !send {
+    // An LRU map's update takes a new element each time: look first (the thread reads the
+    // same socket again, mostly).
+    // SAFETY: a plain value, copied out at once.
+    if !send && TLS_LAST_READ.get_ptr(id).map(|p| unsafe { *p }) != Some(sk as u64) {
         let _ = TLS_LAST_READ.insert(id, sk as u64, 0);
     }
 }
@@ -125,13 +128,16 @@ pub fn call_returns(ret: i64) {
         -1
     };
     let read = c.kind == TLS_CALL_READ;
-    let Some(sk) = bound(&c, read && n > 0) else {
+    // A read that returned nothing (nginx's second read of each request finds nothing yet):
+    // nothing to account, and the tie to its socket waits for a call that has bytes.
+    if read && n <= 0 {
+        return;
+    }
+    let Some(sk) = bound(&c, read) else {
         return;
     };
     if read {
-        if n > 0 {
-            plaintext_read(sk, c.buf, n as u64);
-        }
+        plaintext_read(sk, c.buf, n as u64);
     } else if c.kind == TLS_CALL_WRITE || c.kind == TLS_CALL_SENDFILE {
         plaintext_write(sk, &c, n);
     }

@@ -578,7 +578,14 @@ fn tls_floor(agent_bin: &str) -> Result<String> {
 
 /// bpftrace running `program`, attached.
 fn bpftrace(program: &str) -> Result<Child> {
-    let mut bt = Command::new("bpftrace")
+    let mut bt = Command::new("bpftrace");
+    // A uprobe at an address inside a function (the agent's internal TLS functions): without
+    // symbols there bpftrace cannot check the instruction boundary itself, and refuses it
+    // unless told. The agent found those addresses by decoding the code.
+    if program.contains(":0x") {
+        bt.arg("--unsafe");
+    }
+    let mut bt = bt
         .args(["-e", program])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

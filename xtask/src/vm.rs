@@ -627,6 +627,13 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
         .args([
             "-accel",
             "tcg",
+            // Without CMPXCHG16B: the guest kernel then never runs that instruction (SLUB
+            // falls back to its own emulation of it). This qemu's TCG (7.2) once left EFLAGS
+            // garbage (a data register's bits) right after one in 6.12's
+            // `__kmalloc_node_track_caller`, and the guest died of a double fault while the
+            // verifier ran (about one guest run in ten, 2026-12-01).
+            "-cpu",
+            "qemu64,-cx16",
             "-m",
             "3072",
             "-smp",

@@ -42,10 +42,14 @@ macro_rules! kernel_test {
     };
 }
 
-/// Whether the tests run against the kprobe backend (`TRUNCWATCH_BACKEND=kprobe`, as the
-/// guest forces it): where its documented differences are pinned.
+/// Whether the agent attaches with the kprobe backend here (forced by `TRUNCWATCH_BACKEND`,
+/// as the guest does, or picked by `auto` on a kernel with neither socket tracepoints nor
+/// fentry): where its documented differences are pinned. Asks a root agent started for it.
 pub fn kprobe_backend() -> bool {
-    std::env::var("TRUNCWATCH_BACKEND").as_deref() == Ok("kprobe")
+    let agent = Agent::start();
+    let kprobe = agent.backend() == "kprobe";
+    agent.stop();
+    kprobe
 }
 
 /// Kernel tests need root and a working bpf(). Without them they skip with a reason, except in
@@ -149,11 +153,22 @@ impl Agent {
         Agent { child, lines, log }
     }
 
-    /// `host:port` of the metrics endpoint, from the agent's start-up line.
+    /// The hook backend it attached with (`tracepoint`, `fentry`, `kprobe`), from its
+    /// "ready (<backend> backend: ...)" line.
+    pub fn backend(&self) -> String {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .find_map(|l| l.split("truncwatch: ready (").nth(1)?.split(' ').next())
+            .expect("the agent's ready line names its backend")
+            .to_string()
+    }
+
+    /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// `host:port` of the metrics endpoint, from the agent's start-up line.
     pub fn metrics_addr(&self) -> String {
         let log = self.log.lock().unwrap();
         let line = log
