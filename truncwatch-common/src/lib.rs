@@ -188,14 +188,15 @@ pub struct ProbeSock {
     /// `FLAG_ANNOUNCED` if a head event went out for it.
     pub pend_flags: u32,
     pub pend_tail: [u8; TAIL],
-    pub pend_tail_len: u32,
-    /// TCP: `tcp_sock.copied_seq` after the last read counted (valid if `read_seq_known` is 1).
-    /// A read that waits after copying part of what it asked for (`MSG_WAITALL`,
-    /// `SO_RCVLOWAT`) passes `tcp_cleanup_rbuf` once per wait with its running total: only
-    /// what `copied_seq` moved since is new.
+    /// Bytes in `pend_tail` (at most `TAIL`).
+    pub pend_tail_len: u16,
+    /// 1 if `read_seq` holds a value.
+    pub read_seq_known: u16,
+    /// TCP: `tcp_sock.copied_seq` after the last read counted. A read that waits after
+    /// copying part of what it asked for (`MSG_WAITALL`, `SO_RCVLOWAT`) passes
+    /// `tcp_cleanup_rbuf` once per wait with its running total: only what `copied_seq` moved
+    /// since is new.
     pub read_seq: u32,
-    pub read_seq_known: u32,
-    pub _pad: u32,
 }
 
 /// First bytes of every event.
@@ -438,7 +439,7 @@ pub struct ResetEvent {
 // Sizes pinned for both sides: a change here must be a deliberate change of the wire format.
 const _: () = assert!(core::mem::size_of::<Offsets>() == 92);
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
-const _: () = assert!(core::mem::size_of::<ProbeSock>() == 88);
+const _: () = assert!(core::mem::size_of::<ProbeSock>() == 80);
 const _: () = assert!(core::mem::size_of::<Header>() == 24);
 const _: () =
     assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 12);

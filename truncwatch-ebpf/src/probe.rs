@@ -106,7 +106,8 @@ fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
     };
     ps.pend_size = size;
     ps.pend_syscall = call.nr;
-    (ps.pend_tail, ps.pend_tail_len) = read_tail(&call, size).unwrap_or(([0; TAIL], 0));
+    let (tail, tail_len) = read_tail(&call, size).unwrap_or(([0; TAIL], 0));
+    (ps.pend_tail, ps.pend_tail_len) = (tail, tail_len as u16);
     head_goes_on(sk, &mut ps.st, offset, offered, &call);
 }
 
@@ -132,7 +133,7 @@ fn settle(sk: *mut c_void, ps: &mut ProbeSock, seq: u32, next_send: bool) {
     // partial write: the rest, offered again, completes it).
     let short = ps.pend_size.wrapping_sub(took);
     let tail_len = if pending && took <= ps.pend_size && short < ps.pend_tail_len as u64 {
-        ps.pend_tail_len - short as u32
+        ps.pend_tail_len as u32 - short as u32
     } else {
         0
     };
