@@ -75,6 +75,8 @@ fn write_seq(sk: *mut c_void) -> Option<u32> {
 #[inline(always)]
 fn classify(sk: *mut c_void, size: u64) -> Option<()> {
     let ps = ProbeStore::sock(sk, true)?; // connected sockets only
+    // Reads from here on count by `copied_seq` (a client's first read may be a peek).
+    start_read_seq(sk, ps);
     let seq = write_seq(sk)?;
     let call = begin_tracking(
         sk,
@@ -227,44 +229,74 @@ pub fn tcp_reset_received(sk: *mut c_void) {
 }
 
 /// `tcp_cleanup_rbuf(sk, copied)`: runs after a TCP read copied `copied` bytes to the caller,
-/// without sleeping (the read itself may sleep, so it gets no return probe). A read that
-/// waits for more after copying some (`MSG_WAITALL`, `SO_RCVLOWAT` above 1:
-/// `tcp_recvmsg_locked`) passes here before each wait and at its end, each time with its
-/// running total: the bytes new since the last pass are what `copied_seq` moved by, and they
-/// lie in the caller's buffer after the ones counted before. A `MSG_PEEK` read moves nothing.
+/// without sleeping (the read itself may sleep, so it gets no return probe). A read may pass
+/// here more than once, each time with its running total: before each wait when it waits for
+/// more (`MSG_WAITALL`, `SO_RCVLOWAT` above 1: `tcp_recvmsg_locked`), and before 5.17 also
+/// before it processes the socket's backlog. Only what is new since the last pass counts
+/// (`new_bytes`), and it lies in the caller's buffer after what was counted before.
 #[inline(always)]
 pub fn tcp_read(sk: *mut c_void, copied: i32) {
     if copied <= 0 {
         return;
     }
-    let now = read_kernel::<u32>(sk as u64 + offsets().tcp_copied_seq as u64);
-    let mut new = copied;
-    let mut known = false;
-    if let (Some(ps), Some(now)) = (ProbeStore::sock(sk, false), now) {
-        if ps.read_seq_known != 0 {
-            let moved = now.wrapping_sub(ps.read_seq);
-            if moved == 0 {
-                return;
-            }
-            // More than `copied`: reads this hook did not see; count what this one says.
-            if moved < copied as u32 {
-                new = moved as i32;
-            }
+    let new = new_bytes(sk, copied);
+    if new > 0 {
+        crate::recv::on_recv::<ProbeStore>(sk, new, 0, (copied - new) as u64);
+        // The read that made the entry (a server's first request) starts its count.
+        if let Some(ps) = ProbeStore::sock(sk, false) {
+            start_read_seq(sk, ps);
         }
-        ps.read_seq = now;
-        ps.read_seq_known = 1;
-        known = true;
-    }
-    crate::recv::on_recv::<ProbeStore>(sk, new, 0, (copied - new) as u64);
-    // The read that made the entry (a server's first request) starts its count.
-    if !known && let (Some(ps), Some(now)) = (ProbeStore::sock(sk, false), now) {
-        ps.read_seq = now;
-        ps.read_seq_known = 1;
     }
     // A reset client's last unread bytes (see `draining`): its entry goes now.
     let closed = read_kernel::<u8>(sk as u64 + offsets().skc_state as u64) == Some(TCP_CLOSE as u8);
     if closed && unread(sk) == 0 {
         ProbeStore::forget(sk);
+    }
+}
+
+/// Of a read's `copied` bytes (its running total), the ones new since this hook last saw the
+/// socket: what `tcp_sock.copied_seq` moved by, less the FIN's sequence number if this read
+/// took it (`tcp_recvmsg_locked` counts the FIN in `copied_seq`, not in `copied`); `copied`
+/// itself if the socket's reads are not counted yet, or if more moved (reads not seen). 0: a
+/// `MSG_PEEK`, which moves nothing.
+///
+/// Not inlined: in the read hook's own frame, 6.1's verifier lost the bound of the head
+/// gathering's copy size (found in the 6.1 guest).
+#[inline(never)]
+fn new_bytes(sk: *mut c_void, copied: i32) -> i32 {
+    let o = offsets();
+    let seq = |off: u32| read_kernel::<u32>(sk as u64 + off as u64);
+    let (Some(ps), Some(now)) = (ProbeStore::sock(sk, false), seq(o.tcp_copied_seq)) else {
+        return copied;
+    };
+    let (known, last) = (ps.read_seq_known != 0, ps.read_seq);
+    ps.read_seq = now;
+    ps.read_seq_known = 1;
+    if !known {
+        return copied;
+    }
+    // Once the FIN arrived its sequence number is in `rcv_nxt` (the reader's socket is in
+    // CLOSE_WAIT), and `copied_seq` reaches `rcv_nxt` only by taking it: the read that did is
+    // this one (after it, reads return 0 and never pass here).
+    let state = read_kernel::<u8>(sk as u64 + o.skc_state as u64);
+    let fin = state == Some(TCP_CLOSE_WAIT as u8) && seq(o.tcp_rcv_nxt) == Some(now);
+    let moved = now.wrapping_sub(last).wrapping_sub(fin as u32);
+    if moved < copied as u32 {
+        moved as i32
+    } else {
+        copied
+    }
+}
+
+/// Start counting the socket's reads by `copied_seq`, from now, if not started.
+#[inline(always)]
+fn start_read_seq(sk: *mut c_void, ps: &mut ProbeSock) {
+    if ps.read_seq_known != 0 {
+        return;
+    }
+    if let Some(now) = read_kernel::<u32>(sk as u64 + offsets().tcp_copied_seq as u64) {
+        ps.read_seq = now;
+        ps.read_seq_known = 1;
     }
 }
 

@@ -38,15 +38,17 @@ pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32, skip: u64) {
     match S::get(sk, false) {
         Some(st) if st.track == TRACK_HTTP => {
             let mut call = io_call();
-            if skip != 0 && !skip_in(&mut call, skip) {
-                // Where this part of the read lies is not known: the stream is the observer's.
-                st.flags |= FLAG_EVENTS_LOST;
-                return;
-            }
-            if st.flags & FLAG_CLIENT != 0 {
+            let placed = skip == 0 || skip_in(&mut call, skip);
+            if st.flags & FLAG_CLIENT == 0 {
+                // A server's read: only whether it begins a request is at stake.
+                if placed {
+                    request(st, &call)
+                }
+            } else if placed {
                 account(sk, st, ret, received(call, ret), 0)
             } else {
-                request(st, &call)
+                // Where this part of the read lies is not known: the stream is the observer's.
+                st.flags |= FLAG_EVENTS_LOST;
             }
         }
         Some(st) if st.track == TRACK_TLS => crate::tls::socket_io(sk, ret, false),
