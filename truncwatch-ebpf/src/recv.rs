@@ -60,7 +60,7 @@ pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32, skip: u64) {
 }
 
 /// Make a read's `call` start `skip` bytes into its buffer; false if it has more than one
-/// buffer (not followed: such waits are rare). In place: a copy of an `IoCall` costs the
+/// buffer (not followed: such waits are rare) or fewer than `skip` bytes. In place: a copy of an `IoCall` costs the
 /// programs stack they do not have (512 bytes on 6.1, `tests/bpf_stack.rs`).
 #[inline(always)]
 fn skip_in(call: &mut IoCall, skip: u64) -> bool {

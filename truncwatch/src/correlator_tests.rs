@@ -1770,17 +1770,10 @@ impl Wire {
     /// The client read end of stream (TCP), having read `extra` bytes more than the reads seen.
     fn client_eof(&mut self, extra: u64) {
         let copied_seq = Wire::copied(self.offset + extra, true);
-        self.ev(Event::Eof {
-            reader: SK,
-            peer: 0,
-            ts_ns: 99,
-            losses: 0,
-            events_lost: false,
-            read: Some(ReadFacts {
-                copied_seq,
-                unread: 0,
-            }),
-        });
+        self.client_eof_read(Some(ReadFacts {
+            copied_seq,
+            unread: 0,
+        }));
     }
 }
 
