@@ -349,9 +349,10 @@ fn node_https_timeout_is_a_short_write() {
             &key,
             &FILE_BYTES.to_string(),
             // Past a steady reader's longest pause under emulation (the test kernels' guests
-            // read 30 MiB of TLS slowly), well short of the stalled reader's 6 s (node keeps
-            // writing into the socket buffers for a while after the reader stops).
-            "2000",
+            // read 30 MiB of TLS slowly; 2 s was once too short in CI's 6.12 guest,
+            // 2026-12-02), well short of the stalled reader's 10 s (node keeps writing into
+            // the socket buffers for a while after the reader stops).
+            "4000",
         ])
         .stderr(Stdio::null())
         .spawn()
@@ -368,7 +369,7 @@ fn node_https_timeout_is_a_short_write() {
     let got = fetch(
         port,
         "/big.bin",
-        &["--stall-after", "1000000", "--stall", "6"],
+        &["--stall-after", "1000000", "--stall", "10"],
     );
     assert_eq!(
         got[0]["complete"], false,

@@ -156,6 +156,8 @@ pub fn markdown(
     let _ = writeln!(s, "|{}", "---|".repeat(header.matches(" | ").count() + 1));
     let earlier = earlier_results(previous);
     let mut written: Vec<(&str, &str)> = Vec::new();
+    // Each row with its kernel and backend: new and kept rows are sorted together below.
+    let mut lines: Vec<(String, String, String)> = Vec::new();
     for (kernel, rows) in kernels {
         let kernel_wide: Vec<String> = rows
             .iter()
@@ -210,11 +212,14 @@ pub fn markdown(
                     })
             };
             let suites: Vec<String> = SUITES.iter().map(suite).collect();
-            let _ = writeln!(
-                s,
-                "| {kernel} | {b} | {check} | {selftest} | {detection} | {} | {date} |",
-                suites.join(" | "),
-            );
+            lines.push((
+                kernel.clone(),
+                b.to_string(),
+                format!(
+                    "| {kernel} | {b} | {check} | {selftest} | {detection} | {} | {date} |",
+                    suites.join(" | "),
+                ),
+            ));
         }
     }
     // Kept from the last page: rows of kernels not run now, and of this kernel's backends
@@ -240,9 +245,32 @@ pub fn markdown(
                     .map_or("not run", |(_, v)| v)
             })
             .collect();
-        let _ = writeln!(s, "| {} |", cells.join(" | "));
+        lines.push((
+            kernel.to_string(),
+            backend.to_string(),
+            format!("| {} |", cells.join(" | ")),
+        ));
+    }
+    // Newest kernel first, backends in BACKENDS order, whichever run each row comes from.
+    lines.sort_by_key(|(kernel, backend, _)| {
+        let b = BACKENDS.iter().position(|x| x == backend);
+        (std::cmp::Reverse(release(kernel)), b)
+    });
+    for (_, _, line) in lines {
+        let _ = writeln!(s, "{line}");
     }
     s
+}
+
+/// A kernel release's leading numbers: `6.12.117+deb12-amd64` → `[6, 12, 117]`.
+fn release(kernel: &str) -> Vec<u32> {
+    kernel
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map_while(|n| n.parse().ok())
+        .collect()
 }
 
 /// The data rows of a page's tables, each cell with its column's heading (from the table's
@@ -355,8 +383,8 @@ mod tests {
         let previous = "| kernel | backend | detection runs | kernel tests | nginx | run on |\n|---|---|---|\n\
             | 6.12.107+deb12-amd64 | fentry | 9 of 9 passed | 35 passed | 1 passed (on 2026-11-30) | 2026-11-29 |\n\
             | 6.12.100+deb12-amd64 | tracepoint | 1 of 1 passed | old | x | 2026-11-29 |\n\
-            | 6.12.107+deb12-amd64 | kprobe | 9 of 9 passed | 36 passed | 1 passed | 2026-11-29 |\n\
             | 6.1.0-57-amd64 | kprobe | 7 of 7 passed | 35 passed | 1 passed | 2026-11-28 |\n\
+            | 6.12.107+deb12-amd64 | kprobe | 9 of 9 passed | 36 passed | 1 passed | 2026-11-29 |\n\
             | 6.1.0-57-amd64 | fentry | a row of another width |\n";
         let md = markdown(
             &[("6.12.107+deb12-amd64".into(), r)],
@@ -386,5 +414,19 @@ mod tests {
                 && !md.contains("another width"),
             "{md}"
         );
+        // Newest kernel first, then the backends in their order, kept and new rows alike.
+        let order: Vec<(&str, &str)> = data_rows(&md).iter().map(|r| (r[0].1, r[1].1)).collect();
+        assert_eq!(
+            order,
+            [
+                ("6.12.107+deb12-amd64", "tracepoint"),
+                ("6.12.107+deb12-amd64", "fentry"),
+                ("6.12.107+deb12-amd64", "kprobe"),
+                ("6.1.0-57-amd64", "kprobe"),
+            ],
+            "{md}"
+        );
+        assert_eq!(release("6.1.0-57-amd64"), [6, 1, 0]);
+        assert_eq!(release("6.12.117+deb12-amd64"), [6, 12, 117]);
     }
 }
