@@ -20,7 +20,8 @@
 //! kernel and heads suites on every backend of 6.1 and on 6.12's tracepoint backend; the
 //! real-server suites on 6.12's tracepoint backend, and nginx on every backend (the suites take
 //! most of the time under TCG, and CI has 90 minutes). `TRUNCWATCH_VM_FULL=1` runs every suite
-//! on every backend (55 minutes for 6.1, 70 for 6.12 here; docs/kernels.md dates each result). `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`,
+//! on every backend (55 minutes for 6.1, 70 for 6.12 here; docs/kernels.md dates each
+//! result). `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`,
 //! `TRUNCWATCH_VM_ONLY` (a shell pattern of guest command names) and `TRUNCWATCH_VM_TEST_ARGS`
 //! narrow it while working on one.
 mod kernel_table;
