@@ -9,9 +9,10 @@
 //! check` (and the backend `auto` picks there), then, for each backend the kernel offers
 //! (forced by `TRUNCWATCH_BACKEND`), `truncwatch selftest`, detection runs (`vm/detect.sh`,
 //! `vm/tls.sh`) and the kernel integration suites (`tests/kernel.rs`, `tests/heads.rs`).
-//! The table of what ran and passed goes to `docs/kernels.md` after each guest (a run of one
-//! kernel replaces that kernel's rows and keeps the others'; a suite not run shows its last
-//! result, dated).
+//! A guest whose kernel panics mid-run (an emulation fault: see `boot_and_resume`) is booted
+//! once more for the rest. The table of what ran and passed goes to `docs/kernels.md` after
+//! each guest (a run of one kernel replaces that kernel's rows and keeps the others'; a suite
+//! not run shows its last result, dated).
 //!
 //! The real-server suites (REAL_SUITES: the scenario matrix, nginx, hostile input, HTTPS) run
 //! in this machine's own root file system, mounted into the guest (see REAL_SUITES).
@@ -155,7 +156,7 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         let mods = modules::load_order(pkg, modules::GUEST_MODULES)?;
         let initrd = initramfs(agent_bin, &tests, &real, &mods, &dir, g)?;
         let log = dir.join(format!("console-{}.log", g.name));
-        let console = boot_guest(&vmlinuz, &initrd, &log)?;
+        let console = boot_and_resume(&vmlinuz, &initrd, &log, &skip_file(&dir, g)?)?;
         let release = console
             .iter()
             .find_map(|l| {
@@ -353,7 +354,7 @@ fn initramfs(
     tls_files(&tree)?;
     modules::install(&tree, mods)?;
     for (path, text) in [
-        ("init", init_script(g, real)),
+        ("init", init_script(g, real, &skip_file(dir, g)?)),
         ("bin/detect.sh", DETECT.to_string()),
         ("bin/tls.sh", TLS.to_string()),
         ("bin/ktls.sh", KTLS.to_string()),
@@ -471,7 +472,7 @@ fn shared_libs(bin: &str) -> Result<Vec<PathBuf>> {
 
 /// The guest's PID 1. The kernel may find no /dev/console in our cpio, so output is only
 /// visible once devtmpfs is mounted and stdio is reopened on it.
-fn init_script(g: &Guest, real: &[(&str, PathBuf)]) -> String {
+fn init_script(g: &Guest, real: &[(&str, PathBuf)], skip: &Path) -> String {
     // Backends to run everything against: `TRUNCWATCH_VM_BACKENDS` (space-separated) picks
     // fewer, e.g. while working on one.
     let backends = std::env::var("TRUNCWATCH_VM_BACKENDS").unwrap_or_else(|_| g.backends.into());
@@ -508,6 +509,10 @@ fn init_script(g: &Guest, real: &[(&str, PathBuf)]) -> String {
     let test_args = std::env::var("TRUNCWATCH_VM_TEST_ARGS").unwrap_or_default();
     // A shell pattern of the guest commands to run (`*-scenarios-tests`), while working on one.
     let only = std::env::var("TRUNCWATCH_VM_ONLY").unwrap_or_else(|_| "*".into());
+    // The guest kernel panics after this guest command, on the first boot only: proves the
+    // second boot of `boot_and_resume` (`TRUNCWATCH_VM_PANIC_AFTER=tracepoint-selftest`).
+    let panic_after = std::env::var("TRUNCWATCH_VM_PANIC_AFTER").unwrap_or_default();
+    let skip = skip.display();
     format!(
         r#"#!/bin/busybox sh
 export PATH=/bin
@@ -547,9 +552,13 @@ echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s cpus_poss
 vmtest() {{
     name=$1; shift
     case "$name" in {only}) ;; *) return ;; esac
+    # A second boot after the guest kernel died (vm.rs, boot_and_resume): the commands that
+    # ended in the first boot are listed here.
+    grep -qx "$name" "/host{skip}" 2>/dev/null && return
     echo "VMTEST BEGIN $name: $*"
     timeout $limit "$@"
     echo "VMTEST $name exit=$?"
+    [ "$name" = "{panic_after}" ] && [ ! -e "/host{skip}" ] && echo c > /proc/sysrq-trigger
 }}
 # A real-server suite in the host's root: a clean environment, CI=true (never skipping).
 inroot() {{
@@ -613,6 +622,72 @@ fn pack(tree: &Path, cpio: &Path) -> Result<()> {
         bail!("cpio failed: {status}");
     }
     Ok(())
+}
+
+/// Where the host lists, for a second boot of guest `g`, the guest commands that ended in its
+/// first (an absolute path: the guest reads it under `/host`, this machine's root over 9p).
+fn skip_file(dir: &Path, g: &Guest) -> Result<PathBuf> {
+    let dir = fs::canonicalize(dir).with_context(|| format!("{}", dir.display()))?;
+    Ok(dir.join(format!("ended-{}", g.name)))
+}
+
+/// Boots the guest (`boot_guest`). If its kernel panics before the end, boots it once more to
+/// run the command it died in and those after it, and returns both consoles, one after the
+/// other, with a `VMTEST note` between them that says where and how it died.
+///
+/// Why: under qemu's TCG (no KVM here) the guest kernel itself has died twice in some twenty
+/// runs, each time of an emulation fault, not of anything the agent's programs did: EFLAGS left
+/// holding a data register's bits after `cmpxchg16b` (2026-12-01), and an `int3` taken at a
+/// jump label that the kernel had already finished patching, on another vCPU, while the agent
+/// attached its tracepoints (2026-12-02, `sock_write_iter`). A kernel that dies twice fails.
+fn boot_and_resume(vmlinuz: &Path, initrd: &Path, log: &Path, skip: &Path) -> Result<Vec<String>> {
+    let _ = fs::remove_file(skip);
+    let mut console = boot_guest(vmlinuz, initrd, log)?;
+    let started = console.iter().any(|l| l.starts_with(START));
+    let finished = console.iter().any(|l| l.starts_with(END));
+    let Some(died) = console.iter().position(|l| l.contains("Kernel panic")) else {
+        return Ok(console);
+    };
+    if !started || finished {
+        return Ok(console);
+    }
+    let ended: Vec<&str> = console[..died]
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("VMTEST ")?
+                .rsplit_once(" exit=")
+                .map(|(n, _)| n)
+        })
+        .collect();
+    let last = console[..died]
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("VMTEST BEGIN ")?.split(':').next());
+    let running = match last {
+        Some(n) if !ended.contains(&n) => format!("during {n}"),
+        Some(n) => format!("after {n}"),
+        None => "before its first command".into(),
+    };
+    // The oops' first line ("Oops: int3", "double fault"), else the panic line.
+    let why = console[..=died]
+        .iter()
+        .rev()
+        .find(|l| l.contains("Oops") || l.contains("double fault"))
+        .unwrap_or(&console[died]);
+    // Without the kernel's time stamp (`[ 1110.821496] `).
+    let why = why.split_once("] ").map_or(why.as_str(), |(_, r)| r).trim();
+    let note = format!(
+        "VMTEST note: the guest kernel died {running} ({why}); a second boot runs the commands \
+         that had not ended"
+    );
+    step(&note);
+    fs::write(skip, ended.join("\n") + "\n")?;
+    let second = log.with_extension("second-boot.log");
+    let more = boot_guest(vmlinuz, initrd, &second);
+    let _ = fs::remove_file(skip);
+    console.push(note);
+    console.extend(more?);
+    Ok(console)
 }
 
 /// Boots the guest, saves its console to `log` line by line, and returns the whole console.
