@@ -546,19 +546,20 @@ hostroot() {{
     mount -t tracefs nodev /newroot/sys/kernel/tracing
 }}
 hostroot || echo "VMTEST note: the host's root file system could not be mounted (the real-server suites will fail)"
-grep -qw cx16 /proc/cpuinfo && echo "VMTEST note: the guest kernel still sees CMPXCHG16B (clearcpuid=cx16 not taken)"
 echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s cpus_possible=$(cat /sys/devices/system/cpu/possible)"
+grep -qw cx16 /proc/cpuinfo && echo "VMTEST note: the guest kernel still sees CMPXCHG16B (clearcpuid=cx16 not taken)"
 # Run one command with a time limit; its output, then its exit status on a line of its own.
 vmtest() {{
     name=$1; shift
     case "$name" in {only}) ;; *) return ;; esac
     # A second boot after the guest kernel died (vm.rs, boot_and_resume): the commands that
     # ended in the first boot are listed here.
-    grep -qx "$name" "/host{skip}" 2>/dev/null && return
+    grep -qxF -e "$name" "/host{skip}" 2>/dev/null && return
     echo "VMTEST BEGIN $name: $*"
     timeout $limit "$@"
     echo "VMTEST $name exit=$?"
-    [ "$name" = "{panic_after}" ] && [ ! -e "/host{skip}" ] && echo c > /proc/sysrq-trigger
+    # (After a pause, so that the exit line leaves the serial port first.)
+    [ "$name" = "{panic_after}" ] && [ ! -e "/host{skip}" ] && sleep 1 && echo c > /proc/sysrq-trigger
 }}
 # A real-server suite in the host's root: a clean environment, CI=true (never skipping).
 inroot() {{
@@ -631,8 +632,8 @@ fn skip_file(dir: &Path, g: &Guest) -> Result<PathBuf> {
     Ok(dir.join(format!("ended-{}", g.name)))
 }
 
-/// Boots the guest (`boot_guest`). If its kernel panics before the end, boots it once more to
-/// run the command it died in and those after it, and returns both consoles, one after the
+/// Boots the guest (`boot_guest`). If its kernel panics after init started and before the end,
+/// boots it once more to run the command it died in and those after it, and returns both consoles, one after the
 /// other, with a `VMTEST note` between them that says where and how it died.
 ///
 /// Why: under qemu's TCG (no KVM here) the guest kernel itself has died twice in some twenty
@@ -641,7 +642,9 @@ fn skip_file(dir: &Path, g: &Guest) -> Result<PathBuf> {
 /// jump label that the kernel had already finished patching, on another vCPU, while the agent
 /// attached its tracepoints (2026-12-02, `sock_write_iter`). A kernel that dies twice fails.
 fn boot_and_resume(vmlinuz: &Path, initrd: &Path, log: &Path, skip: &Path) -> Result<Vec<String>> {
+    let second = second_boot_log(log);
     let _ = fs::remove_file(skip);
+    let _ = fs::remove_file(&second);
     let mut console = boot_guest(vmlinuz, initrd, log)?;
     let started = console.iter().any(|l| l.starts_with(START));
     let finished = console.iter().any(|l| l.starts_with(END));
@@ -669,9 +672,13 @@ fn boot_and_resume(vmlinuz: &Path, initrd: &Path, log: &Path, skip: &Path) -> Re
         None => "before its first command".into(),
     };
     // The oops' first line ("Oops: int3", "double fault"), else the panic line.
-    let why = console[..=died]
+    // Only among the lines since the last guest command's: test output may say "Oops" too.
+    let since = console[..died]
         .iter()
-        .rev()
+        .rposition(|l| l.starts_with("VMTEST "))
+        .map_or(0, |i| i + 1);
+    let why = console[since..=died]
+        .iter()
         .find(|l| l.contains("Oops") || l.contains("double fault"))
         .unwrap_or(&console[died]);
     // Without the kernel's time stamp (`[ 1110.821496] `).
@@ -681,13 +688,21 @@ fn boot_and_resume(vmlinuz: &Path, initrd: &Path, log: &Path, skip: &Path) -> Re
          that had not ended"
     );
     step(&note);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(log)?
+        .write_all(format!("{note}\n").as_bytes())?;
     fs::write(skip, ended.join("\n") + "\n")?;
-    let second = log.with_extension("second-boot.log");
     let more = boot_guest(vmlinuz, initrd, &second);
     let _ = fs::remove_file(skip);
     console.push(note);
     console.extend(more?);
     Ok(console)
+}
+
+/// The console of a guest's second boot (`console-6.12.second-boot.log`).
+fn second_boot_log(log: &Path) -> PathBuf {
+    log.with_extension("second-boot.log")
 }
 
 /// Boots the guest, saves its console to `log` line by line, and returns the whole console.
@@ -731,7 +746,12 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
         // qemu's TCG (7.2) once left EFLAGS garbage (a data register's bits) right after one
         // in 6.12's `__kmalloc_node_track_caller`, and the guest died of a double fault while
         // the verifier ran (about one guest run in ten, 2026-12-01). User space still has it.
-        .args(["-append", "console=ttyS0 panic=-1 quiet clearcpuid=cx16"])
+        // `oops=panic`: an oops that would kill only the process that hit it (these kernels do
+        // not panic on oops) panics, and so gets the second boot of `boot_and_resume`.
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 oops=panic quiet clearcpuid=cx16",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -833,8 +853,9 @@ fn report(console: &[String], log: &Path, g: &Guest) -> Result<()> {
     }
     if !console.iter().any(|l| l.starts_with(END)) {
         bail!(
-            "the guest did not finish (no `{END}`): see {}",
-            log.display()
+            "the guest did not finish (no `{END}`): see {} (and {}, if it was booted twice)",
+            log.display(),
+            second_boot_log(log).display()
         );
     }
     // Every guest command must pass: `check` finds a backend, `selftest` flags its canary.

@@ -254,7 +254,7 @@ pub fn markdown(
     // Newest kernel first, backends in BACKENDS order, whichever run each row comes from.
     lines.sort_by_key(|(kernel, backend, _)| {
         let b = BACKENDS.iter().position(|x| x == backend);
-        (std::cmp::Reverse(release(kernel)), b)
+        (std::cmp::Reverse(release(kernel)), kernel.clone(), b)
     });
     for (_, _, line) in lines {
         let _ = writeln!(s, "{line}");
@@ -262,14 +262,12 @@ pub fn markdown(
     s
 }
 
-/// A kernel release's leading numbers: `6.12.117+deb12-amd64` → `[6, 12, 117]`.
+/// A kernel release's numbers, in order: `6.12.117+deb12-amd64` → `[6, 12, 117, 12, 64]`,
+/// `6.1.0-57-amd64` → `[6, 1, 0, 57, 64]`.
 fn release(kernel: &str) -> Vec<u32> {
     kernel
-        .split(|c: char| !c.is_ascii_digit() && c != '.')
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .map_while(|n| n.parse().ok())
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
         .collect()
 }
 
@@ -426,7 +424,8 @@ mod tests {
             ],
             "{md}"
         );
-        assert_eq!(release("6.1.0-57-amd64"), [6, 1, 0]);
-        assert_eq!(release("6.12.117+deb12-amd64"), [6, 12, 117]);
+        assert_eq!(release("6.1.0-57-amd64"), [6, 1, 0, 57, 64]);
+        assert!(release("6.1.0-112-amd64") > release("6.1.0-57-amd64"));
+        assert_eq!(release("6.12.117+deb12-amd64"), [6, 12, 117, 12, 64]);
     }
 }
