@@ -197,6 +197,21 @@ impl Agent {
         wait_for_n(|| self.verdicts(local), n, timeout)
     }
 
+    /// Verdicts about the lab server `srv` (its address and its process: a server started
+    /// later may be given the same ephemeral port), waiting until at least `n` arrived.
+    pub fn wait_for_server(&self, srv: &Server, n: usize, timeout: Duration) -> Vec<Value> {
+        let (local, pid) = (srv.local(), srv.pid());
+        wait_for_n(
+            || {
+                let mut v = self.verdicts(&local);
+                v.retain(|v| v["pid"] == pid);
+                v
+            },
+            n,
+            timeout,
+        )
+    }
+
     /// Server-side verdicts about connections whose local end is `local`.
     pub fn verdicts(&self, local: &str) -> Vec<Value> {
         self.lines
