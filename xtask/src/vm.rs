@@ -633,8 +633,9 @@ fn skip_file(dir: &Path, g: &Guest) -> Result<PathBuf> {
 }
 
 /// Boots the guest (`boot_guest`). If its kernel panics after init started and before the end,
-/// boots it once more to run the command it died in and those after it, and returns both consoles, one after the
-/// other, with a `VMTEST note` between them that says where and how it died.
+/// boots it once more to run the command it died in and those after it, and returns both
+/// consoles, one after the other, with a `VMTEST note` between them that says where and how it
+/// died.
 ///
 /// Why: under qemu's TCG (no KVM here) the guest kernel itself has died twice in some twenty
 /// runs, each time of an emulation fault, not of anything the agent's programs did: EFLAGS left
@@ -656,11 +657,7 @@ fn boot_and_resume(vmlinuz: &Path, initrd: &Path, log: &Path, skip: &Path) -> Re
     }
     let ended: Vec<&str> = console[..died]
         .iter()
-        .filter_map(|l| {
-            l.strip_prefix("VMTEST ")?
-                .rsplit_once(" exit=")
-                .map(|(n, _)| n)
-        })
+        .filter_map(|l| kernel_table::exit_line(l).map(|(n, _)| n))
         .collect();
     let last = console[..died]
         .iter()

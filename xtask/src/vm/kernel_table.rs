@@ -63,6 +63,12 @@ impl Matrix {
     }
 }
 
+/// A guest command's last line, `VMTEST <name> exit=<status>`: its name and exit status.
+pub fn exit_line(line: &str) -> Option<(&str, i32)> {
+    let (name, code) = line.strip_prefix("VMTEST ")?.rsplit_once(" exit=")?;
+    Some((name, code.trim().parse().ok()?))
+}
+
 /// The rows of one guest's console, in order.
 pub fn rows(console: &[String]) -> Vec<Row> {
     let mut out = Vec::new();
@@ -90,10 +96,7 @@ pub fn rows(console: &[String]) -> Vec<Row> {
             };
             let (p, f) = tests.unwrap_or((0, 0));
             tests = Some((p + count(" passed"), f + count(" failed")));
-        } else if let Some(rest) = line.strip_prefix("VMTEST ")
-            && let Some((name, code)) = rest.rsplit_once(" exit=")
-            && let Ok(exit) = code.trim().parse()
-        {
+        } else if let Some((name, exit)) = exit_line(line) {
             let (backend, run) = match name.split_once('-') {
                 Some((b, run)) if BACKENDS.contains(&b) => (Some(b.to_string()), run.to_string()),
                 _ => (None, name.to_string()),
@@ -155,7 +158,6 @@ pub fn markdown(
     let _ = writeln!(s, "{header}");
     let _ = writeln!(s, "|{}", "---|".repeat(header.matches(" | ").count() + 1));
     let earlier = earlier_results(previous);
-    let mut written: Vec<(&str, &str)> = Vec::new();
     // Each row with its kernel and backend: new and kept rows are sorted together below.
     let mut lines: Vec<(String, String, String)> = Vec::new();
     for (kernel, rows) in kernels {
@@ -172,7 +174,6 @@ pub fn markdown(
             if mine.is_empty() {
                 continue;
             }
-            written.push((kernel, b));
             // A column not run now shows its result from an earlier run, dated, if any.
             let before = |heading: &str| {
                 let key = (kernel.clone(), b.to_string(), heading.to_string());
@@ -234,7 +235,8 @@ pub fn markdown(
                 .is_some_and(|r| r.starts_with(['.', '-']))
         });
         let release_ran = kernels.iter().any(|(k, _)| k == kernel);
-        if written.contains(&(kernel, backend)) || (guest_ran && !release_ran) {
+        let written = lines.iter().any(|(k, b, _)| k == kernel && b == backend);
+        if written || (guest_ran && !release_ran) {
             continue;
         }
         let cells: Vec<&str> = columns
