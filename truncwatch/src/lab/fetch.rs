@@ -88,6 +88,13 @@ pub struct FetchArgs {
     /// Give up on a response after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// After the last answer read in full, read and discard whatever else comes until the
+    /// server closes (or --timeout passes), then close: a client that lets the server end
+    /// the connection. Without it the client closes at once, and bytes the server sent past
+    /// the last answer (a desync's next response, say) are left unread: Linux then resets
+    /// the connection, and how much of them was acknowledged by then is a race.
+    #[arg(long)]
+    pub until_close: bool,
 }
 
 /// Ground truth of one response, as the client saw it.
@@ -277,6 +284,26 @@ fn connection(mut s: Box<dyn Stream>, a: &FetchArgs, req: &Request) -> Result<()
             return Ok(());
         }
         println!("{}", serde_json::to_string(&r)?);
+    }
+    if a.until_close {
+        read_until_close(&mut *s, a.timeout)?;
+    }
+    Ok(())
+}
+
+/// Read and discard until the peer closes (end of stream or reset) or `timeout` passes.
+fn read_until_close(s: &mut dyn Stream, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        s.set_read_timeout(left);
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if gone(&e) => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -767,6 +794,23 @@ mod tests {
             assert_eq!(got, if drain { hl + 5000 } else { hl + 1000 });
             assert_eq!(r.unread_at_close, Some(if unread { 4000 } else { 0 }));
         }
+    }
+
+    /// --until-close reads what comes after the last answer, late bytes included, up to the
+    /// server's close: nothing is left unread for close(2) to reset the connection on.
+    #[test]
+    fn until_close_reads_to_the_servers_close() {
+        let (mut c, mut srv) = UnixStream::pair().unwrap();
+        let late = std::thread::spawn(move || {
+            srv.write_all(&[b'x'; 5000]).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            srv.write_all(&[b'y'; 5000]).unwrap();
+        });
+        let start = Instant::now();
+        read_until_close(&mut c, Duration::from_secs(10)).unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        late.join().unwrap();
+        assert_eq!(unread(&c), 0);
     }
 
     /// A request sent to a connection the server has closed gets a line of its own.
