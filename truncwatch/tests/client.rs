@@ -135,6 +135,9 @@ fn clients_reading_a_cut_response_see_it_truncated() {
         ("tcp:127.0.0.1:0", 1300),
         (unix.as_str(), 1300),
     ];
+    // Each case's server lives to the end: a closed one's port could be given to the next,
+    // whose verdicts are found by the server's address.
+    let mut servers = Vec::new();
     for (listen, head) in cases {
         let srv = Server::start_args(
             listen,
@@ -181,6 +184,7 @@ fn clients_reading_a_cut_response_see_it_truncated() {
                 "a {head}-byte head: {what}"
             );
         }
+        servers.push(srv);
     }
 }
 

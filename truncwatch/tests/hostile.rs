@@ -15,8 +15,9 @@ use support::{Agent, Server, fetch, u};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Serve `response` once on a fresh loopback port (the whole of it, then close), read it all
-/// as the client; the server's address.
-fn serve_once(response: &[u8]) -> String {
+/// as the client; the listener (hold it while verdicts are matched by the server's address:
+/// once it is closed, a later case may be given the same ephemeral port) and its address.
+fn serve_once(response: &[u8]) -> (TcpListener, String) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let mut client = TcpStream::connect(addr).unwrap();
@@ -33,7 +34,7 @@ fn serve_once(response: &[u8]) -> String {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let _ = client.read_to_end(&mut sink);
-    addr.to_string()
+    (l, addr.to_string())
 }
 
 kernel_test!(hostile_heads_are_never_flagged {
@@ -56,8 +57,10 @@ kernel_test!(hostile_heads_are_never_flagged {
         ("HTTP/1.0, no framing", b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nsome body".to_vec(), &["unframed"]),
         ("not HTTP at all (never tracked)", (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(), &[]),
     ];
+    let mut listeners = Vec::new();
     for (what, response, want) in &cases {
-        let local = serve_once(response);
+        let (listener, local) = serve_once(response);
+        listeners.push(listener);
         let got: Vec<String> = if want.is_empty() {
             std::thread::sleep(Duration::from_millis(300));
             agent.verdicts(&local)

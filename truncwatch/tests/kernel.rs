@@ -500,6 +500,9 @@ fn clients_waiting_for_whole_reads_are_counted_once() {
         "--read-delay",
         "2ms",
     ];
+    // The first server lives on while the second runs: its port, once closed, could be given
+    // to the second, whose verdict is found by the server's address.
+    let mut servers = Vec::new();
     for (mode, whole, verdict) in [
         ("full", true, "complete"),
         ("short-close", false, "truncated"),
@@ -519,5 +522,6 @@ fn clients_waiting_for_whole_reads_are_counted_once() {
             "{mode}: {}",
             v[0]
         );
+        servers.push(srv);
     }
 }
