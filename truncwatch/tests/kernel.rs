@@ -335,13 +335,14 @@ fn refused_connects_are_not_resets() {
         return;
     }
     let agent = Agent::start();
+    // The server first: the refused port, a free one, cannot then be the server's.
+    let srv = Server::start("tcp:127.0.0.1:0", "full", 1000);
     let refused = format!("127.0.0.1:{}", support::free_port());
     for _ in 0..20 {
         let e = std::net::TcpStream::connect(&refused).expect_err("nothing listens there");
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     }
     // Events come in order: once this response's verdict is out, the connects' would be too.
-    let srv = Server::start("tcp:127.0.0.1:0", "full", 1000);
     assert_eq!(fetch(&srv.endpoint, &[]).len(), 1);
     assert_eq!(agent.wait_for(&srv.local(), 1, WAIT).len(), 1);
     let about: Vec<_> = agent
