@@ -49,7 +49,7 @@ fn judged(
         let srv = Server::start_args(&listen(mode), mode, 4 << 20, &server_args);
         let got = fetch(&srv.endpoint, SLOW);
         let client = &got[0];
-        let sent = &srv.sent()[0];
+        let sent = &srv.record(0);
         let cut = mode != "full";
         reproduced(
             u(&client["head_bytes"]) >= size as u64,

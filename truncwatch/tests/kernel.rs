@@ -16,7 +16,7 @@ fn short_write_with(listen: &str, mode: &str, send_with: &str) {
     let got = fetch(&srv.endpoint, SLOW);
     assert_eq!(got.len(), 1);
     let client = &got[0];
-    let sent = &srv.sent()[0];
+    let sent = &srv.record(0);
     reproduced(
         client["complete"] == false
             && client["end"] == "eof"
@@ -35,7 +35,7 @@ fn short_write_with(listen: &str, mode: &str, send_with: &str) {
     );
     assert_eq!(
         u(&v["sent_bytes"]),
-        u(&srv.sent()[0]["sent_bytes"]),
+        u(&srv.record(0)["sent_bytes"]),
         "agent bytes = what the server's sends returned"
     );
     assert_eq!(
@@ -247,7 +247,7 @@ fn reset_discard(mode: &str, unread: u64) {
     let client = &got[0];
     let expected = u(&client["head_bytes"]) + (8 << 20);
     reproduced(
-        client["end"] == "reset" && u(&srv.sent()[0]["sent_bytes"]) == expected,
+        client["end"] == "reset" && u(&srv.record(0)["sent_bytes"]) == expected,
         &format!("the server should hand over everything, then reset: {client}"),
     );
     agent.wait_for(&srv.local(), 1, WAIT);
@@ -401,7 +401,7 @@ fn one_verdict(listen: &str, mode: &str, server_args: &[&str], verdict: &str) {
     let srv = Server::start_args(listen, mode, 4 << 20, server_args);
     let got = fetch(&srv.endpoint, SLOW);
     // The short modes cut, the others do not.
-    let sent = &srv.sent()[0];
+    let sent = &srv.record(0);
     let cut = mode.starts_with("short");
     reproduced(
         got[0]["complete"] == (!cut && !server_args.contains(&"--unframed"))

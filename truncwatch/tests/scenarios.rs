@@ -611,6 +611,16 @@ fn scenario_matrix() {
             }
         }
         c_pass += usize::from(client_ok);
+        if !(ok && client_ok) {
+            // The evidence, for a failure that may not come again: every verdict counted.
+            println!(
+                "{}: the verdicts counted, server side then client side:",
+                sc.name
+            );
+            for v in got.iter().chain(&up_got).chain(&c_got_lines) {
+                println!("  {v}");
+            }
+        }
         rows.push(Row {
             name: sc.name,
             expected: summarize(&want),

@@ -366,6 +366,16 @@ impl Server {
         self.sent.lock().unwrap().clone()
     }
 
+    /// The server's record of its response `i` (from 0), waiting up to [`WAIT`] for it: the
+    /// server prints it after its last send, which a fast client may finish reading first.
+    /// Panics if it never comes.
+    pub fn record(&self, i: usize) -> Value {
+        let all = wait_for_n(|| self.sent(), i + 1, WAIT);
+        all.get(i)
+            .unwrap_or_else(|| panic!("the lab server kept no record of response {i}: {all:?}"))
+            .clone()
+    }
+
     /// The `local` field the agent reports for this server's connections.
     pub fn local(&self) -> String {
         self.endpoint.split_once(':').unwrap().1.to_string()
