@@ -4,7 +4,7 @@
 //! machine's drift hits all variants alike; medians and min..max are printed. The "floor" is
 //! the cheapest possible send accounting on the same hook (bpftrace summing bytes per socket),
 //! for comparison; over HTTPS, with empty programs on the TLS functions the agent hooks as well
-//! (what the uprobes' traps cost alone). Results go to stdout and `docs/benchmarks.md`.
+//! (what the uprobes' traps cost alone). Results go to stdout and `docs/results/benchmarks.md`.
 use crate::step;
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
@@ -411,7 +411,7 @@ pub fn run(agent_bin: &str, root: &str, before: Option<&str>, only: Option<&str>
     if only.is_some() {
         return Ok(()); // a part: the file keeps the last whole run
     }
-    let doc = format!("{root}/docs/benchmarks.md");
+    let doc = format!("{root}/docs/results/benchmarks.md");
     let head = "# Benchmarks\n\nWhat truncwatch costs, measured A/B in one run by `cargo xtask bench` (it rewrites this file).\nThe budget it is measured against is in issue 5: nginx 1 KiB throughput at least 0.99 of no agent; at most 50 ns added per send on sockets that carry no HTTP; at most 1 µs of kernel + agent CPU per response; no lost events at 100 000 responses/s; agent RSS at most 40 MiB.\n\n";
     // Hand-written analysis below the figures survives a rerun.
     let old = std::fs::read_to_string(&doc).unwrap_or_default();
@@ -1063,7 +1063,7 @@ fn spread(v: &[f64], decimals: usize) -> String {
 }
 
 /// `--soak SECONDS`: the agent under continuous nginx load; its RSS sampled ten times. Writes
-/// `docs/soak.md`.
+/// `docs/results/soak.md`.
 pub fn soak(agent_bin: &str, root: &str, seconds: u64) -> Result<()> {
     let tmp = std::env::temp_dir().join("truncwatch-bench");
     std::fs::create_dir_all(tmp.join("www"))?;
@@ -1130,7 +1130,7 @@ pub fn soak(agent_bin: &str, root: &str, seconds: u64) -> Result<()> {
         last as f64 / 1024.0
     )?;
     println!("\n{report}");
-    std::fs::write(format!("{root}/docs/soak.md"), report)?;
+    std::fs::write(format!("{root}/docs/results/soak.md"), report)?;
     Ok(())
 }
 

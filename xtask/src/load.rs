@@ -1,5 +1,5 @@
 //! `cargo xtask bench --load`: the agent under connection churn and many concurrent
-//! connections, on loopback against nginx. Writes `docs/load.md`.
+//! connections, on loopback against nginx. Writes `docs/results/load.md`.
 //!
 //! 1. One million short connections (one 1 KiB response each, then the client closes).
 //! 2. Ten thousand concurrent keep-alive connections, three requests on each, then all closed.
@@ -108,8 +108,8 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let ok2 = flags == 0 && during.tracked <= 2000 && evicted > 0;
 
     println!("\n{report}");
-    std::fs::write(format!("{root}/docs/load.md"), &report)?;
-    step(&format!("wrote {root}/docs/load.md"));
+    std::fs::write(format!("{root}/docs/results/load.md"), &report)?;
+    step(&format!("wrote {root}/docs/results/load.md"));
     if !(ok1 && ok2) {
         bail!("the load run did not hold (see the report above)");
     }

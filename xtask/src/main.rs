@@ -35,14 +35,14 @@ enum Cmd {
     /// See it work: the agent, a server that cuts responses short, and a slow client.
     Demo,
     /// What the agent costs: nginx under wrk and 64-byte sends, without and with the agent and
-    /// a bpftrace floor, in alternating rounds (about 6 minutes). Writes docs/benchmarks.md.
+    /// a bpftrace floor, in alternating rounds (about 6 minutes). Writes docs/results/benchmarks.md.
     Bench {
         /// Instead: keep the agent under nginx load this many seconds, sampling its memory
-        /// (writes docs/soak.md).
+        /// (writes docs/results/soak.md).
         #[arg(long)]
         soak: Option<u64>,
         /// Instead: one million short connections and ten thousand concurrent ones through
-        /// the agent (a few minutes; writes docs/load.md).
+        /// the agent (a few minutes; writes docs/results/load.md).
         #[arg(long, conflicts_with = "soak")]
         load: bool,
         /// Also run this agent binary in the same rounds (e.g. a build of the previous main),
@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(long, value_name = "AGENT_BINARY")]
         before: Option<String>,
         /// Only the nginx workloads whose row name contains this (e.g. "HTTPS"), and no sends
-        /// table; the figures are printed, docs/benchmarks.md is left as it is.
+        /// table; the figures are printed, docs/results/benchmarks.md is left as it is.
         #[arg(long)]
         only: Option<String>,
     },
@@ -69,7 +69,7 @@ enum Cmd {
     /// backend the kernel offers, `truncwatch check`, `selftest`, the kernel integration tests
     /// and the real-server suites there (about 50 minutes; `TRUNCWATCH_VM_KERNELS` picks the
     /// kernels, `TRUNCWATCH_VM_FULL=1` adds every suite on every backend). Writes
-    /// docs/kernels.md.
+    /// docs/results/kernels.md.
     VmTest,
 }
 

@@ -10,7 +10,7 @@
 //! (forced by `TRUNCWATCH_BACKEND`), `truncwatch selftest`, detection runs (`vm/detect.sh`,
 //! `vm/tls.sh`) and the kernel integration suites (`tests/kernel.rs`, `tests/heads.rs`).
 //! A guest whose kernel panics mid-run (an emulation fault: see `boot_and_resume`) is booted
-//! once more for the rest. The table of what ran and passed goes to `docs/kernels.md` after
+//! once more for the rest. The table of what ran and passed goes to `docs/results/kernels.md` after
 //! each guest (a run of one kernel replaces that kernel's rows and keeps the others'; a suite
 //! not run shows its last result, dated).
 //!
@@ -21,7 +21,7 @@
 //! kernel and heads suites on every backend of 6.1 and on 6.12's tracepoint backend; the
 //! real-server suites on 6.12's tracepoint backend, and nginx on every backend (the suites take
 //! most of the time under TCG, and CI has 90 minutes). `TRUNCWATCH_VM_FULL=1` runs every suite
-//! on every backend (55 minutes for 6.1, 70 for 6.12 here; docs/kernels.md dates each
+//! on every backend (55 minutes for 6.1, 70 for 6.12 here; docs/results/kernels.md dates each
 //! result). `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`,
 //! `TRUNCWATCH_VM_ONLY` (a shell pattern of guest command names) and `TRUNCWATCH_VM_TEST_ARGS`
 //! narrow it while working on one.
@@ -139,7 +139,7 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         .iter()
         .map(|suite| kernel_test_binary(suite).map(|bin| (*suite, bin)))
         .collect::<Result<Vec<_>>>()?;
-    let page = Path::new(root).join("docs/kernels.md");
+    let page = Path::new(root).join("docs/results/kernels.md");
     let previous = fs::read_to_string(&page).unwrap_or_default();
     let date = Command::new("date")
         .args(["-u", "+%F"])
@@ -176,7 +176,7 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         let table = kernel_table::markdown(&results, &date, &previous, &ran);
         fs::write(&page, &table)?;
         step(&format!(
-            "wrote {root}/docs/kernels.md (Linux {} done)",
+            "wrote {root}/docs/results/kernels.md (Linux {} done)",
             g.name
         ));
     }

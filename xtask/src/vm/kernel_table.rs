@@ -1,5 +1,5 @@
 //! What ran in each guest and how it went, read back from the guest's console, as the table of
-//! `docs/kernels.md`.
+//! `docs/results/kernels.md`.
 //!
 //! The guest's init prints `VMTEST BEGIN <name>: <command>` and `VMTEST <name> exit=<code>`
 //! around every command; `<name>` is `check`, `auto-<backend>`, or `<backend>-<run>`. The test
