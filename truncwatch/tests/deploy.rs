@@ -35,7 +35,7 @@ const METRICS: &[(&str, &[&str])] = &[
     ("truncwatch_connections_tracked", &[]),
     ("truncwatch_connections_tracked_limit", &[]),
     ("truncwatch_connections_evicted_total", &[]),
-    ("truncwatch_label_sets_overflow_total", &[]),
+    ("truncwatch_label_sets_overflow_total", &["table"]),
     ("truncwatch_backend_info", &["backend"]),
     ("truncwatch_agent_build_info", &["version"]),
     (
@@ -83,6 +83,7 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<&'static str>> {
         ("truncwatch_unjudged_responses_total", "reason") => vec!["head_only", "chunked_uncertain"],
         ("truncwatch_events_lost_total", "reason") => vec!["ring_buffer_full", "socket_storage"],
         ("truncwatch_canary_runs_total", "result") => vec!["pass", "fail"],
+        ("truncwatch_label_sets_overflow_total", "table") => vec!["responses", "build_info"],
         _ => return None,
     })
 }
