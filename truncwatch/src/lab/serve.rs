@@ -20,6 +20,10 @@ pub enum Mode {
     /// Hand the kernel the whole response, wait for more input to arrive, then close without
     /// reading it: Linux answers with a reset and drops what the peer has not acknowledged.
     ResetUnread,
+    /// The same after shutdown(SHUT_WR): the FIN first, then the close on unread input, whose
+    /// reset drops what the FIN was to deliver (hyper's end of a connection after an early
+    /// answer to an upload it did not read).
+    ShutdownUnread,
     /// Hand the kernel the whole response, then close with SO_LINGER {1, 0}: a reset as well.
     Linger0,
     /// Promise the whole body, send only --truncate-at bytes of it, close: an upstream that
@@ -175,6 +179,10 @@ fn handle(mut s: Box<dyn Stream>, a: &ServeArgs) -> Result<()> {
             Mode::ShortClose | Mode::Truncate | Mode::Desync => {}
             // Long enough for the client's extra input to arrive, not for it to read everything.
             Mode::ResetUnread => std::thread::sleep(Duration::from_millis(100)),
+            Mode::ShutdownUnread => {
+                s.shutdown_write()?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
             Mode::Linger0 => set_linger0(&*s)?,
         }
         return Ok(()); // dropping the stream closes it
