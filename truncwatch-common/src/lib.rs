@@ -294,6 +294,10 @@ pub struct TlsCall {
     pub send_ret: i32,
     /// The TLS socket this call did I/O on (0: none): the `SSL *`'s socket for sure.
     pub sk: u64,
+    /// The last read on `sk` during the call: bytes, 0 (end of stream) or `-errno`; valid
+    /// when `reads` > 0, the number of such reads.
+    pub recv_ret: i32,
+    pub reads: u32,
 }
 
 pub const TLS_CALL_WRITE: u32 = 1;
@@ -447,7 +451,7 @@ const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<TlsCall>() == 48);
+const _: () = assert!(core::mem::size_of::<TlsCall>() == 56);
 const _: () = assert!(core::mem::size_of::<HeadPiece>() == 48);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 16);

@@ -34,6 +34,7 @@ use truncwatch_common::{
 
 // include/net/tcp_states.h
 const TCP_ESTABLISHED: i32 = 1;
+const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
 
@@ -195,21 +196,27 @@ fn settle_before_end(sk: *mut c_void, oldstate: i32) {
 pub fn tcp_state(sk: *mut c_void, oldstate: i32, newstate: i32) {
     settle_before_end(sk, oldstate);
     crate::state::on_state::<ProbeStore>(sk, oldstate, newstate);
-    if newstate == TCP_CLOSE && !draining(sk) {
+    if newstate == TCP_CLOSE && !draining(sk, oldstate) {
         ProbeStore::forget(sk);
     }
 }
 
-/// A tracked client its server reset with bytes it has not read yet: Linux still hands them
-/// to its reads after CLOSE, and the agent judges the response once they were read, so the
-/// entry stays until then (`tcp_read`), or until the address is reused.
+/// A tracked client its server reset with bytes it has not read yet, or whose server's FIN
+/// reached it after its own half-close (FIN_WAIT2 to CLOSE: TIME_WAIT) with bytes before that
+/// FIN unread: Linux still hands them to its reads after CLOSE, and the agent judges the
+/// response once they were read, so the entry stays until then (`tcp_read`), or until the
+/// address is reused.
 #[inline(always)]
-fn draining(sk: *mut c_void) -> bool {
+fn draining(sk: *mut c_void, oldstate: i32) -> bool {
     let Some(ps) = ProbeStore::sock(sk, false) else {
         return false;
     };
-    let client = FLAG_CLIENT | FLAG_RESET_RECEIVED;
-    ps.st.track == TRACK_HTTP && ps.st.flags & client == client && unread(sk) > 0
+    if ps.st.track != TRACK_HTTP || ps.st.flags & FLAG_CLIENT == 0 {
+        return false;
+    }
+    let left = unread(sk);
+    // (The FIN's sequence number is no byte to read.)
+    (ps.st.flags & FLAG_RESET_RECEIVED != 0 && left > 0) || (oldstate == TCP_FIN_WAIT2 && left > 1)
 }
 
 /// Bytes received and not read yet: `rcv_nxt - copied_seq`.
@@ -247,10 +254,15 @@ pub fn tcp_read(sk: *mut c_void, copied: i32) {
             start_read_seq(sk, ps);
         }
     }
-    // A reset client's last unread bytes (see `draining`): its entry goes now.
+    // A draining client's last unread bytes (see `draining`): its entry goes now. (After
+    // the server's FIN, that FIN's sequence number may stay unread: no byte.)
     let closed = read_kernel::<u8>(sk as u64 + offsets().skc_state as u64) == Some(TCP_CLOSE as u8);
-    if closed && unread(sk) == 0 {
-        ProbeStore::forget(sk);
+    if closed {
+        let reset = ProbeStore::sock(sk, false)
+            .is_some_and(|ps| ps.st.flags & FLAG_RESET_RECEIVED != 0);
+        if unread(sk) <= u32::from(!reset) {
+            ProbeStore::forget(sk);
+        }
     }
 }
 
@@ -270,16 +282,19 @@ fn new_bytes(sk: *mut c_void, copied: i32) -> i32 {
         return copied;
     };
     let (known, last) = (ps.read_seq_known != 0, ps.read_seq);
+    let reset = ps.st.flags & FLAG_RESET_RECEIVED != 0;
     ps.read_seq = now;
     ps.read_seq_known = 1;
     if !known {
         return copied;
     }
     // Once the FIN arrived its sequence number is in `rcv_nxt` (the reader's socket is in
-    // CLOSE_WAIT), and `copied_seq` reaches `rcv_nxt` only by taking it: the read that did is
-    // this one (after it, reads return 0 and never pass here).
+    // CLOSE_WAIT; or in CLOSE without a reset, after its own half-close: TIME_WAIT), and
+    // `copied_seq` reaches `rcv_nxt` only by taking it: the read that did is this one (after
+    // it, reads return 0 and never pass here).
     let state = read_kernel::<u8>(sk as u64 + o.skc_state as u64);
-    let fin = state == Some(TCP_CLOSE_WAIT as u8) && seq(o.tcp_rcv_nxt) == Some(now);
+    let fin_in = state == Some(TCP_CLOSE_WAIT as u8) || (state == Some(TCP_CLOSE as u8) && !reset);
+    let fin = fin_in && seq(o.tcp_rcv_nxt) == Some(now);
     let moved = now.wrapping_sub(last).wrapping_sub(fin as u32);
     if moved < copied as u32 {
         moved as i32

@@ -210,14 +210,7 @@ pub fn eof<S: Store>(sk: *mut c_void) {
         return;
     }
     let base = sk as u64;
-    let mut ev = EofEvent {
-        h: header(EV_EOF, sk),
-        peer: 0,
-        losses: losses(),
-        flags: 0,
-        copied_seq: 0,
-        unread: 0,
-    };
+    let mut ev = tcp_client_eof(sk);
     if read_kernel::<u16>(base + o.skc_family as u64) == Some(AF_UNIX) {
         ev.peer = read_kernel::<u64>(base + o.unix_peer as u64).unwrap_or(0);
     } else {
@@ -233,10 +226,26 @@ pub fn eof<S: Store>(sk: *mut c_void) {
             _ => return,
         }
     }
-    if EVENTS
-        .output_untyped::<EofEvent>(&ev, wake_flags())
-        .is_err()
-    {
+    send_eof(&ev);
+}
+
+/// An end of stream read by `sk`, a TCP client (its counters are filled in where they count).
+#[inline(always)]
+pub fn tcp_client_eof(sk: *mut c_void) -> EofEvent {
+    EofEvent {
+        h: header(EV_EOF, sk),
+        peer: 0,
+        losses: losses(),
+        flags: 0,
+        copied_seq: 0,
+        unread: 0,
+    }
+}
+
+/// Hand an end of stream to the agent.
+#[inline(always)]
+pub fn send_eof(ev: &EofEvent) {
+    if EVENTS.output_untyped::<EofEvent>(ev, wake_flags()).is_err() {
         count_lost(LOST_RINGBUF_FULL);
     }
 }

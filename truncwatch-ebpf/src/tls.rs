@@ -49,6 +49,13 @@ static TLS_LAST_READ: LruHashMap<u64, u64, 16384> = LruHashMap::new();
 #[btf_map]
 static TLS_BOUND: LruHashMap<[u64; 2], u64, 65536> = LruHashMap::new();
 
+/// A client's request written before its `SSL *` was tied to a socket, by `[tgid, SSL *]`:
+/// its method (`METHOD_*`). A library with a memory BIO (Node.js) writes the records after
+/// the call, and its first read then ties the `SSL *` (see `bound`) and opens the client's
+/// stream. LRU: a request never answered only leaves an entry behind.
+#[btf_map]
+static TLS_UNTIED_REQUESTS: LruHashMap<[u64; 2], u8, 16384> = LruHashMap::new();
+
 /// The plaintext stream's state of each TLS socket that had a call tied to it, by socket
 /// address; deleted when the socket reaches CLOSE, and when a new TLS socket is classified at
 /// the same address. When full, new TLS connections go untracked (`LOST_STORAGE`).
@@ -84,6 +91,9 @@ pub fn socket_io(sk: *mut c_void, ret: i32, send: bool) {
         t.sk = sk as u64;
         if send {
             t.send_ret = ret;
+        } else {
+            t.recv_ret = ret;
+            t.reads = t.reads.saturating_add(1);
         }
     }
     // An LRU map's update takes a new element each time: look first (the thread reads the
@@ -129,18 +139,42 @@ pub fn call_returns(ret: i64) {
     };
     let read = c.kind == TLS_CALL_READ;
     // A read that returned nothing (nginx's second read of each request finds nothing yet):
-    // nothing to account, and the tie to its socket waits for a call that has bytes.
+    // nothing to account, and the tie to its socket waits for a call that has bytes. A
+    // client's read that found the end of the plaintext is what the client saw of the
+    // server's end (issue 25): told, whatever its socket does afterwards.
     if read && n <= 0 {
+        if read_found_end(&c, ret)
+            && let Some(sk) = bound(&c, false)
+            && is_client(sk as *mut c_void)
+        {
+            crate::recv::send_eof(&crate::recv::tcp_client_eof(sk as *mut c_void));
+        }
         return;
     }
     let Some(sk) = bound(&c, read) else {
+        if !read && n > 0 {
+            untied_request(&c);
+        }
         return;
     };
     if read {
-        plaintext_read(sk, c.buf, n as u64);
+        plaintext_read(sk, &c, n as u64);
     } else if c.kind == TLS_CALL_WRITE || c.kind == TLS_CALL_SENDFILE {
         plaintext_write(sk, &c, n);
     }
+}
+
+/// Whether a read call `c` that returned `ret` and no bytes met the end of the plaintext: the
+/// peer's `close_notify`, or the end of the TCP stream (OpenSSL: `SSL_read` returns 0 then,
+/// and -1 when it must wait). The `_ex` variants return 0 for both: an end only if the call's
+/// last socket read took bytes (the alert record) or the end of stream, not `-EAGAIN` (after
+/// a session ticket, say) and not an error.
+#[inline(always)]
+fn read_found_end(c: &TlsCall, ret: i64) -> bool {
+    if ret as i32 != 0 {
+        return false;
+    }
+    c.out == 0 || (c.reads > 0 && c.recv_ret >= 0)
 }
 
 /// The socket of the call `c`: the one it did I/O on, else the one its `SSL *` was tied to,
@@ -199,18 +233,46 @@ fn plaintext(sk: u64, create: bool) -> Option<&'static mut SockState> {
     }
 }
 
-/// `n` plaintext bytes read into `buf`: a request, maybe (as `recv::request`); on a client's
-/// stream, response bytes, accounted as a client's socket reads are.
+/// A write `c` not tied to a socket yet: if it is a client's request, remember its method for
+/// the read that ties its `SSL *` (client side on only).
 #[inline(always)]
-fn plaintext_read(sk: u64, buf: u64, n: u64) {
+fn untied_request(c: &TlsCall) {
+    if crate::maps::settings().client_side == 0 {
+        return;
+    }
+    let mut written = IoCall::NONE;
+    written.iov[0] = [c.buf, c.num];
+    written.niov = 1;
+    let method = crate::recv::client_method(&written);
+    if method != METHOD_NONE {
+        let key = [bpf_get_current_pid_tgid() >> 32, c.ssl];
+        let _ = TLS_UNTIED_REQUESTS.insert(key, method, 0);
+    }
+}
+
+/// `n` plaintext bytes read by the call `c`: a request, maybe (as `recv::request`); on a
+/// client's stream, response bytes, accounted as a client's socket reads are. A stream not
+/// classified yet whose `SSL *` wrote a request before it was tied is a client's from here.
+#[inline(always)]
+fn plaintext_read(sk: u64, c: &TlsCall, n: u64) {
     let Some(st) = plaintext(sk, true) else {
         return;
     };
+    if st.track == 0 {
+        let key = [bpf_get_current_pid_tgid() >> 32, c.ssl];
+        // SAFETY: a plain value, copied out at once.
+        if let Some(method) = TLS_UNTIED_REQUESTS.get_ptr(key).map(|p| unsafe { *p }) {
+            let _ = TLS_UNTIED_REQUESTS.remove(key);
+            if open_client(sk, st, method).is_none() {
+                return;
+            }
+        }
+    }
     if st.track == TRACK_NO {
         return;
     }
     let mut call = IoCall::NONE;
-    call.iov[0] = [buf, n];
+    call.iov[0] = [c.buf, n];
     call.niov = 1;
     if st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0 {
         call.nr = SYS_TLS_READ as u32;
@@ -226,6 +288,34 @@ fn plaintext_read(sk: u64, buf: u64, n: u64) {
 pub fn is_client(sk: *mut c_void) -> bool {
     plaintext(sk as u64, false)
         .is_some_and(|st| st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0)
+}
+
+/// kTLS (an upper-layer protocol on the socket): the kernel makes the records, within or after
+/// the calls depending on the hook backend, which the marks cannot follow. Not judged rather
+/// than misjudged.
+#[inline(always)]
+fn kernel_tls(sk: u64) -> bool {
+    read_kernel::<u64>(sk + offsets().icsk_ulp_ops as u64) != Some(0)
+}
+
+/// The TLS stream of `sk` (state `st`, new) is a client's, whose first request's method is
+/// `method`: its stream is what it reads. None if it is not judged (kTLS).
+#[inline(always)]
+fn open_client(sk: u64, st: &mut SockState, method: u8) -> Option<()> {
+    st.track = TRACK_NO;
+    if kernel_tls(sk) {
+        return None;
+    }
+    let o = offsets();
+    st.track = TRACK_HTTP;
+    st.sent = 0;
+    st.head_more = 0;
+    st.flags |= FLAG_CLIENT;
+    st.requests = 1;
+    st.method = method;
+    let family = read_kernel::<u16>(sk + o.skc_family as u64).unwrap_or(0);
+    open(sk as *mut c_void, family, o, OPEN_TLS | OPEN_CLIENT);
+    Some(())
 }
 
 /// A write call `c` returned (`n`: plaintext bytes the library accepted, or <= 0): classify
@@ -253,24 +343,18 @@ fn plaintext_write(sk: u64, c: &TlsCall, n: i64) {
         if !head && method == METHOD_NONE {
             return;
         }
-        // kTLS (an upper-layer protocol on the socket): the kernel makes the records, within
-        // or after the calls depending on the hook backend, which the marks cannot follow.
-        // Not judged rather than misjudged.
-        if read_kernel::<u64>(sk + o.icsk_ulp_ops as u64) != Some(0) {
+        if method != METHOD_NONE {
+            // A client's: this write is its first request; its stream is what it reads.
+            let _ = open_client(sk, st, method);
+            return;
+        }
+        if kernel_tls(sk) {
             return;
         }
         st.track = TRACK_HTTP;
         st.sent = 0;
         st.head_more = 0;
         let family = read_kernel::<u16>(sk + o.skc_family as u64).unwrap_or(0);
-        if method != METHOD_NONE {
-            // A client's: this write is its first request; its stream is what it reads.
-            st.flags |= FLAG_CLIENT;
-            st.requests = 1;
-            st.method = method;
-            open(sk as *mut c_void, family, o, OPEN_TLS | OPEN_CLIENT);
-            return;
-        }
         open(sk as *mut c_void, family, o, OPEN_TLS);
     }
     if st.track != TRACK_HTTP {

@@ -379,12 +379,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .map(|&k| format!(" {}={}", k.as_str(), s.judged_client[k as usize]))
             .collect::<String>();
     eprintln!(
-        "truncwatch: stopped; connections={} heads={}{judged} (unparsed: too long or unfinished {}, invalid {}) chunked_uncertain={} head_only={} head_answers={} interim={} evicted={} lost_events={} decode_errors={} canary_verdicts={}",
+        "truncwatch: stopped; connections={} heads={}{judged} (unparsed: too long or unfinished {}, invalid {}) chunked_uncertain={} pipelined_unseen={} head_only={} head_answers={} interim={} evicted={} lost_events={} decode_errors={} canary_verdicts={}",
         s.connections,
         s.heads,
         s.unparsed,
         s.invalid,
         s.chunked_uncertain,
+        s.pipelined_unseen,
         s.head_only,
         s.head_answers,
         s.interim,
@@ -639,6 +640,9 @@ impl Reader {
                 Err(_) => self.decode_errors += 1,
             }
         }
+        // Responses waiting too long after their server's FIN (the kernel's clock).
+        let now = now.unwrap_or_else(crate::output::monotonic_ns);
+        self.correlator.expire(now, &mut self.verdicts);
     }
 
     fn handle(&mut self, ev: Event) {

@@ -16,6 +16,8 @@ pub struct SockLayout {
     pub dport: usize,
     pub v6_daddr: usize,
     pub v6_rcv_saddr: usize,
+    /// `sock_common.skc_state` (u8, TCP's `TCP_*` state).
+    pub state: usize,
 }
 
 pub struct KernelLayout {
@@ -91,6 +93,7 @@ pub fn load() -> Result<KernelLayout> {
         dport: s("skc_dport")?,
         v6_daddr: s("skc_v6_daddr")?,
         v6_rcv_saddr: s("skc_v6_rcv_saddr")?,
+        state: s("skc_state")?,
     };
     let socket_tracepoints = btf.has_typedef("btf_trace_sock_send_length")
         && btf.has_typedef("btf_trace_sock_recv_length");

@@ -52,6 +52,10 @@ struct Conn {
     requests: Requests,
     /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
     tunnel: bool,
+    /// A client read the start of a response inside a read that ended the one before
+    /// (pipelined responses read together): that head was not seen, and the stream is out of
+    /// step from there. Not judged any further (`Stats::pipelined_unseen`).
+    out_of_step: bool,
     /// Events about this connection were lost: its shortfalls are the observer's.
     events_lost: bool,
     /// Events lost host-wide when it opened (see `Event::Eof`).
@@ -69,10 +73,27 @@ struct Conn {
     /// A head a client is reading a few bytes at a time, so far (`head_from_reads`).
     read_head: Option<PartialHead>,
     /// The server reset a client's connection before the client read all that had arrived
-    /// (or during a read). Linux still hands those bytes to the client's reads; its verdict
-    /// waits until it read them, or read end of stream.
+    /// (or during a read), or its FIN reached a client that had half-closed. Linux still
+    /// hands those bytes to the client's reads; its verdict waits until it read them, or read
+    /// end of stream.
     drain: Option<Drain>,
+    /// This host sent its FIN (shutdown or close) while written bytes were unacknowledged, at
+    /// this kernel time. The kernel goes on delivering them, unless a reset follows: a close
+    /// with unread input after a shutdown (hyper shuts down, then closes) drops them. So the
+    /// responses wait until every byte was acknowledged (FIN_WAIT2), or the socket's end
+    /// (CLOSE: with this host's reset, or the counts of what was never acknowledged), or
+    /// `FIN_WAIT_BOUND_NS`. The counters at the FIN are the evidence (the slow reader's
+    /// closed window is seen there); those at the settling, what was delivered.
+    fin_wait: Option<(u64, TcpFacts)>,
+    /// A client ended its side (FIN) when no response was being read: a half-close after its
+    /// request (RFC 9112 §9.6), not an abort. It still reads what the server sends.
+    half_closed: bool,
 }
+
+/// How long the responses of a connection this host sent its FIN on wait for their bytes to
+/// be acknowledged, before they are judged as if they were (`Correlator::expire`): a reader
+/// that stalls keeps a shut-down socket in FIN_WAIT1 as long as the application holds it.
+pub const FIN_WAIT_BOUND_NS: u64 = 60_000_000_000;
 
 /// What a client had at its server's reset (`tcp_reset()`: no byte arrives after it).
 #[derive(Clone, Copy, Debug)]
@@ -80,16 +101,28 @@ struct Drain {
     /// Stream bytes the kernel had copied to the client (`copied_seq`): more than the reads
     /// seen if a read was under way, whose event comes after the reset's.
     read: u64,
-    /// Bytes arrived and not read yet (`rcv_nxt - copied_seq`).
+    /// Bytes arrived and not read yet (`rcv_nxt - copied_seq`, the server's FIN not counted).
     unread: u64,
     /// The reads seen at the reset.
     seen: u64,
+    /// The server ended the stream with a FIN (to a client that had half-closed), not a reset.
+    by_fin: bool,
 }
 
 impl Drain {
     /// Where the stream ends: every byte that arrived.
     fn end(&self) -> u64 {
         self.read + self.unread
+    }
+
+    /// How the stream ended, for the verdict once the client read what it was left (or left
+    /// without reading it).
+    fn ending(&self) -> Ending {
+        if self.by_fin {
+            Ending::Eof
+        } else {
+            Ending::PeerReset
+        }
     }
 }
 
@@ -117,9 +150,11 @@ const ECONNRESET: i64 = 104;
 
 // TCP states (include/net/tcp_states.h).
 const TCP_FIN_WAIT1: i32 = 4;
+const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
+const TCP_CLOSING: i32 = 11;
 
 /// Bytes at the end of `conn`'s stream the peer never gets, when its socket's last `undelivered`
 /// bytes, from TCP sequence number `from_seq` on, are not delivered. The same for a plain
@@ -135,16 +170,18 @@ fn undelivered(conn: &Conn, undelivered: u64, from_seq: u32) -> u64 {
     }
 }
 
-/// A TCP client's server reset it (`facts`: its counters then): what it has yet to read, if
-/// anything: bytes that arrived unread, or a read under way (the kernel copied bytes whose
-/// read event is still to come). Its kernel count behind the reads seen (reads counted
-/// twice) makes the stream unsure. (A TLS client's unread bytes are records, which its
-/// reads do not count: not drained.)
-fn drain_at_reset(conn: &mut Conn, facts: TcpFacts) -> Option<Drain> {
+/// A TCP client's server reset it, or its FIN reached a client that had half-closed (`by_fin`;
+/// `facts`: its counters then): what it has yet to read, if anything: bytes that arrived
+/// unread, or a read under way (the kernel copied bytes whose read event is still to come).
+/// Its kernel count behind the reads seen (reads counted twice) makes the stream unsure. (A
+/// TLS client's unread bytes are records, which its reads do not count: not drained.)
+fn drain_left(conn: &mut Conn, mut facts: TcpFacts, by_fin: bool) -> Option<Drain> {
     if conn.meta.side != Side::Client || conn.meta.tls {
         return None;
     }
     let from = conn.read_from?;
+    // The server's FIN takes a sequence number (RFC 9293 §3.4), and is no byte to read.
+    facts.unread = facts.unread.saturating_sub(u64::from(by_fin));
     // Relative to the reads seen, so that a stream past 4 GiB still compares.
     let ahead = facts
         .copied_seq
@@ -157,6 +194,7 @@ fn drain_at_reset(conn: &mut Conn, facts: TcpFacts) -> Option<Drain> {
         read: conn.sent + ahead as u64,
         unread: facts.unread,
         seen: conn.sent,
+        by_fin,
     })
 }
 
@@ -217,6 +255,8 @@ pub struct Correlator {
     heads: HeadCache,
     /// The kernel's timer frequency, to turn jiffies into milliseconds (None: unknown).
     hz: Option<u64>,
+    /// When `expire` next looks for connections waiting too long after this host's FIN.
+    next_expiry_ns: u64,
     /// Emit only problem verdicts (the rest are counted, not built: they are most of them).
     problems_only: bool,
     pub stats: Stats,
@@ -230,6 +270,7 @@ impl Correlator {
             max_head: 16 << 10,
             heads: HeadCache::default(),
             hz,
+            next_expiry_ns: 0,
             problems_only: false,
             stats: Stats::default(),
         }
@@ -256,9 +297,9 @@ impl Correlator {
     /// socket sends never counts for it.
     pub fn socket_reused(&mut self, sk: u64, ts_ns: u64, losses: u32, out: &mut Vec<Verdict>) {
         if let Some(mut old) = self.conns.remove(&sk) {
-            if old.drain.is_some() {
-                // A client its server reset, gone before it read all it was left.
-                return self.finish(old, Ending::PeerReset, ts_ns, out);
+            if let Some(d) = old.drain {
+                // A client its server reset (or ended), gone before it read all it was left.
+                return self.finish(old, d.ending(), ts_ns, out);
             }
             old.events_lost |= old.losses_at_open != losses;
             // A TCP stream's end is always reported (its state changes): one that never came
@@ -277,11 +318,12 @@ impl Correlator {
                 meta,
                 losses,
                 copied_seq,
+                peer_fin,
             } => {
                 self.socket_reused(sk, ts_ns, losses, out);
                 self.stats.connections += 1;
                 let marks = meta.tls.then(Box::default);
-                let conn = Box::new(Conn {
+                let mut conn = Box::new(Conn {
                     meta: Arc::new(meta),
                     sent: 0,
                     resp: None,
@@ -298,6 +340,7 @@ impl Correlator {
                     tail_gap: false,
                     requests: Requests::default(),
                     tunnel: false,
+                    out_of_step: false,
                     events_lost: false,
                     losses_at_open: losses,
                     reset: None,
@@ -306,7 +349,13 @@ impl Correlator {
                     eof_read: None,
                     read_head: None,
                     drain: None,
+                    fin_wait: None,
+                    half_closed: false,
                 });
+                if peer_fin {
+                    // (At offset 0: before any response, so it decides no verdict.)
+                    conn.peer.saw("fin", 0);
+                }
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
             }
@@ -340,50 +389,19 @@ impl Correlator {
             Event::TcpState {
                 sk,
                 ts_ns,
-                oldstate: _,
+                oldstate,
                 newstate,
                 facts,
             } => {
                 let Some(mut conn) = self.conns.remove(&sk) else {
                     return;
                 };
-                conn.events_lost |= facts.events_lost;
-                if conn.drain.is_some() {
-                    // (The CLOSE that follows a reset: the client is still reading.)
-                    self.conns.insert(sk, conn);
-                    return;
+                match self.state_change(&mut conn, oldstate, newstate, facts, ts_ns) {
+                    Some(ending) => self.finish(conn, ending, ts_ns, out),
+                    None => {
+                        self.conns.insert(sk, conn);
+                    }
                 }
-                conn.tcp = Some(facts);
-                let ending = match newstate {
-                    // (A TLS client's unread bytes are records, which its reads do not count.)
-                    RESET_RECEIVED => {
-                        conn.peer.saw("reset", conn.sent);
-                        if let Some(drain) = drain_at_reset(&mut conn, facts) {
-                            conn.drain = Some(drain);
-                            self.conns.insert(sk, conn);
-                            return;
-                        }
-                        // Nothing more can be delivered; CLOSE follows.
-                        Ending::PeerReset
-                    }
-                    TCP_FIN_WAIT1 | TCP_LAST_ACK => Ending::Fin,
-                    // Straight to CLOSE without FIN: this host reset it (close with unread
-                    // data, SO_LINGER 0, abort).
-                    // What was never sent is dropped; what was in flight goes ahead of the reset.
-                    TCP_CLOSE => Ending::HostReset {
-                        discarded: conn.reset.as_ref().map_or(0, |r| r.unsent),
-                    },
-                    TCP_CLOSE_WAIT => {
-                        conn.peer.saw("fin", conn.sent);
-                        self.conns.insert(sk, conn);
-                        return;
-                    }
-                    _ => {
-                        self.conns.insert(sk, conn);
-                        return;
-                    }
-                };
-                self.finish(conn, ending, ts_ns, out);
             }
             Event::Eof {
                 reader,
@@ -406,10 +424,7 @@ impl Correlator {
                     conn.eof_read = read;
                     let at = conn.sent;
                     conn.peer.saw("eof", at);
-                    let ending = match conn.drain {
-                        Some(_) => Ending::PeerReset,
-                        None => Ending::Eof,
-                    };
+                    let ending = conn.drain.map_or(Ending::Eof, |d| d.ending());
                     self.finish(conn, ending, ts_ns, out);
                 }
                 if let Some(mut conn) = self.conns.remove(&peer) {
@@ -452,6 +467,117 @@ impl Correlator {
         }
     }
 
+    /// A tracked TCP connection changed state (`facts`: its counters then). Returns how its
+    /// stream ended, if this change ends it (its responses are then judged).
+    fn state_change(
+        &mut self,
+        conn: &mut Conn,
+        oldstate: i32,
+        newstate: i32,
+        mut facts: TcpFacts,
+        ts_ns: u64,
+    ) -> Option<Ending> {
+        conn.events_lost |= facts.events_lost;
+        if conn.drain.is_some() {
+            return None; // (the CLOSE after a reset, or after a FIN: the client still reads)
+        }
+        // After this host's FIN, that FIN is among the unacknowledged sequence numbers (it is
+        // queued after the state change to FIN_WAIT1 or LAST_ACK): not a byte.
+        if newstate == TCP_CLOSE && matches!(oldstate, TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK)
+        {
+            facts.unacked = facts.unacked.saturating_sub(1);
+        }
+        conn.tcp = Some(facts);
+        let server = conn.meta.side == Side::Server;
+        match newstate {
+            // (A TLS client's unread bytes are records, which its reads do not count.)
+            RESET_RECEIVED => {
+                conn.peer.saw("reset", conn.sent);
+                if let Some(drain) = drain_left(conn, facts, false) {
+                    conn.drain = Some(drain);
+                    return None;
+                }
+                // Nothing more can be delivered; CLOSE follows.
+                Some(Ending::PeerReset)
+            }
+            // This host's FIN: what it holds is delivered unless a reset follows. Settled now
+            // if every byte was acknowledged already.
+            TCP_FIN_WAIT1 | TCP_LAST_ACK if server => {
+                if facts.unacked == 0 {
+                    return Some(Ending::Fin);
+                }
+                conn.fin_wait = Some((ts_ns, facts));
+                None
+            }
+            // A client's FIN with no response being read: a half-close, it reads on.
+            TCP_FIN_WAIT1 if conn.resp.is_none() && conn.read_head.is_none() => {
+                conn.half_closed = true;
+                None
+            }
+            TCP_FIN_WAIT1 | TCP_LAST_ACK => Some(Ending::Fin),
+            // This host's FIN was acknowledged, and so every byte before it.
+            TCP_FIN_WAIT2 if conn.fin_wait.is_some() => Some(Ending::Fin),
+            // The end after this host's FIN, without its reset: the counters say what was
+            // never acknowledged (an orphan's retries ran out).
+            TCP_CLOSE if conn.fin_wait.is_some() && conn.reset.is_none() => Some(Ending::Fin),
+            // A half-closed client's socket after its FIN_WAIT2 (TIME_WAIT): the server's FIN
+            // arrived (one unread sequence number, or bytes before it still to read), or the
+            // client closed with nothing unread (its own end: no FIN counted).
+            TCP_CLOSE if conn.half_closed && oldstate == TCP_FIN_WAIT2 && conn.reset.is_none() => {
+                if facts.unread == 0 {
+                    return Some(Ending::Fin);
+                }
+                conn.peer.saw("fin", conn.sent);
+                match drain_left(conn, facts, true) {
+                    Some(d) => {
+                        conn.drain = Some(d);
+                        None
+                    }
+                    None => Some(Ending::Eof),
+                }
+            }
+            // Straight to CLOSE without FIN: this host reset it (close with unread data,
+            // SO_LINGER 0, abort). What was never sent is dropped; what was in flight goes
+            // ahead of the reset.
+            TCP_CLOSE => Some(Ending::HostReset {
+                discarded: conn.reset.as_ref().map_or(0, |r| r.unsent),
+            }),
+            TCP_CLOSE_WAIT => {
+                conn.peer.saw("fin", conn.sent);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Judge the connections that have waited `FIN_WAIT_BOUND_NS` since this host's FIN for
+    /// their bytes to be acknowledged, as if they were (the bytes were handed over; whether a
+    /// stalled reader gets them is not known). `now_ns`: the kernel's monotonic clock. Looks
+    /// at the table at most once a second.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Verdict>) {
+        if now_ns < self.next_expiry_ns {
+            return;
+        }
+        self.next_expiry_ns = now_ns + 1_000_000_000;
+        let due: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.fin_wait
+                    .is_some_and(|(t, _)| now_ns.saturating_sub(t) >= FIN_WAIT_BOUND_NS)
+            })
+            .map(|(&sk, _)| sk)
+            .collect();
+        for sk in due {
+            if let Some(mut conn) = self.conns.remove(&sk) {
+                if let Some(t) = &mut conn.tcp {
+                    t.unacked = 0;
+                }
+                self.finish(conn, Ending::Fin, now_ns, out);
+            }
+        }
+    }
+
     /// This host reset a connection with bytes unacknowledged, and no judged response was
     /// cut by it: a connection-level verdict.
     fn connection_reset(&mut self, r: ResetFacts, ts_ns: u64, out: &mut Vec<Verdict>) {
@@ -483,7 +609,7 @@ impl Correlator {
             ts_ns,
             ..
         } = s;
-        if conn.tunnel {
+        if conn.tunnel || conn.out_of_step {
             return None;
         }
         if ret < 0 {
@@ -559,10 +685,10 @@ impl Correlator {
             self.head_from_reads(conn, tgid, offset, ret, tail, ts_ns, out);
         }
         self.after_bytes(conn, ts_ns, out);
-        // A client has read what its server's reset left it.
+        // A client has read what its server's reset (or FIN) left it.
         conn.drain
-            .is_some_and(|d| conn.sent >= d.end())
-            .then_some(Ending::PeerReset)
+            .filter(|d| conn.sent >= d.end())
+            .map(|d| d.ending())
     }
 
     /// A client that reads a response head a few bytes at a time: no read of it begins with
@@ -624,6 +750,11 @@ impl Correlator {
                 // A client's stream is what it read: delivered.
                 let n = end - resp.start;
                 self.emit(conn, resp, Kind::Complete, End::Reached, n, n, ts_ns, out);
+                // A client's read past the end: the next response began in it, unseen.
+                if conn.meta.side == Side::Client && conn.sent > end {
+                    self.stats.pipelined_unseen += 1;
+                    conn.out_of_step = true;
+                }
             } else {
                 conn.settling = Some((resp, ts_ns));
             }
@@ -924,9 +1055,9 @@ impl Correlator {
         // Bytes of it handed over.
         let sent = conn.sent.min(end.unwrap_or(conn.sent)) - resp.start.min(conn.sent);
         let peer_first = conn.peer.first_after(resp.start);
-        // Stream offset up to which the peer gets the bytes: all handed over after a FIN of
-        // ours, but only what it acknowledged when a reset dropped the rest, or when it had
-        // left first (what it had not acknowledged is never read).
+        // Stream offset up to which the peer gets the bytes: what it acknowledged by the time
+        // delivery settled after a FIN of ours (all of it, mostly), or by a reset that
+        // dropped the rest (what it had not acknowledged is never read).
         let tcp = conn.tcp.unwrap_or_default();
         let unacked = match ending {
             // What was in flight went ahead of the reset: the rest begins at snd_nxt.
@@ -934,8 +1065,8 @@ impl Correlator {
                 let in_flight = r.unacked.saturating_sub(r.unsent) as u32;
                 undelivered(conn, discarded, r.snd_una.wrapping_add(in_flight))
             }),
-            Ending::PeerReset => undelivered(conn, tcp.unacked, tcp.snd_una),
-            Ending::Fin if peer_first.is_some() => undelivered(conn, tcp.unacked, tcp.snd_una),
+            // After this host's FIN the counters are from when its delivery settled.
+            Ending::PeerReset | Ending::Fin => undelivered(conn, tcp.unacked, tcp.snd_una),
             _ => 0,
         };
         let delivered = (conn.sent.saturating_sub(unacked).saturating_sub(resp.start)).min(sent);
@@ -1115,8 +1246,9 @@ impl Correlator {
         // (A client's counters are a receiver's: its window and send buffer say nothing of
         // the response.)
         let tcp = conn
-            .tcp
-            .as_ref()
+            .fin_wait
+            .map(|(_, at_fin)| at_fin)
+            .or(conn.tcp)
             .filter(|_| how != End::Reached && how != End::NextResponse)
             .filter(|_| conn.meta.side == Side::Server);
         let ms = |j: Option<u64>| Some(j? * 1000 / self.hz?);

@@ -52,6 +52,7 @@ impl Wire {
             meta,
             losses: 0,
             copied_seq,
+            peer_fin: false,
         });
         w
     }
@@ -188,6 +189,11 @@ impl Wire {
     fn kinds(&self) -> Vec<Kind> {
         self.out.iter().map(|v| v.kind).collect()
     }
+    /// The last verdict's `sent_bytes` and `delivered_bytes`.
+    fn r_sent_delivered(&self) -> (u64, u64) {
+        let r = self.out.last().expect("a verdict").r();
+        (r.sent_bytes, r.delivered_bytes)
+    }
 }
 
 impl Verdict {
@@ -290,6 +296,10 @@ fn short_write_after_peer_half_close_before_the_response_is_the_servers() {
     w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
     w.response(500, 100);
     w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 30);
+    assert_eq!(w.kinds(), [], "its delivery is not settled yet");
+    // Its FIN (and so every byte before it) acknowledged: one unacknowledged sequence number
+    // less than the FIN's, which is not a byte.
+    w.state_unacked(TCP_LAST_ACK, TCP_CLOSE, 0);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     let v = &w.out[0];
     assert_eq!(v.evidence.peer_ended, Some("fin"));
@@ -309,6 +319,9 @@ fn peer_fin_after_the_response_began_is_peer_closed() {
     w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
     w.send(None, 200);
     w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 150);
+    assert_eq!(w.kinds(), []);
+    // The bytes reach its closed socket, which answers with a reset.
+    w.state_unacked(TCP_LAST_ACK, RESET_RECEIVED, 150);
     assert_eq!(w.kinds(), [Kind::PeerClosed]);
     let v = &w.out[0];
     assert_eq!(
@@ -317,7 +330,8 @@ fn peer_fin_after_the_response_began_is_peer_closed() {
     );
     assert_eq!(
         (v.evidence.peer_ended, v.evidence.end),
-        (Some("fin"), Some(End::Fin))
+        (Some("fin"), Some(End::Reset)),
+        "its reset settled what it got"
     );
     assert!(
         !Kind::PeerClosed.is_problem(),
@@ -335,6 +349,7 @@ fn peer_fin_after_the_response_began_is_peer_closed() {
     w.response(100, 100);
     w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
     w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 50);
+    w.state_unacked(TCP_LAST_ACK, RESET_RECEIVED, 50);
     assert_eq!(w.kinds(), [Kind::PeerClosed]);
     // ...or had: complete.
     let mut w = Wire::new(Transport::Tcp);
@@ -551,6 +566,7 @@ fn unix_socket_reused_ends_the_old_connection() {
         meta: meta(Transport::Unix),
         losses: 0,
         copied_seq: None,
+        peer_fin: false,
     });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].evidence.end, Some(End::SocketFreed));
@@ -949,6 +965,7 @@ fn connection_table_is_bounded() {
                 meta: meta(Transport::Tcp),
                 losses: 0,
                 copied_seq: None,
+                peer_fin: false,
             },
             &mut out,
         );
@@ -1062,6 +1079,10 @@ fn end_evidence_from_the_deciding_state_change() {
         newstate: TCP_FIN_WAIT1,
         facts,
     });
+    assert_eq!(w.kinds(), [], "settled when the peer acknowledged the bytes");
+    w.state(TCP_FIN_WAIT1, TCP_FIN_WAIT2);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.r_sent_delivered(), (hl(1_000_000) + 100, hl(1_000_000) + 100));
     let e = &w.out[0].evidence;
     assert_eq!(
         (
@@ -1087,6 +1108,7 @@ fn end_evidence_from_the_deciding_state_change() {
             meta: meta(Transport::Tcp),
             losses: 0,
             copied_seq: None,
+            peer_fin: false,
         },
         &mut out,
     );
@@ -1111,6 +1133,16 @@ fn end_evidence_from_the_deciding_state_change() {
             oldstate: 1,
             newstate: TCP_FIN_WAIT1,
             facts,
+        },
+        &mut out,
+    );
+    c.handle(
+        Event::TcpState {
+            sk: 1,
+            ts_ns: 4,
+            oldstate: TCP_FIN_WAIT1,
+            newstate: TCP_FIN_WAIT2,
+            facts: TcpFacts::default(),
         },
         &mut out,
     );
@@ -1227,6 +1259,7 @@ fn problems_only_counts_but_does_not_build_the_rest() {
             meta: meta(Transport::Tcp),
             losses: 0,
             copied_seq: None,
+            peer_fin: false,
         },
         &mut out,
     );
@@ -1375,6 +1408,7 @@ fn unix_shortfall_with_losses_meanwhile_is_observer_loss() {
         meta: meta(Transport::Unix),
         losses: 1,
         copied_seq: None,
+        peer_fin: false,
     });
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }
@@ -1596,6 +1630,7 @@ fn heads_over_the_bound_or_unfinished_are_unparsed() {
         meta: meta(Transport::Tcp),
         losses: 0,
         copied_seq: None,
+        peer_fin: false,
     });
     w.send_long(&long_head(1300, "Content-Length: 0\r\n"));
     w.fin();
@@ -1614,6 +1649,7 @@ fn tls_wire() -> Wire {
         },
         losses: 0,
         copied_seq: None,
+        peer_fin: false,
     });
     w
 }
@@ -2142,4 +2178,163 @@ fn client_reads_ahead_of_the_kernel_at_a_reset_are_unsure() {
     };
     w.state_facts(TCP_ESTABLISHED, RESET_RECEIVED, facts);
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+}
+
+/// hyper's way to end a connection: `shutdown(SHUT_WR)`, then `close()`. The FIN settles
+/// nothing: the close finds unread request bytes and Linux resets the connection, dropping what
+/// the FIN was meant to deliver (issue 25). One verdict, the response's own `reset_discard`
+/// with what the client got; no connection-level line.
+#[test]
+fn shutdown_then_close_with_unread_input_is_the_responses_reset_discard() {
+    let total = hl(4_194_304) + 4_194_304;
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(4_194_304, 4_194_304);
+    w.state_unacked(TCP_ESTABLISHED, TCP_FIN_WAIT1, 3_137_617);
+    assert_eq!(w.kinds(), [], "the FIN settles nothing");
+    w.ev(Event::ResetDiscard {
+        sk: SK,
+        ts_ns: 50,
+        meta: meta(Transport::Tcp),
+        unacked: 3_137_617,
+        unsent: 3_121_233,
+        unread: 98_000,
+        snd_una: 0,
+    });
+    w.state_unacked(TCP_FIN_WAIT1, TCP_CLOSE, 3_137_617 + 1);
+    assert_eq!(w.kinds(), [Kind::ResetDiscard]);
+    let v = &w.out[0];
+    assert_eq!(w.r_sent_delivered(), (total, total - 3_121_233));
+    assert_eq!(v.unacked_bytes, Some(3_137_617));
+    assert_eq!(v.evidence.unacked_bytes_at_end, Some(3_137_617), "at the FIN");
+    // Cut short, then shut down and reset: one short_write with what was delivered.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(4_194_304, 1_000_000);
+    w.state_unacked(TCP_ESTABLISHED, TCP_FIN_WAIT1, 500_000);
+    w.host_reset(400_000);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(
+        w.r_sent_delivered(),
+        (hl(4_194_304) + 1_000_000, hl(4_194_304) + 600_000)
+    );
+    // The same shutdown and close, read at once: every byte acknowledged before the close.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(4_194_304, 4_194_304);
+    w.state_unacked(TCP_ESTABLISHED, TCP_FIN_WAIT1, 2_000_000);
+    w.state(TCP_FIN_WAIT1, TCP_FIN_WAIT2);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    w.state(TCP_FIN_WAIT2, TCP_CLOSE);
+    assert_eq!(w.out.len(), 1, "one verdict");
+}
+
+/// After this host's FIN the socket ends without its reset (an orphan's retries ran out): the
+/// bytes never acknowledged were never delivered; the FIN's sequence number is no byte.
+#[test]
+fn fin_then_close_without_acknowledgement_counts_what_was_delivered() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10_000, 10_000);
+    w.state_unacked(TCP_ESTABLISHED, TCP_FIN_WAIT1, 4_000);
+    w.state_unacked(TCP_FIN_WAIT1, TCP_CLOSE, 4_000 + 1);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    let total = hl(10_000) + 10_000;
+    assert_eq!(w.r_sent_delivered(), (total, total - 4_000));
+    // Every byte but the FIN acknowledged: complete.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10_000, 10_000);
+    w.state_unacked(TCP_ESTABLISHED, TCP_FIN_WAIT1, 4_000);
+    w.state_unacked(TCP_FIN_WAIT1, TCP_CLOSE, 1);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+}
+
+/// A stalled reader can keep a shut-down socket in FIN_WAIT1 while the application holds it:
+/// the wait is bounded, and then judged as handed over.
+#[test]
+fn the_wait_after_a_fin_is_bounded() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10_000, 10_000);
+    let fin_ns = w.ts; // (the state change is dated so)
+    w.state_unacked(TCP_ESTABLISHED, TCP_FIN_WAIT1, 4_000);
+    w.c.expire(fin_ns + FIN_WAIT_BOUND_NS - 1, &mut w.out);
+    assert_eq!(w.kinds(), []);
+    w.c.expire(fin_ns + FIN_WAIT_BOUND_NS + 1_000_000_000, &mut w.out);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.c.tracked(), 0);
+    // A short one is a short_write whenever it is judged.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10_000, 5_000);
+    w.state_unacked(TCP_ESTABLISHED, TCP_FIN_WAIT1, 4_000);
+    w.c.expire(w.ts + FIN_WAIT_BOUND_NS, &mut w.out);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].evidence.unacked_bytes_at_end, Some(4_000));
+}
+
+/// A client that half-closed before the agent classified the connection (its FIN arrived
+/// first: CLOSE_WAIT at the open): `peer_ended` still says so, and it decides nothing.
+#[test]
+fn a_peer_fin_before_the_open_is_its_end_in_evidence() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.c = Correlator::new(10, Some(250));
+    w.ev(Event::Open {
+        sk: SK,
+        ts_ns: 1,
+        meta: meta(Transport::Tcp),
+        losses: 0,
+        copied_seq: None,
+        peer_fin: true,
+    });
+    w.response(4_194_304, 3_588_096 - hl(4_194_304));
+    w.state(TCP_CLOSE_WAIT, TCP_LAST_ACK);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("fin"));
+}
+
+/// A client that half-closes once its request is sent (RFC 9112 §9.6) still reads the
+/// response: the server's FIN after a cut is its truncation, whatever the client's own FIN.
+#[test]
+fn client_half_close_then_a_cut_response_is_truncated() {
+    let mut w = Wire::client(Transport::Tcp);
+    w.client_state(TCP_ESTABLISHED, TCP_FIN_WAIT1, 0);
+    assert_eq!(w.c.tracked(), 1, "it reads on");
+    w.response(4_194_304, 1_000_000);
+    w.client_state(TCP_FIN_WAIT1, TCP_FIN_WAIT2, 0);
+    // The server's FIN (TIME_WAIT: CLOSE), 500 000 bytes still to read.
+    w.client_state(TCP_FIN_WAIT2, TCP_CLOSE, 500_000 + 1);
+    assert_eq!(w.kinds(), []);
+    w.send(None, 500_000);
+    assert_eq!(w.kinds(), [Kind::Truncated]);
+    assert_eq!(w.out[0].r().sent_bytes, hl(4_194_304) + 1_500_000);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("fin"));
+    // All of it read: complete as it is read.
+    let mut w = Wire::client(Transport::Tcp);
+    w.client_state(TCP_ESTABLISHED, TCP_FIN_WAIT1, 0);
+    w.response(1000, 1000);
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    // A client that closes mid-response is still the one that left.
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(30 << 20, 1 << 20);
+    w.client_state(TCP_ESTABLISHED, TCP_FIN_WAIT1, 0);
+    assert_eq!(w.kinds(), [Kind::Aborted]);
+}
+
+/// Pipelined responses read together: a read that ends one response and begins the next
+/// hides that head (the kernel captures heads at the start of reads). Never silently dropped:
+/// counted as unjudged, and the stream, out of step, is judged no further.
+#[test]
+fn client_pipelined_responses_read_together_are_counted_unjudged() {
+    let mut w = Wire::client(Transport::Tcp);
+    let first = hl(100) + 100;
+    // The first response and 60 bytes of the second in one read.
+    w.send_tail(Some(head(100)), 4096, first + 60, b"");
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.c.stats.pipelined_unseen, 1);
+    w.send(None, 1000);
+    w.send(Some(head(10)), hl(10) + 10);
+    w.client_state(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 1);
+    w.client_eof(0);
+    assert_eq!(w.kinds(), [Kind::Complete], "nothing more judged");
+    // One response a read: each judged.
+    let mut w = Wire::client(Transport::Tcp);
+    w.response(100, 100);
+    w.response(100, 100);
+    assert_eq!(w.kinds(), [Kind::Complete; 2]);
+    assert_eq!(w.c.stats.pipelined_unseen, 0);
 }

@@ -66,6 +66,9 @@ pub enum Event {
         meta: ConnMeta,
         losses: u32,
         copied_seq: Option<u32>,
+        /// A TCP socket's peer had sent its FIN already (CLOSE_WAIT when it was classified):
+        /// a client that half-closed once its request was sent, before any response.
+        peer_fin: bool,
     },
     /// One send on a tracked socket.
     Send(SendFacts),
@@ -271,12 +274,15 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
             // (A TLS client's reads are plaintext: the socket's sequence numbers count records.)
             let tcp_client =
                 meta.side == Side::Client && meta.transport == Transport::Tcp && !meta.tls;
+            // TCP_CLOSE_WAIT (include/net/tcp_states.h).
+            let peer_fin = meta.transport == Transport::Tcp && e.sock.get(layout.state) == Some(&8);
             Event::Open {
                 sk: h.sk,
                 ts_ns: h.ts_ns,
                 meta,
                 losses: e.losses,
                 copied_seq: tcp_client.then_some(e.copied_seq),
+                peer_fin,
             }
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
@@ -526,6 +532,7 @@ mod tests {
             dport: 12,
             v6_daddr: 56,
             v6_rcv_saddr: 72,
+            state: 18,
         }
     }
 
@@ -569,6 +576,7 @@ mod tests {
                 meta,
                 losses: 0,
                 copied_seq: None,
+                peer_fin: false,
             }
         );
     }

@@ -233,6 +233,7 @@ fn decoding_any_bytes_never_panics() {
         dport: 12,
         v6_daddr: 56,
         v6_rcv_saddr: 72,
+        state: 18,
     };
     let mut r = Rng::new(3);
     for _ in 0..iters(500_000) {
@@ -267,6 +268,7 @@ fn random_event_streams_never_panic() {
                 meta: meta(),
                 losses: r.below(3) as u32,
                 copied_seq: None,
+                peer_fin: r.chance(10),
             },
             1 | 2 if r.chance(10) => {
                 // More of a head: random bytes of one, at a random place.
@@ -569,6 +571,7 @@ fn judged_exactly(kprobe: bool) {
                 meta: meta(),
                 losses: 0,
                 copied_seq: None,
+                peer_fin: false,
             },
             &mut out,
         );
@@ -612,10 +615,11 @@ fn judged_exactly(kprobe: bool) {
                 lost
             }
         };
-        let ending = r.below(4);
+        let ending = r.below(6);
         let (new, lost) = match ending {
-            0 => (last.0, 0), // a FIN of the server's: all of it delivered
-            1 => (
+            // A FIN of the server's, all of it delivered (at once, or once acknowledged).
+            0 | 4 => (last.0, 0),
+            1 | 5 => (
                 kind(if reached {
                     Kind::ResetDiscard
                 } else {
@@ -641,7 +645,9 @@ fn judged_exactly(kprobe: bool) {
 
 /// The state changes a stream ends with: 0, the server's FIN; 1, this host's reset with
 /// `unacked` bytes dropped; 2, the peer's FIN, then the server's with `unacked` bytes never
-/// acknowledged; 3, the peer's reset.
+/// acknowledged (the peer's reset settles it); 3, the peer's reset; 4, the server's FIN with
+/// `unacked` bytes in flight, then acknowledged; 5, the server's FIN, then its reset (a close
+/// with unread input after a shutdown) dropping `unacked` bytes.
 fn end_stream(
     c: &mut Correlator,
     out: &mut Vec<Verdict>,
@@ -667,7 +673,14 @@ fn end_stream(
     };
     match ending {
         0 => state(c, out, 4, 0), // FIN_WAIT1
-        1 => {
+        4 => {
+            state(c, out, 4, unacked);
+            state(c, out, 5, 0); // FIN_WAIT2
+        }
+        1 | 5 => {
+            if ending == 5 {
+                state(c, out, 4, unacked);
+            }
             if unacked > 0 {
                 let meta = meta();
                 let ev = Event::ResetDiscard {
@@ -686,6 +699,9 @@ fn end_stream(
         2 => {
             state(c, out, 8, 0); // CLOSE_WAIT
             state(c, out, 9, unacked); // LAST_ACK
+            if unacked > 0 {
+                state(c, out, events::RESET_RECEIVED, unacked);
+            }
         }
         _ => state(c, out, events::RESET_RECEIVED, unacked),
     }

@@ -2,23 +2,19 @@
 //! works (so that "no truncation" can be told from "blind"). Every metric is listed in
 //! docs/metrics.md.
 //!
-//! Label sets are bounded: at most `max_label_sets` distinct owners (process, container,
-//! namespace, pod, port, build_id) keep their labels, admitted by `admission` (a quota per
-//! cgroup and executable, and per pod, so that no process can take the table by renaming
-//! itself; a reserve for workloads seen late); refused ones are counted under `other` and in
-//! `truncwatch_label_sets_overflow_total`. Admission lasts the agent's lifetime: moving an owner out of
+//! Label sets are bounded: the first `max_label_sets` distinct owners (process, container,
+//! namespace, pod, port, build_id) keep their labels; later ones are counted under `other` and in
+//! `truncwatch_label_sets_overflow_total`. First come, not top-N: moving a busy owner out of
 //! `other` later would make its counters go backwards.
-mod admission;
-
 use crate::attribution::Attribution;
 use crate::correlator::{Kind, Stats, Verdict};
 use crate::events::{Side, Transport};
-use admission::Table;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,13 +53,6 @@ struct ResponseLabels {
     owner: Owner,
 }
 
-/// Which table refused a label set: `responses` (the owners of the verdict counters) or
-/// `build_info`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Refused {
-    table: &'static str,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
@@ -98,10 +87,10 @@ pub struct ProgramStats {
 
 pub struct Metrics {
     registry: Registry,
-    /// The owner label sets of the verdict counters.
-    owners: Table,
-    /// The label sets of `truncwatch_build_info`.
-    builds_seen: Table,
+    max_label_sets: usize,
+    owners: HashSet<Owner>,
+    /// Hashes of the build label sets exported, for `build_seen`.
+    builds_seen: HashSet<u64>,
     builds: Family<BuildLabels, Gauge>,
     responses: Family<ResponseLabels, Counter>,
     missing_bytes: Family<ResponseLabels, Counter>,
@@ -114,7 +103,7 @@ pub struct Metrics {
     tracked: Gauge,
     tracked_limit: Gauge,
     evicted: Counter,
-    overflow: Family<Refused, Counter>,
+    overflow: Counter,
     ready: Gauge,
     bpf_run_seconds: Family<Program, Counter<f64, AtomicU64>>,
     bpf_runs: Family<Program, Counter>,
@@ -141,8 +130,9 @@ impl Metrics {
     pub fn new(max_label_sets: usize, max_connections: usize, backend: &str) -> Self {
         let mut r = Registry::default();
         let m = Metrics {
-            owners: Table::new(max_label_sets),
-            builds_seen: Table::new(max_label_sets),
+            max_label_sets,
+            owners: HashSet::new(),
+            builds_seen: HashSet::new(),
             builds: Family::default(),
             responses: Family::default(),
             missing_bytes: Family::default(),
@@ -155,7 +145,7 @@ impl Metrics {
             tracked: Gauge::default(),
             tracked_limit: Gauge::default(),
             evicted: Counter::default(),
-            overflow: Family::default(),
+            overflow: Counter::default(),
             ready: Gauge::default(),
             bpf_run_seconds: Family::default(),
             bpf_runs: Family::default(),
@@ -222,7 +212,7 @@ impl Metrics {
         );
         r.register(
             "truncwatch_label_sets_overflow",
-            "Label sets refused, by table: verdicts counted under owner \"other\" (responses), builds given no series (build_info)",
+            "Verdicts counted under owner \"other\": the label-set cap was reached",
             m.overflow.clone(),
         );
         r.register(
@@ -287,19 +277,15 @@ impl Metrics {
         for reason in LOST_REASONS {
             m.events_lost.get_or_create(&Reason { reason }).inc_by(0);
         }
-        for reason in ["head_only", "chunked_uncertain"] {
+        for reason in ["head_only", "chunked_uncertain", "pipelined_unseen"] {
             m.unjudged.get_or_create(&Reason { reason }).inc_by(0);
-        }
-        for table in ["responses", "build_info"] {
-            m.overflow.get_or_create(&Refused { table }).inc_by(0);
         }
         Metrics { registry: r, ..m }
     }
 
     /// A process seen on an HTTP connection, or with a verdict: its build gets its
-    /// `truncwatch_build_info` series if the table admits it (`admission`: one cgroup and
-    /// executable cannot fill it under many process names); a refusal is counted. Cheap when
-    /// the build is known already: a hash of the labels, no allocation.
+    /// `truncwatch_build_info` series, the first `max_label_sets` builds only. Cheap when the
+    /// build is known already: a hash of the labels, no allocation.
     pub fn build_seen(&mut self, comm: &str, a: &Attribution) {
         let Some(build_id) = &a.build_id else { return };
         let (exe, image, image_id) = (
@@ -307,16 +293,16 @@ impl Metrics {
             a.image.image.as_deref().unwrap_or_default(),
             a.image.image_id.as_deref().unwrap_or_default(),
         );
-        let key = self
-            .builds_seen
-            .key(&(comm, exe, &**build_id, image, image_id));
-        if self.builds_seen.contains(key) {
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            (comm, exe, &**build_id, image, image_id).hash(&mut h);
+            h.finish()
+        };
+        if self.builds_seen.contains(&key) || self.builds_seen.len() >= self.max_label_sets {
             return;
         }
-        if !self.builds_seen.admit(key, a) {
-            self.refused("build_info");
-            return;
-        }
+        self.builds_seen.insert(key);
         let l = BuildLabels {
             process: comm.to_string(),
             exe: exe.to_string(),
@@ -425,6 +411,12 @@ impl Metrics {
             stats.chunked_uncertain,
             last.chunked_uncertain,
         );
+        bump(
+            &self.unjudged,
+            "pipelined_unseen",
+            stats.pipelined_unseen,
+            last.pipelined_unseen,
+        );
         for (i, reason) in LOST_REASONS.iter().enumerate() {
             bump(&self.events_lost, reason, lost[i], self.last.lost[i]);
         }
@@ -475,10 +467,6 @@ impl Metrics {
         self.canary_last_run.set(unix_time as i64);
     }
 
-    fn refused(&self, table: &'static str) {
-        self.overflow.get_or_create(&Refused { table }).inc();
-    }
-
     pub fn encode(&self) -> String {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry)
@@ -508,10 +496,14 @@ impl Metrics {
             port,
             build_id: a.build_id.as_deref().unwrap_or_default().to_string(),
         };
-        if self.owners.admit(self.owners.key(&o), a) {
+        if self.owners.contains(&o) {
             return o;
         }
-        self.refused("responses");
+        if self.owners.len() < self.max_label_sets {
+            self.owners.insert(o.clone());
+            return o;
+        }
+        self.overflow.inc();
         let other = || "other".to_string();
         Owner {
             process: other(),
@@ -620,8 +612,7 @@ mod tests {
 
     #[test]
     fn builds_get_an_info_series_and_label_their_verdicts() {
-        // An owner (cgroup, executable) holds 2 of 16 label sets.
-        let mut m = Metrics::new(16, 100, "tracepoint");
+        let mut m = Metrics::new(2, 100, "tracepoint");
         let build = |id: &str, image: Option<&str>| Attribution {
             exe: Some("/srv/shop-api".into()),
             build_id: Some(id.into()),
@@ -638,7 +629,7 @@ mod tests {
         // The rollback: the next build, same program and port.
         let good = build("2222", None);
         m.build_seen("shop-api", &good);
-        // Beyond the owner's quota (the same executable renamed): no more info series.
+        // Beyond the cap (2 builds): no more info series.
         m.build_seen("other-app", &build("3333", None));
         // A process whose executable could not be read: nothing to say.
         m.build_seen("gone", &Attribution::default());
@@ -662,72 +653,33 @@ mod tests {
         );
     }
 
-    /// Issue 26: 1 000 processes of one executable in one cgroup, each under a name of its
-    /// own, take an eighth of the table; the victim that cuts a response afterwards keeps its
-    /// own labels, and the refusals are counted by table.
     #[test]
-    fn many_names_cannot_take_the_victims_labels() {
-        let mut m = Metrics::new(1000, 100, "tracepoint");
-        let evil = Attribution {
-            cgroup: Some("/user.slice/user-65534.slice/session-9.scope".into()),
-            exe: Some("/usr/bin/busybox".into()),
-            build_id: Some("b0".into()),
-            ..Attribution::default()
-        };
-        for i in 0..1000 {
+    fn label_sets_are_capped_with_an_overflow_bucket() {
+        let mut m = Metrics::new(3, 100, "tracepoint");
+        for port in 0..10 {
             m.verdict(
-                &verdict(Kind::ShortWrite, &format!("evil-{i}"), 80, 1),
-                &evil,
+                &verdict(Kind::ShortWrite, "srv", port, 1),
+                &Attribution::default(),
             );
         }
-        let victim = Attribution {
-            cgroup: Some("/system.slice/nginx.service".into()),
-            exe: Some("/usr/sbin/nginx".into()),
-            build_id: Some("n1".into()),
-            ..Attribution::default()
-        };
-        m.verdict(&verdict(Kind::ShortWrite, "nginx", 443, 7), &victim);
         let text = m.encode();
-        let series = |prefix: &str, needle: &str| {
-            text.lines()
-                .filter(|l| l.starts_with(prefix) && l.contains(needle))
-                .count()
-        };
-        let quota = 1000 / admission::OWNER_SHARE;
         assert_eq!(
-            series("truncwatch_responses_total{", "process=\"evil-"),
-            quota
+            text.lines()
+                .filter(|l| l.starts_with("truncwatch_responses_total{"))
+                .count(),
+            4,
+            "3 owners + other:\n{text}"
         );
-        assert_eq!(series("truncwatch_build_info{", "process=\"evil-"), quota);
         assert!(
             text.contains(
-                r#"process="nginx",container="",namespace="",pod="",port="443",build_id="n1"} 1"#
+                r#"process="other",container="other",namespace="other",pod="other",port="other",build_id="other"} 7"#
             ),
             "{text}"
         );
-        assert_eq!(series("truncwatch_build_info{", "process=\"nginx\""), 1);
         assert!(
-            text.contains(
-                r#"process="other",container="other",namespace="other",pod="other",port="other",build_id="other"} 875"#
-            ),
+            text.contains("truncwatch_label_sets_overflow_total 7"),
             "{text}"
         );
-        for want in [
-            r#"truncwatch_label_sets_overflow_total{table="responses"} 875"#,
-            r#"truncwatch_label_sets_overflow_total{table="build_info"} 875"#,
-        ] {
-            assert!(text.lines().any(|l| l == want), "no {want} in\n{text}");
-        }
-    }
-
-    /// Nothing refused yet: both tables' counters are series at 0.
-    #[test]
-    fn refusals_start_at_zero() {
-        let text = Metrics::new(10, 100, "tracepoint").encode();
-        for table in ["responses", "build_info"] {
-            let want = format!("truncwatch_label_sets_overflow_total{{table=\"{table}\"}} 0");
-            assert!(text.lines().any(|l| l == want), "no {want} in\n{text}");
-        }
     }
 
     #[test]

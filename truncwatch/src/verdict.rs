@@ -214,6 +214,10 @@ pub struct Stats {
     pub interim: u64,
     /// Connections dropped from the table to stay under the limit, unjudged.
     pub evicted: u64,
+    /// Client connections where a response began inside a read (pipelined responses read
+    /// together): its head was not seen, and it and the responses after it on that
+    /// connection are not judged (at least one response each).
+    pub pipelined_unseen: u64,
 }
 
 impl Stats {
