@@ -2,19 +2,23 @@
 //! works (so that "no truncation" can be told from "blind"). Every metric is listed in
 //! docs/metrics.md.
 //!
-//! Label sets are bounded: the first `max_label_sets` distinct owners (process, container,
-//! namespace, pod, port, build_id) keep their labels; later ones are counted under `other` and in
-//! `truncwatch_label_sets_overflow_total`. First come, not top-N: moving a busy owner out of
+//! Label sets are bounded: at most `max_label_sets` distinct owners (process, container,
+//! namespace, pod, port, build_id) keep their labels, admitted by `admission` (a quota per
+//! cgroup and executable, and per pod, so that no process can take the table by renaming
+//! itself; a reserve for workloads seen late); refused ones are counted under `other` and in
+//! `truncwatch_label_sets_overflow_total`. Admission lasts the agent's lifetime: moving an owner out of
 //! `other` later would make its counters go backwards.
+mod admission;
+
 use crate::attribution::Attribution;
 use crate::correlator::{Kind, Stats, Verdict};
 use crate::events::{Side, Transport};
+use admission::Table;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +57,13 @@ struct ResponseLabels {
     owner: Owner,
 }
 
+/// Which table refused a label set: `responses` (the owners of the verdict counters) or
+/// `build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Refused {
+    table: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
@@ -87,10 +98,10 @@ pub struct ProgramStats {
 
 pub struct Metrics {
     registry: Registry,
-    max_label_sets: usize,
-    owners: HashSet<Owner>,
-    /// Hashes of the build label sets exported, for `build_seen`.
-    builds_seen: HashSet<u64>,
+    /// The owner label sets of the verdict counters.
+    owners: Table,
+    /// The label sets of `truncwatch_build_info`.
+    builds_seen: Table,
     builds: Family<BuildLabels, Gauge>,
     responses: Family<ResponseLabels, Counter>,
     missing_bytes: Family<ResponseLabels, Counter>,
@@ -103,7 +114,7 @@ pub struct Metrics {
     tracked: Gauge,
     tracked_limit: Gauge,
     evicted: Counter,
-    overflow: Counter,
+    overflow: Family<Refused, Counter>,
     ready: Gauge,
     bpf_run_seconds: Family<Program, Counter<f64, AtomicU64>>,
     bpf_runs: Family<Program, Counter>,
@@ -130,9 +141,8 @@ impl Metrics {
     pub fn new(max_label_sets: usize, max_connections: usize, backend: &str) -> Self {
         let mut r = Registry::default();
         let m = Metrics {
-            max_label_sets,
-            owners: HashSet::new(),
-            builds_seen: HashSet::new(),
+            owners: Table::new(max_label_sets),
+            builds_seen: Table::new(max_label_sets),
             builds: Family::default(),
             responses: Family::default(),
             missing_bytes: Family::default(),
@@ -145,7 +155,7 @@ impl Metrics {
             tracked: Gauge::default(),
             tracked_limit: Gauge::default(),
             evicted: Counter::default(),
-            overflow: Counter::default(),
+            overflow: Family::default(),
             ready: Gauge::default(),
             bpf_run_seconds: Family::default(),
             bpf_runs: Family::default(),
@@ -212,7 +222,7 @@ impl Metrics {
         );
         r.register(
             "truncwatch_label_sets_overflow",
-            "Verdicts counted under owner \"other\": the label-set cap was reached",
+            "Label sets refused, by table: verdicts counted under owner \"other\" (responses), builds given no series (build_info)",
             m.overflow.clone(),
         );
         r.register(
@@ -280,12 +290,16 @@ impl Metrics {
         for reason in ["head_only", "chunked_uncertain", "pipelined_unseen"] {
             m.unjudged.get_or_create(&Reason { reason }).inc_by(0);
         }
+        for table in ["responses", "build_info"] {
+            m.overflow.get_or_create(&Refused { table }).inc_by(0);
+        }
         Metrics { registry: r, ..m }
     }
 
     /// A process seen on an HTTP connection, or with a verdict: its build gets its
-    /// `truncwatch_build_info` series, the first `max_label_sets` builds only. Cheap when the
-    /// build is known already: a hash of the labels, no allocation.
+    /// `truncwatch_build_info` series if the table admits it (`admission`: one cgroup and
+    /// executable cannot fill it under many process names); a refusal is counted. Cheap when
+    /// the build is known already: a hash of the labels, no allocation.
     pub fn build_seen(&mut self, comm: &str, a: &Attribution) {
         let Some(build_id) = &a.build_id else { return };
         let (exe, image, image_id) = (
@@ -293,16 +307,16 @@ impl Metrics {
             a.image.image.as_deref().unwrap_or_default(),
             a.image.image_id.as_deref().unwrap_or_default(),
         );
-        let key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = rustc_hash::FxHasher::default();
-            (comm, exe, &**build_id, image, image_id).hash(&mut h);
-            h.finish()
-        };
-        if self.builds_seen.contains(&key) || self.builds_seen.len() >= self.max_label_sets {
+        let key = self
+            .builds_seen
+            .key(&(comm, exe, &**build_id, image, image_id));
+        if self.builds_seen.contains(key) {
             return;
         }
-        self.builds_seen.insert(key);
+        if !self.builds_seen.admit(key, a) {
+            self.refused("build_info");
+            return;
+        }
         let l = BuildLabels {
             process: comm.to_string(),
             exe: exe.to_string(),
@@ -467,6 +481,10 @@ impl Metrics {
         self.canary_last_run.set(unix_time as i64);
     }
 
+    fn refused(&self, table: &'static str) {
+        self.overflow.get_or_create(&Refused { table }).inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry)
@@ -496,14 +514,10 @@ impl Metrics {
             port,
             build_id: a.build_id.as_deref().unwrap_or_default().to_string(),
         };
-        if self.owners.contains(&o) {
+        if self.owners.admit(self.owners.key(&o), a) {
             return o;
         }
-        if self.owners.len() < self.max_label_sets {
-            self.owners.insert(o.clone());
-            return o;
-        }
-        self.overflow.inc();
+        self.refused("responses");
         let other = || "other".to_string();
         Owner {
             process: other(),
@@ -612,7 +626,8 @@ mod tests {
 
     #[test]
     fn builds_get_an_info_series_and_label_their_verdicts() {
-        let mut m = Metrics::new(2, 100, "tracepoint");
+        // An owner (cgroup, executable) holds 2 of 16 label sets.
+        let mut m = Metrics::new(16, 100, "tracepoint");
         let build = |id: &str, image: Option<&str>| Attribution {
             exe: Some("/srv/shop-api".into()),
             build_id: Some(id.into()),
@@ -629,7 +644,7 @@ mod tests {
         // The rollback: the next build, same program and port.
         let good = build("2222", None);
         m.build_seen("shop-api", &good);
-        // Beyond the cap (2 builds): no more info series.
+        // Beyond the owner's quota (the same executable renamed): no more info series.
         m.build_seen("other-app", &build("3333", None));
         // A process whose executable could not be read: nothing to say.
         m.build_seen("gone", &Attribution::default());
@@ -653,33 +668,72 @@ mod tests {
         );
     }
 
+    /// Issue 26: 1 000 processes of one executable in one cgroup, each under a name of its
+    /// own, take an eighth of the table; the victim that cuts a response afterwards keeps its
+    /// own labels, and the refusals are counted by table.
     #[test]
-    fn label_sets_are_capped_with_an_overflow_bucket() {
-        let mut m = Metrics::new(3, 100, "tracepoint");
-        for port in 0..10 {
+    fn many_names_cannot_take_the_victims_labels() {
+        let mut m = Metrics::new(1000, 100, "tracepoint");
+        let evil = Attribution {
+            cgroup: Some("/user.slice/user-65534.slice/session-9.scope".into()),
+            exe: Some("/usr/bin/busybox".into()),
+            build_id: Some("b0".into()),
+            ..Attribution::default()
+        };
+        for i in 0..1000 {
             m.verdict(
-                &verdict(Kind::ShortWrite, "srv", port, 1),
-                &Attribution::default(),
+                &verdict(Kind::ShortWrite, &format!("evil-{i}"), 80, 1),
+                &evil,
             );
         }
+        let victim = Attribution {
+            cgroup: Some("/system.slice/nginx.service".into()),
+            exe: Some("/usr/sbin/nginx".into()),
+            build_id: Some("n1".into()),
+            ..Attribution::default()
+        };
+        m.verdict(&verdict(Kind::ShortWrite, "nginx", 443, 7), &victim);
         let text = m.encode();
-        assert_eq!(
+        let series = |prefix: &str, needle: &str| {
             text.lines()
-                .filter(|l| l.starts_with("truncwatch_responses_total{"))
-                .count(),
-            4,
-            "3 owners + other:\n{text}"
+                .filter(|l| l.starts_with(prefix) && l.contains(needle))
+                .count()
+        };
+        let quota = 1000 / admission::OWNER_SHARE;
+        assert_eq!(
+            series("truncwatch_responses_total{", "process=\"evil-"),
+            quota
         );
+        assert_eq!(series("truncwatch_build_info{", "process=\"evil-"), quota);
         assert!(
             text.contains(
-                r#"process="other",container="other",namespace="other",pod="other",port="other",build_id="other"} 7"#
+                r#"process="nginx",container="",namespace="",pod="",port="443",build_id="n1"} 1"#
             ),
             "{text}"
         );
+        assert_eq!(series("truncwatch_build_info{", "process=\"nginx\""), 1);
         assert!(
-            text.contains("truncwatch_label_sets_overflow_total 7"),
+            text.contains(
+                r#"process="other",container="other",namespace="other",pod="other",port="other",build_id="other"} 875"#
+            ),
             "{text}"
         );
+        for want in [
+            r#"truncwatch_label_sets_overflow_total{table="responses"} 875"#,
+            r#"truncwatch_label_sets_overflow_total{table="build_info"} 875"#,
+        ] {
+            assert!(text.lines().any(|l| l == want), "no {want} in\n{text}");
+        }
+    }
+
+    /// Nothing refused yet: both tables' counters are series at 0.
+    #[test]
+    fn refusals_start_at_zero() {
+        let text = Metrics::new(10, 100, "tracepoint").encode();
+        for table in ["responses", "build_info"] {
+            let want = format!("truncwatch_label_sets_overflow_total{{table=\"{table}\"}} 0");
+            assert!(text.lines().any(|l| l == want), "no {want} in\n{text}");
+        }
     }
 
     #[test]
