@@ -166,6 +166,58 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
     installed
 }
 
+/// Makes another Debian suite's packages known to apt (`apt_suite("bullseye")`, for Debian 11's
+/// kernel package of a test guest): a sources file of its own, a pin that keeps apt from
+/// installing or upgrading anything from it unasked, and `apt-get update` until apt has the
+/// suite's package list. What is there already is left alone.
+pub fn apt_suite(suite: &str) -> Result<()> {
+    let sources = format!("/etc/apt/sources.list.d/truncwatch-{suite}.sources");
+    let pin = format!("/etc/apt/preferences.d/truncwatch-{suite}");
+    let files = [
+        (
+            &pin,
+            format!(
+                "# truncwatch's xtask (xtask/src/setup.rs): {suite}'s packages only when named\n\
+                 Package: *\nPin: release n={suite}\nPin-Priority: 1\n"
+            ),
+        ),
+        (
+            &sources,
+            format!(
+                "# truncwatch's xtask (xtask/src/setup.rs): a test guest's kernel package\n\
+                 Types: deb\nURIs: http://deb.debian.org/debian\nSuites: {suite}\n\
+                 Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            ),
+        ),
+    ];
+    let listed = std::fs::read_dir("/var/lib/apt/lists")?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .any(|n| n.contains(&format!("_dists_{suite}_")));
+    if listed
+        && files
+            .iter()
+            .all(|(path, _)| std::path::Path::new(path).exists())
+    {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("adding Debian's {suite} suite to apt's sources ({sources}) needs root");
+    }
+    step(&format!(
+        "adding Debian's {suite} suite to apt's sources ({sources}; pinned at priority 1 in \
+         {pin}, so nothing is installed from it unasked) for a guest kernel's package, then \
+         apt-get update"
+    ));
+    for (path, text) in &files {
+        if !std::path::Path::new(path).exists() {
+            std::fs::write(path, text)?;
+        }
+    }
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// (what to probe for, the requirement to install): a Python module, or a command.
 fn pip_install(reqs: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = reqs

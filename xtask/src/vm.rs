@@ -1,4 +1,5 @@
-//! `cargo xtask vm-test`: the agent on other kernels, Debian 12's Linux 6.1 and 6.12, under qemu.
+//! `cargo xtask vm-test`: the agent on other kernels, Debian's Linux 6.12, 6.1 and (on
+//! demand) 5.10, under qemu.
 //!
 //! This machine's kernel has no kprobes or fentry and has `sock_send_length`; production kernels
 //! like Debian's 6.1 are the other way round, and 6.12 offers all three. KVM is not usable here,
@@ -8,28 +9,27 @@
 //! guest passes when it prints `VMTEST END` and every guest command exited 0: `truncwatch
 //! check` (and the backend `auto` picks there), then, for each backend the kernel offers
 //! (forced by `TRUNCWATCH_BACKEND`), `truncwatch selftest`, detection runs (`vm/detect.sh`,
-//! `vm/tls.sh`) and the kernel integration suites (`tests/kernel.rs`, `tests/heads.rs`).
+//! `vm/tls.sh`) and the integration suites. Which suites run where, in every run and on demand,
+//! is `vm/plan.rs`; `cargo xtask vm-test --list` prints it without booting anything.
 //! A guest whose kernel panics mid-run (an emulation fault: see `boot_and_resume`) is booted
-//! once more for the rest. The table of what ran and passed goes to `docs/results/kernels.md` after
-//! each guest (a run of one kernel replaces that kernel's rows and keeps the others'; a suite
-//! not run shows its last result, dated).
+//! once more for the rest. The table of what ran and passed, each result with its time, goes to
+//! `docs/results/kernels.md` after each guest (a run of one kernel replaces that kernel's rows
+//! and keeps the others'; a suite not run shows its last result, dated).
 //!
-//! The real-server suites (REAL_SUITES: the scenario matrix, nginx, hostile input, HTTPS) run
-//! in this machine's own root file system, mounted into the guest (see REAL_SUITES).
+//! The real-server suites (`plan::REAL_SUITES`: the scenario matrix, nginx, hostile input,
+//! HTTPS) run in this machine's own root file system, mounted into the guest (see `initramfs`).
 //!
-//! What CI runs: every backend of both kernels with selftest and the detection runs; the
-//! kernel and heads suites on every backend of 6.1 and on 6.12's tracepoint backend; the
-//! real-server suites on 6.12's tracepoint backend, and nginx on every backend (the suites take
-//! most of the time under TCG, and CI has 90 minutes). `TRUNCWATCH_VM_FULL=1` runs every suite
-//! on every backend (55 minutes for 6.1, 70 for 6.12 here; docs/results/kernels.md dates each
-//! result). `TRUNCWATCH_VM_KERNELS` (`6.1`, `6.12`), `TRUNCWATCH_VM_BACKENDS`,
+//! `TRUNCWATCH_VM_FULL=1` runs every suite on every backend (55 minutes for 6.1, 70 for 6.12
+//! here). `TRUNCWATCH_VM_KERNELS` (`6.12`, `6.1`, `5.10`), `TRUNCWATCH_VM_BACKENDS`,
 //! `TRUNCWATCH_VM_ONLY` (a shell pattern of guest command names) and `TRUNCWATCH_VM_TEST_ARGS`
 //! narrow it while working on one.
 mod kernel_table;
 mod modules;
+mod plan;
 
-use crate::step;
+use crate::{setup, step};
 use anyhow::{Context, Result, bail};
+use plan::{GUESTS, Guest, REAL_SUITES, SUITES};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -47,12 +47,6 @@ const VM_TIMEOUT_FULL: Duration = Duration::from_secs(7200);
 fn full() -> bool {
     std::env::var("TRUNCWATCH_VM_FULL").as_deref() == Ok("1")
 }
-/// Each guest command gets this long, so one that hangs still leaves time for the others.
-const CMD_TIMEOUT_S: u32 = 120;
-/// The kernel integration suite: about 30 s on the host, several times that under TCG.
-const TESTS_TIMEOUT_S: u32 = 900;
-/// A real-server suite: the scenario matrix takes 180 s on the host, 390 s in the 6.12 guest.
-const REAL_TIMEOUT_S: u32 = 1200;
 const END: &str = "VMTEST END";
 /// A detection test in the guest: the agent, a lab server and a client, one expected verdict.
 const DETECT: &str = include_str!("vm/detect.sh");
@@ -81,55 +75,12 @@ const KERNEL_NEEDS: &[&str] = &[
     "CONFIG_UNIX",                // Unix sockets (the agent's lab and canary)
 ];
 
-/// A guest kernel: Debian 12's package of it, and the backends it offers.
-struct Guest {
-    /// `6.1`, `6.12`.
-    name: &'static str,
-    /// `apt-cache search --names-only` pattern of its image package (the newest is taken).
-    package: &'static str,
-    /// The backends it offers, each run in turn.
-    backends: &'static str,
-    /// The one `auto` must pick there.
-    auto: &'static str,
-    /// Backends the integration suites run on by default (`TRUNCWATCH_VM_FULL=1`: all).
-    suites_on: &'static str,
-    /// Backends the real-server suites run on by default (`TRUNCWATCH_VM_FULL=1`: all): the
-    /// scenario matrix (about 390 s each under TCG here), hostile (100 s), HTTPS (190 s).
-    /// nginx's (15 s) runs on every backend.
-    real_on: &'static str,
-}
-
-/// In the order they run: the kernel with the most backends first, so that its failures show
-/// early.
-const GUESTS: [Guest; 2] = [
-    Guest {
-        name: "6.12",
-        package: "^linux-image-6.12.[0-9]+[+]deb12-amd64$",
-        backends: "tracepoint fentry kprobe",
-        auto: "tracepoint",
-        suites_on: "tracepoint",
-        real_on: "tracepoint",
-    },
-    Guest {
-        name: "6.1",
-        package: "^linux-image-6.1.0-[0-9]+-amd64$",
-        backends: "fentry kprobe",
-        auto: "fentry",
-        suites_on: "fentry kprobe",
-        real_on: "",
-    },
-];
-
 pub fn run(agent_bin: &str, root: &str) -> Result<()> {
     let dir = Path::new(root).join("target/vm");
     fs::create_dir_all(&dir)?;
-    let wanted = std::env::var("TRUNCWATCH_VM_KERNELS").unwrap_or_else(|_| "6.12 6.1".into());
-    let guests: Vec<&Guest> = GUESTS
-        .iter()
-        .filter(|g| wanted.split_whitespace().any(|w| w == g.name))
-        .collect();
-    if guests.is_empty() {
-        bail!("TRUNCWATCH_VM_KERNELS={wanted:?}: choose among 6.1 and 6.12");
+    let guests = wanted_guests()?;
+    for suite in guests.iter().filter_map(|g| g.suite) {
+        setup::apt_suite(suite)?;
     }
     let tests = SUITES
         .iter()
@@ -185,6 +136,25 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// The guests `TRUNCWATCH_VM_KERNELS` names (space-separated), or the default ones.
+fn wanted_guests() -> Result<Vec<&'static Guest>> {
+    let guests: Vec<&Guest> = match std::env::var("TRUNCWATCH_VM_KERNELS") {
+        Ok(wanted) => GUESTS
+            .iter()
+            .filter(|g| wanted.split_whitespace().any(|w| w == g.name))
+            .collect(),
+        Err(_) => GUESTS.iter().filter(|g| g.default).collect(),
+    };
+    if guests.is_empty() {
+        let names: Vec<&str> = GUESTS.iter().map(|g| g.name).collect();
+        bail!(
+            "TRUNCWATCH_VM_KERNELS names no guest: choose among {}",
+            names.join(", ")
+        );
+    }
+    Ok(guests)
 }
 
 /// The newest image package of the guest's kernel the package lists offer, downloaded and
@@ -306,17 +276,13 @@ fn check_config(config: &Path) -> Result<()> {
 }
 
 /// A fresh `target/vm/initramfs.cpio` (newc, uncompressed: gunzip under TCG costs seconds):
-/// busybox-static with its applets, the agent, its shared libraries, and `/init`.
-/// The integration test suites run in the guest (`truncwatch/tests/<name>.rs`): the kernel
-/// tests, and heads of every size.
-const SUITES: [&str; 2] = ["kernel", "heads"];
-/// The suites against real servers (Debian's nginx, HAProxy, gunicorn, Node, ...): they run in
-/// this machine's own root file system, which the guest mounts read-only over 9p (`-virtfs`)
-/// under a writable tmpfs overlay and enters with chroot. So the guest's servers are the very
-/// Debian packages the host suites use, at the paths the suites know, and the suites run from
-/// where cargo built them.
-const REAL_SUITES: [&str; 4] = ["scenarios", "nginx", "hostile", "tls"];
-
+/// busybox-static with its applets, the agent, its shared libraries, the initramfs suites'
+/// binaries (`plan::SUITES`), and `/init`.
+///
+/// The suites against real servers (`plan::REAL_SUITES`) run in this machine's own root file
+/// system instead, which the guest mounts read-only over 9p (`-virtfs`) under a writable tmpfs
+/// overlay and enters with chroot. So the guest's servers are the very Debian packages the host
+/// suites use, at the paths the suites know, and the suites run from where cargo built them.
 fn initramfs(
     agent_bin: &str,
     tests: &[(&str, PathBuf)],
@@ -354,7 +320,7 @@ fn initramfs(
     tls_files(&tree)?;
     modules::install(&tree, mods)?;
     for (path, text) in [
-        ("init", init_script(g, real, &skip_file(dir, g)?)),
+        ("init", init_script(g, real, &skip_file(dir, g)?)?),
         ("bin/detect.sh", DETECT.to_string()),
         ("bin/tls.sh", TLS.to_string()),
         ("bin/ktls.sh", KTLS.to_string()),
@@ -470,50 +436,131 @@ fn shared_libs(bin: &str) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// The backends to run on guest `g`: `TRUNCWATCH_VM_BACKENDS` (space-separated) picks fewer,
+/// e.g. while working on one.
+fn backends(g: &Guest) -> Vec<String> {
+    match std::env::var("TRUNCWATCH_VM_BACKENDS") {
+        Ok(b) => b.split_whitespace().map(str::to_string).collect(),
+        Err(_) => g.backends.iter().map(|b| b.to_string()).collect(),
+    }
+}
+
+/// The commands of guest `g`'s plan that this run runs: those of every run, and with
+/// `TRUNCWATCH_VM_FULL=1` those on demand too.
+fn this_run(g: &Guest) -> Vec<plan::Cmd> {
+    plan::commands(g, &backends(g))
+        .into_iter()
+        .filter(|c| c.every_run || full())
+        .collect()
+}
+
+/// The init script's lines that run `this_run(g)`, in order: `vmtest <name> <limit> <command>`
+/// (`inroot` for a real-server suite, by the path cargo built it at: `real`).
+fn guest_runs(g: &Guest, real: &[(&str, PathBuf)]) -> Result<String> {
+    // Extra arguments for the test suites (a filter, `--nocapture`) while working on one.
+    let test_args = std::env::var("TRUNCWATCH_VM_TEST_ARGS").unwrap_or_default();
+    let mut out = String::new();
+    let mut backend = None;
+    for c in this_run(g) {
+        if c.backend.is_some() && c.backend != backend {
+            backend.clone_from(&c.backend);
+            out += &format!(
+                "export TRUNCWATCH_BACKEND={}\n",
+                c.backend.as_deref().unwrap_or("")
+            );
+        }
+        let (name, limit) = (&c.name, c.limit_s);
+        out += &match c.run {
+            plan::Run::Sh(line) => format!("vmtest {name} {limit} {line}\n"),
+            // CI=true: the suites never skip.
+            plan::Run::Suite(suite) => format!(
+                "vmtest {name} {limit} env CI=true /bin/{suite}-tests --test-threads=1 {test_args}\n"
+            ),
+            plan::Run::Real(suite) => {
+                let (_, bin) = real
+                    .iter()
+                    .find(|(s, _)| *s == suite)
+                    .with_context(|| format!("the {suite} tests were not built"))?;
+                // (The matrix's totals are printed by the test itself: shown for the table.)
+                let show = if suite == "scenarios" {
+                    " --show-output"
+                } else {
+                    ""
+                };
+                format!(
+                    "inroot {name} {limit} {}{show} {test_args}\n",
+                    bin.display()
+                )
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// `cargo xtask vm-test --list`: each guest's commands as this run would run them (with
+/// `TRUNCWATCH_VM_KERNELS`, `_BACKENDS`, `_ONLY` and `_FULL` applied), and those it leaves out
+/// and why; nothing is built or booted.
+pub fn list() -> Result<()> {
+    let only = std::env::var("TRUNCWATCH_VM_ONLY").unwrap_or_else(|_| "*".into());
+    for g in wanted_guests()? {
+        let cmds = plan::commands(g, &backends(g));
+        let names: Vec<&str> = cmds.iter().map(|c| c.name.as_str()).collect();
+        let matched = only_matches(&only, &names)?;
+        println!("Linux {} ({}):", g.name, g.package);
+        let mut runs = 0;
+        for c in &cmds {
+            let why = if !c.every_run && !full() {
+                "on demand (TRUNCWATCH_VM_FULL=1)"
+            } else if !matched.contains(&c.name) {
+                "left out by TRUNCWATCH_VM_ONLY"
+            } else {
+                runs += 1;
+                "runs"
+            };
+            let what = match &c.run {
+                plan::Run::Sh(line) => line.clone(),
+                plan::Run::Suite(s) | plan::Run::Real(s) => format!("truncwatch/tests/{s}.rs"),
+            };
+            println!("  {:<36} {:<34} {what}", c.name, why);
+        }
+        println!("  {runs} of {} commands run\n", cmds.len());
+    }
+    Ok(())
+}
+
+/// The names that shell pattern `only` matches, as the guest's `case` matches them (the same
+/// pattern text in the same construct, run by busybox's shell).
+fn only_matches(only: &str, names: &[&str]) -> Result<Vec<String>> {
+    let script = format!("for n; do case $n in {only}) echo $n ;; esac; done");
+    let out = Command::new("/bin/busybox")
+        .args(["sh", "-c", &script, "sh"])
+        .args(names)
+        .output()
+        .context("/bin/busybox (Debian package busybox-static)")?;
+    if !out.status.success() {
+        bail!(
+            "TRUNCWATCH_VM_ONLY={only:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 /// The guest's PID 1. The kernel may find no /dev/console in our cpio, so output is only
 /// visible once devtmpfs is mounted and stdio is reopened on it.
-fn init_script(g: &Guest, real: &[(&str, PathBuf)], skip: &Path) -> String {
-    // Backends to run everything against: `TRUNCWATCH_VM_BACKENDS` (space-separated) picks
-    // fewer, e.g. while working on one.
-    let backends = std::env::var("TRUNCWATCH_VM_BACKENDS").unwrap_or_else(|_| g.backends.into());
-    let (suites_on, real_on) = if full() {
-        (g.backends, g.backends)
-    } else {
-        (g.suites_on, g.real_on)
-    };
-    // Per real-server suite, by the path cargo built it at: `inroot <name> <suite binary>` on
-    // the backends it runs on.
-    let real_runs: String = real
-        .iter()
-        .map(|(suite, bin)| {
-            let on = if *suite == "nginx" {
-                g.backends
-            } else {
-                real_on
-            };
-            // (The matrix's totals are printed by the test itself: shown for the table.)
-            let show = if *suite == "scenarios" {
-                " --show-output"
-            } else {
-                ""
-            };
-            format!(
-                "    case \" {on} \" in *\" $b \"*) inroot $b-{suite}-tests {}{show} ;; esac\n",
-                bin.display()
-            )
-        })
-        .collect();
+fn init_script(g: &Guest, real: &[(&str, PathBuf)], skip: &Path) -> Result<String> {
+    let runs = guest_runs(g, real)?;
     let (modules_dir, modules_list) = (modules::DIR, modules::LIST);
-    let auto = g.auto;
-    // Extra arguments for the kernel test binary (a filter, `--nocapture`) while working on one.
-    let test_args = std::env::var("TRUNCWATCH_VM_TEST_ARGS").unwrap_or_default();
     // A shell pattern of the guest commands to run (`*-scenarios-tests`), while working on one.
     let only = std::env::var("TRUNCWATCH_VM_ONLY").unwrap_or_else(|_| "*".into());
     // The guest kernel panics after this guest command, on the first boot only: proves the
     // second boot of `boot_and_resume` (`TRUNCWATCH_VM_PANIC_AFTER=tracepoint-selftest`).
     let panic_after = std::env::var("TRUNCWATCH_VM_PANIC_AFTER").unwrap_or_default();
     let skip = skip.display();
-    format!(
+    Ok(format!(
         r#"#!/bin/busybox sh
 export PATH=/bin
 mount -t devtmpfs devtmpfs /dev
@@ -548,59 +595,32 @@ hostroot() {{
 hostroot || echo "VMTEST note: the host's root file system could not be mounted (the real-server suites will fail)"
 echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s cpus_possible=$(cat /sys/devices/system/cpu/possible)"
 grep -qw cx16 /proc/cpuinfo && echo "VMTEST note: the guest kernel still sees CMPXCHG16B (clearcpuid=cx16 not taken)"
-# Run one command with a time limit; its output, then its exit status on a line of its own.
+# Run one command with a time limit (s); its output, then its exit status and time (s) on a
+# line of its own.
 vmtest() {{
-    name=$1; shift
+    name=$1 limit=$2; shift 2
     case "$name" in {only}) ;; *) return ;; esac
     # A second boot after the guest kernel died (vm.rs, boot_and_resume): the commands that
     # ended in the first boot are listed here.
     grep -qxF -e "$name" "/host{skip}" 2>/dev/null && return
     echo "VMTEST BEGIN $name: $*"
+    began=$(cut -d' ' -f1 /proc/uptime)
     timeout $limit "$@"
-    echo "VMTEST $name exit=$?"
+    status=$?
+    echo "VMTEST $name exit=$status time=$(awk -v a=$began '{{printf "%d", $1 - a + 0.5}}' /proc/uptime)s"
     # (After a pause, so that the exit line leaves the serial port first.)
     [ "$name" = "{panic_after}" ] && [ ! -e "/host{skip}" ] && sleep 1 && echo c > /proc/sysrq-trigger
 }}
 # A real-server suite in the host's root: a clean environment, CI=true (never skipping).
 inroot() {{
-    name=$1; shift
-    vmtest $name chroot /newroot /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true TRUNCWATCH_BACKEND=$TRUNCWATCH_BACKEND "$@" --test-threads=1 {test_args}
+    name=$1 limit=$2; shift 2
+    vmtest $name $limit chroot /newroot /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true TRUNCWATCH_BACKEND=$TRUNCWATCH_BACKEND "$@" --test-threads=1
 }}
-limit={CMD_TIMEOUT_S}
-vmtest check /bin/truncwatch check
-# `auto` picks the best backend this kernel offers.
-vmtest auto-{auto} sh -c "/bin/truncwatch check | grep '^backend: {auto} '"
-# The same detection runs and integration suites against each backend this kernel offers
-# (tracepoint needs 6.3): the agent reads TRUNCWATCH_BACKEND.
-for b in {backends}; do
-    export TRUNCWATCH_BACKEND=$b
-    limit={CMD_TIMEOUT_S}
-    vmtest $b-selftest /bin/truncwatch selftest
-    vmtest $b-unix-short-write /bin/detect.sh unix-short unix:/tmp/u.sock --mode short-close --body 8388608 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
-    vmtest $b-unix-complete /bin/detect.sh unix-full unix:/tmp/uf.sock --mode full --body 4194304 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
-    vmtest $b-tcp-slow-reader /bin/detect.sh slow tcp:127.0.0.1:8082 --mode full --body 4194304 -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
-    vmtest $b-tcp-slow-reader-splice /bin/detect.sh splice tcp:127.0.0.1:8081 --mode full --body 4194304 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 1ms -- complete
-    vmtest $b-tcp-splice-cut-short /bin/detect.sh splice-cut tcp:127.0.0.1:8083 --mode short-close --body 8388608 --send-with splice -- --rcvbuf 65536 --read-bytes 16384 --read-delay 2ms -- short_write
-    vmtest $b-tls-short-write /bin/tls.sh tls-short short_write --body 8000000 --cut-at 2000000
-    vmtest $b-tls-complete /bin/tls.sh tls-full complete --body 4000000
-    # Kernel TLS: plaintext through the socket calls the tracepoints see; the fentry and kprobe
-    # backends' tcp_sendmsg is bypassed, and kTLS clients are not tracked (ktls.sh): pinned as
-    # unseen.
-    case $b in tracepoint) cut=short_write whole=complete ;; *) cut=unseen whole=unseen ;; esac
-    vmtest $b-ktls-short-write /bin/ktls.sh ktls-short $cut unseen --body 8000000 --cut-at 2000000
-    vmtest $b-ktls-complete /bin/ktls.sh ktls-full $whole unseen --body 4000000
-    # CI=true: the suites never skip.
-    case " {suites_on} " in *" $b "*)
-        limit={TESTS_TIMEOUT_S}
-        vmtest $b-kernel-tests env CI=true /bin/kernel-tests --test-threads=1 {test_args}
-        vmtest $b-heads-tests env CI=true /bin/heads-tests --test-threads=1 {test_args}
-    esac
-    limit={REAL_TIMEOUT_S}
-{real_runs}done
-echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
+# The guest commands of this run (vm/plan.rs), each backend's forced through TRUNCWATCH_BACKEND.
+{runs}echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
 poweroff -f
 "#
-    )
+    ))
 }
 
 /// `find . | cpio -o -H newc` in `tree`, every file owned by root.
@@ -657,7 +677,7 @@ fn boot_and_resume(vmlinuz: &Path, initrd: &Path, log: &Path, skip: &Path) -> Re
     }
     let ended: Vec<&str> = console[..died]
         .iter()
-        .filter_map(|l| kernel_table::exit_line(l).map(|(n, _)| n))
+        .filter_map(|l| kernel_table::exit_line(l).map(|(n, _, _)| n))
         .collect();
     let last = console[..died]
         .iter()
@@ -858,7 +878,7 @@ fn report(console: &[String], log: &Path, g: &Guest) -> Result<()> {
     // Every guest command must pass: `check` finds a backend, `selftest` flags its canary.
     let failed: Vec<&String> = console[start..]
         .iter()
-        .filter(|l| l.starts_with("VMTEST ") && l.contains(" exit=") && !l.ends_with(" exit=0"))
+        .filter(|l| kernel_table::exit_line(l).is_some_and(|(_, code, _)| code != 0))
         .collect();
     if !failed.is_empty() {
         bail!(

@@ -1,8 +1,8 @@
 //! What ran in each guest and how it went, read back from the guest's console, as the table of
 //! `docs/results/kernels.md`.
 //!
-//! The guest's init prints `VMTEST BEGIN <name>: <command>` and `VMTEST <name> exit=<code>`
-//! around every command; `<name>` is `check`, `auto-<backend>`, or `<backend>-<run>`. The test
+//! The guest's init prints `VMTEST BEGIN <name>: <command>` and `VMTEST <name> exit=<code>
+//! time=<seconds>s` around every command; `<name>` is `check`, `auto-<backend>`, or `<backend>-<run>`. The test
 //! suites print libtest's `test result: ok. N passed; M failed; ...` in between.
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -19,13 +19,14 @@ const SUITES: [(&str, &str); 6] = [
 ];
 
 /// One guest command: the backend it ran on (`None` for the kernel-wide ones), its run, its
-/// exit status, for a test suite its tests passed and failed, and for the scenario matrix its
-/// own totals.
+/// exit status, how long it took (s), for a test suite its tests passed and failed, and for the
+/// scenario matrix its own totals.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
     pub backend: Option<String>,
     pub run: String,
     pub exit: i32,
+    pub secs: Option<u32>,
     pub tests: Option<(u32, u32)>,
     pub matrix: Option<Matrix>,
 }
@@ -63,10 +64,16 @@ impl Matrix {
     }
 }
 
-/// A guest command's last line, `VMTEST <name> exit=<status>`: its name and exit status.
-pub fn exit_line(line: &str) -> Option<(&str, i32)> {
-    let (name, code) = line.strip_prefix("VMTEST ")?.rsplit_once(" exit=")?;
-    Some((name, code.trim().parse().ok()?))
+/// A guest command's last line, `VMTEST <name> exit=<status> time=<seconds>s`: its name, exit
+/// status, and time if it says (consoles from before times were printed do not).
+pub fn exit_line(line: &str) -> Option<(&str, i32, Option<u32>)> {
+    let (name, rest) = line.strip_prefix("VMTEST ")?.rsplit_once(" exit=")?;
+    let mut words = rest.split_whitespace();
+    let code = words.next()?.parse().ok()?;
+    let secs = words
+        .next()
+        .and_then(|w| w.strip_prefix("time=")?.strip_suffix('s')?.parse().ok());
+    Some((name, code, secs))
 }
 
 /// The rows of one guest's console, in order.
@@ -96,7 +103,7 @@ pub fn rows(console: &[String]) -> Vec<Row> {
             };
             let (p, f) = tests.unwrap_or((0, 0));
             tests = Some((p + count(" passed"), f + count(" failed")));
-        } else if let Some((name, exit)) = exit_line(line) {
+        } else if let Some((name, exit, secs)) = exit_line(line) {
             let (backend, run) = match name.split_once('-') {
                 Some((b, run)) if BACKENDS.contains(&b) => (Some(b.to_string()), run.to_string()),
                 _ => (None, name.to_string()),
@@ -105,6 +112,7 @@ pub fn rows(console: &[String]) -> Vec<Row> {
                 backend,
                 run,
                 exit,
+                secs,
                 tests: tests.take(),
                 matrix: matrix.take(),
             });
@@ -136,7 +144,7 @@ pub fn markdown(
     let mut s = String::from(
         "# Kernels and backends\n\n\
          Written by `cargo xtask vm-test` (also the last step of `cargo xtask test`) from what ran\n\
-         in each guest: Debian 12's kernel packages booted under qemu (TCG), the agent forced onto\n\
+         in each guest: Debian's kernel packages booted under qemu (TCG), the agent forced onto\n\
          each backend in turn (`TRUNCWATCH_BACKEND`). `check` is `truncwatch check` (a backend\n\
          loads and attaches), `auto` the backend it picks by itself. Detection runs are the\n\
          guest's lab runs, each judged on the server side and the client side with the agent's\n\
@@ -145,10 +153,13 @@ pub fn markdown(
          and heads from the guest's initramfs; the scenario matrix (`scenarios.rs`), `nginx.rs`,\n\
          `hostile.rs` and `tls.rs` (HTTPS) against Debian's real servers, in this machine's own\n\
          root file system mounted in the guest. A count is of libtest's tests, but the scenario\n\
-         matrix's is of its scenarios passed on each side. By default only some backends run the suites (see `xtask/src/vm.rs`);\n\
-         `TRUNCWATCH_VM_FULL=1` runs them all. A result that did not run this time shows its last\n\
-         result with the date it ran (\"on ...\"), or \"not run\". This project's own kernel\n\
-         (6.18, tracepoint only) runs every suite in `cargo xtask test` itself.\n\n",
+         matrix's is of its scenarios passed on each side; \"in N s\" is the time it took in the\n\
+         guest. Every run (and so CI) runs only part of the suites (`xtask/src/vm/plan.rs`;\n\
+         `cargo xtask vm-test --list` prints it); `TRUNCWATCH_VM_FULL=1` runs them all. A result\n\
+         that did not run this time shows its last result with the date it ran (\"on ...\", and\n\
+         the release when that was an older package of the guest's kernel), or \"not run\".\n\
+         This project's own kernel (6.18, tracepoint only) runs every suite in `cargo xtask test`\n\
+         itself.\n\n",
     );
     let headings: Vec<&str> = SUITES.iter().map(|(_, h)| *h).collect();
     let header = format!(
@@ -175,10 +186,7 @@ pub fn markdown(
                 continue;
             }
             // A column not run now shows its result from an earlier run, dated, if any.
-            let before = |heading: &str| {
-                let key = (kernel.clone(), b.to_string(), heading.to_string());
-                earlier.get(&key).cloned().unwrap_or("not run".into())
-            };
+            let before = |heading: &str| earlier_result(&earlier, kernel, b, heading, ran);
             let check = if kernel_wide.is_empty() {
                 before("check, auto")
             } else {
@@ -187,7 +195,7 @@ pub fn markdown(
             let selftest = mine
                 .iter()
                 .find(|r| r.run == "selftest")
-                .map_or_else(|| before("selftest"), |r| ok(r.exit).to_string());
+                .map_or_else(|| before("selftest"), |r| took(ok(r.exit), [r.secs]));
             let detection: Vec<&&Row> = mine
                 .iter()
                 .filter(|r| r.run != "selftest" && !SUITES.iter().any(|(n, _)| *n == r.run))
@@ -196,20 +204,24 @@ pub fn markdown(
             let detection = if detection.is_empty() {
                 before("detection runs")
             } else {
-                format!("{passed} of {} passed", detection.len())
+                let cell = format!("{passed} of {} passed", detection.len());
+                took(&cell, detection.iter().map(|r| r.secs))
             };
             let suite = |(name, heading): &(&str, &str)| {
                 let before = || before(heading);
                 mine.iter()
                     .find(|r| r.run == *name)
-                    .map_or_else(before, |r| match (r.exit, r.tests, r.matrix) {
-                        (0, _, Some(m)) => m.cell(),
-                        (e, _, Some(m)) => format!("FAILED (exit {e}): {}", m.cell()),
-                        (0, Some((p, _)), None) => format!("{p} passed"),
-                        (e, Some((p, f)), None) => {
-                            format!("FAILED (exit {e}): {p} passed, {f} failed")
-                        }
-                        (e, None, None) => format!("FAILED (exit {e}), no test result"),
+                    .map_or_else(before, |r| {
+                        let cell = match (r.exit, r.tests, r.matrix) {
+                            (0, _, Some(m)) => m.cell(),
+                            (e, _, Some(m)) => format!("FAILED (exit {e}): {}", m.cell()),
+                            (0, Some((p, _)), None) => format!("{p} passed"),
+                            (e, Some((p, f)), None) => {
+                                format!("FAILED (exit {e}): {p} passed, {f} failed")
+                            }
+                            (e, None, None) => format!("FAILED (exit {e}), no test result"),
+                        };
+                        took(&cell, [r.secs])
                     })
             };
             let suites: Vec<String> = SUITES.iter().map(suite).collect();
@@ -225,18 +237,15 @@ pub fn markdown(
     }
     // Kept from the last page: rows of kernels not run now, and of this kernel's backends
     // that did not run now, their cells moved under this page's headings (a column the last
-    // page lacked: "not run"). An older release of a guest run now is dropped.
+    // page lacked: "not run"). An older release's row gives way to a newer release's row of
+    // the same backend written now (which carries its results on, dated: `earlier_result`).
     let columns: Vec<&str> = header[2..header.len() - 2].split(" | ").collect();
     for row in data_rows(previous) {
         let (kernel, backend) = (row[0].1, row[1].1);
-        let guest_ran = ran.iter().any(|g| {
-            kernel
-                .strip_prefix(g)
-                .is_some_and(|r| r.starts_with(['.', '-']))
-        });
-        let release_ran = kernels.iter().any(|(k, _)| k == kernel);
-        let written = lines.iter().any(|(k, b, _)| k == kernel && b == backend);
-        if written || (guest_ran && !release_ran) {
+        let written = lines
+            .iter()
+            .any(|(k, b, _)| b == backend && (k == kernel || same_guest(k, kernel, ran)));
+        if written {
             continue;
         }
         let cells: Vec<&str> = columns
@@ -295,6 +304,45 @@ fn data_rows(page: &str) -> Vec<Vec<(&str, &str)>> {
     rows
 }
 
+/// The last result of `heading` on `kernel`'s `backend` (from `earlier_results`), or else
+/// that of the newest other release of the same guest, with that release named: `86/86 ...
+/// (on 2026-12-01, 6.12.117+deb12-amd64)`. Debian updates a guest's kernel package every few
+/// weeks, and the suites run on demand keep their last full run's results across it.
+fn earlier_result(
+    earlier: &HashMap<(String, String, String), String>,
+    kernel: &str,
+    backend: &str,
+    heading: &str,
+    ran: &[&str],
+) -> String {
+    let key = (kernel.to_string(), backend.to_string(), heading.to_string());
+    if let Some(cell) = earlier.get(&key) {
+        return cell.clone();
+    }
+    let older = earlier
+        .iter()
+        .filter(|((k, b, h), _)| b == backend && h == heading && same_guest(k, kernel, ran))
+        .max_by_key(|((k, _, _), _)| release(k));
+    // Its cell is dated (`... (on <date>)`): the release goes in after the date, unless an
+    // earlier carrying put one there.
+    match older {
+        Some(((k, _, _), cell)) => match cell.rsplit_once(" (on ") {
+            Some((result, since)) if !since.contains(", ") => {
+                format!("{result} (on {}, {k})", since.trim_end_matches(')'))
+            }
+            _ => cell.clone(),
+        },
+        None => "not run".into(),
+    }
+}
+
+/// Whether releases `a` and `b` (`6.12.117+deb12-amd64`, `6.12.118+deb12-amd64`) are of one
+/// guest run now (`ran`: `6.12`).
+fn same_guest(a: &str, b: &str, ran: &[&str]) -> bool {
+    let of = |k: &str, g: &str| k.strip_prefix(g).is_some_and(|r| r.starts_with(['.', '-']));
+    ran.iter().any(|g| of(a, g) && of(b, g))
+}
+
 /// The results on the last page (every column but kernel, backend and date), by (kernel,
 /// backend, column heading), each with the date it ran: `35 passed (on 2026-12-01)`. Read by heading, so that a page with other columns
 /// still gives its results.
@@ -321,6 +369,14 @@ fn earlier_results(previous: &str) -> HashMap<(String, String, String), String> 
     out
 }
 
+/// `cell`, with the time its runs took together (`9 of 9 passed in 80 s`) when each says.
+fn took(cell: &str, secs: impl IntoIterator<Item = Option<u32>>) -> String {
+    match secs.into_iter().sum::<Option<u32>>() {
+        Some(secs) => format!("{cell} in {secs} s"),
+        None => cell.to_string(),
+    }
+}
+
 fn ok(exit: i32) -> &'static str {
     if exit == 0 { "ok" } else { "FAILED" }
 }
@@ -343,14 +399,14 @@ mod tests {
              VMTEST BEGIN auto-tracepoint: sh -c ...\n\
              VMTEST auto-tracepoint exit=0\n\
              VMTEST BEGIN tracepoint-selftest: /bin/truncwatch selftest\n\
-             VMTEST tracepoint-selftest exit=0\n\
+             VMTEST tracepoint-selftest exit=0 time=6s\n\
              VMTEST BEGIN tracepoint-unix-short-write: /bin/detect.sh\n\
-             VMTEST tracepoint-unix-short-write exit=0\n\
+             VMTEST tracepoint-unix-short-write exit=0 time=8s\n\
              VMTEST BEGIN tracepoint-tcp-slow-reader: /bin/detect.sh\n\
-             VMTEST tracepoint-tcp-slow-reader exit=1\n\
+             VMTEST tracepoint-tcp-slow-reader exit=1 time=9s\n\
              VMTEST BEGIN tracepoint-kernel-tests: env CI=true /bin/kernel-tests\n\
              test result: ok. 35 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 359.1s\n\
-             VMTEST tracepoint-kernel-tests exit=0\n\
+             VMTEST tracepoint-kernel-tests exit=0 time=359s\n\
              VMTEST BEGIN tracepoint-heads-tests: env CI=true /bin/heads-tests\n\
              test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
              VMTEST tracepoint-heads-tests exit=101\n\
@@ -358,7 +414,7 @@ mod tests {
              totals: 86 scenarios, 86 passed; recall 100% (36/36 server truncations flagged); ...\n\
              client side: 85 of 86 scenarios as expected; recall 97% ...\n\
              test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
-             VMTEST tracepoint-scenarios-tests exit=101\n\
+             VMTEST tracepoint-scenarios-tests exit=101 time=390s\n\
              VMTEST BEGIN fentry-selftest: /bin/truncwatch selftest\n\
              VMTEST fentry-selftest exit=0\n\
              VMTEST END uptime=900s",
@@ -371,10 +427,12 @@ mod tests {
                 backend: Some("tracepoint".into()),
                 run: "heads-tests".into(),
                 exit: 101,
+                secs: None,
                 tests: Some((2, 1)),
                 matrix: None,
             }
         );
+        assert_eq!((r[5].exit, r[5].secs), (0, Some(359)));
         assert_eq!(
             (r[1].backend.as_deref(), r[1].run.as_str()),
             (None, "auto-tracepoint")
@@ -393,8 +451,8 @@ mod tests {
             &["6.12"],
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok | 1 of 2 passed | 35 passed | FAILED (exit 101): 2 passed, 1 failed | FAILED (exit 101): 86/86 server side, 85/86 client side | not run | not run | not run | 2026-12-01 |"),
-            "{md}"
+            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok in 6 s | 1 of 2 passed in 17 s | 35 passed in 359 s | FAILED (exit 101): 2 passed, 1 failed | FAILED (exit 101): 86/86 server side, 85/86 client side in 390 s | x (on 2026-11-29, 6.12.100+deb12-amd64) | not run | not run | 2026-12-01 |"),
+            "an older release's result carried on, named: {md}"
         );
         assert!(
             md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 9 of 9 passed (on 2026-11-29) | 35 passed (on 2026-11-29) | not run | not run | 1 passed (on 2026-11-30) | not run | not run | 2026-12-01 |"),
