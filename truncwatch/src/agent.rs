@@ -209,6 +209,10 @@ pub struct RunArgs {
     /// flagged exactly) this often; `0s` turns it off. Its result is a metric and gates /readyz.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub canary_interval: Duration,
+    /// TLS libraries hooked at most (uprobes on each; a quarter of them per file owner other
+    /// than root). Each costs the kernel some time to unhook at stop (docs/reliability.md).
+    #[arg(long, default_value_t = crate::tls_hooks::DEFAULT_MAX_LIBRARIES)]
+    pub max_tls_libraries: usize,
     /// How to hook the send and receive paths; `auto` picks the best this kernel has
     /// (`truncwatch check` shows what that is).
     #[arg(long, value_enum, default_value = "auto", env = "TRUNCWATCH_BACKEND")]
@@ -291,7 +295,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "truncwatch: running in a PID namespace of its own: verdicts carry pid and process name, but no cgroup, container or pod (run it in the host's PID namespace for those)"
         );
     }
-    let mut tls = tls_hooks_start(&mut ebpf);
+    let mut tls = tls_hooks_start(&mut ebpf, args.max_tls_libraries);
+    let mut tls_found = tls_first_scan(tls.as_mut()).await;
     // Before "ready": whoever stops the agent as soon as it is ready gets a clean stop (hooks
     // and uprobe events removed), not the default action of the signal.
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -313,10 +318,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.canary_interval
     };
     let mut canary_tick = tokio::time::interval(canary_every.max(Duration::from_secs(1)));
-    let mut tls_found = match tls.as_mut() {
-        Some(hooks) => hooks.watch(),
-        None => tokio::sync::mpsc::channel(1).1,
-    };
     let canary_on = args.selftest || !args.canary_interval.is_zero();
     let mut provoking: Option<tokio::task::JoinHandle<Result<Truth>>> = None;
     let mut selftest_result = None;
@@ -350,17 +351,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let truth = done.map_err(anyhow::Error::from).and_then(|t| t);
                 reader.canary_traffic(truth);
             }
-            Some(found) = tls_found.recv(), if tls.is_some() => {
-                let hooks = tls.as_mut().expect("guarded");
-                report_tls(hooks.apply(&mut ebpf, found));
-            }
+            Some(found) = tls_found.recv() => report_tls(found),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     // Detach first so nothing new arrives, then flush what is pending.
     let lost: u64 = lost_events(&mut ebpf).iter().sum();
+    if let Some(hooks) = tls.as_mut() {
+        hooks.stop(Duration::from_secs(2));
+    }
     drop(ebpf);
+    reader.resolver.stop_waiting();
     reader.drain(ring.get_mut());
     reader.print(&mut out, &args, &clock)?;
     out.flush()?;
@@ -404,18 +406,35 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 /// Load the TLS uprobes and hook the TLS libraries running now. None (said why) if uprobes
 /// cannot be used here: plain HTTP is still judged.
-fn tls_hooks_start(ebpf: &mut Ebpf) -> Option<TlsHooks> {
-    match TlsHooks::load(ebpf) {
-        Ok(mut hooks) => {
-            report_tls(hooks.scan(ebpf));
-            Some(hooks)
-        }
+fn tls_hooks_start(ebpf: &mut Ebpf, max_libraries: usize) -> Option<TlsHooks> {
+    match TlsHooks::load(ebpf, max_libraries) {
+        Ok(hooks) => Some(hooks),
         Err(e) => {
             eprintln!("truncwatch: HTTPS not covered: {e:#}");
             None
         }
     }
 }
+
+/// Start the TLS scanner's thread and wait (`TLS_FIRST_SCAN` at most, the endpoint served
+/// meanwhile) for its first scan, so that what runs now is hooked before "ready". Its later
+/// finds come on the returned channel.
+async fn tls_first_scan(
+    tls: Option<&mut TlsHooks>,
+) -> tokio::sync::mpsc::Receiver<Vec<crate::tls_hooks::Target>> {
+    let Some(hooks) = tls else {
+        return tokio::sync::mpsc::channel(1).1;
+    };
+    let mut found = hooks.watch();
+    match tokio::time::timeout(TLS_FIRST_SCAN, found.recv()).await {
+        Ok(Some(targets)) => report_tls(targets),
+        _ => eprintln!("truncwatch: TLS: the first library scan goes on in the background"),
+    }
+    found
+}
+
+/// How long the start waits for the first TLS scan.
+const TLS_FIRST_SCAN: Duration = Duration::from_secs(10);
 
 /// Say which TLS libraries were newly hooked, or could not be.
 fn report_tls(targets: Vec<crate::tls_hooks::Target>) {
@@ -745,7 +764,14 @@ impl Reader {
     }
 
     fn print(&mut self, out: &mut impl Write, args: &RunArgs, clock: &Clock) -> Result<()> {
+        // Verdicts whose process's build is still being read wait for it (a moment, on the
+        // next drains), not the event loop.
+        let mut waiting = Vec::new();
         for v in std::mem::take(&mut self.verdicts) {
+            if self.resolver.build_pending(v.pid) {
+                waiting.push(v);
+                continue;
+            }
             if let Some(c) = self
                 .canary
                 .as_mut()
@@ -767,6 +793,7 @@ impl Reader {
                 writeln!(out, "{}", output::format(&v, &owner, args.format, clock))?;
             }
         }
+        self.verdicts = waiting;
         out.flush()?;
         Ok(())
     }

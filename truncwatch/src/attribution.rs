@@ -15,7 +15,7 @@
 //! The build the process runs and the container's image come from `build_identity` and
 //! `container_image`.
 
-use crate::build_identity::{Builds, FileKey};
+use crate::build_identity::{Build, Builds, FileKey};
 use crate::container_image::{self, Image};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,14 @@ use std::time::{Duration, Instant};
 /// `stat(2)`): a pid reused by another process, or a process that exec'd another program, is
 /// named right again after this long at most.
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a verdict may wait for its process's build id, read on the build-id worker
+/// (`build_identity`): it normally answers within milliseconds; past this the verdict goes out
+/// without one.
+const BUILD_WAIT: Duration = Duration::from_millis(500);
+
+/// `/proc/PID/cgroup` read at most: one line per hierarchy, each path under PATH_MAX.
+const MAX_CGROUP_BYTES: u64 = 64 << 10;
 
 /// Who a process is, as far as the node's own files tell.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -162,6 +170,18 @@ fn pod_uid_piece(piece: &str) -> Option<String> {
     ok.then_some(uid)
 }
 
+/// The first `cap` bytes of the file at `path`, None if it cannot be read.
+fn read_capped(path: &Path, cap: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(cap)
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
+}
+
 /// (namespace, pod, container) from kubelet's `{log_root}/containers/<pod>_<ns>_<ctr>-<id>.log`.
 /// Names are split on `_` (never in pod, namespace or container names) after stripping the
 /// known `-<id>.log` suffix, so container names may contain `-`.
@@ -218,6 +238,11 @@ struct Cached {
     attribution: Arc<Attribution>,
     exe: Option<FileKey>,
     checked: Instant,
+    /// The executable's build was asked of the build-id worker: filled in when it answers.
+    pending: bool,
+    /// The build was filled in since the answer was last given out: `at_open` gives it as
+    /// fresh once more (for the build's `truncwatch_build_info` series).
+    announce: bool,
 }
 
 /// Caching pid → [`Attribution`] lookups against a filesystem root (`/` in production).
@@ -232,6 +257,8 @@ pub struct Resolver {
     /// Pids from the kernel are the host's; with a `/proc` of another PID namespace they would
     /// name other processes, so lookups are off then.
     off: bool,
+    /// Verdicts no longer wait for builds (the agent is stopping).
+    no_wait: bool,
 }
 
 impl Resolver {
@@ -244,6 +271,7 @@ impl Resolver {
             images: HashMap::new(),
             builds: Builds::default(),
             off: false,
+            no_wait: false,
         }
     }
 
@@ -256,6 +284,7 @@ impl Resolver {
     /// Never fails: an unreadable pid (exited, other pid namespace) gives an empty attribution,
     /// which is not cached so a later call can still succeed.
     pub fn for_pid(&mut self, pid: u32) -> Arc<Attribution> {
+        self.fill_build(pid);
         match self.by_pid.get(&pid) {
             Some(c) => Arc::clone(&c.attribution),
             None => self.look_up(pid).0,
@@ -268,17 +297,59 @@ impl Resolver {
     /// the answer was read just now, for `Metrics::build_seen`.
     pub fn at_open(&mut self, pid: u32) -> (Arc<Attribution>, bool) {
         let now = Instant::now();
+        self.fill_build(pid);
         if let Some(c) = self.by_pid.get_mut(&pid) {
+            let fresh = std::mem::take(&mut c.announce);
             if now.duration_since(c.checked) < RECHECK_AFTER {
-                return (Arc::clone(&c.attribution), false);
+                return (Arc::clone(&c.attribution), fresh);
             }
             let proc_pid = self.root.join("proc").join(pid.to_string());
             if c.exe.is_some() && FileKey::of_process(&proc_pid) == c.exe {
                 c.checked = now;
-                return (Arc::clone(&c.attribution), false);
+                return (Arc::clone(&c.attribution), fresh);
             }
         }
         self.look_up(pid)
+    }
+
+    /// Whether `pid`'s build is still being read, asked less than `BUILD_WAIT` ago: its
+    /// verdicts may wait that long for it (the agent holds them back, never its event loop).
+    pub fn build_pending(&mut self, pid: u32) -> bool {
+        self.fill_build(pid);
+        let Some(key) = self
+            .by_pid
+            .get(&pid)
+            .filter(|c| c.pending)
+            .and_then(|c| c.exe)
+        else {
+            return false;
+        };
+        let asked =
+            matches!(self.builds.state(&key), Some(Build::Asked(at)) if at.elapsed() < BUILD_WAIT);
+        asked && !self.no_wait
+    }
+
+    /// From now on no verdict waits for a build (the agent is stopping: print what is left).
+    pub fn stop_waiting(&mut self) {
+        self.no_wait = true;
+    }
+
+    /// Fill in the build of `pid`'s cached answer once the worker has read it.
+    fn fill_build(&mut self, pid: u32) {
+        let Some(c) = self.by_pid.get_mut(&pid).filter(|c| c.pending) else {
+            return;
+        };
+        match c.exe.and_then(|key| self.builds.state(&key)) {
+            Some(Build::Asked(_)) => {}
+            Some(Build::Known(id)) => {
+                let mut a = (*c.attribution).clone();
+                a.build_id = id;
+                c.attribution = Arc::new(a);
+                (c.pending, c.announce) = (false, true);
+            }
+            // Dropped (the cache was cleared, or the worker replaced): unknown.
+            None => c.pending = false,
+        }
     }
 
     fn look_up(&mut self, pid: u32) -> (Arc<Attribution>, bool) {
@@ -286,7 +357,7 @@ impl Resolver {
             return (Arc::default(), false);
         }
         let proc_pid = self.root.join("proc").join(pid.to_string());
-        let Ok(cgroups) = std::fs::read(proc_pid.join("cgroup")) else {
+        let Some(cgroups) = read_capped(&proc_pid.join("cgroup"), MAX_CGROUP_BYTES) else {
             self.by_pid.remove(&pid);
             return (Arc::default(), false); // gone, or not ours to read
         };
@@ -310,6 +381,8 @@ impl Resolver {
                 attribution: Arc::clone(&a),
                 exe: exe.key,
                 checked: Instant::now(),
+                pending: exe.pending,
+                announce: false,
             };
             self.by_pid.insert(pid, c);
         } else {
@@ -742,7 +815,7 @@ mod tests {
         r.put("proc/500/cgroup", "");
         let exe = std::env::current_exe().unwrap();
         std::os::unix::fs::symlink(&exe, r.0.join("proc/500/exe")).unwrap();
-        let bare = res.for_pid(500);
+        let bare = built(&mut res, 500);
         assert_eq!(
             (bare.cgroup.as_deref(), bare.exe.as_deref()),
             (None, exe.to_str())
@@ -752,6 +825,15 @@ mod tests {
         // Missing pid: default, never cached.
         assert_eq!(*res.for_pid(999), Attribution::default());
         assert!(!res.by_pid.contains_key(&999));
+    }
+
+    /// `pid`'s answer once the build-id worker has read its executable.
+    fn built(res: &mut Resolver, pid: u32) -> Arc<Attribution> {
+        res.for_pid(pid);
+        while res.build_pending(pid) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        res.for_pid(pid)
     }
 
     #[test]
@@ -777,7 +859,11 @@ mod tests {
             Some("registry.example/shop/api:1.4.2")
         );
         assert_eq!(a.exe.as_deref(), exe.to_str());
-        assert!(a.build_id.is_some());
+        // The build is read on the worker; once it is in, the answer is fresh once more (its
+        // build_info series), with it.
+        built(&mut res, 100);
+        let (a, fresh) = res.at_open(100);
+        assert!(fresh && a.build_id.is_some());
         // Seen again soon: the cached answer, not new.
         let (b, fresh) = res.at_open(100);
         assert!(!fresh && Arc::ptr_eq(&a, &b));
@@ -790,8 +876,9 @@ mod tests {
         std::fs::remove_file(r.0.join("proc/100/exe")).unwrap();
         std::os::unix::fs::symlink("/bin/sh", r.0.join("proc/100/exe")).unwrap();
         res.by_pid.get_mut(&100).unwrap().checked -= RECHECK_AFTER;
-        let (d, fresh) = res.at_open(100);
+        let (_, fresh) = res.at_open(100);
         assert!(fresh);
+        let d = built(&mut res, 100);
         assert_eq!(
             (d.container_id.as_ref(), &d.image),
             (None, &Image::default())

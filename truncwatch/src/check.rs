@@ -99,9 +99,9 @@ pub fn probe() -> Facts {
     let tls = match attached.as_mut() {
         Err(_) => Err("no backend could load".to_string()),
         Ok(_) if !TlsHooks::uprobes_exist() => Err("no uprobe event source".to_string()),
-        Ok((ebpf, ..)) => TlsHooks::load(ebpf)
+        Ok((ebpf, ..)) => TlsHooks::load(ebpf, crate::tls_hooks::DEFAULT_MAX_LIBRARIES)
             .map(|mut hooks| {
-                hooks.scan(ebpf);
+                hooks.scan();
                 hooks.libraries()
             })
             .map_err(|e| format!("{e:#}")),

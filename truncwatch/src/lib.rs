@@ -26,6 +26,8 @@ pub mod output;
 pub mod requests;
 pub mod response;
 pub mod tls_hooks;
+pub mod tls_plan;
+pub mod untrusted;
 pub mod uprobe_events;
 pub mod verdict;
 

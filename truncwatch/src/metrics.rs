@@ -111,6 +111,8 @@ pub struct Metrics {
     unjudged: Family<Reason, Counter>,
     events: Counter,
     events_lost: Family<Reason, Counter>,
+    /// Files and processes of others left alone, by reason (`untrusted`, totals there).
+    untrusted_skipped: Family<Reason, Counter>,
     tracked: Gauge,
     tracked_limit: Gauge,
     evicted: Counter,
@@ -152,6 +154,7 @@ impl Metrics {
             unjudged: Family::default(),
             events: Counter::default(),
             events_lost: Family::default(),
+            untrusted_skipped: Family::default(),
             tracked: Gauge::default(),
             tracked_limit: Gauge::default(),
             evicted: Counter::default(),
@@ -200,6 +203,16 @@ impl Metrics {
             "Events read from the kernel",
             m.events.clone(),
         );
+        r.register(
+            "truncwatch_untrusted_skipped",
+            "Files and processes of others not read, or TLS libraries not hooked, by reason (caps, time budgets, not regular files, changed files, a busy worker, the hook cap)",
+            m.untrusted_skipped.clone(),
+        );
+        for (reason, _) in crate::untrusted::skipped_counts() {
+            m.untrusted_skipped
+                .get_or_create(&Reason { reason })
+                .inc_by(0);
+        }
         r.register(
             "truncwatch_events_lost",
             "Events the kernel could not deliver, by reason",
@@ -437,6 +450,10 @@ impl Metrics {
         self.evicted
             .inc_by(stats.evicted.saturating_sub(last.evicted));
         self.events.inc_by(events.saturating_sub(self.events.get()));
+        for (reason, total) in crate::untrusted::skipped_counts() {
+            let c = self.untrusted_skipped.get_or_create(&Reason { reason });
+            c.inc_by(total.saturating_sub(c.get()));
+        }
         self.tracked.set(tracked as i64);
         for p in bpf {
             let (t0, n0) = self

@@ -1,4 +1,7 @@
-//! uprobes made through tracefs's `uprobe_events`, for an agent without `CAP_SYS_ADMIN`.
+//! uprobes with a BPF program attached: through the perf `uprobe` event source
+//! ([`attach_perf`]), or made through tracefs's `uprobe_events` ([`attach`]), for an agent
+//! without `CAP_SYS_ADMIN`. Both take the file as a path the kernel resolves in the caller's
+//! context, so `/proc/self/fd/<n>` hooks exactly the file the agent opened (tls_hooks.rs).
 //!
 //! aya attaches a uprobe with the perf `uprobe` event source (`perf_event_open` with the PMU
 //! type in `/sys/bus/event_source/devices/uprobe/type`), which the kernel opens only to
@@ -35,8 +38,8 @@ const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 /// `PERF_TYPE_TRACEPOINT`.
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 
-/// `struct perf_event_attr` as of `PERF_ATTR_SIZE_VER0` (64 bytes): the kernel takes a
-/// shorter struct from older callers and zero-fills the rest.
+/// `struct perf_event_attr` as of `PERF_ATTR_SIZE_VER1` (72 bytes, `config2` last): the
+/// kernel takes a shorter struct from older callers and zero-fills the rest.
 #[repr(C)]
 #[derive(Default)]
 struct PerfEventAttr {
@@ -50,14 +53,105 @@ struct PerfEventAttr {
     wakeup_events: u32,
     bp_type: u32,
     config1: u64,
+    config2: u64,
 }
 
-/// One uprobe event with a BPF program attached; detached and removed when dropped.
+/// One uprobe with a BPF program attached; detached (and its tracefs event removed) when
+/// dropped. The kernel takes some 85 ms to remove one on Linux 6.18 in a 2-core VM (a grace
+/// period per uprobe, serialised: measured, docs/reliability.md).
 pub struct UprobeEvent {
     /// The perf event the program is attached to: closed first, then the event removed.
     perf: Option<OwnedFd>,
-    name: String,
-    tracefs: PathBuf,
+    /// The tracefs event's name and tracefs (None: a perf `uprobe` event, nothing to remove).
+    event: Option<(String, PathBuf)>,
+}
+
+/// The perf `uprobe` PMU's type, and the `config` bit that makes a return probe
+/// (`/sys/bus/event_source/devices/uprobe/{type,format/retprobe}`).
+fn uprobe_pmu() -> Result<(u32, u32)> {
+    let dir = Path::new("/sys/bus/event_source/devices/uprobe");
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .with_context(|| format!("reading {}/{f}", dir.display()))
+    };
+    let kind = read("type")?
+        .trim()
+        .parse()
+        .context("the uprobe PMU type")?;
+    // "config:0"
+    let bit = read("format/retprobe")?
+        .trim()
+        .strip_prefix("config:")
+        .and_then(|b| b.parse().ok())
+        .context("the uprobe PMU's retprobe bit")?;
+    Ok((kind, bit))
+}
+
+/// Attach the loaded program `prog` at file offset `offset` of `path` (`ret`: a return probe)
+/// with the perf `uprobe` event source, for every process. Needs `CAP_SYS_ADMIN` (`EACCES`
+/// without it: see [`attach`]).
+pub fn attach_perf(prog: BorrowedFd, path: &Path, offset: u64, ret: bool) -> Result<UprobeEvent> {
+    let (kind, bit) = uprobe_pmu()?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .context("a path with a NUL byte")?;
+    let attr = PerfEventAttr {
+        type_: kind,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        config: if ret { 1 << bit } else { 0 },
+        sample_period: 1,
+        wakeup_events: 1,
+        config1: c_path.as_ptr() as u64,
+        config2: offset,
+        ..Default::default()
+    };
+    let perf = perf_event_open(&attr)?;
+    enable_with(&perf, prog)?;
+    Ok(UprobeEvent {
+        perf: Some(perf),
+        event: None,
+    })
+}
+
+/// `perf_event_open(attr, pid -1, cpu 0)`: every process; the program runs at the event
+/// whichever CPU hits it.
+fn perf_event_open(attr: &PerfEventAttr) -> Result<OwnedFd> {
+    // SAFETY: `attr` (and any path it points to) outlives the call; the kernel reads `size`
+    // bytes of it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr as *const PerfEventAttr,
+            -1,
+            0,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = perf_paranoid_hint().unwrap_or_else(|| "needs CAP_PERFMON".into());
+        return Err(e).context(format!("perf_event_open of the uprobe ({hint})"));
+    }
+    // SAFETY: a new fd the kernel just returned, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attach `prog` to the perf event and enable it.
+fn enable_with(perf: &OwnedFd, prog: BorrowedFd) -> Result<()> {
+    for (request, arg, what) in [
+        (
+            PERF_EVENT_IOC_SET_BPF,
+            prog.as_raw_fd(),
+            "PERF_EVENT_IOC_SET_BPF",
+        ),
+        (PERF_EVENT_IOC_ENABLE, 0, "PERF_EVENT_IOC_ENABLE"),
+    ] {
+        // SAFETY: both requests take an int argument.
+        if unsafe { libc::ioctl(perf.as_raw_fd(), request, arg) } < 0 {
+            return Err(std::io::Error::last_os_error()).context(what);
+        }
+    }
+    Ok(())
 }
 
 /// Make a uprobe event (`ret`: a return probe) at file offset `offset` of `path` and attach
@@ -82,14 +176,11 @@ pub fn attach(prog: BorrowedFd, path: &Path, offset: u64, ret: bool) -> Result<U
         &format!("{kind}:{GROUP}/{name} {path}:{offset:#x}"),
     )?;
     // From here on, dropping `event` removes what was made.
+    let id_file = tracefs.join(format!("events/{GROUP}/{name}/id"));
     let mut event = UprobeEvent {
         perf: None,
-        name,
-        tracefs,
+        event: Some((name, tracefs)),
     };
-    let id_file = event
-        .tracefs
-        .join(format!("events/{GROUP}/{}/id", event.name));
     let id: u64 = std::fs::read_to_string(&id_file)
         .with_context(|| format!("reading {}", id_file.display()))?
         .trim()
@@ -103,38 +194,8 @@ pub fn attach(prog: BorrowedFd, path: &Path, offset: u64, ret: bool) -> Result<U
         wakeup_events: 1,
         ..Default::default()
     };
-    // pid -1, cpu 0: every process; the program runs at the event whichever CPU hits it.
-    // SAFETY: `attr` outlives the call; the kernel reads `size` bytes of it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
-            -1,
-            0,
-            -1,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        let hint = perf_paranoid_hint().unwrap_or_else(|| "needs CAP_PERFMON".into());
-        return Err(e).context(format!("perf_event_open of the uprobe event ({hint})"));
-    }
-    // SAFETY: a new fd the kernel just returned, owned by nothing else.
-    let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    for (request, arg, what) in [
-        (
-            PERF_EVENT_IOC_SET_BPF,
-            prog.as_raw_fd(),
-            "PERF_EVENT_IOC_SET_BPF",
-        ),
-        (PERF_EVENT_IOC_ENABLE, 0, "PERF_EVENT_IOC_ENABLE"),
-    ] {
-        // SAFETY: both requests take an int argument.
-        if unsafe { libc::ioctl(perf.as_raw_fd(), request, arg) } < 0 {
-            return Err(std::io::Error::last_os_error()).context(what);
-        }
-    }
+    let perf = perf_event_open(&attr)?;
+    enable_with(&perf, prog)?;
     event.perf = Some(perf);
     Ok(event)
 }
@@ -165,7 +226,9 @@ impl Drop for UprobeEvent {
     fn drop(&mut self) {
         // The event cannot be removed while open.
         drop(self.perf.take());
-        let _ = write_events(&self.tracefs, &format!("-:{GROUP}/{}", self.name));
+        if let Some((name, tracefs)) = &self.event {
+            let _ = write_events(tracefs, &format!("-:{GROUP}/{name}"));
+        }
     }
 }
 
@@ -217,8 +280,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn perf_event_attr_is_the_first_published_size() {
-        // PERF_ATTR_SIZE_VER0 (include/uapi/linux/perf_event.h).
-        assert_eq!(std::mem::size_of::<PerfEventAttr>(), 64);
+    fn perf_event_attr_is_a_published_size() {
+        // PERF_ATTR_SIZE_VER1 (include/uapi/linux/perf_event.h).
+        assert_eq!(std::mem::size_of::<PerfEventAttr>(), 72);
     }
 }
