@@ -88,8 +88,18 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<&'static str>> {
     })
 }
 
-/// The capabilities the least-privilege DaemonSet adds and the systemd unit keeps.
-const CAPS: &[&str] = &["BPF", "PERFMON", "SYS_PTRACE"];
+/// The capabilities the least-privilege DaemonSet adds: what detection and attribution need.
+const CAPS: &[&str] = &["BPF", "PERFMON"];
+/// With build identity and HTTPS in pods (the patch for it; the systemd unit keeps these).
+const CAPS_BUILD_IDENTITY: &[&str] = &["BPF", "PERFMON", "SYS_PTRACE"];
+/// The patch that adds them to the least-privilege DaemonSet.
+const BUILD_IDENTITY_PATCH: &str = "deploy/kubernetes/least-privilege-build-identity.yaml";
+const NETWORK_POLICY: &str = "deploy/kubernetes/networkpolicy.yaml";
+/// The DaemonSets' memory limit, which the systemd unit's MemoryMax= matches.
+const MEMORY_LIMIT: &str = "128Mi";
+/// The only host file either DaemonSet may write, and only with the build-identity patch:
+/// without CAP_SYS_ADMIN, the agent makes its uprobes (HTTPS) by writing it.
+const UPROBE_EVENTS: &str = "/sys/kernel/tracing/uprobe_events";
 const AGENT_ARGS: &[&str] = &[
     "--metrics-addr",
     "0.0.0.0:9477",
@@ -491,28 +501,29 @@ fn deploy_kubernetes_manifests_match_openapi_schema() {
     if !kubernetes_validate(t) {
         return;
     }
-    for m in MANIFESTS {
-        for v in KUBE_VERSIONS {
-            let o = run(Command::new("python3").args([
-                "-m",
-                "kubernetes_validate",
-                "-k",
-                v,
-                "--strict",
-                "--quiet",
-                m,
-            ]));
-            let out = text(&o);
-            assert!(
-                o.status.success() && !out.contains("ERROR"),
-                "{m} does not validate against Kubernetes {v}:\n{out}"
-            );
-        }
+    for m in MANIFESTS.iter().chain([&NETWORK_POLICY]) {
+        validates(&root().join(m));
     }
 }
 
-/// What the agent needs, in both manifests; and the two differ only in their security context
-/// (and the /boot mount that the unprivileged one needs for the kernel's HZ).
+/// The Kubernetes objects in `file` validate, strictly, against every version we support.
+fn validates(file: &Path) {
+    for v in KUBE_VERSIONS {
+        let o = run(Command::new("python3")
+            .args(["-m", "kubernetes_validate", "-k", v, "--strict", "--quiet"])
+            .arg(file));
+        let out = text(&o);
+        assert!(
+            o.status.success() && !out.contains("ERROR"),
+            "{} does not validate against Kubernetes {v}:\n{out}",
+            file.display()
+        );
+    }
+}
+
+/// What the agent needs, in both manifests, and nothing it does not: seccomp RuntimeDefault,
+/// every host mount read-only; the two differ only in their container's security context (and
+/// the /boot mount that the unprivileged one needs for the kernel's HZ).
 #[test]
 fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
     let t = "deploy_kubernetes_manifests_grant_what_the_agent_needs";
@@ -537,7 +548,11 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
             "{m}"
         );
         let spec = &pod["spec"];
-        assert_eq!(spec["hostPID"], true, "{m}: hostPID");
+        assert_eq!(spec["hostPID"], true, "{m}: hostPID (attribution)");
+        assert_eq!(
+            spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{m}: the pod's seccomp profile"
+        );
         assert!(
             spec["hostNetwork"].is_null() || spec["hostNetwork"] == false,
             "{m}: hostNetwork is not needed"
@@ -568,7 +583,7 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{m}");
         assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics", "{m}");
         assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics", "{m}");
-        assert_eq!(c["resources"]["limits"]["memory"], "128Mi", "{m}");
+        assert_eq!(c["resources"]["limits"]["memory"], MEMORY_LIMIT, "{m}");
         assert!(
             c["resources"]["requests"]["memory"].is_string()
                 && c["resources"]["requests"]["cpu"].is_string(),
@@ -583,6 +598,7 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
             .collect();
         for path in [
             "/sys/kernel/btf",
+            "/sys/kernel/tracing",
             "/sys/fs/cgroup",
             "/var/log",
             "/run/containerd/io.containerd.runtime.v2.task",
@@ -597,9 +613,7 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
             .map(|v| (v["name"].as_str().unwrap(), v))
             .collect();
         for (path, v) in &mounts {
-            // tracefs: without CAP_SYS_ADMIN, uprobes are made by writing uprobe_events.
-            let writable = *path == "/sys/kernel/tracing" && m.contains("least-privilege");
-            assert_eq!(v["readOnly"], !writable, "{m}: {path} must be read-only");
+            assert_eq!(v["readOnly"], true, "{m}: {path} must be read-only");
             let vol = volumes[v["name"].as_str().unwrap()];
             assert_eq!(
                 vol["hostPath"]["path"].as_str(),
@@ -617,7 +631,12 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
     assert_eq!(lp["allowPrivilegeEscalation"], false);
     assert_eq!(lp["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(lp["capabilities"]["add"], serde_json::json!(CAPS));
-    assert_eq!(lp["seccompProfile"]["type"], "Unconfined");
+    for (d, name) in [(privileged, "daemonset.yaml"), (least, "least-privilege")] {
+        assert!(
+            sc(d)["seccompProfile"].is_null(),
+            "{name}: the container keeps the pod's RuntimeDefault profile"
+        );
+    }
     assert_eq!(
         lp["runAsUser"], 0,
         "the added capabilities survive exec only for root"
@@ -630,8 +649,8 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
             .as_object_mut()
             .unwrap()
             .remove("securityContext");
-        // What only the least-privilege variant mounts: /boot (HZ) and tracefs (uprobes).
-        let extra = |v: &Value| v["name"] == "boot" || v["name"] == "tracing";
+        // What only the least-privilege variant mounts: /boot (HZ).
+        let extra = |v: &Value| v["name"] == "boot";
         spec["volumes"]
             .as_array_mut()
             .unwrap()
@@ -646,6 +665,148 @@ fn deploy_kubernetes_manifests_grant_what_the_agent_needs() {
         strip(privileged),
         strip(least),
         "the two DaemonSets differ beyond their security context"
+    );
+}
+
+/// The build-identity patch adds SYS_PTRACE and makes uprobe_events (that file alone)
+/// writable, and changes nothing else; the patched DaemonSet validates.
+#[test]
+fn deploy_kubernetes_build_identity_patch_adds_only_ptrace_and_uprobe_events() {
+    if !kubernetes_validate(
+        "deploy_kubernetes_build_identity_patch_adds_only_ptrace_and_uprobe_events",
+    ) {
+        return;
+    }
+    let patch = &yaml_docs(BUILD_IDENTITY_PATCH)[0];
+    assert_eq!(
+        (
+            &patch["kind"],
+            &patch["metadata"]["name"],
+            &patch["metadata"]["namespace"]
+        ),
+        (
+            &"DaemonSet".into(),
+            &"truncwatch".into(),
+            &"truncwatch".into()
+        )
+    );
+    let mut ds = patched_least_privilege();
+    let spec = &mut ds["spec"]["template"]["spec"];
+    let c = &mut spec["containers"][0];
+    let caps = &mut c["securityContext"]["capabilities"]["add"];
+    assert_eq!(*caps, serde_json::json!(CAPS_BUILD_IDENTITY));
+    *caps = serde_json::json!(CAPS);
+    let mounts = c["volumeMounts"].as_array_mut().unwrap();
+    let writable: Vec<Value> = mounts
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .cloned()
+        .collect();
+    assert_eq!(writable.len(), 1, "one writable mount: {writable:?}");
+    assert_eq!(writable[0]["mountPath"], UPROBE_EVENTS);
+    mounts.retain(|m| m["readOnly"] == true);
+    let volumes = spec["volumes"].as_array_mut().unwrap();
+    let vol = volumes
+        .iter()
+        .find(|v| v["name"] == writable[0]["name"])
+        .unwrap();
+    assert_eq!(
+        vol["hostPath"],
+        serde_json::json!({"path": UPROBE_EVENTS, "type": "File"})
+    );
+    volumes.retain(|v| v["name"] != writable[0]["name"]);
+    assert_eq!(
+        ds,
+        yaml_docs(MANIFESTS[1])[2],
+        "the patch changes nothing else"
+    );
+    let dir = TempDir::new("build-identity");
+    let f = dir.0.join("patched.yaml");
+    std::fs::write(&f, patched_least_privilege().to_string()).unwrap();
+    validates(&f);
+}
+
+/// The least-privilege DaemonSet with the build-identity patch applied.
+fn patched_least_privilege() -> Value {
+    let mut ds = yaml_docs(MANIFESTS[1])[2].clone();
+    strategic_merge(&mut ds, &yaml_docs(BUILD_IDENTITY_PATCH)[0]);
+    ds
+}
+
+/// A strategic merge patch, as Kubernetes applies one to these fields: objects merged key by
+/// key, lists of objects merged item by item on their key (`mountPath` for volume mounts,
+/// `name` otherwise), other lists and values replaced.
+fn strategic_merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                strategic_merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(b), Value::Array(p)) if p.iter().all(Value::is_object) => {
+            let key = if p.iter().all(|i| i.get("mountPath").is_some()) {
+                "mountPath"
+            } else {
+                "name"
+            };
+            for item in p {
+                match b.iter_mut().find(|x| x[key] == item[key]) {
+                    Some(x) => strategic_merge(x, item),
+                    None => b.push(item.clone()),
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// The network policy admits the metrics port to Prometheus's pods alone (one peer that is
+/// both a namespace and a pod selector: two peers would admit the whole namespace), and lets
+/// the agent open no connection.
+#[test]
+fn deploy_kubernetes_network_policy_admits_only_prometheus() {
+    if !kubernetes_validate("deploy_kubernetes_network_policy_admits_only_prometheus") {
+        return;
+    }
+    let docs = yaml_docs(NETWORK_POLICY);
+    assert_eq!(docs.len(), 1);
+    let np = &docs[0];
+    assert_eq!(
+        (&np["kind"], &np["metadata"]["namespace"]),
+        (&"NetworkPolicy".into(), &"truncwatch".into())
+    );
+    let ds = &yaml_docs(MANIFESTS[1])[2];
+    let pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+    let selected = np["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(
+        !selected.is_empty() && selected.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "selects the agent's pods"
+    );
+    assert_eq!(
+        np["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(np["spec"]["egress"], serde_json::json!([]), "no egress");
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    let from = ingress[0]["from"].as_array().unwrap();
+    assert_eq!(from.len(), 1, "one peer, both selectors in it: {from:?}");
+    for sel in ["namespaceSelector", "podSelector"] {
+        assert!(
+            from[0][sel]["matchLabels"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty()),
+            "{sel}"
+        );
+    }
+    let port = &ds["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"];
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": port}])
     );
 }
 
@@ -669,26 +830,66 @@ fn deploy_kustomization_renders() {
         rendered.contains("kind: DaemonSet") && rendered.contains("image: truncwatch:"),
         "{rendered}"
     );
-    if works(Command::new("python3").args(["-c", "import kubernetes_validate"])) {
-        let dir = TempDir::new("kustomize");
-        let f = dir.0.join("rendered.yaml");
-        std::fs::write(&f, &rendered).unwrap();
-        let o = run(Command::new("python3")
-            .args([
-                "-m",
-                "kubernetes_validate",
-                "-k",
-                KUBE_VERSIONS[0],
-                "--strict",
-                "--quiet",
-            ])
-            .arg(&f));
+    if !works(Command::new("python3").args(["-c", "import kubernetes_validate"])) {
+        return;
+    }
+    let dir = TempDir::new("kustomize");
+    let f = dir.0.join("rendered.yaml");
+    std::fs::write(&f, &rendered).unwrap();
+    validates(&f);
+    // The variant its comments describe: least privilege, the network policy, build identity.
+    let k = read("deploy/kubernetes/kustomization.yaml");
+    let variant = k
+        .replace("  - daemonset.yaml\n", "")
+        .replace("  # - ", "  - ")
+        .replace("# patches:", "patches:")
+        .replace("#   - path: ", "  - path: ");
+    for want in [
+        "\n  - daemonset-least-privilege.yaml\n",
+        "\n  - networkpolicy.yaml\n",
+        "\npatches:\n  - path: least-privilege-build-identity.yaml\n",
+    ] {
         assert!(
-            o.status.success(),
-            "the rendered kustomization does not validate:\n{}",
-            text(&o)
+            variant.contains(want),
+            "kustomization.yaml's comments: {want:?} in\n{variant}"
         );
     }
+    let src = dir.0.join("src");
+    std::fs::create_dir(&src).unwrap();
+    for e in std::fs::read_dir(root().join("deploy/kubernetes")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(src.join("kustomization.yaml"), variant).unwrap();
+    let o = run(Command::new("kubectl").arg("kustomize").arg(&src));
+    assert!(
+        o.status.success(),
+        "the variant does not render:\n{}",
+        text(&o)
+    );
+    std::fs::write(&f, &o.stdout).unwrap();
+    validates(&f);
+    let docs = yaml_docs(f.to_str().unwrap());
+    let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains("NetworkPolicy"), "{kinds:?}");
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    // kustomize applies the patch as this file's own merge does.
+    let container = |d: &Value| d["spec"]["template"]["spec"]["containers"][0].clone();
+    let ours = patched_least_privilege();
+    assert_eq!(
+        container(ds)["securityContext"],
+        container(&ours)["securityContext"]
+    );
+    let mounts = |d: &Value| -> BTreeSet<String> {
+        let c = container(d);
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .collect()
+    };
+    assert_eq!(mounts(ds), mounts(&ours));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -815,25 +1016,8 @@ fn deploy_systemd_unit_verifies() {
         skip(t, "systemd-analyze not installed");
         return;
     }
-    let unit = read("deploy/systemd/truncwatch.service");
     let dir = TempDir::new("systemd");
-    let stand_in = dir.0.join("truncwatch");
-    std::fs::write(&stand_in, "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::set_permissions(
-        &stand_in,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let copy = dir.0.join("truncwatch.service");
-    assert!(unit.contains("ExecStart=/usr/local/bin/truncwatch "));
-    std::fs::write(
-        &copy,
-        unit.replace(
-            "ExecStart=/usr/local/bin/truncwatch ",
-            &format!("ExecStart={} ", stand_in.display()),
-        ),
-    )
-    .unwrap();
+    let copy = unit_copy(&dir);
     let o = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&copy)
@@ -865,43 +1049,185 @@ fn deploy_systemd_unit_verifies() {
     );
 }
 
+/// systemd's own rating of the unit's sandbox (`systemd-analyze security`, offline): it must
+/// stay where the hardening below puts it. Skipped where systemd-analyze cannot rate a file
+/// (before systemd 250).
+#[test]
+fn deploy_systemd_unit_exposure_stays_low() {
+    let t = "deploy_systemd_unit_exposure_stays_low";
+    let dir = TempDir::new("systemd-security");
+    let copy = unit_copy(&dir);
+    let o = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&copy)
+        .env("SYSTEMD_LOG_COLOR", "0")
+        .output();
+    let out = o.as_ref().map(text).unwrap_or_default();
+    let Some(level) = out
+        .split("Overall exposure level for truncwatch.service: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok())
+    else {
+        skip(
+            t,
+            &format!(
+                "systemd-analyze security --offline does not work here: {}",
+                out.trim()
+            ),
+        );
+        return;
+    };
+    assert!(
+        level <= 2.5,
+        "exposure {level} (was 2.4 with this hardening):\n{out}"
+    );
+    for want in [
+        "IPAddressDeny=",
+        "PrivateMounts=",
+        "NoNewPrivileges=",
+        "MemoryDenyWriteExecute=",
+    ] {
+        let line = out.lines().find(|l| l.contains(want)).unwrap_or_default();
+        assert!(
+            line.starts_with('✓') || want == "IPAddressDeny=" && line.contains("only localhost"),
+            "{want} not held:\n{out}"
+        );
+    }
+}
+
+/// A copy of the unit in `dir` whose ExecStart runs a stand-in (tools refuse a missing one).
+fn unit_copy(dir: &TempDir) -> PathBuf {
+    let unit = read("deploy/systemd/truncwatch.service");
+    let stand_in = dir.0.join("truncwatch");
+    std::fs::write(&stand_in, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(
+        &stand_in,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let copy = dir.0.join("truncwatch.service");
+    assert!(unit.contains("ExecStart=/usr/local/bin/truncwatch "));
+    std::fs::write(
+        &copy,
+        unit.replace(
+            "ExecStart=/usr/local/bin/truncwatch ",
+            &format!("ExecStart={} ", stand_in.display()),
+        ),
+    )
+    .unwrap();
+    copy
+}
+
+/// The unit runs the documented agent, with the build-identity capability set, bounded
+/// (descriptors, memory as the DaemonSets', tasks), reachable from this host only, writing
+/// no host file but uprobe_events, and a syscall filter that admits bpf() and refuses the
+/// calls CAP_SYS_PTRACE would open to other processes' memory. (tests/sandbox.rs traces the
+/// agent and checks every call it makes against the filter.)
 #[test]
 fn deploy_systemd_unit_runs_the_documented_agent() {
     let unit = read("deploy/systemd/truncwatch.service");
-    let keys: BTreeMap<&str, &str> = unit
+    let all: Vec<(&str, &str)> = unit
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
         .collect();
+    let values = |k: &str| -> Vec<&str> {
+        all.iter()
+            .filter(|(n, _)| *n == k)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let one = |k: &str| -> &str {
+        let v = values(k);
+        assert_eq!(v.len(), 1, "{k}= once: {v:?}");
+        v[0]
+    };
     assert_eq!(
-        keys["ExecStart"],
+        one("ExecStart"),
         "/usr/local/bin/truncwatch --metrics-addr 127.0.0.1:9477 --format json"
     );
-    assert_eq!(keys["Restart"], "always");
-    let caps: Vec<String> = CAPS.iter().map(|c| format!("CAP_{c}")).collect();
+    assert_eq!(one("Restart"), "always");
+    let caps: Vec<String> = CAPS_BUILD_IDENTITY
+        .iter()
+        .map(|c| format!("CAP_{c}"))
+        .collect();
     let caps = caps.join(" ");
     assert_eq!(
-        keys["CapabilityBoundingSet"], caps,
-        "the same capabilities as the least-privilege DaemonSet"
+        one("CapabilityBoundingSet"),
+        caps,
+        "the least-privilege DaemonSet's, with its build-identity patch"
     );
-    assert_eq!(keys["AmbientCapabilities"], caps);
+    assert_eq!(one("AmbientCapabilities"), caps);
+    let nofile: u64 = one("LimitNOFILE").parse().expect("LimitNOFILE= a number");
+    assert!((4096..=65536).contains(&nofile), "LimitNOFILE={nofile}");
+    let tasks: u64 = one("TasksMax").parse().expect("TasksMax= a number");
+    assert!((16..=256).contains(&tasks), "TasksMax={tasks}");
+    assert_eq!(
+        bytes(one("MemoryMax"), 'M'),
+        bytes(MEMORY_LIMIT, 'M'),
+        "MemoryMax= is the DaemonSets' limit"
+    );
+    assert_eq!(
+        (one("IPAddressDeny"), one("IPAddressAllow")),
+        ("any", "localhost")
+    );
+    assert_eq!(
+        values("ReadWritePaths"),
+        [format!("-{UPROBE_EVENTS}")],
+        "no host file writable but uprobe_events"
+    );
+    for (k, v) in [
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("PrivateDevices", "yes"),
+        ("PrivateMounts", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+    ] {
+        assert_eq!(one(k), v, "{k}");
+    }
+    let filter = values("SystemCallFilter");
+    let has = |line: &str, calls: &[&str]| {
+        calls
+            .iter()
+            .all(|c| line.split_whitespace().any(|w| w == *c))
+    };
     assert!(
-        keys["SystemCallFilter"]
-            .split_whitespace()
-            .any(|s| s == "bpf"),
-        "the syscall filter must allow bpf()"
+        !filter[0].starts_with('~') && has(filter[0], &["@system-service"]),
+        "an allow list: {filter:?}"
+    );
+    assert!(
+        filter.iter().any(|l| l.starts_with('~')
+            && has(
+                l,
+                &["~@privileged", "process_vm_readv", "process_vm_writev"]
+            )),
+        "{filter:?}"
+    );
+    let last = filter.last().unwrap();
+    assert!(
+        !last.starts_with('~') && has(last, &["bpf", "perf_event_open"]),
+        "bpf() added back last: {filter:?}"
     );
     for (k, forbidden) in [
         ("PrivateNetwork", "yes"),
+        ("PrivateUsers", "yes"),
         ("ProtectProc", "invisible"),
         ("ProcSubset", "pid"),
     ] {
-        assert_ne!(
-            keys.get(k).copied(),
-            Some(forbidden),
+        assert!(
+            !values(k).contains(&forbidden),
             "{k}={forbidden} would blind the agent or its metrics"
         );
     }
+}
+
+/// A size in bytes: systemd's `128M` and Kubernetes's `128Mi` (both base 1024).
+fn bytes(size: &str, unit: char) -> u64 {
+    let n = size.trim_end_matches('i');
+    let (num, suffix) = n.split_at(n.len() - 1);
+    assert_eq!(suffix.chars().next(), Some(unit), "{size}");
+    num.parse::<u64>().unwrap() << 20
 }
 
 // ---------------------------------------------------------------------------------------------
