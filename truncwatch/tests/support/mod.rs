@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 pub mod heads;
 pub mod healthy;
+pub mod hyper;
 pub mod servers;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
