@@ -182,6 +182,7 @@ fn build() -> Result<String> {
 fn test(args: &[String]) -> Result<()> {
     setup::ensure(setup::Need::Test)?;
     shape()?;
+    hyper_servers()?;
     if !setup::is_root() {
         step("not root: the kernel tests will skip (run as root, or with sudo, to include them)");
     }
@@ -241,6 +242,27 @@ fn test(args: &[String]) -> Result<()> {
         );
         setup::ensure(setup::Need::Vm)?;
         vm::run(&build()?, &workspace_root()?)?;
+    }
+    Ok(())
+}
+
+/// hyper's test servers (truncwatch/tests/servers/hyper/: hyper 1.10.1 and 1.11.0 from
+/// crates.io, each a workspace with a lock file of its own) built into target/hyper-servers
+/// before the tests, once, rather than inside the first test that runs one (tests/hyper.rs).
+fn hyper_servers() -> Result<()> {
+    step("building the hyper 1.10.1 and 1.11.0 test servers (about a minute the first time)");
+    let root = workspace_root()?;
+    for v in ["v1_10", "v1_11"] {
+        let dir = format!("truncwatch/tests/servers/hyper/{v}");
+        let status = cargo()
+            .args(["build", "--release", "--locked", "--manifest-path"])
+            .arg(format!("{root}/{dir}/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(format!("{root}/target/hyper-servers"))
+            .status()?;
+        if !status.success() {
+            bail!("building {dir} failed");
+        }
     }
     Ok(())
 }
