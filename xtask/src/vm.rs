@@ -104,10 +104,15 @@ pub fn run(agent_bin: &str, root: &str) -> Result<()> {
         let (vmlinuz, config) = kernel_files(&boot)?;
         check_config(&config)?;
         let pkg = boot.parent().context("kernel package directory")?;
-        let mods = modules::load_order(pkg, modules::GUEST_MODULES)?;
+        let mut wanted = modules::GUEST_MODULES.to_vec();
+        if g.ktls {
+            wanted.extend(modules::KTLS_MODULES);
+        }
+        let mods = modules::load_order(pkg, &wanted)?;
         let initrd = initramfs(agent_bin, &tests, &real, &mods, &dir, g)?;
         let log = dir.join(format!("console-{}.log", g.name));
-        let console = boot_and_resume(&vmlinuz, &initrd, &log, &skip_file(&dir, g)?)?;
+        let skip = skip_file(&dir, g)?;
+        let console = boot_and_resume(&vmlinuz, &initrd, &log, &skip, g.no_cx16)?;
         let release = console
             .iter()
             .find_map(|l| {
@@ -559,6 +564,7 @@ fn init_script(g: &Guest, real: &[(&str, PathBuf)], skip: &Path) -> Result<Strin
     // The guest kernel panics after this guest command, on the first boot only: proves the
     // second boot of `boot_and_resume` (`TRUNCWATCH_VM_PANIC_AFTER=tracepoint-selftest`).
     let panic_after = std::env::var("TRUNCWATCH_VM_PANIC_AFTER").unwrap_or_default();
+    let no_cx16 = g.no_cx16;
     let skip = skip.display();
     Ok(format!(
         r#"#!/bin/busybox sh
@@ -594,7 +600,7 @@ hostroot() {{
 }}
 hostroot || echo "VMTEST note: the host's root file system could not be mounted (the real-server suites will fail)"
 echo "{START} kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s cpus_possible=$(cat /sys/devices/system/cpu/possible)"
-grep -qw cx16 /proc/cpuinfo && echo "VMTEST note: the guest kernel still sees CMPXCHG16B (clearcpuid=cx16 not taken)"
+grep -qw cx16 /proc/cpuinfo && echo "VMTEST note: the guest kernel still sees CMPXCHG16B ({no_cx16} not taken)"
 # Run one command with a time limit (s); its output, then its exit status and time (s) on a
 # line of its own.
 vmtest() {{
@@ -662,11 +668,17 @@ fn skip_file(dir: &Path, g: &Guest) -> Result<PathBuf> {
 /// holding a data register's bits after `cmpxchg16b` (2026-12-01), and an `int3` taken at a
 /// jump label that the kernel had already finished patching, on another vCPU, while the agent
 /// attached its tracepoints (2026-12-02, `sock_write_iter`). A kernel that dies twice fails.
-fn boot_and_resume(vmlinuz: &Path, initrd: &Path, log: &Path, skip: &Path) -> Result<Vec<String>> {
+fn boot_and_resume(
+    vmlinuz: &Path,
+    initrd: &Path,
+    log: &Path,
+    skip: &Path,
+    no_cx16: &str,
+) -> Result<Vec<String>> {
     let second = second_boot_log(log);
     let _ = fs::remove_file(skip);
     let _ = fs::remove_file(&second);
-    let mut console = boot_guest(vmlinuz, initrd, log)?;
+    let mut console = boot_guest(vmlinuz, initrd, log, no_cx16)?;
     let started = console.iter().any(|l| l.starts_with(START));
     let finished = console.iter().any(|l| l.starts_with(END));
     let Some(died) = console.iter().position(|l| l.contains("Kernel panic")) else {
@@ -710,7 +722,7 @@ fn boot_and_resume(vmlinuz: &Path, initrd: &Path, log: &Path, skip: &Path) -> Re
         .open(log)?
         .write_all(format!("{note}\n").as_bytes())?;
     fs::write(skip, ended.join("\n") + "\n")?;
-    let more = boot_guest(vmlinuz, initrd, &second);
+    let more = boot_guest(vmlinuz, initrd, &second, no_cx16);
     let _ = fs::remove_file(skip);
     console.push(note);
     console.extend(more?);
@@ -724,7 +736,7 @@ fn second_boot_log(log: &Path) -> PathBuf {
 
 /// Boots the guest, saves its console to `log` line by line, and returns the whole console.
 /// Kills qemu after VM_TIMEOUT (VM_TIMEOUT_FULL with `TRUNCWATCH_VM_FULL=1`).
-fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> {
+fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path, no_cx16: &str) -> Result<Vec<String>> {
     let timeout = if full() { VM_TIMEOUT_FULL } else { VM_TIMEOUT };
     step(&format!(
         "booting {} under qemu (TCG, no KVM here; up to {} s)",
@@ -738,7 +750,7 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
             "tcg",
             // qemu's default CPU (with CMPXCHG16B, which Debian's HAProxy executes
             // unconditionally: without it, SIGILL). The guest kernel is told not to use it
-            // (`clearcpuid=cx16` below).
+            // (`clearcpuid=cx16` below, `Guest::no_cx16`).
             "-m",
             "3072",
             "-smp",
@@ -765,10 +777,8 @@ fn boot_guest(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<Vec<String>> 
         // the verifier ran (about one guest run in ten, 2026-12-01). User space still has it.
         // `oops=panic`: an oops that would kill only the process that hit it (these kernels do
         // not panic on oops) panics, and so gets the second boot of `boot_and_resume`.
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 oops=panic quiet clearcpuid=cx16",
-        ])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 oops=panic quiet {no_cx16}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()

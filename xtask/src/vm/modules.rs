@@ -2,7 +2,8 @@
 //!
 //! Debian builds what the guest's real-server suites need as modules: the 9p file system that
 //! shares this machine's root with the guest (`9p`, `9pnet_virtio`), `overlay` to make it
-//! writable there, and on 6.1 the virtio transport itself; and kernel TLS. The package holds the `.ko` files
+//! writable there, and on 6.1 the virtio transport itself; and kernel TLS where the kernel has
+//! it (Debian 11's 5.10 does not: `# CONFIG_TLS is not set`). The package holds the `.ko` files
 //! (xz-compressed on 6.12) but no `modules.dep` (depmod makes it at install time), and the
 //! guest has busybox's `insmod`, which neither resolves dependencies nor decompresses. So here
 //! `depmod -b` writes `modules.dep` into the unpacked package, `modprobe --show-depends` gives
@@ -15,20 +16,12 @@ use std::process::Command;
 
 /// Modules the guest loads, by name; their dependencies come along. A module the kernel has
 /// built in is skipped.
-/// `tls` and AES-GCM's `gcm`, `ctr` and `ghash-generic`: kernel TLS (`truncwatch lab ktls`;
-/// the AES cipher itself is built in). `gcm` asks for `ctr(aes)` only when a key is set
-/// (through `request_module`, which the guest cannot serve), so `modprobe --show-depends
-/// gcm` does not name it: 6.1 builds it as a module, 6.12 in.
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_pci",
-    "9pnet_virtio",
-    "9p",
-    "overlay",
-    "tls",
-    "ctr",
-    "gcm",
-    "ghash-generic",
-];
+pub const GUEST_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+/// And on a kernel with kernel TLS (`Guest::ktls`): `tls` and AES-GCM's `gcm`, `ctr` and
+/// `ghash-generic` (`truncwatch lab ktls`; the AES cipher itself is built in). `gcm` asks for
+/// `ctr(aes)` only when a key is set (through `request_module`, which the guest cannot serve),
+/// so `modprobe --show-depends gcm` does not name it: 6.1 builds it as a module, 6.12 in.
+pub const KTLS_MODULES: &[&str] = &["tls", "ctr", "gcm", "ghash-generic"];
 
 /// Where the initramfs keeps them, and the file that lists them in load order.
 pub const DIR: &str = "lib/modules/guest";
