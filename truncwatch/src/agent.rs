@@ -2,12 +2,14 @@
 //! metrics, and run the canary. `truncwatch selftest` is the same with one canary, then exit.
 use crate::attribution::Resolver;
 use crate::btf_offsets::{self, SockLayout};
-use crate::canary::{self, Canary, Truth};
+use crate::canary::{self, Truth};
 use crate::correlator::{Correlator, Kind, Verdict};
 use crate::endpoint::{self, Shared};
-use crate::events::{self, Event, Transport};
+use crate::escape::{escape, escape_path};
+use crate::events::{self, Event, Side};
 use crate::metrics::{Metrics, ProgramStats};
 use crate::output::{self, Clock, Format};
+use crate::self_traffic::{Class, SelfTraffic};
 use crate::tls_hooks::TlsHooks;
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -16,7 +18,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use truncwatch_common::{HEAD_CAP, Settings};
@@ -225,8 +227,6 @@ pub struct RunArgs {
     pub selftest: bool,
 }
 
-/// How long the canary's verdicts may take to arrive.
-const CANARY_WAIT: Duration = Duration::from_secs(10);
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -256,39 +256,35 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
     // SAFETY: the ring buffer owns its fd and outlives the registration (both live in `ring`).
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut metrics = Metrics::new(args.max_label_sets, args.max_connections, backend.name());
     let mut reader = Reader {
         correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect())
             .max_head_bytes(args.max_head_bytes as usize)
             .problems_only(!args.all),
         layout: layout.sock,
-        own_pid: std::process::id(),
-        probe_nonce: probe_nonce(),
-        probe_candidates: Vec::new(),
-        probe_sk: None,
-        probe_done: false,
+        own: SelfTraffic::new(&mut metrics),
+        canary: canary::Runs::new(&mut metrics),
         verdicts: Vec::new(),
         decode_errors: 0,
         events: 0,
         last_dated_ns: 0,
         trace: args.trace_events,
         resolver: Resolver::new("/"),
-        metrics: Metrics::new(args.max_label_sets, args.max_connections, backend.name()),
-        canary: None,
-        old_canary_locals: Vec::new(),
-        canary_passed: None,
-        canary_verdicts: [0; Kind::COUNT],
+        metrics,
+        canary_verdicts: [[0; Kind::COUNT]; 2],
     };
     let shared = Arc::new(Shared::default());
     if let Some(l) = listener {
         eprintln!("truncwatch: metrics on http://{}/metrics", l.local_addr()?);
-        tokio::spawn(endpoint::serve(l, shared.clone()));
+        let stats = endpoint::Stats::new(&mut reader.metrics);
+        tokio::spawn(endpoint::serve(l, shared.clone(), stats));
     }
     let clock = Clock::now();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
 
     probe_events_flow(&mut ring, &mut reader).await?;
-    if reader.own_pid != std::process::id() {
+    if reader.own.own_pid() != Some(std::process::id()) {
         // Our /proc is not the host's: a host pid looked up there could be another process.
         reader.resolver.turn_off();
         eprintln!(
@@ -301,6 +297,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // and uprobe events removed), not the default action of the signal.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    if let Err(e) = crate::shutdown::watchdog() {
+        eprintln!("truncwatch: no stop watchdog (a stuck loop could ignore SIGTERM): {e}");
+    }
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
     publish(&mut reader, &mut ebpf, &shared, &args);
     eprintln!(
@@ -334,22 +333,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 reader.print(&mut out, &args, &clock)?;
             }
             _ = metrics_tick.tick() => {
-                if let Some(passed) = reader.canary_done()
+                if let Some(outcome) = reader.canary.done(&mut reader.metrics)
                     && args.selftest {
-                        selftest_result = Some(passed);
+                        selftest_result = Some(outcome == canary::Outcome::Passed);
                         break;
                     }
                 publish(&mut reader, &mut ebpf, &shared, &args);
             }
-            _ = canary_tick.tick(), if canary_on && reader.canary.is_none() && provoking.is_none() => {
-                let c = Canary::bind()?;
-                reader.canary = Some(CanaryRun { locals: c.locals()?, truth: None, got: Vec::new(), started: Instant::now() });
-                provoking = Some(tokio::task::spawn_blocking(move || c.provoke()));
+            _ = canary_tick.tick(), if canary_on && reader.canary.idle() && provoking.is_none() => {
+                let own = &mut reader.own;
+                provoking = reader.canary.start(|locals| own.canary_started(locals));
+                if provoking.is_none() && args.selftest {
+                    selftest_result = Some(false);
+                    break;
+                }
             }
             done = async { provoking.as_mut().expect("guarded").await }, if provoking.is_some() => {
                 provoking = None;
                 let truth = done.map_err(anyhow::Error::from).and_then(|t| t);
-                reader.canary_traffic(truth);
+                reader.canary.traffic(truth);
             }
             Some(found) = tls_found.recv() => report_tls(found),
             _ = sigint.recv() => break,
@@ -368,17 +370,26 @@ pub async fn run(args: RunArgs) -> Result<()> {
     out.flush()?;
     let s = &reader.correlator.stats;
     // The host's verdicts: without the canaries' (ours and other agents'), as in the output.
-    let host = |kind: Kind, n: u64| n.saturating_sub(reader.canary_verdicts[kind as usize]);
+    let host = |side: Side, kind: Kind, n: u64| {
+        n.saturating_sub(reader.canary_verdicts[side as usize][kind as usize])
+    };
     // The verdicts' counts, by kind, then what was not judged and the detector's health.
     let judged: String = Kind::ALL
         .iter()
-        .map(|&k| format!(" {}={}", k.as_str(), host(k, s.judged[k as usize])))
+        .map(|&k| {
+            format!(
+                " {}={}",
+                k.as_str(),
+                host(Side::Server, k, s.judged[k as usize])
+            )
+        })
         .collect::<String>()
         + " client:"
         + &Kind::ALL
             .iter()
-            .filter(|&&k| s.judged_client[k as usize] > 0)
-            .map(|&k| format!(" {}={}", k.as_str(), s.judged_client[k as usize]))
+            .map(|&k| (k, host(Side::Client, k, s.judged_client[k as usize])))
+            .filter(|&(_, n)| n > 0)
+            .map(|(k, n)| format!(" {}={n}", k.as_str()))
             .collect::<String>();
     eprintln!(
         "truncwatch: stopped; connections={} heads={}{judged} (unparsed: too long or unfinished {}, invalid {}) chunked_uncertain={} pipelined_unseen={} head_only={} head_answers={} interim={} evicted={} lost_events={} decode_errors={} canary_verdicts={}",
@@ -394,7 +405,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         s.evicted,
         lost,
         reader.decode_errors,
-        reader.canary_verdicts.iter().sum::<u64>()
+        reader.canary_verdicts.iter().flatten().sum::<u64>()
     );
     match selftest_result {
         Some(false) => {
@@ -442,11 +453,15 @@ fn report_tls(targets: Vec<crate::tls_hooks::Target>) {
         match t.hooked {
             Ok(()) => eprintln!(
                 "truncwatch: TLS: hooked {} ({}; at {})",
-                t.path.display(),
+                escape_path(&t.path),
                 t.functions.join(", "),
-                t.via.join(", ")
+                escape(&t.via.join(", "))
             ),
-            Err(e) => eprintln!("truncwatch: TLS: not hooked {}: {e}", t.path.display()),
+            Err(e) => eprintln!(
+                "truncwatch: TLS: not hooked {}: {}",
+                escape_path(&t.path),
+                escape(&e)
+            ),
         }
     }
 }
@@ -582,7 +597,7 @@ fn load_and_attach(
 
 /// Refresh what the endpoint serves: readiness (gated by the last canary) and the metrics.
 fn publish(reader: &mut Reader, ebpf: &mut Ebpf, shared: &Shared, args: &RunArgs) {
-    let ready = reader.canary_passed != Some(false);
+    let ready = reader.canary.passed() != Some(false);
     shared.ready.store(ready, Ordering::Relaxed);
     reader.metrics.set_ready(ready);
     let lost = lost_events(ebpf);
@@ -599,28 +614,12 @@ fn publish(reader: &mut Reader, ebpf: &mut Ebpf, shared: &Shared, args: &RunArgs
     *shared.metrics.lock().expect("metrics lock") = r.metrics.encode();
 }
 
-/// A canary in flight: its addresses, and (once its traffic is done) what really happened.
-struct CanaryRun {
-    locals: [String; 2],
-    truth: Option<Result<Truth, String>>,
-    got: Vec<Verdict>,
-    started: Instant,
-}
-
 struct Reader {
     correlator: Correlator,
     layout: SockLayout,
-    /// Our pid as the kernel reports it (the host's PID namespace): `std::process::id()` until
-    /// the start-up probe tells (they differ when the agent runs in its own PID namespace).
-    own_pid: u32,
-    /// A header value only our start-up probe sends: how we find its connection, and our pid.
-    probe_nonce: String,
-    /// Unix sockets opened by a `tw-canary` thread (ours or another agent's) before our probe
-    /// was found: (socket, pid).
-    probe_candidates: Vec<(u64, u32)>,
-    /// The socket of our own start-up probe, once its open event arrived.
-    probe_sk: Option<u64>,
-    probe_done: bool,
+    /// Our own traffic and other agents' probes and canaries, by identity.
+    own: SelfTraffic,
+    canary: canary::Runs,
     verdicts: Vec<Verdict>,
     decode_errors: u64,
     events: u64,
@@ -629,13 +628,10 @@ struct Reader {
     trace: bool,
     resolver: Resolver,
     metrics: Metrics,
-    canary: Option<CanaryRun>,
-    /// Addresses of finished canaries: a late verdict for them is not the host's.
-    old_canary_locals: Vec<String>,
-    canary_passed: Option<bool>,
-    /// Verdicts about canary traffic, by `Kind`: left out of the output, the metrics and the
-    /// stop summary's counts.
-    canary_verdicts: [u64; Kind::COUNT],
+    /// Verdicts set aside (ours, our canary's, other agents' probes and canaries), by `Kind`:
+    /// left out of the output, the verdict metrics and the stop summary's counts. By side
+    /// (`Side as usize`), then kind.
+    canary_verdicts: [[u64; Kind::COUNT]; 2],
 }
 
 impl Reader {
@@ -698,47 +694,12 @@ impl Reader {
             self.correlator
                 .socket_reused(*sk, *ts_ns, *losses, &mut self.verdicts);
         }
+        // The agent's own sockets are never judged (its start-up probe only proves events
+        // flow; its metrics endpoint answers scrapes), except the canary's.
+        if self.own.skip(&ev, self.canary.locals()) {
+            return;
+        }
         match &ev {
-            // The agent's own sockets are never judged (its start-up probe only proves events
-            // flow; its metrics endpoint answers scrapes), except the canary's.
-            // A start-up probe (any agent's): ours is the one whose head carries our nonce.
-            Event::Open { sk, meta, .. }
-                if meta.transport == Transport::Unix && meta.comm == canary::THREAD =>
-            {
-                if !self.probe_done {
-                    self.probe_candidates.truncate(63);
-                    self.probe_candidates.push((*sk, meta.pid));
-                }
-                return;
-            }
-            Event::Send(s) if !self.probe_done && self.probe_sk.is_none() => {
-                let ours = s.head.as_ref().is_some_and(|h| {
-                    h.windows(self.probe_nonce.len())
-                        .any(|w| w == self.probe_nonce.as_bytes())
-                });
-                if let Some(&(sk, pid)) = self
-                    .probe_candidates
-                    .iter()
-                    .find(|(sk, _)| ours && *sk == s.sk)
-                {
-                    self.probe_sk = Some(sk);
-                    self.own_pid = pid;
-                    self.probe_candidates.clear();
-                    return;
-                }
-            }
-            Event::Open { meta, .. } if meta.pid == self.own_pid => {
-                if meta.transport == Transport::Unix {
-                    return; // our own Unix sockets: none but the probe
-                }
-                if !self
-                    .canary
-                    .as_ref()
-                    .is_some_and(|c| c.locals.contains(&meta.local))
-                {
-                    return;
-                }
-            }
             // Who owns a connection is looked up when it is first seen: the process may be
             // gone by the time its verdict comes.
             Event::Open { meta, .. } => {
@@ -751,13 +712,6 @@ impl Reader {
             Event::ResetDiscard { meta, .. } => {
                 self.resolver.for_pid(meta.pid);
             }
-            Event::Eof { peer, .. } if Some(*peer) == self.probe_sk => {
-                // Forget the probe's socket: the kernel reuses socket addresses at once, and a
-                // later connection at this address is somebody else's.
-                self.probe_sk = None;
-                self.probe_done = true;
-                return;
-            }
             _ => {}
         }
         self.correlator.handle(ev, &mut self.verdicts);
@@ -767,23 +721,22 @@ impl Reader {
         // Verdicts whose process's build is still being read wait for it (a moment, on the
         // next drains), not the event loop.
         let mut waiting = Vec::new();
+        self.own.batch();
         for v in std::mem::take(&mut self.verdicts) {
+            match self.own.classify(&v, self.canary.locals()) {
+                Class::Host => {}
+                Class::Canary => {
+                    self.canary_verdicts[v.meta.side as usize][v.kind as usize] += 1;
+                    self.canary.verdict(v);
+                    continue;
+                }
+                Class::SetAside => {
+                    self.canary_verdicts[v.meta.side as usize][v.kind as usize] += 1;
+                    continue;
+                }
+            }
             if self.resolver.build_pending(v.pid) {
                 waiting.push(v);
-                continue;
-            }
-            if let Some(c) = self
-                .canary
-                .as_mut()
-                .filter(|c| c.locals.contains(&v.meta.local))
-            {
-                self.canary_verdicts[v.kind as usize] += 1;
-                c.got.push(v);
-                continue;
-            }
-            // Ours, finished; or another agent's (its canary's thread made it).
-            if self.old_canary_locals.contains(&v.meta.local) || v.meta.comm == canary::THREAD {
-                self.canary_verdicts[v.kind as usize] += 1;
                 continue;
             }
             let owner = self.resolver.for_pid(v.pid);
@@ -797,40 +750,6 @@ impl Reader {
         out.flush()?;
         Ok(())
     }
-
-    /// The canary's traffic is done (or failed).
-    fn canary_traffic(&mut self, truth: Result<Truth>) {
-        if let Some(c) = &mut self.canary {
-            c.truth = Some(truth.map_err(|e| format!("{e:#}")));
-        }
-    }
-
-    /// If the canary in flight is decided, record and report it: Some(passed).
-    fn canary_done(&mut self) -> Option<bool> {
-        let c = self.canary.as_ref()?;
-        let result = match c.truth.as_ref()? {
-            Err(e) => Err(format!("could not make the canary's traffic: {e}")),
-            Ok(t) => match canary::check(t, &c.got) {
-                Err(_) if c.started.elapsed() < CANARY_WAIT => return None, // not all arrived yet
-                r => r,
-            },
-        };
-        let c = self.canary.take().expect("checked above");
-        self.old_canary_locals.extend(c.locals);
-        let keep = self.old_canary_locals.len().saturating_sub(16);
-        self.old_canary_locals.drain(..keep);
-        let passed = result.is_ok();
-        match result {
-            Ok(summary) => eprintln!("truncwatch: canary passed: {summary}"),
-            Err(why) => eprintln!("truncwatch: canary FAILED: {why}"),
-        }
-        self.canary_passed = Some(passed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.metrics.canary(passed, now);
-        Some(passed)
-    }
 }
 
 /// Send a response head over a Unix socket pair of our own and wait until the kernel programs
@@ -840,11 +759,9 @@ async fn probe_events_flow(
     ring: &mut AsyncFd<RingBuf<MapData>>,
     reader: &mut Reader,
 ) -> Result<()> {
-    // On a thread named as the canary's, so that other agents on the host ignore it too.
-    let head = format!(
-        "HTTP/1.1 204 No Content\r\nX-Truncwatch-Probe: {}\r\n\r\n",
-        reader.probe_nonce
-    );
+    // Its head carries our nonce: how we find it, and our pid (`self_traffic`). (The thread's
+    // name is for people reading other agents' output; no agent trusts it.)
+    let head = reader.own.probe_head();
     let traffic = std::thread::Builder::new()
         .name(canary::THREAD.into())
         .spawn(move || -> std::io::Result<()> {
@@ -858,7 +775,7 @@ async fn probe_events_flow(
         .join()
         .map_err(|_| anyhow::anyhow!("the start-up probe's thread panicked"))??;
     let wait = async {
-        while !reader.probe_done {
+        while !reader.own.probe_done() {
             tokio::time::sleep(DRAIN_EVERY).await;
             reader.drain(ring.get_mut());
         }
@@ -867,14 +784,6 @@ async fn probe_events_flow(
         .await
         .context("the kernel programs attached, but no events arrived from a test connection within 10 s")?;
     Ok(())
-}
-
-/// Unique enough among the agents on one host: our pid and the time.
-fn probe_nonce() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("{:x}-{nanos:x}", std::process::id())
 }
 
 /// Give memory freed by the start-up work back to the OS (glibc keeps it otherwise).

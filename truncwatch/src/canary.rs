@@ -4,13 +4,17 @@
 //! The detector must flag both with the right byte counts, or it is not working on this host.
 //!
 //! `provoke` does the traffic (blocking) and returns what really happened; `check` (pure)
-//! compares that with the verdicts the agent produced for the canary's addresses.
+//! compares that with the verdicts the agent produced for the canary's addresses. `Runs` is
+//! the agent's side: one run at a time, and no error on its path ends the agent (a run that
+//! cannot make its traffic is counted and said once).
 use crate::correlator::{Kind, Verdict};
+use crate::metrics::Metrics;
 use anyhow::{Context, Result};
+use prometheus_client::metrics::counter::Counter;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The short write promises this much body; far more than loopback buffers hold.
 const PROMISED: u64 = 64 << 20;
@@ -19,11 +23,161 @@ const UNREAD: usize = 100;
 const HEAD: &str =
     "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 67108864\r\n\r\n";
 
-/// The canary's traffic (and the agent's start-up probe) runs on a thread of this name. The
-/// kernel records it as the owner of those connections, so any agent on the host (a
-/// DaemonSet's, while someone runs `truncwatch selftest` next to it) tells them from the
-/// host's traffic without knowing their addresses.
+/// The canary's traffic (and the agent's start-up probe) runs on a thread of this name, for
+/// people: an agent that does not know this one (no shared registry) reports that traffic
+/// under this name. Never trusted: any process may call itself so. Agents tell their own
+/// traffic and each other's by identity (`self_traffic`, `agent_registry`).
 pub const THREAD: &str = "tw-canary";
+
+/// How long the canary's verdicts may take to arrive.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// How a canary run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both verdicts seen, with the right counts.
+    Passed,
+    /// The traffic was made, and the detector did not see it right: readiness goes.
+    Failed,
+    /// The traffic could not be made (no descriptor, no port, no thread): says nothing about
+    /// the detector; counted, said once on stderr, readiness unchanged.
+    CouldNotRun,
+}
+
+/// The agent's canary runs: the one in flight, and how the last one ended.
+pub struct Runs {
+    run: Option<Run>,
+    /// Whether the last run that made its traffic passed (None before the first).
+    passed: Option<bool>,
+    errors: Counter,
+    said_error: bool,
+}
+
+/// A canary in flight: its addresses, and (once its traffic is done) what really happened.
+struct Run {
+    locals: [String; 2],
+    truth: Option<Result<Truth, String>>,
+    got: Vec<Verdict>,
+    started: Instant,
+}
+
+impl Runs {
+    /// Registers `truncwatch_canary_errors_total` in `metrics`.
+    pub fn new(metrics: &mut Metrics) -> Self {
+        let errors = Counter::default();
+        metrics.register(
+            "truncwatch_canary_errors",
+            "Canary runs that could not make their traffic (a port, a descriptor or a thread refused): no verdict on the detector",
+            errors.clone(),
+        );
+        Runs {
+            run: None,
+            passed: None,
+            errors,
+            said_error: false,
+        }
+    }
+
+    /// No canary in flight.
+    pub fn idle(&self) -> bool {
+        self.run.is_none()
+    }
+
+    /// The local addresses of the canary in flight (its server sockets).
+    pub fn locals(&self) -> Option<&[String; 2]> {
+        self.run.as_ref().map(|r| &r.locals)
+    }
+
+    /// Whether the last canary that made its traffic passed (None before the first).
+    pub fn passed(&self) -> Option<bool> {
+        self.passed
+    }
+
+    /// Bind the canary's sockets, tell `announce` their addresses (before any traffic), and
+    /// make the traffic on a blocking thread. None if it cannot start: counted, said once.
+    pub fn start(
+        &mut self,
+        announce: impl FnOnce(&[String; 2]),
+    ) -> Option<tokio::task::JoinHandle<Result<Truth>>> {
+        let c = match Canary::bind().and_then(|c| Ok((c.locals()?, c))) {
+            Ok((locals, c)) => {
+                announce(&locals);
+                self.run = Some(Run {
+                    locals,
+                    truth: None,
+                    got: Vec::new(),
+                    started: Instant::now(),
+                });
+                c
+            }
+            Err(e) => {
+                self.could_not_run(&format!("{e:#}"));
+                return None;
+            }
+        };
+        Some(tokio::task::spawn_blocking(move || c.provoke()))
+    }
+
+    /// The canary's traffic is done (or failed, or its thread panicked).
+    pub fn traffic(&mut self, truth: Result<Truth>) {
+        if let Some(r) = &mut self.run {
+            r.truth = Some(truth.map_err(|e| format!("{e:#}")));
+        }
+    }
+
+    /// A verdict about the canary in flight.
+    pub fn verdict(&mut self, v: Verdict) {
+        if let Some(r) = &mut self.run {
+            r.got.push(v);
+        }
+    }
+
+    /// If the canary in flight is decided: record it (stderr, `metrics`) and say how it ended.
+    pub fn done(&mut self, metrics: &mut Metrics) -> Option<Outcome> {
+        let r = self.run.as_ref()?;
+        let result = match r.truth.as_ref()? {
+            Err(e) => Err(e.clone()),
+            Ok(t) => Ok(match check(t, &r.got) {
+                Err(_) if r.started.elapsed() < WAIT => return None, // not all arrived yet
+                checked => checked,
+            }),
+        };
+        self.run = None;
+        let passed = match result {
+            Err(e) => {
+                self.could_not_run(&format!("making its traffic: {e}"));
+                return Some(Outcome::CouldNotRun);
+            }
+            Ok(Ok(summary)) => {
+                eprintln!("truncwatch: canary passed: {summary}");
+                true
+            }
+            Ok(Err(why)) => {
+                eprintln!("truncwatch: canary FAILED: {why}");
+                false
+            }
+        };
+        self.passed = Some(passed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        metrics.canary(passed, now);
+        Some(if passed {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        })
+    }
+
+    fn could_not_run(&mut self, why: &str) {
+        self.errors.inc();
+        if !std::mem::replace(&mut self.said_error, true) {
+            eprintln!(
+                "truncwatch: canary could not run: {why} (the agent keeps judging; later runs that cannot are only counted, in truncwatch_canary_errors_total)"
+            );
+        }
+    }
+}
 
 /// The canary's two server sockets, bound before any traffic so that their verdicts can be
 /// told apart from the host's as soon as they arrive.
@@ -284,6 +438,29 @@ mod tests {
             check(&t, &swapped).is_err(),
             "verdicts must be for the right connection"
         );
+    }
+
+    /// A run that could not make its traffic is counted (said once on stderr), decides no
+    /// readiness, and the next run may start.
+    #[test]
+    fn a_canary_that_cannot_run_is_counted_and_leaves_readiness_alone() {
+        let mut m = Metrics::new(10, 10, "tracepoint");
+        let mut runs = Runs::new(&mut m);
+        for _ in 0..2 {
+            runs.run = Some(Run {
+                locals: ["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+                truth: Some(Err("binding a loopback port: Too many open files".into())),
+                got: Vec::new(),
+                started: Instant::now(),
+            });
+            assert_eq!(runs.done(&mut m), Some(Outcome::CouldNotRun));
+            assert!(runs.idle());
+        }
+        assert_eq!(runs.passed(), None);
+        assert!(runs.said_error);
+        let text = m.encode();
+        assert!(text.contains("truncwatch_canary_errors_total 2"), "{text}");
+        assert!(!text.contains("truncwatch_canary_success"), "{text}");
     }
 
     #[test]

@@ -140,10 +140,12 @@ fn mount_tracefs() -> std::io::Result<()> {
     }
 }
 
-/// A process's name (`/proc/<pid>/comm`), or `?`.
+/// A process's name (`/proc/<pid>/comm`, escaped: the process chose it), or `?`.
 fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map_or("?".into(), |c| c.trim().to_string())
+    std::fs::read(format!("/proc/{pid}/comm")).map_or("?".into(), |c| {
+        let name = c.strip_suffix(b"\n").unwrap_or(&c);
+        crate::escape::escape_bytes(name).into_owned()
+    })
 }
 
 /// The report, and whether a backend can run here.
@@ -229,10 +231,10 @@ pub fn report(f: &Facts) -> (String, bool) {
                 "HTTPS: TLS libraries (OpenSSL 3's API; processes seen using each):"
             );
             for t in libs {
-                let status = t
-                    .hooked
-                    .as_ref()
-                    .map_or_else(|e| format!("not hooked: {e}"), |_| "hooked".into());
+                let status = t.hooked.as_ref().map_or_else(
+                    |e| format!("not hooked: {}", crate::escape::escape(e)),
+                    |_| "hooked".into(),
+                );
                 let users = if t.pids.is_empty() {
                     "none yet".to_string()
                 } else {
@@ -242,7 +244,8 @@ pub fn report(f: &Facts) -> (String, bool) {
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                let _ = writeln!(s, "  {} {status}; used by: {users}", t.path.display());
+                let path = crate::escape::escape_path(&t.path);
+                let _ = writeln!(s, "  {path} {status}; used by: {users}");
             }
             let _ = writeln!(
                 s,

@@ -7,6 +7,7 @@
 //! these together; `btf_offsets` reads the running kernel's struct layouts; `lab` reproduces
 //! truncations on purpose.
 pub mod agent;
+pub mod agent_registry;
 pub mod attribution;
 pub mod btf_offsets;
 pub mod btf_reader;
@@ -16,7 +17,9 @@ pub mod check;
 pub mod cipher_marks;
 pub mod container_image;
 pub mod correlator;
+pub mod descriptors;
 pub mod endpoint;
+pub mod escape;
 pub mod events;
 pub mod http_head;
 pub mod kernel_hz;
@@ -25,6 +28,8 @@ pub mod metrics;
 pub mod output;
 pub mod requests;
 pub mod response;
+pub mod self_traffic;
+pub mod shutdown;
 pub mod tls_hooks;
 pub mod tls_plan;
 pub mod untrusted;

@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use truncwatch::{agent, check, lab};
+use truncwatch::{agent, check, descriptors, lab};
 
 /// Flags HTTP/1 responses cut short on this host (short writes, resets that drop data), from
 /// the kernel, without touching the applications.
@@ -68,8 +68,12 @@ fn main() -> Result<()> {
 }
 
 fn run(args: agent::RunArgs) -> Result<()> {
+    descriptors::raise_and_report();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(agent::run(args))
+    let done = rt.block_on(agent::run(args));
+    // Blocking work still under way (a canary's traffic) must not hold up the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    done
 }

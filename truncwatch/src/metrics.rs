@@ -502,6 +502,17 @@ impl Metrics {
         self.overflow.get_or_create(&Refused { table }).inc();
     }
 
+    /// Export a metric another module keeps (`self_traffic`, `canary`, `endpoint`): it keeps a
+    /// clone and updates it there (clones share their value).
+    pub fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.register(name, help, metric);
+    }
+
     pub fn encode(&self) -> String {
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry)

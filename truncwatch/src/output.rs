@@ -1,8 +1,13 @@
 //! Verdicts as text: one human line, or one JSON object per line (`--format json`).
 //!
 //! The JSON fields are a contract scripts depend on: extend, never rename.
+//!
+//! Every string another process controls (its name, socket path, container, pod, image) is
+//! escaped in the human line (`escape`): a newline in it must not start a forged line. JSON
+//! escapes on its own (`serde_json`).
 use crate::attribution::Attribution;
 use crate::correlator::{Evidence, Verdict};
+use crate::escape::escape;
 use crate::events::{Side, Transport};
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
@@ -89,111 +94,121 @@ struct JsonVerdict<'a> {
 pub fn format(v: &Verdict, owner: &Attribution, fmt: Format, clock: &Clock) -> String {
     let ts = humantime::format_rfc3339_micros(clock.wall(v.ts_ns)).to_string();
     match fmt {
-        Format::Json => {
-            let r = v.response.as_ref();
-            let client = v.meta.side == Side::Client;
-            let j = JsonVerdict {
-                verdict: v.kind.as_str(),
-                side: v.meta.side,
-                transport: v.meta.transport,
-                tls: v.meta.tls,
-                pid: v.pid,
-                comm: &v.meta.comm,
-                local: &v.meta.local,
-                peer: &v.meta.peer,
-                status: r.map(|r| r.status),
-                content_length: r.and_then(|r| r.content_length),
-                chunked: r.is_some_and(|r| r.chunked),
-                expected_bytes: r.and_then(|r| r.expected_bytes),
-                sent_bytes: r.filter(|_| !client).map(|r| r.sent_bytes),
-                missing_bytes: r.and_then(|r| r.missing_bytes()),
-                delivered_bytes: r.filter(|_| !client).map(|r| r.delivered_bytes),
-                received_bytes: r.filter(|_| client).map(|r| r.sent_bytes),
-                unacked_bytes: v.unacked_bytes,
-                evidence: &v.evidence,
-                cgroup: owner.cgroup.as_deref(),
-                container_id: owner.container_id.as_deref(),
-                namespace: owner.namespace.as_deref(),
-                pod: owner.pod.as_deref(),
-                container: owner.container.as_deref(),
-                exe: owner.exe.as_deref(),
-                build_id: owner.build_id.as_deref(),
-                image: owner.image.image.as_deref(),
-                image_id: owner.image.image_id.as_deref(),
-                ts,
-            };
-            serde_json::to_string(&j).expect("verdicts always serialize")
+        Format::Json => json(v, owner, ts),
+        Format::Human => human(v, owner, ts),
+    }
+}
+
+fn json(v: &Verdict, owner: &Attribution, ts: String) -> String {
+    let r = v.response.as_ref();
+    let client = v.meta.side == Side::Client;
+    let j = JsonVerdict {
+        verdict: v.kind.as_str(),
+        side: v.meta.side,
+        transport: v.meta.transport,
+        tls: v.meta.tls,
+        pid: v.pid,
+        comm: &v.meta.comm,
+        local: &v.meta.local,
+        peer: &v.meta.peer,
+        status: r.map(|r| r.status),
+        content_length: r.and_then(|r| r.content_length),
+        chunked: r.is_some_and(|r| r.chunked),
+        expected_bytes: r.and_then(|r| r.expected_bytes),
+        sent_bytes: r.filter(|_| !client).map(|r| r.sent_bytes),
+        missing_bytes: r.and_then(|r| r.missing_bytes()),
+        delivered_bytes: r.filter(|_| !client).map(|r| r.delivered_bytes),
+        received_bytes: r.filter(|_| client).map(|r| r.sent_bytes),
+        unacked_bytes: v.unacked_bytes,
+        evidence: &v.evidence,
+        cgroup: owner.cgroup.as_deref(),
+        container_id: owner.container_id.as_deref(),
+        namespace: owner.namespace.as_deref(),
+        pod: owner.pod.as_deref(),
+        container: owner.container.as_deref(),
+        exe: owner.exe.as_deref(),
+        build_id: owner.build_id.as_deref(),
+        image: owner.image.image.as_deref(),
+        image_id: owner.image.image_id.as_deref(),
+        ts,
+    };
+    serde_json::to_string(&j).expect("verdicts always serialize")
+}
+
+fn human(v: &Verdict, owner: &Attribution, ts: String) -> String {
+    let e = &v.evidence;
+    let client = v.meta.side == Side::Client;
+    // The arrow points the way the response went.
+    let arrow = match v.meta.side {
+        Side::Server => "<-",
+        Side::Client => "->",
+    };
+    let peer = if v.meta.peer.is_empty() {
+        String::new()
+    } else {
+        format!(" {arrow} {}", escape(&v.meta.peer))
+    };
+    let transport = match (v.meta.transport, v.meta.tls) {
+        (Transport::Tcp, false) => "tcp",
+        (Transport::Tcp, true) => "tcp+tls",
+        (Transport::Unix, _) => "unix",
+    };
+    let mut line = format!(
+        "{ts} {:<11} {transport} {}{peer} pid={} comm={}",
+        v.kind.as_str(),
+        escape(&v.meta.local),
+        v.pid,
+        escape(&v.meta.comm)
+    );
+    if let Some(r) = &v.response {
+        let or_unknown = |n: Option<u64>| n.map_or("?".to_string(), |n| n.to_string());
+        line += &format!(
+            " status={} {}={}/{} missing={}",
+            r.status,
+            if client { "received" } else { "sent" },
+            r.sent_bytes,
+            or_unknown(r.expected_bytes),
+            or_unknown(r.missing_bytes())
+        );
+        if r.delivered_bytes != r.sent_bytes {
+            line += &format!(" delivered={}", r.delivered_bytes);
         }
-        Format::Human => {
-            let e = &v.evidence;
-            let client = v.meta.side == Side::Client;
-            // The arrow points the way the response went.
-            let arrow = match v.meta.side {
-                Side::Server => "<-",
-                Side::Client => "->",
-            };
-            let peer = if v.meta.peer.is_empty() {
-                String::new()
-            } else {
-                format!(" {arrow} {}", v.meta.peer)
-            };
-            let transport = match (v.meta.transport, v.meta.tls) {
-                (Transport::Tcp, false) => "tcp",
-                (Transport::Tcp, true) => "tcp+tls",
-                (Transport::Unix, _) => "unix",
-            };
-            let mut line = format!(
-                "{ts} {:<11} {transport} {}{peer} pid={} comm={}",
-                v.kind.as_str(),
-                v.meta.local,
-                v.pid,
-                v.meta.comm
-            );
-            if let Some(r) = &v.response {
-                let or_unknown = |n: Option<u64>| n.map_or("?".to_string(), |n| n.to_string());
-                line += &format!(
-                    " status={} {}={}/{} missing={}",
-                    r.status,
-                    if client { "received" } else { "sent" },
-                    r.sent_bytes,
-                    or_unknown(r.expected_bytes),
-                    or_unknown(r.missing_bytes())
-                );
-                if r.delivered_bytes != r.sent_bytes {
-                    line += &format!(" delivered={}", r.delivered_bytes);
-                }
-                if r.chunked {
-                    line += " chunked";
-                }
-            }
-            if let Some(n) = v.unacked_bytes {
-                line += &format!(" unacked={n} unread={}", e.unread_bytes.unwrap_or(0));
-            }
-            if e.send_buffer_full {
-                line += &format!(
-                    " send_buffer_full(eagain={} partial={})",
-                    e.eagain, e.partial_sends
-                );
-            }
-            if let Some(p) = e.peer_ended {
-                line += &format!(" peer_ended={p}");
-            }
-            match (&owner.namespace, &owner.pod, &owner.container_id) {
-                (Some(ns), Some(pod), _) => line += &format!(" pod={ns}/{pod}"),
-                (_, _, Some(id)) => line += &format!(" container={}", &id[..id.len().min(12)]),
-                _ => {}
-            }
-            if let Some(image) = &owner.image.image {
-                line += &format!(" image={image}");
-            }
-            if let Some(id) = &owner.build_id {
-                // Enough to tell builds apart at a glance; the JSON line has all of it.
-                let short = id.strip_prefix("sha256:").unwrap_or(id);
-                line += &format!(" build={}", &short[..short.len().min(12)]);
-            }
-            line
+        if r.chunked {
+            line += " chunked";
         }
     }
+    if let Some(n) = v.unacked_bytes {
+        line += &format!(" unacked={n} unread={}", e.unread_bytes.unwrap_or(0));
+    }
+    if e.send_buffer_full {
+        line += &format!(
+            " send_buffer_full(eagain={} partial={})",
+            e.eagain, e.partial_sends
+        );
+    }
+    if let Some(p) = e.peer_ended {
+        line += &format!(" peer_ended={p}");
+    }
+    match (&owner.namespace, &owner.pod, &owner.container_id) {
+        (Some(ns), Some(pod), _) => line += &format!(" pod={}/{}", escape(ns), escape(pod)),
+        (_, _, Some(id)) => line += &format!(" container={}", escape(prefix(id, 12))),
+        _ => {}
+    }
+    if let Some(image) = &owner.image.image {
+        line += &format!(" image={}", escape(image));
+    }
+    if let Some(id) = &owner.build_id {
+        // Enough to tell builds apart at a glance; the JSON line has all of it.
+        let short = id.strip_prefix("sha256:").unwrap_or(id);
+        line += &format!(" build={}", escape(prefix(short, 12)));
+    }
+    line
+}
+
+/// The first `n` characters of `s` (a byte slice could end inside a character: ids come from
+/// names other processes chose).
+fn prefix(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
 #[cfg(test)]
@@ -359,6 +374,94 @@ mod tests {
         // Unknown: null, never a guess.
         let j = json(&Attribution::default());
         assert!(j["build_id"].is_null() && j["exe"].is_null() && j["image"].is_null());
+    }
+
+    /// Issue 26: a process's name, an abstract socket name, its pod and image are printed
+    /// escaped: no newline, carriage return or terminal escape reaches the human line.
+    #[test]
+    fn hostile_names_cannot_forge_a_human_line() {
+        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
+        let forged = "\n2026-12-07T13:00:00.000000Z short_write tcp 10.1.2.3:443 <- 10.9.9.9:5 pid=1 comm=nginx status=200";
+        let mut v = verdict();
+        v.meta = std::sync::Arc::new(ConnMeta {
+            comm: "evil\nx\r\u{1b}[2K".into(),
+            local: format!("@sock{forged}"),
+            ..(*v.meta).clone()
+        });
+        let owner = Attribution {
+            namespace: Some("ns\n".into()),
+            pod: Some("p\u{1b}]0;t\u{7}".into()),
+            image: crate::container_image::Image {
+                image: Some(format!("img{forged}")),
+                image_id: None,
+            },
+            // Multi-byte characters where the line shows a 12-character prefix.
+            build_id: Some("é\n".repeat(20).into()),
+            ..Attribution::default()
+        };
+        let l = format(&v, &owner, Format::Human, &clock);
+        assert!(
+            !l.chars().any(|c| c.is_control()),
+            "a control character in {l:?}"
+        );
+        for want in [
+            "comm=evil\\nx\\r\\u{1b}[2K",
+            "unix @sock\\n2026-12-07T13:00:00.000000Z short_write",
+            "pod=ns\\n/p\\u{1b}]0;t\\u{7}",
+            "image=img\\n2026-12-07",
+            "build=é\\né\\né\\né\\né\\né\\n",
+        ] {
+            assert!(l.contains(want), "{want:?} not in {l:?}");
+        }
+        // A container id cut to 12 characters, never inside one.
+        let id = Attribution {
+            container_id: Some("ü".repeat(40)),
+            ..Attribution::default()
+        };
+        let l = format(&v, &id, Format::Human, &clock);
+        assert!(
+            l.ends_with(&format!(" container={}", "ü".repeat(12))),
+            "{l}"
+        );
+    }
+
+    /// JSON and the Prometheus text escape on their own: the same hostile names stay one
+    /// line (JSON reads back the exact bytes) and one series each.
+    #[test]
+    fn json_and_prometheus_escape_on_their_own() {
+        let clock = Clock::fixed(SystemTime::UNIX_EPOCH);
+        let comm = "evil\n# forged\r\u{1b}[2K\"q\\";
+        let mut v = verdict();
+        v.meta = std::sync::Arc::new(ConnMeta {
+            comm: comm.into(),
+            local: "@s\ntruncwatch_responses_total{verdict=\"complete\"} 99".into(),
+            ..(*v.meta).clone()
+        });
+        let line = format(&v, &Attribution::default(), Format::Json, &clock);
+        assert!(!line.contains('\n') && !line.contains('\r') && !line.contains('\u{1b}'));
+        let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (j["comm"].as_str(), j["local"].as_str()),
+            (Some(comm), Some(&*v.meta.local))
+        );
+        let mut m = crate::metrics::Metrics::new(10, 10, "tracepoint");
+        m.verdict(&v, &Attribution::default());
+        let text = m.encode();
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.starts_with("truncwatch_")),
+            "a line that is no series:\n{text}"
+        );
+        let ours: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("truncwatch_responses_total{"))
+            .collect();
+        assert_eq!(ours.len(), 1, "{text}");
+        assert!(
+            ours[0].contains(r#"process="evil\n# forged"#),
+            "{}",
+            ours[0]
+        );
     }
 
     #[test]

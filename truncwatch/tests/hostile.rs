@@ -9,7 +9,8 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use support::{Agent, Server, fetch, u};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -275,4 +276,312 @@ kernel_test!(tcp_overflow_is_counted_and_never_called_a_truncation {
 
 kernel_test!(unix_overflow_is_counted_and_never_called_a_truncation {
     overflow(true);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Issue 26: hostile neighbours. The attacker runs as `nobody` where the attack needs no
+// privilege.
+
+type Lines = Arc<Mutex<Vec<String>>>;
+
+/// The agent binary where `nobody` can run it (the build tree may be under a private home):
+/// a copy in a world-readable directory, made once.
+fn nobody_bin() -> &'static str {
+    static COPY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("truncwatch-nobody-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("truncwatch");
+        std::fs::copy(support::BIN, &bin).unwrap();
+        bin.display().to_string()
+    })
+}
+
+/// `setpriv` running `program` as `nobody` (uid and gid 65534, no groups).
+fn as_nobody(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", program]);
+    c
+}
+
+/// Collect `from`'s lines into `lines`, as bytes made text (a raw control character must reach
+/// the assertions), echoing them escaped.
+fn collect(from: impl Read + Send + 'static, lines: Lines, tag: &'static str) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(from)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            let l = String::from_utf8_lossy(&l).into_owned();
+            eprintln!("{tag}: {l:?}");
+            lines.lock().unwrap().push(l);
+        }
+    });
+}
+
+/// Wait until `lines` has one containing `needle`.
+fn wait_line(lines: &Lines, needle: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(l) = lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return Some(l.clone());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An agent whose output is taken raw: its stdout lines (None: never read, so that its writes
+/// block once the pipe is full) and its stderr lines.
+struct RawAgent {
+    child: std::process::Child,
+    out: Option<Lines>,
+    log: Lines,
+}
+
+impl RawAgent {
+    fn start(args: &[&str], read_stdout: bool) -> RawAgent {
+        use std::process::Stdio;
+        let mut child = Command::new(support::BIN)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Lines::default();
+        collect(child.stderr.take().unwrap(), log.clone(), "agent");
+        let out = read_stdout.then(|| {
+            let out = Lines::default();
+            collect(child.stdout.take().unwrap(), out.clone(), "agent stdout");
+            out
+        });
+        let a = RawAgent { child, out, log };
+        assert!(
+            wait_line(&a.log, "truncwatch: ready", Duration::from_secs(60)).is_some(),
+            "the agent did not get ready"
+        );
+        a
+    }
+
+    /// `host:port` of its endpoint.
+    fn metrics_addr(&self) -> String {
+        let l = wait_line(&self.log, "metrics on http://", Duration::ZERO).unwrap();
+        l.split("http://")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("/metrics")
+            .to_string()
+    }
+}
+
+impl Drop for RawAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A metric's value in an exposition (`name{labels}` as printed), if present.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+kernel_test!(
+/// Issue 26, item 4: a name is no identity. A server that calls itself `tw-canary` (the name
+/// of the canary's thread), run by `nobody`, cuts a response: reported like any other, and
+/// counted under its name. Another agent's canary (a `truncwatch selftest` beside it), known
+/// by its registered pid and addresses, is set aside and counted as such.
+a_name_is_no_identity {
+    let agent = Agent::start();
+    let srv = Server::start_via(as_nobody(nobody_bin()), "tcp:127.0.0.1:0", "short-close", 8 << 20, &["--thread-name", "tw-canary"]);
+    let got = fetch(&srv.endpoint, support::SLOW);
+    let v = agent.wait_for_server(&srv, 1, WAIT);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!((v[0]["verdict"].as_str(), v[0]["comm"].as_str()), (Some("short_write"), Some("tw-canary")), "{}", v[0]);
+    assert_eq!(u(&v[0]["sent_bytes"]), u(&got[0]["received_bytes"]));
+    let st = Command::new(support::BIN).arg("selftest").stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let st_pid = st.id() as u64;
+    let st = st.wait_with_output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    std::thread::sleep(Duration::from_millis(1500)); // a metrics refresh
+    let m = support::http_get(&agent.metrics_addr(), "/metrics").1;
+    assert!(m.lines().any(|l| l.starts_with("truncwatch_responses_total{verdict=\"short_write\"") && l.contains("process=\"tw-canary\"")), "{m}");
+    let other = series(&m, "truncwatch_self_traffic_verdicts_total{source=\"other_agent\"}");
+    assert!(other.is_some_and(|n| n >= 2.0), "the selftest's short_write and reset_discard: {m}");
+    let leaked: Vec<_> = agent.stop().into_iter().filter(|v| u(&v["pid"]) == st_pid).collect();
+    assert!(leaked.is_empty(), "the selftest's verdicts were printed: {leaked:?}");
+});
+
+kernel_test!(
+/// Issue 26, item 5: forged output lines. `nobody` serves on an abstract Unix socket whose
+/// name holds a whole forged verdict line after a newline, from a thread whose name holds a
+/// newline, a carriage return and a terminal escape, and cuts the response. The human line
+/// shows them escaped: no forged line, no raw control character, on stdout or stderr.
+hostile_names_are_escaped_in_human_lines {
+    let agent = RawAgent::start(&["--all", "--format", "human", "--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s"], true);
+    let forged = "\n1999-01-01T00:00:00.000000Z short_write tcp 10.1.2.3:443 <- 10.9.9.9:5 pid=1 comm=nginx";
+    let name = format!("@tw{}{forged}", std::process::id() % 1000);
+    let comm = "ev\nil\r\u{1b}[2Kx";
+    let _srv = Server::start_via(as_nobody(nobody_bin()), &format!("unix:{name}"), "short-close", 8 << 20, &["--thread-name", comm]);
+    let got = fetch(&format!("unix:{name}"), support::SLOW);
+    support::reproduced(got.len() == 1 && got[0]["complete"] == false, "a cut response over the abstract socket");
+    let escaped_name = name.replace('\n', "\\n");
+    let out = agent.out.as_ref().unwrap();
+    let line = wait_line(out, &format!("short_write unix {escaped_name} "), WAIT);
+    let line = line.unwrap_or_else(|| panic!("no escaped short_write line: {:?}", out.lock().unwrap()));
+    assert!(line.contains(" comm=ev\\nil\\r\\u{1b}[2Kx "), "{line:?}");
+    let out = out.lock().unwrap().clone();
+    for l in out.iter().chain(agent.log.lock().unwrap().iter()) {
+        assert!(!l.starts_with("1999-") && !l.starts_with("il\r"), "a forged line: {l:?}");
+        assert!(!l.contains(['\r', '\u{1b}']), "a raw control character: {l:?}");
+    }
+});
+
+/// The agent's open descriptors (`/proc/<pid>/fd`).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The agent's CPU time so far (utime + stime, clock ticks).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// GET /healthz with a budget of `limit` for all of it: the time it took, if it answered 200.
+fn healthz(addr: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), limit).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .ok()?;
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let took = start.elapsed();
+    (resp.starts_with(b"HTTP/1.1 200") && took <= limit).then_some(took)
+}
+
+/// Opens up to 300 idle connections to port argv[1] and keeps them open (opening new ones as
+/// the server closes some) for argv[2] seconds.
+const IDLE_CROWD: &str = r#"
+import socket, sys, time
+port, end, conns = int(sys.argv[1]), time.time() + float(sys.argv[2]), []
+while time.time() < end:
+    while len(conns) < 300:
+        try:
+            conns.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+        except OSError:
+            break
+    time.sleep(0.2)
+    alive = []
+    for c in conns:
+        c.setblocking(False)
+        try:
+            if c.recv(1) == b"":
+                c.close()
+                continue
+        except BlockingIOError:
+            pass
+        except OSError:
+            c.close()
+            continue
+        alive.append(c)
+    conns = alive
+"#;
+
+kernel_test!(
+/// Issue 26, item 2: descriptors. The agent runs with a descriptor limit just above what it
+/// needs (its soft and hard limit alike, so it cannot raise it) and its canary every second,
+/// while `nobody` keeps 300 idle connections open to its endpoint. It must not spin on
+/// accept() errors, must not exit when its canary cannot get a port, must answer /healthz
+/// within 1 s throughout, must still report an innocent process's cut response, and must stop
+/// within 5 s of SIGINT.
+idle_endpoint_crowd_with_few_descriptors {
+    // What it needs, from an agent that runs unconstrained.
+    let probe = Agent::start();
+    let needs = open_fds(probe.pid());
+    probe.stop();
+    let limit = needs + 24;
+    let mut prlimit = Command::new("prlimit");
+    prlimit.arg(format!("--nofile={limit}:{limit}")).arg(support::BIN);
+    let agent = Agent::start_via(prlimit, &["--metrics-addr", "127.0.0.1:0", "--canary-interval", "1s"]);
+    let pid = agent.pid();
+    assert!(agent.wait_log("descriptor limit (RLIMIT_NOFILE) stays at", Duration::ZERO).is_some(), "it says the limit is low");
+    let addr = agent.metrics_addr();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let mut crowd = as_nobody("/usr/bin/python3").args(["-c", IDLE_CROWD, &port, "14"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu0, t0) = (cpu_ticks(pid), Instant::now());
+    let mut slowest = Duration::ZERO;
+    let mut full = 0;
+    // An innocent server's cut response, meanwhile.
+    let srv = Server::start("tcp:127.0.0.1:0", "short-close", 8 << 20);
+    let got = fetch(&srv.endpoint, support::SLOW);
+    while t0.elapsed() < Duration::from_secs(8) {
+        let took = healthz(&addr, Duration::from_secs(1));
+        slowest = slowest.max(took.unwrap_or_else(|| panic!("/healthz did not answer within 1 s ({} s into the crowd)", t0.elapsed().as_secs())));
+        full = full.max(open_fds(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let busy = (cpu_ticks(pid) - cpu0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
+    eprintln!("limit {limit}, most open {full}, slowest /healthz {slowest:?}, agent CPU {:.0}%", busy * 100.0);
+    assert!(full + 2 >= limit, "the crowd never took the agent to its limit ({full} of {limit})");
+    assert!(busy < 0.5, "the agent spun: {:.0}% of a CPU", busy * 100.0);
+    let v = agent.wait_for_server(&srv, 1, WAIT);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["verdict"], "short_write");
+    assert_eq!(u(&v[0]["sent_bytes"]), u(&got[0]["received_bytes"]));
+    let m = support::http_get(&addr, "/metrics").1;
+    assert!(series(&m, "truncwatch_endpoint_dropped_connections_total").is_some_and(|n| n > 0.0), "{m}");
+    let canary_errors = series(&m, "truncwatch_canary_errors_total").unwrap();
+    let said = agent.log.lock().unwrap().iter().filter(|l| l.contains("canary could not run")).count();
+    assert!(canary_errors >= 1.0 && said == 1, "canary errors {canary_errors}, said {said} times");
+    // SIGINT with the crowd still there.
+    let start = Instant::now();
+    let log = agent.log.clone();
+    agent.stop();
+    let took = start.elapsed();
+    let _ = crowd.kill();
+    let _ = crowd.wait();
+    eprintln!("stopped {took:?} after SIGINT");
+    assert!(took < Duration::from_secs(5), "stopped {took:?} after SIGINT");
+    assert!(log.lock().unwrap().iter().any(|l| l.contains("truncwatch: stopped;")), "a clean stop");
+});
+
+kernel_test!(
+/// SIGINT stops the agent within 5 s even when its loop is stuck: here its stdout is a pipe
+/// that nobody reads, full, so its next write blocks the loop. The watchdog ends it 3 s after
+/// the signal, and says why.
+sigint_stops_a_stuck_agent {
+    let agent = RawAgent::start(&["--all", "--format", "json", "--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s"], false);
+    let srv = Server::start("tcp:127.0.0.1:0", "full", 100);
+    // Far more verdict lines than a pipe holds (64 KiB).
+    let answers = fetch(&srv.endpoint, &["--requests", "3000"]);
+    assert_eq!(answers.len(), 3000);
+    let stuck = healthz(&agent.metrics_addr(), Duration::from_secs(1)).is_none();
+    eprintln!("the agent's loop is stuck on its stdout: {stuck}");
+    let mut agent = agent;
+    let start = Instant::now();
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGINT) };
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "still running 5 s after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("exited {status} after {:?}", start.elapsed());
+    if stuck {
+        assert!(!status.success(), "a forced exit says so in its status");
+        assert!(wait_line(&agent.log, "after SIGINT/SIGTERM: exiting now", Duration::from_secs(1)).is_some());
+    }
 });

@@ -249,7 +249,8 @@ fn connections(a: &FetchArgs) -> Result<()> {
                 Box::new(s)
             }
             Endpoint::Unix(p) => {
-                let s = UnixStream::connect(p).with_context(|| format!("connecting to {p}"))?;
+                let s = UnixStream::connect_addr(&super::unix_addr(p)?)
+                    .with_context(|| format!("connecting to {p}"))?;
                 set_rcvbuf(&s, a.rcvbuf)?;
                 Box::new(s)
             }

@@ -20,7 +20,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-/// `tcp:HOST:PORT` or `unix:PATH`.
+/// `tcp:HOST:PORT` or `unix:PATH` (`unix:@NAME`: an abstract socket name).
 #[derive(Clone, Debug)]
 pub enum Endpoint {
     Tcp(String),
@@ -35,6 +35,15 @@ impl std::str::FromStr for Endpoint {
             Some(("unix", p)) if !p.is_empty() => Ok(Endpoint::Unix(p.to_string())),
             _ => Err(format!("{s:?}: expected tcp:HOST:PORT or unix:PATH")),
         }
+    }
+}
+
+/// A Unix socket address: `@NAME` is the abstract name NAME, anything else a path.
+fn unix_addr(p: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    match p.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(p),
     }
 }
 

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Body bytes sent in --mode truncate.
     #[arg(long, default_value_t = 0)]
     pub truncate_at: u64,
+    /// The name of the threads that serve connections: the `comm` the agent reports (tests
+    /// pose as other programs with it; the kernel keeps 15 bytes).
+    #[arg(long, default_value = "tw-lab-server")]
+    pub thread_name: String,
     /// Exit after this many connections (0: serve forever).
     #[arg(long, default_value_t = 0)]
     pub connections: u64,
@@ -105,7 +109,8 @@ pub fn serve(a: &ServeArgs) -> Result<()> {
         }
         Endpoint::Unix(path) => {
             let _ = std::fs::remove_file(path);
-            let l = UnixListener::bind(path).with_context(|| format!("listening on {path}"))?;
+            let l = UnixListener::bind_addr(&super::unix_addr(path)?)
+                .with_context(|| format!("listening on {path}"))?;
             announce(&format!("unix:{path}"));
             for s in l.incoming() {
                 if next(spawn(Box::new(s?), a.clone())?) {
@@ -128,7 +133,7 @@ fn announce(endpoint: &str) {
 fn spawn(s: Box<dyn Stream>, a: ServeArgs) -> Result<std::thread::JoinHandle<()>> {
     // The thread name is the `comm` the agent reports.
     Ok(std::thread::Builder::new()
-        .name("tw-lab-server".into())
+        .name(a.thread_name.clone())
         .spawn(move || {
             if let Err(e) = handle(s, &a) {
                 eprintln!("lab: connection: {e:#}");

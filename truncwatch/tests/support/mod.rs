@@ -314,7 +314,19 @@ impl Server {
     }
 
     pub fn start_args(listen: &str, mode: &str, body: u64, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        Self::start_via(Command::new(BIN), listen, mode, body, extra)
+    }
+
+    /// `program` (the agent binary, or a launcher such as `setpriv` whose arguments end with
+    /// it) with `lab serve` and these arguments.
+    pub fn start_via(
+        mut program: Command,
+        listen: &str,
+        mode: &str,
+        body: u64,
+        extra: &[&str],
+    ) -> Server {
+        let mut child = program
             .args([
                 "lab",
                 "serve",

@@ -1,0 +1,372 @@
+//! The agent's own traffic, and other truncwatch agents' probes and canaries, told from the
+//! host's by identity, never by name: a process chooses its own name, so a server that calls
+//! itself `tw-canary` is judged and reported like any other.
+//!
+//! - Ours: the pid the kernel reports for us (learned from the start-up probe, whose head
+//!   carries a random nonce: in a PID namespace of our own, `getpid()` is not that pid). Of
+//!   our connections only the canary's server sockets are judged, and their verdicts go to
+//!   the canary's check; everything else of ours (the probe, the metrics endpoint, late
+//!   canary verdicts) is set aside.
+//! - Another agent's: its registered pid (`agent_registry`) and, for its canary, the
+//!   addresses it registered; for its start-up probe, a socket pair without a path.
+//!
+//! Everything set aside is counted (`truncwatch_self_traffic_verdicts_total`, by source) and
+//! kept out of the output and the verdict metrics.
+use crate::agent_registry::{Peers, Registration};
+use crate::correlator::Verdict;
+use crate::events::{ConnMeta, Event, Side, Transport};
+use crate::metrics::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+/// What a verdict is to the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// The host's: printed and counted.
+    Host,
+    /// About the canary in flight: for its check.
+    Canary,
+    /// Ours or another agent's probe or canary: counted as such, nothing else.
+    SetAside,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Source {
+    /// `agent` (this one) or `other_agent`.
+    source: &'static str,
+}
+
+pub struct SelfTraffic {
+    /// Our pid as the kernel reports it; None until known (in a PID namespace of our own,
+    /// until the start-up probe is seen).
+    own_pid: Option<u32>,
+    /// A header value only our start-up probe sends.
+    nonce: String,
+    /// Our probe's socket, from its send until its end of stream.
+    probe_sk: Option<u64>,
+    probe_done: bool,
+    registration: Option<Registration>,
+    peers: Peers,
+    /// The registry may be read again once per batch of verdicts.
+    may_reload: bool,
+    set_aside: Family<Source, Counter>,
+}
+
+impl SelfTraffic {
+    /// Registers its metric in `metrics`, and this agent in the registry when its pid is known.
+    pub fn new(metrics: &mut Metrics) -> Self {
+        let set_aside = Family::<Source, Counter>::default();
+        for source in ["agent", "other_agent"] {
+            set_aside.get_or_create(&Source { source }).inc_by(0);
+        }
+        metrics.register(
+            "truncwatch_self_traffic_verdicts",
+            "Verdicts about this agent's own connections (start-up probe, canary, endpoint) or another registered agent's probe and canary, by source: kept out of the output and the other metrics",
+            set_aside.clone(),
+        );
+        let own_pid = in_initial_pid_namespace().then(std::process::id);
+        SelfTraffic {
+            registration: own_pid.and_then(Registration::create),
+            ..Self::unregistered(own_pid, set_aside)
+        }
+    }
+
+    fn unregistered(own_pid: Option<u32>, set_aside: Family<Source, Counter>) -> Self {
+        SelfTraffic {
+            own_pid,
+            nonce: random_hex(16),
+            probe_sk: None,
+            probe_done: false,
+            registration: None,
+            peers: Peers::default(),
+            may_reload: true,
+            set_aside,
+        }
+    }
+
+    /// The response head of our start-up probe: its nonce tells it from any other.
+    pub fn probe_head(&self) -> String {
+        format!(
+            "HTTP/1.1 204 No Content\r\nX-Truncwatch-Probe: {}\r\n\r\n",
+            self.nonce
+        )
+    }
+
+    /// Our probe's send and its end of stream both arrived.
+    pub fn probe_done(&self) -> bool {
+        self.probe_done
+    }
+
+    /// Our pid as the kernel reports it, once known.
+    pub fn own_pid(&self) -> Option<u32> {
+        self.own_pid
+    }
+
+    /// See an event before the correlator: learns our pid from the probe; true for an open
+    /// of ours that must not be tracked (all but the canary's server sockets, `canary`).
+    pub fn skip(&mut self, ev: &Event, canary: Option<&[String; 2]>) -> bool {
+        match ev {
+            Event::Send(s) if !self.probe_done && self.probe_sk.is_none() => {
+                let ours = s
+                    .head
+                    .as_ref()
+                    .is_some_and(|h| memchr::memmem::find(h, self.nonce.as_bytes()).is_some());
+                if ours {
+                    self.probe_sk = Some(s.sk);
+                    self.learn_pid(s.tgid);
+                }
+                false
+            }
+            Event::Eof { peer, .. } if Some(*peer) == self.probe_sk => {
+                // The kernel reuses socket addresses at once: a later one here is not ours.
+                self.probe_sk = None;
+                self.probe_done = true;
+                false
+            }
+            Event::Open { meta, .. } => self.ours_untracked(meta, canary),
+            _ => false,
+        }
+    }
+
+    /// A connection of ours that is not one of the canary's server sockets.
+    fn ours_untracked(&self, meta: &ConnMeta, canary: Option<&[String; 2]>) -> bool {
+        let canary_server = meta.transport == Transport::Tcp
+            && meta.side == Side::Server
+            && canary.is_some_and(|c| c.contains(&meta.local));
+        Some(meta.pid) == self.own_pid && !canary_server
+    }
+
+    fn learn_pid(&mut self, pid: u32) {
+        if self.own_pid != Some(pid) {
+            self.own_pid = Some(pid);
+            self.registration = Registration::create(pid);
+        }
+    }
+
+    /// A new batch of verdicts: the registry may be read once more.
+    pub fn batch(&mut self) {
+        self.may_reload = true;
+    }
+
+    /// What `v` is; what is not the host's is counted here. `canary`: the addresses of the
+    /// canary in flight.
+    pub fn classify(&mut self, v: &Verdict, canary: Option<&[String; 2]>) -> Class {
+        let ours = self.own_pid.is_some_and(|p| v.pid == p || v.meta.pid == p);
+        let class = if ours {
+            match canary.is_some_and(|c| c.contains(&v.meta.local)) {
+                true => Class::Canary,
+                false => Class::SetAside,
+            }
+        } else if self.another_agents(v) {
+            self.count("other_agent");
+            return Class::SetAside;
+        } else {
+            return Class::Host;
+        };
+        self.count("agent");
+        class
+    }
+
+    /// The canary is about to use `locals` (its server sockets): other agents learn them
+    /// before any of its traffic.
+    pub fn canary_started(&mut self, locals: &[String; 2]) {
+        if let Some(r) = &mut self.registration {
+            r.canary(locals);
+        }
+    }
+
+    fn count(&self, source: &'static str) {
+        self.set_aside.get_or_create(&Source { source }).inc();
+    }
+
+    /// Another registered agent's probe or canary. The registry is read again (once per
+    /// batch) for a verdict that could be one and is not known yet: an agent registers before
+    /// its traffic, so a reading after the verdict finds it.
+    fn another_agents(&mut self, v: &Verdict) -> bool {
+        if !could_be_an_agents(v) {
+            return false;
+        }
+        if matches(&self.peers, v) {
+            return true;
+        }
+        if !self.may_reload {
+            return false;
+        }
+        self.may_reload = false;
+        self.peers.reload();
+        matches(&self.peers, v)
+    }
+}
+
+/// A socket pair without a path (a start-up probe), or a loopback TCP connection (a canary).
+fn could_be_an_agents(v: &Verdict) -> bool {
+    let m = &v.meta;
+    match m.transport {
+        Transport::Unix => m.local.is_empty() && m.peer.is_empty(),
+        Transport::Tcp => [&m.local, &m.peer]
+            .iter()
+            .any(|a| a.starts_with("127.") || a.starts_with("[::1]")),
+    }
+}
+
+fn matches(peers: &Peers, v: &Verdict) -> bool {
+    [v.pid, v.meta.pid].into_iter().any(|pid| {
+        peers
+            .at(pid, v.ts_ns)
+            .is_some_and(|e| match v.meta.transport {
+                Transport::Unix => true, // (`could_be_an_agents`: a probe's socket pair)
+                Transport::Tcp => e
+                    .locals
+                    .iter()
+                    .any(|l| *l == v.meta.local || *l == v.meta.peer),
+            })
+    })
+}
+
+/// Whether we run in the host's (the initial) PID namespace, where `getpid()` is the pid the
+/// kernel programs report (its inode is fixed: `PROC_PID_INIT_INO`).
+fn in_initial_pid_namespace() -> bool {
+    std::fs::read_link("/proc/self/ns/pid").is_ok_and(|l| l.as_os_str() == "pid:[4026531836]")
+}
+
+/// `bytes` random bytes (getrandom(2)), in hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // SAFETY: a valid buffer of its length. A short or failed read leaves zeros, and the
+    // time below still makes the value unique to this agent.
+    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let mut s: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    s += &format!("{:x}", crate::output::monotonic_ns());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::SendFacts;
+    use std::sync::Arc;
+
+    fn meta(pid: u32, transport: Transport, local: &str, peer: &str, comm: &str) -> ConnMeta {
+        ConnMeta {
+            transport,
+            pid,
+            comm: comm.into(),
+            local: local.into(),
+            peer: peer.into(),
+            tls: false,
+            side: Side::Server,
+        }
+    }
+
+    fn verdict(m: ConnMeta) -> Verdict {
+        Verdict {
+            kind: crate::correlator::Kind::ShortWrite,
+            pid: m.pid,
+            meta: Arc::new(m),
+            response: None,
+            unacked_bytes: None,
+            evidence: Default::default(),
+            ts_ns: 1,
+        }
+    }
+
+    /// (Never registered: unit tests leave the host's registry alone.)
+    fn traffic(own: Option<u32>) -> SelfTraffic {
+        SelfTraffic::unregistered(own, Family::default())
+    }
+
+    #[test]
+    fn a_name_is_no_identity() {
+        let mut t = traffic(Some(100));
+        let canary = ["127.0.0.1:7".to_string(), "127.0.0.1:8".to_string()];
+        let named = verdict(meta(
+            555,
+            Transport::Tcp,
+            "127.0.0.1:9",
+            "127.0.0.1:1",
+            "tw-canary",
+        ));
+        assert_eq!(t.classify(&named, Some(&canary)), Class::Host);
+        let unix = verdict(meta(555, Transport::Unix, "", "", "tw-canary"));
+        assert_eq!(t.classify(&unix, None), Class::Host);
+        // A server of someone else's on an old canary port is the host's too.
+        let reused = verdict(meta(555, Transport::Tcp, "127.0.0.1:7", "127.0.0.1:1", "x"));
+        assert_eq!(t.classify(&reused, Some(&canary)), Class::Host);
+    }
+
+    #[test]
+    fn ours_by_pid_and_the_canary_by_its_addresses() {
+        let mut t = traffic(Some(100));
+        let canary = ["127.0.0.1:7".to_string(), "127.0.0.1:8".to_string()];
+        let c = verdict(meta(100, Transport::Tcp, "127.0.0.1:8", "127.0.0.1:2", "x"));
+        assert_eq!(t.classify(&c, Some(&canary)), Class::Canary);
+        assert_eq!(
+            t.classify(&c, None),
+            Class::SetAside,
+            "late: the canary is done"
+        );
+        let endpoint = verdict(meta(
+            100,
+            Transport::Tcp,
+            "127.0.0.1:9477",
+            "127.0.0.1:3",
+            "x",
+        ));
+        assert_eq!(t.classify(&endpoint, Some(&canary)), Class::SetAside);
+        let count = |source| t.set_aside.get_or_create(&Source { source }).get();
+        assert_eq!((count("agent"), count("other_agent")), (3, 0));
+    }
+
+    #[test]
+    fn the_probe_teaches_our_pid_and_our_opens_are_skipped() {
+        let mut t = traffic(None);
+        let open = |pid, local: &str| meta(pid, Transport::Tcp, local, "127.0.0.1:5", "tw-canary");
+        assert!(
+            !t.ours_untracked(&open(4321, "127.0.0.1:80"), None),
+            "pid unknown yet"
+        );
+        let mut head = t.probe_head().into_bytes();
+        head.truncate(200);
+        let send = |tgid, head: Vec<u8>| {
+            Event::Send(SendFacts {
+                sk: 77,
+                tgid,
+                head: Some(head),
+                ..SendFacts::default()
+            })
+        };
+        assert!(!t.skip(
+            &send(
+                4321,
+                b"HTTP/1.1 204 No Content\r\nX-Truncwatch-Probe: 00\r\n\r\n".to_vec()
+            ),
+            None
+        ));
+        assert_eq!(t.own_pid(), None, "someone else's probe, or a forged one");
+        assert!(!t.skip(&send(4321, head), None));
+        assert_eq!(t.own_pid(), Some(4321));
+        let eof = Event::Eof {
+            reader: 78,
+            peer: 77,
+            ts_ns: 2,
+            losses: 0,
+            events_lost: false,
+            read: None,
+        };
+        assert!(!t.skip(&eof, None));
+        assert!(t.probe_done());
+        assert!(t.ours_untracked(&open(4321, "127.0.0.1:80"), None));
+        let canary = ["127.0.0.1:80".to_string(), "127.0.0.1:81".to_string()];
+        assert!(!t.ours_untracked(&open(4321, "127.0.0.1:80"), Some(&canary)));
+        let unix = meta(4321, Transport::Unix, "127.0.0.1:80", "", "x");
+        assert!(
+            t.ours_untracked(&unix, Some(&canary)),
+            "only its TCP servers"
+        );
+        assert!(
+            !t.ours_untracked(&open(1, "127.0.0.1:80"), None),
+            "not ours"
+        );
+    }
+}
