@@ -28,7 +28,7 @@ const MAX_READ_IOV: u64 = 16;
 /// copying part), which come first in the caller's buffer; 0 everywhere else.
 #[inline(always)]
 pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32, skip: u64) {
-    if ret == 0 {
+    if ret == 0 || (ret == -ECONNRESET && unix(sk)) {
         return eof::<S>(sk);
     }
     // A peek leaves the bytes queued: the read that takes them is the one that counts.
@@ -197,6 +197,18 @@ fn method(b: &[u8; 8]) -> u8 {
         i += 1;
     }
     METHOD_NONE
+}
+
+/// `ECONNRESET` from a read (include/uapi/asm-generic/errno.h).
+const ECONNRESET: i32 = 104;
+
+/// Whether `sk` is a Unix socket. A Unix reader whose peer closed with input unread gets
+/// `ECONNRESET` where it would get end of stream (`unix_release_sock()`), once it has read
+/// everything queued to it: the same end, and nothing the peer sent is lost (hyper's shutdown
+/// and close after an unread upload, on the Unix socket of hyper#4022).
+#[inline(always)]
+fn unix(sk: *mut c_void) -> bool {
+    read_kernel::<u16>(sk as u64 + offsets().skc_family as u64) == Some(AF_UNIX)
 }
 
 /// A reader got 0 bytes (EOF): the other end shut down or closed. Unix sockets have no

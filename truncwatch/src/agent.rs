@@ -195,6 +195,11 @@ pub struct RunArgs {
     /// side (docs/client-side.md) costs each client read what a server's send costs.
     #[arg(long)]
     pub no_client_side: bool,
+    /// Leave TLS libraries alone: no uprobes, so HTTPS responses are not judged (a reset that
+    /// drops a TLS connection's bytes is still a connection-level `reset_discard`). What the
+    /// TLS hooks cost: docs/https.md.
+    #[arg(long)]
+    pub no_tls: bool,
     /// Serve /metrics, /readyz and /healthz on this address (`off`: no endpoint). Bound to
     /// loopback by default; see the README before exposing it.
     #[arg(long, default_value = "127.0.0.1:9477")]
@@ -291,7 +296,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
             "truncwatch: running in a PID namespace of its own: verdicts carry pid and process name, but no cgroup, container or pod (run it in the host's PID namespace for those)"
         );
     }
-    let mut tls = tls_hooks_start(&mut ebpf, args.max_tls_libraries);
+    let mut tls = if args.no_tls {
+        eprintln!("truncwatch: TLS watching off (--no-tls): HTTPS responses are not judged");
+        None
+    } else {
+        tls_hooks_start(&mut ebpf, args.max_tls_libraries)
+    };
     let mut tls_found = tls_first_scan(tls.as_mut()).await;
     // Before "ready": whoever stops the agent as soon as it is ready gets a clean stop (hooks
     // and uprobe events removed), not the default action of the signal.

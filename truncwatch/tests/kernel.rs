@@ -61,6 +61,36 @@ fn short_write_with(listen: &str, mode: &str, send_with: &str) {
     );
 }
 
+/// hyper#4022 on its own kind of socket, a Unix one, with request bytes the server never read:
+/// its close then fails the client's next read with ECONNRESET (`unix_release_sock()`) once it
+/// read what was queued to it, where it would read end of stream. Nothing queued is lost: the
+/// same end, judged on both sides (issue 25).
+fn unix_short_write_with_unread_input() {
+    let agent = Agent::start();
+    let listen = format!("unix:{}", unix_path("unread.sock"));
+    let srv = Server::start(&listen, "short-shutdown", 8 << 20);
+    let mut args = SLOW.to_vec();
+    args.extend(["--send-after-head", "100"]);
+    let got = fetch(&srv.endpoint, &args);
+    let client = &got[0];
+    let sent = &srv.record(0);
+    reproduced(
+        client["complete"] == false
+            && client["end"] == "reset"
+            && u(&sent["sent_bytes"]) < u(&sent["expected_bytes"]),
+        &format!("the server should cut it and close on unread input: {client} {sent}"),
+    );
+    let v = agent.wait_for(&srv.local(), 1, WAIT);
+    assert_eq!(v.len(), 1, "one server-side verdict: {v:?}");
+    assert_eq!(v[0]["verdict"], "short_write", "{}", v[0]);
+    assert_eq!(u(&v[0]["sent_bytes"]), u(&client["received_bytes"]), "{}", v[0]);
+    assert_eq!(u(&v[0]["delivered_bytes"]), u(&client["received_bytes"]), "{}", v[0]);
+    let c = agent.wait_for_client(&srv.local(), 1, WAIT);
+    assert_eq!(c.len(), 1, "one client-side verdict: {c:?}");
+    assert_eq!(c[0]["verdict"], "truncated", "{}", c[0]);
+    assert_eq!(u(&c[0]["received_bytes"]), u(&client["received_bytes"]), "{}", c[0]);
+}
+
 /// A slow but steady reader gets everything: never flagged, judged complete.
 fn slow_reader_complete(listen: &str) {
     let agent = Agent::start();
@@ -120,6 +150,7 @@ kernel_tests! {
     tcp_short_sendmsg => short_write_with("tcp:127.0.0.1:0", "short-close", "sendmsg");
     unix_short_writev => short_write_with(&format!("unix:{}", unix_path("writev.sock")), "short-shutdown", "writev");
     unix_short_sendmsg => short_write_with(&format!("unix:{}", unix_path("sendmsg.sock")), "short-close", "sendmsg");
+    unix_short_write_with_unread_input_ends_in_econnreset => unix_short_write_with_unread_input();
     tcp_slow_reader_is_complete => slow_reader_complete("tcp:127.0.0.1:0");
     unix_slow_reader_is_complete => slow_reader_complete(&format!("unix:{}", unix_path("slow.sock")));
     tcp_many_fast_responses_all_complete => many_fast("tcp:127.0.0.1:0");

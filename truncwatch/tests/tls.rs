@@ -293,6 +293,39 @@ fn python_https_short_write_has_exact_plaintext_bytes() {
     none_about_clients(agent, &locals);
 }
 
+/// `--no-tls`: an operator who will not pay for the TLS hooks turns them off. No TLS library
+/// is hooked and an HTTPS response cut short gets no verdict, while a plain one still does.
+#[test]
+fn no_tls_leaves_https_alone() {
+    if !support::kernel_or_skip("no_tls_leaves_https_alone") {
+        return;
+    }
+    let (_dir, cert, key) = cert_dir("tls-off");
+    let (_p, port) = python_server(&cert, &key, 4_000_000, 1_000_000, 200, "close");
+    let plain = support::Server::start("tcp:127.0.0.1:0", "full", 100_000);
+    let agent = Agent::start_args(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--canary-interval",
+        "0s",
+        "--no-tls",
+    ]);
+    let got = fetch(port, "/", &[]);
+    assert_eq!(got[0]["complete"], false, "the server cut it: {got:?}");
+    let plain_got = support::fetch(&plain.endpoint, &[]);
+    assert_eq!(plain_got[0]["complete"], true, "{plain_got:?}");
+    let v = agent.wait_for(&plain.local(), 1, std::time::Duration::from_secs(10));
+    assert_eq!(v.len(), 1, "plain HTTP is still judged: {v:?}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let local = format!("127.0.0.1:{port}");
+    assert_eq!(agent.verdicts(&local), Vec::<serde_json::Value>::new());
+    let log = agent.log.lock().unwrap().join("\n");
+    assert!(log.contains("TLS watching off (--no-tls)"), "{log}");
+    assert!(!log.contains("TLS: hooked"), "no library hooked: {log}");
+    drop(log);
+    agent.stop();
+}
+
 /// A TLS connection this host resets with data in flight (SO_LINGER 0 while the client
 /// stalls): the response was all handed over, and the reset dropped what the client had not
 /// acknowledged. `reset_discard`, with the plaintext the client got.
