@@ -371,7 +371,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Detach first so nothing new arrives, then flush what is pending.
     let lost: u64 = lost_events(&mut ebpf).iter().sum();
     if let Some(hooks) = tls.as_mut() {
-        hooks.stop(Duration::from_secs(2));
+        hooks.stop(Duration::from_secs(1));
     }
     drop(ebpf);
     reader.resolver.stop_waiting();
