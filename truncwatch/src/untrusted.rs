@@ -77,14 +77,15 @@ static SKIPPED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 static SAID: [AtomicBool; 6] = [const { AtomicBool::new(false) }; 6];
 
 /// Count one thing skipped for `why`; the first of each reason is said on stderr (`context`
-/// names it: a path, a pid; printed escaped, as process-controlled text).
+/// names it: a path, a pid; printed escaped (`escape`), as process-controlled text).
 pub fn skipped(why: Skip, context: &str) {
     let i = why as usize;
     SKIPPED[i].fetch_add(1, Ordering::Relaxed);
     if !SAID[i].swap(true, Ordering::Relaxed) {
         eprintln!(
-            "truncwatch: skipped {context:?}: {}; said once, counted in \
+            "truncwatch: skipped {}: {}; said once, counted in \
              truncwatch_untrusted_skipped_total{{reason=\"{}\"}}",
+            crate::escape::escape(context),
             why.what(),
             why.as_str()
         );
@@ -458,7 +459,11 @@ mod tests {
         assert!(read("/lib/abs").is_err(), "a symlink as the last component");
         // `..` stops at the root.
         assert_eq!(read("/../../lib/real").as_deref(), Ok("inside"));
-        assert!(read("/proc/self/exe").is_err());
+        // Magic links (/proc/<pid>/root, /proc/self/fd/...) are never followed.
+        let host = open_root(0).unwrap();
+        for magic in ["/proc/self/exe", "/proc/self/root/etc/hostname"] {
+            assert!(open_in_root(&host, Path::new(magic)).is_err(), "{magic}");
+        }
         assert!(matches!(
             open_in_root(&dir, Path::new("/nothing")),
             Ok(None)
