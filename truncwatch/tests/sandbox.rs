@@ -3,7 +3,8 @@
 //! stops; every system call it made must pass the unit's `SystemCallFilter=` (expanded by
 //! systemd-analyze), and none may be one a container runtime's default seccomp profile refuses
 //! without `CAP_SYS_ADMIN` (the least-privilege DaemonSet runs under `RuntimeDefault`). Real
-//! agent, real kernel; needs root (see `support::kernel_or_skip`), strace and systemd-analyze.
+//! agent, real kernel; needs root (see `support::kernel_or_skip`) and strace (Debian package
+//! `strace`); the unit's filter is checked where systemd-analyze runs (package `systemd`).
 #[macro_use]
 mod support;
 
@@ -42,11 +43,10 @@ kernel_test!(
 /// Every call the agent makes passes the unit's filter and a runtime's default profile.
 the_agent_stays_inside_its_syscall_filters {
     let t = "the_agent_stays_inside_its_syscall_filters";
-    for tool in ["strace", "systemd-analyze"] {
-        if !Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()) {
-            support::skip_or_fail(t, &format!("{tool} not installed"));
-            return;
-        }
+    let have = |tool: &str| Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have("strace") {
+        support::skip_or_fail(t, "strace not installed (cargo xtask test installs it)");
+        return;
     }
     let unit = std::fs::read_to_string(UNIT).unwrap();
     let trace = std::env::temp_dir().join(format!("truncwatch-sandbox-{}.strace", std::process::id()));
@@ -70,11 +70,16 @@ the_agent_stays_inside_its_syscall_filters {
     let used = syscalls(&std::fs::read_to_string(&trace).unwrap());
     let _ = std::fs::remove_file(&trace);
     assert!(used.contains("bpf") && used.contains("accept4"), "the trace is the agent's: {used:?}");
+    let risky: Vec<_> = used.iter().filter(|s| RUNTIME_DEFAULT_REFUSES.contains(&s.as_str())).collect();
+    assert!(risky.is_empty(), "calls RuntimeDefault refuses: {risky:?}");
+    // As in deploy.rs, systemd-analyze is optional: a host without systemd has no unit to hold.
+    if !have("systemd-analyze") {
+        support::skip(t, "systemd-analyze not installed: the unit's filter is not checked");
+        return;
+    }
     let allowed = unit_filter(&unit);
     let refused: Vec<_> = used.iter().filter(|s| !allowed.contains(*s)).collect();
     assert!(refused.is_empty(), "calls the unit's SystemCallFilter= refuses: {refused:?} (made: {used:?})");
-    let risky: Vec<_> = used.iter().filter(|s| RUNTIME_DEFAULT_REFUSES.contains(&s.as_str())).collect();
-    assert!(risky.is_empty(), "calls RuntimeDefault refuses: {risky:?}");
     eprintln!("{} system calls made, all allowed: {used:?}", used.len());
 });
 

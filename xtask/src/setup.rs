@@ -49,6 +49,7 @@ pub fn ensure(need: Need) -> Result<()> {
         pkgs.extend(SCENARIO_PACKAGES);
         pkgs.push("prometheus"); // promtool: checks and unit-tests the alert rules in deploy/
         pkgs.push("bpftool"); // the fault tests check that no program outlives a killed agent
+        pkgs.push("strace"); // tests/sandbox.rs checks the agent's calls against deploy/'s filters
     }
     if need == Need::Bench {
         // nginx as the server, wrk as the load, bpftrace for the floor, bpftool for BPF stats.
