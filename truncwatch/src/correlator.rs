@@ -88,6 +88,11 @@ struct Conn {
     /// A client ended its side (FIN) when no response was being read: a half-close after its
     /// request (RFC 9112 §9.6), not an abort. It still reads what the server sends.
     half_closed: bool,
+    /// A server's peer sent its FIN: the stream offset it had acknowledged then. A peer that
+    /// closed its socket acknowledges nothing after its FIN (more data gets a reset); one that
+    /// only half-closed goes on reading, so bytes acknowledged past this offset show its FIN
+    /// was no leaving.
+    acked_at_peer_fin: Option<u64>,
 }
 
 /// How long the responses of a connection this host sent its FIN on wait for their bytes to
@@ -351,6 +356,7 @@ impl Correlator {
                     drain: None,
                     fin_wait: None,
                     half_closed: false,
+                    acked_at_peer_fin: peer_fin.then_some(0),
                 });
                 if peer_fin {
                     // (At offset 0: before any response, so it decides no verdict.)
@@ -544,6 +550,9 @@ impl Correlator {
             }),
             TCP_CLOSE_WAIT => {
                 conn.peer.saw("fin", conn.sent);
+                // (The FIN's segment acknowledged what the peer had: `tcp_ack()` runs first.)
+                conn.acked_at_peer_fin
+                    .get_or_insert(conn.sent.saturating_sub(facts.unacked));
                 None
             }
             _ => None,
@@ -570,7 +579,8 @@ impl Correlator {
             .collect();
         for sk in due {
             if let Some(mut conn) = self.conns.remove(&sk) {
-                if let Some(t) = &mut conn.tcp {
+                // (Not when the peer ended its side too: whether it was reading is not known.)
+                if let Some(t) = conn.tcp.as_mut().filter(|_| conn.peer.first().is_none()) {
                     t.unacked = 0;
                 }
                 self.finish(conn, Ending::Fin, now_ns, out);
@@ -1054,7 +1064,7 @@ impl Correlator {
         let end = resp.end();
         // Bytes of it handed over.
         let sent = conn.sent.min(end.unwrap_or(conn.sent)) - resp.start.min(conn.sent);
-        let peer_first = conn.peer.first_after(resp.start);
+        let mut peer_first = conn.peer.first_after(resp.start);
         // Stream offset up to which the peer gets the bytes: what it acknowledged by the time
         // delivery settled after a FIN of ours (all of it, mostly), or by a reset that
         // dropped the rest (what it had not acknowledged is never read).
@@ -1090,6 +1100,12 @@ impl Correlator {
                 }
                 _ => {}
             }
+        }
+        // A peer FIN after which the peer still acknowledged bytes was a half-close: it was
+        // reading, and did not leave (a client that sent its whole request, then shut down).
+        let acked = conn.sent.saturating_sub(unacked);
+        if peer_first == Some("fin") && conn.acked_at_peer_fin.is_some_and(|at| acked > at) {
+            peer_first = None;
         }
         let kind = fate(ending, peer_first, reached, delivered == sent);
         let (how, ts) = if kind == Kind::Complete {

@@ -316,17 +316,18 @@ fn short_write_after_peer_half_close_before_the_response_is_the_servers() {
 fn peer_fin_after_the_response_began_is_peer_closed() {
     let mut w = Wire::new(Transport::Tcp);
     w.response(5000, 100);
-    w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    // It had acknowledged all but 50 bytes when its FIN came.
+    w.state_unacked(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 50);
     w.send(None, 200);
-    w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 150);
+    w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 250);
     assert_eq!(w.kinds(), []);
     // The bytes reach its closed socket, which answers with a reset.
-    w.state_unacked(TCP_LAST_ACK, RESET_RECEIVED, 150);
+    w.state_unacked(TCP_LAST_ACK, RESET_RECEIVED, 250);
     assert_eq!(w.kinds(), [Kind::PeerClosed]);
     let v = &w.out[0];
     assert_eq!(
         (v.r().sent_bytes, v.r().delivered_bytes),
-        (hl(5000) + 300, hl(5000) + 150)
+        (hl(5000) + 300, hl(5000) + 50)
     );
     assert_eq!(
         (v.evidence.peer_ended, v.evidence.end),
@@ -340,14 +341,14 @@ fn peer_fin_after_the_response_began_is_peer_closed() {
     // Its reset after its FIN (data reached a closed socket) is still its FIN first.
     let mut w = Wire::new(Transport::Tcp);
     w.response(5000, 100);
-    w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    w.state_unacked(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 40);
     w.state_unacked(TCP_CLOSE_WAIT, RESET_RECEIVED, 40);
     assert_eq!(w.kinds(), [Kind::PeerClosed]);
     assert_eq!(w.out[0].r().delivered_bytes, hl(5000) + 60);
     // A response all handed over, of which the leaving peer had not acknowledged all.
     let mut w = Wire::new(Transport::Tcp);
     w.response(100, 100);
-    w.state(TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+    w.state_unacked(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 50);
     w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 50);
     w.state_unacked(TCP_LAST_ACK, RESET_RECEIVED, 50);
     assert_eq!(w.kinds(), [Kind::PeerClosed]);
@@ -2337,4 +2338,30 @@ fn client_pipelined_responses_read_together_are_counted_unjudged() {
     w.response(100, 100);
     assert_eq!(w.kinds(), [Kind::Complete; 2]);
     assert_eq!(w.c.stats.pipelined_unseen, 0);
+}
+
+/// A client that half-closes once its request is sent, whose FIN reaches the server only after
+/// the response began (the usual race: hyper writes at once): it goes on acknowledging what is
+/// sent, so its FIN was no leaving, and a cut after it is the server's (issue 25). One that
+/// acknowledged nothing after its FIN left: `peer_closed`.
+#[test]
+fn a_half_close_that_goes_on_reading_is_not_the_peers_leaving() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(8_388_608, 1_000_000);
+    w.state_unacked(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 600_000);
+    w.send(None, 2_000_000);
+    w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 1_500_000);
+    w.state_unacked(TCP_LAST_ACK, TCP_CLOSE, 0);
+    assert_eq!(w.kinds(), [Kind::ShortWrite]);
+    assert_eq!(w.out[0].evidence.peer_ended, Some("fin"));
+    let sent = hl(8_388_608) + 3_000_000;
+    assert_eq!(w.r_sent_delivered(), (sent, sent));
+    // Nothing acknowledged after its FIN, then its reset: it left.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(8_388_608, 1_000_000);
+    w.state_unacked(TCP_ESTABLISHED, TCP_CLOSE_WAIT, 600_000);
+    w.send(None, 2_000_000);
+    w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 2_600_000);
+    w.state_unacked(TCP_LAST_ACK, RESET_RECEIVED, 2_600_000);
+    assert_eq!(w.kinds(), [Kind::PeerClosed]);
 }

@@ -14,7 +14,8 @@
 //! - hyper 1.10.1 over rustls cuts a slow reader posting 1 000 of 100 000 promised bytes,
 //!   then sends close_notify: client `truncated`, from Python's ssl and from Node's fetch.
 //! - Three GETs pipelined to nginx on one connection, all three answers taken by one read:
-//!   three `complete` on each side.
+//!   three `complete` on the server side; on the client side the first `complete`, the two
+//!   read with it counted (`truncwatch_unjudged_responses_total{reason="pipelined_unseen"}`).
 //! - The lab server's shutdown, then close on unread input: server `reset_discard`, client
 //!   `truncated`.
 //!
@@ -291,8 +292,8 @@ fn node_fetch(agent: &Agent, port: u16) -> Value {
 }
 
 #[test]
-fn pipelined_gets_to_nginx_are_each_judged() {
-    if !support::nginx_or_skip("pipelined_gets_to_nginx_are_each_judged") {
+fn pipelined_gets_to_nginx_are_judged_or_counted() {
+    if !support::nginx_or_skip("pipelined_gets_to_nginx_are_judged_or_counted") {
         return;
     }
     let agent = Agent::start();
@@ -312,19 +313,41 @@ fn pipelined_gets_to_nginx_are_each_judged() {
         got.len() == 3 && got.iter().all(|r| r["complete"] == true),
         &format!("three whole answers on one connection: {got:?}"),
     );
-    let (server, client) = lines(&agent, &front, local(&got[0]), (3, 3));
-    for (side, v) in [("server", &server), ("client", &client)] {
-        let kinds: Vec<&str> = v.iter().map(|x| x["verdict"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["complete"; 3], "{side} side, one per answer: {v:?}");
-        for (x, r) in v.iter().zip(&got) {
-            let bytes = if side == "server" {
-                "sent_bytes"
-            } else {
-                "received_bytes"
-            };
-            assert_eq!(u(&x[bytes]), u(&r["received_bytes"]), "{side}: {x}");
-        }
+    let (server, client) = lines(&agent, &front, local(&got[0]), (3, 1));
+    let kinds = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|x| x["verdict"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        kinds(&server),
+        ["complete"; 3],
+        "server side, one per answer: {server:?}"
+    );
+    for (x, r) in server.iter().zip(&got) {
+        assert_eq!(u(&x["sent_bytes"]), u(&r["received_bytes"]), "server: {x}");
     }
+    // The client side sees heads only where reads begin: the first answer is judged, the two
+    // read with it are counted unjudged, never dropped in silence (issue 25).
+    assert_eq!(kinds(&client), ["complete"], "client side: {client:?}");
+    assert_eq!(
+        u(&client[0]["received_bytes"]),
+        u(&got[0]["received_bytes"])
+    );
+    // (The metrics are published every few seconds.)
+    let unseen = || {
+        let (_, body) = support::http_get(&agent.metrics_addr(), "/metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"truncwatch_unjudged_responses_total{reason="pipelined_unseen"} "#)
+            })
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unseen() != Some(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(unseen(), Some(1), "counted once for the connection");
 }
 
 kernel_test!(lab_shutdown_then_close_with_unread_input_is_reset_discard {
