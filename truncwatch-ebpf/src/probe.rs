@@ -258,8 +258,8 @@ pub fn tcp_read(sk: *mut c_void, copied: i32) {
     // the server's FIN, that FIN's sequence number may stay unread: no byte.)
     let closed = read_kernel::<u8>(sk as u64 + offsets().skc_state as u64) == Some(TCP_CLOSE as u8);
     if closed {
-        let reset = ProbeStore::sock(sk, false)
-            .is_some_and(|ps| ps.st.flags & FLAG_RESET_RECEIVED != 0);
+        let reset =
+            ProbeStore::sock(sk, false).is_some_and(|ps| ps.st.flags & FLAG_RESET_RECEIVED != 0);
         if unread(sk) <= u32::from(!reset) {
             ProbeStore::forget(sk);
         }

@@ -489,8 +489,7 @@ impl Correlator {
         }
         // After this host's FIN, that FIN is among the unacknowledged sequence numbers (it is
         // queued after the state change to FIN_WAIT1 or LAST_ACK): not a byte.
-        if newstate == TCP_CLOSE && matches!(oldstate, TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK)
-        {
+        if newstate == TCP_CLOSE && matches!(oldstate, TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK) {
             facts.unacked = facts.unacked.saturating_sub(1);
         }
         conn.tcp = Some(facts);

@@ -1080,10 +1080,17 @@ fn end_evidence_from_the_deciding_state_change() {
         newstate: TCP_FIN_WAIT1,
         facts,
     });
-    assert_eq!(w.kinds(), [], "settled when the peer acknowledged the bytes");
+    assert_eq!(
+        w.kinds(),
+        [],
+        "settled when the peer acknowledged the bytes"
+    );
     w.state(TCP_FIN_WAIT1, TCP_FIN_WAIT2);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
-    assert_eq!(w.r_sent_delivered(), (hl(1_000_000) + 100, hl(1_000_000) + 100));
+    assert_eq!(
+        w.r_sent_delivered(),
+        (hl(1_000_000) + 100, hl(1_000_000) + 100)
+    );
     let e = &w.out[0].evidence;
     assert_eq!(
         (
@@ -2206,7 +2213,11 @@ fn shutdown_then_close_with_unread_input_is_the_responses_reset_discard() {
     let v = &w.out[0];
     assert_eq!(w.r_sent_delivered(), (total, total - 3_121_233));
     assert_eq!(v.unacked_bytes, Some(3_137_617));
-    assert_eq!(v.evidence.unacked_bytes_at_end, Some(3_137_617), "at the FIN");
+    assert_eq!(
+        v.evidence.unacked_bytes_at_end,
+        Some(3_137_617),
+        "at the FIN"
+    );
     // Cut short, then shut down and reset: one short_write with what was delivered.
     let mut w = Wire::new(Transport::Tcp);
     w.response(4_194_304, 1_000_000);

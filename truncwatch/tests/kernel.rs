@@ -83,12 +83,27 @@ fn unix_short_write_with_unread_input() {
     let v = agent.wait_for(&srv.local(), 1, WAIT);
     assert_eq!(v.len(), 1, "one server-side verdict: {v:?}");
     assert_eq!(v[0]["verdict"], "short_write", "{}", v[0]);
-    assert_eq!(u(&v[0]["sent_bytes"]), u(&client["received_bytes"]), "{}", v[0]);
-    assert_eq!(u(&v[0]["delivered_bytes"]), u(&client["received_bytes"]), "{}", v[0]);
+    assert_eq!(
+        u(&v[0]["sent_bytes"]),
+        u(&client["received_bytes"]),
+        "{}",
+        v[0]
+    );
+    assert_eq!(
+        u(&v[0]["delivered_bytes"]),
+        u(&client["received_bytes"]),
+        "{}",
+        v[0]
+    );
     let c = agent.wait_for_client(&srv.local(), 1, WAIT);
     assert_eq!(c.len(), 1, "one client-side verdict: {c:?}");
     assert_eq!(c[0]["verdict"], "truncated", "{}", c[0]);
-    assert_eq!(u(&c[0]["received_bytes"]), u(&client["received_bytes"]), "{}", c[0]);
+    assert_eq!(
+        u(&c[0]["received_bytes"]),
+        u(&client["received_bytes"]),
+        "{}",
+        c[0]
+    );
 }
 
 /// A slow but steady reader gets everything: never flagged, judged complete.
