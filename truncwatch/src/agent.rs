@@ -2,7 +2,7 @@
 //! metrics, and run the canary. `truncwatch selftest` is the same with one canary, then exit.
 use crate::attribution::Resolver;
 use crate::btf_offsets::{self, SockLayout};
-use crate::canary::{self, Truth};
+use crate::canary;
 use crate::correlator::{Correlator, Kind, Verdict};
 use crate::endpoint::{self, Shared};
 use crate::escape::{escape, escape_path};
@@ -328,7 +328,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let mut canary_tick = tokio::time::interval(canary_every.max(Duration::from_secs(1)));
     let canary_on = args.selftest || !args.canary_interval.is_zero();
-    let mut provoking: Option<tokio::task::JoinHandle<Result<Truth>>> = None;
+    let mut provoking: Option<canary::Traffic> = None;
     let mut selftest_result = None;
     loop {
         tokio::select! {
@@ -360,7 +360,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
             done = async { provoking.as_mut().expect("guarded").await }, if provoking.is_some() => {
                 provoking = None;
-                let truth = done.map_err(anyhow::Error::from).and_then(|t| t);
+                let truth = done.map_err(|_| anyhow::anyhow!("its thread panicked")).and_then(|t| t);
                 reader.canary.traffic(truth);
             }
             Some(found) = tls_found.recv() => report_tls(found),
@@ -731,7 +731,6 @@ impl Reader {
         // Verdicts whose process's build is still being read wait for it (a moment, on the
         // next drains), not the event loop.
         let mut waiting = Vec::new();
-        self.own.batch();
         for v in std::mem::take(&mut self.verdicts) {
             match self.own.classify(&v, self.canary.locals()) {
                 Class::Host => {}

@@ -8,9 +8,11 @@
 //!
 //! Trust: the directory and each file must be owned by uid 0 and writable by no one else
 //! (lstat, `O_NOFOLLOW`). Liveness: the owner holds an exclusive `flock` on its file for its
-//! whole life, which the kernel drops when it dies (SIGKILL too). An entry is believed only
-//! for verdicts between its start and the moment it was seen alive, or the stop it wrote on a
-//! clean exit: a pid reused after the agent died is never covered.
+//! whole life, which the kernel drops when it dies (SIGKILL too). Each version of a file is a
+//! new inode, locked before it is renamed into place, so a reader sees every version whole.
+//! An entry is believed only for events between its start and the moment it was last seen
+//! alive, or the stop it wrote on a clean exit: a pid reused after the agent died is never
+//! covered.
 //!
 //! Everything here is best effort: an agent that cannot write the directory (not root, a
 //! read-only `/run`, a container's own `/run`) is simply not known to the others, which then
@@ -18,9 +20,9 @@
 use crate::output::monotonic_ns;
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The registry's directory; its parent is created too.
@@ -57,7 +59,7 @@ impl Entry {
         s
     }
 
-    /// None unless it is a whole entry (a file caught mid-write is skipped).
+    /// None unless it is a whole entry.
     fn decode(text: &str) -> Option<Entry> {
         let mut lines = text.lines();
         (lines.next()? == MAGIC).then_some(())?;
@@ -80,49 +82,43 @@ impl Entry {
 
 /// This agent's own entry, held locked while it lives.
 pub struct Registration {
+    dir: PathBuf,
+    name: String,
+    /// The current version, locked.
     file: File,
+    versions: u64,
     entry: Entry,
 }
 
 impl Registration {
-    /// Register `pid` (as the kernel reports it). None if the directory cannot be made or
-    /// trusted (not root, read-only), or the file cannot be written.
-    pub fn create(pid: u32) -> Option<Registration> {
-        Self::create_in(Path::new(DIR), pid)
+    /// Register `pid` (as the kernel reports it), ours since kernel time `since` (ns). None if
+    /// the directory cannot be made or trusted (not root, read-only), or the file cannot be
+    /// written.
+    pub fn create(pid: u32, since: u64) -> Option<Registration> {
+        Self::create_in(Path::new(DIR), pid, since)
     }
 
-    fn create_in(dir: &Path, pid: u32) -> Option<Registration> {
+    fn create_in(dir: &Path, pid: u32, since: u64) -> Option<Registration> {
         // SAFETY: no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return None;
         }
         let dir = trusted(dir, true)?;
         clean(&dir);
-        let name = format!("{pid}-{}", crate::self_traffic::random_hex(8));
-        let (tmp, path) = (dir.join(format!(".{name}")), dir.join(&name));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .ok()?;
-        let mut r = Registration {
-            file,
-            entry: Entry {
-                pid,
-                since: monotonic_ns(),
-                ..Entry::default()
-            },
+        let entry = Entry {
+            pid,
+            since,
+            ..Entry::default()
         };
-        // Locked before it has its name: a file under its name is always a live agent's,
-        // or a dead one's (unlocked).
-        let placed = lock(&r.file, libc::LOCK_EX) && r.write() && rename(&tmp, &path);
-        if !placed {
-            let _ = std::fs::remove_file(&tmp);
-            return None;
-        }
-        Some(r)
+        let name = format!("{pid}-{}", crate::self_traffic::random_hex(8));
+        let file = place(&dir, &name, 0, &entry)?;
+        Some(Registration {
+            dir,
+            name,
+            file,
+            versions: 1,
+            entry,
+        })
     }
 
     /// The canary is about to use `locals`: written down before any of its traffic. The last
@@ -131,65 +127,115 @@ impl Registration {
         self.entry.locals.extend(locals.iter().cloned());
         let drop = self.entry.locals.len().saturating_sub(16);
         self.entry.locals.drain(..drop);
-        self.write();
+        self.update();
     }
 
-    fn write(&mut self) -> bool {
-        let text = self.entry.encode();
-        let f = &mut self.file;
-        f.seek(SeekFrom::Start(0)).is_ok()
-            && f.write_all(text.as_bytes()).is_ok()
-            && f.set_len(text.len() as u64).is_ok()
+    /// A new version in place of the current one (the old one's lock goes with its file).
+    fn update(&mut self) {
+        if let Some(f) = place(&self.dir, &self.name, self.versions, &self.entry) {
+            self.file = f;
+            self.versions += 1;
+        }
     }
 }
 
 impl Drop for Registration {
-    /// A clean stop: the time is written, then the lock goes with the file.
+    /// A clean stop: its time is written; the lock goes with the file.
     fn drop(&mut self) {
         self.entry.stopped = Some(monotonic_ns());
-        self.write();
+        self.update();
     }
 }
 
-/// The other agents' entries, as last read.
+/// Write `entry` into a new file, lock it, and rename it to `name` (over the version before).
+fn place(dir: &Path, name: &str, version: u64, entry: &Entry) -> Option<File> {
+    let tmp = dir.join(format!(".{name}.{version}"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .ok()?;
+    let placed = lock(&file, libc::LOCK_EX)
+        && file.write_all(entry.encode().as_bytes()).is_ok()
+        && std::fs::rename(&tmp, dir.join(name)).is_ok();
+    if !placed {
+        let _ = std::fs::remove_file(&tmp);
+        return None;
+    }
+    Some(file)
+}
+
+/// The other agents' entries, as last read: the live ones by inode (each version of a file is
+/// a new one), the others read again each time.
 #[derive(Default)]
 pub struct Peers {
+    known: HashMap<u64, Known>,
     /// By pid: the entry, and until when (kernel monotonic ns) it is known to hold.
-    entries: HashMap<u32, (Entry, u64)>,
+    by_pid: HashMap<u32, (Entry, u64)>,
+}
+
+/// An entry read once: its file kept open while its agent lives (to see its lock go; the
+/// open file also keeps the inode number its own).
+struct Known {
+    file: Option<File>,
+    entry: Entry,
 }
 
 impl Peers {
-    /// Read the directory again (nothing if it is missing or not trusted).
+    /// Look at the directory again: new versions are read, the live ones' locks checked
+    /// (nothing if it is missing or not trusted). A few system calls per live agent.
     pub fn reload(&mut self) {
         self.reload_from(Path::new(DIR));
     }
 
     fn reload_from(&mut self, dir: &Path) {
-        self.entries.clear();
         let Some(dir) = trusted(dir, false) else {
+            self.known.clear();
+            self.by_pid.clear();
             return;
         };
         let now = monotonic_ns();
-        for path in entries(&dir) {
-            let Some((file, entry)) = open_entry(&path) else {
-                continue;
+        let mut known = HashMap::new();
+        for (ino, path) in entries(&dir) {
+            let k = match self.known.remove(&ino) {
+                Some(k) => k,
+                None => match open_entry(&path) {
+                    Some((file, entry)) => Known {
+                        file: Some(file),
+                        entry,
+                    },
+                    None => continue,
+                },
             };
-            // Locked: its agent lives, so the entry holds until now. Unlocked: it holds until
-            // the clean stop it wrote, or (killed) not at all.
-            let until = if lock(&file, libc::LOCK_SH | libc::LOCK_NB) {
-                entry.stopped
-            } else {
-                Some(now)
-            };
+            known.insert(ino, k);
+        }
+        self.by_pid.clear();
+        for k in known.values_mut() {
+            // Locked: its agent lives, so the entry holds until now. Unlocked: until the clean
+            // stop it wrote, or (killed) not at all; either way it never changes again.
+            let alive = k
+                .file
+                .as_ref()
+                .is_some_and(|f| !lock(f, libc::LOCK_SH | libc::LOCK_NB));
+            if !alive {
+                k.file = None;
+            }
+            let until = if alive { Some(now) } else { k.entry.stopped };
             if let Some(until) = until {
-                self.entries.insert(entry.pid, (entry, until));
+                self.by_pid.insert(k.entry.pid, (k.entry.clone(), until));
             }
         }
+        // Only the live ones are kept: their open file keeps their inode number from being
+        // given to a new file, which a cache by inode would take for the old one.
+        known.retain(|_, k| k.file.is_some());
+        self.known = known;
     }
 
     /// The registered agent `pid`'s entry, if it held at kernel time `ts_ns`.
     pub fn at(&self, pid: u32, ts_ns: u64) -> Option<&Entry> {
-        let (e, until) = self.entries.get(&pid)?;
+        let (e, until) = self.by_pid.get(&pid)?;
         (e.since <= ts_ns && ts_ns <= *until).then_some(e)
     }
 }
@@ -207,15 +253,15 @@ fn trusted(dir: &Path, create: bool) -> Option<PathBuf> {
     (root_only(dir.parent()?) && root_only(dir)).then(|| dir.to_path_buf())
 }
 
-/// Entry files (names not starting with `.`), at most `MAX_ENTRIES`.
-fn entries(dir: &Path) -> Vec<PathBuf> {
+/// Entry files (names not starting with `.`) and their inodes, at most `MAX_ENTRIES`.
+fn entries(dir: &Path) -> Vec<(u64, PathBuf)> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     rd.filter_map(Result::ok)
         .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
         .take(MAX_ENTRIES)
-        .map(|e| e.path())
+        .map(|e| (e.ino(), e.path()))
         .collect()
 }
 
@@ -237,7 +283,7 @@ fn open_entry(path: &Path) -> Option<(File, Entry)> {
 }
 
 /// Remove the entries of agents that died (killed: unlocked and never stopped) or stopped
-/// long ago, and unfinished files of agents that died while registering.
+/// long ago, and unfinished files of agents that died while writing one.
 fn clean(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -256,8 +302,7 @@ fn clean(dir: &Path) {
             continue; // a live agent's
         }
         let unfinished = e.file_name().as_encoded_bytes().starts_with(b".");
-        let stopped = open_entry(&path).and_then(|(_, e)| e.stopped);
-        let old = match (unfinished, stopped) {
+        let old = match (unfinished, open_entry(&path).and_then(|(_, e)| e.stopped)) {
             // (Another agent may be between creating and locking it: give it a minute.)
             (true, _) => file
                 .metadata()
@@ -276,10 +321,6 @@ fn clean(dir: &Path) {
 fn lock(f: &File, op: libc::c_int) -> bool {
     // SAFETY: a valid descriptor.
     unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
-}
-
-fn rename(from: &Path, to: &Path) -> bool {
-    std::fs::rename(from, to).is_ok()
 }
 
 #[cfg(test)]
@@ -309,9 +350,9 @@ mod tests {
         );
     }
 
-    /// As root (skipped otherwise): a live agent's entry holds until it is read, a stopped
-    /// one's until its stop, a killed one's (unlocked, no stop written) never; a directory
-    /// others may write is not read at all.
+    /// As root (skipped otherwise): a live agent's entry holds until it is read, and its
+    /// updates are seen; a stopped one's holds until its stop, a killed one's (unlocked, no
+    /// stop written) never; a directory others may write is not read at all.
     #[test]
     fn liveness_comes_from_the_lock() {
         // SAFETY: no preconditions.
@@ -326,9 +367,8 @@ mod tests {
             .mode(0o755)
             .create(&dir)
             .unwrap();
-        let mut live = Registration::create_in(&dir, 11).unwrap();
-        live.canary(&["127.0.0.1:5".into(), "127.0.0.1:6".into()]);
-        let stopped = Registration::create_in(&dir, 12).unwrap();
+        let mut live = Registration::create_in(&dir, 11, monotonic_ns()).unwrap();
+        let stopped = Registration::create_in(&dir, 12, monotonic_ns()).unwrap();
         drop(stopped);
         // Killed: the file stays, unlocked, with no stop written.
         let killed = Entry {
@@ -338,24 +378,29 @@ mod tests {
         };
         std::fs::write(dir.join("13-0"), killed.encode()).unwrap();
         let mut peers = Peers::default();
+        peers.reload_from(&dir);
+        assert!(
+            peers.at(11, monotonic_ns()).is_none(),
+            "not past the reading"
+        );
+        live.canary(&["127.0.0.1:5".into(), "127.0.0.1:6".into()]);
         let now = monotonic_ns();
         peers.reload_from(&dir);
         let e = peers.at(11, now).expect("the live one");
-        assert_eq!(e.locals, ["127.0.0.1:5", "127.0.0.1:6"]);
-        assert!(
-            peers.at(11, now + 1_000_000_000).is_none(),
-            "not past the reading"
-        );
+        assert_eq!(e.locals, ["127.0.0.1:5", "127.0.0.1:6"], "its update");
         assert!(peers.at(12, now).is_none(), "after its stop");
-        let (e12, stop) = &peers.entries[&12];
+        let (e12, stop) = &peers.by_pid[&12];
         assert!(peers.at(12, e12.since).is_some() && *stop < now);
-        assert!(!peers.entries.contains_key(&13), "killed: never");
+        assert!(!peers.by_pid.contains_key(&13), "killed: never");
+        drop(live);
+        let now = monotonic_ns();
+        peers.reload_from(&dir);
+        assert!(peers.at(11, now).is_none(), "stopped now");
         // Anyone may write it: not read.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         peers.reload_from(&dir);
-        assert!(peers.entries.is_empty());
-        drop(live);
+        assert!(peers.by_pid.is_empty());
         let _ = std::fs::remove_dir_all(&base);
     }
 
@@ -367,7 +412,7 @@ mod tests {
             since: 100,
             ..Entry::default()
         };
-        p.entries.insert(5, (e, 200));
+        p.by_pid.insert(5, (e, 200));
         assert!(p.at(5, 150).is_some());
         assert!(
             p.at(5, 99).is_none(),

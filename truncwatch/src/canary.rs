@@ -3,7 +3,7 @@
 //! and one reset discard (close with unread input while its bytes are still unacknowledged).
 //! The detector must flag both with the right byte counts, or it is not working on this host.
 //!
-//! `provoke` does the traffic (blocking) and returns what really happened; `check` (pure)
+//! `Canary::traffic` makes it (blocking) and returns what really happened; `check` (pure)
 //! compares that with the verdicts the agent produced for the canary's addresses. `Runs` is
 //! the agent's side: one run at a time, and no error on its path ends the agent (a run that
 //! cannot make its traffic is counted and said once).
@@ -28,6 +28,10 @@ const HEAD: &str =
 /// under this name. Never trusted: any process may call itself so. Agents tell their own
 /// traffic and each other's by identity (`self_traffic`, `agent_registry`).
 pub const THREAD: &str = "tw-canary";
+
+/// The canary's traffic under way: what really happened arrives here (closed without a value:
+/// its thread panicked).
+pub type Traffic = tokio::sync::oneshot::Receiver<Result<Truth>>;
 
 /// How long the canary's verdicts may take to arrive.
 const WAIT: Duration = Duration::from_secs(10);
@@ -94,11 +98,9 @@ impl Runs {
     }
 
     /// Bind the canary's sockets, tell `announce` their addresses (before any traffic), and
-    /// make the traffic on a blocking thread. None if it cannot start: counted, said once.
-    pub fn start(
-        &mut self,
-        announce: impl FnOnce(&[String; 2]),
-    ) -> Option<tokio::task::JoinHandle<Result<Truth>>> {
+    /// make the traffic on a thread named [`THREAD`], whose result arrives on the returned
+    /// channel. None if it cannot start: counted, said once.
+    pub fn start(&mut self, announce: impl FnOnce(&[String; 2])) -> Option<Traffic> {
         let c = match Canary::bind().and_then(|c| Ok((c.locals()?, c))) {
             Ok((locals, c)) => {
                 announce(&locals);
@@ -115,7 +117,18 @@ impl Runs {
                 return None;
             }
         };
-        Some(tokio::task::spawn_blocking(move || c.provoke()))
+        // A thread of our own, not tokio's blocking pool: that one panics when the system
+        // refuses a thread, and this must only count as a canary that could not run.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(THREAD.into())
+            .spawn(move || tx.send(c.traffic()));
+        if let Err(e) = spawned {
+            self.run = None;
+            self.could_not_run(&format!("canary: starting its thread: {e}"));
+            return None;
+        }
+        Some(rx)
     }
 
     /// The canary's traffic is done (or failed, or its thread panicked).
@@ -215,15 +228,7 @@ impl Canary {
         ])
     }
 
-    /// Make the traffic on a thread named [`THREAD`]. Blocking; takes well under a second.
-    pub fn provoke(self) -> Result<Truth> {
-        let t = std::thread::Builder::new()
-            .name(THREAD.into())
-            .spawn(move || self.traffic())?;
-        t.join()
-            .map_err(|_| anyhow::anyhow!("canary: its thread panicked"))?
-    }
-
+    /// Make the traffic (blocking; well under a second).
     fn traffic(self) -> Result<Truth> {
         let [short_local, reset_local] = self.locals()?;
         let (short_sent, short_received) = short_write(&self.short)?;
@@ -464,8 +469,8 @@ mod tests {
     }
 
     #[test]
-    fn provoke_makes_the_traffic_it_reports() {
-        let t = Canary::bind().unwrap().provoke().unwrap();
+    fn the_traffic_is_what_it_reports() {
+        let t = Canary::bind().unwrap().traffic().unwrap();
         assert_eq!(t.short_sent, t.short_received);
         assert!(t.short_sent > HEAD.len() as u64 && t.short_sent < PROMISED);
         assert!(t.reset_sent > 0);

@@ -25,6 +25,7 @@ pub mod http_head;
 pub mod kernel_hz;
 pub mod lab;
 pub mod metrics;
+pub mod other_agents;
 pub mod output;
 pub mod requests;
 pub mod response;

@@ -73,7 +73,7 @@ fn run(args: agent::RunArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let done = rt.block_on(agent::run(args));
-    // Blocking work still under way (a canary's traffic) must not hold up the exit.
+    // Blocking work still under way (tokio's blocking pool) must not hold up the exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     done
 }

@@ -7,15 +7,17 @@
 //!   our connections only the canary's server sockets are judged, and their verdicts go to
 //!   the canary's check; everything else of ours (the probe, the metrics endpoint, late
 //!   canary verdicts) is set aside.
-//! - Another agent's: its registered pid (`agent_registry`) and, for its canary, the
-//!   addresses it registered; for its start-up probe, a socket pair without a path.
+//! - Another agent's (`other_agents`): what it registered (`agent_registry`), its pid and
+//!   its canary's addresses (for its start-up probe, a socket pair without a path); a
+//!   connection it opened while registered stays its own however late its verdict comes.
 //!
 //! Everything set aside is counted (`truncwatch_self_traffic_verdicts_total`, by source) and
 //! kept out of the output and the verdict metrics.
-use crate::agent_registry::{Peers, Registration};
+use crate::agent_registry::Registration;
 use crate::correlator::Verdict;
 use crate::events::{ConnMeta, Event, Side, Transport};
 use crate::metrics::Metrics;
+use crate::other_agents::OtherAgents;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -45,11 +47,11 @@ pub struct SelfTraffic {
     nonce: String,
     /// Our probe's socket, from its send until its end of stream.
     probe_sk: Option<u64>,
+    /// Kernel time (ns) before our probe's traffic: ours since then at least.
+    probe_at: u64,
     probe_done: bool,
     registration: Option<Registration>,
-    peers: Peers,
-    /// The registry may be read again once per batch of verdicts.
-    may_reload: bool,
+    others: OtherAgents,
     set_aside: Family<Source, Counter>,
 }
 
@@ -66,8 +68,9 @@ impl SelfTraffic {
             set_aside.clone(),
         );
         let own_pid = in_initial_pid_namespace().then(std::process::id);
+        let now = crate::output::monotonic_ns();
         SelfTraffic {
-            registration: own_pid.and_then(Registration::create),
+            registration: own_pid.and_then(|pid| Registration::create(pid, now)),
             ..Self::unregistered(own_pid, set_aside)
         }
     }
@@ -77,10 +80,10 @@ impl SelfTraffic {
             own_pid,
             nonce: random_hex(16),
             probe_sk: None,
+            probe_at: crate::output::monotonic_ns(),
             probe_done: false,
             registration: None,
-            peers: Peers::default(),
-            may_reload: true,
+            others: OtherAgents::default(),
             set_aside,
         }
     }
@@ -112,7 +115,8 @@ impl SelfTraffic {
                     .head
                     .as_ref()
                     .is_some_and(|h| memchr::memmem::find(h, self.nonce.as_bytes()).is_some());
-                if ours {
+                // (A tgid of 0 would be the kernel's idle task, never ours.)
+                if ours && s.tgid != 0 {
                     self.probe_sk = Some(s.sk);
                     self.learn_pid(s.tgid);
                 }
@@ -124,7 +128,13 @@ impl SelfTraffic {
                 self.probe_done = true;
                 false
             }
-            Event::Open { meta, .. } => self.ours_untracked(meta, canary),
+            Event::Open { meta, ts_ns, .. } => {
+                if self.ours_untracked(meta, canary) {
+                    return true;
+                }
+                self.others.opened(meta, *ts_ns);
+                false
+            }
             _ => false,
         }
     }
@@ -140,13 +150,8 @@ impl SelfTraffic {
     fn learn_pid(&mut self, pid: u32) {
         if self.own_pid != Some(pid) {
             self.own_pid = Some(pid);
-            self.registration = Registration::create(pid);
+            self.registration = Registration::create(pid, self.probe_at);
         }
-    }
-
-    /// A new batch of verdicts: the registry may be read once more.
-    pub fn batch(&mut self) {
-        self.may_reload = true;
     }
 
     /// What `v` is; what is not the host's is counted here. `canary`: the addresses of the
@@ -158,7 +163,7 @@ impl SelfTraffic {
                 true => Class::Canary,
                 false => Class::SetAside,
             }
-        } else if self.another_agents(v) {
+        } else if self.others.owns(v) {
             self.count("other_agent");
             return Class::SetAside;
         } else {
@@ -179,49 +184,6 @@ impl SelfTraffic {
     fn count(&self, source: &'static str) {
         self.set_aside.get_or_create(&Source { source }).inc();
     }
-
-    /// Another registered agent's probe or canary. The registry is read again (once per
-    /// batch) for a verdict that could be one and is not known yet: an agent registers before
-    /// its traffic, so a reading after the verdict finds it.
-    fn another_agents(&mut self, v: &Verdict) -> bool {
-        if !could_be_an_agents(v) {
-            return false;
-        }
-        if matches(&self.peers, v) {
-            return true;
-        }
-        if !self.may_reload {
-            return false;
-        }
-        self.may_reload = false;
-        self.peers.reload();
-        matches(&self.peers, v)
-    }
-}
-
-/// A socket pair without a path (a start-up probe), or a loopback TCP connection (a canary).
-fn could_be_an_agents(v: &Verdict) -> bool {
-    let m = &v.meta;
-    match m.transport {
-        Transport::Unix => m.local.is_empty() && m.peer.is_empty(),
-        Transport::Tcp => [&m.local, &m.peer]
-            .iter()
-            .any(|a| a.starts_with("127.") || a.starts_with("[::1]")),
-    }
-}
-
-fn matches(peers: &Peers, v: &Verdict) -> bool {
-    [v.pid, v.meta.pid].into_iter().any(|pid| {
-        peers
-            .at(pid, v.ts_ns)
-            .is_some_and(|e| match v.meta.transport {
-                Transport::Unix => true, // (`could_be_an_agents`: a probe's socket pair)
-                Transport::Tcp => e
-                    .locals
-                    .iter()
-                    .any(|l| *l == v.meta.local || *l == v.meta.peer),
-            })
-    })
 }
 
 /// Whether we run in the host's (the initial) PID namespace, where `getpid()` is the pid the
