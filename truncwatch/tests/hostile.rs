@@ -487,7 +487,7 @@ while time.time() < end:
             conns.append(socket.create_connection(("127.0.0.1", port), timeout=1))
         except OSError:
             break
-    time.sleep(0.2)
+    time.sleep(0.5)
     alive = []
     for c in conns:
         c.setblocking(False)
