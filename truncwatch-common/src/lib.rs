@@ -38,16 +38,27 @@ pub const EV_RESET: u32 = 6;
 /// More bytes of a head that did not end within its first capture (`HeadPiece`, then the bytes).
 pub const EV_HEAD_PIECE: u32 = 8;
 
-/// Where `sock_send_length` found the sending task (`pt_regs.orig_ax` on x86_64).
-pub const SYS_WRITE: u32 = 1;
-pub const SYS_WRITEV: u32 = 20;
-pub const SYS_SENDTO: u32 = 44;
-pub const SYS_SENDMSG: u32 = 46;
-/// The receive side's counterparts: same argument layout as write, writev, sendto, sendmsg.
-pub const SYS_READ: u32 = 0;
-pub const SYS_READV: u32 = 19;
-pub const SYS_RECVFROM: u32 = 45;
-pub const SYS_RECVMSG: u32 = 47;
+// The syscall ABI (syscall numbers, where `struct pt_regs` holds the number and arguments):
+// one file per architecture. The programs are built for the agent's architecture
+// (`bpf_target_arch`, which aya-build sets from the agent's target), the agent for its own
+// (`target_arch`), so both sides see the same file.
+#[cfg(any(bpf_target_arch = "x86_64", target_arch = "x86_64"))]
+#[path = "arch/x86_64.rs"]
+mod arch;
+#[cfg(any(bpf_target_arch = "aarch64", target_arch = "aarch64"))]
+#[path = "arch/aarch64.rs"]
+mod arch;
+#[cfg(not(any(
+    bpf_target_arch = "x86_64",
+    bpf_target_arch = "aarch64",
+    target_arch = "x86_64",
+    target_arch = "aarch64"
+)))]
+compile_error!("truncwatch supports x86_64 and aarch64 (arm64) only");
+/// Where `sock_send_length` found the sending task: `SYS_*` (the receive side's `SYS_READ`,
+/// `SYS_READV`, `SYS_RECVFROM`, `SYS_RECVMSG` have the same argument layout as write, writev,
+/// sendto, sendmsg), and `REGS_*`.
+pub use arch::*;
 
 /// Methods of requests, as the receive program tells them from a read's first 8 bytes: all the
 /// agent needs of a request is whether its answer may carry a body.
@@ -55,13 +66,6 @@ pub const METHOD_NONE: u8 = 0;
 pub const METHOD_HEAD: u8 = 1;
 pub const METHOD_CONNECT: u8 = 2;
 pub const METHOD_OTHER: u8 = 3;
-
-/// x86_64 `struct pt_regs` (the ptrace ABI, stable): where the syscall number and its second
-/// and third arguments sit. The programs load them directly; the agent checks them against
-/// the running kernel's BTF at start-up and refuses to run if they differ.
-pub const REGS_ORIG_AX: usize = 120;
-pub const REGS_SI: usize = 104;
-pub const REGS_DX: usize = 96;
 
 /// Field offsets the kernel programs need, read from the running kernel's BTF at start-up and
 /// handed over as a read-only global. Rust eBPF has no CO-RE, so nothing here is compiled in.

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    Header, REGS_DX, REGS_ORIG_AX, REGS_SI, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG,
+    Header, REGS_ARG1, REGS_ARG2, REGS_NR, RegsNr, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG,
     SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV, TAIL,
 };
 
@@ -171,25 +171,27 @@ pub fn io_call() -> IoCall {
     if regs.is_null() {
         return IoCall::NONE;
     }
+    // Where the number and the arguments sit, and the number's width, are the architecture's
+    // (truncwatch_common's arch/ files); what follows is the same everywhere.
     let reg = |off: usize| unsafe { core::ptr::read_volatile(regs.add(off).cast::<u64>()) };
-    let nr = reg(REGS_ORIG_AX) as u32;
-    let si = reg(REGS_SI);
-    let dx = reg(REGS_DX);
+    let nr = unsafe { core::ptr::read_volatile(regs.add(REGS_NR).cast::<RegsNr>()) } as u32;
+    let arg1 = reg(REGS_ARG1);
+    let arg2 = reg(REGS_ARG2);
     match nr {
         SYS_WRITE | SYS_SENDTO | SYS_READ | SYS_RECVFROM => {
             let mut c = IoCall {
                 nr,
-                requested: dx,
+                requested: arg2,
                 ..IoCall::NONE
             };
-            c.iov[0] = [si, dx];
+            c.iov[0] = [arg1, arg2];
             c.niov = 1;
             c
         }
-        SYS_WRITEV | SYS_READV => iov_call(nr, si, dx),
+        SYS_WRITEV | SYS_READV => iov_call(nr, arg1, arg2),
         SYS_SENDMSG | SYS_RECVMSG => {
             // struct user_msghdr (uapi): msg_iov at 16, msg_iovlen at 24.
-            match read_user::<[u64; 2]>(si + 16) {
+            match read_user::<[u64; 2]>(arg1 + 16) {
                 Some([iov, cnt]) => iov_call(nr, iov, cnt),
                 None => IoCall { nr, ..IoCall::NONE },
             }

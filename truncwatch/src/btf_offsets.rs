@@ -4,7 +4,7 @@
 //! load time; the agent decodes addresses from a raw copy of `struct sock` the same way.
 use crate::btf_reader::BtfReader;
 use anyhow::{Context, Result, bail};
-use truncwatch_common::{Offsets, REGS_DX, REGS_ORIG_AX, REGS_SI, SOCK_PREFIX};
+use truncwatch_common::{Offsets, REGS_BTF, SOCK_PREFIX};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -71,9 +71,13 @@ pub fn load() -> Result<KernelLayout> {
             offsets.skc_family
         );
     }
-    // The programs load these at fixed offsets (the x86_64 ptrace ABI): make sure.
-    for (name, want) in [("orig_ax", REGS_ORIG_AX), ("si", REGS_SI), ("dx", REGS_DX)] {
-        let got = f("pt_regs", name)? as usize;
+    // The programs load the syscall's number and arguments at offsets fixed for the
+    // architecture they were built for (truncwatch_common's arch/ files): make sure.
+    for &(name, want) in REGS_BTF {
+        let arch = std::env::consts::ARCH;
+        let got = f("pt_regs", name).map_err(|e| {
+            anyhow::anyhow!("{e:#}: not an {arch} kernel? (this agent is built for {arch})")
+        })? as usize;
         if got != want {
             bail!(
                 "kernel BTF: pt_regs.{name} at {got}, not {want}: unsupported architecture or kernel"
@@ -194,13 +198,19 @@ mod tests {
             ("tcp_sock", "snd_una"),
             ("tcp_sock", "chrono_stat"),
             ("inet_sock", "inet_sport"),
-            ("pt_regs", "orig_ax"),
         ] {
             assert_eq!(
                 field(&ours, ty, path).unwrap(),
                 full_field(&full, ty, path),
                 "{ty}.{path}"
             );
+        }
+        // The syscall registers the programs read, at the offsets compiled in for this
+        // architecture.
+        for &(name, want) in REGS_BTF {
+            let got = field(&ours, "pt_regs", name).unwrap();
+            assert_eq!(got, full_field(&full, "pt_regs", name), "pt_regs.{name}");
+            assert_eq!(got as usize, want, "pt_regs.{name}");
         }
         // Flags in a bitfield (tcp_sock.repair and its neighbours on every kernel since 4.x;
         // chrono_type on 6.1 and 6.12): byte, shift and width from btf-rs's bit offset and
@@ -248,6 +258,25 @@ mod tests {
         );
         assert!(field(&ours, "sock", "no_such_member").is_err());
         assert!(field(&ours, "no_such_struct", "x").is_err());
+    }
+
+    /// The syscall numbers the programs match on are this architecture's, as the libc crate
+    /// has them (its tables come from each architecture's kernel headers).
+    #[test]
+    fn syscall_numbers_are_this_architectures() {
+        use truncwatch_common as c;
+        for (ours, libc) in [
+            (c::SYS_WRITE, libc::SYS_write),
+            (c::SYS_WRITEV, libc::SYS_writev),
+            (c::SYS_SENDTO, libc::SYS_sendto),
+            (c::SYS_SENDMSG, libc::SYS_sendmsg),
+            (c::SYS_READ, libc::SYS_read),
+            (c::SYS_READV, libc::SYS_readv),
+            (c::SYS_RECVFROM, libc::SYS_recvfrom),
+            (c::SYS_RECVMSG, libc::SYS_recvmsg),
+        ] {
+            assert_eq!(i64::from(ours), libc);
+        }
     }
 
     fn full_field(btf: &btf_rs::Btf, ty: &str, path: &str) -> u32 {

@@ -40,13 +40,18 @@ use std::time::{Duration, Instant};
 /// Functions a file must export to be hooked: without both, its plaintext is half seen.
 const REQUIRED: [&str; 2] = ["SSL_write", "SSL_read"];
 
-/// Where distributions put the system's OpenSSL 3 (hooked at start, used or not yet).
-const HOST_LIBSSL: [&str; 4] = [
-    "/lib/x86_64-linux-gnu/libssl.so.3",
-    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
-    "/usr/lib64/libssl.so.3",
-    "/usr/lib/libssl.so.3",
-];
+/// Where distributions put the system's OpenSSL 3 (hooked at start, used or not yet). Debian's
+/// and Ubuntu's multiarch directories are named after the architecture (`x86_64-linux-gnu`,
+/// `aarch64-linux-gnu`): only the agent's own is looked in.
+fn host_libssl() -> [String; 4] {
+    let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+    [
+        format!("/lib/{multiarch}/libssl.so.3"),
+        format!("/usr/lib/{multiarch}/libssl.so.3"),
+        "/usr/lib64/libssl.so.3".into(),
+        "/usr/lib/libssl.so.3".into(),
+    ]
+}
 
 /// How often new processes are looked at, and every how many scans all of them again.
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
@@ -238,8 +243,8 @@ impl Scanner {
         if self.seen.is_empty()
             && let Some(root) = untrusted::open_root(0)
         {
-            for p in HOST_LIBSSL {
-                self.look_at(0, &root, p, None, &mut report);
+            for p in host_libssl() {
+                self.look_at(0, &root, &p, None, &mut report);
             }
         }
         let Ok(dir) = std::fs::read_dir("/proc") else {

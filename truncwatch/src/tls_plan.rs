@@ -177,6 +177,10 @@ fn exported(file: &File, budget: &Budget) -> Result<Vec<Found>, String> {
 /// &written)` first (OpenSSL 3.0, 3.1); where the two do not agree (3.2 and later route the
 /// `_ex` call through `SSL_write_ex2`), the exported functions are hooked instead.
 fn internal(code: &[u8], ip: u64, keep: &[Register]) -> Option<u64> {
+    // The decoder reads x86_64 code. Elsewhere (aarch64) the exported functions are hooked.
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
     while decoder.can_decode() {
@@ -301,6 +305,7 @@ mod tests {
     /// OpenSSL 3.0.19's `SSL_write` and `SSL_write_ex` on Debian 12 (objdump), at their
     /// addresses in libssl.so.3: both call `ssl_write_internal` at 0x355a0 first.
     #[test]
+    #[cfg_attr(not(target_arch = "x86_64"), ignore = "x86_64 code")]
     fn finds_the_internal_function_both_call() {
         let ssl_write = [
             0x48, 0x83, 0xec, 0x18, // sub $0x18,%rsp
