@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's commands. Each installs what it needs first (and says so).
 mod bench;
+mod cross;
 mod gameday;
 mod load;
 mod setup;
@@ -21,6 +22,9 @@ struct Cli {
 enum Cmd {
     /// Install what is missing, then build the agent with its eBPF object (release).
     Build,
+    /// The same for arm64 (aarch64), cross-built with Debian's packages (root the first time:
+    /// it adds dpkg's arm64 architecture). Prints the binary's path (docs/arm64.md).
+    Cross,
     /// Build, then run the agent as root on this host. Agent arguments go after `--`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -90,6 +94,7 @@ fn main() {
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Build => build().map(drop),
+        Cmd::Cross => cross::build().map(|bin| println!("{bin}")),
         Cmd::Run { args } => {
             let bin = build()?;
             step(&format!("running {} {}", bin, args.join(" ")));

@@ -219,6 +219,52 @@ pub fn apt_suite(suite: &str) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// What `cargo xtask cross` builds for arm64 with, from Debian 12's packages: Debian's rustc and
+/// cargo (1.96, the rustup toolchain `debian-web`), the arm64 build of its standard library
+/// (`libstd-rust-web-dev:arm64`; rustup's toolchains here cannot fetch theirs), GNU's aarch64
+/// linker and C library, and qemu's user-mode emulator to run the result once.
+pub const CROSS_AARCH64_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev:arm64",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static",
+];
+
+/// Installs what `cargo xtask cross` needs beyond a host build (`ensure(Need::Build)`): arm64
+/// as a foreign architecture of dpkg (its package lists then come with every `apt-get
+/// update`), `CROSS_AARCH64_PACKAGES`, and Debian's rustc linked as `debian-web` (also where a
+/// nightly with `rust-src` builds the eBPF crate: only Debian's compiler has the arm64 library).
+pub fn cross_aarch64() -> Result<()> {
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()?;
+    if !String::from_utf8_lossy(&foreign.stdout)
+        .lines()
+        .any(|a| a.trim() == "arm64")
+    {
+        if !is_root() {
+            bail!(
+                "adding arm64 to dpkg's architectures (dpkg --add-architecture arm64) needs root"
+            );
+        }
+        step(
+            "adding arm64 as a foreign architecture of dpkg (dpkg --add-architecture arm64), for \
+             the arm64 standard library of Debian's rustc",
+        );
+        run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    }
+    apt_install(CROSS_AARCH64_PACKAGES)?;
+    if !toolchain_linked("debian-web") {
+        step(
+            "linking Debian's rustc-web as the rustup toolchain `debian-web` (for the cross build)",
+        );
+        run(Command::new("rustup").args(["toolchain", "link", "debian-web", "/usr"]))?;
+    }
+    Ok(())
+}
+
 /// (what to probe for, the requirement to install): a Python module, or a command.
 fn pip_install(reqs: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = reqs
