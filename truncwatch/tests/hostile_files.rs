@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Agent, Server, WAIT, fetch, u};
+use support::{Agent, SLOW, Server, WAIT, fetch, u};
 
 /// The DaemonSet's memory limit (deploy/kubernetes): the agent must stay under it.
 const LIMIT_KIB: u64 = 128 << 10;
@@ -258,17 +258,7 @@ fn claim_3_gib(path: &Path, what: &str) {
 /// An innocent server's short write, during whatever runs: reported, with exact bytes.
 fn innocent_short_write_reported(agent: &Agent) {
     let srv = Server::start("tcp:127.0.0.1:0", "short-close", 8 << 20);
-    let got = fetch(
-        &srv.endpoint,
-        &[
-            "--rcvbuf",
-            "65536",
-            "--read-bytes",
-            "16384",
-            "--read-delay",
-            "2ms",
-        ],
-    );
+    let got = fetch(&srv.endpoint, SLOW);
     let v = agent.wait_for_server(&srv, 1, WAIT);
     assert_eq!(v.len(), 1, "{v:?}");
     assert_eq!(v[0]["verdict"], "short_write", "{}", v[0]);
