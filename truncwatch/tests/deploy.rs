@@ -911,14 +911,16 @@ fn deploy_dockerfile_lints_clean() {
 }
 
 /// Two stages: debian:12 builds with what xtask's setup installs for a build (the same Debian
-/// packages, the same bpf-linker version); debian:12-slim runs the binary alone.
+/// packages, the same bpf-linker version; for arm64, what `cargo xtask cross` adds);
+/// debian:12-slim runs the binary alone.
 #[test]
 fn deploy_dockerfile_mirrors_xtask_setup() {
     let df = read("deploy/Dockerfile");
     let stages: Vec<&str> = df.split("\nFROM ").skip(1).collect();
     assert_eq!(stages.len(), 2, "two stages");
+    // On the builder's own platform: arm64 is cross-built there, not emulated.
     assert!(
-        stages[0].starts_with("debian:12 AS build"),
+        stages[0].starts_with("--platform=$BUILDPLATFORM debian:12 AS build"),
         "build stage: FROM {}",
         stages[0].lines().next().unwrap()
     );
@@ -1001,6 +1003,34 @@ fn deploy_dockerfile_mirrors_xtask_setup() {
         b.contains("cargo build --release --package truncwatch"),
         "the same build command as `cargo xtask build`"
     );
+    // And for arm64 what `cargo xtask cross` installs and runs (xtask/src/cross.rs), less the
+    // emulator it runs the result with once.
+    let cross = setup
+        .split("CROSS_AARCH64_PACKAGES: &[&str] = &[")
+        .nth(1)
+        .and_then(|s| s.split("];").next())
+        .expect("setup::CROSS_AARCH64_PACKAGES");
+    for p in cross.split('"').skip(1).step_by(2) {
+        assert!(
+            p == "qemu-user-static" || b.split_whitespace().any(|w| w == p),
+            "the build stage lacks {p}, which `cargo xtask cross` installs"
+        );
+    }
+    let target = read("xtask/src/cross.rs")
+        .split("TARGET: &str = \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next().map(String::from))
+        .expect("cross::TARGET");
+    for part in [
+        "dpkg --add-architecture arm64".to_string(),
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc".to_string(),
+        format!("cargo build --release --package truncwatch --target {target}"),
+    ] {
+        assert!(
+            b.contains(part.as_str()),
+            "the arm64 build as `cargo xtask cross`: {part}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
