@@ -262,6 +262,9 @@ pub struct Correlator {
     hz: Option<u64>,
     /// When `expire` next looks for connections waiting too long after this host's FIN.
     next_expiry_ns: u64,
+    /// Some connection may be waiting after this host's FIN (set when one begins to, cleared
+    /// by a look at the table that found none): without any, `expire` does not look.
+    fin_waits: bool,
     /// Emit only problem verdicts (the rest are counted, not built: they are most of them).
     problems_only: bool,
     pub stats: Stats,
@@ -276,6 +279,7 @@ impl Correlator {
             heads: HeadCache::default(),
             hz,
             next_expiry_ns: 0,
+            fin_waits: false,
             problems_only: false,
             stats: Stats::default(),
         }
@@ -512,6 +516,7 @@ impl Correlator {
                     return Some(Ending::Fin);
                 }
                 conn.fin_wait = Some((ts_ns, facts));
+                self.fin_waits = true;
                 None
             }
             // A client's FIN with no response being read: a half-close, it reads on.
@@ -561,21 +566,24 @@ impl Correlator {
     /// Judge the connections that have waited `FIN_WAIT_BOUND_NS` since this host's FIN for
     /// their bytes to be acknowledged, as if they were (the bytes were handed over; whether a
     /// stalled reader gets them is not known). `now_ns`: the kernel's monotonic clock. Looks
-    /// at the table at most once a second.
+    /// at the table at most once a second, and only while some connection may be waiting.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Verdict>) {
-        if now_ns < self.next_expiry_ns {
+        if !self.fin_waits || now_ns < self.next_expiry_ns {
             return;
         }
         self.next_expiry_ns = now_ns + 1_000_000_000;
+        let mut waiting = 0;
         let due: Vec<u64> = self
             .conns
             .iter()
             .filter(|(_, c)| {
+                waiting += usize::from(c.fin_wait.is_some());
                 c.fin_wait
                     .is_some_and(|(t, _)| now_ns.saturating_sub(t) >= FIN_WAIT_BOUND_NS)
             })
             .map(|(&sk, _)| sk)
             .collect();
+        self.fin_waits = waiting > due.len();
         for sk in due {
             if let Some(mut conn) = self.conns.remove(&sk) {
                 // (Not when the peer ended its side too: whether it was reading is not known.)

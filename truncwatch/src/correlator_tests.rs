@@ -2267,9 +2267,14 @@ fn the_wait_after_a_fin_is_bounded() {
     w.state_unacked(TCP_ESTABLISHED, TCP_FIN_WAIT1, 4_000);
     w.c.expire(fin_ns + FIN_WAIT_BOUND_NS - 1, &mut w.out);
     assert_eq!(w.kinds(), []);
+    assert!(w.c.fin_waits, "one waits: expire looks");
     w.c.expire(fin_ns + FIN_WAIT_BOUND_NS + 1_000_000_000, &mut w.out);
     assert_eq!(w.kinds(), [Kind::Complete]);
     assert_eq!(w.c.tracked(), 0);
+    assert!(
+        !w.c.fin_waits,
+        "none waits any more: expire no longer looks"
+    );
     // A short one is a short_write whenever it is judged.
     let mut w = Wire::new(Transport::Tcp);
     w.response(10_000, 5_000);
