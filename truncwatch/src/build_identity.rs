@@ -428,13 +428,7 @@ mod tests {
         for at in [phoff + i * 56 + 32, phoff + i * 56 + 40] {
             bytes[at..at + 8].copy_from_slice(&(3u64 << 30).to_le_bytes());
         }
-        std::fs::write(&exe, &bytes).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&exe)
-            .unwrap();
-        f.set_len(4 << 30).unwrap();
+        let f = root.sparse("a", &bytes, 4 << 30);
         let b = budget();
         assert_eq!(
             build_id(&f, &b).as_deref(),

@@ -20,6 +20,20 @@ impl TempRoot {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, contents).unwrap();
     }
+
+    /// Writes `bytes` at `rel` and stretches the file, sparse, to `len` bytes: a small file
+    /// whose headers may claim gigabytes, and whose size agrees. Returns it open.
+    pub fn sparse(&self, rel: &str, bytes: &[u8], len: u64) -> fs::File {
+        let p = self.0.join(rel);
+        fs::write(&p, bytes).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        f.set_len(len).unwrap();
+        f
+    }
 }
 
 impl Drop for TempRoot {

@@ -271,14 +271,7 @@ mod tests {
         // sh_size is the 8 bytes at 32 in a 64-byte Elf64_Shdr.
         let at = shoff + index * 64 + 32;
         bytes[at..at + 8].copy_from_slice(&(3u64 << 30).to_le_bytes());
-        let p = root.0.join("huge");
-        std::fs::write(&p, &bytes).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
-        f.set_len(4 << 30).unwrap();
+        let f = root.sparse("huge", &bytes, 4 << 30);
         (root, f)
     }
 
