@@ -9,7 +9,7 @@ use crate::escape::{escape, escape_path};
 use crate::events::{self, Event, Side};
 use crate::metrics::{Metrics, ProgramStats};
 use crate::output::{self, Clock, Format};
-use crate::self_traffic::{Class, SelfTraffic};
+use crate::self_traffic::{Class, Seen, SelfTraffic};
 use crate::tls_hooks::TlsHooks;
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -706,13 +706,14 @@ impl Reader {
         }
         // The agent's own sockets are never judged (its start-up probe only proves events
         // flow; its metrics endpoint answers scrapes), except the canary's.
-        if self.own.skip(&ev, self.canary.locals()) {
+        let seen = self.own.see(&ev, self.canary.locals());
+        if seen == Seen::Untracked {
             return;
         }
         match &ev {
             // Who owns a connection is looked up when it is first seen: the process may be
-            // gone by the time its verdict comes.
-            Event::Open { meta, .. } => {
+            // gone by the time its verdict comes. (Not an agent's: its verdict is set aside.)
+            Event::Open { meta, .. } if seen == Seen::Host => {
                 let (owner, fresh) = self.resolver.at_open(meta.pid);
                 if fresh {
                     self.metrics.build_seen(&meta.comm, &owner);

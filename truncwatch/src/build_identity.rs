@@ -127,7 +127,7 @@ pub struct Builds {
 /// The worker's ends: requests (a key and the `/proc/<pid>/exe` to open) and answers.
 struct Worker {
     jobs: SyncSender<(FileKey, PathBuf)>,
-    done: Receiver<(FileKey, Option<String>)>,
+    done: Receiver<(FileKey, Answer)>,
     waiting: usize,
     last_answer: Instant,
 }
@@ -168,10 +168,20 @@ impl Builds {
 
     fn collect(&mut self) {
         let Some(w) = &mut self.worker else { return };
-        while let Ok((key, id)) = w.done.try_recv() {
+        while let Ok((key, answer)) = w.done.try_recv() {
             w.waiting = w.waiting.saturating_sub(1);
             w.last_answer = Instant::now();
-            self.by_file.insert(key, Build::Known(id.map(Into::into)));
+            match answer {
+                Answer::Read(id) => {
+                    self.by_file.insert(key, Build::Known(id.map(Into::into)));
+                }
+                // Not a fact about the file: the next process that runs it asks again.
+                Answer::NotOpened => {
+                    if matches!(self.by_file.get(&key), Some(Build::Asked(_))) {
+                        self.by_file.remove(&key);
+                    }
+                }
+            }
         }
         if w.waiting > 0 && w.last_answer.elapsed() > STUCK_AFTER {
             untrusted::skipped(Skip::TimeBudget, "the build-id worker (stuck on a file)");
@@ -214,6 +224,16 @@ impl Builds {
     }
 }
 
+/// What the worker found for one request.
+enum Answer {
+    /// The file's build id, or None when it has none that could be read within the budget.
+    Read(Option<String>),
+    /// The process had exited (or exec'd another file) before the worker opened its
+    /// executable: says nothing about the file, which a short-lived process (a `curl`, a
+    /// client that exits after one request) runs as well as a long-lived one.
+    NotOpened,
+}
+
 /// The build-id worker: answers each request with the build id of the file it opens, if that
 /// is still the file asked about.
 fn start_worker() -> Option<Worker> {
@@ -223,10 +243,11 @@ fn start_worker() -> Option<Worker> {
         .name("tw-builds".into())
         .spawn(move || {
             for (key, exe) in rx {
-                let id = open_exe(&exe)
-                    .filter(|f| FileKey::of_file(f) == Some(key))
-                    .and_then(|f| build_id_bounded(&f, &exe));
-                if tx.send((key, id)).is_err() {
+                let answer = match open_exe(&exe).filter(|f| FileKey::of_file(f) == Some(key)) {
+                    Some(f) => Answer::Read(build_id_bounded(&f, &exe)),
+                    None => Answer::NotOpened,
+                };
+                if tx.send((key, answer)).is_err() {
                     return;
                 }
             }
@@ -490,6 +511,26 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("no answer from the build-id worker");
+    }
+
+    #[test]
+    fn a_process_gone_before_its_file_was_read_says_nothing_about_the_file() {
+        let mut b = Builds::default();
+        let key = FileKey::of_process(Path::new("/proc/self")).unwrap();
+        // A short-lived process running this very file, gone when the worker opens its exe.
+        assert!(b.ask(key, PathBuf::from("/proc/0/exe")));
+        for _ in 0..500 {
+            if !matches!(b.state(&key), Some(Build::Asked(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            b.state(&key).is_none(),
+            "forgotten, not cached as buildless"
+        );
+        // The next process running it (this one) is named by its build.
+        assert!(answered(&mut b, Path::new("/proc/self")).build_id.is_some());
     }
 
     #[test]

@@ -23,15 +23,18 @@ pub struct OtherAgents {
 }
 
 impl OtherAgents {
-    /// A connection was opened at kernel time `ts_ns`: remembered if a registered agent's.
-    pub fn opened(&mut self, meta: &ConnMeta, ts_ns: u64) {
-        if could_be_an_agents(meta) && self.registered(meta.pid, ts_ns, meta) {
-            if self.conns.len() == MAX_CONNS {
-                self.conns.pop_front();
-            }
-            let key = (meta.pid, meta.local.clone(), meta.peer.clone());
-            self.conns.push_back(key);
+    /// A connection was opened at kernel time `ts_ns`: remembered if a registered agent's
+    /// (and then true).
+    pub fn opened(&mut self, meta: &ConnMeta, ts_ns: u64) -> bool {
+        if !(could_be_an_agents(meta) && self.registered(meta.pid, ts_ns, meta)) {
+            return false;
         }
+        if self.conns.len() == MAX_CONNS {
+            self.conns.pop_front();
+        }
+        let key = (meta.pid, meta.local.clone(), meta.peer.clone());
+        self.conns.push_back(key);
+        true
     }
 
     /// Whether `v` is about another agent's probe or canary.

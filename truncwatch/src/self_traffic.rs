@@ -15,7 +15,7 @@
 //! kept out of the output and the verdict metrics.
 use crate::agent_registry::Registration;
 use crate::correlator::Verdict;
-use crate::events::{ConnMeta, Event, Side, Transport};
+use crate::events::{Event, Side, Transport};
 use crate::metrics::Metrics;
 use crate::other_agents::OtherAgents;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -31,6 +31,19 @@ pub enum Class {
     Canary,
     /// Ours or another agent's probe or canary: counted as such, nothing else.
     SetAside,
+}
+
+/// What an event is to the agent, before the correlator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Ours, and not tracked at all (all but the canary's server sockets).
+    Untracked,
+    /// A connection this agent's canary or another agent's probe or canary opened: tracked
+    /// for its verdict, which is then set aside, but nobody's workload (no owner looked up,
+    /// no `truncwatch_build_info` series named `tw-canary`).
+    AgentsOwn,
+    /// Anything else: the host's.
+    Host,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,9 +119,9 @@ impl SelfTraffic {
         self.own_pid
     }
 
-    /// See an event before the correlator: learns our pid from the probe; true for an open
-    /// of ours that must not be tracked (all but the canary's server sockets, `canary`).
-    pub fn skip(&mut self, ev: &Event, canary: Option<&[String; 2]>) -> bool {
+    /// See an event before the correlator: learns our pid from the probe; says what the
+    /// event is (`canary`: the addresses of our canary in flight).
+    pub fn see(&mut self, ev: &Event, canary: Option<&[String; 2]>) -> Seen {
         match ev {
             Event::Send(s) if !self.probe_done && self.probe_sk.is_none() => {
                 let ours = s
@@ -120,31 +133,31 @@ impl SelfTraffic {
                     self.probe_sk = Some(s.sk);
                     self.learn_pid(s.tgid);
                 }
-                false
+                Seen::Host
             }
             Event::Eof { peer, .. } if Some(*peer) == self.probe_sk => {
                 // The kernel reuses socket addresses at once: a later one here is not ours.
                 self.probe_sk = None;
                 self.probe_done = true;
-                false
+                Seen::Host
             }
             Event::Open { meta, ts_ns, .. } => {
-                if self.ours_untracked(meta, canary) {
-                    return true;
+                if Some(meta.pid) == self.own_pid {
+                    let canary_server = meta.transport == Transport::Tcp
+                        && meta.side == Side::Server
+                        && canary.is_some_and(|c| c.contains(&meta.local));
+                    return match canary_server {
+                        true => Seen::AgentsOwn,
+                        false => Seen::Untracked,
+                    };
                 }
-                self.others.opened(meta, *ts_ns);
-                false
+                match self.others.opened(meta, *ts_ns) {
+                    true => Seen::AgentsOwn,
+                    false => Seen::Host,
+                }
             }
-            _ => false,
+            _ => Seen::Host,
         }
-    }
-
-    /// A connection of ours that is not one of the canary's server sockets.
-    fn ours_untracked(&self, meta: &ConnMeta, canary: Option<&[String; 2]>) -> bool {
-        let canary_server = meta.transport == Transport::Tcp
-            && meta.side == Side::Server
-            && canary.is_some_and(|c| c.contains(&meta.local));
-        Some(meta.pid) == self.own_pid && !canary_server
     }
 
     fn learn_pid(&mut self, pid: u32) {
@@ -206,7 +219,7 @@ pub fn random_hex(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::SendFacts;
+    use crate::events::{ConnMeta, SendFacts};
     use std::sync::Arc;
 
     fn meta(pid: u32, transport: Transport, local: &str, peer: &str, comm: &str) -> ConnMeta {
@@ -283,9 +296,19 @@ mod tests {
     #[test]
     fn the_probe_teaches_our_pid_and_our_opens_are_skipped() {
         let mut t = traffic(None);
-        let open = |pid, local: &str| meta(pid, Transport::Tcp, local, "127.0.0.1:5", "tw-canary");
-        assert!(
-            !t.ours_untracked(&open(4321, "127.0.0.1:80"), None),
+        let opened = |m: ConnMeta| Event::Open {
+            sk: 1,
+            ts_ns: 1,
+            meta: m,
+            losses: 0,
+            copied_seq: None,
+            peer_fin: false,
+        };
+        let open =
+            |pid, local: &str| opened(meta(pid, Transport::Tcp, local, "127.0.0.1:5", "tw-canary"));
+        assert_eq!(
+            t.see(&open(4321, "127.0.0.1:80"), None),
+            Seen::Host,
             "pid unknown yet"
         );
         let mut head = t.probe_head().into_bytes();
@@ -298,15 +321,10 @@ mod tests {
                 ..SendFacts::default()
             })
         };
-        assert!(!t.skip(
-            &send(
-                4321,
-                b"HTTP/1.1 204 No Content\r\nX-Truncwatch-Probe: 00\r\n\r\n".to_vec()
-            ),
-            None
-        ));
+        let forged = b"HTTP/1.1 204 No Content\r\nX-Truncwatch-Probe: 00\r\n\r\n";
+        assert_eq!(t.see(&send(4321, forged.to_vec()), None), Seen::Host);
         assert_eq!(t.own_pid(), None, "someone else's probe, or a forged one");
-        assert!(!t.skip(&send(4321, head), None));
+        assert_eq!(t.see(&send(4321, head), None), Seen::Host);
         assert_eq!(t.own_pid(), Some(4321));
         let eof = Event::Eof {
             reader: 78,
@@ -316,18 +334,24 @@ mod tests {
             events_lost: false,
             read: None,
         };
-        assert!(!t.skip(&eof, None));
+        assert_eq!(t.see(&eof, None), Seen::Host);
         assert!(t.probe_done());
-        assert!(t.ours_untracked(&open(4321, "127.0.0.1:80"), None));
+        assert_eq!(t.see(&open(4321, "127.0.0.1:80"), None), Seen::Untracked);
         let canary = ["127.0.0.1:80".to_string(), "127.0.0.1:81".to_string()];
-        assert!(!t.ours_untracked(&open(4321, "127.0.0.1:80"), Some(&canary)));
-        let unix = meta(4321, Transport::Unix, "127.0.0.1:80", "", "x");
-        assert!(
-            t.ours_untracked(&unix, Some(&canary)),
+        // The canary's server sockets: tracked for the canary's check, nobody's workload.
+        assert_eq!(
+            t.see(&open(4321, "127.0.0.1:80"), Some(&canary)),
+            Seen::AgentsOwn
+        );
+        let unix = opened(meta(4321, Transport::Unix, "127.0.0.1:80", "", "x"));
+        assert_eq!(
+            t.see(&unix, Some(&canary)),
+            Seen::Untracked,
             "only its TCP servers"
         );
-        assert!(
-            !t.ours_untracked(&open(1, "127.0.0.1:80"), None),
+        assert_eq!(
+            t.see(&open(1, "127.0.0.1:80"), None),
+            Seen::Host,
             "not ours"
         );
     }

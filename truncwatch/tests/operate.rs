@@ -49,7 +49,10 @@ kernel_test!(metrics_count_a_short_write {
     assert_eq!(missing as u64, u(&v[0]["missing_bytes"]));
     assert_eq!(missing as u64, u(&got[0]["content_length"]) + u(&got[0]["head_bytes"]) - u(&got[0]["received_bytes"]));
     assert_eq!(series(&m, &format!("truncwatch_slow_reader_responses_total{{{labels}")), Some(1.0));
-    // The same response as its client got it: truncated, the series named by the server.
+    // The same response as its client got it: truncated, the series named by the server's
+    // address and the client's build (the lab client is this agent's binary too).
+    let c = agent.wait_for_client(&srv.local(), 1, WAIT);
+    assert_eq!((&c[0]["verdict"], &c[0]["build_id"]), (&"truncated".into(), &v[0]["build_id"]), "client verdict {}", c[0]);
     let client = format!("verdict=\"truncated\",side=\"client\",transport=\"tcp\",tls=\"false\",process=\"truncwatch\",container=\"\",namespace=\"\",pod=\"\",port=\"{}\",build_id=\"{build}\"}}", srv.local());
     let m = scrape_until(&addr, &format!("truncwatch_responses_total{{{client}"));
     assert_eq!(series(&m, &format!("truncwatch_responses_total{{{client}")), Some(1.0), "{m}");
@@ -72,7 +75,14 @@ kernel_test!(metrics_count_a_short_write {
     assert_eq!(http_get(&addr, "/nope").0, 404);
 });
 
+/// Held by the tests that run an agent which cannot register (`agent_registry`: an
+/// unprivileged user cannot write the root-owned registry, so every other agent reports its
+/// probe and canary like any process's traffic) and by the one that checks that registered
+/// agents' canaries are not reported.
+static UNREGISTERED_AGENTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 kernel_test!(canary_runs_in_the_agent_and_stays_out_of_the_output {
+    let _alone = UNREGISTERED_AGENTS.lock().unwrap_or_else(|e| e.into_inner());
     let agent = Agent::start_args(&["--metrics-addr", "127.0.0.1:0", "--canary-interval", "1s"]);
     let addr = agent.metrics_addr();
     assert!(agent.wait_log("canary passed", WAIT).is_some(), "{:?}", agent.log.lock().unwrap());
@@ -113,6 +123,7 @@ kernel_test!(
 /// The capabilities the README and deploy/ list, and nothing else, as an unprivileged user:
 /// the agent attaches and detects (its selftest passes). Without CAP_PERFMON it cannot.
 least_privilege_capabilities_suffice {
+    let _alone = UNREGISTERED_AGENTS.lock().unwrap_or_else(|e| e.into_inner());
     // A copy the unprivileged user can reach (the build tree may be under a private home).
     let dir = std::env::temp_dir().join(format!("truncwatch-caps-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

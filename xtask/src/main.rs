@@ -147,6 +147,8 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             setup::ensure(setup::Need::Vm)?;
             let bin = build()?;
+            // The hyper suite runs in the guest with what was built here (no cargo there).
+            hyper_servers()?;
             vm::run(&bin, &workspace_root()?)
         }
     }

@@ -17,7 +17,7 @@
 //! and keeps the others'; a suite not run shows its last result, dated).
 //!
 //! The real-server suites (`plan::REAL_SUITES`: the scenario matrix, nginx, hostile input,
-//! HTTPS) run in this machine's own root file system, mounted into the guest (see `initramfs`).
+//! HTTPS, hyper) run in this machine's own root file system, mounted into the guest (see `initramfs`).
 //!
 //! `TRUNCWATCH_VM_FULL=1` runs every suite on every backend (55 minutes for 6.1, 70 for 6.12
 //! here). `TRUNCWATCH_VM_KERNELS` (`6.12`, `6.1`, `5.10`), `TRUNCWATCH_VM_BACKENDS`,

@@ -9,13 +9,14 @@ use std::fmt::Write;
 
 const BACKENDS: [&str; 3] = ["tracepoint", "fentry", "kprobe"];
 /// Test suites, by run name, with their column headings.
-const SUITES: [(&str, &str); 6] = [
+const SUITES: [(&str, &str); 7] = [
     ("kernel-tests", "kernel tests"),
     ("heads-tests", "heads tests"),
     ("scenarios-tests", "scenario matrix"),
     ("nginx-tests", "nginx"),
     ("hostile-tests", "hostile"),
     ("tls-tests", "HTTPS"),
+    ("hyper-tests", "hyper"),
 ];
 
 /// One guest command: the backend it ran on (`None` for the kernel-wide ones), its run, its
@@ -151,8 +152,8 @@ pub fn markdown(
          byte counts equal to the client's (`xtask/src/vm/detect.sh`, `tls.sh`). The suites are\n\
          `truncwatch/tests/<name>.rs`, run in the guest with `CI=true` (never skipping): kernel\n\
          and heads from the guest's initramfs; the scenario matrix (`scenarios.rs`), `nginx.rs`,\n\
-         `hostile.rs` and `tls.rs` (HTTPS) against Debian's real servers, in this machine's own\n\
-         root file system mounted in the guest. A count is of libtest's tests, but the scenario\n\
+         `hostile.rs`, `tls.rs` (HTTPS) and `hyper.rs` (hyper 1.10.1 and 1.11.0 from crates.io)\n\
+         against real servers, in this machine's own root file system mounted in the guest. A count is of libtest's tests, but the scenario\n\
          matrix's is of its scenarios passed on each side; \"in N s\" is the time it took in the\n\
          guest. Every run (and so CI) runs only part of the suites (`xtask/src/vm/plan.rs`;\n\
          `cargo xtask vm-test --list` prints it); `TRUNCWATCH_VM_FULL=1` runs them all. A result\n\
@@ -451,11 +452,11 @@ mod tests {
             &["6.12"],
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok in 6 s | 1 of 2 passed in 17 s | 35 passed in 359 s | FAILED (exit 101): 2 passed, 1 failed | FAILED (exit 101): 86/86 server side, 85/86 client side in 390 s | x (on 2026-11-29, 6.12.100+deb12-amd64) | not run | not run | 2026-12-01 |"),
+            md.contains("| 6.12.107+deb12-amd64 | tracepoint | check ok, auto-tracepoint ok | ok in 6 s | 1 of 2 passed in 17 s | 35 passed in 359 s | FAILED (exit 101): 2 passed, 1 failed | FAILED (exit 101): 86/86 server side, 85/86 client side in 390 s | x (on 2026-11-29, 6.12.100+deb12-amd64) | not run | not run | not run | 2026-12-01 |"),
             "an older release's result carried on, named: {md}"
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 9 of 9 passed (on 2026-11-29) | 35 passed (on 2026-11-29) | not run | not run | 1 passed (on 2026-11-30) | not run | not run | 2026-12-01 |"),
+            md.contains("| 6.12.107+deb12-amd64 | fentry | check ok, auto-tracepoint ok | ok | 9 of 9 passed (on 2026-11-29) | 35 passed (on 2026-11-29) | not run | not run | 1 passed (on 2026-11-30) | not run | not run | not run | 2026-12-01 |"),
             "{md}"
         );
         assert!(
@@ -463,11 +464,11 @@ mod tests {
             "no new row for a backend that did not run"
         );
         assert!(
-            md.contains("| 6.12.107+deb12-amd64 | kprobe | not run | not run | 9 of 9 passed | 36 passed | not run | not run | 1 passed | not run | not run | 2026-11-29 |"),
+            md.contains("| 6.12.107+deb12-amd64 | kprobe | not run | not run | 9 of 9 passed | 36 passed | not run | not run | 1 passed | not run | not run | not run | 2026-11-29 |"),
             "its last row is kept: {md}"
         );
         assert!(
-            md.contains("| 6.1.0-57-amd64 | kprobe | not run | not run | 7 of 7 passed | 35 passed | not run | not run | 1 passed | not run | not run | 2026-11-28 |")
+            md.contains("| 6.1.0-57-amd64 | kprobe | not run | not run | 7 of 7 passed | 35 passed | not run | not run | 1 passed | not run | not run | not run | 2026-11-28 |")
                 && !md.contains("| old |")
                 && !md.contains("another width"),
             "{md}"

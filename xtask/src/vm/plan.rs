@@ -77,9 +77,10 @@ pub const GUESTS: [Guest; 3] = [
 
 /// The integration suites the guest runs from its initramfs (`truncwatch/tests/<name>.rs`).
 pub const SUITES: [&str; 2] = ["kernel", "heads"];
-/// The suites against real servers (Debian's nginx, HAProxy, gunicorn, Node, ...), run in this
+/// The suites against real servers (Debian's nginx, HAProxy, gunicorn, Node, hyper from
+/// crates.io, ...), run in this
 /// machine's own root file system (see `vm.rs`).
-pub const REAL_SUITES: [&str; 4] = ["scenarios", "nginx", "hostile", "tls"];
+pub const REAL_SUITES: [&str; 5] = ["scenarios", "nginx", "hostile", "tls", "hyper"];
 
 /// Each guest command gets this long (s), so one that hangs still leaves time for the others.
 const CMD_TIMEOUT_S: u32 = 120;
@@ -266,7 +267,7 @@ mod tests {
         let [g612, g61, g510] = &GUESTS;
         let runs = names(g612, true);
         // check, auto, then per backend selftest and 9 detection runs: 2 + 3 * 10.
-        assert_eq!(runs.len(), 2 + 30 + 1 + 5, "{runs:?}");
+        assert_eq!(runs.len(), 2 + 30 + 1 + 6, "{runs:?}");
         for name in [
             "tracepoint-kernel-tests",
             "tracepoint-heads-tests",
@@ -274,13 +275,14 @@ mod tests {
             "tracepoint-nginx-tests",
             "tracepoint-hostile-tests",
             "tracepoint-tls-tests",
+            "tracepoint-hyper-tests",
             "kprobe-ktls-complete",
             "fentry-tcp-splice-cut-short",
         ] {
             assert!(runs.iter().any(|n| n == name), "{name} in {runs:?}");
         }
         let later = names(g612, false);
-        assert_eq!(later.len(), 2 * 6, "{later:?}");
+        assert_eq!(later.len(), 2 * 7, "{later:?}");
         assert!(
             later.iter().all(|n| !n.starts_with("tracepoint-")),
             "{later:?}"
@@ -294,7 +296,7 @@ mod tests {
                 runs.contains(&"fentry-kernel-tests".to_string()),
                 "{runs:?}"
             );
-            assert_eq!(names(g, false).len(), 2 * 6 - 1);
+            assert_eq!(names(g, false).len(), 2 * 7 - 1);
         }
         assert!(!g510.ktls && !names(g510, true).iter().any(|n| n.contains("ktls")));
         // Exactly one guest and backend runs the real-server suites in every run.
