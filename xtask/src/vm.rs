@@ -617,10 +617,11 @@ vmtest() {{
     # (After a pause, so that the exit line leaves the serial port first.)
     [ "$name" = "{panic_after}" ] && [ ! -e "/host{skip}" ] && sleep 1 && echo c > /proc/sysrq-trigger
 }}
-# A real-server suite in the host's root: a clean environment, CI=true (never skipping).
+# A real-server suite in the host's root: a clean environment, CI=true (never skipping),
+# TRUNCWATCH_IN_GUEST=1 (servers built on the host are used as they are: no cargo runs here).
 inroot() {{
     name=$1 limit=$2; shift 2
-    vmtest $name $limit chroot /newroot /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true TRUNCWATCH_BACKEND=$TRUNCWATCH_BACKEND "$@" --test-threads=1
+    vmtest $name $limit chroot /newroot /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true TRUNCWATCH_IN_GUEST=1 TRUNCWATCH_BACKEND=$TRUNCWATCH_BACKEND "$@" --test-threads=1
 }}
 # The guest commands of this run (vm/plan.rs), each backend's forced through TRUNCWATCH_BACKEND.
 {runs}echo "{END} uptime=$(cut -d' ' -f1 /proc/uptime)s"
