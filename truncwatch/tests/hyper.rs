@@ -249,9 +249,18 @@ kernel_test!(hyper_1_10_tls_slow_reader_cut_is_truncated_for_python_and_node {
     }
     let c = one(&v, "Node's client-side");
     assert_eq!((&c["verdict"], &c["tls"]), (&"truncated".into(), &true.into()), "{c}");
-    assert_eq!(u(&c["received_bytes"]), bytes, "{c} {node}");
+    // What Node's TLS layer handed the process (its SSL_read calls), which the agent counts, is
+    // at least what fetch's reader got: fetch drops the chunks still queued in its body stream
+    // when the stream errors at the cut (seen: 12 632 bytes, kprobe backend in the 6.12 guest).
+    let extra = u(&c["received_bytes"]).checked_sub(bytes);
+    assert!(extra.is_some_and(|x| x <= NODE_QUEUE), "{c} {node}");
     let _ = std::fs::remove_dir_all(&dir);
 });
+
+/// Bytes Node's fetch may hold in its body stream's queue, read from TLS but not yet by the
+/// application, and drop when the stream errors: a slow reader's queue fills to the stream's
+/// high-water mark and a socket read or two beyond it (undici reads up to 64 KiB at a time).
+const NODE_QUEUE: u64 = 256 << 10;
 
 /// Node's fetch posting the same open upload to hyper 1.10.1 and reading slowly, after the
 /// agent has hooked Node's own OpenSSL (a node process started first, until the agent's scan
@@ -269,7 +278,9 @@ fn node_fetch(agent: &Agent, port: u16) -> Value {
     let out = Command::new("node")
         .arg(NODE_FETCH)
         .arg(port.to_string())
-        .args(["--promise", UPLOAD, "--send", "1000", "--read-delay", "2"])
+        // 10 ms after each chunk (undici hands over up to 64 KiB at a time): slow enough that
+        // the socket's buffers fill however fast the machine (in a TCG guest, 2 ms was not).
+        .args(["--promise", UPLOAD, "--send", "1000", "--read-delay", "10"])
         .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
         .stderr(Stdio::null())
         .output()
