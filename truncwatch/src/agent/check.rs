@@ -1,8 +1,8 @@
 //! `truncwatch check`: what this kernel offers the agent, which hook backend would run, and
 //! what each missing feature costs. `probe` looks at the host; `report` (pure) words it.
-use crate::agent;
-use crate::btf_reader::BtfReader;
-use crate::tls_hooks::TlsHooks;
+use crate::agent::run as agent;
+use crate::kernel::btf_reader::BtfReader;
+use crate::kernel::tls_hooks::TlsHooks;
 use std::fmt::Write as _;
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -30,7 +30,7 @@ pub struct Facts {
     pub uprobes: bool,
     /// The TLS libraries found and hooked for real (then unhooked), with the processes seen
     /// using them; or why the TLS programs could not load.
-    pub tls: Result<Vec<crate::tls_hooks::Target>, String>,
+    pub tls: Result<Vec<crate::kernel::tls_hooks::Target>, String>,
 }
 
 /// Tracepoints the tracepoint backend needs, and since when Linux has them.
@@ -99,7 +99,7 @@ pub fn probe() -> Facts {
     let tls = match attached.as_mut() {
         Err(_) => Err("no backend could load".to_string()),
         Ok(_) if !TlsHooks::uprobes_exist() => Err("no uprobe event source".to_string()),
-        Ok((ebpf, ..)) => TlsHooks::load(ebpf, crate::tls_hooks::DEFAULT_MAX_LIBRARIES)
+        Ok((ebpf, ..)) => TlsHooks::load(ebpf, crate::kernel::tls_hooks::DEFAULT_MAX_LIBRARIES)
             .map(|mut hooks| {
                 hooks.scan();
                 hooks.libraries()
@@ -301,7 +301,7 @@ mod tests {
             timer_list: true,
             backend: Ok((agent::Backend::Tracepoint, 4)),
             uprobes: true,
-            tls: Ok(vec![crate::tls_hooks::Target {
+            tls: Ok(vec![crate::kernel::tls_hooks::Target {
                 path: "/lib/x86_64-linux-gnu/libssl.so.3".into(),
                 functions: vec!["SSL_write", "SSL_read"],
                 via: vec!["SSL_write".into(), "SSL_read".into()],

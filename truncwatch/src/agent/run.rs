@@ -1,16 +1,16 @@
 //! `truncwatch run`: load and attach the kernel programs, read events, print verdicts, serve
 //! metrics, and run the canary. `truncwatch selftest` is the same with one canary, then exit.
-use crate::attribution::Resolver;
-use crate::btf_offsets::{self, SockLayout};
-use crate::canary;
-use crate::correlator::{Correlator, Kind, Verdict};
-use crate::endpoint::{self, Shared};
+use crate::agent::canary;
+use crate::agent::self_traffic::{Class, Seen, SelfTraffic};
 use crate::escape::{escape, escape_path};
-use crate::events::{self, Event, Side};
-use crate::metrics::{Metrics, ProgramStats};
-use crate::output::{self, Clock, Format};
-use crate::self_traffic::{Class, Seen, SelfTraffic};
-use crate::tls_hooks::TlsHooks;
+use crate::export::endpoint::{self, Shared};
+use crate::export::metrics::{Metrics, ProgramStats};
+use crate::export::output::{self, Clock, Format};
+use crate::judge::correlator::{Correlator, Kind, Verdict};
+use crate::judge::events::{self, Event, Side};
+use crate::kernel::btf_offsets::{self, SockLayout};
+use crate::kernel::tls_hooks::TlsHooks;
+use crate::owner::attribution::Resolver;
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, FExit, KProbe, TracePoint};
@@ -218,7 +218,7 @@ pub struct RunArgs {
     pub canary_interval: Duration,
     /// TLS libraries hooked at most (uprobes on each; a quarter of them per file owner other
     /// than root). Each costs the kernel some time to unhook at stop (docs/reliability.md).
-    #[arg(long, default_value_t = crate::tls_hooks::DEFAULT_MAX_LIBRARIES)]
+    #[arg(long, default_value_t = crate::kernel::tls_hooks::DEFAULT_MAX_LIBRARIES)]
     pub max_tls_libraries: usize,
     /// How to hook the send and receive paths; `auto` picks the best this kernel has
     /// (`truncwatch check` shows what that is).
@@ -263,7 +263,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut metrics = Metrics::new(args.max_label_sets, args.max_connections, backend.name());
     let mut reader = Reader {
-        correlator: Correlator::new(args.max_connections, crate::kernel_hz::detect())
+        correlator: Correlator::new(args.max_connections, crate::kernel::kernel_hz::detect())
             .max_head_bytes(args.max_head_bytes as usize)
             .problems_only(!args.all),
         layout: layout.sock,
@@ -307,7 +307,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // and uprobe events removed), not the default action of the signal.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    if let Err(e) = crate::shutdown::watchdog() {
+    if let Err(e) = crate::agent::shutdown::watchdog() {
         eprintln!("truncwatch: no stop watchdog (a stuck loop could ignore SIGTERM): {e}");
     }
     // Published before we say so: whoever waits for "ready" finds /readyz agreeing.
@@ -442,7 +442,7 @@ fn tls_hooks_start(ebpf: &mut Ebpf, max_libraries: usize) -> Option<TlsHooks> {
 /// finds come on the returned channel.
 async fn tls_first_scan(
     tls: Option<&mut TlsHooks>,
-) -> tokio::sync::mpsc::Receiver<Vec<crate::tls_hooks::Target>> {
+) -> tokio::sync::mpsc::Receiver<Vec<crate::kernel::tls_hooks::Target>> {
     let Some(hooks) = tls else {
         return tokio::sync::mpsc::channel(1).1;
     };
@@ -458,7 +458,7 @@ async fn tls_first_scan(
 const TLS_FIRST_SCAN: Duration = Duration::from_secs(10);
 
 /// Say which TLS libraries were newly hooked, or could not be.
-fn report_tls(targets: Vec<crate::tls_hooks::Target>) {
+fn report_tls(targets: Vec<crate::kernel::tls_hooks::Target>) {
     for t in targets {
         match t.hooked {
             Ok(()) => eprintln!(
@@ -515,7 +515,7 @@ pub fn attach(
                 // kprobes are perf events: refused without CAP_SYS_ADMIN at Debian's default.
                 if b == Backend::Kprobe
                     && error.contains("Permission denied")
-                    && let Some(hint) = crate::uprobe_events::perf_paranoid_hint()
+                    && let Some(hint) = crate::kernel::uprobe_events::perf_paranoid_hint()
                 {
                     error = format!("{error} ({hint})");
                 }
@@ -654,7 +654,7 @@ impl Reader {
             self.events += 1;
             match events::decode(&item, &self.layout) {
                 Ok(mut ev) if ev.ts_ns() == 0 => {
-                    let began = *now.get_or_insert_with(crate::output::monotonic_ns);
+                    let began = *now.get_or_insert_with(crate::export::output::monotonic_ns);
                     ev.date(began.max(self.last_dated_ns));
                     self.handle(ev)
                 }
@@ -666,7 +666,7 @@ impl Reader {
             }
         }
         // Responses waiting too long after their server's FIN (the kernel's clock).
-        let now = now.unwrap_or_else(crate::output::monotonic_ns);
+        let now = now.unwrap_or_else(crate::export::output::monotonic_ns);
         self.correlator.expire(now, &mut self.verdicts);
     }
 

@@ -10,15 +10,15 @@
 //! A client's connection (`Side::Client`) is the same stream seen from the other end: its
 //! "sends" are the bytes the client read, a response is delivered once read, and its end is
 //! judged by who ended the connection first (`client_ended`).
-use crate::cipher_marks::CipherMarks;
-use crate::events::{
+use crate::judge::cipher_marks::CipherMarks;
+use crate::judge::events::{
     ConnMeta, Event, PieceFacts, RESET_RECEIVED, ReadFacts, SendFacts, SendPart, Side, Tail,
     TcpFacts, TlsSeq, Transport,
 };
-use crate::http_head::{self, Body, Head, HeadCache, Parsed};
-use crate::requests::{Answer, Requests};
-use crate::response::{Ending, PeerEnds, Response, fate};
-pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
+use crate::judge::http_head::{self, Body, Head, HeadCache, Parsed};
+use crate::judge::requests::{Answer, Requests};
+use crate::judge::response::{Ending, PeerEnds, Response, fate};
+pub use crate::judge::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
@@ -1307,11 +1307,10 @@ impl Correlator {
 
     /// Transport of a tracked connection.
     #[cfg(test)]
-    pub fn transport(&self, sk: u64) -> Option<crate::events::Transport> {
+    pub fn transport(&self, sk: u64) -> Option<crate::judge::events::Transport> {
         self.conns.get(&sk).map(|c| c.meta.transport)
     }
 }
 
 #[cfg(test)]
-#[path = "correlator_tests.rs"]
 mod tests;

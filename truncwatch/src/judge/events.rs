@@ -1,7 +1,7 @@
 //! Events as the correlator sees them, whatever hook backend produced them, and the decoding
 //! of the tracepoint backend's ring buffer records into them.
-use crate::btf_offsets::SockLayout;
-use crate::requests::{Method, Seen};
+use crate::judge::requests::{Method, Seen};
+use crate::kernel::btf_offsets::SockLayout;
 use std::mem::offset_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use truncwatch_common::{
