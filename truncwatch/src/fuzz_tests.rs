@@ -17,6 +17,7 @@ use crate::judge::events::{
 };
 use crate::judge::http_head::{self, Body, Parsed};
 use crate::kernel::btf_offsets::SockLayout;
+use crate::kernel::decode::decode;
 use truncwatch_common::HEAD_CAP;
 
 /// xorshift64*: small, fast, and the same everywhere.
@@ -243,7 +244,7 @@ fn decoding_any_bytes_never_panics() {
         if len >= 4 && r.chance(80) {
             buf[..4].copy_from_slice(&(r.below(9) as u32).to_ne_bytes());
         }
-        let _ = events::decode(&buf, &layout);
+        let _ = decode(&buf, &layout);
     }
 }
 

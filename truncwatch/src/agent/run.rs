@@ -7,8 +7,9 @@ use crate::export::endpoint::{self, Shared};
 use crate::export::metrics::{Metrics, ProgramStats};
 use crate::export::output::{self, Clock, Format};
 use crate::judge::correlator::{Correlator, Kind, Verdict};
-use crate::judge::events::{self, Event, Side};
+use crate::judge::events::{Event, Side};
 use crate::kernel::btf_offsets::{self, SockLayout};
+use crate::kernel::decode::decode;
 use crate::kernel::tls_hooks::TlsHooks;
 use crate::owner::attribution::Resolver;
 use anyhow::{Context, Result, bail};
@@ -652,7 +653,7 @@ impl Reader {
         let mut now = None;
         while let Some(item) = ring.next() {
             self.events += 1;
-            match events::decode(&item, &self.layout) {
+            match decode(&item, &self.layout) {
                 Ok(mut ev) if ev.ts_ns() == 0 => {
                     let began = *now.get_or_insert_with(crate::export::output::monotonic_ns);
                     ev.date(began.max(self.last_dated_ns));

@@ -3,6 +3,7 @@
 //! attached through `uprobe_events`).
 pub mod btf_offsets;
 pub mod btf_reader;
+pub mod decode;
 pub mod kernel_hz;
 pub mod tls_hooks;
 pub mod tls_plan;
