@@ -5,6 +5,7 @@ pub mod btf_offsets;
 pub mod btf_reader;
 pub mod decode;
 pub mod kernel_hz;
+pub mod load;
 pub mod tls_hooks;
 pub mod tls_plan;
 pub mod uprobe_events;
