@@ -1,7 +1,8 @@
 //! Pure judgement: kernel events in, per-response verdicts out. No I/O, no clocks, nothing
-//! from `kernel` or `export`. `correlator` drives it, using `http_head` for framing,
-//! `requests` to match responses to requests, `response` for what each response became and
-//! `cipher_marks` for TLS; `verdict` is what it decides.
+//! from `kernel` or `export`. `correlator` drives it (each connection's state in
+//! `correlator::conn`), using `http_head` for framing, `requests` to match responses to
+//! requests, `response` for what each response became and `cipher_marks` for TLS; `events` is
+//! what it takes, `verdict` what it decides.
 pub mod cipher_marks;
 pub mod correlator;
 pub mod events;
