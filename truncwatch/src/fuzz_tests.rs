@@ -11,12 +11,13 @@
 //! Seeded and repeatable: a failure names its seed. `FUZZ_ITERS=n` scales every loop (the
 //! defaults run a few million inputs in total, a few seconds in release). Inputs that once
 //! broke something live in `fuzz-corpus/` and are replayed first.
-use crate::btf_offsets::SockLayout;
-use crate::correlator::{Correlator, Kind, Verdict};
-use crate::events::{
+use crate::judge::correlator::{Correlator, Kind, Verdict};
+use crate::judge::events::{
     self, ConnMeta, Event, PieceFacts, SendFacts, SendPart, Tail, TcpFacts, Transport,
 };
-use crate::http_head::{self, Body, Parsed};
+use crate::judge::http_head::{self, Body, Parsed};
+use crate::kernel::btf_offsets::SockLayout;
+use crate::kernel::decode::decode;
 use truncwatch_common::HEAD_CAP;
 
 /// xorshift64*: small, fast, and the same everywhere.
@@ -243,7 +244,7 @@ fn decoding_any_bytes_never_panics() {
         if len >= 4 && r.chance(80) {
             buf[..4].copy_from_slice(&(r.below(9) as u32).to_ne_bytes());
         }
-        let _ = events::decode(&buf, &layout);
+        let _ = decode(&buf, &layout);
     }
 }
 
@@ -348,7 +349,7 @@ fn meta() -> ConnMeta {
         local: "127.0.0.1:80".into(),
         peer: "127.0.0.1:9".into(),
         tls: false,
-        side: crate::events::Side::Server,
+        side: crate::judge::events::Side::Server,
     }
 }
 

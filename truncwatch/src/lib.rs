@@ -1,41 +1,25 @@
 //! truncwatch: flags HTTP/1 responses whose connection ended before every promised byte was
 //! handed to the kernel, by watching the kernel's socket send and close paths.
 //!
-//! Layout: `events` (what the kernel reports) -> `correlator` (pure: events in, verdicts out,
-//! using `http_head` for framing, `requests` to match responses to requests and `response` for
-//! what each response became) -> `output`. `agent` loads the kernel programs and wires
-//! these together; `btf_offsets` reads the running kernel's struct layouts; `lab` reproduces
-//! truncations on purpose.
+//! The folders are the stages a send goes through (docs/architecture.md):
+//! `kernel` (hooks and records) -> `judge` (pure: events in, verdicts out) -> `owner` (whose
+//! connection it was) -> `export` (lines, metrics, endpoint); `agent` wires them together.
+/// The agent's process: the run loop, `truncwatch check`, its own traffic, the canary, the stop.
 pub mod agent;
-pub mod agent_registry;
-pub mod attribution;
-pub mod btf_offsets;
-pub mod btf_reader;
-pub mod build_identity;
-pub mod canary;
-pub mod check;
-pub mod cipher_marks;
-pub mod container_image;
-pub mod correlator;
-pub mod descriptors;
-pub mod endpoint;
+/// Strings other processes control, made safe to print (used by several stages).
 pub mod escape;
-pub mod events;
-pub mod http_head;
-pub mod kernel_hz;
+/// Verdicts leaving the agent: human and JSON lines, Prometheus metrics, the HTTP endpoint.
+pub mod export;
+/// Pure judgement: events in, verdicts out (HTTP framing, requests, responses, TLS marks).
+pub mod judge;
+/// The kernel side: loading and attaching the programs, decoding records, BTF, TLS hooks.
+pub mod kernel;
+/// Reproduces truncations on purpose: a test server and client (`truncwatch lab`).
 pub mod lab;
-pub mod metrics;
-pub mod other_agents;
-pub mod output;
-pub mod requests;
-pub mod response;
-pub mod self_traffic;
-pub mod shutdown;
-pub mod tls_hooks;
-pub mod tls_plan;
+/// Who owns a connection: cgroup and container attribution, build identity, container images.
+pub mod owner;
+/// Bounded reads of files other processes control (used by `kernel` and `owner`).
 pub mod untrusted;
-pub mod uprobe_events;
-pub mod verdict;
 
 #[cfg(test)]
 mod fuzz_tests;

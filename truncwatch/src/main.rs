@@ -1,6 +1,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use truncwatch::{agent, check, descriptors, lab};
+use truncwatch::agent::{check, descriptors, run};
+use truncwatch::lab;
 
 /// Flags HTTP/1 responses cut short on this host (short writes, resets that drop data), from
 /// the kernel, without touching the applications.
@@ -10,17 +11,17 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
-    run: agent::RunArgs,
+    run: run::RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Watch this host (the default).
-    Run(agent::RunArgs),
+    Run(run::RunArgs),
     /// Check that the detector works on this host: make one short write and one reset
     /// discard on loopback and check both are flagged with the right byte counts. Exit status
     /// 0 if so.
-    Selftest(agent::RunArgs),
+    Selftest(run::RunArgs),
     /// What this kernel offers (BTF, tracepoints, fentry, kprobes, ring buffer, BPF stats),
     /// which hook backend would run, and what a missing feature costs. Exit status 0 if a
     /// backend runs here.
@@ -50,7 +51,7 @@ fn main() -> Result<()> {
         None => run(cli.run),
         Some(Cmd::Run(a)) => run(a),
         // No endpoint: a selftest must work next to a running agent.
-        Some(Cmd::Selftest(a)) => run(agent::RunArgs {
+        Some(Cmd::Selftest(a)) => run(run::RunArgs {
             selftest: true,
             metrics_addr: "off".into(),
             ..a
@@ -67,12 +68,12 @@ fn main() -> Result<()> {
     }
 }
 
-fn run(args: agent::RunArgs) -> Result<()> {
+fn run(args: run::RunArgs) -> Result<()> {
     descriptors::raise_and_report();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let done = rt.block_on(agent::run(args));
+    let done = rt.block_on(run::run(args));
     // Blocking work still under way (tokio's blocking pool) must not hold up the exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     done

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use truncwatch::verdict::Kind;
+use truncwatch::judge::verdict::Kind;
 
 /// Every metric the agent exposes, with its own label names (Prometheus adds job and instance).
 const METRICS: &[(&str, &[&str])] = &[

@@ -23,9 +23,9 @@
 //!
 //! What cannot be seen: TLS linked statically without the symbols (Go's crypto/tls, rustls,
 //! BoringSSL in Envoy), stripped executables, and libraries with another API (GnuTLS, NSS).
-use crate::tls_plan::{self, ENTRIES, Point, RETURN};
+use crate::kernel::tls_plan::{self, ENTRIES, Point, RETURN};
+use crate::kernel::uprobe_events::{self, UprobeEvent};
 use crate::untrusted::{self, Budget, Skip};
-use crate::uprobe_events::{self, UprobeEvent};
 use anyhow::{Context, Result};
 use aya::Ebpf;
 use aya::programs::UProbe;

@@ -1,8 +1,8 @@
 //! `truncwatch check`: what this kernel offers the agent, which hook backend would run, and
 //! what each missing feature costs. `probe` looks at the host; `report` (pure) words it.
-use crate::agent;
-use crate::btf_reader::BtfReader;
-use crate::tls_hooks::TlsHooks;
+use crate::kernel::btf_reader::BtfReader;
+use crate::kernel::load;
+use crate::kernel::tls_hooks::TlsHooks;
 use std::fmt::Write as _;
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -25,12 +25,12 @@ pub struct Facts {
     pub timer_list: bool,
     /// Loading and attaching the best backend for real: the one that runs, or the error.
     /// With the number of programs it attached.
-    pub backend: Result<(agent::Backend, usize), String>,
+    pub backend: Result<(load::Backend, usize), String>,
     /// The perf uprobe event source exists (the TLS hooks need it).
     pub uprobes: bool,
     /// The TLS libraries found and hooked for real (then unhooked), with the processes seen
     /// using them; or why the TLS programs could not load.
-    pub tls: Result<Vec<crate::tls_hooks::Target>, String>,
+    pub tls: Result<Vec<crate::kernel::tls_hooks::Target>, String>,
 }
 
 /// Tracepoints the tracepoint backend needs, and since when Linux has them.
@@ -92,14 +92,14 @@ pub fn probe() -> Facts {
         )),
     };
     let settings = truncwatch_common::Settings {
-        max_head_bytes: agent::DEFAULT_MAX_HEAD,
+        max_head_bytes: load::DEFAULT_MAX_HEAD,
         client_side: 1,
     };
-    let mut attached = agent::attach(1, settings, agent::Backend::Auto);
+    let mut attached = load::attach(1, settings, load::Backend::Auto);
     let tls = match attached.as_mut() {
         Err(_) => Err("no backend could load".to_string()),
         Ok(_) if !TlsHooks::uprobes_exist() => Err("no uprobe event source".to_string()),
-        Ok((ebpf, ..)) => TlsHooks::load(ebpf, crate::tls_hooks::DEFAULT_MAX_LIBRARIES)
+        Ok((ebpf, ..)) => TlsHooks::load(ebpf, crate::kernel::tls_hooks::DEFAULT_MAX_LIBRARIES)
             .map(|mut hooks| {
                 hooks.scan();
                 hooks.libraries()
@@ -257,7 +257,7 @@ pub fn report(f: &Facts) -> (String, bool) {
         }
     }
     // What each missing feature costs, when the rest is there.
-    let kprobe = matches!(f.backend, Ok((agent::Backend::Kprobe, _)));
+    let kprobe = matches!(f.backend, Ok((load::Backend::Kprobe, _)));
     let costs = [
         (kprobe, KPROBE_COST),
         (
@@ -299,9 +299,9 @@ mod tests {
             kprobes: false,
             bpf_stats: true,
             timer_list: true,
-            backend: Ok((agent::Backend::Tracepoint, 4)),
+            backend: Ok((load::Backend::Tracepoint, 4)),
             uprobes: true,
-            tls: Ok(vec![crate::tls_hooks::Target {
+            tls: Ok(vec![crate::kernel::tls_hooks::Target {
                 path: "/lib/x86_64-linux-gnu/libssl.so.3".into(),
                 functions: vec!["SSL_write", "SSL_read"],
                 via: vec!["SSL_write".into(), "SSL_read".into()],
@@ -337,7 +337,7 @@ mod tests {
         f.ftrace = Ok(());
         f.kprobes = true;
         f.timer_list = false;
-        f.backend = Ok((agent::Backend::Fentry, 7));
+        f.backend = Ok((load::Backend::Fentry, 7));
         let (text, runs) = report(&f);
         assert!(runs);
         assert!(
@@ -349,7 +349,7 @@ mod tests {
         assert!(!text.contains("kprobe backend ("), "{text}");
         // No trampolines either, but kprobes: the kprobe backend runs, and says what it costs.
         f.ftrace = Err("locked".into());
-        f.backend = Ok((agent::Backend::Kprobe, 8));
+        f.backend = Ok((load::Backend::Kprobe, 8));
         let (text, runs) = report(&f);
         assert!(runs);
         assert!(

@@ -1,6 +1,6 @@
 //! What the correlator decides: verdicts, the facts and evidence they carry, and the counts
 //! of what could not be judged.
-use crate::events::{ConnMeta, Side};
+use crate::judge::events::{ConnMeta, Side};
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

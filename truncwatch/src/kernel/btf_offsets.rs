@@ -2,7 +2,7 @@
 //!
 //! Rust eBPF has no CO-RE relocations, so the programs read fields at offsets handed to them at
 //! load time; the agent decodes addresses from a raw copy of `struct sock` the same way.
-use crate::btf_reader::BtfReader;
+use crate::kernel::btf_reader::BtfReader;
 use anyhow::{Context, Result, bail};
 use truncwatch_common::{Offsets, REGS_BTF, SOCK_PREFIX};
 

@@ -15,8 +15,8 @@
 //! The build the process runs and the container's image come from `build_identity` and
 //! `container_image`.
 
-use crate::build_identity::{Build, Builds, FileKey};
-use crate::container_image::{self, Image};
+use crate::owner::build_identity::{Build, Builds, FileKey};
+use crate::owner::container_image::{self, Image};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -19,7 +19,7 @@
 //! a PID namespace of its own) counts with every other such process as one owner and one
 //! tenant. Label sets are admitted for the agent's lifetime (a counter that moved to `other`
 //! later would go backwards).
-use crate::attribution::Attribution;
+use crate::owner::attribution::Attribution;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, RandomState};
 

@@ -49,7 +49,7 @@ pub struct Stats {
 impl Stats {
     /// Registers `truncwatch_endpoint_dropped_connections_total` and
     /// `truncwatch_endpoint_accept_errors_total` in `metrics`.
-    pub fn new(metrics: &mut crate::metrics::Metrics) -> Self {
+    pub fn new(metrics: &mut crate::export::metrics::Metrics) -> Self {
         let s = Stats::default();
         metrics.register(
             "truncwatch_endpoint_dropped_connections",

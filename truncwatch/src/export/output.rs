@@ -5,10 +5,10 @@
 //! Every string another process controls (its name, socket path, container, pod, image) is
 //! escaped in the human line (`escape`): a newline in it must not start a forged line. JSON
 //! escapes on its own (`serde_json`).
-use crate::attribution::Attribution;
-use crate::correlator::{Evidence, Verdict};
 use crate::escape::escape;
-use crate::events::{Side, Transport};
+use crate::judge::correlator::{Evidence, Verdict};
+use crate::judge::events::{Side, Transport};
+use crate::owner::attribution::Attribution;
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
 
@@ -214,8 +214,8 @@ fn prefix(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlator::{End, Kind, ResponseFacts};
-    use crate::events::ConnMeta;
+    use crate::judge::correlator::{End, Kind, ResponseFacts};
+    use crate::judge::events::ConnMeta;
 
     fn verdict() -> Verdict {
         Verdict {
@@ -227,7 +227,7 @@ mod tests {
                 local: "/run/app.sock".into(),
                 peer: String::new(),
                 tls: false,
-                side: crate::events::Side::Server,
+                side: crate::judge::events::Side::Server,
             }),
             pid: 9,
             response: Some(ResponseFacts {
@@ -350,7 +350,7 @@ mod tests {
         let owner = Attribution {
             exe: Some("/srv/shop-api".into()),
             build_id: Some("0123456789abcdef0011223344556677deadbeef".into()),
-            image: crate::container_image::Image {
+            image: crate::owner::container_image::Image {
                 image: Some("shop/api:1.4.2".into()),
                 image_id: Some("sha256:98bd".into()),
             },
@@ -391,7 +391,7 @@ mod tests {
         let owner = Attribution {
             namespace: Some("ns\n".into()),
             pod: Some("p\u{1b}]0;t\u{7}".into()),
-            image: crate::container_image::Image {
+            image: crate::owner::container_image::Image {
                 image: Some(format!("img{forged}")),
                 image_id: None,
             },
@@ -444,7 +444,7 @@ mod tests {
             (j["comm"].as_str(), j["local"].as_str()),
             (Some(comm), Some(&*v.meta.local))
         );
-        let mut m = crate::metrics::Metrics::new(10, 10, "tracepoint");
+        let mut m = crate::export::metrics::Metrics::new(10, 10, "tracepoint");
         m.verdict(&v, &Attribution::default());
         let text = m.encode();
         assert!(

@@ -17,7 +17,7 @@
 //! Everything here is best effort: an agent that cannot write the directory (not root, a
 //! read-only `/run`, a container's own `/run`) is simply not known to the others, which then
 //! report its probe and canary like any other process's traffic.
-use crate::output::monotonic_ns;
+use crate::export::output::monotonic_ns;
 use std::collections::HashMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Write};
@@ -110,7 +110,7 @@ impl Registration {
             since,
             ..Entry::default()
         };
-        let name = format!("{pid}-{}", crate::self_traffic::random_hex(8));
+        let name = format!("{pid}-{}", crate::agent::self_traffic::random_hex(8));
         let file = place(&dir, &name, 0, &entry)?;
         Some(Registration {
             dir,

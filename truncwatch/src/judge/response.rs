@@ -1,8 +1,8 @@
 //! One response on a server connection, from its head to its verdict: what the head promised,
 //! how far the bytes handed over got, and, once the stream ended, what the peer got of it.
-use crate::http_head::{Body, Head};
-use crate::requests::Answer;
-use crate::verdict::{End, Kind};
+use crate::judge::http_head::{Body, Head};
+use crate::judge::requests::Answer;
+use crate::judge::verdict::{End, Kind};
 
 #[derive(Clone, Debug)]
 pub struct Response {

@@ -1,7 +1,7 @@
 //! Correlator cases: each feeds the events a kernel would produce and checks the verdicts.
 use super::*;
-use crate::events::{PieceFacts, ReadFacts, Side, Tail, TcpFacts, Transport};
-use crate::requests::{Method, Seen};
+use crate::judge::events::{PieceFacts, ReadFacts, Side, Tail, TcpFacts, Transport};
+use crate::judge::requests::{Method, Seen};
 
 const SK: u64 = 0xffff_8880_0000_1000;
 const CLIENT: u64 = 0xffff_8880_0000_2000;
@@ -15,7 +15,7 @@ fn meta(t: Transport) -> ConnMeta {
         local: "127.0.0.1:80".into(),
         peer: "127.0.0.1:5000".into(),
         tls: false,
-        side: crate::events::Side::Server,
+        side: crate::judge::events::Side::Server,
     }
 }
 

@@ -4,9 +4,9 @@
 //! that its verdict is set aside however late it comes (a response may wait a minute after its
 //! FIN to be judged); a verdict about a connection not seen opening (a reset, which needs
 //! none) is matched against the registry at its own time.
-use crate::agent_registry::{Entry, Peers};
-use crate::correlator::Verdict;
-use crate::events::{ConnMeta, Transport};
+use crate::agent::agent_registry::{Entry, Peers};
+use crate::judge::correlator::Verdict;
+use crate::judge::events::{ConnMeta, Transport};
 use std::collections::VecDeque;
 
 /// Connections remembered at most (a probe and a canary make five).
@@ -58,7 +58,7 @@ impl OtherAgents {
             if ts_ns <= self.read_at {
                 return false;
             }
-            self.read_at = crate::output::monotonic_ns();
+            self.read_at = crate::export::output::monotonic_ns();
             self.peers.reload();
         }
         self.peers.at(pid, ts_ns).is_some_and(|e| covers(e, m))

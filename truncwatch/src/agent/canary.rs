@@ -7,8 +7,8 @@
 //! compares that with the verdicts the agent produced for the canary's addresses. `Runs` is
 //! the agent's side: one run at a time, and no error on its path ends the agent (a run that
 //! cannot make its traffic is counted and said once).
-use crate::correlator::{Kind, Verdict};
-use crate::metrics::Metrics;
+use crate::export::metrics::Metrics;
+use crate::judge::correlator::{Kind, Verdict};
 use anyhow::{Context, Result};
 use prometheus_client::metrics::counter::Counter;
 use std::io::{ErrorKind, Read, Write};
@@ -364,8 +364,8 @@ pub fn check(t: &Truth, verdicts: &[Verdict]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlator::{Evidence, ResponseFacts};
-    use crate::events::{ConnMeta, Transport};
+    use crate::judge::correlator::{Evidence, ResponseFacts};
+    use crate::judge::events::{ConnMeta, Transport};
     use std::sync::Arc;
 
     fn truth() -> Truth {
@@ -386,7 +386,7 @@ mod tests {
             local: local.into(),
             peer: String::new(),
             tls: false,
-            side: crate::events::Side::Server,
+            side: crate::judge::events::Side::Server,
         };
         let response = (kind != Kind::ResetDiscard).then(|| ResponseFacts {
             status: 200,

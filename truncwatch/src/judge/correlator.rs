@@ -10,90 +10,19 @@
 //! A client's connection (`Side::Client`) is the same stream seen from the other end: its
 //! "sends" are the bytes the client read, a response is delivered once read, and its end is
 //! judged by who ended the connection first (`client_ended`).
-use crate::cipher_marks::CipherMarks;
-use crate::events::{
-    ConnMeta, Event, PieceFacts, RESET_RECEIVED, ReadFacts, SendFacts, SendPart, Side, Tail,
-    TcpFacts, TlsSeq, Transport,
+use crate::judge::events::{
+    ConnMeta, Event, PieceFacts, RESET_RECEIVED, SendFacts, SendPart, Side, Tail, TcpFacts, TlsSeq,
+    Transport,
 };
-use crate::http_head::{self, Body, Head, HeadCache, Parsed};
-use crate::requests::{Answer, Requests};
-use crate::response::{Ending, PeerEnds, Response, fate};
-pub use crate::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
+use crate::judge::http_head::{self, Body, Head, HeadCache, Parsed};
+use crate::judge::requests::{Answer, Requests};
+use crate::judge::response::{Ending, PeerEnds, Response, fate};
+pub use crate::judge::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
-#[derive(Clone, Debug)]
-struct Conn {
-    meta: Arc<ConnMeta>,
-    /// Bytes handed to the kernel: one past the highest stream offset seen.
-    sent: u64,
-    /// The response in flight (its promised end not reached yet).
-    resp: Option<Response>,
-    /// The response before it, every byte handed over, its delivery not settled yet; and when
-    /// its last byte was handed over.
-    settling: Option<(Response, u64)>,
-    eagain: u32,
-    partial: u32,
-    peer: PeerEnds,
-    last_ns: u64,
-    opened_ns: u64,
-    /// The TCP counters at the latest state change.
-    tcp: Option<TcpFacts>,
-    /// A head that has not ended yet: its bytes so far, waiting for `HeadPiece`s.
-    split_head: Option<PartialHead>,
-    /// The stream's last bytes before `recent_end`, as far as the sends' tails tell (a
-    /// chunked body's end; kept here, not in the response: a head completed by a later piece
-    /// begins its response after its send was counted).
-    recent: Tail,
-    recent_end: u64,
-    /// Some send's (a client's: read's) last bytes were not known: a chunked body's end may
-    /// have gone unseen.
-    tail_gap: bool,
-    requests: Requests,
-    /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
-    tunnel: bool,
-    /// A client read the start of a response inside a read that ended the one before
-    /// (pipelined responses read together): that head was not seen, and the stream is out of
-    /// step from there. Not judged any further (`Stats::pipelined_unseen`).
-    out_of_step: bool,
-    /// Events about this connection were lost: its shortfalls are the observer's.
-    events_lost: bool,
-    /// Events lost host-wide when it opened (see `Event::Eof`).
-    losses_at_open: u32,
-    /// This host reset the connection with bytes unacknowledged (`Event::ResetDiscard`, which
-    /// comes just before the state change to CLOSE).
-    reset: Option<ResetFacts>,
-    /// A TLS stream's plaintext in its ciphertext (None for plain streams).
-    marks: Option<Box<CipherMarks>>,
-    /// A TCP client's `copied_seq` when it was classified: where the responses it reads begin
-    /// in its receive sequence (its reads seen are checked against the kernel's at the end).
-    read_from: Option<u32>,
-    /// A TCP client read end of stream: its counters then.
-    eof_read: Option<ReadFacts>,
-    /// A head a client is reading a few bytes at a time, so far (`head_from_reads`).
-    read_head: Option<PartialHead>,
-    /// The server reset a client's connection before the client read all that had arrived
-    /// (or during a read), or its FIN reached a client that had half-closed. Linux still
-    /// hands those bytes to the client's reads; its verdict waits until it read them, or read
-    /// end of stream.
-    drain: Option<Drain>,
-    /// This host sent its FIN (shutdown or close) while written bytes were unacknowledged, at
-    /// this kernel time. The kernel goes on delivering them, unless a reset follows: a close
-    /// with unread input after a shutdown (hyper shuts down, then closes) drops them. So the
-    /// responses wait until every byte was acknowledged (FIN_WAIT2), or the socket's end
-    /// (CLOSE: with this host's reset, or the counts of what was never acknowledged), or
-    /// `FIN_WAIT_BOUND_NS`. The counters at the FIN are the evidence (the slow reader's
-    /// closed window is seen there); those at the settling, what was delivered.
-    fin_wait: Option<(u64, TcpFacts)>,
-    /// A client ended its side (FIN) when no response was being read: a half-close after its
-    /// request (RFC 9112 §9.6), not an abort. It still reads what the server sends.
-    half_closed: bool,
-    /// A server's peer sent its FIN: the stream offset it had acknowledged then. A peer that
-    /// closed its socket acknowledges nothing after its FIN (more data gets a reset); one that
-    /// only half-closed goes on reading, so bytes acknowledged past this offset show its FIN
-    /// was no leaving.
-    acked_at_peer_fin: Option<u64>,
-}
+mod conn;
+use conn::Conn;
 
 /// How long the responses of a connection this host sent its FIN on wait for their bytes to
 /// be acknowledged, before they are judged as if they were (`Correlator::expire`): a reader
@@ -1307,11 +1236,10 @@ impl Correlator {
 
     /// Transport of a tracked connection.
     #[cfg(test)]
-    pub fn transport(&self, sk: u64) -> Option<crate::events::Transport> {
+    pub fn transport(&self, sk: u64) -> Option<crate::judge::events::Transport> {
         self.conns.get(&sk).map(|c| c.meta.transport)
     }
 }
 
 #[cfg(test)]
-#[path = "correlator_tests.rs"]
 mod tests;

@@ -13,11 +13,11 @@
 //!
 //! Everything set aside is counted (`truncwatch_self_traffic_verdicts_total`, by source) and
 //! kept out of the output and the verdict metrics.
-use crate::agent_registry::Registration;
-use crate::correlator::Verdict;
-use crate::events::{Event, Side, Transport};
-use crate::metrics::Metrics;
-use crate::other_agents::OtherAgents;
+use crate::agent::agent_registry::Registration;
+use crate::agent::other_agents::OtherAgents;
+use crate::export::metrics::Metrics;
+use crate::judge::correlator::Verdict;
+use crate::judge::events::{Event, Side, Transport};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -81,7 +81,7 @@ impl SelfTraffic {
             set_aside.clone(),
         );
         let own_pid = in_initial_pid_namespace().then(std::process::id);
-        let now = crate::output::monotonic_ns();
+        let now = crate::export::output::monotonic_ns();
         SelfTraffic {
             registration: own_pid.and_then(|pid| Registration::create(pid, now)),
             ..Self::unregistered(own_pid, set_aside)
@@ -93,7 +93,7 @@ impl SelfTraffic {
             own_pid,
             nonce: random_hex(16),
             probe_sk: None,
-            probe_at: crate::output::monotonic_ns(),
+            probe_at: crate::export::output::monotonic_ns(),
             probe_done: false,
             registration: None,
             others: OtherAgents::default(),
@@ -212,14 +212,14 @@ pub fn random_hex(bytes: usize) -> String {
     // time below still makes the value unique to this agent.
     unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     let mut s: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-    s += &format!("{:x}", crate::output::monotonic_ns());
+    s += &format!("{:x}", crate::export::output::monotonic_ns());
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{ConnMeta, SendFacts};
+    use crate::judge::events::{ConnMeta, SendFacts};
     use std::sync::Arc;
 
     fn meta(pid: u32, transport: Transport, local: &str, peer: &str, comm: &str) -> ConnMeta {
@@ -236,7 +236,7 @@ mod tests {
 
     fn verdict(m: ConnMeta) -> Verdict {
         Verdict {
-            kind: crate::correlator::Kind::ShortWrite,
+            kind: crate::judge::correlator::Kind::ShortWrite,
             pid: m.pid,
             meta: Arc::new(m),
             response: None,

@@ -10,9 +10,9 @@
 //! `other` later would make its counters go backwards.
 mod admission;
 
-use crate::attribution::Attribution;
-use crate::correlator::{Kind, Stats, Verdict};
-use crate::events::{Side, Transport};
+use crate::judge::correlator::{Kind, Stats, Verdict};
+use crate::judge::events::{Side, Transport};
+use crate::owner::attribution::Attribution;
 use admission::Table;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -561,8 +561,8 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlator::{Evidence, Kind, ResponseFacts};
-    use crate::events::ConnMeta;
+    use crate::judge::correlator::{Evidence, Kind, ResponseFacts};
+    use crate::judge::events::ConnMeta;
     use std::sync::Arc;
 
     fn verdict(kind: Kind, comm: &str, port: u16, missing: u64) -> Verdict {
@@ -573,7 +573,7 @@ mod tests {
             local: format!("127.0.0.1:{port}"),
             peer: String::new(),
             tls: false,
-            side: crate::events::Side::Server,
+            side: crate::judge::events::Side::Server,
         };
         let response = Some(ResponseFacts {
             status: 200,
@@ -659,7 +659,7 @@ mod tests {
         let build = |id: &str, image: Option<&str>| Attribution {
             exe: Some("/srv/shop-api".into()),
             build_id: Some(id.into()),
-            image: crate::container_image::Image {
+            image: crate::owner::container_image::Image {
                 image: image.map(Into::into),
                 image_id: image.map(|_| "sha256:ab".into()),
             },

@@ -1,0 +1,80 @@
+//! A connection's state in the correlator: what its sends, reads and ends told so far.
+use super::{Drain, PartialHead, ResetFacts};
+use crate::judge::cipher_marks::CipherMarks;
+use crate::judge::events::{ConnMeta, ReadFacts, Tail, TcpFacts};
+use crate::judge::requests::Requests;
+use crate::judge::response::{PeerEnds, Response};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub(super) struct Conn {
+    pub(super) meta: Arc<ConnMeta>,
+    /// Bytes handed to the kernel: one past the highest stream offset seen.
+    pub(super) sent: u64,
+    /// The response in flight (its promised end not reached yet).
+    pub(super) resp: Option<Response>,
+    /// The response before it, every byte handed over, its delivery not settled yet; and when
+    /// its last byte was handed over.
+    pub(super) settling: Option<(Response, u64)>,
+    pub(super) eagain: u32,
+    pub(super) partial: u32,
+    pub(super) peer: PeerEnds,
+    pub(super) last_ns: u64,
+    pub(super) opened_ns: u64,
+    /// The TCP counters at the latest state change.
+    pub(super) tcp: Option<TcpFacts>,
+    /// A head that has not ended yet: its bytes so far, waiting for `HeadPiece`s.
+    pub(super) split_head: Option<PartialHead>,
+    /// The stream's last bytes before `recent_end`, as far as the sends' tails tell (a
+    /// chunked body's end; kept here, not in the response: a head completed by a later piece
+    /// begins its response after its send was counted).
+    pub(super) recent: Tail,
+    pub(super) recent_end: u64,
+    /// Some send's (a client's: read's) last bytes were not known: a chunked body's end may
+    /// have gone unseen.
+    pub(super) tail_gap: bool,
+    pub(super) requests: Requests,
+    /// A CONNECT or an Upgrade was accepted: what follows is not HTTP/1.
+    pub(super) tunnel: bool,
+    /// A client read the start of a response inside a read that ended the one before
+    /// (pipelined responses read together): that head was not seen, and the stream is out of
+    /// step from there. Not judged any further (`Stats::pipelined_unseen`).
+    pub(super) out_of_step: bool,
+    /// Events about this connection were lost: its shortfalls are the observer's.
+    pub(super) events_lost: bool,
+    /// Events lost host-wide when it opened (see `Event::Eof`).
+    pub(super) losses_at_open: u32,
+    /// This host reset the connection with bytes unacknowledged (`Event::ResetDiscard`, which
+    /// comes just before the state change to CLOSE).
+    pub(super) reset: Option<ResetFacts>,
+    /// A TLS stream's plaintext in its ciphertext (None for plain streams).
+    pub(super) marks: Option<Box<CipherMarks>>,
+    /// A TCP client's `copied_seq` when it was classified: where the responses it reads begin
+    /// in its receive sequence (its reads seen are checked against the kernel's at the end).
+    pub(super) read_from: Option<u32>,
+    /// A TCP client read end of stream: its counters then.
+    pub(super) eof_read: Option<ReadFacts>,
+    /// A head a client is reading a few bytes at a time, so far (`head_from_reads`).
+    pub(super) read_head: Option<PartialHead>,
+    /// The server reset a client's connection before the client read all that had arrived
+    /// (or during a read), or its FIN reached a client that had half-closed. Linux still
+    /// hands those bytes to the client's reads; its verdict waits until it read them, or read
+    /// end of stream.
+    pub(super) drain: Option<Drain>,
+    /// This host sent its FIN (shutdown or close) while written bytes were unacknowledged, at
+    /// this kernel time. The kernel goes on delivering them, unless a reset follows: a close
+    /// with unread input after a shutdown (hyper shuts down, then closes) drops them. So the
+    /// responses wait until every byte was acknowledged (FIN_WAIT2), or the socket's end
+    /// (CLOSE: with this host's reset, or the counts of what was never acknowledged), or
+    /// `FIN_WAIT_BOUND_NS`. The counters at the FIN are the evidence (the slow reader's
+    /// closed window is seen there); those at the settling, what was delivered.
+    pub(super) fin_wait: Option<(u64, TcpFacts)>,
+    /// A client ended its side (FIN) when no response was being read: a half-close after its
+    /// request (RFC 9112 §9.6), not an abort. It still reads what the server sends.
+    pub(super) half_closed: bool,
+    /// A server's peer sent its FIN: the stream offset it had acknowledged then. A peer that
+    /// closed its socket acknowledges nothing after its FIN (more data gets a reset); one that
+    /// only half-closed goes on reading, so bytes acknowledged past this offset show its FIN
+    /// was no leaving.
+    pub(super) acked_at_peer_fin: Option<u64>,
+}
