@@ -5,9 +5,10 @@
 //! compile-time assertion that both sides compile.
 #![no_std]
 
-/// Bytes of a response head the kernel copies out with the send that begins it. nginx's heads
-/// are about 250 bytes; a head that does not end within them goes on in `HeadPiece` events.
-pub const HEAD_CAP: usize = 512;
+/// Bytes of a response head the kernel copies out with the send that begins it: room for the
+/// 1–2 KB heads real sites send (cookies, CSP, HSTS, tracing headers; issue 28), in one record
+/// and one user read. A head that does not end within them goes on in `HeadPiece` events.
+pub const HEAD_CAP: usize = 2048;
 /// The largest `--max-head-bytes`: the kernel captures at most this much of one head. Heads
 /// longer than the agent's bound are reported as unparsed, never judged.
 pub const MAX_HEAD_LIMIT: usize = 32 << 10;

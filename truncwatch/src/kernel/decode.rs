@@ -44,7 +44,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
         EV_HEAD => {
-            // Field by field, not the whole record: copying its 512-byte capture onto the
+            // Field by field, not the whole record: copying its `HEAD_CAP`-byte capture onto the
             // stack before copying the part used showed in the agent's profile.
             if buf.len() < size_of::<HeadEvent>() {
                 return Err(DecodeError::Short {
