@@ -491,14 +491,44 @@ impl Reader {
 
 /// Send a response head over a Unix socket pair of our own and wait until the kernel programs
 /// report both its open and its end of stream: proof that programs, offsets and the ring
-/// buffer all work before we say "ready".
+/// buffer all work before we say "ready". A probe not seen within `PROBE_RETRY` is sent again
+/// (its events lost to a ring buffer full of others' traffic), up to `PROBE_DEADLINE`.
 async fn probe_events_flow(
     ring: &mut AsyncFd<RingBuf<MapData>>,
     reader: &mut Reader,
 ) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + PROBE_DEADLINE;
+    loop {
+        send_probe(reader.own.probe_head())?;
+        let retry = (tokio::time::Instant::now() + PROBE_RETRY).min(deadline);
+        while !reader.own.probe_done() && tokio::time::Instant::now() < retry {
+            tokio::time::sleep(DRAIN_EVERY).await;
+            reader.drain(ring.get_mut());
+        }
+        if reader.own.probe_done() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the kernel programs attached, but no events arrived from a test connection within {} s",
+                PROBE_DEADLINE.as_secs()
+            );
+        }
+        // Its events may have been lost to a ring buffer that others' traffic filled before
+        // we read it (a flood on the host while we started): probe again.
+        reader.own.probe_again();
+    }
+}
+
+/// How long the start-up probe may take in all, and how long one probe's events are waited
+/// for before another is sent.
+const PROBE_DEADLINE: Duration = Duration::from_secs(10);
+const PROBE_RETRY: Duration = Duration::from_secs(1);
+
+/// One start-up probe: `head` over a Unix socket pair of our own, then its end of stream.
+fn send_probe(head: String) -> Result<()> {
     // Its head carries our nonce: how we find it, and our pid (`self_traffic`). (The thread's
     // name is for people reading other agents' output; no agent trusts it.)
-    let head = reader.own.probe_head();
     let traffic = std::thread::Builder::new()
         .name(canary::THREAD.into())
         .spawn(move || -> std::io::Result<()> {
@@ -511,15 +541,6 @@ async fn probe_events_flow(
     traffic
         .join()
         .map_err(|_| anyhow::anyhow!("the start-up probe's thread panicked"))??;
-    let wait = async {
-        while !reader.own.probe_done() {
-            tokio::time::sleep(DRAIN_EVERY).await;
-            reader.drain(ring.get_mut());
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), wait)
-        .await
-        .context("the kernel programs attached, but no events arrived from a test connection within 10 s")?;
     Ok(())
 }
 

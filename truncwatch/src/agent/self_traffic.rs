@@ -114,6 +114,12 @@ impl SelfTraffic {
         self.probe_done
     }
 
+    /// A probe's events were lost (the ring buffer was full: other processes' traffic filled
+    /// it before we read it): the next probe's are looked for from its send on.
+    pub fn probe_again(&mut self) {
+        self.probe_sk = None;
+    }
+
     /// Our pid as the kernel reports it, once known.
     pub fn own_pid(&self) -> Option<u32> {
         self.own_pid
