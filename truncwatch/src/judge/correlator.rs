@@ -15,6 +15,7 @@ use crate::judge::events::{
     Transport,
 };
 use crate::judge::http_head::{self, Body, Head, HeadCache, Parsed};
+use crate::judge::peer_end::PeerEnd;
 use crate::judge::requests::{Answer, Requests};
 use crate::judge::response::{Ending, PeerEnds, Response, fate};
 pub use crate::judge::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
@@ -293,7 +294,7 @@ impl Correlator {
                 });
                 if peer_fin {
                     // (At offset 0: before any response, so it decides no verdict.)
-                    conn.peer.saw("fin", 0);
+                    conn.peer.saw(PeerEnd::Fin, 0);
                 }
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
@@ -362,7 +363,7 @@ impl Correlator {
                     conn.events_lost |= conn.losses_at_open != losses || events_lost;
                     conn.eof_read = read;
                     let at = conn.sent;
-                    conn.peer.saw("eof", at);
+                    conn.peer.saw(PeerEnd::Eof, at);
                     let ending = conn.drain.map_or(Ending::Eof, |d| d.ending());
                     self.finish(conn, ending, ts_ns, out);
                 }
@@ -378,7 +379,7 @@ impl Correlator {
                 } else if !reader_is_client && let Some(conn) = self.conns.get_mut(&reader) {
                     // The server read end of stream: the client ended its side first.
                     let at = conn.sent;
-                    conn.peer.saw("eof", at);
+                    conn.peer.saw(PeerEnd::Eof, at);
                 }
             }
             Event::ResetDiscard {
@@ -430,7 +431,7 @@ impl Correlator {
         match newstate {
             // (A TLS client's unread bytes are records, which its reads do not count.)
             RESET_RECEIVED => {
-                conn.peer.saw("reset", conn.sent);
+                conn.peer.saw(PeerEnd::Reset, conn.sent);
                 if let Some(drain) = drain_left(conn, facts, false) {
                     conn.drain = Some(drain);
                     return None;
@@ -466,7 +467,7 @@ impl Correlator {
                 if facts.unread == 0 {
                     return Some(Ending::Fin);
                 }
-                conn.peer.saw("fin", conn.sent);
+                conn.peer.saw(PeerEnd::Fin, conn.sent);
                 match drain_left(conn, facts, true) {
                     Some(d) => {
                         conn.drain = Some(d);
@@ -482,7 +483,7 @@ impl Correlator {
                 discarded: conn.reset.as_ref().map_or(0, |r| r.unsent),
             }),
             TCP_CLOSE_WAIT => {
-                conn.peer.saw("fin", conn.sent);
+                conn.peer.saw(PeerEnd::Fin, conn.sent);
                 // (The FIN's segment acknowledged what the peer had: `tcp_ack()` runs first.)
                 conn.acked_at_peer_fin
                     .get_or_insert(conn.sent.saturating_sub(facts.unacked));
@@ -566,10 +567,10 @@ impl Correlator {
                 EAGAIN => conn.eagain += 1,
                 // A Unix peer that is gone closed its end: its end of stream.
                 EPIPE | ECONNRESET if conn.meta.transport == Transport::Unix => {
-                    conn.peer.saw("eof", conn.sent);
+                    conn.peer.saw(PeerEnd::Eof, conn.sent);
                     return Some(Ending::Eof);
                 }
-                EPIPE | ECONNRESET => conn.peer.saw("gone", conn.sent),
+                EPIPE | ECONNRESET => conn.peer.saw(PeerEnd::Gone, conn.sent),
                 _ => {}
             }
             return None;
@@ -1040,7 +1041,7 @@ impl Correlator {
         // A peer FIN after which the peer still acknowledged bytes was a half-close: it was
         // reading, and did not leave (a client that sent its whole request, then shut down).
         let acked = conn.sent.saturating_sub(unacked);
-        if peer_first == Some("fin") && conn.acked_at_peer_fin.is_some_and(|at| acked > at) {
+        if peer_first == Some(PeerEnd::Fin) && conn.acked_at_peer_fin.is_some_and(|at| acked > at) {
             peer_first = None;
         }
         let kind = fate(ending, peer_first, reached, delivered == sent);

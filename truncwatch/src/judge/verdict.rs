@@ -1,6 +1,7 @@
 //! What the correlator decides: verdicts, the facts and evidence they carry, and the counts
 //! of what could not be judged.
 use crate::judge::events::{ConnMeta, Side};
+use crate::judge::peer_end::PeerEnd;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -123,9 +124,9 @@ pub struct Evidence {
     /// Either of the above: at some point on this connection the application wrote faster
     /// than the peer read (a slow reader, or just a large response to a fast one).
     pub send_buffer_full: bool,
-    /// The peer ended its side first: `"fin"`, `"reset"`, `"eof"` (Unix), `"gone"` (sends
-    /// failed with EPIPE/ECONNRESET), or null.
-    pub peer_ended: Option<&'static str>,
+    /// How the peer first ended its side (`PeerEnd`): `"fin"`, `"reset"`, `"eof"` (Unix),
+    /// `"gone"` (sends failed with EPIPE/ECONNRESET), or null.
+    pub peer_ended: Option<PeerEnd>,
     /// How the verdict was reached (`End`).
     pub end: Option<End>,
     /// Received bytes the application never read when this host reset the connection (the
