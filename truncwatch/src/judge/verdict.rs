@@ -4,8 +4,9 @@ use crate::judge::events::{ConnMeta, Side};
 use crate::judge::peer_end::PeerEnd;
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What a response (or, for `reset_discard`, a connection) became: the verdict, named in the
+/// output by `as_str`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// The application handed the kernel every promised byte.
     Complete,
@@ -63,6 +64,8 @@ impl Kind {
         Kind::ObserverLoss,
     ];
 
+    /// Its name in the output (`verdict` in JSON, the human line, metric labels, the stop
+    /// summary): the one source of it, serde included.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Complete => "complete",
@@ -92,6 +95,13 @@ impl Kind {
                 | Kind::Truncated
                 | Kind::ObserverLoss
         )
+    }
+}
+
+/// Serialised as its name (`as_str`), the one source of it.
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -232,6 +242,37 @@ impl Stats {
         match side {
             Side::Server => &mut self.judged[kind as usize],
             Side::Client => &mut self.judged_client[kind as usize],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The verdict names are the output contract (`docs/output.md`): serde writes `as_str`.
+    #[test]
+    fn kind_names_as_documented() {
+        let names = Kind::ALL.map(Kind::as_str);
+        assert_eq!(
+            names,
+            [
+                "complete",
+                "short_write",
+                "peer_reset",
+                "peer_closed",
+                "desync",
+                "reset_discard",
+                "unframed",
+                "unparsed",
+                "truncated",
+                "aborted",
+                "observer_loss",
+            ]
+        );
+        for kind in Kind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
     }
 }
