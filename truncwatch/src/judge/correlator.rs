@@ -23,7 +23,9 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 mod conn;
+mod judgement;
 use conn::Conn;
+use judgement::{Ended, Judged};
 
 /// How long the responses of a connection this host sent its FIN on wait for their bytes to
 /// be acknowledged, before they are judged as if they were (`Correlator::expire`): a reader
@@ -696,7 +698,7 @@ impl Correlator {
                 // Nothing drops what a Unix stream was handed: delivered as it is handed over.
                 // A client's stream is what it read: delivered.
                 let n = end - resp.start;
-                self.emit(conn, resp, Kind::Complete, End::Reached, n, n, ts_ns, out);
+                self.emit(conn, Judged::complete(resp, n, ts_ns), out);
                 // A client's read past the end: the next response began in it, unseen.
                 if conn.meta.side == Side::Client && conn.sent > end {
                     self.stats.pipelined_unseen += 1;
@@ -825,12 +827,14 @@ impl Correlator {
                 let sent = start.saturating_sub(prev.start);
                 self.emit(
                     conn,
-                    prev,
-                    Kind::Desync,
-                    End::NextResponse,
-                    sent,
-                    sent,
-                    ts_ns,
+                    Judged {
+                        resp: prev,
+                        kind: Kind::Desync,
+                        how: End::NextResponse,
+                        sent,
+                        delivered: sent,
+                        ts_ns,
+                    },
                     out,
                 );
             }
@@ -838,7 +842,7 @@ impl Correlator {
             // gets here: the next head shows it was all handed over.
             Some(end) => {
                 let n = end - prev.start;
-                self.emit(conn, prev, Kind::Complete, End::Reached, n, n, ts_ns, out);
+                self.emit(conn, Judged::complete(prev, n, ts_ns), out);
             }
             // No known end: a chunked body whose last chunk we did not see, or a
             // close-delimited body followed by more output. Not judged.
@@ -850,16 +854,7 @@ impl Correlator {
     fn settle(&mut self, conn: &mut Conn, _ts_ns: u64, out: &mut Vec<Verdict>) {
         if let Some((resp, reached_ns)) = conn.settling.take() {
             let n = resp.end().unwrap_or(resp.start) - resp.start;
-            self.emit(
-                conn,
-                resp,
-                Kind::Complete,
-                End::Reached,
-                n,
-                n,
-                reached_ns,
-                out,
-            );
+            self.emit(conn, Judged::complete(resp, n, reached_ns), out);
         }
     }
 
@@ -940,10 +935,28 @@ impl Correlator {
         self.take_untaken(&mut conn);
         let mut reset_taken = false;
         if let Some((resp, reached_ns)) = conn.settling.take() {
-            reset_taken |= self.ended(&conn, resp, true, ending, reached_ns, ts_ns, out);
+            reset_taken |= self.ended(
+                &conn,
+                Ended {
+                    resp,
+                    reached_ns: Some(reached_ns),
+                    ending,
+                    ts_ns,
+                },
+                out,
+            );
         }
         if let Some(resp) = conn.resp.take() {
-            reset_taken |= self.ended(&conn, resp, false, ending, ts_ns, ts_ns, out);
+            reset_taken |= self.ended(
+                &conn,
+                Ended {
+                    resp,
+                    reached_ns: None,
+                    ending,
+                    ts_ns,
+                },
+                out,
+            );
         }
         // (A client's reset discards only its own requests' bytes: not a response's fate.)
         if let Some(r) = conn
@@ -981,19 +994,16 @@ impl Correlator {
         }
     }
 
-    /// A response whose stream ended (`reached`: every promised byte was handed over): its
-    /// verdict. Returns whether this host's reset dropped bytes of it.
-    #[allow(clippy::too_many_arguments)]
-    fn ended(
-        &mut self,
-        conn: &Conn,
-        resp: Response,
-        reached: bool,
-        ending: Ending,
-        reached_ns: u64,
-        ts_ns: u64,
-        out: &mut Vec<Verdict>,
-    ) -> bool {
+    /// A response whose stream ended (`Ended`; `reached` below: every promised byte was handed
+    /// over): its verdict. Returns whether this host's reset dropped bytes of it.
+    fn ended(&mut self, conn: &Conn, e: Ended, out: &mut Vec<Verdict>) -> bool {
+        let Ended {
+            resp,
+            reached_ns,
+            ending,
+            ts_ns,
+        } = e;
+        let reached = reached_ns.is_some();
         if conn.meta.side == Side::Client {
             self.client_ended(conn, resp, ending, ts_ns, out);
             return false;
@@ -1022,7 +1032,18 @@ impl Correlator {
             match resp.head.body {
                 Body::UntilClose => {
                     let how = ending.end();
-                    self.emit(conn, resp, Kind::Unframed, how, sent, delivered, ts_ns, out);
+                    self.emit(
+                        conn,
+                        Judged {
+                            resp,
+                            kind: Kind::Unframed,
+                            how,
+                            sent,
+                            delivered,
+                            ts_ns,
+                        },
+                        out,
+                    );
                     return dropped;
                 }
                 // Trailers end with a blank line too: if that is how the stream ended, we
@@ -1046,7 +1067,7 @@ impl Correlator {
         }
         let kind = fate(ending, peer_first, reached, delivered == sent);
         let (how, ts) = if kind == Kind::Complete {
-            (End::Reached, reached_ns)
+            (End::Reached, reached_ns.unwrap_or(ts_ns))
         } else {
             (ending.end(), ts_ns)
         };
@@ -1055,7 +1076,18 @@ impl Correlator {
             unacked_bytes = conn.reset.as_ref().map(|r| r.unacked);
         }
         let unread = conn.reset.as_ref().map(|r| r.unread).filter(|_| dropped);
-        if let Some(v) = self.emit(conn, resp, kind, how, sent, delivered, ts, out) {
+        if let Some(v) = self.emit(
+            conn,
+            Judged {
+                resp,
+                kind,
+                how,
+                sent,
+                delivered,
+                ts_ns: ts,
+            },
+            out,
+        ) {
             v.unacked_bytes = unacked_bytes;
             v.evidence.unread_bytes = unread;
         }
@@ -1080,12 +1112,14 @@ impl Correlator {
             Body::UntilClose => {
                 self.emit(
                     conn,
-                    resp,
-                    Kind::Unframed,
-                    ending.end(),
-                    received,
-                    received,
-                    ts_ns,
+                    Judged {
+                        resp,
+                        kind: Kind::Unframed,
+                        how: ending.end(),
+                        sent: received,
+                        delivered: received,
+                        ts_ns,
+                    },
                     out,
                 );
                 return;
@@ -1120,12 +1154,14 @@ impl Correlator {
         };
         self.emit(
             conn,
-            resp,
-            kind,
-            ending.end(),
-            received,
-            received,
-            ts_ns,
+            Judged {
+                resp,
+                kind,
+                how: ending.end(),
+                sent: received,
+                delivered: received,
+                ts_ns,
+            },
             out,
         );
     }
@@ -1136,22 +1172,16 @@ impl Correlator {
         }
     }
 
-    /// One verdict about `resp`, of which `sent` bytes were handed over and `delivered` reach
-    /// the peer. Returns it, if built.
-    #[allow(clippy::too_many_arguments)]
+    /// One verdict about a response (`Judged`: what it became, the bytes of it handed over and
+    /// those that reach the peer). Returns it, if built.
     fn emit<'o>(
         &mut self,
         conn: &Conn,
-        resp: Response,
-        kind: Kind,
-        how: End,
-        sent: u64,
-        delivered: u64,
-        ts_ns: u64,
+        j: Judged,
         out: &'o mut Vec<Verdict>,
     ) -> Option<&'o mut Verdict> {
         // A shortfall on a stream seen only in part may be the events we missed.
-        let kind = match kind {
+        let kind = match j.kind {
             Kind::ShortWrite
             | Kind::PeerReset
             | Kind::PeerClosed
@@ -1172,25 +1202,15 @@ impl Correlator {
         out.push(Verdict {
             kind,
             meta: conn.meta.clone(),
-            pid: if resp.pid != 0 {
-                resp.pid
+            pid: if j.resp.pid != 0 {
+                j.resp.pid
             } else {
                 conn.meta.pid
             },
-            response: Some(ResponseFacts {
-                status: resp.head.status,
-                content_length: match resp.head.body {
-                    Body::Length(n) => Some(n),
-                    _ => None,
-                },
-                chunked: resp.head.body == Body::Chunked,
-                expected_bytes: resp.end().map(|e| e - resp.start),
-                sent_bytes: sent,
-                delivered_bytes: delivered,
-            }),
+            response: Some(j.facts()),
             unacked_bytes: None,
-            evidence: self.evidence(conn, how, ts_ns),
-            ts_ns,
+            evidence: self.evidence(conn, j.how, j.ts_ns),
+            ts_ns: j.ts_ns,
         });
         out.last_mut()
     }
