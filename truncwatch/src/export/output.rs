@@ -187,7 +187,7 @@ fn human(v: &Verdict, owner: &Attribution, ts: String) -> String {
         );
     }
     if let Some(p) = e.peer_ended {
-        line += &format!(" peer_ended={p}");
+        line += &format!(" peer_ended={}", p.as_str());
     }
     match (&owner.namespace, &owner.pod, &owner.container_id) {
         (Some(ns), Some(pod), _) => line += &format!(" pod={}/{}", escape(ns), escape(pod)),

@@ -15,6 +15,7 @@ use crate::judge::events::{
     Transport,
 };
 use crate::judge::http_head::{self, Body, Head, HeadCache, Parsed};
+use crate::judge::peer_end::PeerEnd;
 use crate::judge::requests::{Answer, Requests};
 use crate::judge::response::{Ending, PeerEnds, Response, fate};
 pub use crate::judge::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
@@ -22,7 +23,9 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 mod conn;
+mod judgement;
 use conn::Conn;
+use judgement::{Ended, Judged};
 
 /// How long the responses of a connection this host sent its FIN on wait for their bytes to
 /// be acknowledged, before they are judged as if they were (`Correlator::expire`): a reader
@@ -293,7 +296,7 @@ impl Correlator {
                 });
                 if peer_fin {
                     // (At offset 0: before any response, so it decides no verdict.)
-                    conn.peer.saw("fin", 0);
+                    conn.peer.saw(PeerEnd::Fin, 0);
                 }
                 self.conns.insert(sk, conn);
                 self.evict_if_full();
@@ -362,7 +365,7 @@ impl Correlator {
                     conn.events_lost |= conn.losses_at_open != losses || events_lost;
                     conn.eof_read = read;
                     let at = conn.sent;
-                    conn.peer.saw("eof", at);
+                    conn.peer.saw(PeerEnd::Eof, at);
                     let ending = conn.drain.map_or(Ending::Eof, |d| d.ending());
                     self.finish(conn, ending, ts_ns, out);
                 }
@@ -378,7 +381,7 @@ impl Correlator {
                 } else if !reader_is_client && let Some(conn) = self.conns.get_mut(&reader) {
                     // The server read end of stream: the client ended its side first.
                     let at = conn.sent;
-                    conn.peer.saw("eof", at);
+                    conn.peer.saw(PeerEnd::Eof, at);
                 }
             }
             Event::ResetDiscard {
@@ -430,7 +433,7 @@ impl Correlator {
         match newstate {
             // (A TLS client's unread bytes are records, which its reads do not count.)
             RESET_RECEIVED => {
-                conn.peer.saw("reset", conn.sent);
+                conn.peer.saw(PeerEnd::Reset, conn.sent);
                 if let Some(drain) = drain_left(conn, facts, false) {
                     conn.drain = Some(drain);
                     return None;
@@ -466,7 +469,7 @@ impl Correlator {
                 if facts.unread == 0 {
                     return Some(Ending::Fin);
                 }
-                conn.peer.saw("fin", conn.sent);
+                conn.peer.saw(PeerEnd::Fin, conn.sent);
                 match drain_left(conn, facts, true) {
                     Some(d) => {
                         conn.drain = Some(d);
@@ -482,7 +485,7 @@ impl Correlator {
                 discarded: conn.reset.as_ref().map_or(0, |r| r.unsent),
             }),
             TCP_CLOSE_WAIT => {
-                conn.peer.saw("fin", conn.sent);
+                conn.peer.saw(PeerEnd::Fin, conn.sent);
                 // (The FIN's segment acknowledged what the peer had: `tcp_ack()` runs first.)
                 conn.acked_at_peer_fin
                     .get_or_insert(conn.sent.saturating_sub(facts.unacked));
@@ -566,10 +569,10 @@ impl Correlator {
                 EAGAIN => conn.eagain += 1,
                 // A Unix peer that is gone closed its end: its end of stream.
                 EPIPE | ECONNRESET if conn.meta.transport == Transport::Unix => {
-                    conn.peer.saw("eof", conn.sent);
+                    conn.peer.saw(PeerEnd::Eof, conn.sent);
                     return Some(Ending::Eof);
                 }
-                EPIPE | ECONNRESET => conn.peer.saw("gone", conn.sent),
+                EPIPE | ECONNRESET => conn.peer.saw(PeerEnd::Gone, conn.sent),
                 _ => {}
             }
             return None;
@@ -695,7 +698,7 @@ impl Correlator {
                 // Nothing drops what a Unix stream was handed: delivered as it is handed over.
                 // A client's stream is what it read: delivered.
                 let n = end - resp.start;
-                self.emit(conn, resp, Kind::Complete, End::Reached, n, n, ts_ns, out);
+                self.emit(conn, Judged::complete(resp, n, ts_ns), out);
                 // A client's read past the end: the next response began in it, unseen.
                 if conn.meta.side == Side::Client && conn.sent > end {
                     self.stats.pipelined_unseen += 1;
@@ -824,12 +827,14 @@ impl Correlator {
                 let sent = start.saturating_sub(prev.start);
                 self.emit(
                     conn,
-                    prev,
-                    Kind::Desync,
-                    End::NextResponse,
-                    sent,
-                    sent,
-                    ts_ns,
+                    Judged {
+                        resp: prev,
+                        kind: Kind::Desync,
+                        how: End::NextResponse,
+                        sent,
+                        delivered: sent,
+                        ts_ns,
+                    },
                     out,
                 );
             }
@@ -837,7 +842,7 @@ impl Correlator {
             // gets here: the next head shows it was all handed over.
             Some(end) => {
                 let n = end - prev.start;
-                self.emit(conn, prev, Kind::Complete, End::Reached, n, n, ts_ns, out);
+                self.emit(conn, Judged::complete(prev, n, ts_ns), out);
             }
             // No known end: a chunked body whose last chunk we did not see, or a
             // close-delimited body followed by more output. Not judged.
@@ -849,16 +854,7 @@ impl Correlator {
     fn settle(&mut self, conn: &mut Conn, _ts_ns: u64, out: &mut Vec<Verdict>) {
         if let Some((resp, reached_ns)) = conn.settling.take() {
             let n = resp.end().unwrap_or(resp.start) - resp.start;
-            self.emit(
-                conn,
-                resp,
-                Kind::Complete,
-                End::Reached,
-                n,
-                n,
-                reached_ns,
-                out,
-            );
+            self.emit(conn, Judged::complete(resp, n, reached_ns), out);
         }
     }
 
@@ -939,10 +935,28 @@ impl Correlator {
         self.take_untaken(&mut conn);
         let mut reset_taken = false;
         if let Some((resp, reached_ns)) = conn.settling.take() {
-            reset_taken |= self.ended(&conn, resp, true, ending, reached_ns, ts_ns, out);
+            reset_taken |= self.ended(
+                &conn,
+                Ended {
+                    resp,
+                    reached_ns: Some(reached_ns),
+                    ending,
+                    ts_ns,
+                },
+                out,
+            );
         }
         if let Some(resp) = conn.resp.take() {
-            reset_taken |= self.ended(&conn, resp, false, ending, ts_ns, ts_ns, out);
+            reset_taken |= self.ended(
+                &conn,
+                Ended {
+                    resp,
+                    reached_ns: None,
+                    ending,
+                    ts_ns,
+                },
+                out,
+            );
         }
         // (A client's reset discards only its own requests' bytes: not a response's fate.)
         if let Some(r) = conn
@@ -980,19 +994,16 @@ impl Correlator {
         }
     }
 
-    /// A response whose stream ended (`reached`: every promised byte was handed over): its
-    /// verdict. Returns whether this host's reset dropped bytes of it.
-    #[allow(clippy::too_many_arguments)]
-    fn ended(
-        &mut self,
-        conn: &Conn,
-        resp: Response,
-        reached: bool,
-        ending: Ending,
-        reached_ns: u64,
-        ts_ns: u64,
-        out: &mut Vec<Verdict>,
-    ) -> bool {
+    /// A response whose stream ended (`Ended`; `reached` below: every promised byte was handed
+    /// over): its verdict. Returns whether this host's reset dropped bytes of it.
+    fn ended(&mut self, conn: &Conn, e: Ended, out: &mut Vec<Verdict>) -> bool {
+        let Ended {
+            resp,
+            reached_ns,
+            ending,
+            ts_ns,
+        } = e;
+        let reached = reached_ns.is_some();
         if conn.meta.side == Side::Client {
             self.client_ended(conn, resp, ending, ts_ns, out);
             return false;
@@ -1021,7 +1032,18 @@ impl Correlator {
             match resp.head.body {
                 Body::UntilClose => {
                     let how = ending.end();
-                    self.emit(conn, resp, Kind::Unframed, how, sent, delivered, ts_ns, out);
+                    self.emit(
+                        conn,
+                        Judged {
+                            resp,
+                            kind: Kind::Unframed,
+                            how,
+                            sent,
+                            delivered,
+                            ts_ns,
+                        },
+                        out,
+                    );
                     return dropped;
                 }
                 // Trailers end with a blank line too: if that is how the stream ended, we
@@ -1040,12 +1062,12 @@ impl Correlator {
         // A peer FIN after which the peer still acknowledged bytes was a half-close: it was
         // reading, and did not leave (a client that sent its whole request, then shut down).
         let acked = conn.sent.saturating_sub(unacked);
-        if peer_first == Some("fin") && conn.acked_at_peer_fin.is_some_and(|at| acked > at) {
+        if peer_first == Some(PeerEnd::Fin) && conn.acked_at_peer_fin.is_some_and(|at| acked > at) {
             peer_first = None;
         }
         let kind = fate(ending, peer_first, reached, delivered == sent);
         let (how, ts) = if kind == Kind::Complete {
-            (End::Reached, reached_ns)
+            (End::Reached, reached_ns.unwrap_or(ts_ns))
         } else {
             (ending.end(), ts_ns)
         };
@@ -1054,7 +1076,18 @@ impl Correlator {
             unacked_bytes = conn.reset.as_ref().map(|r| r.unacked);
         }
         let unread = conn.reset.as_ref().map(|r| r.unread).filter(|_| dropped);
-        if let Some(v) = self.emit(conn, resp, kind, how, sent, delivered, ts, out) {
+        if let Some(v) = self.emit(
+            conn,
+            Judged {
+                resp,
+                kind,
+                how,
+                sent,
+                delivered,
+                ts_ns: ts,
+            },
+            out,
+        ) {
             v.unacked_bytes = unacked_bytes;
             v.evidence.unread_bytes = unread;
         }
@@ -1079,12 +1112,14 @@ impl Correlator {
             Body::UntilClose => {
                 self.emit(
                     conn,
-                    resp,
-                    Kind::Unframed,
-                    ending.end(),
-                    received,
-                    received,
-                    ts_ns,
+                    Judged {
+                        resp,
+                        kind: Kind::Unframed,
+                        how: ending.end(),
+                        sent: received,
+                        delivered: received,
+                        ts_ns,
+                    },
                     out,
                 );
                 return;
@@ -1119,12 +1154,14 @@ impl Correlator {
         };
         self.emit(
             conn,
-            resp,
-            kind,
-            ending.end(),
-            received,
-            received,
-            ts_ns,
+            Judged {
+                resp,
+                kind,
+                how: ending.end(),
+                sent: received,
+                delivered: received,
+                ts_ns,
+            },
             out,
         );
     }
@@ -1135,22 +1172,16 @@ impl Correlator {
         }
     }
 
-    /// One verdict about `resp`, of which `sent` bytes were handed over and `delivered` reach
-    /// the peer. Returns it, if built.
-    #[allow(clippy::too_many_arguments)]
+    /// One verdict about a response (`Judged`: what it became, the bytes of it handed over and
+    /// those that reach the peer). Returns it, if built.
     fn emit<'o>(
         &mut self,
         conn: &Conn,
-        resp: Response,
-        kind: Kind,
-        how: End,
-        sent: u64,
-        delivered: u64,
-        ts_ns: u64,
+        j: Judged,
         out: &'o mut Vec<Verdict>,
     ) -> Option<&'o mut Verdict> {
         // A shortfall on a stream seen only in part may be the events we missed.
-        let kind = match kind {
+        let kind = match j.kind {
             Kind::ShortWrite
             | Kind::PeerReset
             | Kind::PeerClosed
@@ -1171,25 +1202,15 @@ impl Correlator {
         out.push(Verdict {
             kind,
             meta: conn.meta.clone(),
-            pid: if resp.pid != 0 {
-                resp.pid
+            pid: if j.resp.pid != 0 {
+                j.resp.pid
             } else {
                 conn.meta.pid
             },
-            response: Some(ResponseFacts {
-                status: resp.head.status,
-                content_length: match resp.head.body {
-                    Body::Length(n) => Some(n),
-                    _ => None,
-                },
-                chunked: resp.head.body == Body::Chunked,
-                expected_bytes: resp.end().map(|e| e - resp.start),
-                sent_bytes: sent,
-                delivered_bytes: delivered,
-            }),
+            response: Some(j.facts()),
             unacked_bytes: None,
-            evidence: self.evidence(conn, how, ts_ns),
-            ts_ns,
+            evidence: self.evidence(conn, j.how, j.ts_ns),
+            ts_ns: j.ts_ns,
         });
         out.last_mut()
     }

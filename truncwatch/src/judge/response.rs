@@ -1,6 +1,7 @@
 //! One response on a server connection, from its head to its verdict: what the head promised,
 //! how far the bytes handed over got, and, once the stream ended, what the peer got of it.
 use crate::judge::http_head::{Body, Head};
+use crate::judge::peer_end::PeerEnd;
 use crate::judge::requests::Answer;
 use crate::judge::verdict::{End, Kind};
 
@@ -100,18 +101,18 @@ pub struct PeerEnds {
 
 impl PeerEnds {
     /// Record an end (the first of each kind counts).
-    pub fn saw(&mut self, how: &'static str, at: u64) {
+    pub fn saw(&mut self, how: PeerEnd, at: u64) {
         let slot = match how {
-            "fin" => &mut self.fin,
-            "eof" => &mut self.eof,
-            "reset" => &mut self.reset,
-            _ => &mut self.gone,
+            PeerEnd::Fin => &mut self.fin,
+            PeerEnd::Eof => &mut self.eof,
+            PeerEnd::Reset => &mut self.reset,
+            PeerEnd::Gone => &mut self.gone,
         };
         slot.get_or_insert(at);
     }
 
     /// The peer's first end seen after stream offset `after`, as `evidence.peer_ended` names it.
-    pub fn first_after(&self, after: u64) -> Option<&'static str> {
+    pub fn first_after(&self, after: u64) -> Option<PeerEnd> {
         self.seen()
             .filter(|&(at, _)| at > after)
             .min()
@@ -119,17 +120,18 @@ impl PeerEnds {
     }
 
     /// The peer's first end at all (evidence, whether or not it decides a verdict).
-    pub fn first(&self) -> Option<&'static str> {
+    pub fn first(&self) -> Option<PeerEnd> {
         self.seen().min().map(|(_, how)| how)
     }
 
-    /// (offset, name) of each end seen. (At the same offset a FIN sorts before a reset.)
-    fn seen(&self) -> impl Iterator<Item = (u64, &'static str)> {
+    /// (offset, how) of each end seen. (At the same offset `PeerEnd`'s order decides: a FIN
+    /// sorts before a reset.)
+    fn seen(&self) -> impl Iterator<Item = (u64, PeerEnd)> {
         [
-            (self.fin, "fin"),
-            (self.eof, "eof"),
-            (self.reset, "reset"),
-            (self.gone, "gone"),
+            (self.fin, PeerEnd::Fin),
+            (self.eof, PeerEnd::Eof),
+            (self.reset, PeerEnd::Reset),
+            (self.gone, PeerEnd::Gone),
         ]
         .into_iter()
         .filter_map(|(at, how)| Some((at?, how)))
@@ -140,13 +142,18 @@ impl PeerEnds {
 /// ended first (`peer_first`: the peer's end after this response began), whether every
 /// promised byte was handed over (`reached`), and whether the peer got them all
 /// (`delivered_all`).
-pub fn fate(ending: Ending, peer_first: Option<&str>, reached: bool, delivered_all: bool) -> Kind {
+pub fn fate(
+    ending: Ending,
+    peer_first: Option<PeerEnd>,
+    reached: bool,
+    delivered_all: bool,
+) -> Kind {
     if reached && delivered_all {
         return Kind::Complete;
     }
     match (peer_first, ending) {
         // The peer ended first: its doing, whatever this host did after.
-        (Some("fin" | "eof"), _) => Kind::PeerClosed,
+        (Some(PeerEnd::Fin | PeerEnd::Eof), _) => Kind::PeerClosed,
         (Some(_), _) | (None, Ending::PeerReset) => Kind::PeerReset,
         // Every byte handed over, and this host's reset dropped some of them.
         (None, Ending::HostReset { .. }) if reached => Kind::ResetDiscard,
@@ -161,18 +168,22 @@ mod tests {
     #[test]
     fn peer_ends_count_only_after_a_response_began() {
         let mut p = PeerEnds::default();
-        p.saw("fin", 100);
+        p.saw(PeerEnd::Fin, 100);
         assert_eq!(p.first_after(100), None, "a half-close before the response");
-        assert_eq!(p.first_after(99), Some("fin"));
-        p.saw("reset", 500);
-        p.saw("fin", 700); // a second FIN changes nothing
-        assert_eq!(p.first_after(100), Some("reset"));
-        assert_eq!(p.first_after(50), Some("fin"));
-        assert_eq!(p.first(), Some("fin"));
+        assert_eq!(p.first_after(99), Some(PeerEnd::Fin));
+        p.saw(PeerEnd::Reset, 500);
+        p.saw(PeerEnd::Fin, 700); // a second FIN changes nothing
+        assert_eq!(p.first_after(100), Some(PeerEnd::Reset));
+        assert_eq!(p.first_after(50), Some(PeerEnd::Fin));
+        assert_eq!(p.first(), Some(PeerEnd::Fin));
         assert_eq!(PeerEnds::default().first(), None);
         let mut p = PeerEnds::default();
-        p.saw("eof", 0);
-        assert_eq!(p.first(), Some("eof"), "an end at offset 0 still shows");
+        p.saw(PeerEnd::Eof, 0);
+        assert_eq!(
+            p.first(),
+            Some(PeerEnd::Eof),
+            "an end at offset 0 still shows"
+        );
     }
 
     #[test]
@@ -180,9 +191,18 @@ mod tests {
         let host_reset = Ending::HostReset { discarded: 10 };
         for ending in [Ending::Fin, host_reset, Ending::PeerReset, Ending::Eof] {
             assert_eq!(fate(ending, None, true, true), Kind::Complete);
-            assert_eq!(fate(ending, Some("fin"), false, false), Kind::PeerClosed);
-            assert_eq!(fate(ending, Some("eof"), true, false), Kind::PeerClosed);
-            assert_eq!(fate(ending, Some("gone"), false, false), Kind::PeerReset);
+            assert_eq!(
+                fate(ending, Some(PeerEnd::Fin), false, false),
+                Kind::PeerClosed
+            );
+            assert_eq!(
+                fate(ending, Some(PeerEnd::Eof), true, false),
+                Kind::PeerClosed
+            );
+            assert_eq!(
+                fate(ending, Some(PeerEnd::Gone), false, false),
+                Kind::PeerReset
+            );
         }
         assert_eq!(fate(Ending::Fin, None, false, true), Kind::ShortWrite);
         assert_eq!(fate(host_reset, None, false, false), Kind::ShortWrite);

@@ -1,10 +1,12 @@
 //! What the correlator decides: verdicts, the facts and evidence they carry, and the counts
 //! of what could not be judged.
 use crate::judge::events::{ConnMeta, Side};
+use crate::judge::peer_end::PeerEnd;
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What a response (or, for `reset_discard`, a connection) became: the verdict, named in the
+/// output by `as_str`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// The application handed the kernel every promised byte.
     Complete,
@@ -62,6 +64,8 @@ impl Kind {
         Kind::ObserverLoss,
     ];
 
+    /// Its name in the output (`verdict` in JSON, the human line, metric labels, the stop
+    /// summary): the one source of it, serde included.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Complete => "complete",
@@ -94,6 +98,13 @@ impl Kind {
     }
 }
 
+/// Serialised as its name (`as_str`), the one source of it.
+impl serde::Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// How the response's fate was decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,9 +134,9 @@ pub struct Evidence {
     /// Either of the above: at some point on this connection the application wrote faster
     /// than the peer read (a slow reader, or just a large response to a fast one).
     pub send_buffer_full: bool,
-    /// The peer ended its side first: `"fin"`, `"reset"`, `"eof"` (Unix), `"gone"` (sends
-    /// failed with EPIPE/ECONNRESET), or null.
-    pub peer_ended: Option<&'static str>,
+    /// How the peer first ended its side (`PeerEnd`): `"fin"`, `"reset"`, `"eof"` (Unix),
+    /// `"gone"` (sends failed with EPIPE/ECONNRESET), or null.
+    pub peer_ended: Option<PeerEnd>,
     /// How the verdict was reached (`End`).
     pub end: Option<End>,
     /// Received bytes the application never read when this host reset the connection (the
@@ -231,6 +242,37 @@ impl Stats {
         match side {
             Side::Server => &mut self.judged[kind as usize],
             Side::Client => &mut self.judged_client[kind as usize],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The verdict names are the output contract (`docs/output.md`): serde writes `as_str`.
+    #[test]
+    fn kind_names_as_documented() {
+        let names = Kind::ALL.map(Kind::as_str);
+        assert_eq!(
+            names,
+            [
+                "complete",
+                "short_write",
+                "peer_reset",
+                "peer_closed",
+                "desync",
+                "reset_discard",
+                "unframed",
+                "unparsed",
+                "truncated",
+                "aborted",
+                "observer_loss",
+            ]
+        );
+        for kind in Kind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
     }
 }

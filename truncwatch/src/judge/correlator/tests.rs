@@ -302,7 +302,7 @@ fn short_write_after_peer_half_close_before_the_response_is_the_servers() {
     w.state_unacked(TCP_LAST_ACK, TCP_CLOSE, 0);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     let v = &w.out[0];
-    assert_eq!(v.evidence.peer_ended, Some("fin"));
+    assert_eq!(v.evidence.peer_ended, Some(PeerEnd::Fin));
     assert_eq!(
         v.r().delivered_bytes,
         v.r().sent_bytes,
@@ -331,7 +331,7 @@ fn peer_fin_after_the_response_began_is_peer_closed() {
     );
     assert_eq!(
         (v.evidence.peer_ended, v.evidence.end),
-        (Some("fin"), Some(End::Reset)),
+        (Some(PeerEnd::Fin), Some(End::Reset)),
         "its reset settled what it got"
     );
     assert!(
@@ -483,12 +483,12 @@ fn sends_failing_with_epipe_mean_the_peer_is_gone() {
     w.err(EPIPE);
     w.state(TCP_ESTABLISHED, TCP_CLOSE);
     assert_eq!(w.kinds(), [Kind::PeerReset]);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("gone"));
+    assert_eq!(w.out[0].evidence.peer_ended, Some(PeerEnd::Gone));
     let mut w = Wire::new(Transport::Unix);
     w.response(500, 100);
     w.err(EPIPE);
     assert_eq!(w.kinds(), [Kind::PeerClosed]);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("eof"));
+    assert_eq!(w.out[0].evidence.peer_ended, Some(PeerEnd::Eof));
     assert_eq!(w.c.tracked(), 0);
 }
 
@@ -533,7 +533,7 @@ fn unix_server_reading_eof_marks_peer_but_does_not_judge() {
         read: None,
     });
     assert_eq!(w.kinds(), [Kind::Complete]);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("eof"));
+    assert_eq!(w.out[0].evidence.peer_ended, Some(PeerEnd::Eof));
     // Cut after the client closed: its doing.
     let mut w = Wire::new(Transport::Unix);
     w.response(1000, 10);
@@ -1835,7 +1835,7 @@ fn client_reads_a_cut_response_to_its_end_of_stream_truncated() {
     assert_eq!(v.meta.side, Side::Client);
     assert_eq!(v.r().sent_bytes, hl(8_000_000) + 2_070_000);
     assert_eq!(v.r().missing_bytes(), Some(8_000_000 - 2_070_000));
-    assert_eq!(v.evidence.peer_ended, Some("fin"));
+    assert_eq!(v.evidence.peer_ended, Some(PeerEnd::Fin));
     assert_eq!(v.evidence.end, Some(End::Eof));
     assert_eq!(
         v.evidence.unacked_bytes_at_end, None,
@@ -1910,7 +1910,7 @@ fn client_sees_a_server_reset_truncated() {
     w.response(100_000, 5_000);
     w.client_state(TCP_ESTABLISHED, RESET_RECEIVED, 0);
     assert_eq!(w.kinds(), [Kind::Truncated]);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("reset"));
+    assert_eq!(w.out[0].evidence.peer_ended, Some(PeerEnd::Reset));
 }
 
 /// Bytes read by a path the hooks do not see (`splice` from the socket, for one) leave the
@@ -2059,7 +2059,7 @@ fn client_reset_by_the_server_is_judged_once_it_read_what_was_left() {
     w.send(None, 45_000);
     assert_eq!(w.kinds(), [Kind::Truncated]);
     assert_eq!(w.out[0].r().sent_bytes, hl(10_000_000) + 1_095_000);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("reset"));
+    assert_eq!(w.out[0].evidence.peer_ended, Some(PeerEnd::Reset));
     // It stops reading before the end: its end of stream (after the reset's error) decides.
     let mut w = Wire::client(Transport::Tcp);
     w.response(10_000_000, 1_000_000);
@@ -2301,7 +2301,7 @@ fn a_peer_fin_before_the_open_is_its_end_in_evidence() {
     w.response(4_194_304, 3_588_096 - hl(4_194_304));
     w.state(TCP_CLOSE_WAIT, TCP_LAST_ACK);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("fin"));
+    assert_eq!(w.out[0].evidence.peer_ended, Some(PeerEnd::Fin));
 }
 
 /// A client that half-closes once its request is sent (RFC 9112 §9.6) still reads the
@@ -2319,7 +2319,7 @@ fn client_half_close_then_a_cut_response_is_truncated() {
     w.send(None, 500_000);
     assert_eq!(w.kinds(), [Kind::Truncated]);
     assert_eq!(w.out[0].r().sent_bytes, hl(4_194_304) + 1_500_000);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("fin"));
+    assert_eq!(w.out[0].evidence.peer_ended, Some(PeerEnd::Fin));
     // All of it read: complete as it is read.
     let mut w = Wire::client(Transport::Tcp);
     w.client_state(TCP_ESTABLISHED, TCP_FIN_WAIT1, 0);
@@ -2369,7 +2369,7 @@ fn a_half_close_that_goes_on_reading_is_not_the_peers_leaving() {
     w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 1_500_000);
     w.state_unacked(TCP_LAST_ACK, TCP_CLOSE, 0);
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
-    assert_eq!(w.out[0].evidence.peer_ended, Some("fin"));
+    assert_eq!(w.out[0].evidence.peer_ended, Some(PeerEnd::Fin));
     let sent = hl(8_388_608) + 3_000_000;
     assert_eq!(w.r_sent_delivered(), (sent, sent));
     // Nothing acknowledged after its FIN, then its reset: it left.
