@@ -16,7 +16,6 @@ use crate::judge::events::{
     self, ConnMeta, Event, PieceFacts, SendFacts, SendPart, Tail, TcpFacts, Transport,
 };
 use crate::judge::http_head::{self, Body, Parsed};
-use crate::kernel::btf_offsets::SockLayout;
 use crate::kernel::decode::decode;
 use truncwatch_common::HEAD_CAP;
 
@@ -228,14 +227,7 @@ fn mutated_and_random_heads_never_panic() {
 
 #[test]
 fn decoding_any_bytes_never_panics() {
-    let layout = SockLayout {
-        daddr: 0,
-        rcv_saddr: 4,
-        dport: 12,
-        v6_daddr: 56,
-        v6_rcv_saddr: 72,
-        state: 18,
-    };
+    let layout = crate::kernel::decode::test_layout();
     let mut r = Rng::new(3);
     for _ in 0..iters(500_000) {
         let len = r.below(800) as usize;

@@ -274,6 +274,20 @@ fn unix_path(p: &[u8]) -> String {
     }
 }
 
+/// A `struct sock_common` layout for tests (this file's and `fuzz_tests`'): the offsets of
+/// Linux 6.x on x86_64.
+#[cfg(test)]
+pub fn test_layout() -> SockLayout {
+    SockLayout {
+        daddr: 0,
+        rcv_saddr: 4,
+        dport: 12,
+        v6_daddr: 56,
+        v6_rcv_saddr: 72,
+        state: 18,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,16 +298,7 @@ mod tests {
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
     }
 
-    fn layout() -> SockLayout {
-        SockLayout {
-            daddr: 0,
-            rcv_saddr: 4,
-            dport: 12,
-            v6_daddr: 56,
-            v6_rcv_saddr: 72,
-            state: 18,
-        }
-    }
+    use super::test_layout as layout;
 
     #[test]
     fn decodes_tcp_open() {
