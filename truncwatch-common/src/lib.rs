@@ -9,10 +9,6 @@
 /// 1–2 KB heads real sites send (cookies, CSP, HSTS, tracing headers; issue 28), in one record
 /// and one user read. A head that does not end within them goes on in `HeadPiece` events.
 pub const HEAD_CAP: usize = 2048;
-/// The capture of a head whose send is no longer than this (nginx's own heads are about 250
-/// bytes): its record is this size, so that the ring buffer holds as many of the common short
-/// heads as before `HEAD_CAP` grew (a 2 KB record for every head filled it four times as fast).
-pub const SMALL_HEAD_CAP: usize = 512;
 /// The largest `--max-head-bytes`: the kernel captures at most this much of one head. Heads
 /// longer than the agent's bound are reported as unparsed, never judged.
 pub const MAX_HEAD_LIMIT: usize = 32 << 10;
@@ -357,12 +353,10 @@ pub const OPEN_TLS: u32 = 1;
 /// responses it read, and its "send" events are reads (`SYS_READ`, ...).
 pub const OPEN_CLIENT: u32 = 2;
 
-/// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer, in a record
-/// of `CAP` capture bytes (`HEAD_CAP`, or `SMALL_HEAD_CAP` for a send no longer than that; the
-/// record's length says which, `cap_len` how many bytes were copied).
+/// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct HeadEvent<const CAP: usize = HEAD_CAP> {
+pub struct HeadEvent {
     pub send: SendEvent,
     pub cap_len: u32,
     /// `SockState::requests` and `method` when this head's send began (`EV_HEAD` only): the
@@ -370,7 +364,7 @@ pub struct HeadEvent<const CAP: usize = HEAD_CAP> {
     pub requests: u8,
     pub method: u8,
     pub _pad: u16,
-    pub cap: [u8; CAP],
+    pub cap: [u8; HEAD_CAP],
 }
 
 /// A tracked TCP socket changed state (`inet_sock_set_state`).
@@ -460,7 +454,6 @@ const _: () =
     assert!(core::mem::size_of::<OpenEvent>() == 24 + 8 + 16 + SOCK_PREFIX + UNIX_PATH + 12);
 const _: () = assert!(core::mem::size_of::<SendEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<HeadEvent>() == 64 + 8 + HEAD_CAP);
-const _: () = assert!(core::mem::size_of::<HeadEvent<SMALL_HEAD_CAP>>() == 64 + 8 + SMALL_HEAD_CAP);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<TlsCall>() == 56);

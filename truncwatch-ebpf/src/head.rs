@@ -18,7 +18,7 @@ use aya_ebpf::helpers::generated::{bpf_probe_read_user, bpf_ringbuf_output};
 use core::ffi::c_void;
 use truncwatch_common::{
     EV_HEAD, EV_HEAD_PIECE, FLAG_EVENTS_LOST, FLAG_HEAD_LF, FLAG_HEAD_LFCR, HEAD_CAP, HeadEvent,
-    HeadPiece, MAX_GATHER_IOV, MAX_HEAD_LIMIT, PIECE_ARGS, PIECE_BUF, SMALL_HEAD_CAP, SockState,
+    HeadPiece, MAX_GATHER_IOV, MAX_HEAD_LIMIT, PIECE_ARGS, PIECE_BUF, SockState,
 };
 
 /// A send (`ret` bytes of it taken, at stream offset `offset`) on a tracked socket, first
@@ -41,13 +41,7 @@ pub fn head_begins(
     // costs the sender some 70 ns). Otherwise look at the first bytes before copying anything.
     let guess = fits && st.head_more == 0 && st.requests > 0;
     let known = !guess && fits && begins_head(call.buf());
-    // A short send gets a short record: the ring buffer holds as many common heads as ever.
-    let began = (guess || known)
-        && if call.buf_len() > SMALL_HEAD_CAP as u64 {
-            head::<HEAD_CAP>(sk, st, offset, ret, call, flags, known)
-        } else {
-            head::<SMALL_HEAD_CAP>(sk, st, offset, ret, call, flags, known)
-        };
+    let began = (guess || known) && head(sk, st, offset, ret, call, flags, known);
     if !began {
         if readable && st.head_more > 0 {
             st.head_skip = 0; // a head being gathered goes on in this send, from its start
@@ -165,7 +159,7 @@ fn send_end(offset: u64, ret: i32, call: &IoCall) -> u64 {
 ///
 /// `known`: the caller checked the send begins a head. If not, the copy is checked here.
 #[inline(always)]
-fn head<const CAP: usize>(
+fn head(
     sk: *mut c_void,
     st: &mut SockState,
     offset: u64,
@@ -174,7 +168,7 @@ fn head<const CAP: usize>(
     flags: u32,
     known: bool,
 ) -> bool {
-    let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent<CAP>>(0) else {
+    let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
         if known || begins_head(call.buf()) {
             count_lost(LOST_RINGBUF_FULL);
             st.flags |= FLAG_EVENTS_LOST;
@@ -184,7 +178,7 @@ fn head<const CAP: usize>(
         return false;
     };
     let ev = entry.as_mut_ptr();
-    let n = bounded(call.buf_len(), CAP as u32);
+    let n = bounded(call.buf_len(), HEAD_CAP as u32);
     let cap = unsafe { (&raw mut (*ev).cap).cast::<u8>() };
     let copied = unsafe { bpf_probe_read_user(cap.cast(), n, call.buf() as *const c_void) } == 0;
     // A guess is checked in the copy; if the copy failed (a page not present), in a look at
@@ -222,12 +216,10 @@ fn head<const CAP: usize>(
     // Most heads end exactly where their buffer does; others are looked for.
     let found = if !copied {
         ENDED // nothing to go on with: the agent finds it unparsed
-    } else if n >= 4 && ends_blank::<CAP>(cap, n) {
+    } else if n >= 4 && ends_blank(cap, n) {
         ENDED
-    } else if CAP == HEAD_CAP {
-        truncwatch_head_end(cap.cast(), n)
     } else {
-        truncwatch_small_head_end(cap.cast(), n)
+        truncwatch_head_end(cap.cast(), n)
     };
     entry.submit(wake_flags());
     // The head goes on past the capture (in this send's later bytes, or the next sends): the
@@ -252,17 +244,6 @@ pub extern "C" fn truncwatch_head_end(cap: *const [u8; HEAD_CAP], n: u32) -> u32
         return ENDED;
     }
     blank_line::<{ HEAD_CAP / 8 }>(cap.cast(), n.min(HEAD_CAP as u32), 0)
-}
-
-/// The same over a short record's capture (`SMALL_HEAD_CAP`): the verifier checks a global
-/// function's pointer against its argument's size, which a short record does not have.
-#[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn truncwatch_small_head_end(cap: *const [u8; SMALL_HEAD_CAP], n: u32) -> u32 {
-    if cap.is_null() {
-        return ENDED;
-    }
-    blank_line::<{ SMALL_HEAD_CAP / 8 }>(cap.cast(), n.min(SMALL_HEAD_CAP as u32), 0)
 }
 
 /// More of a head that has not ended yet (`st.head_more` bytes of it may still be captured):
@@ -427,9 +408,9 @@ fn carry_flags(found: u32) -> u32 {
 
 /// Whether `p[n-4..n]` is `\r\n\r\n` (`n` in 4..=`HEAD_CAP`).
 #[inline(always)]
-fn ends_blank<const CAP: usize>(p: *const u8, n: u32) -> bool {
+fn ends_blank(p: *const u8, n: u32) -> bool {
     let at = (n - 4) as usize;
-    at <= CAP - 4
+    at <= HEAD_CAP - 4
         && unsafe { core::ptr::read_unaligned(p.add(at).cast::<u32>()) }
             == u32::from_le_bytes(*b"\r\n\r\n")
 }

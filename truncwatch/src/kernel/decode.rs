@@ -12,7 +12,7 @@ use truncwatch_common::{
     AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
     EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_REQUESTS, FLAG_TLS_SEQ,
     FLAG_TLS_SEQ_BEFORE, HEAD_CAP, HeadEvent, HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_CLIENT,
-    OPEN_TLS, OpenEvent, ResetEvent, SMALL_HEAD_CAP, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    OPEN_TLS, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
 };
 
 #[derive(Debug, PartialEq, Eq)]
@@ -44,18 +44,16 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
         EV_HEAD => {
-            // Field by field, not the whole record: copying its capture onto the stack before
-            // copying the part used showed in the agent's profile. The record is of either
-            // size (`HeadEvent<SMALL_HEAD_CAP>` for a short send): the capture is what it holds.
-            if buf.len() < size_of::<HeadEvent<SMALL_HEAD_CAP>>() {
+            // Field by field, not the whole record: copying its `HEAD_CAP`-byte capture onto the
+            // stack before copying the part used showed in the agent's profile.
+            if buf.len() < size_of::<HeadEvent>() {
                 return Err(DecodeError::Short {
                     kind: h.kind,
                     len: buf.len(),
                 });
             }
             let cap_len: u32 = read(&buf[offset_of!(HeadEvent, cap_len)..], h.kind)?;
-            let held = &buf[offset_of!(HeadEvent, cap)..];
-            let cap = &held[..(cap_len as usize).min(HEAD_CAP).min(held.len())];
+            let cap = &buf[offset_of!(HeadEvent, cap)..][..(cap_len as usize).min(HEAD_CAP)];
             let mut ev = send_event(read(buf, h.kind)?, Some(cap.to_vec()));
             if let Event::Send(s) = &mut ev {
                 let (requests, method) = (
@@ -404,22 +402,6 @@ mod tests {
             (s.head.unwrap().len(), s.tail.as_slice().len()),
             (HEAD_CAP, TAIL)
         );
-        // A short send's record: its capture is what the record holds, whatever `cap_len` says.
-        let small = HeadEvent::<SMALL_HEAD_CAP> {
-            send: e.send,
-            cap_len: 100_000,
-            requests: 0,
-            method: 0,
-            _pad: 0,
-            cap: [b'y'; SMALL_HEAD_CAP],
-        };
-        let Event::Send(s) = decode(&bytes(&small), &layout()).unwrap() else {
-            panic!()
-        };
-        assert_eq!(s.head.unwrap(), vec![b'y'; SMALL_HEAD_CAP]);
-        // Shorter than either: refused.
-        let short = &bytes(&small)[..size_of::<HeadEvent<SMALL_HEAD_CAP>>() - 1];
-        assert!(decode(short, &layout()).is_err());
     }
 
     #[test]
