@@ -44,7 +44,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4, value_parser = ring_mib)]
     pub ring_buffer_mib: u32,
     /// Response heads are read up to this many bytes; longer ones are reported `unparsed`, never
-    /// judged (512 to 32768). A head that ends within its first 512 bytes costs the same
+    /// judged (2048 to 32768). A head that ends within its first 2048 bytes costs the same
     /// whatever this is; each longer one costs a copy of up to this many bytes, in the sender.
     #[arg(long, default_value_t = DEFAULT_MAX_HEAD, value_parser = max_head)]
     pub max_head_bytes: u32,
