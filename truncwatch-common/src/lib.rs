@@ -162,6 +162,12 @@ pub const FLAG_HEAD_LFCR: u32 = 64;
 /// An event about this socket could not be delivered (ring buffer full). Sticky; carried by
 /// every later send and state event, so the agent never judges a stream it saw only in part.
 pub const FLAG_EVENTS_LOST: u32 = 4;
+/// The connection's open event (`OpenEvent`) could not be delivered (ring buffer full): the
+/// next event about it that can be goes after a late open (`OPEN_LATE`), so the agent learns
+/// of a connection it would otherwise never judge, and says `observer_loss` for it (issue 26).
+pub const FLAG_OPEN_LOST: u32 = 2048;
+/// ... and that open was of a TLS stream's plaintext (`OPEN_TLS`).
+pub const FLAG_OPEN_LOST_TLS: u32 = 4096;
 /// `SendEvent.flags` (kprobe backend): this head event was sent when the send began, before
 /// the kernel took any of it; its `ret` and tail are what was offered, not what was accepted.
 /// `FLAG_ACCEPTED` events follow with the bytes the kernel took.
@@ -352,6 +358,12 @@ pub const OPEN_TLS: u32 = 1;
 /// `OpenEvent.flags`: the socket is an HTTP client's (`FLAG_CLIENT`): its stream is the
 /// responses it read, and its "send" events are reads (`SYS_READ`, ...).
 pub const OPEN_CLIENT: u32 = 2;
+/// `OpenEvent.flags`: a late open (`FLAG_OPEN_LOST`): the connection was tracked earlier, its
+/// first events were lost, and its stream is seen only from here on.
+pub const OPEN_LATE: u32 = 4;
+/// `OpenEvent.flags`: sent from a state change, which may run in another task's context (a
+/// softirq on the peer's packet): its pid and thread name are not the owner's.
+pub const OPEN_NO_OWNER: u32 = 8;
 
 /// A send that began with `HTTP/`: `SendEvent` plus the first bytes of the buffer.
 #[repr(C)]

@@ -29,7 +29,8 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use core::ffi::c_void;
 use truncwatch_common::{
     EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_CLIENT, FLAG_EVENTS_LOST,
-    FLAG_RESET_RECEIVED, ProbeSock, SendEvent, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS,
+    FLAG_OPEN_LOST, FLAG_RESET_RECEIVED, ProbeSock, SendEvent, TAIL, TRACK_HTTP, TRACK_NO,
+    TRACK_TLS,
 };
 
 // include/net/tcp_states.h
@@ -96,6 +97,9 @@ fn classify(sk: *mut c_void, size: u64) -> Option<()> {
 /// head event now if it has one, and keep what settling it will need.
 #[inline(always)]
 fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
+    if ps.st.flags & FLAG_OPEN_LOST != 0 {
+        crate::send::open_again(sk, &mut ps.st, false);
+    }
     let offered = if size > i32::MAX as u64 {
         i32::MAX
     } else {

@@ -14,9 +14,10 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_CLIENT, FLAG_EVENTS_LOST, FLAG_REQUESTS,
-    FLAG_RESET_RECEIVED, METHOD_NONE, OPEN_CLIENT, Offsets, OpenEvent, SOCK_PREFIX,
-    STATE_RESET_RECEIVED, SendEvent, SockState, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS, UNIX_PATH,
+    AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_CLIENT, FLAG_EVENTS_LOST, FLAG_OPEN_LOST,
+    FLAG_OPEN_LOST_TLS, FLAG_REQUESTS, FLAG_RESET_RECEIVED, METHOD_NONE, OPEN_CLIENT, OPEN_LATE,
+    OPEN_NO_OWNER, OPEN_TLS, Offsets, OpenEvent, SOCK_PREFIX, STATE_RESET_RECEIVED, SendEvent,
+    SockState, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS, UNIX_PATH,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -110,14 +111,14 @@ pub fn begin_tracking(
             st.head_more = 0;
             st.requests = 1;
             st.method = method;
-            open(sk, family, o, OPEN_CLIENT);
+            open(sk, st, family, o, OPEN_CLIENT);
         }
         return None;
     }
     st.track = TRACK_HTTP;
     st.sent = 0;
     st.head_more = 0;
-    open(sk, family, o, 0);
+    open(sk, st, family, o, 0);
     Some(call)
 }
 
@@ -189,6 +190,12 @@ pub fn account(sk: *mut c_void, st: &mut SockState, ret: i32, mut call: IoCall, 
         }
     }
     head_goes_on(sk, st, offset, ret, &call);
+    // Last: here it costs the send programs no stack (a check at the start spilled registers
+    // across the call and took kretprobe_unix_stream_send's chain over 512 bytes). This send's
+    // own event came before the open, so the agent sees the stream from the next one on.
+    if st.flags & FLAG_OPEN_LOST != 0 {
+        open_again(sk, st, false);
+    }
 }
 
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a
@@ -246,12 +253,17 @@ pub fn read_tail(call: &IoCall, accepted: u64) -> Option<([u8; TAIL], u32)> {
     }
 }
 
-/// Tell the agent about a newly tracked connection: who owns it and its addresses (`flags`:
-/// `OPEN_*`).
+/// Tell the agent about a newly tracked connection (state `st`): who owns it and its
+/// addresses (`flags`: `OPEN_*`). If the event cannot be delivered the socket is marked
+/// (`FLAG_OPEN_LOST`), and its next event goes after a late open (`open_again`).
 #[inline(always)]
-pub fn open(sk: *mut c_void, family: u16, o: &Offsets, flags: u32) {
+pub fn open(sk: *mut c_void, st: &mut SockState, family: u16, o: &Offsets, flags: u32) {
     let Some(mut entry) = EVENTS.reserve_untyped::<OpenEvent>(0) else {
         count_lost(LOST_RINGBUF_FULL);
+        st.flags |= FLAG_EVENTS_LOST | FLAG_OPEN_LOST;
+        if flags & OPEN_TLS != 0 {
+            st.flags |= FLAG_OPEN_LOST_TLS;
+        }
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -290,6 +302,30 @@ pub fn open(sk: *mut c_void, family: u16, o: &Offsets, flags: u32) {
         }
     }
     entry.submit(wake_flags());
+}
+
+/// A tracked socket whose open was lost (`FLAG_OPEN_LOST`): try it again, as a late open,
+/// before its next event. `no_owner`: from a state change, maybe in another task's context.
+/// Not inlined: one copy of `open` per program, whatever calls it (the programs' stack and
+/// size; `bpf_stack.rs`).
+#[inline(never)]
+pub fn open_again(sk: *mut c_void, st: &mut SockState, no_owner: bool) {
+    let o = offsets();
+    let Some(family) = read_kernel::<u16>(sk as u64 + o.skc_family as u64) else {
+        return;
+    };
+    let mut flags = OPEN_LATE;
+    if st.flags & FLAG_OPEN_LOST_TLS != 0 {
+        flags |= OPEN_TLS;
+    }
+    if st.flags & FLAG_CLIENT != 0 {
+        flags |= OPEN_CLIENT;
+    }
+    if no_owner {
+        flags |= OPEN_NO_OWNER;
+    }
+    st.flags &= !(FLAG_OPEN_LOST | FLAG_OPEN_LOST_TLS);
+    open(sk, st, family, o, flags);
 }
 
 /// The bound path of a Unix socket (for accepted sockets, the listener's), read only as far as

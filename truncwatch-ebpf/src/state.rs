@@ -11,8 +11,8 @@ use aya_ebpf::helpers::{
 };
 use core::ffi::c_void;
 use truncwatch_common::{
-    EV_RESET, EV_STATE, FLAG_EVENTS_LOST, FLAG_RESET_RECEIVED, ResetEvent, SOCK_PREFIX,
-    STATE_RESET_RECEIVED, SockState, StateEvent, TRACK_HTTP, TRACK_TLS,
+    EV_RESET, EV_STATE, FLAG_EVENTS_LOST, FLAG_OPEN_LOST, FLAG_RESET_RECEIVED, ResetEvent,
+    SOCK_PREFIX, STATE_RESET_RECEIVED, SockState, StateEvent, TRACK_HTTP, TRACK_TLS,
 };
 
 // include/net/tcp_states.h
@@ -58,6 +58,9 @@ pub fn on_reset_received<S: Store>(sk: *mut c_void) {
 /// Report a tracked socket's state change; `st` is its state (the caller looked it up).
 #[inline(always)]
 pub fn emit_state(sk: *mut c_void, st: &mut SockState, oldstate: i32, newstate: i32) {
+    if st.flags & FLAG_OPEN_LOST != 0 {
+        crate::send::open_again(sk, st, true);
+    }
     let o = offsets();
     let base = sk as u64;
     let seq = |off: u32| read_kernel::<u32>(base + off as u64).unwrap_or(0);

@@ -314,7 +314,7 @@ fn open_client(sk: u64, st: &mut SockState, method: u8) -> Option<()> {
     st.requests = 1;
     st.method = method;
     let family = read_kernel::<u16>(sk + o.skc_family as u64).unwrap_or(0);
-    open(sk as *mut c_void, family, o, OPEN_TLS | OPEN_CLIENT);
+    open(sk as *mut c_void, st, family, o, OPEN_TLS | OPEN_CLIENT);
     Some(())
 }
 
@@ -355,7 +355,7 @@ fn plaintext_write(sk: u64, c: &TlsCall, n: i64) {
         st.sent = 0;
         st.head_more = 0;
         let family = read_kernel::<u16>(sk + o.skc_family as u64).unwrap_or(0);
-        open(sk as *mut c_void, family, o, OPEN_TLS);
+        open(sk as *mut c_void, st, family, o, OPEN_TLS);
     }
     if st.track != TRACK_HTTP {
         return;

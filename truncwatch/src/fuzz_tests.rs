@@ -262,6 +262,7 @@ fn random_event_streams_never_panic() {
                 losses: r.below(3) as u32,
                 copied_seq: None,
                 peer_fin: r.chance(10),
+                late: r.chance(20),
             },
             1 | 2 if r.chance(10) => {
                 // More of a head: random bytes of one, at a random place.
@@ -565,6 +566,7 @@ fn judged_exactly(kprobe: bool) {
                 losses: 0,
                 copied_seq: None,
                 peer_fin: false,
+                late: false,
             },
             &mut out,
         );

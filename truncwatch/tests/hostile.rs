@@ -592,3 +592,55 @@ sigint_stops_a_stuck_agent {
         assert!(wait_line(&agent.log, "after SIGINT/SIGTERM: exiting now", Duration::from_secs(1)).is_some());
     }
 });
+
+/// A connection whose open event was lost, with the rest of what it sent before the agent
+/// could read again (issue 26: under a flood, 0 of 20 innocent truncations were reported, not
+/// even as `observer_loss`). The agent is stopped while a flood fills its 1 MiB ring buffer;
+/// meanwhile a new connection begins a 4 MiB response. The agent resumes and drains; the
+/// server sends 1 MiB more and closes, short. The kernel sends the lost open late, with the
+/// next send: the agent must report the connection, as `observer_loss` (it never saw the
+/// head), and never stay silent or blame the server.
+fn lost_open(unix: bool) {
+    let agent = Agent::start_args(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--canary-interval",
+        "0s",
+        "--ring-buffer-mib",
+        "1",
+    ]);
+    let pid = agent.pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let flood = Server::start("tcp:127.0.0.1:0", "full", 100);
+    let answers = fetch(&flood.endpoint, &["--requests", "5000"]);
+    assert_eq!(answers.len(), 5000);
+    let (mut client, mut server, local) = pair(unix);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got.len()
+    });
+    let body = 4usize << 20;
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n");
+    server.write_all(head.as_bytes()).unwrap();
+    server.write_all(&[b'a'; 1000]).unwrap();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(1000)); // drained
+    for chunk in vec![b'b'; 1 << 20].chunks(64 << 10) {
+        server.write_all(chunk).unwrap();
+    }
+    drop(server);
+    assert_eq!(reader.join().unwrap(), head.len() + 1000 + (1 << 20));
+    let v = agent.wait_for(&local, 1, WAIT);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["verdict"], "observer_loss", "{}", v[0]);
+    assert_eq!(v[0]["pid"], std::process::id(), "{}", v[0]);
+}
+
+kernel_test!(tcp_connection_whose_open_was_lost_is_observer_loss_never_silence {
+    lost_open(false);
+});
+
+kernel_test!(unix_connection_whose_open_was_lost_is_observer_loss_never_silence {
+    lost_open(true);
+});

@@ -309,6 +309,7 @@ mod tests {
             losses: 0,
             copied_seq: None,
             peer_fin: false,
+            late: false,
         };
         let open =
             |pid, local: &str| opened(meta(pid, Transport::Tcp, local, "127.0.0.1:5", "tw-canary"));

@@ -260,6 +260,7 @@ impl Correlator {
                 losses,
                 copied_seq,
                 peer_fin,
+                late,
             } => {
                 self.socket_reused(sk, ts_ns, losses, out);
                 self.stats.connections += 1;
@@ -282,7 +283,7 @@ impl Correlator {
                     requests: Requests::default(),
                     tunnel: false,
                     out_of_step: false,
-                    events_lost: false,
+                    events_lost: late,
                     losses_at_open: losses,
                     reset: None,
                     marks,
@@ -293,6 +294,7 @@ impl Correlator {
                     fin_wait: None,
                     half_closed: false,
                     acked_at_peer_fin: peer_fin.then_some(0),
+                    head_unseen: late,
                 });
                 if peer_fin {
                     // (At offset 0: before any response, so it decides no verdict.)
@@ -730,6 +732,7 @@ impl Correlator {
             None => {}
         }
         // Whether or not it can be read, a head ends the response before it.
+        conn.head_unseen = false;
         self.head_begins(conn, offset, ts_ns, out);
         let p = PartialHead {
             start: offset,
@@ -958,6 +961,9 @@ impl Correlator {
                 out,
             );
         }
+        if conn.head_unseen {
+            self.unseen_response(&conn, ending, ts_ns, out);
+        }
         // (A client's reset discards only its own requests' bytes: not a response's fate.)
         if let Some(r) = conn
             .reset
@@ -966,6 +972,23 @@ impl Correlator {
         {
             self.connection_reset(r, ts_ns, out);
         }
+    }
+
+    /// A connection seen from the middle (its open came late: the ring buffer was full) ended
+    /// while the response it carried was one whose head was never seen: whether it was whole
+    /// cannot be told. `observer_loss`, never silence: the connection's owner and addresses
+    /// are known, and an operator can tell "blind here" from "nothing happened" (issue 26).
+    fn unseen_response(&mut self, conn: &Conn, ending: Ending, ts_ns: u64, out: &mut Vec<Verdict>) {
+        *self.stats.judged_on(conn.meta.side, Kind::ObserverLoss) += 1;
+        out.push(Verdict {
+            kind: Kind::ObserverLoss,
+            pid: conn.meta.pid,
+            meta: conn.meta.clone(),
+            response: None,
+            unacked_bytes: None,
+            evidence: self.evidence(conn, ending.end(), ts_ns),
+            ts_ns,
+        });
     }
 
     /// A TLS stream whose library keeps its records a while (a memory BIO): only the plaintext

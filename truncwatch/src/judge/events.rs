@@ -61,6 +61,10 @@ pub enum Event {
         /// A TCP socket's peer had sent its FIN already (CLOSE_WAIT when it was classified):
         /// a client that half-closed once its request was sent, before any response.
         peer_fin: bool,
+        /// A late open (`OPEN_LATE`): the connection's first events were lost, and its stream
+        /// is seen from here on only. The response it was sending is not known: if the
+        /// connection ends before a head is seen, its end is `observer_loss` (issue 26).
+        late: bool,
     },
     /// One send on a tracked socket.
     Send(SendFacts),

@@ -12,7 +12,8 @@ use truncwatch_common::{
     AF_INET6, AF_UNIX, EV_EOF, EV_HEAD, EV_HEAD_PIECE, EV_OPEN, EV_RESET, EV_SEND, EV_STATE,
     EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_EVENTS_LOST, FLAG_REQUESTS, FLAG_TLS_SEQ,
     FLAG_TLS_SEQ_BEFORE, HEAD_CAP, HeadEvent, HeadPiece, Header, MAX_HEAD_LIMIT, OPEN_CLIENT,
-    OPEN_TLS, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent, TAIL,
+    OPEN_LATE, OPEN_NO_OWNER, OPEN_TLS, OpenEvent, ResetEvent, SOCK_PREFIX, SendEvent, StateEvent,
+    TAIL,
 };
 
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +41,7 @@ pub fn decode(buf: &[u8], layout: &SockLayout) -> Result<Event, DecodeError> {
                 losses: e.losses,
                 copied_seq: tcp_client.then_some(e.copied_seq),
                 peer_fin,
+                late: e.flags & OPEN_LATE != 0,
             }
         }
         EV_SEND => send_event(read::<SendEvent>(buf, h.kind)?, None),
@@ -184,7 +186,14 @@ fn send_event(e: SendEvent, head: Option<Vec<u8>>) -> Event {
 }
 
 fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
-    let comm = cstr(&e.comm);
+    // (A late open sent from a state change may run in another task's context.)
+    let no_owner = e.flags & OPEN_NO_OWNER != 0;
+    let comm = if no_owner {
+        String::new()
+    } else {
+        cstr(&e.comm)
+    };
+    let tgid = if no_owner { 0 } else { e.h.tgid };
     let side = if e.flags & OPEN_CLIENT != 0 {
         Side::Client
     } else {
@@ -194,7 +203,7 @@ fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
         // A client's `unix_path` is the server's (the kernel reads it off the peer socket).
         AF_UNIX if side == Side::Client => ConnMeta {
             transport: Transport::Unix,
-            pid: e.h.tgid,
+            pid: tgid,
             comm,
             local: String::new(),
             peer: unix_path(&e.unix_path),
@@ -203,7 +212,7 @@ fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
         },
         AF_UNIX => ConnMeta {
             transport: Transport::Unix,
-            pid: e.h.tgid,
+            pid: tgid,
             comm,
             local: unix_path(&e.unix_path),
             peer: String::new(),
@@ -213,7 +222,7 @@ fn open_meta(e: &OpenEvent, l: &SockLayout) -> ConnMeta {
         family => ConnMeta {
             tls: e.flags & OPEN_TLS != 0,
             side,
-            ..inet_meta(family, &e.sock, e.sport, e.h.tgid, comm, l)
+            ..inet_meta(family, &e.sock, e.sport, tgid, comm, l)
         },
     }
 }
@@ -339,6 +348,7 @@ mod tests {
                 losses: 0,
                 copied_seq: None,
                 peer_fin: false,
+                late: false,
             }
         );
     }

@@ -53,6 +53,7 @@ impl Wire {
             losses: 0,
             copied_seq,
             peer_fin: false,
+            late: false,
         });
         w
     }
@@ -568,6 +569,7 @@ fn unix_socket_reused_ends_the_old_connection() {
         losses: 0,
         copied_seq: None,
         peer_fin: false,
+        late: false,
     });
     assert_eq!(w.kinds(), [Kind::ShortWrite]);
     assert_eq!(w.out[0].evidence.end, Some(End::SocketFreed));
@@ -967,6 +969,7 @@ fn connection_table_is_bounded() {
                 losses: 0,
                 copied_seq: None,
                 peer_fin: false,
+                late: false,
             },
             &mut out,
         );
@@ -1117,6 +1120,7 @@ fn end_evidence_from_the_deciding_state_change() {
             losses: 0,
             copied_seq: None,
             peer_fin: false,
+            late: false,
         },
         &mut out,
     );
@@ -1268,6 +1272,7 @@ fn problems_only_counts_but_does_not_build_the_rest() {
             losses: 0,
             copied_seq: None,
             peer_fin: false,
+            late: false,
         },
         &mut out,
     );
@@ -1417,6 +1422,7 @@ fn unix_shortfall_with_losses_meanwhile_is_observer_loss() {
         losses: 1,
         copied_seq: None,
         peer_fin: false,
+        late: false,
     });
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }
@@ -1639,6 +1645,7 @@ fn heads_over_the_bound_or_unfinished_are_unparsed() {
         losses: 0,
         copied_seq: None,
         peer_fin: false,
+        late: false,
     });
     w.send_long(&long_head(1300, "Content-Length: 0\r\n"));
     w.fin();
@@ -1658,6 +1665,7 @@ fn tls_wire() -> Wire {
         losses: 0,
         copied_seq: None,
         peer_fin: false,
+        late: false,
     });
     w
 }
@@ -2297,6 +2305,7 @@ fn a_peer_fin_before_the_open_is_its_end_in_evidence() {
         losses: 0,
         copied_seq: None,
         peer_fin: true,
+        late: false,
     });
     w.response(4_194_304, 3_588_096 - hl(4_194_304));
     w.state(TCP_CLOSE_WAIT, TCP_LAST_ACK);
@@ -2380,4 +2389,70 @@ fn a_half_close_that_goes_on_reading_is_not_the_peers_leaving() {
     w.state_unacked(TCP_CLOSE_WAIT, TCP_LAST_ACK, 2_600_000);
     w.state_unacked(TCP_LAST_ACK, RESET_RECEIVED, 2_600_000);
     assert_eq!(w.kinds(), [Kind::PeerClosed]);
+}
+
+/// A connection whose open event was lost (the ring buffer was full) and came late, at stream
+/// offset 500 000, in the middle of a response whose head was never seen (issue 26).
+fn opened_late() -> Wire {
+    let mut w = Wire {
+        c: Correlator::new(1000, Some(250)),
+        out: vec![],
+        offset: 500_000,
+        ts: 1,
+        reads: Seen::default(),
+    };
+    w.ev(Event::Open {
+        sk: SK,
+        ts_ns: 1,
+        meta: meta(Transport::Tcp),
+        losses: 3,
+        copied_seq: None,
+        peer_fin: false,
+        late: true,
+    });
+    w
+}
+
+#[test]
+fn a_connection_seen_from_the_middle_ends_as_observer_loss_never_silence() {
+    let mut w = opened_late();
+    w.send(None, 65_536);
+    w.err(EAGAIN);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+    let v = &w.out[0];
+    assert!(v.response.is_none(), "no response was seen: {v:?}");
+    assert_eq!((v.pid, v.meta.comm.as_str()), (42, "srv"));
+    assert_eq!(v.evidence.end, Some(End::Fin));
+    assert_eq!(
+        w.c.stats
+            .judged_on(Side::Server, Kind::ObserverLoss)
+            .to_owned(),
+        1
+    );
+}
+
+#[test]
+fn a_head_after_a_late_open_is_judged_and_ends_the_unseen_response_unjudged() {
+    let mut w = opened_late();
+    w.send(None, 10_000);
+    w.response(1000, 1000);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    // A shortfall on it is still not blamed: events of this stream were lost.
+    let mut w = opened_late();
+    w.response(1_000_000, 0);
+    w.send_part(None, 1_000_000, 219_264);
+    w.err(EAGAIN);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+    assert!(w.out[0].response.is_some());
+}
+
+#[test]
+fn a_late_open_with_nothing_after_it_still_ends_as_observer_loss() {
+    // (Sent by the state change that ends it: the kernel's last chance to say it.)
+    let mut w = opened_late();
+    w.state_unacked(TCP_ESTABLISHED, TCP_CLOSE, 4096);
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
 }
