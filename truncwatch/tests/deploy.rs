@@ -80,7 +80,12 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<&'static str>> {
         (_, "transport") => vec!["tcp", "unix", "all"],
         (_, "tls") => vec!["true", "false", "all"],
         (_, "side") => vec!["server", "client"],
-        ("truncwatch_unjudged_responses_total", "reason") => vec!["head_only", "chunked_uncertain"],
+        ("truncwatch_unjudged_responses_total", "reason") => vec![
+            "head_only",
+            "chunked_uncertain",
+            "pipelined_unseen",
+            "heads_over_budget",
+        ],
         ("truncwatch_events_lost_total", "reason") => vec!["ring_buffer_full", "socket_storage"],
         ("truncwatch_canary_runs_total", "result") => vec!["pass", "fail"],
         ("truncwatch_label_sets_overflow_total", "table") => vec!["responses", "build_info"],

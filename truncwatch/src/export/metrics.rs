@@ -300,7 +300,12 @@ impl Metrics {
         for reason in LOST_REASONS {
             m.events_lost.get_or_create(&Reason { reason }).inc_by(0);
         }
-        for reason in ["head_only", "chunked_uncertain", "pipelined_unseen"] {
+        for reason in [
+            "head_only",
+            "chunked_uncertain",
+            "pipelined_unseen",
+            "heads_over_budget",
+        ] {
             m.unjudged.get_or_create(&Reason { reason }).inc_by(0);
         }
         for table in ["responses", "build_info"] {
@@ -443,6 +448,12 @@ impl Metrics {
             "pipelined_unseen",
             stats.pipelined_unseen,
             last.pipelined_unseen,
+        );
+        bump(
+            &self.unjudged,
+            "heads_over_budget",
+            stats.heads_over_budget,
+            last.heads_over_budget,
         );
         for (i, reason) in LOST_REASONS.iter().enumerate() {
             bump(&self.events_lost, reason, lost[i], self.last.lost[i]);

@@ -15,6 +15,7 @@ use crate::judge::events::{
     Transport,
 };
 use crate::judge::http_head::{self, Body, Head, HeadCache, Parsed};
+use crate::judge::partial_head::{self, HeadAt, HeadBudget, PartialHead};
 use crate::judge::peer_end::PeerEnd;
 use crate::judge::requests::{Answer, Requests};
 use crate::judge::response::{Ending, PeerEnds, Response, fate};
@@ -70,15 +71,6 @@ struct ResetFacts {
     unsent: u64,
     unread: u64,
     snd_una: u32,
-}
-
-#[derive(Clone, Debug)]
-struct PartialHead {
-    start: u64,
-    bytes: Vec<u8>,
-    tgid: u32,
-    /// Stream offset one past the last byte the sends it came from offered.
-    send_end: u64,
 }
 
 const EAGAIN: i64 = 11;
@@ -199,6 +191,8 @@ pub struct Correlator {
     fin_waits: bool,
     /// Emit only problem verdicts (the rest are counted, not built: they are most of them).
     problems_only: bool,
+    /// Bytes all heads being gathered may hold together.
+    head_budget: HeadBudget,
     pub stats: Stats,
 }
 
@@ -213,8 +207,16 @@ impl Correlator {
             next_expiry_ns: 0,
             fin_waits: false,
             problems_only: false,
+            head_budget: HeadBudget::new(partial_head::DEFAULT_BUDGET),
             stats: Stats::default(),
         }
+    }
+
+    /// Heads being gathered hold at most `bytes` together; one that would take more is
+    /// unparsed (`Stats::heads_over_budget`).
+    pub fn partial_heads_budget(mut self, bytes: usize) -> Self {
+        self.head_budget = HeadBudget::new(bytes);
+        self
     }
 
     /// Build verdicts only for problems (`Kind::is_problem`); count the others.
@@ -658,31 +660,47 @@ impl Correlator {
         out: &mut Vec<Verdict>,
     ) {
         let whole = tail.len() as u64 == ret;
-        let mut p = match conn.read_head.take() {
-            Some(mut p) if whole && p.start + p.bytes.len() as u64 == offset => {
-                p.bytes.extend_from_slice(tail);
-                p
+        let (mut p, from) = match conn.read_head.take() {
+            Some(mut p) if whole && p.start + p.bytes().len() as u64 == offset => {
+                let from = p.bytes().len();
+                if !p.put(from, tail) {
+                    return self.over_budget(conn, p.tgid, ts_ns, out);
+                }
+                (p, from)
             }
-            _ if whole => PartialHead {
-                start: offset,
-                bytes: tail.to_vec(),
-                tgid,
-                send_end: offset + ret,
-            },
+            _ if whole => {
+                let at = HeadAt {
+                    start: offset,
+                    bytes: tail,
+                    tgid,
+                    send_end: offset + ret,
+                };
+                match PartialHead::new(&self.head_budget, at) {
+                    Some(p) => (p, 0),
+                    None if tail.starts_with(&b"HTTP/"[..tail.len().min(5)]) => {
+                        return self.over_budget(conn, tgid, ts_ns, out);
+                    }
+                    None => return,
+                }
+            }
             _ => return,
         };
-        let n = p.bytes.len().min(5);
-        if p.bytes[..n] != b"HTTP/"[..n] {
+        let n = p.bytes().len().min(5);
+        if p.bytes()[..n] != b"HTTP/"[..n] {
             return; // not a head
         }
         p.send_end = offset + ret;
-        if !p.bytes.ends_with(b"\n") {
-            conn.read_head = Some(p);
-            return;
-        }
-        match http_head::parse(&p.bytes) {
-            Parsed::Incomplete if p.bytes.len() < self.max_head => conn.read_head = Some(p),
-            Parsed::Head(_) => self.head(conn, p.tgid, p.start, p.send_end, &p.bytes, ts_ns, out),
+        // (Parsed only once its end may have come: a head read a few bytes at a time.)
+        let parsed = if p.bytes().ends_with(b"\n") && p.may_have_ended(from) {
+            http_head::parse(p.bytes())
+        } else {
+            Parsed::Incomplete
+        };
+        match parsed {
+            Parsed::Incomplete if p.bytes().len() < self.max_head => conn.read_head = Some(p),
+            Parsed::Head(_) => {
+                self.head(conn, p.tgid, p.start, p.send_end, p.bytes(), ts_ns, out);
+            }
             bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
         }
     }
@@ -734,16 +752,21 @@ impl Correlator {
         // Whether or not it can be read, a head ends the response before it.
         conn.head_unseen = false;
         self.head_begins(conn, offset, ts_ns, out);
-        let p = PartialHead {
+        let at = HeadAt {
             start: offset,
-            bytes: cap.to_vec(),
+            bytes: cap,
             tgid,
             send_end: asked,
         };
         match self.heads.parse(cap) {
-            Parsed::Head(h) => self.start_response(conn, &p, h, ts_ns, out),
+            Parsed::Head(h) => self.start_response(conn, at, h, ts_ns, out),
             // The head goes on: its next bytes come in pieces (`HeadPiece`).
-            Parsed::Incomplete if cap.len() < self.max_head => conn.split_head = Some(p),
+            Parsed::Incomplete if cap.len() < self.max_head => {
+                match PartialHead::new(&self.head_budget, at) {
+                    Some(p) => conn.split_head = Some(p),
+                    None => self.over_budget(conn, tgid, ts_ns, out),
+                }
+            }
             bad => self.unparsed(conn, tgid, bad, ts_ns, out),
         }
     }
@@ -757,24 +780,36 @@ impl Correlator {
         // Contiguous with what came before; bytes offered again after a partial send replace
         // their first offer.
         let at = piece.offset.checked_sub(p.start).map(|n| n as usize);
-        let Some(at) = at.filter(|&at| at <= p.bytes.len()) else {
+        let Some(at) = at.filter(|&at| at <= p.bytes().len()) else {
             return self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
         };
-        p.bytes.truncate(at);
         if at + piece.bytes.len() > self.max_head {
             // Over the bound: the kernel sends no more of it.
             return self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out);
         }
-        p.bytes.extend_from_slice(&piece.bytes);
+        if !p.put(at, &piece.bytes) {
+            return self.over_budget(conn, p.tgid, ts_ns, out);
+        }
         p.send_end = p.send_end.max(piece.send_end);
-        match http_head::parse(&p.bytes) {
+        if !p.may_have_ended(at) {
+            conn.split_head = Some(p);
+            return;
+        }
+        match http_head::parse(p.bytes()) {
             Parsed::Head(h) => {
-                self.start_response(conn, &p, h, ts_ns, out);
+                self.start_response(conn, p.at(), h, ts_ns, out);
                 self.after_bytes(conn, ts_ns, out);
             }
             Parsed::Incomplete => conn.split_head = Some(p),
             bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
         }
+    }
+
+    /// A head that did not fit in what is left of the budget for heads being gathered: given
+    /// up on, unparsed (never guessed), and counted.
+    fn over_budget(&mut self, conn: &mut Conn, tgid: u32, ts_ns: u64, out: &mut Vec<Verdict>) {
+        self.stats.heads_over_budget += 1;
+        self.unparsed(conn, tgid, Parsed::Incomplete, ts_ns, out);
     }
 
     /// A head that never ended is unparsed.
@@ -865,7 +900,7 @@ impl Correlator {
     fn start_response(
         &mut self,
         conn: &mut Conn,
-        p: &PartialHead,
+        p: HeadAt<'_>,
         mut head: Head,
         ts_ns: u64,
         out: &mut Vec<Verdict>,
@@ -878,14 +913,13 @@ impl Correlator {
             // and the final head together when both have arrived).
             let rest = p.bytes.get(head.len as usize..).unwrap_or_default();
             if rest.starts_with(b"HTTP/") {
-                let next = PartialHead {
+                let next = HeadAt {
                     start: p.start + head.len,
-                    bytes: rest.to_vec(),
-                    tgid: p.tgid,
-                    send_end: p.send_end,
+                    bytes: rest,
+                    ..p
                 };
                 match self.heads.parse(rest) {
-                    Parsed::Head(h) => self.start_response(conn, &next, h, ts_ns, out),
+                    Parsed::Head(h) => self.start_response(conn, next, h, ts_ns, out),
                     // The kernel gathers no more of a head that began inside a capture.
                     bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
                 }

@@ -229,6 +229,8 @@ pub struct Stats {
     /// together): its head was not seen, and it and the responses after it on that
     /// connection are not judged (at least one response each).
     pub pipelined_unseen: u64,
+    /// Heads being gathered that did not fit in the byte budget all of them share (unparsed).
+    pub heads_over_budget: u64,
 }
 
 impl Stats {

@@ -1,12 +1,13 @@
 //! A connection's state in the correlator: what its sends, reads and ends told so far.
-use super::{Drain, PartialHead, ResetFacts};
+use super::{Drain, ResetFacts};
 use crate::judge::cipher_marks::CipherMarks;
 use crate::judge::events::{ConnMeta, ReadFacts, Tail, TcpFacts};
+use crate::judge::partial_head::PartialHead;
 use crate::judge::requests::Requests;
 use crate::judge::response::{PeerEnds, Response};
 use std::sync::Arc;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct Conn {
     pub(super) meta: Arc<ConnMeta>,
     /// Bytes handed to the kernel: one past the highest stream offset seen.

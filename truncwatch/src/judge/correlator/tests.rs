@@ -39,8 +39,12 @@ impl Wire {
     }
     /// A connection opened with `meta` (and a TCP client's `copied_seq`).
     fn opened(meta: ConnMeta, copied_seq: Option<u32>) -> Self {
+        Wire::opened_in(Correlator::new(1000, Some(250)), meta, copied_seq)
+    }
+    /// The same, fed to correlator `c`.
+    fn opened_in(c: Correlator, meta: ConnMeta, copied_seq: Option<u32>) -> Self {
         let mut w = Wire {
-            c: Correlator::new(1000, Some(250)),
+            c,
             out: vec![],
             offset: 0,
             ts: 1,
@@ -2455,4 +2459,43 @@ fn a_late_open_with_nothing_after_it_still_ends_as_observer_loss() {
     let mut w = opened_late();
     w.state_unacked(TCP_ESTABLISHED, TCP_CLOSE, 4096);
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+}
+
+/// Heads being gathered share one byte budget (issue 26): a head that would take more is
+/// unparsed and counted, never guessed; the budget comes back as heads end or give up.
+#[test]
+fn heads_gathered_in_pieces_share_a_byte_budget() {
+    let h = long_head(1300, "Content-Length: 5\r\n");
+    let c = Correlator::new(1000, Some(250)).partial_heads_budget(1000);
+    let mut w = Wire::opened_in(c, meta(Transport::Tcp), None);
+    // The first 512 bytes fit; the piece that would take the head to 1 300 does not.
+    w.send_long(&[&h[..], b"hello"].concat());
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Unparsed]);
+    assert_eq!(w.c.stats.heads_over_budget, 1);
+    assert_eq!(w.c.head_budget.used(), 0, "given back");
+    // With room, the same head is joined and judged.
+    let c = Correlator::new(1000, Some(250)).partial_heads_budget(2000);
+    let mut w = Wire::opened_in(c, meta(Transport::Tcp), None);
+    w.send_long(&[&h[..], b"hello"].concat());
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.c.head_budget.used(), 0);
+}
+
+/// A head written a byte per send after its status line is joined (and parsed once, when its
+/// blank line came: issue 26 measured 25 ms of agent CPU per 16 KiB head parsed on each piece).
+#[test]
+fn a_head_written_a_byte_at_a_time_is_joined() {
+    let h = long_head(1300, "Content-Length: 5\r\n");
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(&h[..17]); // its status line: the kernel's head event
+    for b in &h[17..] {
+        w.send_more(std::slice::from_ref(b));
+    }
+    assert!(w.out.is_empty());
+    w.send_more(b"hello");
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete]);
+    assert_eq!(w.out[0].r().expected_bytes, Some(h.len() as u64 + 5));
 }
