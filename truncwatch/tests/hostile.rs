@@ -193,10 +193,11 @@ traffic_is_untouched_while_the_agent_starts_stops_and_crashes {
 trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 
-/// A connected (client, server, server's local address) over TCP or a Unix socket.
-fn pair(unix: bool) -> (Box<dyn Stream>, Box<dyn Stream>, String) {
+/// A connected (client, server, server's local address) over TCP or a Unix socket (bound
+/// at `name` in the tests' directory).
+fn pair(unix: bool, name: &str) -> (Box<dyn Stream>, Box<dyn Stream>, String) {
     if unix {
-        let path = support::unix_path("overflow");
+        let path = support::unix_path(name);
         let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let c = std::os::unix::net::UnixStream::connect(&path).unwrap();
         let (s, _) = l.accept().unwrap();
@@ -226,7 +227,7 @@ fn overflow(unix: bool) {
         "1",
     ]);
     let pid = agent.pid() as i32;
-    let (mut client, mut server, local) = pair(unix);
+    let (mut client, mut server, local) = pair(unix, "overflow");
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
@@ -569,7 +570,7 @@ kernel_test!(
 /// that nobody reads, full, so its next write blocks the loop. The watchdog ends it 3 s after
 /// the signal, and says why.
 sigint_stops_a_stuck_agent {
-    let agent = RawAgent::start(&["--all", "--format", "json", "--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s"], false);
+    let agent = RawAgent::start(&["--all", "--format", "json", "--max-lines-per-second", "0", "--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s"], false);
     let srv = Server::start("tcp:127.0.0.1:0", "full", 100);
     // Far more verdict lines than a pipe holds (64 KiB).
     let answers = fetch(&srv.endpoint, &["--requests", "3000"]);
@@ -593,13 +594,14 @@ sigint_stops_a_stuck_agent {
     }
 });
 
-/// A connection whose open event was lost, with the rest of what it sent before the agent
-/// could read again (issue 26: under a flood, 0 of 20 innocent truncations were reported, not
-/// even as `observer_loss`). The agent is stopped while a flood fills its 1 MiB ring buffer;
-/// meanwhile a new connection begins a 4 MiB response. The agent resumes and drains; the
-/// server sends 1 MiB more and closes, short. The kernel sends the lost open late, with the
-/// next send: the agent must report the connection, as `observer_loss` (it never saw the
-/// head), and never stay silent or blame the server.
+/// A connection whose first events were lost: its open, and its head (issue 26: under a flood,
+/// 0 of 20 innocent truncations were reported, not even as `observer_loss`). The agent is
+/// stopped while a flood of heads, then of new connections' small opens, fills its 1 MiB ring
+/// buffer; meanwhile a new connection begins a 4 MiB response. The agent resumes and drains;
+/// the server sends 1 MiB more and closes, short. The kernel sends the lost open late, after
+/// the next send: the agent must report the connection as `observer_loss` (it never saw the
+/// head), never stay silent, never blame the server. (A ring with room for the small open and
+/// not the head comes to the same, by the lost head: correlator unit tests.)
 fn lost_open(unix: bool) {
     let agent = Agent::start_args(&[
         "--metrics-addr",
@@ -614,7 +616,10 @@ fn lost_open(unix: bool) {
     let flood = Server::start("tcp:127.0.0.1:0", "full", 100);
     let answers = fetch(&flood.endpoint, &["--requests", "5000"]);
     assert_eq!(answers.len(), 5000);
-    let (mut client, mut server, local) = pair(unix);
+    // Then new connections, whose small open events fill what room the heads left: the
+    // next open is lost too, not only its head.
+    assert_eq!(fetch(&flood.endpoint, &["--connections", "100"]).len(), 100);
+    let (mut client, mut server, local) = pair(unix, "lost-open");
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
@@ -625,7 +630,9 @@ fn lost_open(unix: bool) {
     server.write_all(head.as_bytes()).unwrap();
     server.write_all(&[b'a'; 1000]).unwrap();
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    std::thread::sleep(Duration::from_millis(1000)); // drained
+    // Its ring drained before the rest is sent (an emulated guest takes seconds): while it
+    // stays full, the late open is lost too, and nothing can be said of the connection.
+    wait_drained(&agent);
     for chunk in vec![b'b'; 1 << 20].chunks(64 << 10) {
         server.write_all(chunk).unwrap();
     }
@@ -637,10 +644,82 @@ fn lost_open(unix: bool) {
     assert_eq!(v[0]["pid"], std::process::id(), "{}", v[0]);
 }
 
-kernel_test!(tcp_connection_whose_open_was_lost_is_observer_loss_never_silence {
+/// Until the agent has read what its ring buffer held: a small response sent after it is
+/// judged (the ring keeps its order). One whose events found the ring full is sent again, a
+/// second later, for up to 60 s. (Counting events read would not do: every test's traffic
+/// on the host is read too.)
+fn wait_drained(agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let (mut client, mut server, local) = pair(false, "");
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        if !agent.wait_for(&local, 1, Duration::from_secs(1)).is_empty() {
+            return;
+        }
+    }
+    panic!("the agent's ring buffer was not drained within 60 s");
+}
+
+kernel_test!(tcp_connection_whose_open_and_head_were_lost_is_observer_loss {
     lost_open(false);
 });
 
-kernel_test!(unix_connection_whose_open_was_lost_is_observer_loss_never_silence {
+kernel_test!(unix_connection_whose_open_and_head_were_lost_is_observer_loss {
     lost_open(true);
+});
+
+// A flood of cut responses from one owner (issue 26: 875 086 lines, 727 MB, in 12 s, enough
+// for log rotation to push every other verdict out): past `--max-lines-per-second` its lines
+// are summarised, every verdict is counted in the metrics, and an innocent server's cut
+// during the flood is printed.
+kernel_test!(a_flood_of_cut_responses_is_summarised_and_counted_in_full {
+    let agent = Agent::start_args(&["--max-lines-per-second", "20", "--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s"]);
+    let cut = ["--truncate-at", "100"];
+    let flood = Server::start_args("tcp:127.0.0.1:0", "truncate", 1000, &[&cut[..], &["--thread-name", "tw-flood"]].concat());
+    let innocent = Server::start_args("tcp:127.0.0.1:0", "truncate", 1000, &[&cut[..], &["--thread-name", "tw-innocent"]].concat());
+    let flooded = Instant::now();
+    let got = fetch(&flood.endpoint, &["--connections", "300"]);
+    support::reproduced(got.len() == 300 && got.iter().all(|r| r["complete"] == false), "300 responses cut short");
+    let seconds = flooded.elapsed().as_secs_f64();
+    fetch(&innocent.endpoint, &[]);
+    let v = agent.wait_for(&innocent.local(), 1, support::WAIT);
+    assert_eq!(v[0]["verdict"], "short_write", "the innocent's cut is printed: {v:?}");
+    // Every one of the flood's verdicts counted.
+    let addr = agent.metrics_addr();
+    let counted = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("truncwatch_responses_total{verdict=\"short_write\",side=\"server\"") && l.contains("process=\"tw-flood\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut m = support::http_get(&addr, "/metrics").1;
+    while counted(&m) < 300.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        m = support::http_get(&addr, "/metrics").1;
+    }
+    assert_eq!(counted(&m), 300.0, "{m}");
+    let all = agent.stop_with(libc::SIGINT);
+    let printed = all.iter().filter(|l| l["local"] == flood.local() && l["verdict"] == "short_write").count();
+    let summaries: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|l| l["suppressed_verdict"] == "short_write" && l["side"] == "server" && l["comm"] == "tw-flood")
+        .collect();
+    let suppressed: u64 = summaries.iter().map(|l| u(&l["suppressed_lines"])).sum();
+    assert_eq!(printed as u64 + suppressed, 300, "printed {printed}, summarised {suppressed}: {summaries:?}");
+    eprintln!("FIGURES flood: 300 cut responses in {seconds:.2} s: {printed} lines printed, {suppressed} summarised in {} line(s)", summaries.len());
+    // A second's worth at once, then the rate (and a second's slack for the drains).
+    assert!(printed >= 20 && printed as f64 <= 20.0 + 20.0 * (seconds + 1.0), "printed {printed} in {seconds:.2} s");
+    assert!(summaries.iter().all(|l| l.get("verdict").is_none()), "{summaries:?}");
+    let held = m
+        .lines()
+        .find_map(|l| l.strip_prefix("truncwatch_verdict_lines_suppressed_total "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(held > 0.0, "{m}");
 });

@@ -78,10 +78,13 @@ fn play(dir: &Path, agent_bin: &str, root: &str, window: &str) -> Result<()> {
     let mut agent = Process::spawn(
         "agent",
         // --all: the good build's whole responses are labelled too, so that the game day can
-        // check they name the good build (without it they are counted per host).
+        // check they name the good build (without it they are counted per host); every line,
+        // which it checks one by one.
         Command::new(agent_bin).args([
             "run",
             "--all",
+            "--max-lines-per-second",
+            "0",
             "--format",
             "json",
             "--metrics-addr",

@@ -4,6 +4,7 @@ use crate::agent::canary;
 use crate::agent::self_traffic::{Class, Seen, SelfTraffic};
 use crate::escape::{escape, escape_path};
 use crate::export::endpoint::{self, Shared};
+use crate::export::line_budget::{self, LineBudget};
 use crate::export::metrics::{Metrics, ProgramStats};
 use crate::export::output::{self, Clock, Format};
 use crate::judge::correlator::{Correlator, Kind, Verdict};
@@ -19,7 +20,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use truncwatch_common::{HEAD_CAP, Settings};
@@ -61,6 +62,11 @@ pub struct RunArgs {
     /// loopback by default; see the README before exposing it.
     #[arg(long, default_value = "127.0.0.1:9477")]
     pub metrics_addr: String,
+    /// Verdict lines one owner (side, verdict, process name and container) may print a
+    /// second; past it they are counted, and summarised in one line a second per owner
+    /// (`0`: no limit). The metrics count every verdict.
+    #[arg(long, default_value_t = line_budget::DEFAULT_PER_SECOND)]
+    pub max_lines_per_second: u32,
     /// Distinct owners (process, container, namespace, pod, port) with labels of their own in
     /// the metrics; later ones are counted under `other`.
     #[arg(long, default_value_t = 1000)]
@@ -134,6 +140,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         resolver: Resolver::new("/"),
         metrics,
         canary_verdicts: [[0; Kind::COUNT]; 2],
+        lines: LineBudget::new(args.max_lines_per_second),
     };
     let shared = Arc::new(Shared::default());
     if let Some(l) = listener {
@@ -234,6 +241,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     reader.resolver.stop_waiting();
     reader.drain(ring.get_mut());
     reader.print(&mut out, &args, &clock)?;
+    reader.summarise(&mut out, &args, Instant::now(), true)?;
     out.flush()?;
     let s = &reader.correlator.stats;
     // The host's verdicts: without the canaries' (ours and other agents'), as in the output.
@@ -369,6 +377,8 @@ struct Reader {
     /// left out of the output, the verdict metrics and the stop summary's counts. By side
     /// (`Side as usize`), then kind.
     canary_verdicts: [[u64; Kind::COUNT]; 2],
+    /// Verdict lines each owner may print (the metrics count every verdict).
+    lines: LineBudget,
 }
 
 impl Reader {
@@ -456,6 +466,7 @@ impl Reader {
     }
 
     fn print(&mut self, out: &mut impl Write, args: &RunArgs, clock: &Clock) -> Result<()> {
+        let now = Instant::now();
         // Verdicts whose process's build is still being read wait for it (a moment, on the
         // next drains), not the event loop.
         let mut waiting = Vec::new();
@@ -478,13 +489,40 @@ impl Reader {
             }
             let owner = self.resolver.for_pid(v.pid);
             self.metrics.verdict(&v, &owner);
-            if args.all || v.kind.is_problem() {
-                // (the correlator builds the others only with --all)
+            // (the correlator builds the others only with --all)
+            if !(args.all || v.kind.is_problem()) {
+                continue;
+            }
+            if self.lines.admit(&line_budget::Owner::of(&v, &owner), now) {
                 writeln!(out, "{}", output::format(&v, &owner, args.format, clock))?;
+            } else {
+                self.metrics.line_suppressed();
             }
         }
         self.verdicts = waiting;
+        self.summarise(out, args, now, false)?;
         out.flush()?;
+        Ok(())
+    }
+
+    /// One line per owner whose verdict lines were held back a second or more (`all`: every
+    /// such owner, as the agent stops).
+    fn summarise(
+        &mut self,
+        out: &mut impl Write,
+        args: &RunArgs,
+        now: Instant,
+        all: bool,
+    ) -> Result<()> {
+        for s in self.lines.due(now, all) {
+            let line = output::suppressed(
+                &s,
+                args.max_lines_per_second,
+                args.format,
+                SystemTime::now(),
+            );
+            writeln!(out, "{line}")?;
+        }
         Ok(())
     }
 }

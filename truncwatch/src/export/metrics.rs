@@ -116,6 +116,8 @@ pub struct Metrics {
     tracked: Gauge,
     tracked_limit: Gauge,
     evicted: Counter,
+    /// Verdict lines not printed, past an owner's `--max-lines-per-second` (`line_budget`).
+    lines_suppressed: Counter,
     overflow: Family<Refused, Counter>,
     ready: Gauge,
     bpf_run_seconds: Family<Program, Counter<f64, AtomicU64>>,
@@ -158,6 +160,7 @@ impl Metrics {
             tracked: Gauge::default(),
             tracked_limit: Gauge::default(),
             evicted: Counter::default(),
+            lines_suppressed: Counter::default(),
             overflow: Family::default(),
             ready: Gauge::default(),
             bpf_run_seconds: Family::default(),
@@ -197,6 +200,11 @@ impl Metrics {
             "truncwatch_unjudged_responses",
             "Responses that could not be judged, by reason",
             m.unjudged.clone(),
+        );
+        r.register(
+            "truncwatch_verdict_lines_suppressed",
+            "Verdict lines not printed, past one owner's --max-lines-per-second (each is counted in the other series all the same; a summary line says how many)",
+            m.lines_suppressed.clone(),
         );
         r.register(
             "truncwatch_events",
@@ -491,6 +499,11 @@ impl Metrics {
                 .map(|p| (p.name.clone(), p.run_time_ns, p.run_count))
                 .collect(),
         };
+    }
+
+    /// One verdict line not printed (`line_budget`).
+    pub fn line_suppressed(&mut self) {
+        self.lines_suppressed.inc();
     }
 
     pub fn set_ready(&mut self, ready: bool) {

@@ -6,6 +6,7 @@
 //! escaped in the human line (`escape`): a newline in it must not start a forged line. JSON
 //! escapes on its own (`serde_json`).
 use crate::escape::escape;
+use crate::export::line_budget::Suppressed;
 use crate::judge::correlator::{Evidence, Verdict};
 use crate::judge::events::{Side, Transport};
 use crate::owner::attribution::Attribution;
@@ -133,6 +134,39 @@ fn json(v: &Verdict, owner: &Attribution, ts: String) -> String {
         ts,
     };
     serde_json::to_string(&j).expect("verdicts always serialize")
+}
+
+/// The summary of one owner's verdict lines not printed (`line_budget`): a JSON object of
+/// its own shape (no `verdict` field: scripts counting verdicts by line do not count it), or a
+/// human line beginning like a verdict's.
+pub fn suppressed(s: &Suppressed, per_second: u32, fmt: Format, now: SystemTime) -> String {
+    let ts = humantime::format_rfc3339_micros(now).to_string();
+    let o = &s.owner;
+    match fmt {
+        Format::Json => serde_json::json!({
+            "suppressed_lines": s.count,
+            "seconds": (s.seconds * 10.0).round() / 10.0,
+            "suppressed_verdict": o.kind.as_str(),
+            "side": o.side,
+            "comm": o.comm,
+            "container_id": o.container_id,
+            "max_lines_per_second": per_second,
+            "ts": ts,
+        })
+        .to_string(),
+        Format::Human => format!(
+            "{ts} suppressed  {} {} lines ({} side) of comm={}{} in the last {:.1} s: over {per_second} a second (--max-lines-per-second); all are counted in the metrics",
+            s.count,
+            o.kind.as_str(),
+            o.side.as_str(),
+            escape(&o.comm),
+            o.container_id
+                .as_deref()
+                .map(|c| format!(" container_id={}", escape(c)))
+                .unwrap_or_default(),
+            s.seconds,
+        ),
+    }
 }
 
 fn human(v: &Verdict, owner: &Attribution, ts: String) -> String {
@@ -374,6 +408,38 @@ mod tests {
         // Unknown: null, never a guess.
         let j = json(&Attribution::default());
         assert!(j["build_id"].is_null() && j["exe"].is_null() && j["image"].is_null());
+    }
+
+    /// Issue 26: an owner's lines past its rate are one summary, which no script counting
+    /// verdicts takes for one, and whose name cannot forge a line.
+    #[test]
+    fn a_summary_of_suppressed_lines_is_no_verdict() {
+        let s = Suppressed {
+            owner: crate::export::line_budget::Owner {
+                side: Side::Server,
+                kind: Kind::ShortWrite,
+                comm: "ev\nil".into(),
+                container_id: Some("abc".into()),
+            },
+            count: 874_000,
+            seconds: 1.04,
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let j: serde_json::Value =
+            serde_json::from_str(&suppressed(&s, 100, Format::Json, now)).unwrap();
+        assert_eq!(j["suppressed_lines"], 874_000);
+        assert_eq!(j["suppressed_verdict"], "short_write");
+        assert_eq!(
+            (&j["side"], &j["comm"]),
+            (&"server".into(), &"ev\nil".into())
+        );
+        assert_eq!(j["seconds"], 1.0);
+        assert!(j.get("verdict").is_none());
+        let h = suppressed(&s, 100, Format::Human, now);
+        assert_eq!(
+            h,
+            "2027-01-15T08:00:00.000000Z suppressed  874000 short_write lines (server side) of comm=ev\\nil container_id=abc in the last 1.0 s: over 100 a second (--max-lines-per-second); all are counted in the metrics"
+        );
     }
 
     /// Issue 26: a process's name, an abstract socket name, its pod and image are printed

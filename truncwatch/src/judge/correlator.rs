@@ -620,6 +620,17 @@ impl Correlator {
         if s.part == SendPart::Announced {
             return None;
         }
+        // Bytes of no response seen, on a stream whose events were lost: their head was lost
+        // (a small open fits in a ring buffer that a head event no longer does).
+        if conn.events_lost
+            && conn.meta.side == Side::Server
+            && s.head.is_none()
+            && conn.resp.is_none()
+            && conn.split_head.is_none()
+            && ret > 0
+        {
+            conn.head_unseen = true;
+        }
         // A send whose tail is all of it continues the tail before: a last chunk whose
         // `0\r\n\r\n` straddles two sends (a partial write, the rest offered again).
         let tail = s.tail.as_slice();

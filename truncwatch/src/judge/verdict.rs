@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 /// What a response (or, for `reset_discard`, a connection) became: the verdict, named in the
 /// output by `as_str`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// The application handed the kernel every promised byte.
     Complete,

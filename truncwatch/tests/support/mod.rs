@@ -115,10 +115,17 @@ impl Agent {
     }
 
     /// `program` (the agent binary, or a launcher such as `setpriv` whose arguments end with
-    /// the agent binary) with `run --all --format json` and `extra` appended.
+    /// the agent binary) with `run --all --format json` and `extra` appended; every verdict
+    /// printed (`--max-lines-per-second 0`) unless `extra` sets a limit.
     pub fn start_via(mut program: Command, extra: &[&str]) -> Agent {
+        let unlimited: &[&str] = if extra.contains(&"--max-lines-per-second") {
+            &[]
+        } else {
+            &["--max-lines-per-second", "0"]
+        };
         let mut child = program
             .args(["run", "--all", "--format", "json"])
+            .args(unlimited)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -78,7 +78,8 @@ pub(super) struct Conn {
     /// only half-closed goes on reading, so bytes acknowledged past this offset show its FIN
     /// was no leaving.
     pub(super) acked_at_peer_fin: Option<u64>,
-    /// Seen from the middle (a late open: its first events were lost), and no head since: the
-    /// response the stream carries now is unknown. Its end is `observer_loss` (issue 26).
+    /// The response the stream carries now was not seen: seen from the middle (a late open),
+    /// or bytes sent with no response in flight after events were lost (its head was lost),
+    /// and no head since. Its end is `observer_loss` (issue 26).
     pub(super) head_unseen: bool,
 }

@@ -2499,3 +2499,33 @@ fn a_head_written_a_byte_at_a_time_is_joined() {
     assert_eq!(w.kinds(), [Kind::Complete]);
     assert_eq!(w.out[0].r().expected_bytes, Some(h.len() as u64 + 5));
 }
+
+/// The open came, the head did not (a small event fits in a ring buffer a head no longer
+/// does): the bytes after it belong to a response never seen, and the end says so.
+#[test]
+fn a_lost_head_ends_as_observer_loss() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.offset += 44; // the head's send, lost
+    let offset = w.offset;
+    w.ev(Event::Send(SendFacts {
+        sk: SK,
+        ts_ns: 5,
+        tgid: 42,
+        offset,
+        ret: 1000,
+        requested: 1000,
+        events_lost: true,
+        ..SendFacts::default()
+    }));
+    w.offset += 1000;
+    w.send(None, 65_536);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::ObserverLoss]);
+    assert!(w.out[0].response.is_none());
+    // Without a loss, bytes after a response's end are no response's: nothing to say.
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10, 10);
+    w.send(None, 100);
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete]);
+}
