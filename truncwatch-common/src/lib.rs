@@ -327,6 +327,8 @@ pub struct Settings {
     pub max_head_bytes: u32,
     /// 1: HTTP clients are tracked too (`FLAG_CLIENT`); 0: `--no-client-side`.
     pub client_side: u32,
+    /// The ring buffer's size in bytes (`--ring-buffer-mib`), for the owners' share of it.
+    pub ring_bytes: u32,
 }
 
 /// More bytes of a head whose first capture (`HeadEvent`) did not hold its end: the bytes that
@@ -470,7 +472,7 @@ const _: () = assert!(core::mem::size_of::<StateEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<EofEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<TlsCall>() == 56);
 const _: () = assert!(core::mem::size_of::<HeadPiece>() == 48);
-const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<Settings>() == 12);
 const _: () = assert!(core::mem::size_of::<ResetEvent>() == 24 + 8 + 16 + SOCK_PREFIX + 16);
 
 #[cfg(feature = "user")]

@@ -10,7 +10,8 @@
 use crate::{
     kernel::{IoCall, read_user, untimed_header},
     maps::{
-        BPF_RB_NO_WAKEUP, EVENTS, LOST_RINGBUF_FULL, count_lost, piece_buf, settings, wake_flags,
+        BPF_RB_NO_WAKEUP, EVENTS, count_lost, lost_reason, owner_admits, piece_buf, settings,
+        wake_flags,
     },
     send::fill_send,
 };
@@ -33,6 +34,7 @@ pub fn head_begins(
     ret: i32,
     call: &IoCall,
     flags: u32,
+    share: bool,
 ) -> bool {
     let readable = ret > 0 && call.buf() != 0;
     let fits = readable && call.buf_len() >= 5;
@@ -41,7 +43,7 @@ pub fn head_begins(
     // costs the sender some 70 ns). Otherwise look at the first bytes before copying anything.
     let guess = fits && st.head_more == 0 && st.requests > 0;
     let known = !guess && fits && begins_head(call.buf());
-    let began = (guess || known) && head(sk, st, offset, ret, call, flags, known);
+    let began = (guess || known) && head(sk, st, offset, ret, call, flags, known, share);
     if !began {
         if readable && st.head_more > 0 {
             st.head_skip = 0; // a head being gathered goes on in this send, from its start
@@ -158,6 +160,8 @@ fn send_end(offset: u64, ret: i32, call: &IoCall) -> u64 {
 /// `st.head_more` for the rest of it.
 ///
 /// `known`: the caller checked the send begins a head. If not, the copy is checked here.
+/// `share`: hold the owner to its share of the ring buffer (`Store::OWNER_SHARE`).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn head(
     sk: *mut c_void,
@@ -167,10 +171,19 @@ fn head(
     call: &IoCall,
     flags: u32,
     known: bool,
+    share: bool,
 ) -> bool {
-    let Some(mut entry) = EVENTS.reserve_untyped::<HeadEvent>(0) else {
+    // (Before the reservation: a discarded record keeps its room until the agent reads past
+    // it.)
+    let size = core::mem::size_of::<HeadEvent>() as u64;
+    let entry = if share && !owner_admits(size) {
+        None
+    } else {
+        EVENTS.reserve_untyped::<HeadEvent>(0)
+    };
+    let Some(mut entry) = entry else {
         if known || begins_head(call.buf()) {
-            count_lost(LOST_RINGBUF_FULL);
+            count_lost(lost_reason(size));
             st.flags |= FLAG_EVENTS_LOST;
             st.head_more = 0;
             return true;
@@ -195,6 +208,7 @@ fn head(
         entry.discard(BPF_RB_NO_WAKEUP);
         return false;
     }
+
     unsafe {
         (*ev).cap_len = if copied { n } else { 0 };
         fill_send(
@@ -286,8 +300,10 @@ fn gather_piece(st: &mut SockState, buf: *mut [u8; PIECE_BUF]) -> u32 {
     }
     let size = core::mem::size_of::<HeadPiece>() as u64 + got;
     let map = core::ptr::from_ref(&EVENTS).cast_mut().cast::<c_void>();
-    if unsafe { bpf_ringbuf_output(map, buf.cast(), size, wake_flags()) } != 0 {
-        count_lost(LOST_RINGBUF_FULL);
+    if !owner_admits(size)
+        || unsafe { bpf_ringbuf_output(map, buf.cast(), size, wake_flags()) } != 0
+    {
+        count_lost(lost_reason(size));
         st.flags |= FLAG_EVENTS_LOST;
         st.head_more = 0;
         return 0;

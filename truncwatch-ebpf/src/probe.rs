@@ -29,8 +29,7 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use core::ffi::c_void;
 use truncwatch_common::{
     EV_EOF, EV_SEND, EofEvent, FLAG_ACCEPTED, FLAG_ANNOUNCED, FLAG_CLIENT, FLAG_EVENTS_LOST,
-    FLAG_OPEN_LOST, FLAG_RESET_RECEIVED, ProbeSock, SendEvent, TAIL, TRACK_HTTP, TRACK_NO,
-    TRACK_TLS,
+    FLAG_OPEN_LOST, FLAG_RESET_RECEIVED, ProbeSock, TAIL, TRACK_HTTP, TRACK_NO, TRACK_TLS,
 };
 
 // include/net/tcp_states.h
@@ -106,7 +105,15 @@ fn announce(sk: *mut c_void, ps: &mut ProbeSock, size: u64, call: IoCall) {
         size as i32
     };
     let offset = ps.st.sent;
-    ps.pend_flags = if head_begins(sk, &mut ps.st, offset, offered, &call, FLAG_ANNOUNCED) {
+    ps.pend_flags = if head_begins(
+        sk,
+        &mut ps.st,
+        offset,
+        offered,
+        &call,
+        FLAG_ANNOUNCED,
+        false,
+    ) {
         FLAG_ANNOUNCED
     } else {
         0
@@ -155,8 +162,7 @@ fn settle(sk: *mut c_void, ps: &mut ProbeSock, seq: u32, next_send: bool) {
     } else {
         ps.pend_size -= took;
     }
-    let Some(mut entry) = EVENTS.reserve_untyped::<SendEvent>(0) else {
-        count_lost(LOST_RINGBUF_FULL);
+    let Some(mut entry) = crate::send::reserve_send(false) else {
         ps.st.flags |= FLAG_EVENTS_LOST;
         return;
     };

@@ -45,7 +45,7 @@ pub fn on_recv<S: Store>(sk: *mut c_void, ret: i32, flags: i32, skip: u64) {
                     request(st, &call)
                 }
             } else if placed {
-                account(sk, st, ret, received(call, ret), 0)
+                account(sk, st, ret, received(call, ret), 0, S::OWNER_SHARE)
             } else {
                 // Where this part of the read lies is not known: the stream is the observer's.
                 st.flags |= FLAG_EVENTS_LOST;

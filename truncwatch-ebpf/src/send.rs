@@ -6,12 +6,16 @@
 use crate::{
     head::{bounded, head_begins, head_goes_on},
     kernel::{IoCall, header, io_call, read_kernel, read_user, untimed_header},
-    maps::{EVENTS, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets, wake_flags},
+    maps::{
+        EVENTS, LOST_OWNER_SHARE, LOST_RINGBUF_FULL, Store, count_lost, losses, offsets,
+        owner_admits, wake_flags,
+    },
 };
 use aya_ebpf::helpers::{
     bpf_get_current_comm,
     generated::{bpf_probe_read_kernel, bpf_probe_read_user},
 };
+use aya_ebpf::maps::ring_buf::RingBufEntry;
 use core::ffi::c_void;
 use truncwatch_common::{
     AF_INET, AF_INET6, AF_UNIX, EV_OPEN, EV_SEND, FLAG_CLIENT, FLAG_EVENTS_LOST, FLAG_OPEN_LOST,
@@ -37,7 +41,7 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
             }
         }
         Some(st) if st.track == TRACK_HTTP => {
-            account(sk, st, ret, io_call(), 0);
+            account(sk, st, ret, io_call(), 0, S::OWNER_SHARE);
             // A Unix server's send refused with EPIPE: its client closed, and no state change
             // says so. Told as the end of stream the server would read, for the client's own
             // connection (`recv::eof` does nothing more for a TCP server).
@@ -62,7 +66,7 @@ pub fn on_send<S: Store>(sk: *mut c_void, ret: i32) {
 fn classify<S: Store>(sk: *mut c_void, ret: i32, o: &Offsets) -> Option<()> {
     let st = S::get(sk, true)?;
     let call = begin_tracking(sk, st, o, crate::maps::settings().client_side != 0)?;
-    account(sk, st, ret, call, 0);
+    account(sk, st, ret, call, 0, S::OWNER_SHARE);
     reset_during_first_send(sk, st);
     Some(())
 }
@@ -161,20 +165,29 @@ fn stream_send(sk: *mut c_void, o: &Offsets) -> Option<(u16, IoCall)> {
 
 /// Count one send on a tracked socket and tell the agent about it (`flags` added to its
 /// event's flags).
+///
+/// `share`: hold the owner to its share of the ring buffer (`Store::OWNER_SHARE`).
 #[inline(always)]
-pub fn account(sk: *mut c_void, st: &mut SockState, ret: i32, mut call: IoCall, flags: u32) {
+pub fn account(
+    sk: *mut c_void,
+    st: &mut SockState,
+    ret: i32,
+    mut call: IoCall,
+    flags: u32,
+    share: bool,
+) {
     let offset = st.sent;
     if ret > 0 {
         st.sent += ret as u64;
     }
-    if !head_begins(sk, st, offset, ret, &call, flags) {
+    if !head_begins(sk, st, offset, ret, &call, flags, share) {
         let mut flags = (st.flags & FLAG_EVENTS_LOST) | flags;
         // A client's requests go with its next read, if no head event takes them.
         if st.flags & FLAG_CLIENT != 0 && st.requests > 0 {
             flags |= FLAG_REQUESTS;
             call.seq = st.requests as u32 | (st.method as u32) << 8;
         }
-        match EVENTS.reserve_untyped::<SendEvent>(0) {
+        match reserve_send(share) {
             Some(mut entry) => {
                 if flags & FLAG_REQUESTS != 0 {
                     st.requests = 0;
@@ -183,10 +196,7 @@ pub fn account(sk: *mut c_void, st: &mut SockState, ret: i32, mut call: IoCall, 
                 fill_send(entry.as_mut_ptr(), EV_SEND, sk, offset, ret, &call, flags);
                 entry.submit(wake_flags());
             }
-            None => {
-                count_lost(LOST_RINGBUF_FULL);
-                st.flags |= FLAG_EVENTS_LOST;
-            }
+            None => st.flags |= FLAG_EVENTS_LOST,
         }
     }
     head_goes_on(sk, st, offset, ret, &call);
@@ -196,6 +206,21 @@ pub fn account(sk: *mut c_void, st: &mut SockState, ret: i32, mut call: IoCall, 
     if st.flags & FLAG_OPEN_LOST != 0 {
         open_again(sk, st, false);
     }
+}
+
+/// Room for a send event, if its owner may have it (`owner_admits`) and the ring buffer has
+/// it; a refusal is counted, by reason.
+#[inline(always)]
+pub fn reserve_send(share: bool) -> Option<RingBufEntry<SendEvent>> {
+    if share && !owner_admits(core::mem::size_of::<SendEvent>() as u64) {
+        count_lost(LOST_OWNER_SHARE);
+        return None;
+    }
+    let entry = EVENTS.reserve_untyped::<SendEvent>(0);
+    if entry.is_none() {
+        count_lost(LOST_RINGBUF_FULL);
+    }
+    entry
 }
 
 /// Fields are written one by one into ring buffer memory: the verifier rejects copying a

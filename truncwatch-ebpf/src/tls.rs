@@ -277,7 +277,7 @@ fn plaintext_read(sk: u64, c: &TlsCall, n: u64) {
     if st.track == TRACK_HTTP && st.flags & FLAG_CLIENT != 0 {
         call.nr = SYS_TLS_READ as u32;
         call.requested = n;
-        account(sk as *mut c_void, st, n as i32, call, 0);
+        account(sk as *mut c_void, st, n as i32, call, 0, true);
         return;
     }
     crate::recv::request(st, &call);
@@ -392,7 +392,7 @@ fn plaintext_write(sk: u64, c: &TlsCall, n: i64) {
             FLAG_TLS_SEQ_BEFORE
         };
     }
-    account(sk as *mut c_void, st, ret, call, flags);
+    account(sk as *mut c_void, st, ret, call, flags, true);
 }
 
 /// A `TRACK_TLS` socket changed state (or `STATE_RESET_RECEIVED`): report it if its plaintext

@@ -86,7 +86,9 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<&'static str>> {
             "pipelined_unseen",
             "heads_over_budget",
         ],
-        ("truncwatch_events_lost_total", "reason") => vec!["ring_buffer_full", "socket_storage"],
+        ("truncwatch_events_lost_total", "reason") => {
+            vec!["ring_buffer_full", "socket_storage", "owner_share"]
+        }
         ("truncwatch_canary_runs_total", "result") => vec!["pass", "fail"],
         ("truncwatch_label_sets_overflow_total", "table") => vec!["responses", "build_info"],
         _ => return None,

@@ -584,7 +584,10 @@ sigint_stops_a_stuck_agent {
         if let Some(status) = agent.child.try_wait().unwrap() {
             break status;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "still running 5 s after SIGINT");
+        // (In an emulated guest the kernel takes seconds more to remove the kprobes and
+        // uprobes of a process that exits: 6.1's kprobe backend took over 5 s there.)
+        let bound = if std::env::var_os("TRUNCWATCH_IN_GUEST").is_some() { 15 } else { 5 };
+        assert!(start.elapsed() < Duration::from_secs(bound), "still running {bound} s after SIGINT");
         std::thread::sleep(Duration::from_millis(20));
     };
     eprintln!("exited {status} after {:?}", start.elapsed());
@@ -722,4 +725,74 @@ kernel_test!(a_flood_of_cut_responses_is_summarised_and_counted_in_full {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_default();
     assert!(held > 0.0, "{m}");
+});
+
+/// The cgroup v2 tree (`cgroup2` in this process's mounts: `/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host), where a test can make a cgroup of its own.
+fn cgroup2_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| f[1].to_string())
+}
+
+// One owner's flood cannot take the ring buffer from the others (issue 26: a flood from one
+// user lost 2 165 198 events, and 0 of 20 innocent truncations were reported). The agent is
+// stopped (it falls behind) while a flood of 5 000 responses from a cgroup of its own fills
+// its 1 MiB ring buffer; once the ring is half full that owner may add a quarter more, and
+// is refused after. Meanwhile, still stopped, an innocent server in the test's cgroup cuts a
+// response short: its events fit in what is left. Resumed, the agent reports the innocent's
+// `short_write` with exact bytes, and counts the refused events (`owner_share`).
+kernel_test!(one_owners_flood_leaves_room_for_the_others {
+    let Some(root) = cgroup2_root() else {
+        return support::skip_or_fail("one_owners_flood_leaves_room_for_the_others", "no cgroup2 file system mounted");
+    };
+    let dir = format!("{root}/truncwatch-flood-{}", std::process::id());
+    std::fs::create_dir_all(&dir).unwrap();
+    // A launcher that moves itself into the cgroup, then runs what follows it.
+    let in_cgroup = || {
+        let mut c = Command::new("sh");
+        c.args(["-c", &format!("echo $$ > {dir}/cgroup.procs && exec \"$@\""), "sh"]);
+        c
+    };
+    let agent = Agent::start_args(&["--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s", "--ring-buffer-mib", "1"]);
+    let mut launcher = in_cgroup();
+    launcher.arg(support::BIN);
+    let flood = Server::start_via(launcher, "tcp:127.0.0.1:0", "full", 100, &[]);
+    let pid = agent.pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let out = in_cgroup()
+        .args([support::BIN, "lab", "fetch", "--connect", &flood.endpoint, "--requests", "5000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5000);
+    let innocent = Server::start("tcp:127.0.0.1:0", "short-close", 8 << 20);
+    let got = fetch(&innocent.endpoint, support::SLOW);
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let v = agent.wait_for(&innocent.local(), 1, support::WAIT);
+    drop(flood);
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["verdict"], "short_write", "the innocent's cut, exact: {}", v[0]);
+    assert_eq!(
+        u(&v[0]["missing_bytes"]),
+        u(&got[0]["content_length"]) + u(&got[0]["head_bytes"]) - u(&got[0]["received_bytes"])
+    );
+    std::thread::sleep(Duration::from_millis(1500)); // a metrics refresh
+    let m = support::http_get(&agent.metrics_addr(), "/metrics").1;
+    let refused = m
+        .lines()
+        .find_map(|l| l.strip_prefix("truncwatch_events_lost_total{reason=\"owner_share\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    let full = m
+        .lines()
+        .find_map(|l| l.strip_prefix("truncwatch_events_lost_total{reason=\"ring_buffer_full\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    eprintln!("FIGURES owner share: the flood's events refused {refused}, lost to a full ring {full}");
+    assert!(refused > 0.0, "{m}");
 });

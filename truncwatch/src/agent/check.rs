@@ -94,6 +94,7 @@ pub fn probe() -> Facts {
     let settings = truncwatch_common::Settings {
         max_head_bytes: load::DEFAULT_MAX_HEAD,
         client_side: 1,
+        ring_bytes: 1 << 20,
     };
     let mut attached = load::attach(1, settings, load::Backend::Auto);
     // `auto` tries fentry before kprobes: if it fell back, fentry did not attach, whatever

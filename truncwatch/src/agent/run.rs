@@ -108,6 +108,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Settings {
             max_head_bytes: args.max_head_bytes,
             client_side: u32::from(!args.no_client_side),
+            ring_bytes: args.ring_buffer_mib << 20,
         },
         args.backend,
     )?;
@@ -600,8 +601,8 @@ fn ring_mib(s: &str) -> Result<u32, String> {
 }
 
 /// Events the kernel could not deliver, by reason (`metrics::LOST_REASONS`), summed over CPUs.
-fn lost_events(ebpf: &mut Ebpf) -> [u64; 2] {
-    let mut lost = [0; 2];
+fn lost_events(ebpf: &mut Ebpf) -> [u64; 3] {
+    let mut lost = [0; 3];
     let Some(map) = ebpf.map_mut("LOST") else {
         return lost;
     };

@@ -134,12 +134,12 @@ pub struct Metrics {
 #[derive(Default)]
 struct Last {
     stats: Stats,
-    lost: [u64; 2],
+    lost: [u64; 3],
     bpf: Vec<(String, u64, u64)>,
 }
 
 /// Event loss reasons, in the kernel's `LOST` array order.
-pub const LOST_REASONS: [&str; 2] = ["ring_buffer_full", "socket_storage"];
+pub const LOST_REASONS: [&str; 3] = ["ring_buffer_full", "socket_storage", "owner_share"];
 
 impl Metrics {
     pub fn new(max_label_sets: usize, max_connections: usize, backend: &str) -> Self {
@@ -405,7 +405,7 @@ impl Metrics {
         counted_only: bool,
         tracked: usize,
         events: u64,
-        lost: [u64; 2],
+        lost: [u64; 3],
         bpf: &[ProgramStats],
     ) {
         let last = &self.last.stats;
@@ -803,9 +803,9 @@ mod tests {
                 run_count: n,
             }]
         };
-        m.update(&stats, true, 2, 10, [0, 0], &prog(1_000_000_000, 10));
+        m.update(&stats, true, 2, 10, [0, 0, 0], &prog(1_000_000_000, 10));
         *stats.judged(Kind::Complete) = 7;
-        m.update(&stats, true, 1, 15, [3, 0], &prog(3_000_000_000, 30));
+        m.update(&stats, true, 1, 15, [3, 0, 0], &prog(3_000_000_000, 30));
         let text = m.encode();
         for want in [
             r#"truncwatch_responses_total{verdict="complete",side="server",transport="all",tls="all",process="all",container="all",namespace="all",pod="all",port="all",build_id="all"} 7"#,
