@@ -211,23 +211,32 @@ fn pair(unix: bool, name: &str) -> (Box<dyn Stream>, Box<dyn Stream>, String) {
     }
 }
 
-/// More events than the ring buffer holds: the agent is stopped (SIGSTOP) while a flood of
-/// responses fills its 1 MiB ring buffer, and meanwhile a response it had seen begin is sent
-/// whole. Its sends are lost, so the agent sees a response that stopped short: it must say
-/// `observer_loss`, never `short_write`, and count what was lost. (The kprobe backend counts
-/// TCP sends off `write_seq`: a lost send event loses no bytes there, and the response sent
-/// whole is `complete`, with every byte.)
-fn overflow(unix: bool) {
-    let agent = Agent::start_args(&[
+/// An agent with a 1 MiB ring buffer (a flood fills it soon) and no canary.
+fn small_ring_agent() -> Agent {
+    Agent::start_args(&[
         "--metrics-addr",
         "127.0.0.1:0",
         "--canary-interval",
         "0s",
         "--ring-buffer-mib",
         "1",
-    ]);
-    let pid = agent.pid() as i32;
-    let (mut client, mut server, local) = pair(unix, "overflow");
+    ])
+}
+
+/// A connection (`pair`) whose server has sent the head of a 4 MiB response and 1 000 bytes
+/// of its body; a thread reads it all. The reader (its byte count when the stream ends), the
+/// server's end, its local address, the head and the body's length.
+fn begin_response(
+    unix: bool,
+    name: &str,
+) -> (
+    std::thread::JoinHandle<usize>,
+    Box<dyn Stream>,
+    String,
+    String,
+    usize,
+) {
+    let (mut client, mut server, local) = pair(unix, name);
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
@@ -237,6 +246,19 @@ fn overflow(unix: bool) {
     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n");
     server.write_all(head.as_bytes()).unwrap();
     server.write_all(&[b'a'; 1000]).unwrap();
+    (reader, server, local, head, body)
+}
+
+/// More events than the ring buffer holds: the agent is stopped (SIGSTOP) while a flood of
+/// responses fills its 1 MiB ring buffer, and meanwhile a response it had seen begin is sent
+/// whole. Its sends are lost, so the agent sees a response that stopped short: it must say
+/// `observer_loss`, never `short_write`, and count what was lost. (The kprobe backend counts
+/// TCP sends off `write_seq`: a lost send event loses no bytes there, and the response sent
+/// whole is `complete`, with every byte.)
+fn overflow(unix: bool) {
+    let agent = small_ring_agent();
+    let pid = agent.pid() as i32;
+    let (reader, mut server, local, head, body) = begin_response(unix, "overflow");
     std::thread::sleep(Duration::from_millis(500)); // the agent has its head by now
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let flood = Server::start("tcp:127.0.0.1:0", "full", 100);
@@ -606,14 +628,7 @@ sigint_stops_a_stuck_agent {
 /// head), never stay silent, never blame the server. (A ring with room for the small open and
 /// not the head comes to the same, by the lost head: correlator unit tests.)
 fn lost_open(unix: bool) {
-    let agent = Agent::start_args(&[
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--canary-interval",
-        "0s",
-        "--ring-buffer-mib",
-        "1",
-    ]);
+    let agent = small_ring_agent();
     let pid = agent.pid() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let flood = Server::start("tcp:127.0.0.1:0", "full", 100);
@@ -622,16 +637,7 @@ fn lost_open(unix: bool) {
     // Then new connections, whose small open events fill what room the heads left: the
     // next open is lost too, not only its head.
     assert_eq!(fetch(&flood.endpoint, &["--connections", "100"]).len(), 100);
-    let (mut client, mut server, local) = pair(unix, "lost-open");
-    let reader = std::thread::spawn(move || {
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        got.len()
-    });
-    let body = 4usize << 20;
-    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {body}\r\n\r\n");
-    server.write_all(head.as_bytes()).unwrap();
-    server.write_all(&[b'a'; 1000]).unwrap();
+    let (reader, mut server, local, head, _) = begin_response(unix, "lost-open");
     unsafe { libc::kill(pid, libc::SIGCONT) };
     // Its ring drained before the rest is sent (an emulated guest takes seconds): while it
     // stays full, the late open is lost too, and nothing can be said of the connection.
@@ -757,7 +763,7 @@ kernel_test!(one_owners_flood_leaves_room_for_the_others {
         c.args(["-c", &format!("echo $$ > {dir}/cgroup.procs && exec \"$@\""), "sh"]);
         c
     };
-    let agent = Agent::start_args(&["--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s", "--ring-buffer-mib", "1"]);
+    let agent = small_ring_agent();
     let mut launcher = in_cgroup();
     launcher.arg(support::BIN);
     let flood = Server::start_via(launcher, "tcp:127.0.0.1:0", "full", 100, &[]);
