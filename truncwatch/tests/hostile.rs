@@ -211,6 +211,15 @@ fn pair(unix: bool, name: &str) -> (Box<dyn Stream>, Box<dyn Stream>, String) {
     }
 }
 
+/// Held by the tests that fill an agent's ring buffer on purpose (and the one that floods):
+/// every agent reads the whole host's traffic, so one test's flood would fill another's ring
+/// when they run at once, and take the room the other test keeps for its innocent.
+static RING_FILLERS: Mutex<()> = Mutex::new(());
+
+fn ring_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    RING_FILLERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An agent with a 1 MiB ring buffer (a flood fills it soon) and no canary.
 fn small_ring_agent() -> Agent {
     Agent::start_args(&[
@@ -256,6 +265,7 @@ fn begin_response(
 /// TCP sends off `write_seq`: a lost send event loses no bytes there, and the response sent
 /// whole is `complete`, with every byte.)
 fn overflow(unix: bool) {
+    let _ring = ring_to_myself();
     let agent = small_ring_agent();
     let pid = agent.pid() as i32;
     let (reader, mut server, local, head, body) = begin_response(unix, "overflow");
@@ -628,6 +638,7 @@ sigint_stops_a_stuck_agent {
 /// head), never stay silent, never blame the server. (A ring with room for the small open and
 /// not the head comes to the same, by the lost head: correlator unit tests.)
 fn lost_open(unix: bool) {
+    let _ring = ring_to_myself();
     let agent = small_ring_agent();
     let pid = agent.pid() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -687,6 +698,7 @@ kernel_test!(unix_connection_whose_open_and_head_were_lost_is_observer_loss {
 // are summarised, every verdict is counted in the metrics, and an innocent server's cut
 // during the flood is printed.
 kernel_test!(a_flood_of_cut_responses_is_summarised_and_counted_in_full {
+    let _ring = ring_to_myself();
     let agent = Agent::start_args(&["--max-lines-per-second", "20", "--metrics-addr", "127.0.0.1:0", "--canary-interval", "0s"]);
     let cut = ["--truncate-at", "100"];
     let flood = Server::start_args("tcp:127.0.0.1:0", "truncate", 1000, &[&cut[..], &["--thread-name", "tw-flood"]].concat());
@@ -695,11 +707,12 @@ kernel_test!(a_flood_of_cut_responses_is_summarised_and_counted_in_full {
     let got = fetch(&flood.endpoint, &["--connections", "300"]);
     support::reproduced(got.len() == 300 && got.iter().all(|r| r["complete"] == false), "300 responses cut short");
     let seconds = flooded.elapsed().as_secs_f64();
+    let addr = agent.metrics_addr();
+    assert!(healthz(&addr, Duration::from_secs(1)).is_some(), "/healthz within 1 s");
     fetch(&innocent.endpoint, &[]);
     let v = agent.wait_for(&innocent.local(), 1, support::WAIT);
     assert_eq!(v[0]["verdict"], "short_write", "the innocent's cut is printed: {v:?}");
     // Every one of the flood's verdicts counted.
-    let addr = agent.metrics_addr();
     let counted = |m: &str| -> f64 {
         m.lines()
             .filter(|l| l.starts_with("truncwatch_responses_total{verdict=\"short_write\",side=\"server\"") && l.contains("process=\"tw-flood\""))
@@ -713,7 +726,17 @@ kernel_test!(a_flood_of_cut_responses_is_summarised_and_counted_in_full {
         m = support::http_get(&addr, "/metrics").1;
     }
     assert_eq!(counted(&m), 300.0, "{m}");
+    // Far under the DaemonSet's 128 MiB (proc(5): VmHWM, the peak resident set).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
+    assert!(peak_kib < 128 << 10, "agent peak RSS {peak_kib} KiB");
+    let stopping = Instant::now();
     let all = agent.stop_with(libc::SIGINT);
+    assert!(stopping.elapsed() < Duration::from_secs(5), "stopped in {:?}", stopping.elapsed());
     let printed = all.iter().filter(|l| l["local"] == flood.local() && l["verdict"] == "short_write").count();
     let summaries: Vec<&serde_json::Value> = all
         .iter()
@@ -721,7 +744,7 @@ kernel_test!(a_flood_of_cut_responses_is_summarised_and_counted_in_full {
         .collect();
     let suppressed: u64 = summaries.iter().map(|l| u(&l["suppressed_lines"])).sum();
     assert_eq!(printed as u64 + suppressed, 300, "printed {printed}, summarised {suppressed}: {summaries:?}");
-    eprintln!("FIGURES flood: 300 cut responses in {seconds:.2} s: {printed} lines printed, {suppressed} summarised in {} line(s)", summaries.len());
+    eprintln!("FIGURES flood: 300 cut responses in {seconds:.2} s: {printed} lines printed, {suppressed} summarised in {} line(s); agent peak RSS {} MiB", summaries.len(), peak_kib >> 10);
     // A second's worth at once, then the rate (and a second's slack for the drains).
     assert!(printed >= 20 && printed as f64 <= 20.0 + 20.0 * (seconds + 1.0), "printed {printed} in {seconds:.2} s");
     assert!(summaries.iter().all(|l| l.get("verdict").is_none()), "{summaries:?}");
@@ -752,6 +775,7 @@ fn cgroup2_root() -> Option<String> {
 // response short: its events fit in what is left. Resumed, the agent reports the innocent's
 // `short_write` with exact bytes, and counts the refused events (`owner_share`).
 kernel_test!(one_owners_flood_leaves_room_for_the_others {
+    let _ring = ring_to_myself();
     let Some(root) = cgroup2_root() else {
         return support::skip_or_fail("one_owners_flood_leaves_room_for_the_others", "no cgroup2 file system mounted");
     };
