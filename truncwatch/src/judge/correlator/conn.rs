@@ -3,6 +3,7 @@ use super::{Drain, ResetFacts};
 use crate::judge::cipher_marks::CipherMarks;
 use crate::judge::events::{ConnMeta, ReadFacts, Tail, TcpFacts};
 use crate::judge::partial_head::PartialHead;
+use crate::judge::peer_end::PeerEnd;
 use crate::judge::requests::Requests;
 use crate::judge::response::{PeerEnds, Response};
 use std::sync::Arc;
@@ -82,4 +83,61 @@ pub(super) struct Conn {
     /// or bytes sent with no response in flight after events were lost (its head was lost),
     /// and no head since. Its end is `observer_loss` (issue 26).
     pub(super) head_unseen: bool,
+}
+
+/// What an open event says of a connection besides its owner and addresses.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Opened {
+    pub(super) ts_ns: u64,
+    /// Events lost host-wide so far (`OpenEvent::losses`).
+    pub(super) losses: u32,
+    /// A TCP client's `copied_seq` at its open.
+    pub(super) copied_seq: Option<u32>,
+    /// The peer had sent its FIN already (CLOSE_WAIT when it was classified).
+    pub(super) peer_fin: bool,
+    /// A late open (`OPEN_LATE`): the stream is seen from the middle.
+    pub(super) late: bool,
+}
+
+impl Conn {
+    /// A connection just opened (or first seen, `late`), nothing sent yet.
+    pub(super) fn new(meta: ConnMeta, o: Opened) -> Conn {
+        let marks = meta.tls.then(Box::default);
+        let mut conn = Conn {
+            meta: Arc::new(meta),
+            sent: 0,
+            resp: None,
+            settling: None,
+            eagain: 0,
+            partial: 0,
+            peer: PeerEnds::default(),
+            last_ns: o.ts_ns,
+            opened_ns: o.ts_ns,
+            tcp: None,
+            split_head: None,
+            recent: Tail::default(),
+            recent_end: 0,
+            tail_gap: false,
+            requests: Requests::default(),
+            tunnel: false,
+            out_of_step: false,
+            events_lost: o.late,
+            losses_at_open: o.losses,
+            reset: None,
+            marks,
+            read_from: o.copied_seq,
+            eof_read: None,
+            read_head: None,
+            drain: None,
+            fin_wait: None,
+            half_closed: false,
+            acked_at_peer_fin: o.peer_fin.then_some(0),
+            head_unseen: o.late,
+        };
+        if o.peer_fin {
+            // (At offset 0: before any response, so it decides no verdict.)
+            conn.peer.saw(PeerEnd::Fin, 0);
+        }
+        conn
+    }
 }
