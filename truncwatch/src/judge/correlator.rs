@@ -18,7 +18,7 @@ use crate::judge::http_head::{self, Body, Head, HeadCache, Parsed};
 use crate::judge::partial_head::{self, HeadAt, HeadBudget, PartialHead};
 use crate::judge::peer_end::PeerEnd;
 use crate::judge::requests::Answer;
-use crate::judge::response::{Ending, Response, fate};
+use crate::judge::response::{Response, StreamEnd, fate};
 pub use crate::judge::verdict::{End, Evidence, Kind, ResponseFacts, Stats, Verdict};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -58,11 +58,11 @@ impl Drain {
 
     /// How the stream ended, for the verdict once the client read what it was left (or left
     /// without reading it).
-    fn ending(&self) -> Ending {
+    fn ending(&self) -> StreamEnd {
         if self.by_fin {
-            Ending::Eof
+            StreamEnd::Eof
         } else {
-            Ending::PeerReset
+            StreamEnd::PeerReset
         }
     }
 }
@@ -162,7 +162,7 @@ impl Correlator {
             // A TCP stream's end is always reported (its state changes): one that never came
             // was not seen, and its shortfall is not the server's to answer for.
             old.events_lost |= old.meta.transport == Transport::Tcp;
-            self.finish(old, Ending::SocketFreed, ts_ns, out);
+            self.finish(old, StreamEnd::SocketFreed, ts_ns, out);
         }
     }
 
@@ -259,7 +259,7 @@ impl Correlator {
                 if let Some(t) = conn.tcp.as_mut().filter(|_| conn.peer.first().is_none()) {
                     t.unacked = 0;
                 }
-                self.finish(conn, Ending::Fin, now_ns, out);
+                self.finish(conn, StreamEnd::Fin, now_ns, out);
             }
         }
     }

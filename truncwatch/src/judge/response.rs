@@ -55,9 +55,10 @@ impl Response {
     }
 }
 
-/// How a connection's stream ended, as it bears on what the peer gets.
+/// How a connection's stream ended, as it bears on what the peer gets (the correlator's
+/// own; a verdict reports the coarser `End`, `evidence.end` in the output).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
+pub enum StreamEnd {
     /// The application sent FIN (shutdown or close): the kernel goes on delivering what it
     /// holds.
     Fin,
@@ -73,13 +74,13 @@ pub enum Ending {
     SocketFreed,
 }
 
-impl Ending {
+impl StreamEnd {
     pub fn end(self) -> End {
         match self {
-            Ending::Fin => End::Fin,
-            Ending::HostReset { .. } | Ending::PeerReset => End::Reset,
-            Ending::Eof => End::Eof,
-            Ending::SocketFreed => End::SocketFreed,
+            StreamEnd::Fin => End::Fin,
+            StreamEnd::HostReset { .. } | StreamEnd::PeerReset => End::Reset,
+            StreamEnd::Eof => End::Eof,
+            StreamEnd::SocketFreed => End::SocketFreed,
         }
     }
 }
@@ -143,7 +144,7 @@ impl PeerEnds {
 /// promised byte was handed over (`reached`), and whether the peer got them all
 /// (`delivered_all`).
 pub fn fate(
-    ending: Ending,
+    ending: StreamEnd,
     peer_first: Option<PeerEnd>,
     reached: bool,
     delivered_all: bool,
@@ -154,9 +155,9 @@ pub fn fate(
     match (peer_first, ending) {
         // The peer ended first: its doing, whatever this host did after.
         (Some(PeerEnd::Fin | PeerEnd::Eof), _) => Kind::PeerClosed,
-        (Some(_), _) | (None, Ending::PeerReset) => Kind::PeerReset,
+        (Some(_), _) | (None, StreamEnd::PeerReset) => Kind::PeerReset,
         // Every byte handed over, and this host's reset dropped some of them.
-        (None, Ending::HostReset { .. }) if reached => Kind::ResetDiscard,
+        (None, StreamEnd::HostReset { .. }) if reached => Kind::ResetDiscard,
         _ => Kind::ShortWrite,
     }
 }
@@ -188,8 +189,13 @@ mod tests {
 
     #[test]
     fn fates() {
-        let host_reset = Ending::HostReset { discarded: 10 };
-        for ending in [Ending::Fin, host_reset, Ending::PeerReset, Ending::Eof] {
+        let host_reset = StreamEnd::HostReset { discarded: 10 };
+        for ending in [
+            StreamEnd::Fin,
+            host_reset,
+            StreamEnd::PeerReset,
+            StreamEnd::Eof,
+        ] {
             assert_eq!(fate(ending, None, true, true), Kind::Complete);
             assert_eq!(
                 fate(ending, Some(PeerEnd::Fin), false, false),
@@ -204,9 +210,12 @@ mod tests {
                 Kind::PeerReset
             );
         }
-        assert_eq!(fate(Ending::Fin, None, false, true), Kind::ShortWrite);
+        assert_eq!(fate(StreamEnd::Fin, None, false, true), Kind::ShortWrite);
         assert_eq!(fate(host_reset, None, false, false), Kind::ShortWrite);
         assert_eq!(fate(host_reset, None, true, false), Kind::ResetDiscard);
-        assert_eq!(fate(Ending::PeerReset, None, true, false), Kind::PeerReset);
+        assert_eq!(
+            fate(StreamEnd::PeerReset, None, true, false),
+            Kind::PeerReset
+        );
     }
 }

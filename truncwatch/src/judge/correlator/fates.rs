@@ -28,16 +28,16 @@ impl Correlator {
         let tcp = conn.tcp.unwrap_or_default();
         let unacked = match ending {
             // What was in flight went ahead of the reset: the rest begins at snd_nxt.
-            Ending::HostReset { discarded } => conn.reset.as_ref().map_or(discarded, |r| {
+            StreamEnd::HostReset { discarded } => conn.reset.as_ref().map_or(discarded, |r| {
                 let in_flight = r.unacked.saturating_sub(r.unsent) as u32;
                 undelivered(conn, discarded, r.snd_una.wrapping_add(in_flight))
             }),
             // After this host's FIN the counters are from when its delivery settled.
-            Ending::PeerReset | Ending::Fin => undelivered(conn, tcp.unacked, tcp.snd_una),
+            StreamEnd::PeerReset | StreamEnd::Fin => undelivered(conn, tcp.unacked, tcp.snd_una),
             _ => 0,
         };
         let delivered = (conn.sent.saturating_sub(unacked).saturating_sub(resp.start)).min(sent);
-        let dropped = matches!(ending, Ending::HostReset { .. }) && delivered < sent;
+        let dropped = matches!(ending, StreamEnd::HostReset { .. }) && delivered < sent;
         if !reached {
             match resp.head.body {
                 Body::UntilClose => {
@@ -113,7 +113,7 @@ impl Correlator {
         &mut self,
         conn: &Conn,
         resp: Response,
-        ending: Ending,
+        ending: StreamEnd,
         ts_ns: u64,
         out: &mut Vec<Verdict>,
     ) {
@@ -144,7 +144,7 @@ impl Correlator {
             _ => resp.end(),
         };
         let (arrived, seen_all) = client_arrival(conn, ending);
-        let server_first = matches!(ending, Ending::Eof | Ending::PeerReset)
+        let server_first = matches!(ending, StreamEnd::Eof | StreamEnd::PeerReset)
             || conn.peer.first_after(resp.start).is_some();
         // A chunked body's end is known once its last chunk is read, and every read's last
         // bytes were seen: the stream ended without it.
@@ -157,7 +157,7 @@ impl Correlator {
         // (After the server's reset, what had arrived is still the client's to read: if all
         // of the response had, a client that left without reading it aborted.)
         let kind = match ending {
-            Ending::SocketFreed => Kind::ObserverLoss,
+            StreamEnd::SocketFreed => Kind::ObserverLoss,
             _ if !seen_all => Kind::ObserverLoss,
             _ if server_first && arrived < end => Kind::Truncated,
             _ => Kind::Aborted,

@@ -2,7 +2,7 @@
 //! a response whose stream ended (`Ended`, for `ended`), one value each instead of a row of
 //! arguments.
 use crate::judge::http_head::Body;
-use crate::judge::response::{Ending, Response};
+use crate::judge::response::{Response, StreamEnd};
 use crate::judge::verdict::{End, Kind, ResponseFacts};
 
 /// One verdict decided about a response, before `emit` adds the connection's evidence (and
@@ -62,7 +62,7 @@ pub(super) struct Ended {
     /// had: a response settling, its delivery not settled yet.
     pub(super) reached_ns: Option<u64>,
     /// How the stream ended.
-    pub(super) ending: Ending,
+    pub(super) ending: StreamEnd,
     /// Kernel monotonic time of the event that ended it.
     pub(super) ts_ns: u64,
 }

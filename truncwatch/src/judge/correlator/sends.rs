@@ -42,7 +42,7 @@ impl Correlator {
         conn: &mut Conn,
         s: SendFacts,
         out: &mut Vec<Verdict>,
-    ) -> Option<Ending> {
+    ) -> Option<StreamEnd> {
         let SendFacts {
             tgid,
             offset,
@@ -63,7 +63,7 @@ impl Correlator {
                 // A Unix peer that is gone closed its end: its end of stream.
                 EPIPE | ECONNRESET if conn.meta.transport == Transport::Unix => {
                     conn.peer.saw(PeerEnd::Eof, conn.sent);
-                    return Some(Ending::Eof);
+                    return Some(StreamEnd::Eof);
                 }
                 EPIPE | ECONNRESET => conn.peer.saw(PeerEnd::Gone, conn.sent),
                 _ => {}

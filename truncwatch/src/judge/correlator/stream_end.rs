@@ -51,11 +51,11 @@ pub(super) fn drain_left(conn: &mut Conn, mut facts: TcpFacts, by_fin: bool) -> 
 /// (`eof_read`) or its last state change; `copied_seq` counts the server's FIN once the client
 /// read it, and `rcv_nxt` once it arrived (RFC 9293 §3.4: a FIN takes one sequence number).
 /// A Unix client has no counters: what it read is what arrived.
-pub(super) fn client_arrival(conn: &Conn, ending: Ending) -> (u64, bool) {
+pub(super) fn client_arrival(conn: &Conn, ending: StreamEnd) -> (u64, bool) {
     let Some(from) = conn.read_from else {
         // A TLS client closing with records unread (more than the server's FIN) may have left
         // the rest of the response there: not the server's doing, as far as can be told.
-        let closed = matches!(ending, Ending::Fin | Ending::HostReset { .. });
+        let closed = matches!(ending, StreamEnd::Fin | StreamEnd::HostReset { .. });
         if conn.meta.tls && closed && conn.tcp.is_some_and(|t| t.unread > 1) {
             return (u64::MAX, true);
         }
@@ -77,7 +77,7 @@ pub(super) fn client_arrival(conn: &Conn, ending: Ending) -> (u64, bool) {
     }
     let fin_arrived = conn.peer.fin.is_some() || conn.eof_read.is_some();
     let (copied_seq, unread, eof_seen) = match (conn.eof_read, conn.tcp) {
-        (Some(r), _) if ending == Ending::Eof => (r.copied_seq, r.unread, true),
+        (Some(r), _) if ending == StreamEnd::Eof => (r.copied_seq, r.unread, true),
         (Some(r), None) => (r.copied_seq, r.unread, true),
         (eof, Some(t)) => (t.copied_seq, t.unread, eof.is_some()),
         (None, None) => return (conn.sent, false),
@@ -137,16 +137,16 @@ impl Correlator {
             conn.eof_read = read;
             let at = conn.sent;
             conn.peer.saw(PeerEnd::Eof, at);
-            let ending = conn.drain.map_or(Ending::Eof, |d| d.ending());
+            let ending = conn.drain.map_or(StreamEnd::Eof, |d| d.ending());
             self.finish(conn, ending, ts_ns, out);
         }
         if let Some(mut conn) = self.conns.remove(&peer) {
             conn.events_lost |= conn.losses_at_open != losses || events_lost;
             let ending = match conn.meta.side {
                 // The client read end of stream: the server shut down or closed.
-                Side::Server => Ending::Eof,
+                Side::Server => StreamEnd::Eof,
                 // The server read end of stream: the client closed its side.
-                Side::Client => Ending::Fin,
+                Side::Client => StreamEnd::Fin,
             };
             self.finish(conn, ending, ts_ns, out);
         } else if !reader_is_client && let Some(conn) = self.conns.get_mut(&reader) {
@@ -165,7 +165,7 @@ impl Correlator {
         newstate: i32,
         mut facts: TcpFacts,
         ts_ns: u64,
-    ) -> Option<Ending> {
+    ) -> Option<StreamEnd> {
         conn.events_lost |= facts.events_lost;
         if conn.drain.is_some() {
             return None; // (the CLOSE after a reset, or after a FIN: the client still reads)
@@ -186,13 +186,13 @@ impl Correlator {
                     return None;
                 }
                 // Nothing more can be delivered; CLOSE follows.
-                Some(Ending::PeerReset)
+                Some(StreamEnd::PeerReset)
             }
             // This host's FIN: what it holds is delivered unless a reset follows. Settled now
             // if every byte was acknowledged already.
             TCP_FIN_WAIT1 | TCP_LAST_ACK if server => {
                 if facts.unacked == 0 {
-                    return Some(Ending::Fin);
+                    return Some(StreamEnd::Fin);
                 }
                 conn.fin_wait = Some((ts_ns, facts));
                 self.fin_waits = true;
@@ -203,18 +203,18 @@ impl Correlator {
                 conn.half_closed = true;
                 None
             }
-            TCP_FIN_WAIT1 | TCP_LAST_ACK => Some(Ending::Fin),
+            TCP_FIN_WAIT1 | TCP_LAST_ACK => Some(StreamEnd::Fin),
             // This host's FIN was acknowledged, and so every byte before it.
-            TCP_FIN_WAIT2 if conn.fin_wait.is_some() => Some(Ending::Fin),
+            TCP_FIN_WAIT2 if conn.fin_wait.is_some() => Some(StreamEnd::Fin),
             // The end after this host's FIN, without its reset: the counters say what was
             // never acknowledged (an orphan's retries ran out).
-            TCP_CLOSE if conn.fin_wait.is_some() && conn.reset.is_none() => Some(Ending::Fin),
+            TCP_CLOSE if conn.fin_wait.is_some() && conn.reset.is_none() => Some(StreamEnd::Fin),
             // A half-closed client's socket after its FIN_WAIT2 (TIME_WAIT): the server's FIN
             // arrived (one unread sequence number, or bytes before it still to read), or the
             // client closed with nothing unread (its own end: no FIN counted).
             TCP_CLOSE if conn.half_closed && oldstate == TCP_FIN_WAIT2 && conn.reset.is_none() => {
                 if facts.unread == 0 {
-                    return Some(Ending::Fin);
+                    return Some(StreamEnd::Fin);
                 }
                 conn.peer.saw(PeerEnd::Fin, conn.sent);
                 match drain_left(conn, facts, true) {
@@ -222,13 +222,13 @@ impl Correlator {
                         conn.drain = Some(d);
                         None
                     }
-                    None => Some(Ending::Eof),
+                    None => Some(StreamEnd::Eof),
                 }
             }
             // Straight to CLOSE without FIN: this host reset it (close with unread data,
             // SO_LINGER 0, abort). What was never sent is dropped; what was in flight goes
             // ahead of the reset.
-            TCP_CLOSE => Some(Ending::HostReset {
+            TCP_CLOSE => Some(StreamEnd::HostReset {
                 discarded: conn.reset.as_ref().map_or(0, |r| r.unsent),
             }),
             TCP_CLOSE_WAIT => {
@@ -265,7 +265,7 @@ impl Correlator {
     pub(super) fn finish(
         &mut self,
         mut conn: Box<Conn>,
-        ending: Ending,
+        ending: StreamEnd,
         ts_ns: u64,
         out: &mut Vec<Verdict>,
     ) {
@@ -317,7 +317,7 @@ impl Correlator {
     pub(super) fn unseen_response(
         &mut self,
         conn: &Conn,
-        ending: Ending,
+        ending: StreamEnd,
         ts_ns: u64,
         out: &mut Vec<Verdict>,
     ) {
