@@ -93,8 +93,13 @@ impl Correlator {
             match &s.head {
                 Some(cap) => {
                     conn.requests.head_sent(s.requests);
-                    let asked = offset + ret.max(requested);
-                    self.head(conn, tgid, offset, asked, cap, ts_ns, out);
+                    let at = HeadAt {
+                        start: offset,
+                        bytes: cap,
+                        tgid,
+                        send_end: offset + ret.max(requested),
+                    };
+                    self.head(conn, at, ts_ns, out);
                 }
                 // (A head being gathered may go on in this send: its piece follows. One the
                 // kernel stopped gathering is given up on at the next head or the end.)
@@ -135,7 +140,13 @@ impl Correlator {
             && conn.resp.is_none()
             && conn.split_head.is_none()
         {
-            self.head_from_reads(conn, tgid, offset, ret, tail, ts_ns, out);
+            let read = HeadAt {
+                start: offset,
+                bytes: tail,
+                tgid,
+                send_end: offset + ret,
+            };
+            self.head_from_reads(conn, read, ts_ns, out);
         }
         self.after_bytes(conn, ts_ns, out);
         // A client has read what its server's reset (or FIN) left it.
@@ -147,19 +158,22 @@ impl Correlator {
     /// A client that reads a response head a few bytes at a time: no read of it begins with
     /// `HTTP/` in 5 bytes or more, so the kernel sends no head event. Reads whose last bytes
     /// (`tail`) are all of them put the head together here, up to `--max-head-bytes`; a read
-    /// longer than its tail breaks the run, and the head is not seen (no verdict).
-    #[allow(clippy::too_many_arguments)]
+    /// longer than its tail breaks the run, and the head is not seen (no verdict). `read`: the
+    /// read, its bytes its tail.
     pub(super) fn head_from_reads(
         &mut self,
         conn: &mut Conn,
-        tgid: u32,
-        offset: u64,
-        ret: u64,
-        tail: &[u8],
+        read: HeadAt<'_>,
         ts_ns: u64,
         out: &mut Vec<Verdict>,
     ) {
-        let whole = tail.len() as u64 == ret;
+        let HeadAt {
+            start: offset,
+            bytes: tail,
+            tgid,
+            send_end,
+        } = read;
+        let whole = tail.len() as u64 == send_end - offset;
         let (mut p, from) = match conn.read_head.take() {
             Some(mut p) if whole && p.start + p.bytes().len() as u64 == offset => {
                 let from = p.bytes().len();
@@ -168,28 +182,20 @@ impl Correlator {
                 }
                 (p, from)
             }
-            _ if whole => {
-                let at = HeadAt {
-                    start: offset,
-                    bytes: tail,
-                    tgid,
-                    send_end: offset + ret,
-                };
-                match PartialHead::new(&self.head_budget, at) {
-                    Some(p) => (p, 0),
-                    None if tail.starts_with(&b"HTTP/"[..tail.len().min(5)]) => {
-                        return self.over_budget(conn, tgid, ts_ns, out);
-                    }
-                    None => return,
+            _ if whole => match PartialHead::new(&self.head_budget, read) {
+                Some(p) => (p, 0),
+                None if tail.starts_with(&b"HTTP/"[..tail.len().min(5)]) => {
+                    return self.over_budget(conn, tgid, ts_ns, out);
                 }
-            }
+                None => return,
+            },
             _ => return,
         };
         let n = p.bytes().len().min(5);
         if p.bytes()[..n] != b"HTTP/"[..n] {
             return; // not a head
         }
-        p.send_end = offset + ret;
+        p.send_end = send_end;
         // (Parsed only once its end may have come: a head read a few bytes at a time.)
         let parsed = if p.bytes().ends_with(b"\n") && p.may_have_ended(from) {
             http_head::parse(p.bytes())
@@ -199,7 +205,7 @@ impl Correlator {
         match parsed {
             Parsed::Incomplete if p.bytes().len() < self.max_head => conn.read_head = Some(p),
             Parsed::Head(_) => {
-                self.head(conn, p.tgid, p.start, p.send_end, p.bytes(), ts_ns, out);
+                self.head(conn, p.at(), ts_ns, out);
             }
             bad => self.unparsed(conn, p.tgid, bad, ts_ns, out),
         }
@@ -230,19 +236,21 @@ impl Correlator {
         }
     }
 
-    /// A send that began with `HTTP/` at `offset`; the sends up to now offered bytes up to
-    /// `asked`.
-    #[allow(clippy::too_many_arguments)]
+    /// A send that began with `HTTP/` (`at`: where, the bytes captured, and up to where the
+    /// sends so far offered bytes).
     pub(super) fn head(
         &mut self,
         conn: &mut Conn,
-        tgid: u32,
-        offset: u64,
-        asked: u64,
-        cap: &[u8],
+        at: HeadAt<'_>,
         ts_ns: u64,
         out: &mut Vec<Verdict>,
     ) {
+        let HeadAt {
+            start: offset,
+            bytes: cap,
+            tgid,
+            ..
+        } = at;
         match conn.split_head.take() {
             // A head the kernel took none of was never sent (offered again, refused whole).
             Some(p) if conn.sent <= p.start && p.start == offset => {}
@@ -252,12 +260,6 @@ impl Correlator {
         // Whether or not it can be read, a head ends the response before it.
         conn.head_unseen = false;
         self.head_begins(conn, offset, ts_ns, out);
-        let at = HeadAt {
-            start: offset,
-            bytes: cap,
-            tgid,
-            send_end: asked,
-        };
         match self.heads.parse(cap) {
             Parsed::Head(h) => self.start_response(conn, at, h, ts_ns, out),
             // The head goes on: its next bytes come in pieces (`HeadPiece`).
