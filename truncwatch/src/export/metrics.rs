@@ -555,8 +555,8 @@ impl Metrics {
         };
         let container = a.container.clone().or_else(|| {
             a.container_id
-                .as_ref()
-                .map(|id| id[..id.len().min(12)].to_string())
+                .as_deref()
+                .map(|id| crate::export::output::short_id(id).to_string())
         });
         let o = Owner {
             process: v.meta.comm.clone(),

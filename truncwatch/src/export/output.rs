@@ -225,7 +225,7 @@ fn human(v: &Verdict, owner: &Attribution, ts: String) -> String {
     }
     match (&owner.namespace, &owner.pod, &owner.container_id) {
         (Some(ns), Some(pod), _) => line += &format!(" pod={}/{}", escape(ns), escape(pod)),
-        (_, _, Some(id)) => line += &format!(" container={}", escape(prefix(id, 12))),
+        (_, _, Some(id)) => line += &format!(" container={}", escape(short_id(id))),
         _ => {}
     }
     if let Some(image) = &owner.image.image {
@@ -243,6 +243,11 @@ fn human(v: &Verdict, owner: &Attribution, ts: String) -> String {
 /// names other processes chose).
 fn prefix(s: &str, n: usize) -> &str {
     s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}
+
+/// A container id as people write it: its first 12 characters (what `docker ps` shows).
+pub fn short_id(id: &str) -> &str {
+    prefix(id, 12)
 }
 
 #[cfg(test)]

@@ -391,11 +391,6 @@ impl Resolver {
         (a, true)
     }
 
-    /// Drops a pid's entry; call on process exit so a reused pid is not misattributed.
-    pub fn forget(&mut self, pid: u32) {
-        self.by_pid.remove(&pid);
-    }
-
     fn fill_image(&mut self, a: &mut Attribution) {
         let Some(id) = &a.container_id else { return };
         if !self.images.contains_key(id) {
@@ -775,11 +770,9 @@ mod tests {
             a.container.as_deref(),
         );
         assert_eq!(names, (Some("prod"), Some("api-5c"), Some("app")));
-        // Cached: a changed file is not re-read until forget().
+        // Cached: a changed file is not re-read (`at_open` checks the executable again).
         r.put("proc/100/cgroup", "0::/system.slice/nginx.service\n");
         assert!(Arc::ptr_eq(&a, &res.for_pid(100)));
-        res.forget(100);
-        assert_eq!(res.for_pid(100).container_id, None);
 
         let host = res.for_pid(200);
         assert_eq!(host.cgroup.as_deref(), Some("/system.slice/nginx.service"));
