@@ -369,10 +369,7 @@ impl Metrics {
         let l = ResponseLabels {
             verdict: v.kind.as_str(),
             side: v.meta.side.as_str(),
-            transport: match v.meta.transport {
-                Transport::Tcp => "tcp",
-                Transport::Unix => "unix",
-            },
+            transport: v.meta.transport.as_str(),
             tls: if v.meta.tls { "true" } else { "false" },
             owner,
         };

@@ -183,9 +183,8 @@ fn human(v: &Verdict, owner: &Attribution, ts: String) -> String {
         format!(" {arrow} {}", escape(&v.meta.peer))
     };
     let transport = match (v.meta.transport, v.meta.tls) {
-        (Transport::Tcp, false) => "tcp",
         (Transport::Tcp, true) => "tcp+tls",
-        (Transport::Unix, _) => "unix",
+        (t, _) => t.as_str(),
     };
     let mut line = format!(
         "{ts} {:<11} {transport} {}{peer} pid={} comm={}",

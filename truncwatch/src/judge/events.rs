@@ -10,6 +10,16 @@ pub enum Transport {
     Unix,
 }
 
+impl Transport {
+    /// Its name in the output and the metrics' `transport` label (as serde writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+        }
+    }
+}
+
 /// Who owns a connection and its two ends, fixed when the agent first sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnMeta {
@@ -251,5 +261,20 @@ impl Tail {
     /// The last `TAIL` bytes of these followed by `more`.
     pub fn then(&self, more: &[u8]) -> Tail {
         Tail::new(&[self.as_slice(), more].concat())
+    }
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::Transport;
+
+    #[test]
+    fn a_transport_has_one_name() {
+        for t in [Transport::Tcp, Transport::Unix] {
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                format!("\"{}\"", t.as_str())
+            );
+        }
     }
 }
