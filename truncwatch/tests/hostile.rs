@@ -775,6 +775,12 @@ fn cgroup2_root() -> Option<String> {
 // response short: its events fit in what is left. Resumed, the agent reports the innocent's
 // `short_write` with exact bytes, and counts the refused events (`owner_share`).
 kernel_test!(one_owners_flood_leaves_room_for_the_others {
+    if support::kprobe_backend() {
+        // Documented (docs/reliability.md): the check took the kprobe backend's Unix send
+        // return program past 6.1's 512 bytes of stack; its heads and sends are not held.
+        eprintln!("one_owners_flood_leaves_room_for_the_others: not on the kprobe backend (no owners' share for heads and sends)");
+        return;
+    }
     let _ring = ring_to_myself();
     let Some(root) = cgroup2_root() else {
         return support::skip_or_fail("one_owners_flood_leaves_room_for_the_others", "no cgroup2 file system mounted");
