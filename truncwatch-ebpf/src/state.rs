@@ -26,7 +26,15 @@ const TCP_CLOSING: i32 = 11;
 #[inline(always)]
 pub fn on_state<S: Store>(sk: *mut c_void, oldstate: i32, newstate: i32) {
     // bpf_sk_storage_get() refuses request and timewait socks, so only full sockets get here.
-    let st = S::get(sk, false);
+    let mut st = S::get(sk, false);
+    // A lost open goes first, before this host's reset below, which then finds the
+    // connection known (its response's verdict takes the reset over).
+    if let Some(st) = st.as_deref_mut()
+        && st.track == TRACK_HTTP
+        && st.flags & FLAG_OPEN_LOST != 0
+    {
+        crate::send::open_again(sk, st, true);
+    }
     if newstate == TCP_CLOSE {
         let reset_received = st
             .as_ref()

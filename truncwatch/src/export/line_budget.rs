@@ -18,6 +18,9 @@ pub const DEFAULT_PER_SECOND: u32 = 100;
 const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// Owners remembered at most; past it, the table is summarised and cleared.
 const MAX_OWNERS: usize = 4096;
+/// All owners together print at most this many times one owner's rate: a process that renames
+/// itself (`comm`) again and again gets a new owner each time, not more output than this.
+const ALL_OWNERS: u32 = 10;
 
 /// One source of verdict lines.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -57,12 +60,37 @@ struct Bucket {
     since: Option<Instant>,
 }
 
+impl Bucket {
+    fn full(rate: f64, now: Instant) -> Bucket {
+        Bucket {
+            tokens: rate,
+            refilled: now,
+            suppressed: 0,
+            since: None,
+        }
+    }
+
+    /// Refill at `rate` a second (a second's worth at most), then take one line if there is one.
+    fn take(&mut self, rate: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
 /// The buckets of every owner seen lately.
 #[derive(Debug)]
 pub struct LineBudget {
     /// 0: no limit.
     per_second: u32,
     owners: HashMap<Owner, Bucket>,
+    /// All owners' lines together (`ALL_OWNERS`).
+    all: Option<Bucket>,
     /// Summaries owed for owners dropped from a full table.
     owed: Vec<Suppressed>,
 }
@@ -72,6 +100,7 @@ impl LineBudget {
         LineBudget {
             per_second,
             owners: HashMap::new(),
+            all: None,
             owed: Vec::new(),
         }
     }
@@ -86,17 +115,13 @@ impl LineBudget {
             self.owed = self.due(now, true); // (it takes what was owed before too)
             self.owners.clear();
         }
-        let b = self.owners.entry(owner.clone()).or_insert(Bucket {
-            tokens: rate,
-            refilled: now,
-            suppressed: 0,
-            since: None,
-        });
-        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(rate);
-        b.refilled = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        let all_rate = rate * f64::from(ALL_OWNERS);
+        let all = self.all.get_or_insert_with(|| Bucket::full(all_rate, now));
+        let b = self
+            .owners
+            .entry(owner.clone())
+            .or_insert_with(|| Bucket::full(rate, now));
+        if b.take(rate, now) && all.take(all_rate, now) {
             return true;
         }
         b.suppressed += 1;
@@ -180,17 +205,31 @@ mod tests {
     fn the_owner_table_is_bounded_and_loses_no_count() {
         let mut b = LineBudget::new(1);
         let t0 = Instant::now();
+        let mut printed = 0;
         for i in 0..MAX_OWNERS + 10 {
             let o = owner(&i.to_string());
-            assert!(b.admit(&o, t0));
+            printed += usize::from(b.admit(&o, t0));
             assert!(!b.admit(&o, t0));
         }
+        assert_eq!(printed, ALL_OWNERS as usize, "all owners together");
         assert!(b.owners.len() <= MAX_OWNERS);
         let s = b.due(t0 + Duration::from_secs(1), false);
         assert_eq!(
             s.iter().map(|s| s.count).sum::<u64>(),
-            (MAX_OWNERS + 10) as u64
+            2 * (MAX_OWNERS + 10 - printed) as u64 + printed as u64
         );
+    }
+
+    #[test]
+    fn renaming_itself_gets_a_flood_no_more_than_ten_owners_worth() {
+        let mut b = LineBudget::new(10);
+        let t0 = Instant::now();
+        let printed = (0..1000)
+            .filter(|i| b.admit(&owner(&format!("x{i}")), t0))
+            .count();
+        assert_eq!(printed, 100);
+        let s = b.due(t0 + Duration::from_secs(1), false);
+        assert_eq!(s.iter().map(|s| s.count).sum::<u64>(), 900);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub(super) struct Conn {
     /// or bytes sent with no response in flight after events were lost (its head was lost),
     /// and no head since. Its end is `observer_loss` (issue 26).
     pub(super) head_unseen: bool,
+    /// The last head seen could not be parsed: the bytes after it are its body, and it has
+    /// its verdict (`unparsed`), even when events were lost.
+    pub(super) unparsed_head: bool,
 }
 
 /// What an open event says of a connection besides its owner and addresses.
@@ -103,6 +106,7 @@ impl Conn {
     /// A connection just opened (or first seen, `late`), nothing sent yet.
     pub(super) fn new(meta: ConnMeta, o: Opened) -> Conn {
         let marks = meta.tls.then(Box::default);
+        let meta_side_is_server = meta.side == crate::judge::events::Side::Server;
         let mut conn = Conn {
             meta: Arc::new(meta),
             sent: 0,
@@ -132,7 +136,9 @@ impl Conn {
             fin_wait: None,
             half_closed: false,
             acked_at_peer_fin: o.peer_fin.then_some(0),
-            head_unseen: o.late,
+            unparsed_head: false,
+            // (A client's stream is what it reads: a late open loses none of it.)
+            head_unseen: o.late && meta_side_is_server,
         };
         if o.peer_fin {
             // (At offset 0: before any response, so it decides no verdict.)

@@ -71,6 +71,17 @@ impl Correlator {
             return None;
         }
         let ret = ret as u64;
+        // A head after bytes no event showed, on a stream that lost events (a head the ring
+        // buffer had no room for, sent whole in one send): a response never seen.
+        if s.head.is_some()
+            && offset > conn.sent
+            && conn.events_lost
+            && conn.meta.side == Side::Server
+            && conn.resp.is_none()
+            && !conn.unparsed_head
+        {
+            conn.head_unseen = true;
+        }
         // An announced send has offered its bytes, not handed them over (yet).
         if s.part != SendPart::Announced {
             if requested > ret {
@@ -121,6 +132,7 @@ impl Correlator {
             && s.head.is_none()
             && conn.resp.is_none()
             && conn.split_head.is_none()
+            && !conn.unparsed_head
             && ret > 0
         {
             conn.head_unseen = true;
@@ -184,10 +196,14 @@ impl Correlator {
             }
             _ if whole => match PartialHead::new(&self.head_budget, read) {
                 Some(p) => (p, 0),
-                None if tail.starts_with(&b"HTTP/"[..tail.len().min(5)]) => {
+                // (No verdict for a few bytes that may begin a head: body bytes too.)
+                None if tail.starts_with(b"HTTP/") => {
                     return self.over_budget(conn, tgid, ts_ns, out);
                 }
-                None => return,
+                None => {
+                    self.stats.heads_over_budget += 1;
+                    return;
+                }
             },
             _ => return,
         };
@@ -197,7 +213,7 @@ impl Correlator {
         }
         p.send_end = send_end;
         // (Parsed only once its end may have come: a head read a few bytes at a time.)
-        let parsed = if p.bytes().ends_with(b"\n") && p.may_have_ended(from) {
+        let parsed = if p.may_have_ended(from) {
             http_head::parse(p.bytes())
         } else {
             Parsed::Incomplete
@@ -257,9 +273,13 @@ impl Correlator {
             Some(p) => self.unparsed(conn, p.tgid, Parsed::Incomplete, ts_ns, out),
             None => {}
         }
-        // Whether or not it can be read, a head ends the response before it.
-        conn.head_unseen = false;
+        // Whether or not it can be read, a head ends the response before it, and the one
+        // never seen after that (`send`), if any.
         self.head_begins(conn, offset, ts_ns, out);
+        if conn.head_unseen {
+            self.unseen_response(conn, End::NextResponse, ts_ns, out);
+        }
+        (conn.head_unseen, conn.unparsed_head) = (false, false);
         match self.heads.parse(cap) {
             Parsed::Head(h) => self.start_response(conn, at, h, ts_ns, out),
             // The head goes on: its next bytes come in pieces (`HeadPiece`).
@@ -337,6 +357,7 @@ impl Correlator {
         out: &mut Vec<Verdict>,
     ) {
         conn.requests.answer();
+        conn.unparsed_head = true;
         if why == Parsed::Incomplete {
             self.stats.unparsed += 1;
         } else {

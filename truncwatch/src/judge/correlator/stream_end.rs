@@ -298,7 +298,9 @@ impl Correlator {
             );
         }
         if conn.head_unseen {
-            self.unseen_response(&conn, ending, ts_ns, out);
+            // (It takes this host's reset over too: one verdict, whose bytes are unknown.)
+            self.unseen_response(&conn, ending.end(), ts_ns, out);
+            reset_taken = true;
         }
         // (A client's reset discards only its own requests' bytes: not a response's fate.)
         if let Some(r) = conn
@@ -310,14 +312,15 @@ impl Correlator {
         }
     }
 
-    /// A connection seen from the middle (its open came late: the ring buffer was full) ended
-    /// while the response it carried was one whose head was never seen: whether it was whole
-    /// cannot be told. `observer_loss`, never silence: the connection's owner and addresses
-    /// are known, and an operator can tell "blind here" from "nothing happened" (issue 26).
+    /// A response whose head was never seen (its events were lost: a connection seen from the
+    /// middle, or a head the ring buffer had no room for) ended (`how`: by the stream's end, or
+    /// the next head): whether it was whole cannot be told. `observer_loss`, never silence: the
+    /// connection's owner and addresses are known, and an operator can tell "blind here" from
+    /// "nothing happened" (issue 26).
     pub(super) fn unseen_response(
         &mut self,
         conn: &Conn,
-        ending: StreamEnd,
+        how: End,
         ts_ns: u64,
         out: &mut Vec<Verdict>,
     ) {
@@ -328,7 +331,7 @@ impl Correlator {
             meta: conn.meta.clone(),
             response: None,
             unacked_bytes: None,
-            evidence: self.evidence(conn, ending.end(), ts_ns),
+            evidence: self.evidence(conn, how, ts_ns),
             ts_ns,
         });
     }

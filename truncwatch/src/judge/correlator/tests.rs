@@ -2436,21 +2436,112 @@ fn a_connection_seen_from_the_middle_ends_as_observer_loss_never_silence() {
     );
 }
 
+/// A head after a late open: the response before it was never seen (`observer_loss`, ended
+/// by the next head), and the new one is judged.
 #[test]
-fn a_head_after_a_late_open_is_judged_and_ends_the_unseen_response_unjudged() {
+fn a_head_after_a_late_open_ends_the_unseen_response_and_is_judged() {
     let mut w = opened_late();
     w.send(None, 10_000);
     w.response(1000, 1000);
     w.fin();
-    assert_eq!(w.kinds(), [Kind::Complete]);
-    // A shortfall on it is still not blamed: events of this stream were lost.
+    assert_eq!(w.kinds(), [Kind::ObserverLoss, Kind::Complete]);
+    assert_eq!(w.out[0].evidence.end, Some(End::NextResponse));
+    assert!(w.out[0].response.is_none());
+    // A shortfall on the new one is still not blamed: events of this stream were lost.
     let mut w = opened_late();
     w.response(1_000_000, 0);
     w.send_part(None, 1_000_000, 219_264);
     w.err(EAGAIN);
     w.fin();
+    assert_eq!(w.kinds(), [Kind::ObserverLoss, Kind::ObserverLoss]);
+    assert!(w.out[1].response.is_some());
+}
+
+/// This host resets a connection whose response was never seen: one verdict, not a
+/// `reset_discard` beside the `observer_loss` (the reset's bytes are that response's).
+#[test]
+fn an_unseen_response_takes_this_hosts_reset_over() {
+    let mut w = opened_late();
+    w.send(None, 65_536);
+    w.host_reset(50_000);
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
-    assert!(w.out[0].response.is_some());
+}
+
+/// A head the ring buffer had no room for, sent whole in one send: the next head shows bytes
+/// no event told of, a response never seen.
+#[test]
+fn a_response_lost_whole_shows_at_the_next_head() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.response(10, 10);
+    // Lost: a whole response, head and body in one send (the socket is marked).
+    w.offset += hl(10) + 10;
+    let offset = w.offset;
+    let cap = head(10);
+    let n = cap.len() as u64 + 10;
+    w.ev(Event::Send(SendFacts {
+        sk: SK,
+        ts_ns: 9,
+        tgid: 42,
+        offset,
+        ret: n as i64,
+        requested: n,
+        head: Some(cap),
+        events_lost: true,
+        ..SendFacts::default()
+    }));
+    w.offset += n;
+    w.fin();
+    assert_eq!(
+        w.kinds(),
+        [Kind::Complete, Kind::ObserverLoss, Kind::Complete]
+    );
+}
+
+/// An unparsed head's body on a stream that lost events is that head's (it has its verdict):
+/// no second verdict for it.
+#[test]
+fn an_unparsed_heads_body_is_not_an_unseen_response() {
+    let mut w = Wire::new(Transport::Tcp);
+    w.send_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+    let offset = w.offset;
+    w.ev(Event::Send(SendFacts {
+        sk: SK,
+        ts_ns: 9,
+        tgid: 42,
+        offset,
+        ret: 100,
+        requested: 100,
+        events_lost: true,
+        ..SendFacts::default()
+    }));
+    w.offset += 100;
+    w.fin();
+    assert_eq!(w.kinds(), [Kind::Unparsed]);
+}
+
+/// A client's late open loses none of what it reads: no verdict for a response never seen.
+#[test]
+fn a_clients_late_open_is_no_unseen_response() {
+    let mut m = meta(Transport::Tcp);
+    m.side = Side::Client;
+    let mut w = Wire {
+        c: Correlator::new(1000, Some(250)),
+        out: vec![],
+        offset: 0,
+        ts: 1,
+        reads: Seen::default(),
+    };
+    w.ev(Event::Open {
+        sk: SK,
+        ts_ns: 1,
+        meta: m,
+        losses: 0,
+        copied_seq: Some(7),
+        peer_fin: false,
+        late: true,
+    });
+    w.state(TCP_ESTABLISHED, TCP_CLOSE);
+    assert_eq!(w.kinds(), []);
 }
 
 #[test]
@@ -2527,5 +2618,23 @@ fn a_lost_head_ends_as_observer_loss() {
     w.response(10, 10);
     w.send(None, 100);
     w.fin();
+    assert_eq!(w.kinds(), [Kind::Complete]);
+}
+
+/// A client reading its response head a few bytes at a time (no read begins with `HTTP/` in
+/// 5 bytes: no head event), the blank line and body bytes in one read: the head is found.
+#[test]
+fn a_head_read_in_small_pieces_ends_inside_a_read() {
+    let mut w = Wire::client(Transport::Unix);
+    for r in [
+        &b"HTT"[..],
+        b"P/1.1 20",
+        b"0 OK\r\nCo",
+        b"ntent-Le",
+        b"ngth: 3",
+        b"\r\n\r\nabc",
+    ] {
+        w.send_tail(None, r.len() as u64, r.len() as u64, r);
+    }
     assert_eq!(w.kinds(), [Kind::Complete]);
 }
