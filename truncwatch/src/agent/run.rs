@@ -484,7 +484,12 @@ impl Reader {
                     continue;
                 }
             }
-            if self.resolver.build_pending(v.pid) {
+            // (A process's verdicts keep their order: once one waits, the ones after it wait
+            // too, even if the build came in meanwhile. A CI run printed a connection's
+            // `complete` before the `desync` that came first.)
+            if waiting.iter().any(|w: &Verdict| w.pid == v.pid)
+                || self.resolver.build_pending(v.pid)
+            {
                 waiting.push(v);
                 continue;
             }
