@@ -471,6 +471,7 @@ impl Reader {
         // Verdicts whose process's build is still being read wait for it (a moment, on the
         // next drains), not the event loop.
         let mut waiting = Vec::new();
+        let mut waiting_pids = std::collections::HashSet::new();
         for v in std::mem::take(&mut self.verdicts) {
             match self.own.classify(&v, self.canary.locals()) {
                 Class::Host => {}
@@ -487,9 +488,8 @@ impl Reader {
             // (A process's verdicts keep their order: once one waits, the ones after it wait
             // too, even if the build came in meanwhile. A CI run printed a connection's
             // `complete` before the `desync` that came first.)
-            if waiting.iter().any(|w: &Verdict| w.pid == v.pid)
-                || self.resolver.build_pending(v.pid)
-            {
+            if waiting_pids.contains(&v.pid) || self.resolver.build_pending(v.pid) {
+                waiting_pids.insert(v.pid);
                 waiting.push(v);
                 continue;
             }
