@@ -103,6 +103,21 @@ impl Wire {
             .then(|| bytes[..bytes.len().min(512)].to_vec());
         self.send_tail(cap, bytes.len() as u64, bytes.len() as u64, bytes);
     }
+    /// A send of `n` body bytes whose event says the socket lost events before it.
+    fn send_after_loss(&mut self, n: u64) {
+        let (offset, ts_ns) = (self.offset, self.ts);
+        self.offset += n;
+        self.ev(Event::Send(SendFacts {
+            sk: SK,
+            ts_ns,
+            tgid: 42,
+            offset,
+            ret: n as i64,
+            requested: n,
+            events_lost: true,
+            ..SendFacts::default()
+        }));
+    }
     fn send(&mut self, cap: Option<Vec<u8>>, n: u64) {
         self.send_part(cap, n, n);
     }
@@ -2503,18 +2518,7 @@ fn a_response_lost_whole_shows_at_the_next_head() {
 fn an_unparsed_heads_body_is_not_an_unseen_response() {
     let mut w = Wire::new(Transport::Tcp);
     w.send_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
-    let offset = w.offset;
-    w.ev(Event::Send(SendFacts {
-        sk: SK,
-        ts_ns: 9,
-        tgid: 42,
-        offset,
-        ret: 100,
-        requested: 100,
-        events_lost: true,
-        ..SendFacts::default()
-    }));
-    w.offset += 100;
+    w.send_after_loss(100);
     w.fin();
     assert_eq!(w.kinds(), [Kind::Unparsed]);
 }
@@ -2597,18 +2601,7 @@ fn a_head_written_a_byte_at_a_time_is_joined() {
 fn a_lost_head_ends_as_observer_loss() {
     let mut w = Wire::new(Transport::Tcp);
     w.offset += 44; // the head's send, lost
-    let offset = w.offset;
-    w.ev(Event::Send(SendFacts {
-        sk: SK,
-        ts_ns: 5,
-        tgid: 42,
-        offset,
-        ret: 1000,
-        requested: 1000,
-        events_lost: true,
-        ..SendFacts::default()
-    }));
-    w.offset += 1000;
+    w.send_after_loss(1000);
     w.send(None, 65_536);
     w.fin();
     assert_eq!(w.kinds(), [Kind::ObserverLoss]);
